@@ -1,0 +1,124 @@
+# Throwaway PostgreSQL clusters for the demo, the tests and the benchmark. Source this file.
+#
+#   pg_start NAME [fast]   start a cluster (fast: fsync off, for tests); sets PG_DIR, PG_PORT,
+#                          PG_ADMIN_URL, PG_CA_CERT, PG_WRONG_CA_CERT and writes them to
+#                          $PG_DIR/env
+#   pg_stop                stop it and delete its files
+#
+# The cluster lives in a fresh `mktemp -d` owned by the postgres user (initdb refuses root, and
+# the clone may sit where that user cannot enter), listens on 127.0.0.1 at a free port, and
+# serves TLS with a certificate from a CA made here for it (CN and SAN localhost/127.0.0.1).
+
+pg_die() { echo "pg: $*" >&2; exit 1; }
+
+# Finds the newest PostgreSQL server binaries; installs Debian's package when none is present.
+pg_ensure_server() {
+  PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/initdb" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "pg: PostgreSQL server not found; installing Debian's postgresql package" >&2
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2 \
+        || pg_die "could not install the postgresql package (apt-get failed)"
+      PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    fi
+    [ -n "$PG_BIN" ] && [ -x "$PG_BIN/initdb" ] \
+      || pg_die "PostgreSQL server binaries missing: install Debian's 'postgresql' package (initdb, pg_ctl)"
+  fi
+  command -v psql >/dev/null || pg_die "psql missing: install Debian's 'postgresql-client' package"
+  command -v openssl >/dev/null || pg_die "openssl missing: install Debian's 'openssl' package"
+  export PG_BIN
+}
+
+# Runs a command as the cluster's owner (postgres when we are root).
+pg_as_owner() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Makes a CA and a server certificate signed by it, plus an unrelated CA (for failure tests).
+pg_make_certs() {
+  local dir=$1
+  (
+    cd "$dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3 -subj "/CN=unreserver test CA" \
+      -keyout ca.key -out ca.crt 2>/dev/null
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3 -subj "/CN=unrelated CA" \
+      -keyout wrong-ca.key -out wrong-ca.crt 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+      -keyout server.key -out server.csr 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > server.ext
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3 \
+      -extfile server.ext -out server.crt 2>/dev/null
+  ) || pg_die "could not make TLS certificates with openssl"
+}
+
+pg_start() {
+  local name=${1:-unreserver} mode=${2:-}
+  pg_ensure_server
+  PG_DIR=$(mktemp -d "/tmp/$name-pg.XXXXXX")
+  chmod 755 "$PG_DIR"
+  mkdir -p "$PG_DIR/data" "$PG_DIR/sock" "$PG_DIR/tls"
+  local password
+  password=$(openssl rand -hex 16)
+  echo "$password" > "$PG_DIR/pwfile"
+  pg_make_certs "$PG_DIR/tls"
+  if [ "$(id -u)" = 0 ]; then chown -R postgres:postgres "$PG_DIR/data" "$PG_DIR/sock" "$PG_DIR/tls" "$PG_DIR/pwfile"; fi
+  chmod 700 "$PG_DIR/data"
+  pg_as_owner "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres --pwfile="$PG_DIR/pwfile" \
+    --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --no-locale >"$PG_DIR/initdb.log" 2>&1 \
+    || { cat "$PG_DIR/initdb.log" >&2; pg_die "initdb failed"; }
+  PG_PORT=$(pg_free_port)
+  {
+    echo "port = $PG_PORT"
+    echo "listen_addresses = '127.0.0.1'"
+    echo "unix_socket_directories = '$PG_DIR/sock'"
+    echo "max_connections = 300"
+    echo "ssl = on"
+    echo "ssl_cert_file = '$PG_DIR/tls/server.crt'"
+    echo "ssl_key_file = '$PG_DIR/tls/server.key'"
+    echo "log_min_messages = warning"
+    if [ "$mode" = fast ]; then
+      echo "fsync = off"
+      echo "synchronous_commit = off"
+      echo "full_page_writes = off"
+    fi
+  } >> "$PG_DIR/data/postgresql.conf"
+  pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/data/server.log" -w -t 60 start >/dev/null \
+    || { cat "$PG_DIR/data/server.log" >&2; pg_die "the server did not start"; }
+  PG_ADMIN_URL="postgres://postgres:$password@127.0.0.1:$PG_PORT/postgres?sslmode=disable"
+  PG_CA_CERT="$PG_DIR/tls/ca.crt"
+  PG_WRONG_CA_CERT="$PG_DIR/tls/wrong-ca.crt"
+  chmod 644 "$PG_CA_CERT" "$PG_WRONG_CA_CERT"
+  export PG_DIR PG_PORT PG_ADMIN_URL PG_CA_CERT PG_WRONG_CA_CERT
+  {
+    echo "export PG_DIR='$PG_DIR'"
+    echo "export PG_PORT='$PG_PORT'"
+    echo "export PG_ADMIN_URL='$PG_ADMIN_URL'"
+    echo "export PG_CA_CERT='$PG_CA_CERT'"
+    echo "export PG_WRONG_CA_CERT='$PG_WRONG_CA_CERT'"
+  } > "$PG_DIR/env"
+}
+
+# Creates database $1 on the running cluster and loads the schema (and, unless $2 is
+# "no-indexes", the recommended indexes).
+pg_create_db() {
+  local db=$1 indexes=${2:-indexes} root
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+  psql "$PG_ADMIN_URL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $db" >/dev/null
+  local url=${PG_ADMIN_URL/\/postgres\?//$db?}
+  psql "$url" -qX -v ON_ERROR_STOP=1 -f "$root/infra/schema.sql" >/dev/null
+  if [ "$indexes" != no-indexes ]; then
+    psql "$url" -qX -v ON_ERROR_STOP=1 -f "$root/infra/indexes.sql" >/dev/null
+  fi
+  echo "$url"
+}
+
+pg_stop() {
+  [ -n "${PG_DIR:-}" ] && [ -d "$PG_DIR/data" ] || return 0
+  pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+  rm -rf "$PG_DIR"
+}

@@ -1,0 +1,129 @@
+//! Opening a database connection: the connection settings (from `DATABASE_URL` or from
+//! credentials), timeouts, keepalives and `application_name`, TLS, and errors that tell an
+//! unreachable server from rejected credentials without ever showing the password.
+
+use std::time::Duration;
+
+use postgres_native_tls::MakeTlsConnector;
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Config};
+
+use crate::error::{Error, Result};
+
+/// The `application_name` every connection reports, so a DBA can see the release in
+/// `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "unreserver";
+
+/// Parses a libpq-style URL or key=value string, naming `setting` (and never echoing the
+/// value, which holds a password) when it is malformed.
+pub fn config_from_url(setting: &str, url: &str) -> Result<Config> {
+    let mut config: Config = url.parse().map_err(|e| Error::Setting {
+        name: setting.into(),
+        reason: format!("not a valid PostgreSQL connection string ({e})"),
+    })?;
+    if config.get_hosts().is_empty() {
+        return Err(Error::Setting {
+            name: setting.into(),
+            reason: "names no host".into(),
+        });
+    }
+    if config.get_user().is_none() {
+        return Err(Error::Setting {
+            name: setting.into(),
+            reason: "names no user".into(),
+        });
+    }
+    apply_defaults(&mut config);
+    Ok(config)
+}
+
+/// Timeouts, keepalives and the application name, unless the connection string set them.
+pub fn apply_defaults(config: &mut Config) {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    if config.get_application_name().is_none() {
+        config.application_name(APPLICATION_NAME);
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .keepalives_interval(Duration::from_secs(10))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(30));
+}
+
+/// Where a connection goes, for messages: `user@host:port/dbname`, without the password.
+pub fn describe(config: &Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "?".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{}@{host}:{port}/{}",
+        config.get_user().unwrap_or("?"),
+        config.get_dbname().unwrap_or("?")
+    )
+}
+
+/// Whether this configuration sends data in the clear.
+pub fn tls_disabled(config: &Config) -> bool {
+    config.get_ssl_mode() == SslMode::Disable
+}
+
+/// Connects and spawns the connection's driver task. The client closes when dropped.
+pub async fn connect(config: &Config, tls: &MakeTlsConnector) -> Result<Client> {
+    let (client, connection) = config
+        .connect(tls.clone())
+        .await
+        .map_err(|source| classify_connect_error(config, source))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(error = %error, "database connection closed with an error");
+        }
+    });
+    Ok(client)
+}
+
+fn classify_connect_error(config: &Config, source: tokio_postgres::Error) -> Error {
+    let rejected = source.code().is_some_and(|code| {
+        *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+    });
+    if rejected {
+        Error::Authentication {
+            user: config.get_user().unwrap_or("?").into(),
+            source,
+        }
+    } else {
+        Error::Connect {
+            target: describe(config),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_url_names_the_setting_not_the_password() {
+        let err = config_from_url("DATABASE_URL", "postgres://u:s3cret@h:notaport/db").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("DATABASE_URL"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+
+    #[test]
+    fn describes_without_password() {
+        let config =
+            config_from_url("DATABASE_URL", "postgres://app:s3cret@db.example:6432/shop").unwrap();
+        assert_eq!(describe(&config), "app@db.example:6432/shop");
+        assert_eq!(config.get_application_name(), Some(APPLICATION_NAME));
+    }
+}

@@ -1,0 +1,133 @@
+//! Errors of the release, typed so that a caller can tell what went wrong and whether trying
+//! again can help ([`Error::is_retryable`]), and so that no secret value ever reaches a message.
+
+use tokio_postgres::error::SqlState;
+
+/// Everything that can make a run, a status query or a credential fetch fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting (environment variable, flag or payload field) is missing, unparsable or out of
+    /// range. Raised before any connection is made.
+    #[error("invalid setting {name}: {reason}")]
+    Setting { name: String, reason: String },
+
+    /// The invocation payload is not one this function accepts.
+    #[error("invalid payload: {0}")]
+    Payload(String),
+
+    /// The database schema lacks a table or column the release needs.
+    #[error("schema check failed: {0}")]
+    Schema(String),
+
+    /// The database could not be reached or the connection was lost.
+    #[error("database unreachable ({target}): {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// The database rejected the credentials (wrong password, unknown role).
+    #[error("database rejected the credentials for user {user}: {source}")]
+    Authentication {
+        user: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// TLS could not be set up (CA bundle unreadable or invalid).
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+
+    /// A statement failed.
+    #[error("database error during {context}: {source}")]
+    Database {
+        context: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// The credentials could not be read from AWS Secrets Manager.
+    #[error("secret {secret_id}: {reason}")]
+    Secret {
+        secret_id: String,
+        reason: String,
+        retryable: bool,
+    },
+}
+
+impl Error {
+    /// Wraps a database error raised while doing `context`.
+    pub fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
+        move |source| Error::Database { context, source }
+    }
+
+    /// Whether running the same thing again, unchanged, can succeed: lock and transient
+    /// connection problems can pass; a bad setting, payload or schema cannot.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Setting { .. }
+            | Error::Payload(_)
+            | Error::Schema(_)
+            | Error::Tls(_)
+            | Error::Authentication { .. } => false,
+            Error::Connect { .. } => true,
+            Error::Secret { retryable, .. } => *retryable,
+            Error::Database { source, .. } => {
+                source.is_closed() || source.code().is_some_and(is_transient_conflict)
+            }
+        }
+    }
+
+    /// A stable name for the kind of error, used as the Lambda `errorType` and in logs and
+    /// metrics, so that alarms and callers can match on it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Setting { .. } => "InvalidSetting",
+            Error::Payload(_) => "InvalidPayload",
+            Error::Schema(_) => "SchemaMismatch",
+            Error::Connect { .. } => "DatabaseUnreachable",
+            Error::Authentication { .. } => "DatabaseAuthentication",
+            Error::Tls(_) => "TlsSetup",
+            Error::Database { .. } => "DatabaseError",
+            Error::Secret { .. } => "SecretUnavailable",
+        }
+    }
+
+    /// The whole cause chain on one line, for logs and the CLI's error line.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(err) = cause {
+            let text = err.to_string();
+            if !out.contains(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            cause = err.source();
+        }
+        out
+    }
+}
+
+/// Conflicts with other transactions that a rolled-back batch may win on a later try: lock
+/// timeout, deadlock, serialization failure, and a statement cancelled by its timeout.
+pub fn is_transient_conflict(code: &SqlState) -> bool {
+    [
+        SqlState::LOCK_NOT_AVAILABLE,
+        SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::QUERY_CANCELED,
+    ]
+    .contains(code)
+}
+
+/// The SQLSTATE of a database error, when it has one.
+pub fn sql_state(err: &Error) -> Option<&SqlState> {
+    match err {
+        Error::Database { source, .. } => source.code(),
+        _ => None,
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

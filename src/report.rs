@@ -1,0 +1,151 @@
+//! The run report: what a run did, why it stopped and what it left, as printed by
+//! `unreserver run` and returned by the Lambda function (one JSON object, a stable contract).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Why a run stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// Nothing more is due that this run could take (what is left is locked or in grace).
+    Drained,
+    /// `MAX_BATCHES` batches ran.
+    MaxBatches,
+    /// The time budget (the Lambda deadline minus a margin) was near.
+    TimeBudget,
+    /// A batch kept losing lock conflicts to shoppers' transactions after every retry; the
+    /// run backed off and leaves the rest to the next run.
+    LockContention,
+    /// A batch failed with an error that a retry cannot fix; see the error.
+    Failed,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Drained => "drained",
+            StopReason::MaxBatches => "max_batches",
+            StopReason::TimeBudget => "time_budget",
+            StopReason::LockContention => "lock_contention",
+            StopReason::Failed => "failed",
+        }
+    }
+}
+
+/// What a run did; in a dry run, what a real run would have done.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RunReport {
+    pub dry_run: bool,
+    /// Reservations marked `expired` (in a dry run: that would be).
+    pub reservations_released: u64,
+    /// Units given back to variants (and drops), summed over the released reservations.
+    pub units_released: u64,
+    /// Pending orders cancelled.
+    pub orders_cancelled: u64,
+    /// Cart holds (reservations without an order) released; included in
+    /// `reservations_released`.
+    pub holds_released: u64,
+    /// Batches that ran (committed, or rolled back in a dry run), empty final page included.
+    pub batches: u32,
+    /// Batch tries rolled back on a lock timeout, deadlock or serialization failure and retried.
+    pub batch_retries: u32,
+    /// Eligible orders and holds skipped because a shopper's transaction held them.
+    pub skipped_locked: u64,
+    /// Variant counters clamped at zero (they had drifted below their reservations).
+    pub clamped_variants: u64,
+    /// Drop counters clamped at zero.
+    pub clamped_drops: u64,
+    /// Paid orders still holding due active reservations, met by this run and left alone.
+    pub paid_orders_with_due_reservations: u64,
+    pub stopped_reason: StopReason,
+    /// Due reservations still active when the run ended (locked, or beyond the run's limits).
+    pub backlog_remaining: u64,
+    /// Age of the oldest of those, in seconds; null when there is none.
+    pub oldest_due_age_seconds: Option<f64>,
+    pub duration_ms: u64,
+    /// Median and 99th percentile of the batch transactions' durations: how long a batch
+    /// holds the rows it locks.
+    pub batch_ms_p50: f64,
+    pub batch_ms_p99: f64,
+    pub batch_ms_max: f64,
+    /// Dry run only: per variant id, the units a real run would give back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub units_by_variant: Option<BTreeMap<i64, i64>>,
+    /// Dry run only: per drop product id, the units a real run would give back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub units_by_drop: Option<BTreeMap<i64, i64>>,
+}
+
+impl RunReport {
+    pub fn new(dry_run: bool) -> Self {
+        RunReport {
+            dry_run,
+            reservations_released: 0,
+            units_released: 0,
+            orders_cancelled: 0,
+            holds_released: 0,
+            batches: 0,
+            batch_retries: 0,
+            skipped_locked: 0,
+            clamped_variants: 0,
+            clamped_drops: 0,
+            paid_orders_with_due_reservations: 0,
+            stopped_reason: StopReason::Drained,
+            backlog_remaining: 0,
+            oldest_due_age_seconds: None,
+            duration_ms: 0,
+            batch_ms_p50: 0.0,
+            batch_ms_p99: 0.0,
+            batch_ms_max: 0.0,
+            units_by_variant: dry_run.then(BTreeMap::new),
+            units_by_drop: dry_run.then(BTreeMap::new),
+        }
+    }
+}
+
+/// The `q`-quantile (0..=1) of `sorted` by nearest rank; 0 when empty.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.5), 50.0);
+        assert_eq!(quantile(&v, 0.99), 99.0);
+        assert_eq!(quantile(&v, 1.0), 100.0);
+        assert_eq!(quantile(&[7.0], 0.99), 7.0);
+        assert_eq!(quantile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn report_has_the_contract_fields() {
+        let json = serde_json::to_value(RunReport::new(false)).unwrap();
+        for key in [
+            "dry_run",
+            "reservations_released",
+            "units_released",
+            "orders_cancelled",
+            "batches",
+            "stopped_reason",
+            "backlog_remaining",
+            "duration_ms",
+        ] {
+            assert!(json.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(json["stopped_reason"], "drained");
+        assert!(json.get("units_by_variant").is_none());
+        let dry = serde_json::to_value(RunReport::new(true)).unwrap();
+        assert!(dry["units_by_variant"].is_object());
+    }
+}

@@ -1,0 +1,128 @@
+//! The preflight check run on every new connection, before anything is changed: the tables and
+//! columns the release needs exist, the server's `deadlock_timeout` leaves room for the batch's
+//! `lock_timeout`, and which of the recommended indexes of `infra/indexes.sql` are present.
+
+use tokio_postgres::Client;
+
+use crate::error::{Error, Result};
+use crate::sql;
+
+/// The tables and columns the release reads or writes, and nothing more.
+pub const REQUIRED_COLUMNS: &[(&str, &[&str])] = &[
+    (
+        "orders_inventoryreservation",
+        &[
+            "id",
+            "order_id",
+            "product_variant_id",
+            "drop_product_id",
+            "quantity",
+            "status",
+            "created_at",
+            "expires_at",
+            "released_at",
+        ],
+    ),
+    (
+        "orders_order",
+        &[
+            "id",
+            "status",
+            "payment_status",
+            "updated_at",
+            "cancelled_at",
+        ],
+    ),
+    (
+        "products_productvariant",
+        &["id", "reserved_quantity", "updated_at"],
+    ),
+    (
+        "drops_dropproduct",
+        &["id", "reserved_quantity", "updated_at"],
+    ),
+];
+
+/// The indexes of `infra/indexes.sql`. The release is correct without them, but then every
+/// batch scans the reservation table.
+pub const RECOMMENDED_INDEXES: &[&str] = &[
+    "unreserver_active_expiry_idx",
+    "unreserver_active_legacy_idx",
+];
+
+/// What the preflight found beyond the hard requirements.
+#[derive(Debug, Clone, Default)]
+pub struct Preflight {
+    /// Recommended indexes that are absent.
+    pub missing_indexes: Vec<String>,
+    /// The server's `deadlock_timeout`, in milliseconds.
+    pub deadlock_timeout_ms: i64,
+}
+
+/// Checks the schema and the lock timeout against the server. Fails, naming every missing
+/// table and column, before the release changes anything.
+pub async fn preflight(client: &Client, lock_timeout_ms: u32) -> Result<Preflight> {
+    let tables: Vec<&str> = REQUIRED_COLUMNS.iter().map(|(t, _)| *t).collect();
+    let rows = client
+        .query(sql::TABLE_COLUMNS, &[&tables])
+        .await
+        .map_err(Error::db("schema check"))?;
+    let present: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut missing = Vec::new();
+    for (table, columns) in REQUIRED_COLUMNS {
+        if !present.iter().any(|(t, _)| t == table) {
+            missing.push(format!("table {table}"));
+            continue;
+        }
+        for column in *columns {
+            if !present.iter().any(|(t, c)| t == table && c == column) {
+                missing.push(format!("column {table}.{column}"));
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::Schema(format!("missing {}", missing.join(", "))));
+    }
+
+    let deadlock_timeout_ms: i64 = client
+        .query_one(sql::DEADLOCK_TIMEOUT_MS, &[])
+        .await
+        .map_err(Error::db("reading deadlock_timeout"))?
+        .get(0);
+    // In a lock cycle with a shopper, the batch must give up well before the shopper's
+    // backend runs the deadlock check (after deadlock_timeout) and aborts the shopper.
+    if i64::from(lock_timeout_ms) * 2 > deadlock_timeout_ms {
+        return Err(Error::Setting {
+            name: "LOCK_TIMEOUT_MS".into(),
+            reason: format!(
+                "{lock_timeout_ms} ms must be at most half the server's deadlock_timeout \
+                 ({deadlock_timeout_ms} ms), so that the release, not a shopper, gives up \
+                 first in a lock cycle"
+            ),
+        });
+    }
+
+    let names: Vec<&str> = RECOMMENDED_INDEXES.to_vec();
+    let existing: Vec<String> = client
+        .query(sql::EXISTING_INDEXES, &[&names])
+        .await
+        .map_err(Error::db("index check"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let missing_indexes: Vec<String> = RECOMMENDED_INDEXES
+        .iter()
+        .filter(|n| !existing.iter().any(|e| e == *n))
+        .map(|n| n.to_string())
+        .collect();
+    if !missing_indexes.is_empty() {
+        tracing::warn!(
+            missing = ?missing_indexes,
+            "recommended indexes missing (infra/indexes.sql): every batch scans the reservation table"
+        );
+    }
+    Ok(Preflight {
+        missing_indexes,
+        deadlock_timeout_ms,
+    })
+}

@@ -1,0 +1,86 @@
+//! `unreserver status` / `{"action": "status"}`: the health of the reservations as the release
+//! sees them — the due backlog and its age, paid orders still holding stock, counters that
+//! disagree with their reservations, and missing recommended indexes. Reads only.
+
+use serde::Serialize;
+
+use crate::batch::BatchParams;
+use crate::database::Database;
+use crate::error::{Error, Result};
+use crate::release;
+use crate::settings::Settings;
+use crate::sql;
+
+/// Most out-of-sync counter rows listed (all are counted).
+pub const DRIFT_ROWS_LISTED: i64 = 100;
+
+/// A counter row whose `reserved_quantity` is not the sum of its active reservations.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Drift {
+    pub id: i64,
+    pub reserved_quantity: i64,
+    pub active_reserved: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StatusReport {
+    /// Active reservations a run would release now.
+    pub due_reservations: u64,
+    /// Age of the oldest of them in seconds (grace included); null when none is due.
+    pub oldest_due_age_seconds: Option<f64>,
+    /// Paid orders still holding active reservations (never touched by the release).
+    pub paid_orders_with_active_reservations: u64,
+    pub variants_out_of_sync_count: u64,
+    /// Up to 100 of them, by id.
+    pub variants_out_of_sync: Vec<Drift>,
+    pub drops_out_of_sync_count: u64,
+    pub drops_out_of_sync: Vec<Drift>,
+    /// Indexes of `infra/indexes.sql` not present: without them every batch scans the table.
+    pub missing_indexes: Vec<String>,
+    pub deadlock_timeout_ms: i64,
+}
+
+/// Reads the status. `DRIFT` queries read whole tables: run it by hand, not every minute.
+pub async fn status(db: &Database, settings: &Settings) -> Result<StatusReport> {
+    let params = BatchParams::new(settings, true);
+    let (due_reservations, oldest_due_age_seconds) = release::backlog(db, &params).await?;
+    let paid: i64 = db
+        .client
+        .query_one(sql::PAID_ORDERS_WITH_ACTIVE_RESERVATIONS, &[])
+        .await
+        .map_err(Error::db("counting paid orders with active reservations"))?
+        .get(0);
+    let (variants_out_of_sync_count, variants_out_of_sync) =
+        drift(db, sql::VARIANT_DRIFT, "comparing variant counters").await?;
+    let (drops_out_of_sync_count, drops_out_of_sync) =
+        drift(db, sql::DROP_DRIFT, "comparing drop counters").await?;
+    Ok(StatusReport {
+        due_reservations,
+        oldest_due_age_seconds,
+        paid_orders_with_active_reservations: paid.max(0) as u64,
+        variants_out_of_sync_count,
+        variants_out_of_sync,
+        drops_out_of_sync_count,
+        drops_out_of_sync,
+        missing_indexes: db.preflight.missing_indexes.clone(),
+        deadlock_timeout_ms: db.preflight.deadlock_timeout_ms,
+    })
+}
+
+async fn drift(db: &Database, query: &str, context: &'static str) -> Result<(u64, Vec<Drift>)> {
+    let rows = db
+        .client
+        .query(query, &[&DRIFT_ROWS_LISTED])
+        .await
+        .map_err(Error::db(context))?;
+    let total = rows.first().map_or(0, |r| r.get::<_, i64>(3).max(0) as u64);
+    let listed = rows
+        .iter()
+        .map(|r| Drift {
+            id: r.get(0),
+            reserved_quantity: r.get(1),
+            active_reserved: r.get(2),
+        })
+        .collect();
+    Ok((total, listed))
+}

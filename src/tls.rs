@@ -1,0 +1,65 @@
+//! TLS for the database connection: native-tls with certificate and host name verification,
+//! trusting the system store plus every certificate of an optional CA bundle file (such as the
+//! RDS global bundle, which holds over a hundred).
+
+use std::path::Path;
+
+use native_tls::{Certificate, TlsConnector};
+use postgres_native_tls::MakeTlsConnector;
+
+use crate::error::{Error, Result};
+
+const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+const END: &str = "-----END CERTIFICATE-----";
+
+/// Builds the connector used for every connection of the process. With `ca_bundle`, each
+/// certificate in the file is trusted in addition to the system store.
+pub fn connector(ca_bundle: Option<&Path>) -> Result<MakeTlsConnector> {
+    let mut builder = TlsConnector::builder();
+    if let Some(path) = ca_bundle {
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| Error::Tls(format!("cannot read CA bundle {}: {e}", path.display())))?;
+        let certs = certificates(&pem)
+            .map_err(|e| Error::Tls(format!("CA bundle {}: {e}", path.display())))?;
+        for cert in certs {
+            builder.add_root_certificate(cert);
+        }
+    }
+    let connector = builder
+        .build()
+        .map_err(|e| Error::Tls(format!("cannot build TLS connector: {e}")))?;
+    Ok(MakeTlsConnector::new(connector))
+}
+
+/// Every certificate of a PEM bundle (`Certificate::from_pem` reads only the first one).
+pub fn certificates(pem: &str) -> std::result::Result<Vec<Certificate>, String> {
+    let mut certs = Vec::new();
+    let mut rest = pem;
+    while let Some(start) = rest.find(BEGIN) {
+        let Some(len) = rest[start..].find(END) else {
+            return Err(format!("certificate {} has no END line", certs.len() + 1));
+        };
+        let end = start + len + END.len();
+        let block = &rest[start..end];
+        let cert = Certificate::from_pem(block.as_bytes())
+            .map_err(|e| format!("certificate {} is not valid: {e}", certs.len() + 1))?;
+        certs.push(cert);
+        rest = &rest[end..];
+    }
+    if certs.is_empty() {
+        return Err("no PEM certificate found".into());
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_files_without_certificates() {
+        assert!(certificates("hello").is_err());
+        assert!(certificates(&format!("{BEGIN}\nAAAA\n")).is_err());
+        assert!(certificates(&format!("{BEGIN}\nnot base64!\n{END}\n")).is_err());
+    }
+}
