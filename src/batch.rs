@@ -68,6 +68,8 @@ pub struct BatchOutcome {
     /// Due rows the page held; 0 means nothing more is due after the cursor.
     pub rows_paged: usize,
     pub reservations_released: u64,
+    /// Of those, the ones that were due themselves (not just released with their order).
+    pub due_reservations_released: u64,
     pub holds_released: u64,
     pub units_released: u64,
     pub orders_cancelled: u64,
@@ -198,7 +200,15 @@ pub async fn run(
     }
 
     let released = tx
-        .query(&st.release_reservations, &[&claimed_orders, &claimed_holds])
+        .query(
+            &st.release_reservations,
+            &[
+                &claimed_orders,
+                &claimed_holds,
+                &params.timeout_minutes,
+                &params.grace_minutes,
+            ],
+        )
         .await
         .map_err(Error::db("expiring reservations"))?;
     let mut released_orders = BTreeSet::new();
@@ -208,6 +218,9 @@ pub async fn run(
         let drop_product: Option<i64> = row.get(3);
         let quantity = i64::from(row.get::<_, i32>(4));
         out.reservations_released += 1;
+        if row.get::<_, bool>(5) {
+            out.due_reservations_released += 1;
+        }
         out.units_released += quantity.unsigned_abs();
         match order_id {
             Some(order) => {

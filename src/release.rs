@@ -27,7 +27,7 @@ pub struct RunOptions {
 pub struct RunFailure {
     #[source]
     pub error: Error,
-    pub report: RunReport,
+    pub report: Box<RunReport>,
 }
 
 /// Least time a batch is assumed to need when checking the deadline.
@@ -49,6 +49,7 @@ pub async fn run(
     let mut cursor = Cursor::default();
     let mut counted_orders: HashSet<i64> = HashSet::new();
     let mut paid_orders: HashSet<i64> = HashSet::new();
+    let mut due_released: u64 = 0;
 
     let outcome: Result<StopReason> = async {
         loop {
@@ -98,6 +99,7 @@ pub async fn run(
                 counted_orders.extend(batch.released_orders.iter().copied());
             }
             paid_orders.extend(batch.paid_orders.iter().copied());
+            due_released += batch.due_reservations_released;
             log_batch(report.batches, &batch);
             cursor = batch.next_cursor.clone();
             add_batch(&mut report, batch);
@@ -118,7 +120,10 @@ pub async fn run(
         report.duration_ms = started.elapsed().as_millis() as u64;
         match error {
             None => Ok(report),
-            Some(error) => Err(RunFailure { error, report }),
+            Some(error) => Err(RunFailure {
+                error,
+                report: Box::new(report),
+            }),
         }
     };
     let reason = match outcome {
@@ -129,8 +134,8 @@ pub async fn run(
         Ok((count, oldest)) => {
             report.backlog_remaining = if options.dry_run {
                 // Nothing was changed: what a real run would leave is what is due now less
-                // what it would have released.
-                count.saturating_sub(report.reservations_released)
+                // the due reservations it would have released.
+                count.saturating_sub(due_released)
             } else {
                 count
             };

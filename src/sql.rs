@@ -24,14 +24,15 @@ macro_rules! releasable_order {
     };
 }
 
-/// Extra time before a reservation of order `$o` is due: the payment-processing grace (the
-/// minutes in parameter `$g`) while the shopper is mid-payment, nothing otherwise.
+/// Extra time before a reservation of an order whose payment status is `$payment` is due: the
+/// payment-processing grace (minutes in parameter `$g`) while the shopper is mid-payment,
+/// nothing otherwise.
 macro_rules! grace {
-    ($o:literal, $g:literal) => {
+    ($payment:literal, $g:literal) => {
         concat!(
             "CASE WHEN ",
-            $o,
-            ".payment_status = 'processing' THEN make_interval(mins => ",
+            $payment,
+            " = 'processing' THEN make_interval(mins => ",
             $g,
             "::int4) ELSE interval '0' END"
         )
@@ -92,7 +93,7 @@ pub const PAGE: &str = concat!(
     "(p.order_id IS NULL OR (",
     releasable_order!("o"),
     " AND p.due_at + ",
-    grace!("o", "$7"),
+    grace!("o.payment_status", "$7"),
     " <= now())) AS eligible ",
     "FROM ((SELECT r.id, r.order_id, r.expires_at AS due_key, r.expires_at AS due_at, false AS legacy ",
     "FROM orders_inventoryreservation r ",
@@ -125,7 +126,7 @@ pub const CLAIM_ORDERS: &str = concat!(
     "WHERE r.order_id = o.id AND r.status = 'active' AND ",
     due_at!("r", "$2"),
     " + ",
-    grace!("o", "$3"),
+    grace!("o.payment_status", "$3"),
     " <= now()) ORDER BY o.id FOR UPDATE OF o SKIP LOCKED"
 );
 
@@ -142,17 +143,26 @@ pub const CLAIM_HOLDS: &str = concat!(
 );
 
 /// Expires every active reservation of the claimed orders (all of an order's reservations go
-/// together, due or not) and the claimed holds, returning what each held. Locks those
+/// together, due or not) and the claimed holds, returning what each held and whether it was
+/// due itself (a dry run uses that to tell the backlog a real run would leave). Locks those
 /// reservation rows (`FOR NO KEY UPDATE`, implied by the update); the claimed orders are ours
 /// already, so only a shop transaction updating a reservation without its order's lock can
 /// make it wait, for at most `lock_timeout`. `status = 'active'` is re-checked on the latest
 /// row version, so a reservation converted meanwhile is left alone.
 ///
-/// $1 claimed order ids, $2 claimed hold ids.
-pub const RELEASE_RESERVATIONS: &str = "UPDATE orders_inventoryreservation r \
-     SET status = 'expired', released_at = now() \
-     WHERE r.status = 'active' AND (r.order_id = ANY($1::int8[]) OR r.id = ANY($2::int8[])) \
-     RETURNING r.id, r.order_id, r.product_variant_id, r.drop_product_id, r.quantity";
+/// $1 claimed order ids, $2 claimed hold ids, $3 reservation timeout minutes, $4 grace minutes.
+pub const RELEASE_RESERVATIONS: &str = concat!(
+    "UPDATE orders_inventoryreservation r SET status = 'expired', released_at = now() ",
+    "WHERE r.status = 'active' AND (r.order_id = ANY($1::int8[]) OR r.id = ANY($2::int8[])) ",
+    "RETURNING r.id, r.order_id, r.product_variant_id, r.drop_product_id, r.quantity, ",
+    due_at!("r", "$3"),
+    " + ",
+    grace!(
+        "(SELECT o.payment_status FROM orders_order o WHERE o.id = r.order_id)",
+        "$4"
+    ),
+    " <= now() AS was_due"
+);
 
 /// Cancels the claimed orders whose reservations this batch released, if still `pending`
 /// (a `cancelled` order keeps its original `cancelled_at`). The order rows are locked already
@@ -204,14 +214,14 @@ pub const RETURN_DROP_UNITS: &str = return_units!("drops_dropproduct");
 /// $1 reservation timeout minutes, $2 grace minutes.
 pub const BACKLOG: &str = concat!(
     "SELECT count(*), EXTRACT(EPOCH FROM now() - min(d.due_at + ",
-    grace!("o", "$2"),
+    grace!("o.payment_status", "$2"),
     "))::float8 FROM (",
     due_reservations!("$1"),
     ") d LEFT JOIN orders_order o ON o.id = d.order_id ",
     "WHERE d.order_id IS NULL OR (",
     releasable_order!("o"),
     " AND d.due_at + ",
-    grace!("o", "$2"),
+    grace!("o.payment_status", "$2"),
     " <= now())"
 );
 

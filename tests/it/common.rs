@@ -1,0 +1,266 @@
+//! Test support: one fresh database per test, cloned from the `unreserver_template` database
+//! that `scripts/test.sh` loads with `infra/schema.sql` and `infra/indexes.sql`, on the
+//! throwaway PostgreSQL server that script starts; and helpers to seed and inspect it.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio_postgres::{Client, Config, NoTls};
+use unreserver::database::Database;
+use unreserver::release::{self, RunOptions};
+use unreserver::report::RunReport;
+use unreserver::settings::Settings;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The admin URL of the test server (a `postgres` superuser over TCP, no TLS).
+pub fn admin_url() -> String {
+    std::env::var("UNRESERVER_TEST_ADMIN_URL").expect(
+        "UNRESERVER_TEST_ADMIN_URL is not set: run the tests with scripts/test.sh, \
+         which starts the PostgreSQL server they need",
+    )
+}
+
+pub async fn connect_url(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the test server: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// A database of its own for one test.
+pub struct TestDb {
+    pub url: String,
+    pub client: Client,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        TestDb::from_template("unreserver_template").await
+    }
+
+    pub async fn from_template(template: &str) -> TestDb {
+        let admin = connect_url(&admin_url()).await;
+        let name = format!(
+            "t_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst),
+            fastrand::u32(..)
+        );
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+            .await
+            .unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
+        let url = admin_url().replacen("/postgres?", &format!("/{name}?"), 1);
+        let client = connect_url(&url).await;
+        TestDb { url, client }
+    }
+
+    pub fn config(&self) -> Config {
+        self.url.parse().unwrap()
+    }
+
+    /// A checked, prepared connection for the release.
+    pub async fn open(&self) -> Database {
+        self.open_with(&settings()).await
+    }
+
+    pub async fn open_with(&self, settings: &Settings) -> Database {
+        let tls = unreserver::tls::connector(None).unwrap();
+        Database::open(&self.config(), &tls, settings.lock_timeout_ms)
+            .await
+            .unwrap_or_else(|e| panic!("cannot open the release connection: {}", e.chain()))
+    }
+
+    /// Another plain connection: a shopper's, or an observer's.
+    pub async fn connect(&self) -> Client {
+        connect_url(&self.url).await
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        self.client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    pub async fn i64(&self, sql: &str) -> i64 {
+        self.client
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    }
+
+    pub async fn text(&self, sql: &str) -> String {
+        self.client
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    }
+
+    pub async fn variant(&self, reserved: i32) -> i64 {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        self.client
+            .query_one(
+                "INSERT INTO products_productvariant (product_id, sku, stock_quantity, reserved_quantity) \
+                 VALUES (1, $1, 1000, $2) RETURNING id",
+                &[&format!("SKU-{n}"), &reserved],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    pub async fn drop_product(&self, variant: i64, reserved: i32) -> i64 {
+        self.client
+            .query_one(
+                "INSERT INTO drops_dropproduct (drop_id, product_variant_id, drop_quantity, reserved_quantity) \
+                 VALUES (1, $1, 100, $2) RETURNING id",
+                &[&variant, &reserved],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    pub async fn order(&self, status: &str, payment_status: &str) -> i64 {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        self.client
+            .query_one(
+                "INSERT INTO orders_order (order_number, status, payment_status) VALUES ($1, $2, $3) RETURNING id",
+                &[&format!("ORD-{n}-{}", fastrand::u32(..)), &status, &payment_status],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Inserts a reservation. `expires` is an interval from the database clock ("-1 hour");
+    /// None makes a legacy row (NULL `expires_at`). `created` likewise, for `created_at`.
+    pub async fn reservation(&self, r: Res) -> i64 {
+        self.client
+            .query_one(
+                "INSERT INTO orders_inventoryreservation \
+                 (order_id, product_variant_id, drop_product_id, quantity, status, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, now() + $6::text::interval, now() + $7::text::interval) \
+                 RETURNING id",
+                &[&r.order, &r.variant, &r.drop, &r.qty, &r.status, &r.created, &r.expires],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    pub async fn reservation_status(&self, id: i64) -> String {
+        self.client
+            .query_one(
+                "SELECT status FROM orders_inventoryreservation WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    pub async fn order_status(&self, id: i64) -> String {
+        self.client
+            .query_one("SELECT status FROM orders_order WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    pub async fn reserved(&self, variant: i64) -> i32 {
+        self.client
+            .query_one(
+                "SELECT reserved_quantity FROM products_productvariant WHERE id = $1",
+                &[&variant],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    pub async fn drop_reserved(&self, drop: i64) -> i32 {
+        self.client
+            .query_one(
+                "SELECT reserved_quantity FROM drops_dropproduct WHERE id = $1",
+                &[&drop],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// A digest of every row of the four tables: equal digests, equal data.
+    pub async fn fingerprint(&self) -> String {
+        self.text(
+            "SELECT COALESCE(md5(string_agg(t, ',' ORDER BY t)), '') FROM ( \
+               SELECT row(r.*)::text AS t FROM orders_inventoryreservation r UNION ALL \
+               SELECT row(o.*)::text FROM orders_order o UNION ALL \
+               SELECT row(v.*)::text FROM products_productvariant v UNION ALL \
+               SELECT row(d.*)::text FROM drops_dropproduct d) all_rows",
+        )
+        .await
+    }
+
+    /// Variants and drops whose counter differs from the sum of their active reservations.
+    pub async fn drifted_counters(&self) -> i64 {
+        self.i64(
+            "SELECT (SELECT count(*) FROM products_productvariant v WHERE v.reserved_quantity <> \
+               COALESCE((SELECT sum(quantity) FROM orders_inventoryreservation r \
+                         WHERE r.product_variant_id = v.id AND r.status = 'active'), 0)) + \
+             (SELECT count(*) FROM drops_dropproduct d WHERE d.reserved_quantity <> \
+               COALESCE((SELECT sum(quantity) FROM orders_inventoryreservation r \
+                         WHERE r.drop_product_id = d.id AND r.status = 'active'), 0))",
+        )
+        .await
+    }
+}
+
+/// A reservation to insert; see [`TestDb::reservation`].
+#[derive(Debug, Clone)]
+pub struct Res {
+    pub order: Option<i64>,
+    pub variant: i64,
+    pub drop: Option<i64>,
+    pub qty: i32,
+    pub status: &'static str,
+    pub created: &'static str,
+    pub expires: Option<&'static str>,
+}
+
+impl Res {
+    /// An active reservation of `qty` units of `variant` for `order`, expiring at `expires`.
+    pub fn new(order: Option<i64>, variant: i64, qty: i32, expires: &'static str) -> Res {
+        Res {
+            order,
+            variant,
+            drop: None,
+            qty,
+            status: "active",
+            created: "-20 minutes",
+            expires: Some(expires),
+        }
+    }
+}
+
+/// The default settings, without a time budget.
+pub fn settings() -> Settings {
+    Settings {
+        time_budget: None,
+        ..Settings::default()
+    }
+}
+
+pub async fn run(db: &mut Database, settings: &Settings, dry_run: bool) -> RunReport {
+    let options = RunOptions {
+        dry_run,
+        deadline: None,
+    };
+    release::run(db, settings, &options)
+        .await
+        .unwrap_or_else(|f| panic!("run failed: {}", f.error.chain()))
+}

@@ -1,0 +1,235 @@
+//! Locks and overlapping runs: what a shopper holds is skipped or briefly waited on, never
+//! made to fail, and two runs at once never release anything twice.
+
+use std::time::Duration;
+
+use unreserver::report::StopReason;
+
+use crate::common::{run, settings, Res, TestDb};
+
+/// An order a payment holds (`FOR UPDATE`) and a cart hold a checkout holds are skipped
+/// without waiting, and reported as backlog; the rest is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locked_rows_are_skipped_and_left_as_backlog() {
+    let t = TestDb::new().await;
+    let v = t.variant(4).await;
+    let held = t.order("pending", "pending").await;
+    let free = t.order("pending", "pending").await;
+    let r_held = t
+        .reservation(Res::new(Some(held), v, 1, "-5 minutes"))
+        .await;
+    let r_free = t
+        .reservation(Res::new(Some(free), v, 1, "-5 minutes"))
+        .await;
+    let hold_held = t.reservation(Res::new(None, v, 1, "-5 minutes")).await;
+    let hold_free = t.reservation(Res::new(None, v, 1, "-5 minutes")).await;
+
+    let mut shopper = t.connect().await;
+    let tx = shopper.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM orders_order WHERE id = $1 FOR UPDATE",
+        &[&held],
+    )
+    .await
+    .unwrap();
+    tx.execute(
+        "SELECT 1 FROM orders_inventoryreservation WHERE id = $1 FOR UPDATE",
+        &[&hold_held],
+    )
+    .await
+    .unwrap();
+
+    let mut db = t.open().await;
+    // Were the run to wait on the held rows, it would never finish while they are held.
+    let report = tokio::time::timeout(Duration::from_secs(30), run(&mut db, &settings(), false))
+        .await
+        .expect("the run waited on rows a shopper holds");
+    assert_eq!(report.reservations_released, 2);
+    assert_eq!(report.skipped_locked, 2);
+    assert_eq!(report.backlog_remaining, 2);
+    assert_eq!(report.stopped_reason, StopReason::Drained);
+    assert_eq!(t.reservation_status(r_free).await, "expired");
+    assert_eq!(t.reservation_status(hold_free).await, "expired");
+    assert_eq!(t.reservation_status(r_held).await, "active");
+    assert_eq!(t.reservation_status(hold_held).await, "active");
+    // The shopper's transaction goes on unharmed; the next run takes what it held.
+    tx.execute(
+        "UPDATE orders_order SET updated_at = now() WHERE id = $1",
+        &[&held],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let report = run(&mut db, &settings(), false).await;
+    assert_eq!(report.reservations_released, 2);
+    assert_eq!(t.reserved(v).await, 0);
+}
+
+/// Two runs at once over one backlog share it: every reservation is released exactly once
+/// and every counter ends equal to its active reservations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runs_at_once_release_each_reservation_exactly_once() {
+    let t = TestDb::new().await;
+    let variants = [t.variant(0).await, t.variant(0).await, t.variant(0).await];
+    let d = t.drop_product(variants[0], 0).await;
+    t.client
+        .execute(
+            "WITH o AS (INSERT INTO orders_order (order_number) \
+                 SELECT 'BULK-' || g FROM generate_series(1, 600) g RETURNING id) \
+             INSERT INTO orders_inventoryreservation \
+                 (order_id, product_variant_id, drop_product_id, quantity, expires_at) \
+             SELECT o.id, ($1::int8[])[1 + o.id % 3], CASE WHEN o.id % 3 = 0 THEN $2::int8 END, \
+                    1 + o.id % 2, now() - interval '1 minute' * (o.id % 7 + 1) \
+               FROM o, generate_series(1, 1 + (o.id % 2)::int)",
+            &[&variants.to_vec(), &d],
+        )
+        .await
+        .unwrap();
+    t.exec(
+        "UPDATE products_productvariant v SET reserved_quantity = COALESCE((SELECT sum(quantity) \
+           FROM orders_inventoryreservation r WHERE r.product_variant_id = v.id), 0); \
+         UPDATE drops_dropproduct d SET reserved_quantity = (SELECT sum(quantity) \
+           FROM orders_inventoryreservation r WHERE r.drop_product_id = d.id)",
+    )
+    .await;
+    let total = t
+        .i64("SELECT count(*) FROM orders_inventoryreservation")
+        .await as u64;
+    let mut s = settings();
+    s.batch_size = 25;
+    let mut a = t.open_with(&s).await;
+    let mut b = t.open_with(&s).await;
+    let (ra, rb) = tokio::join!(run(&mut a, &s, false), run(&mut b, &s, false));
+    assert_eq!(ra.reservations_released + rb.reservations_released, total);
+    assert_eq!(ra.orders_cancelled + rb.orders_cancelled, 600);
+    assert_eq!(
+        ra.clamped_variants + rb.clamped_variants + ra.clamped_drops + rb.clamped_drops,
+        0
+    );
+    assert_eq!(
+        t.i64("SELECT count(*) FROM orders_inventoryreservation WHERE status <> 'expired'")
+            .await,
+        0
+    );
+    assert_eq!(t.drifted_counters().await, 0);
+    for v in variants {
+        assert_eq!(t.reserved(v).await, 0);
+    }
+}
+
+/// A checkout holding a variant row makes the batch wait at most `lock_timeout`, roll back and
+/// retry; the checkout commits untouched, and its units are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_variant_held_by_a_checkout_makes_the_batch_retry() {
+    let t = TestDb::new().await;
+    let v = t.variant(2).await;
+    let order = t.order("pending", "pending").await;
+    t.reservation(Res::new(Some(order), v, 2, "-1 minute"))
+        .await;
+
+    let mut shopper = t.connect().await;
+    let tx = shopper.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 WHERE id = $1",
+        &[&v],
+    )
+    .await
+    .unwrap();
+    let mut s = settings();
+    s.lock_timeout_ms = 50;
+    s.retry_backoff_ms = 100;
+    s.batch_max_attempts = 20;
+    let mut db = t.open_with(&s).await;
+    let release = async { run(&mut db, &s, false).await };
+    let checkout = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        tx.commit().await
+    };
+    let (report, committed) = tokio::join!(release, checkout);
+    committed.expect("the checkout failed");
+    assert!(report.batch_retries >= 1, "{report:?}");
+    assert_eq!(report.reservations_released, 1);
+    assert_eq!(t.reserved(v).await, 1, "the checkout's unit was lost");
+}
+
+/// A lock held past every retry: the run gives up cleanly (nothing changed), reports it, and
+/// the next run completes once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_past_every_retry_stops_the_run_cleanly() {
+    let t = TestDb::new().await;
+    let v = t.variant(1).await;
+    let order = t.order("pending", "pending").await;
+    let r = t
+        .reservation(Res::new(Some(order), v, 1, "-1 minute"))
+        .await;
+    let mut shopper = t.connect().await;
+    let tx = shopper.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM products_productvariant WHERE id = $1 FOR UPDATE",
+        &[&v],
+    )
+    .await
+    .unwrap();
+    let before = t.fingerprint().await;
+    let mut s = settings();
+    s.lock_timeout_ms = 20;
+    s.retry_backoff_ms = 10;
+    s.batch_max_attempts = 3;
+    let mut db = t.open_with(&s).await;
+    let report = run(&mut db, &s, false).await;
+    assert_eq!(report.stopped_reason, StopReason::LockContention);
+    assert_eq!(report.batch_retries, 2);
+    assert_eq!(report.reservations_released, 0);
+    assert_eq!(report.backlog_remaining, 1);
+    assert_eq!(t.fingerprint().await, before);
+    tx.commit().await.unwrap();
+    let report = run(&mut db, &s, false).await;
+    assert_eq!(report.reservations_released, 1);
+    assert_eq!(t.reservation_status(r).await, "expired");
+}
+
+/// A lock cycle with a checkout that takes variants in descending order: the batch gives up
+/// first (its `lock_timeout` is well below `deadlock_timeout`), so the checkout never gets a
+/// deadlock error, and the batch succeeds on a later try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_lock_cycle_the_batch_gives_up_not_the_checkout() {
+    let t = TestDb::new().await;
+    let v1 = t.variant(1).await;
+    let v2 = t.variant(1).await;
+    let order = t.order("pending", "pending").await;
+    t.reservation(Res::new(Some(order), v1, 1, "-1 minute"))
+        .await;
+    t.reservation(Res::new(Some(order), v2, 1, "-1 minute"))
+        .await;
+
+    let mut shopper = t.connect().await;
+    let tx = shopper.transaction().await.unwrap();
+    // The checkout takes v2 first...
+    tx.execute(
+        "UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 WHERE id = $1",
+        &[&v2],
+    )
+    .await
+    .unwrap();
+    let mut s = settings();
+    s.lock_timeout_ms = 400;
+    s.retry_backoff_ms = 50;
+    s.batch_max_attempts = 20;
+    let mut db = t.open_with(&s).await;
+    let release = async { run(&mut db, &s, false).await };
+    let checkout = async {
+        // ...then, while the batch holds v1 and waits on v2, asks for v1: a cycle.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        tx.execute(
+            "UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 WHERE id = $1",
+            &[&v1],
+        )
+        .await?;
+        tx.commit().await
+    };
+    let (report, checkout) = tokio::join!(release, checkout);
+    checkout.expect("the checkout failed: the release made a shopper's transaction fail");
+    assert!(report.batch_retries >= 1);
+    assert_eq!(report.reservations_released, 2);
+    assert_eq!((t.reserved(v1).await, t.reserved(v2).await), (1, 1));
+}

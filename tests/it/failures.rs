@@ -1,0 +1,141 @@
+//! Failures leave nothing half-done: a failed batch is rolled back whole, and a schema that
+//! does not fit is named before anything changes.
+
+use unreserver::release::{self, RunOptions};
+use unreserver::report::StopReason;
+use unreserver::Error;
+
+use crate::common::{run, settings, Res, TestDb};
+
+/// A batch that fails part-way (here a trigger on the drop counters, which are updated last)
+/// leaves every row of that batch as it was; batches committed before it stay committed; the
+/// next run, once the fault is gone, completes the work.
+#[tokio::test]
+async fn a_failed_batch_leaves_its_rows_unchanged() {
+    let t = TestDb::new().await;
+    let v = t.variant(3).await;
+    let d = t.drop_product(v, 2).await;
+    let first = t.order("pending", "pending").await;
+    t.reservation(Res::new(Some(first), v, 1, "-10 minutes"))
+        .await;
+    let second = t.order("pending", "pending").await;
+    let mut r = Res::new(Some(second), v, 2, "-5 minutes");
+    r.drop = Some(d);
+    t.reservation(r).await;
+    t.exec(
+        "CREATE FUNCTION fail_drop_update() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$; \
+         CREATE TRIGGER fail_drop_update BEFORE UPDATE ON drops_dropproduct \
+           FOR EACH ROW EXECUTE FUNCTION fail_drop_update()",
+    )
+    .await;
+    let mut s = settings();
+    s.batch_size = 1;
+    let mut db = t.open_with(&s).await;
+    let second_before = t
+        .client
+        .query_one(
+            "SELECT o::text, (SELECT string_agg(r::text, ';') FROM orders_inventoryreservation r WHERE r.order_id = o.id) \
+             FROM orders_order o WHERE o.id = $1",
+            &[&second],
+        )
+        .await
+        .unwrap();
+    let options = RunOptions::default();
+    let failure = release::run(&mut db, &s, &options).await.unwrap_err();
+    assert!(
+        failure.error.chain().contains("injected fault"),
+        "{}",
+        failure.error.chain()
+    );
+    assert!(!failure.error.is_retryable());
+    assert_eq!(failure.report.stopped_reason, StopReason::Failed);
+    assert_eq!(
+        failure.report.reservations_released, 1,
+        "the first batch committed"
+    );
+    let second_after = t
+        .client
+        .query_one(
+            "SELECT o::text, (SELECT string_agg(r::text, ';') FROM orders_inventoryreservation r WHERE r.order_id = o.id) \
+             FROM orders_order o WHERE o.id = $1",
+            &[&second],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        second_before.get::<_, String>(0),
+        second_after.get::<_, String>(0)
+    );
+    assert_eq!(
+        second_before.get::<_, String>(1),
+        second_after.get::<_, String>(1)
+    );
+    assert_eq!(
+        t.reserved(v).await,
+        2,
+        "only the first batch's unit came back"
+    );
+    assert_eq!(t.drop_reserved(d).await, 2);
+
+    t.exec("DROP TRIGGER fail_drop_update ON drops_dropproduct")
+        .await;
+    let report = run(&mut db, &s, false).await;
+    assert_eq!(report.reservations_released, 1);
+    assert_eq!((t.reserved(v).await, t.drop_reserved(d).await), (0, 0));
+}
+
+/// A missing column or table is reported by name when the connection is opened, before the
+/// release changes anything.
+#[tokio::test]
+async fn a_missing_column_or_table_is_named_before_anything_changes() {
+    for (ddl, named) in [
+        (
+            "ALTER TABLE orders_order DROP COLUMN cancelled_at",
+            "column orders_order.cancelled_at",
+        ),
+        (
+            "ALTER TABLE orders_inventoryreservation RENAME COLUMN expires_at TO expiry",
+            "column orders_inventoryreservation.expires_at",
+        ),
+        (
+            "ALTER TABLE drops_dropproduct RENAME TO drops_product",
+            "table drops_dropproduct",
+        ),
+    ] {
+        let t = TestDb::new().await;
+        let v = t.variant(1).await;
+        let order = t.order("pending", "pending").await;
+        t.reservation(Res::new(Some(order), v, 1, "-1 minute"))
+            .await;
+        t.exec(ddl).await;
+        let before = t
+            .text("SELECT string_agg(r::text, ';') FROM orders_inventoryreservation r")
+            .await;
+        let tls = unreserver::tls::connector(None).unwrap();
+        let err = match unreserver::database::Database::open(&t.config(), &tls, 100).await {
+            Ok(_) => panic!("{ddl}: the schema check passed"),
+            Err(err) => err,
+        };
+        assert!(matches!(err, Error::Schema(_)), "{ddl}: {err}");
+        assert!(err.to_string().contains(named), "{ddl}: {err}");
+        assert!(!err.is_retryable());
+        let after = t
+            .text("SELECT string_agg(r::text, ';') FROM orders_inventoryreservation r")
+            .await;
+        assert_eq!(before, after);
+    }
+}
+
+/// A `LOCK_TIMEOUT_MS` that would not give up before the server's deadlock check is refused.
+#[tokio::test]
+async fn a_lock_timeout_near_deadlock_timeout_is_refused() {
+    let t = TestDb::new().await;
+    let tls = unreserver::tls::connector(None).unwrap();
+    let err = match unreserver::database::Database::open(&t.config(), &tls, 600).await {
+        Ok(_) => panic!("a 600 ms lock timeout was accepted with a 1 s deadlock_timeout"),
+        Err(err) => err,
+    };
+    assert!(err.to_string().contains("LOCK_TIMEOUT_MS"), "{err}");
+    assert!(err.to_string().contains("deadlock_timeout"), "{err}");
+}
