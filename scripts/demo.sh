@@ -7,7 +7,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 # shellcheck source=lib/pg.sh
 source scripts/lib/pg.sh
-command -v cargo >/dev/null || { echo "demo: cargo missing: install Rust (rustup)" >&2; exit 1; }
+# shellcheck source=lib/tools.sh
+source scripts/lib/tools.sh
+need_cargo
 
 echo "== building unreserver" >&2
 cargo build --quiet --locked --bin unreserver

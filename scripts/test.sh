@@ -1,20 +1,57 @@
 #!/usr/bin/env bash
-# Runs every test: starts a throwaway PostgreSQL (TLS on, a CA made for it) and the other
-# services the tests need, then `cargo test`. Installs PostgreSQL when missing and says what
-# else is missing. Extra arguments go to `cargo test`.
+# Runs every test: starts a throwaway PostgreSQL (TLS on, with a CA made for it), moto's Secrets
+# Manager server and the function under `cargo lambda watch`, then `cargo test`. Installs
+# PostgreSQL (Debian), moto and cargo-lambda (PyPI) when missing, and says what else is missing.
+# Extra arguments go to `cargo test`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 # shellcheck source=lib/pg.sh
 source scripts/lib/pg.sh
-command -v cargo >/dev/null || { echo "test: cargo missing: install Rust (rustup)" >&2; exit 1; }
+# shellcheck source=lib/tools.sh
+source scripts/lib/tools.sh
+need_cargo
+need_pip_tool moto_server 'moto[server]'
+need_cargo_lambda
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  pg_stop
+}
+trap cleanup EXIT
 
 pg_start unreserver-test fast
-trap pg_stop EXIT
 pg_create_db unreserver_template >/dev/null
 export UNRESERVER_TEST_ADMIN_URL=$PG_ADMIN_URL
 export UNRESERVER_TEST_CA_CERT=$PG_CA_CERT
 export UNRESERVER_TEST_WRONG_CA_CERT=$PG_WRONG_CA_CERT
-export RUST_TEST_THREADS=${RUST_TEST_THREADS:-4}
 
+moto_port=$(pg_free_port)
+moto_server -H 127.0.0.1 -p "$moto_port" >"$PG_DIR/moto.log" 2>&1 &
+pids+=($!)
+wait_for_port "$moto_port" "moto_server" "$PG_DIR/moto.log"
+export UNRESERVER_TEST_AWS_ENDPOINT="http://127.0.0.1:$moto_port"
+
+echo "== building" >&2
+cargo test --locked --all-targets --no-run
+
+# The function under the Lambda runtime emulator. Its secret is written by the end-to-end test.
+lambda_port=$(pg_free_port)
+export UNRESERVER_TEST_LAMBDA_PORT=$lambda_port
+export UNRESERVER_TEST_LAMBDA_SECRET=unreserver-e2e
+export UNRESERVER_TEST_LAMBDA_LOG="$PG_DIR/lambda.log"
+cargo lambda watch --bin bootstrap --ignore-changes --invoke-address 127.0.0.1 \
+  --invoke-port "$lambda_port" \
+  --env-var "DB_SECRET_ID=$UNRESERVER_TEST_LAMBDA_SECRET" \
+  --env-var "AWS_ENDPOINT_URL=$UNRESERVER_TEST_AWS_ENDPOINT" \
+  --env-var AWS_REGION=us-east-1 --env-var AWS_ACCESS_KEY_ID=test \
+  --env-var AWS_SECRET_ACCESS_KEY=test \
+  --env-var DB_SSLMODE=require --env-var "DB_CA_BUNDLE=$PG_CA_CERT" \
+  --env-var LOG_FORMAT=json --env-var RUST_LOG=info \
+  >"$UNRESERVER_TEST_LAMBDA_LOG" 2>&1 &
+pids+=($!)
+wait_for_port "$lambda_port" "cargo lambda watch" "$UNRESERVER_TEST_LAMBDA_LOG"
+
+export RUST_TEST_THREADS=${RUST_TEST_THREADS:-4}
 cargo test --locked --all-targets "$@"

@@ -99,6 +99,12 @@ fn classify_connect_error(config: &Config, source: tokio_postgres::Error) -> Err
             user: config.get_user().unwrap_or("?").into(),
             source,
         }
+    } else if source.to_string().contains("TLS handshake") {
+        // tokio-postgres does not expose its error kinds; its TLS failures all say this.
+        Error::TlsHandshake {
+            target: describe(config),
+            source,
+        }
     } else {
         Error::Connect {
             target: describe(config),

@@ -35,6 +35,15 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
 
+    /// The server's certificate could not be verified (unknown CA, wrong host name) or TLS
+    /// was refused.
+    #[error("TLS handshake with {target} failed (is the server's CA in DB_CA_BUNDLE, and does its certificate name this host?): {source}")]
+    TlsHandshake {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
     /// TLS could not be set up (CA bundle unreadable or invalid).
     #[error("TLS setup failed: {0}")]
     Tls(String),
@@ -70,6 +79,7 @@ impl Error {
             | Error::Payload(_)
             | Error::Schema(_)
             | Error::Tls(_)
+            | Error::TlsHandshake { .. }
             | Error::Authentication { .. } => false,
             Error::Connect { .. } => true,
             Error::Secret { retryable, .. } => *retryable,
@@ -89,6 +99,7 @@ impl Error {
             Error::Connect { .. } => "DatabaseUnreachable",
             Error::Authentication { .. } => "DatabaseAuthentication",
             Error::Tls(_) => "TlsSetup",
+            Error::TlsHandshake { .. } => "TlsVerification",
             Error::Database { .. } => "DatabaseError",
             Error::Secret { .. } => "SecretUnavailable",
         }

@@ -6,11 +6,16 @@
 pub mod batch;
 pub mod cli;
 pub mod connect;
+pub mod credentials;
 pub mod database;
 pub mod error;
+pub mod handler;
+pub mod metrics;
+pub mod payload;
 pub mod release;
 pub mod report;
 pub mod schema;
+pub mod secrets;
 pub mod settings;
 pub mod sql;
 pub mod status;

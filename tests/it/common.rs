@@ -20,6 +20,24 @@ pub fn admin_url() -> String {
     )
 }
 
+/// The test server's superuser password and port.
+pub fn admin_password() -> String {
+    let config: Config = admin_url().parse().unwrap();
+    String::from_utf8(config.get_password().unwrap().to_vec()).unwrap()
+}
+
+pub fn pg_port() -> u16 {
+    let config: Config = admin_url().parse().unwrap();
+    config.get_ports()[0]
+}
+
+/// A required environment variable that `scripts/test.sh` sets.
+pub fn test_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with scripts/test.sh, which starts what they need")
+    })
+}
+
 pub async fn connect_url(url: &str) -> Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await
@@ -30,6 +48,7 @@ pub async fn connect_url(url: &str) -> Client {
 
 /// A database of its own for one test.
 pub struct TestDb {
+    pub name: String,
     pub url: String,
     pub client: Client,
 }
@@ -53,7 +72,22 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
         let url = admin_url().replacen("/postgres?", &format!("/{name}?"), 1);
         let client = connect_url(&url).await;
-        TestDb { url, client }
+        TestDb { name, url, client }
+    }
+
+    /// A login role with `password` that may read and write the four tables.
+    pub async fn role(&self, password: &str) -> String {
+        let role = format!(
+            "app_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        self.exec(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD '{password}'; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
+        ))
+        .await;
+        role
     }
 
     pub fn config(&self) -> Config {

@@ -5,5 +5,8 @@ mod cli;
 mod common;
 mod concurrency;
 mod failures;
+mod lambda;
 mod release_rules;
+mod secrets_manager;
 mod status;
+mod tls;

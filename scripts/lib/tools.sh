@@ -1,0 +1,37 @@
+# Checks for the tools the scripts need, installing the PyPI ones when missing. Source this file.
+
+tools_die() { echo "$*" >&2; exit 1; }
+
+need_cargo() {
+  command -v cargo >/dev/null || tools_die "cargo missing: install Rust with rustup (https://rustup.rs)"
+}
+
+# need_pip_tool COMMAND PIP-SPEC: installs PIP-SPEC from PyPI when COMMAND is missing.
+need_pip_tool() {
+  local cmd=$1 spec=$2
+  command -v "$cmd" >/dev/null && return 0
+  command -v python3 >/dev/null || tools_die "python3 missing: needed to install $spec from PyPI"
+  echo "installing $spec from PyPI (for $cmd)" >&2
+  python3 -m pip install -q "$spec" >&2 || tools_die "could not install $spec with pip"
+  hash -r
+  command -v "$cmd" >/dev/null || tools_die "$cmd still missing after pip install $spec (is pip's bin directory on PATH?)"
+}
+
+need_cargo_lambda() {
+  cargo lambda --version >/dev/null 2>&1 && return 0
+  need_pip_tool cargo-lambda cargo-lambda
+  cargo lambda --version >/dev/null 2>&1 || tools_die "cargo lambda does not run after installing cargo-lambda"
+}
+
+# wait_for_port PORT NAME LOG: waits up to 60 s for a listener on 127.0.0.1:PORT.
+wait_for_port() {
+  local port=$1 name=$2 log=$3
+  for _ in $(seq 1 120); do
+    if python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.5); sys.exit(s.connect_ex(('127.0.0.1', $port)))" 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  cat "$log" >&2
+  tools_die "$name did not start listening on port $port"
+}

@@ -1,0 +1,255 @@
+//! The invocation payloads the Lambda function accepts, parsed strictly: an unknown field or a
+//! wrong type is an error that names it.
+//!
+//! - the schedule's fixed input `{"source": "schedule"}`, or an EventBridge "Scheduled Event"
+//!   envelope (`detail-type: Scheduled Event`);
+//! - a manual run: `{"dry_run": true, "batch_size": 50, "max_batches": 10}` (all optional;
+//!   `"action": "run"` may be given);
+//! - `{"action": "status"}`;
+//! - `{}` or `null`: a run with the configured settings.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::settings::check_range;
+
+/// What an invocation asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Run(RunRequest),
+    Status,
+}
+
+/// A run, and what the payload overrides of the settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunRequest {
+    pub dry_run: bool,
+    pub batch_size: Option<u32>,
+    pub max_batches: Option<u32>,
+    /// Who asked: "schedule", "manual", or what the payload's `source` said.
+    pub source: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Action {
+    Run,
+    Status,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manual {
+    action: Option<Action>,
+    source: Option<String>,
+    dry_run: Option<bool>,
+    batch_size: Option<u32>,
+    max_batches: Option<u32>,
+}
+
+/// The EventBridge "Scheduled Event" envelope (EventBridge rules and the default Scheduler
+/// target input).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ScheduledEvent {
+    version: Option<String>,
+    id: Option<String>,
+    #[serde(rename = "detail-type")]
+    detail_type: String,
+    source: Option<String>,
+    account: Option<String>,
+    time: Option<String>,
+    region: Option<String>,
+    resources: Option<Vec<String>>,
+    detail: Option<Value>,
+}
+
+const MAX_SOURCE_LEN: usize = 64;
+
+/// Parses a payload into a request.
+pub fn parse(payload: &Value) -> Result<Request> {
+    match payload {
+        Value::Null => return Ok(Request::Run(manual_run())),
+        Value::Object(map) if map.contains_key("detail-type") => {
+            let event: ScheduledEvent = strict(payload)?;
+            if event.detail_type != "Scheduled Event" {
+                return Err(Error::Payload(format!(
+                    "detail-type {:?} is not a Scheduled Event",
+                    truncate(&event.detail_type)
+                )));
+            }
+            return Ok(Request::Run(RunRequest {
+                source: "schedule".into(),
+                ..RunRequest::default()
+            }));
+        }
+        Value::Object(_) => {}
+        other => {
+            return Err(Error::Payload(format!(
+                "expected a JSON object, got {}",
+                kind(other)
+            )))
+        }
+    }
+    let manual: Manual = strict(payload)?;
+    if let Some(source) = &manual.source {
+        if source.is_empty() || source.len() > MAX_SOURCE_LEN {
+            return Err(Error::Payload(format!(
+                "field source must be 1 to {MAX_SOURCE_LEN} characters"
+            )));
+        }
+    }
+    match manual.action {
+        Some(Action::Status) => {
+            if manual.dry_run.is_some()
+                || manual.batch_size.is_some()
+                || manual.max_batches.is_some()
+            {
+                return Err(Error::Payload(
+                    "action status takes no dry_run, batch_size or max_batches".into(),
+                ));
+            }
+            Ok(Request::Status)
+        }
+        Some(Action::Run) | None => {
+            if let Some(n) = manual.batch_size {
+                check_range("batch_size", n, 1, 10_000).map_err(payload_error)?;
+            }
+            if let Some(n) = manual.max_batches {
+                check_range("max_batches", n, 1, 1_000_000).map_err(payload_error)?;
+            }
+            Ok(Request::Run(RunRequest {
+                dry_run: manual.dry_run.unwrap_or(false),
+                batch_size: manual.batch_size,
+                max_batches: manual.max_batches,
+                source: manual.source.unwrap_or_else(|| "manual".into()),
+            }))
+        }
+    }
+}
+
+fn manual_run() -> RunRequest {
+    RunRequest {
+        source: "manual".into(),
+        ..RunRequest::default()
+    }
+}
+
+/// Deserializes with the path of the offending field in the error.
+fn strict<T: for<'de> Deserialize<'de>>(payload: &Value) -> Result<T> {
+    serde_path_to_error::deserialize(payload).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path.is_empty() || path == "." {
+            Error::Payload(inner)
+        } else {
+            Error::Payload(format!("field {path}: {inner}"))
+        }
+    })
+}
+
+fn payload_error(e: Error) -> Error {
+    match e {
+        Error::Setting { name, reason } => Error::Payload(format!("field {name}: {reason}")),
+        other => other,
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(MAX_SOURCE_LEN).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn run(p: Value) -> RunRequest {
+        match parse(&p).unwrap() {
+            Request::Run(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_the_documented_payloads() {
+        assert_eq!(run(json!({"source": "schedule"})).source, "schedule");
+        assert!(!run(json!({"source": "schedule"})).dry_run);
+        let r = run(json!({"dry_run": true, "batch_size": 50, "max_batches": 3}));
+        assert_eq!(
+            (r.dry_run, r.batch_size, r.max_batches),
+            (true, Some(50), Some(3))
+        );
+        assert_eq!(r.source, "manual");
+        assert_eq!(run(json!({})).source, "manual");
+        assert_eq!(run(Value::Null).source, "manual");
+        assert!(!run(json!({"action": "run", "dry_run": false})).dry_run);
+        assert_eq!(
+            parse(&json!({"action": "status"})).unwrap(),
+            Request::Status
+        );
+    }
+
+    #[test]
+    fn accepts_the_sample_events() {
+        for (file, text) in [
+            (
+                "schedule.json",
+                include_str!("../infra/events/schedule.json"),
+            ),
+            (
+                "scheduled-event.json",
+                include_str!("../infra/events/scheduled-event.json"),
+            ),
+            ("dry-run.json", include_str!("../infra/events/dry-run.json")),
+            ("run.json", include_str!("../infra/events/run.json")),
+            ("status.json", include_str!("../infra/events/status.json")),
+        ] {
+            let value: Value = serde_json::from_str(text).unwrap();
+            parse(&value).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+    }
+
+    #[test]
+    fn names_the_field_in_every_error() {
+        for (payload, named) in [
+            (json!({"dry_rn": true}), "dry_rn"),
+            (json!({"dry_run": "yes"}), "dry_run"),
+            (json!({"batch_size": -1}), "batch_size"),
+            (json!({"batch_size": 0}), "batch_size"),
+            (json!({"batch_size": 1.5}), "batch_size"),
+            (json!({"max_batches": 0}), "max_batches"),
+            (json!({"max_batches": "10"}), "max_batches"),
+            (json!({"action": "delete"}), "action"),
+            (json!({"action": "status", "dry_run": true}), "dry_run"),
+            (json!({"source": 5}), "source"),
+            (json!({"source": ""}), "source"),
+            (
+                json!({"detail-type": "Scheduled Event", "extra": 1}),
+                "extra",
+            ),
+            (json!({"detail-type": "Object Created"}), "detail-type"),
+            (json!([1, 2]), "JSON object"),
+            (json!("run"), "JSON object"),
+        ] {
+            let err = parse(&payload).unwrap_err();
+            assert!(matches!(err, Error::Payload(_)), "{payload}: {err}");
+            assert!(err.to_string().contains(named), "{payload}: {err}");
+            assert!(!err.is_retryable());
+        }
+    }
+}

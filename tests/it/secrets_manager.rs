@@ -1,0 +1,235 @@
+//! Credentials through the real AWS SDK, over HTTP, from moto's Secrets Manager server (started
+//! by `scripts/test.sh`): happy path, missing and malformed secrets, a rotated password, and an
+//! unreachable service.
+
+use std::time::Duration;
+
+use aws_sdk_secretsmanager::config::{Credentials, Region};
+use serde_json::json;
+use tokio_postgres::config::SslMode;
+use unreserver::credentials::{ConnectionDefaults, CredentialSource};
+use unreserver::secrets::SecretSource;
+use unreserver::{tls, Error};
+
+use crate::common::{pg_port, run, settings, test_env, Res, TestDb};
+
+pub async fn client_for(endpoint: &str) -> aws_sdk_secretsmanager::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_timeout(Duration::from_secs(10))
+                .build(),
+        )
+        .load()
+        .await;
+    aws_sdk_secretsmanager::Client::new(&config)
+}
+
+pub async fn client() -> aws_sdk_secretsmanager::Client {
+    client_for(&test_env("UNRESERVER_TEST_AWS_ENDPOINT")).await
+}
+
+/// Creates the secret, or gives it a new value when it exists.
+pub async fn put_secret(client: &aws_sdk_secretsmanager::Client, id: &str, value: &str) {
+    let created = client
+        .create_secret()
+        .name(id)
+        .secret_string(value)
+        .send()
+        .await;
+    if created.is_err() {
+        client
+            .put_secret_value()
+            .secret_id(id)
+            .secret_string(value)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("cannot write secret {id}: {e:?}"));
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), fastrand::u32(..))
+}
+
+fn defaults(host: Option<&str>, dbname: Option<&str>) -> ConnectionDefaults {
+    ConnectionDefaults {
+        host: host.map(Into::into),
+        port: pg_port(),
+        dbname: dbname.map(Into::into),
+        ssl_mode: SslMode::Require,
+    }
+}
+
+fn source(
+    client: aws_sdk_secretsmanager::Client,
+    id: &str,
+    d: ConnectionDefaults,
+) -> CredentialSource {
+    CredentialSource::Secret {
+        source: Box::new(SecretSource::new(
+            client,
+            id.into(),
+            Duration::from_secs(900),
+        )),
+        defaults: d,
+    }
+}
+
+fn verified_tls() -> postgres_native_tls::MakeTlsConnector {
+    let ca = test_env("UNRESERVER_TEST_CA_CERT");
+    tls::connector(Some(std::path::Path::new(&ca))).unwrap()
+}
+
+#[tokio::test]
+async fn an_rds_secret_opens_a_verified_connection_and_runs() {
+    let t = TestDb::new().await;
+    let role = t.role("first-pass").await;
+    let v = t.variant(1).await;
+    let order = t.order("pending", "pending").await;
+    t.reservation(Res::new(Some(order), v, 1, "-1 minute"))
+        .await;
+    let sm = client().await;
+    let id = unique("rds");
+    put_secret(
+        &sm,
+        &id,
+        &json!({"engine": "postgres", "username": role, "password": "first-pass", "host": "localhost",
+                "port": pg_port(), "dbname": t.name, "dbInstanceIdentifier": "shop"})
+        .to_string(),
+    )
+    .await;
+    let creds = source(sm, &id, defaults(None, None));
+    let mut db = creds.open(&verified_tls(), 100).await.unwrap();
+    let report = run(&mut db, &settings(), false).await;
+    assert_eq!(report.reservations_released, 1);
+}
+
+#[tokio::test]
+async fn a_username_and_password_secret_takes_the_rest_from_settings() {
+    let t = TestDb::new().await;
+    let role = t.role("pw").await;
+    let sm = client().await;
+    let id = unique("userpass");
+    put_secret(
+        &sm,
+        &id,
+        &json!({"username": role, "password": "pw"}).to_string(),
+    )
+    .await;
+    let creds = source(sm.clone(), &id, defaults(Some("localhost"), Some(&t.name)));
+    creds.open(&verified_tls(), 100).await.unwrap();
+    // Without DB_HOST the error names the secret and the setting.
+    let creds = source(sm, &id, defaults(None, Some(&t.name)));
+    let err = creds.open(&verified_tls(), 100).await.err().unwrap();
+    assert!(
+        err.to_string().contains(&id) && err.to_string().contains("DB_HOST"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_secret_is_named_and_not_retryable() {
+    let creds = source(client().await, "does-not-exist", defaults(None, None));
+    let err = creds.open(&verified_tls(), 100).await.err().unwrap();
+    assert!(matches!(err, Error::Secret { .. }), "{err}");
+    assert_eq!(err.kind(), "SecretUnavailable");
+    assert!(
+        err.to_string().contains("does-not-exist") && err.to_string().contains("not found"),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+}
+
+#[tokio::test]
+async fn a_malformed_secret_names_the_field_never_the_value() {
+    let sm = client().await;
+    for (value, expect) in [
+        ("s3cret-value".to_string(), "not a JSON object"),
+        (
+            json!({"username": "app", "pass": "s3cret-value"}).to_string(),
+            "field password is missing",
+        ),
+        (
+            json!({"username": "app", "password": "s3cret-value", "port": "s3cret-value"})
+                .to_string(),
+            "field port",
+        ),
+    ] {
+        let id = unique("malformed");
+        put_secret(&sm, &id, &value).await;
+        let creds = source(sm.clone(), &id, defaults(Some("localhost"), Some("x")));
+        let err = creds.open(&verified_tls(), 100).await.err().unwrap();
+        let text = err.chain();
+        assert!(text.contains(&id) && text.contains(expect), "{text}");
+        assert!(
+            !text.contains("s3cret-value"),
+            "the secret's value leaked: {text}"
+        );
+    }
+}
+
+/// The password is rotated: the database rejects the cached one, the secret is read again once,
+/// and the connection succeeds. Until then the cache is used, not the service.
+#[tokio::test]
+async fn a_rotated_password_is_fetched_again_once() {
+    let t = TestDb::new().await;
+    let role = t.role("before-rotation").await;
+    let sm = client().await;
+    let id = unique("rotation");
+    let secret = |pw: &str| {
+        json!({"username": role, "password": pw, "host": "localhost", "port": pg_port(), "dbname": t.name})
+            .to_string()
+    };
+    put_secret(&sm, &id, &secret("before-rotation")).await;
+    let creds = source(sm.clone(), &id, defaults(None, None));
+    creds.open(&verified_tls(), 100).await.unwrap();
+
+    // The secret changes but the database still takes the old password: the cache serves.
+    put_secret(&sm, &id, "not json at all").await;
+    creds
+        .open(&verified_tls(), 100)
+        .await
+        .expect("the cached credentials were not used");
+
+    // Rotation: the database and the secret move to a new password.
+    t.exec(&format!("ALTER ROLE {role} PASSWORD 'after-rotation'"))
+        .await;
+    put_secret(&sm, &id, &secret("after-rotation")).await;
+    creds
+        .open(&verified_tls(), 100)
+        .await
+        .expect("the rotated password was not fetched");
+
+    // A secret whose password the database rejects even when fresh: an authentication error
+    // naming the user, not the password.
+    put_secret(&sm, &id, &secret("wrong-password")).await;
+    t.exec(&format!("ALTER ROLE {role} PASSWORD 'third'")).await;
+    let err = creds.open(&verified_tls(), 100).await.err().unwrap();
+    assert!(
+        matches!(err, Error::Authentication { .. }),
+        "{}",
+        err.chain()
+    );
+    assert_eq!(err.kind(), "DatabaseAuthentication");
+    assert!(
+        err.chain().contains(&role) && !err.chain().contains("wrong-password"),
+        "{}",
+        err.chain()
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_secrets_manager_is_a_retryable_error() {
+    // A port nothing listens on.
+    let sm = client_for("http://127.0.0.1:1").await;
+    let creds = source(sm, "any", defaults(None, None));
+    let err = creds.open(&verified_tls(), 100).await.err().unwrap();
+    assert!(matches!(err, Error::Secret { .. }), "{}", err.chain());
+    assert!(err.to_string().contains("unreachable"), "{}", err.chain());
+    assert!(err.is_retryable());
+}

@@ -1,0 +1,148 @@
+//! TLS to the database for real: the test server runs with `ssl=on` and a certificate from a CA
+//! made by `scripts/test.sh`; `sslmode=require` verifies the chain and the host name.
+
+use std::path::PathBuf;
+
+use tokio_postgres::config::SslMode;
+use tokio_postgres::{Client, Config};
+use unreserver::{connect, tls, Error};
+
+use crate::common::{admin_password, pg_port, test_env};
+
+fn ca() -> PathBuf {
+    test_env("UNRESERVER_TEST_CA_CERT").into()
+}
+
+fn wrong_ca() -> PathBuf {
+    test_env("UNRESERVER_TEST_WRONG_CA_CERT").into()
+}
+
+async fn connect_to(
+    host: &str,
+    hostaddr: Option<&str>,
+    mode: SslMode,
+    ca: Option<PathBuf>,
+) -> Result<Client, Error> {
+    let mut config = Config::new();
+    config
+        .host(host)
+        .port(pg_port())
+        .user("postgres")
+        .password(admin_password())
+        .dbname("postgres")
+        .ssl_mode(mode);
+    if let Some(addr) = hostaddr {
+        config.hostaddr(addr.parse().unwrap());
+    }
+    connect::apply_defaults(&mut config);
+    let tls = tls::connector(ca.as_deref())?;
+    connect::connect(&config, &tls).await
+}
+
+async fn uses_tls(client: &Client) -> bool {
+    client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn require_verifies_the_chain_with_the_configured_ca() {
+    let client = connect_to("localhost", None, SslMode::Require, Some(ca()))
+        .await
+        .unwrap();
+    assert!(uses_tls(&client).await);
+    // The certificate also names 127.0.0.1.
+    let client = connect_to("127.0.0.1", None, SslMode::Require, Some(ca()))
+        .await
+        .unwrap();
+    assert!(uses_tls(&client).await);
+}
+
+#[tokio::test]
+async fn require_fails_clearly_without_the_ca() {
+    for ca in [None, Some(wrong_ca())] {
+        let err = match connect_to("localhost", None, SslMode::Require, ca.clone()).await {
+            Ok(_) => panic!("connected without trusting the server's CA ({ca:?})"),
+            Err(err) => err,
+        };
+        assert!(matches!(err, Error::TlsHandshake { .. }), "{}", err.chain());
+        assert_eq!(err.kind(), "TlsVerification");
+        assert!(
+            err.chain().contains("certificate verify failed"),
+            "{}",
+            err.chain()
+        );
+        assert!(!err.is_retryable());
+    }
+}
+
+#[tokio::test]
+async fn require_fails_on_a_wrong_host_name() {
+    // The right server and CA, reached under a name its certificate does not carry.
+    let err = match connect_to(
+        "wrong-name.invalid",
+        Some("127.0.0.1"),
+        SslMode::Require,
+        Some(ca()),
+    )
+    .await
+    {
+        Ok(_) => panic!("connected although the certificate names another host"),
+        Err(err) => err,
+    };
+    assert!(matches!(err, Error::TlsHandshake { .. }), "{}", err.chain());
+    assert!(
+        err.chain().contains("wrong-name.invalid"),
+        "{}",
+        err.chain()
+    );
+}
+
+/// Every certificate of a bundle is trusted, not only the first (the RDS bundle holds over a
+/// hundred, the right one anywhere among them).
+#[tokio::test]
+async fn every_certificate_of_a_bundle_is_trusted() {
+    let dir = std::env::temp_dir().join(format!("unreserver-bundle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bundle = dir.join("bundle.pem");
+    let wrong = std::fs::read_to_string(wrong_ca()).unwrap();
+    let right = std::fs::read_to_string(ca()).unwrap();
+    std::fs::write(
+        &bundle,
+        format!("# a comment line\n{wrong}\n{wrong}{right}"),
+    )
+    .unwrap();
+    assert_eq!(
+        tls::certificates(&std::fs::read_to_string(&bundle).unwrap())
+            .unwrap()
+            .len(),
+        3
+    );
+    let client = connect_to("localhost", None, SslMode::Require, Some(bundle.clone()))
+        .await
+        .unwrap();
+    assert!(uses_tls(&client).await);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn an_unreadable_bundle_is_a_clear_setup_error() {
+    let err = tls::connector(Some(std::path::Path::new("/nonexistent/bundle.pem")))
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), "TlsSetup");
+    assert!(err.to_string().contains("/nonexistent/bundle.pem"));
+}
+
+#[tokio::test]
+async fn disable_sends_in_the_clear() {
+    let client = connect_to("localhost", None, SslMode::Disable, None)
+        .await
+        .unwrap();
+    assert!(!uses_tls(&client).await);
+}
