@@ -292,6 +292,7 @@ fn log_run(
             tracing::$level!(
                 request_id,
                 source = run.source.as_str(),
+                mode = if run.dry_run { "dry_run" } else { "run" },
                 dry_run = run.dry_run,
                 reservations_released = r.reservations_released,
                 units_released = r.units_released,

@@ -1,6 +1,7 @@
 # Throwaway PostgreSQL clusters for the demo, the tests and the benchmark. Source this file.
 #
-#   pg_start NAME [fast]   start a cluster (fast: fsync off, for tests); sets PG_DIR, PG_PORT,
+#   pg_start NAME [MODE]   start a cluster (MODE fast: fsync off, for tests; bench: durable,
+#                          larger buffers); sets PG_DIR, PG_PORT,
 #                          PG_ADMIN_URL, PG_CA_CERT, PG_WRONG_CA_CERT and writes them to
 #                          $PG_DIR/env
 #   pg_stop                stop it and delete its files
@@ -85,6 +86,12 @@ pg_start() {
       echo "fsync = off"
       echo "synchronous_commit = off"
       echo "full_page_writes = off"
+    fi
+    if [ "$mode" = bench ]; then
+      # Durable commits (fsync on, as in production); room so checkpoints do not skew timings.
+      echo "shared_buffers = 1GB"
+      echo "max_wal_size = 8GB"
+      echo "checkpoint_timeout = 30min"
     fi
   } >> "$PG_DIR/data/postgresql.conf"
   pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/data/server.log" -w -t 60 start >/dev/null \

@@ -9,4 +9,5 @@ mod lambda;
 mod release_rules;
 mod secrets_manager;
 mod status;
+mod template;
 mod tls;

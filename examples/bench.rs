@@ -1,0 +1,571 @@
+//! The benchmark (run it with `scripts/bench.sh`, not as a test): how close the release is to
+//! the database's own limit, measured in one run on copies of one seeded database.
+//!
+//! 1. this project: draining N due reservations with the shipped defaults and other batch sizes;
+//! 2. the lower bound: one set-based statement, no batching, no row locks held per batch;
+//! 3. the per-row baseline: the old system's one small transaction per reservation;
+//! 4. scaling: 1, 2 and 4 runs at once over one backlog;
+//! 5. idle cost: a run when nothing is due among 1,000,000 active reservations, with plans;
+//! 6. memory: peak RSS of the `unreserver` process draining 10,000 and 100,000.
+//!
+//! Writes the results, the command and the machine into BENCHMARKS.md.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
+use unreserver::database::Database;
+use unreserver::release::{self, RunOptions};
+use unreserver::report::RunReport;
+use unreserver::settings::{Settings, DEFAULT_BATCH_SIZE};
+
+const VARIANTS: i64 = 2_000;
+const HOT_VARIANTS: i64 = 20;
+const FUTURE_RESERVATIONS: i64 = 200_000;
+
+struct Bench {
+    admin_url: String,
+    out: String,
+}
+
+fn url_for(admin_url: &str, db: &str) -> String {
+    admin_url.replacen("/postgres?", &format!("/{db}?"), 1)
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+impl Bench {
+    async fn admin(&self) -> Client {
+        connect(&self.admin_url).await
+    }
+
+    /// A database with the schema and indexes, seeded: `due` due reservations of pending
+    /// orders (1-3 per order, mostly on a few hot drop variants), `future` active reservations
+    /// not yet due (which must stay untouched), counters consistent. Vacuumed and analyzed.
+    async fn seed(&self, name: &str, due: i64, future: i64) {
+        let admin = self.admin().await;
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
+            ))
+            .await
+            .unwrap();
+        let c = connect(&url_for(&self.admin_url, name)).await;
+        c.batch_execute(include_str!("../infra/schema.sql"))
+            .await
+            .unwrap();
+        for statement in include_str!("../infra/indexes.sql")
+            .split(';')
+            .map(|s| {
+                s.lines()
+                    .filter(|l| !l.trim_start().starts_with("--"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .filter(|s| !s.trim().is_empty())
+        {
+            c.batch_execute(&statement).await.unwrap();
+        }
+        c.batch_execute(&format!(
+            "INSERT INTO products_productvariant (id, product_id, sku, stock_quantity)
+               SELECT g, g / 4, 'SKU-' || g, 100000 FROM generate_series(1, {VARIANTS}) g;
+             INSERT INTO drops_dropproduct (id, drop_id, product_variant_id, drop_quantity)
+               SELECT g, 1, g, 100000 FROM generate_series(1, {HOT_VARIANTS}) g;
+             -- Reservations first, orders derived: reservation k belongs to order k / 2, so
+             -- orders hold 1-3 reservations; 60 % of the units are on the hot drop variants.
+             CREATE TEMP TABLE plan AS
+               SELECT k, (k * 7 + (k % 3)) / 14 AS ord,
+                      CASE WHEN k % 10 < 6 THEN 1 + (k % {HOT_VARIANTS})
+                           ELSE 1 + (k * 7919) % {VARIANTS} END AS variant,
+                      1 + (k % 3) AS qty,
+                      k <= {due} AS is_due
+                 FROM generate_series(1, {total}) k;
+             INSERT INTO orders_order (id, order_number, status, payment_status, created_at)
+               SELECT ord, 'B-' || ord, 'pending', 'pending', now() - interval '1 hour'
+                 FROM plan GROUP BY ord;
+             INSERT INTO orders_inventoryreservation
+                 (order_id, product_variant_id, drop_product_id, quantity, status, created_at, expires_at)
+               SELECT ord, variant, CASE WHEN variant <= {HOT_VARIANTS} THEN variant END, qty, 'active',
+                      now() - interval '30 minutes',
+                      CASE WHEN is_due THEN now() - interval '20 minutes' + (k % 600) * interval '1 second'
+                           ELSE now() + interval '10 minutes' END
+                 FROM plan ORDER BY k;
+             UPDATE products_productvariant v SET reserved_quantity = s.q
+               FROM (SELECT product_variant_id id, sum(quantity) q FROM orders_inventoryreservation GROUP BY 1) s
+              WHERE v.id = s.id;
+             UPDATE drops_dropproduct d SET reserved_quantity = s.q
+               FROM (SELECT drop_product_id id, sum(quantity) q FROM orders_inventoryreservation
+                      WHERE drop_product_id IS NOT NULL GROUP BY 1) s
+              WHERE d.id = s.id;
+             SELECT setval('orders_order_id_seq', (SELECT max(id) FROM orders_order));",
+            total = due + future
+        ))
+        .await
+        .unwrap();
+        // A due order must not share a reservation-plan order with future rows: make every
+        // order holding a future row hold only future rows, by moving future rows to new orders.
+        c.batch_execute(
+            "WITH mixed AS (SELECT order_id FROM orders_inventoryreservation GROUP BY order_id
+                             HAVING bool_or(expires_at <= now()) AND bool_or(expires_at > now()))
+             UPDATE orders_inventoryreservation SET expires_at = now() - interval '1 minute'
+              WHERE order_id IN (SELECT order_id FROM mixed)",
+        )
+        .await
+        .unwrap();
+        drop(c);
+        let c = connect(&url_for(&self.admin_url, name)).await;
+        c.batch_execute("VACUUM ANALYZE").await.unwrap();
+    }
+
+    async fn copy(&self, seed: &str, name: &str) -> String {
+        self.admin()
+            .await
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name} TEMPLATE {seed}"
+            ))
+            .await
+            .unwrap();
+        let url = url_for(&self.admin_url, name);
+        // Warm the cache the same way for every contender.
+        connect(&url)
+            .await
+            .batch_execute("SELECT count(*) FROM orders_inventoryreservation; SELECT count(*) FROM orders_order")
+            .await
+            .unwrap();
+        url
+    }
+
+    async fn due_count(url: &str) -> i64 {
+        connect(url)
+            .await
+            .query_one(
+                "SELECT count(*) FROM orders_inventoryreservation WHERE status = 'active' AND expires_at <= now()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    async fn project(
+        &self,
+        seed: &str,
+        batch_size: u32,
+        runs: usize,
+    ) -> (Duration, Vec<RunReport>) {
+        let url = self.copy(seed, "bench_run").await;
+        let settings = Settings {
+            batch_size,
+            max_batches: 1_000_000,
+            time_budget: None,
+            ..Settings::default()
+        };
+        let tls = unreserver::tls::connector(None).unwrap();
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        let mut dbs = Vec::new();
+        for _ in 0..runs {
+            dbs.push(
+                Database::open(&config, &tls, settings.lock_timeout_ms)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let started = Instant::now();
+        let tasks: Vec<_> = dbs
+            .into_iter()
+            .map(|mut db| {
+                let settings = settings.clone();
+                tokio::spawn(async move {
+                    release::run(&mut db, &settings, &RunOptions::default())
+                        .await
+                        .unwrap_or_else(|f| panic!("{}", f.error.chain()))
+                })
+            })
+            .collect();
+        let mut reports = Vec::new();
+        for t in tasks {
+            reports.push(t.await.unwrap());
+        }
+        let took = started.elapsed();
+        assert_eq!(
+            Self::due_count(&url).await,
+            0,
+            "the run left due reservations"
+        );
+        (took, reports)
+    }
+
+    /// One statement that makes the same changes: no batches, no claim, no retries.
+    async fn lower_bound(&self, seed: &str) -> (Duration, i64) {
+        let url = self.copy(seed, "bench_lower").await;
+        let c = connect(&url).await;
+        let started = Instant::now();
+        let row = c
+            .query_one(
+                "WITH due AS (
+                   SELECT DISTINCT r.order_id FROM orders_inventoryreservation r
+                     JOIN orders_order o ON o.id = r.order_id
+                    WHERE r.status = 'active' AND r.expires_at <= now()
+                      AND o.status IN ('pending', 'cancelled')
+                      AND o.payment_status IN ('pending', 'failed')),
+                 released AS (
+                   UPDATE orders_inventoryreservation r SET status = 'expired', released_at = now()
+                    WHERE r.status = 'active' AND r.order_id IN (SELECT order_id FROM due)
+                   RETURNING r.product_variant_id, r.drop_product_id, r.quantity),
+                 cancelled AS (
+                   UPDATE orders_order o SET status = 'cancelled', cancelled_at = now(), updated_at = now()
+                    WHERE o.id IN (SELECT order_id FROM due) AND o.status = 'pending' RETURNING 1),
+                 v AS (
+                   UPDATE products_productvariant v
+                      SET reserved_quantity = GREATEST(v.reserved_quantity - s.q, 0), updated_at = now()
+                     FROM (SELECT product_variant_id id, sum(quantity) q FROM released GROUP BY 1) s
+                    WHERE v.id = s.id RETURNING 1),
+                 d AS (
+                   UPDATE drops_dropproduct d
+                      SET reserved_quantity = GREATEST(d.reserved_quantity - s.q, 0), updated_at = now()
+                     FROM (SELECT drop_product_id id, sum(quantity) q FROM released
+                            WHERE drop_product_id IS NOT NULL GROUP BY 1) s
+                    WHERE d.id = s.id RETURNING 1)
+                 SELECT (SELECT count(*) FROM released) + 0 * (SELECT count(*) FROM cancelled)
+                        + 0 * (SELECT count(*) FROM v) + 0 * (SELECT count(*) FROM d)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (started.elapsed(), row.get(0))
+    }
+
+    /// The old system: select the due reservations, then one transaction per reservation.
+    async fn per_row(&self, seed: &str) -> (Duration, i64) {
+        let url = self.copy(seed, "bench_perrow").await;
+        let mut c = connect(&url).await;
+        let started = Instant::now();
+        let rows = c
+            .query(
+                "SELECT r.id FROM orders_inventoryreservation r JOIN orders_order o ON o.id = r.order_id
+                  WHERE r.status = 'active' AND r.expires_at <= now() AND o.payment_status <> 'paid'
+                  ORDER BY r.expires_at",
+                &[],
+            )
+            .await
+            .unwrap();
+        let mut released = 0;
+        for row in rows {
+            let id: i64 = row.get(0);
+            let tx = c.transaction().await.unwrap();
+            let r = tx
+                .query_opt(
+                    "UPDATE orders_inventoryreservation SET status = 'expired', released_at = now()
+                      WHERE id = $1 AND status = 'active'
+                      RETURNING order_id, product_variant_id, drop_product_id, quantity",
+                    &[&id],
+                )
+                .await
+                .unwrap();
+            if let Some(r) = r {
+                let (order, variant, drop_id, qty): (i64, i64, Option<i64>, i32) =
+                    (r.get(0), r.get(1), r.get(2), r.get(3));
+                tx.execute(
+                    "UPDATE products_productvariant SET reserved_quantity = GREATEST(reserved_quantity - $2, 0) WHERE id = $1",
+                    &[&variant, &qty],
+                )
+                .await
+                .unwrap();
+                if let Some(d) = drop_id {
+                    tx.execute(
+                        "UPDATE drops_dropproduct SET reserved_quantity = GREATEST(reserved_quantity - $2, 0) WHERE id = $1",
+                        &[&d, &qty],
+                    )
+                    .await
+                    .unwrap();
+                }
+                tx.execute(
+                    "UPDATE orders_order SET status = 'cancelled', cancelled_at = now() WHERE id = $1 AND status = 'pending'",
+                    &[&order],
+                )
+                .await
+                .unwrap();
+                released += 1;
+            }
+            tx.commit().await.unwrap();
+        }
+        (started.elapsed(), released)
+    }
+
+    /// Peak RSS (KiB) of the `unreserver` binary draining a copy of `seed`.
+    // The child is reaped by wait4, which also gives its own resource usage.
+    #[allow(clippy::zombie_processes)]
+    async fn peak_rss(&self, seed: &str, binary: &str) -> (i64, String) {
+        let url = self.copy(seed, "bench_rss").await;
+        let child = std::process::Command::new(binary)
+            .args(["run"])
+            .env("DATABASE_URL", &url)
+            .env("MAX_BATCHES", "1000000")
+            .env("TIME_BUDGET_SECONDS", "0")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("cannot start unreserver");
+        let pid = child.id() as libc::pid_t;
+        let mut stdout = child.stdout.expect("stdout");
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
+            s
+        });
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: pid is our own child, not waited for elsewhere.
+        let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        assert_eq!(waited, pid);
+        (usage.ru_maxrss, reader.join().unwrap())
+    }
+
+    async fn explain(url: &str, sql: &str) -> (f64, String) {
+        let c = connect(url).await;
+        let rows = c
+            .query(
+                &format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT TEXT) {sql}"),
+                &[],
+            )
+            .await
+            .unwrap();
+        let plan: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+        let exec_ms = plan
+            .iter()
+            .find_map(|l| l.strip_prefix("Execution Time: "))
+            .and_then(|l| l.trim_end_matches(" ms").parse().ok())
+            .unwrap_or(f64::NAN);
+        (exec_ms, plan.join("\n"))
+    }
+}
+
+fn rate(n: i64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn released(reports: &[RunReport]) -> i64 {
+    reports.iter().map(|r| r.reservations_released as i64).sum()
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let million = args.iter().any(|a| a == "--million");
+    let binary = args
+        .iter()
+        .position(|a| a == "--binary")
+        .map(|i| args[i + 1].clone())
+        .expect("--binary PATH of the release unreserver binary");
+    let admin_url =
+        std::env::var("BENCH_ADMIN_URL").expect("BENCH_ADMIN_URL (scripts/bench.sh sets it)");
+    let mut b = Bench {
+        admin_url,
+        out: String::new(),
+    };
+    let mut sizes = vec![10_000i64, 100_000];
+    if million {
+        sizes.push(1_000_000);
+    }
+    let mut md = String::new();
+    let _ = writeln!(md, "## Drain time, this project vs the lower bound\n");
+    let _ = writeln!(
+        md,
+        "Each row drains a fresh copy of one seeded database: N due reservations of pending orders \
+         (1-3 per order, 60 % on {HOT_VARIANTS} hot drop variants of {VARIANTS}), plus \
+         {FUTURE_RESERVATIONS} active reservations not yet due that must stay untouched.\n"
+    );
+    let _ = writeln!(md, "| N | contender | batch size | time (ms) | reservations/s | ratio to lower bound | batch p50 (ms) | batch p99 (ms) |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    for &n in &sizes {
+        let seed = format!("bench_seed_{n}");
+        eprintln!("seeding {n} due + {FUTURE_RESERVATIONS} future ...");
+        b.seed(&seed, n, FUTURE_RESERVATIONS).await;
+        let due = Bench::due_count(&url_for(&b.admin_url, &seed)).await;
+        let (lower, lower_n) = b.lower_bound(&seed).await;
+        assert_eq!(lower_n, due);
+        let _ = writeln!(
+            md,
+            "| {n} | lower bound (one statement) | - | {:.0} | {:.0} | 1.00 | - | - |",
+            ms(lower),
+            rate(due, lower)
+        );
+        let mut batch_sizes = vec![DEFAULT_BATCH_SIZE];
+        if n == 100_000 {
+            batch_sizes = vec![50, 100, DEFAULT_BATCH_SIZE, 500, 1000, 2000];
+        }
+        for bs in batch_sizes {
+            eprintln!("N={n}: project, batch size {bs} ...");
+            let (took, reports) = b.project(&seed, bs, 1).await;
+            assert_eq!(released(&reports), due);
+            let r = &reports[0];
+            let label = if bs == DEFAULT_BATCH_SIZE {
+                "**this project (defaults)**"
+            } else {
+                "this project"
+            };
+            let _ = writeln!(
+                md,
+                "| {n} | {label} | {bs} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} |",
+                ms(took),
+                rate(due, took),
+                took.as_secs_f64() / lower.as_secs_f64(),
+                r.batch_ms_p50,
+                r.batch_ms_p99
+            );
+        }
+    }
+    b.out.push_str(&md);
+
+    // Per-row baseline at N = 5,000.
+    let mut md = String::new();
+    eprintln!("per-row baseline ...");
+    let seed = "bench_seed_5000";
+    b.seed(seed, 5_000, FUTURE_RESERVATIONS).await;
+    let (per_row, pr_n) = b.per_row(seed).await;
+    let (proj, reports) = b.project(seed, DEFAULT_BATCH_SIZE, 1).await;
+    assert_eq!(released(&reports), pr_n);
+    let _ = writeln!(
+        md,
+        "\n## The old way: one transaction per reservation (N = 5,000)\n"
+    );
+    let _ = writeln!(md, "| contender | time (ms) | reservations/s |");
+    let _ = writeln!(md, "|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| per-row baseline | {:.0} | {:.0} |",
+        ms(per_row),
+        rate(pr_n, per_row)
+    );
+    let _ = writeln!(
+        md,
+        "| this project (defaults) | {:.0} | {:.0} |",
+        ms(proj),
+        rate(pr_n, proj)
+    );
+    let _ = writeln!(
+        md,
+        "\n**per-row / project = {:.1}**",
+        per_row.as_secs_f64() / proj.as_secs_f64()
+    );
+    b.out.push_str(&md);
+
+    // Scaling: runs at once over one backlog.
+    let mut md = String::new();
+    let seed = "bench_seed_100000";
+    let _ = writeln!(
+        md,
+        "\n## Runs at once over one backlog (N = 100,000, defaults)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| runs | time (ms) | reservations/s | released per run | batch retries |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    for runs in [1usize, 2, 4] {
+        eprintln!("scaling: {runs} runs ...");
+        let (took, reports) = b.project(seed, DEFAULT_BATCH_SIZE, runs).await;
+        let total = released(&reports);
+        let per: Vec<String> = reports
+            .iter()
+            .map(|r| r.reservations_released.to_string())
+            .collect();
+        let retries: u32 = reports.iter().map(|r| r.batch_retries).sum();
+        let _ = writeln!(
+            md,
+            "| {runs} | {:.0} | {:.0} | {} | {retries} |",
+            ms(took),
+            rate(total, took),
+            per.join(" + ")
+        );
+    }
+    b.out.push_str(&md);
+
+    // Memory.
+    let mut md = String::new();
+    let _ = writeln!(md, "\n## Peak RSS of `unreserver run` (defaults)\n");
+    let _ = writeln!(md, "| N | peak RSS (MiB) | reservations released |");
+    let _ = writeln!(md, "|---|---|---|");
+    for &n in &sizes {
+        eprintln!("memory: N={n} ...");
+        let (kib, out) = b.peak_rss(&format!("bench_seed_{n}"), &binary).await;
+        let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let _ = writeln!(
+            md,
+            "| {n} | {:.1} | {} |",
+            kib as f64 / 1024.0,
+            report["reservations_released"]
+        );
+    }
+    b.out.push_str(&md);
+
+    // Idle cost on 1,000,000 active reservations.
+    let mut md = String::new();
+    eprintln!("idle: seeding 1,000,000 active reservations ...");
+    let seed = "bench_seed_idle";
+    b.seed(seed, 0, 1_000_000).await;
+    let url = b.copy(seed, "bench_idle").await;
+    let settings = Settings {
+        time_budget: None,
+        ..Settings::default()
+    };
+    let tls = unreserver::tls::connector(None).unwrap();
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let mut db = Database::open(&config, &tls, settings.lock_timeout_ms)
+        .await
+        .unwrap();
+    let mut idle_ms = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let r = release::run(&mut db, &settings, &RunOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(r.reservations_released, 0);
+        idle_ms.push(ms(started.elapsed()));
+    }
+    idle_ms.sort_by(f64::total_cmp);
+    let page_sql = unreserver::sql::PAGE
+        .replace("$1::text", "'-infinity'::text")
+        .replace("$2::int8", "0::int8")
+        .replace("$3::text", "'-infinity'::text")
+        .replace("$4::int8", "0::int8")
+        .replace("$5::int8", &format!("{DEFAULT_BATCH_SIZE}::int8"))
+        .replace("$6::int4", "15::int4")
+        .replace("$7::int4", "15::int4");
+    let backlog_sql = unreserver::sql::BACKLOG
+        .replace("$1::int4", "15::int4")
+        .replace("$2::int4", "15::int4");
+    let (page_ms, page_plan) = Bench::explain(&url, &page_sql).await;
+    let (backlog_ms, backlog_plan) = Bench::explain(&url, &backlog_sql).await;
+    let _ = writeln!(
+        md,
+        "\n## Idle run: nothing due among 1,000,000 active reservations\n"
+    );
+    let _ = writeln!(
+        md,
+        "Database time (EXPLAIN ANALYZE execution time) of the two statements an idle run executes \
+         after the preflight: page {page_ms:.3} ms + backlog count {backlog_ms:.3} ms = \
+         **{:.3} ms**. Whole idle run as the client sees it (preflight, empty page, backlog \
+         count; 20 runs): median {:.1} ms, max {:.1} ms.\n",
+        page_ms + backlog_ms,
+        idle_ms[idle_ms.len() / 2],
+        idle_ms[idle_ms.len() - 1]
+    );
+    let _ = writeln!(
+        md,
+        "Page plan:\n\n```\n{page_plan}\n```\n\nBacklog plan:\n\n```\n{backlog_plan}\n```"
+    );
+    b.out.push_str(&md);
+
+    println!("{}", b.out);
+}

@@ -1,0 +1,188 @@
+//! `template.yaml` against the code: every metric, namespace and dimension that an alarm or the
+//! dashboard uses must be one the function emits, every emitted metric is on the dashboard, and
+//! the alarms the runbook describes exist.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+use unreserver::metrics::{METRICS, SERVICE_DIMENSION};
+use yaml_rust2::{Yaml, YamlLoader};
+
+const OUR_NAMESPACE: &str = "MetricsNamespace"; // the parameter the template !Refs
+const OUR_SERVICE: &str = "ServiceName";
+const AWS_METRICS: &[(&str, &str, &str)] = &[
+    ("AWS/Lambda", "Errors", "FunctionName"),
+    ("AWS/Lambda", "Throttles", "FunctionName"),
+    ("AWS/Lambda", "Duration", "FunctionName"),
+    ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName"),
+];
+
+fn template() -> Yaml {
+    // yaml-rust2 keeps the value of a short-form intrinsic and drops its tag: `!Ref X` reads "X".
+    YamlLoader::load_from_str(include_str!("../../template.yaml"))
+        .unwrap()
+        .remove(0)
+}
+
+fn emitted() -> BTreeSet<&'static str> {
+    METRICS.iter().map(|(name, _)| *name).collect()
+}
+
+/// Checks one use of a metric: (namespace, name, [(dimension, value)]).
+fn check_use(place: &str, namespace: &str, name: &str, dims: &[(String, String)]) {
+    if namespace == OUR_NAMESPACE {
+        assert!(
+            emitted().contains(name),
+            "{place}: {name} is not a metric the code emits"
+        );
+        assert_eq!(
+            dims,
+            [(SERVICE_DIMENSION.to_string(), OUR_SERVICE.to_string())],
+            "{place}: {name} must be watched by the service dimension alone (dry runs add mode)"
+        );
+    } else {
+        assert!(
+            AWS_METRICS.iter().any(|(ns, n, d)| *ns == namespace
+                && *n == name
+                && dims.len() == 1
+                && dims[0].0 == *d),
+            "{place}: unknown metric {namespace}/{name} {dims:?}"
+        );
+    }
+}
+
+fn dimensions(yaml: &Yaml) -> Vec<(String, String)> {
+    yaml.as_vec()
+        .map(|v| {
+            v.iter()
+                .map(|d| {
+                    (
+                        d["Name"].as_str().unwrap().to_string(),
+                        d["Value"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_function_is_configured_with_the_namespace_and_service_the_alarms_use() {
+    let t = template();
+    let vars = &t["Resources"]["Function"]["Properties"]["Environment"]["Variables"];
+    assert_eq!(
+        vars["POWERTOOLS_METRICS_NAMESPACE"].as_str(),
+        Some(OUR_NAMESPACE)
+    );
+    assert_eq!(vars["POWERTOOLS_SERVICE_NAME"].as_str(), Some(OUR_SERVICE));
+    assert_eq!(vars["DB_SSLMODE"].as_str(), Some("require"));
+    let f = &t["Resources"]["Function"];
+    assert_eq!(
+        f["Metadata"]["BuildMethod"].as_str(),
+        Some("rust-cargolambda")
+    );
+    assert_eq!(f["Properties"]["Runtime"].as_str(), Some("provided.al2023"));
+    assert_eq!(f["Properties"]["Handler"].as_str(), Some("bootstrap"));
+    assert_eq!(f["Properties"]["Architectures"][0].as_str(), Some("arm64"));
+    assert_eq!(
+        f["Properties"]["EventInvokeConfig"]["MaximumRetryAttempts"].as_i64(),
+        Some(0)
+    );
+    let schedule = &f["Properties"]["Events"]["Schedule"];
+    assert_eq!(schedule["Type"].as_str(), Some("ScheduleV2"));
+    let input: Value =
+        serde_json::from_str(schedule["Properties"]["Input"].as_str().unwrap()).unwrap();
+    let sample: Value =
+        serde_json::from_str(include_str!("../../infra/events/schedule.json")).unwrap();
+    assert_eq!(input, sample, "the schedule's input is the sample payload");
+    unreserver::payload::parse(&input).unwrap();
+}
+
+#[test]
+fn alarms_use_only_emitted_metrics_and_the_runbook_alarms_exist() {
+    let t = template();
+    let mut alarmed = BTreeSet::new();
+    for (name, resource) in t["Resources"].as_hash().unwrap() {
+        if resource["Type"].as_str() != Some("AWS::CloudWatch::Alarm") {
+            continue;
+        }
+        let name = name.as_str().unwrap();
+        let p = &resource["Properties"];
+        assert!(!p["AlarmActions"].is_badvalue(), "{name} notifies no one");
+        if let Some(metric) = p["MetricName"].as_str() {
+            check_use(
+                name,
+                p["Namespace"].as_str().unwrap(),
+                metric,
+                &dimensions(&p["Dimensions"]),
+            );
+            alarmed.insert(metric.to_string());
+        }
+        for query in p["Metrics"].as_vec().into_iter().flatten() {
+            let m = &query["MetricStat"]["Metric"];
+            if let Some(metric) = m["MetricName"].as_str() {
+                check_use(
+                    name,
+                    m["Namespace"].as_str().unwrap(),
+                    metric,
+                    &dimensions(&m["Dimensions"]),
+                );
+                alarmed.insert(metric.to_string());
+            }
+        }
+    }
+    for metric in [
+        "RunFailed",
+        "OldestDueReservationAge",
+        "CountersClamped",
+        "Errors",
+        "Throttles",
+        "Duration",
+        "ApproximateNumberOfMessagesVisible",
+    ] {
+        assert!(alarmed.contains(metric), "no alarm on {metric}");
+    }
+    let no_success = &t["Resources"]["NoSuccessfulRunAlarm"]["Properties"];
+    assert_eq!(no_success["TreatMissingData"].as_str(), Some("breaching"));
+}
+
+#[test]
+fn the_dashboard_shows_every_emitted_metric_and_nothing_else() {
+    let t = template();
+    let body = t["Resources"]["Dashboard"]["Properties"]["DashboardBody"]
+        .as_str()
+        .unwrap();
+    let body = body
+        .replace("${MetricsNamespace}", OUR_NAMESPACE)
+        .replace("${ServiceName}", OUR_SERVICE);
+    let body: Value = serde_json::from_str(&body).expect("the dashboard body is not JSON");
+    let mut shown = BTreeSet::new();
+    for widget in body["widgets"].as_array().unwrap() {
+        for entry in widget["properties"]["metrics"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let parts: Vec<&str> = entry
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            let (namespace, name) = (parts[0], parts[1]);
+            let dims: Vec<(String, String)> = parts[2..]
+                .chunks(2)
+                .map(|c| (c[0].to_string(), c[1].to_string()))
+                .collect();
+            if namespace == OUR_NAMESPACE {
+                shown.insert(name);
+            }
+            check_use("Dashboard", namespace, name, &dims);
+        }
+    }
+    assert_eq!(
+        shown,
+        emitted(),
+        "the dashboard and the code's metrics differ"
+    );
+}
