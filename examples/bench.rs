@@ -48,27 +48,24 @@ impl Bench {
     /// not yet due (which must stay untouched), counters consistent. Vacuumed and analyzed.
     async fn seed(&self, name: &str, due: i64, future: i64) {
         let admin = self.admin().await;
-        admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
-            ))
-            .await
-            .unwrap();
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name}"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            admin.batch_execute(&sql).await.unwrap();
+        }
         let c = connect(&url_for(&self.admin_url, name)).await;
         c.batch_execute(include_str!("../infra/schema.sql"))
             .await
             .unwrap();
-        for statement in include_str!("../infra/indexes.sql")
-            .split(';')
-            .map(|s| {
-                s.lines()
-                    .filter(|l| !l.trim_start().starts_with("--"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
-            .filter(|s| !s.trim().is_empty())
-        {
-            c.batch_execute(&statement).await.unwrap();
+        // CREATE INDEX CONCURRENTLY runs outside a transaction: one statement at a time.
+        let indexes: String = include_str!("../infra/indexes.sql")
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for statement in indexes.split(';').filter(|s| !s.trim().is_empty()) {
+            c.batch_execute(statement).await.unwrap();
         }
         c.batch_execute(&format!(
             "INSERT INTO products_productvariant (id, product_id, sku, stock_quantity)
@@ -83,7 +80,7 @@ impl Bench {
                            ELSE 1 + (k * 7919) % {VARIANTS} END AS variant,
                       1 + (k % 3) AS qty,
                       k <= {due} AS is_due
-                 FROM generate_series(1, {total}) k;
+                 FROM generate_series(1::int8, {total}::int8) k;
              INSERT INTO orders_order (id, order_number, status, payment_status, created_at)
                SELECT ord, 'B-' || ord, 'pending', 'pending', now() - interval '1 hour'
                  FROM plan GROUP BY ord;
@@ -122,13 +119,13 @@ impl Bench {
     }
 
     async fn copy(&self, seed: &str, name: &str) -> String {
-        self.admin()
-            .await
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name} TEMPLATE {seed}"
-            ))
-            .await
-            .unwrap();
+        let admin = self.admin().await;
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name}"),
+            format!("CREATE DATABASE {name} TEMPLATE {seed}"),
+        ] {
+            admin.batch_execute(&sql).await.unwrap();
+        }
         let url = url_for(&self.admin_url, name);
         // Warm the cache the same way for every contender.
         connect(&url)

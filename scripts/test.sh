@@ -22,7 +22,10 @@ cleanup() {
 trap cleanup EXIT
 
 pg_start unreserver-test fast
-pg_create_db unreserver_template >/dev/null
+template_url=$(pg_create_db unreserver_template)
+# The tests run the release as the least-privilege role of infra/role.sql.
+psql -qX "$template_url" -v role=unreserver_test -v password=unreserver-test-password \
+  -f infra/role.sql >/dev/null
 export UNRESERVER_TEST_ADMIN_URL=$PG_ADMIN_URL
 export UNRESERVER_TEST_CA_CERT=$PG_CA_CERT
 export UNRESERVER_TEST_WRONG_CA_CERT=$PG_WRONG_CA_CERT
@@ -55,3 +58,9 @@ wait_for_port "$lambda_port" "cargo lambda watch" "$UNRESERVER_TEST_LAMBDA_LOG"
 
 export RUST_TEST_THREADS=${RUST_TEST_THREADS:-4}
 cargo test --locked --all-targets "$@"
+
+# Last and alone: the test that restarts the server.
+if [ $# -eq 0 ]; then
+  export UNRESERVER_TEST_PG_RESTART="$(pg_restart_command)"
+  cargo test --locked --test it -- --ignored --exact faults::the_server_restarted_between_runs
+fi

@@ -84,7 +84,10 @@ impl Error {
             Error::Connect { .. } => true,
             Error::Secret { retryable, .. } => *retryable,
             Error::Database { source, .. } => {
-                source.is_closed() || source.code().is_some_and(is_transient_conflict)
+                source.is_closed()
+                    || source
+                        .code()
+                        .is_some_and(|c| is_transient_conflict(c) || is_connection_lost(c))
             }
         }
     }
@@ -131,6 +134,19 @@ pub fn is_transient_conflict(code: &SqlState) -> bool {
         SqlState::QUERY_CANCELED,
     ]
     .contains(code)
+}
+
+/// The server ended or refused the session (administrator command, crash, restart, connection
+/// exception, too many connections): a new connection may succeed.
+pub fn is_connection_lost(code: &SqlState) -> bool {
+    code.code().starts_with("08")
+        || [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::TOO_MANY_CONNECTIONS,
+        ]
+        .contains(code)
 }
 
 /// The SQLSTATE of a database error, when it has one.

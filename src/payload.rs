@@ -252,4 +252,99 @@ mod tests {
             assert!(!err.is_retryable());
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+        use serde_json::{json, Map, Value};
+
+        use super::super::*;
+
+        const KNOWN: &[&str] = &["dry_run", "batch_size", "max_batches", "action", "source"];
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(KNOWN).prop_map(String::from),
+                Just("detail-type".to_string()),
+                "[a-z_-]{1,10}",
+            ]
+        }
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                any::<u32>().prop_map(|n| json!(n)),
+                (-1e12f64..1e12).prop_map(|f| json!(f)),
+                prop_oneof![
+                    Just("run"),
+                    Just("status"),
+                    Just("schedule"),
+                    Just("Scheduled Event")
+                ]
+                .prop_map(|s| json!(s)),
+                "\\PC{0,16}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 24, 5, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map(key(), inner, 0..5)
+                        .prop_map(|m| Value::Object(m.into_iter().collect::<Map<_, _>>())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Any JSON: no panic; an accepted payload is within every range; a rejected one
+            /// is an InvalidPayload error that names a field of the payload or its shape.
+            #[test]
+            fn any_payload_is_parsed_or_rejected_with_a_named_reason(payload in json_value()) {
+                match parse(&payload) {
+                    Ok(Request::Run(run)) => {
+                        prop_assert!(run.batch_size.is_none_or(|n| (1..=10_000).contains(&n)));
+                        prop_assert!(run.max_batches.is_none_or(|n| (1..=1_000_000).contains(&n)));
+                        prop_assert!(!run.source.is_empty() && run.source.len() <= 64);
+                        if let Value::Object(map) = &payload {
+                            prop_assert!(map.keys().all(|k| KNOWN.contains(&k.as_str()))
+                                || map.contains_key("detail-type"));
+                        }
+                    }
+                    Ok(Request::Status) => {
+                        prop_assert_eq!(payload.get("action"), Some(&json!("status")));
+                    }
+                    Err(err) => {
+                        prop_assert!(matches!(err, Error::Payload(_)));
+                        let text = err.to_string();
+                        let names_something = match &payload {
+                            Value::Object(map) => map.keys().any(|k| text.contains(k.as_str())),
+                            _ => text.contains("JSON object"),
+                        };
+                        prop_assert!(names_something, "{} for {}", text, payload);
+                    }
+                }
+            }
+
+            /// Well-formed manual payloads are always accepted as written.
+            #[test]
+            fn valid_manual_payloads_are_accepted(
+                dry_run in proptest::option::of(any::<bool>()),
+                batch_size in proptest::option::of(1u32..=10_000),
+                max_batches in proptest::option::of(1u32..=1_000_000),
+            ) {
+                let mut map = Map::new();
+                if let Some(d) = dry_run { map.insert("dry_run".into(), json!(d)); }
+                if let Some(b) = batch_size { map.insert("batch_size".into(), json!(b)); }
+                if let Some(m) = max_batches { map.insert("max_batches".into(), json!(m)); }
+                let parsed = parse(&Value::Object(map));
+                prop_assert_eq!(parsed.ok(), Some(Request::Run(RunRequest {
+                    dry_run: dry_run.unwrap_or(false),
+                    batch_size,
+                    max_batches,
+                    source: "manual".into(),
+                })));
+            }
+        }
+    }
 }

@@ -77,7 +77,7 @@ pub async fn run(
                         if attempt >= settings.batch_max_attempts {
                             tracing::warn!(attempts = attempt, error = %error.chain(),
                                 "batch kept losing lock conflicts; leaving the rest to the next run");
-                            return Ok(StopReason::LockContention);
+                            return Ok(StopReason::RetriesExhausted);
                         }
                         let pause = backoff(settings.retry_backoff_ms, attempt);
                         if past(options.deadline, pause + allowance) {

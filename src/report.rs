@@ -15,9 +15,10 @@ pub enum StopReason {
     MaxBatches,
     /// The time budget (the Lambda deadline minus a margin) was near.
     TimeBudget,
-    /// A batch kept losing lock conflicts to shoppers' transactions after every retry; the
-    /// run backed off and leaves the rest to the next run.
-    LockContention,
+    /// A batch kept failing with a lock timeout, deadlock, serialization failure or statement
+    /// timeout through every retry (shoppers' transactions held its rows); the run backed off
+    /// and leaves the rest to the next run.
+    RetriesExhausted,
     /// A batch failed with an error that a retry cannot fix; see the error.
     Failed,
 }
@@ -28,7 +29,7 @@ impl StopReason {
             StopReason::Drained => "drained",
             StopReason::MaxBatches => "max_batches",
             StopReason::TimeBudget => "time_budget",
-            StopReason::LockContention => "lock_contention",
+            StopReason::RetriesExhausted => "retries_exhausted",
             StopReason::Failed => "failed",
         }
     }

@@ -30,7 +30,7 @@ pub struct Settings {
 }
 
 /// Default units of work per batch, chosen from the benchmark (see BENCHMARKS.md).
-pub const DEFAULT_BATCH_SIZE: u32 = 200;
+pub const DEFAULT_BATCH_SIZE: u32 = 500;
 
 impl Default for Settings {
     fn default() -> Self {

@@ -124,6 +124,16 @@ pg_create_db() {
   echo "$url"
 }
 
+# A shell command that restarts the running cluster (fast shutdown, then start).
+pg_restart_command() {
+  local cmd="'$PG_BIN/pg_ctl' -D '$PG_DIR/data' -l '$PG_DIR/data/server.log' -m fast -w -t 60 restart >/dev/null"
+  if [ "$(id -u)" = 0 ]; then
+    echo "runuser -u postgres -- sh -c \"$cmd\""
+  else
+    echo "$cmd"
+  fi
+}
+
 pg_stop() {
   [ -n "${PG_DIR:-}" ] && [ -d "$PG_DIR/data" ] || return 0
   pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true

@@ -43,7 +43,8 @@ async fn run_and_status_print_their_json_contracts() {
         t.reservation(Res::new(Some(order), v, 1, "-1 minute"))
             .await;
     }
-    let env = [("DATABASE_URL", t.url.as_str())];
+    let url = t.release_url();
+    let env = [("DATABASE_URL", url.as_str())];
     let status = unreserver(&["status"], &env);
     assert!(status.status.success());
     let status = stdout_json(&status);
@@ -137,7 +138,7 @@ async fn a_missing_column_fails_the_command_naming_it() {
     let t = TestDb::new().await;
     t.exec("ALTER TABLE orders_inventoryreservation DROP COLUMN released_at")
         .await;
-    let out = unreserver(&["run"], &[("DATABASE_URL", t.url.as_str())]);
+    let out = unreserver(&["run"], &[("DATABASE_URL", t.release_url().as_str())]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

@@ -12,6 +12,11 @@ use unreserver::settings::Settings;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// The least-privilege role of `infra/role.sql`, which `scripts/test.sh` grants in the template
+/// database: every release in the tests runs as it.
+pub const RELEASE_ROLE: &str = "unreserver_test";
+pub const RELEASE_PASSWORD: &str = "unreserver-test-password";
+
 /// The admin URL of the test server (a `postgres` superuser over TCP, no TLS).
 pub fn admin_url() -> String {
     std::env::var("UNRESERVER_TEST_ADMIN_URL").expect(
@@ -94,6 +99,22 @@ impl TestDb {
         self.url.parse().unwrap()
     }
 
+    /// Connection settings of the least-privilege release role.
+    pub fn release_config(&self) -> Config {
+        let mut config = self.config();
+        config.user(RELEASE_ROLE).password(RELEASE_PASSWORD);
+        config
+    }
+
+    /// The URL of this database for the least-privilege release role.
+    pub fn release_url(&self) -> String {
+        self.url.replacen(
+            &format!("postgres:{}@", admin_password()),
+            &format!("{RELEASE_ROLE}:{RELEASE_PASSWORD}@"),
+            1,
+        )
+    }
+
     /// A checked, prepared connection for the release.
     pub async fn open(&self) -> Database {
         self.open_with(&settings()).await
@@ -101,7 +122,7 @@ impl TestDb {
 
     pub async fn open_with(&self, settings: &Settings) -> Database {
         let tls = unreserver::tls::connector(None).unwrap();
-        Database::open(&self.config(), &tls, settings.lock_timeout_ms)
+        Database::open(&self.release_config(), &tls, settings.lock_timeout_ms)
             .await
             .unwrap_or_else(|e| panic!("cannot open the release connection: {}", e.chain()))
     }

@@ -177,7 +177,7 @@ async fn a_lock_held_past_every_retry_stops_the_run_cleanly() {
     s.batch_max_attempts = 3;
     let mut db = t.open_with(&s).await;
     let report = run(&mut db, &s, false).await;
-    assert_eq!(report.stopped_reason, StopReason::LockContention);
+    assert_eq!(report.stopped_reason, StopReason::RetriesExhausted);
     assert_eq!(report.batch_retries, 2);
     assert_eq!(report.reservations_released, 0);
     assert_eq!(report.backlog_remaining, 1);

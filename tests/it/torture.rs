@@ -1,0 +1,380 @@
+//! The torture test: release runs looping at once while simulated shop traffic runs against the
+//! same rows — checkouts reserving stock, payments moving orders to `processing` or converting
+//! them, cancellations — then a final run and the invariants the shop is promised.
+//!
+//! Bounded in CI (`UNRESERVER_TORTURE_SECONDS`, 8 by default); set it higher for a long run.
+//! The figures are printed (`cargo test torture -- --nocapture`).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+use unreserver::release::{self, RunOptions};
+use unreserver::settings::Settings;
+
+use crate::common::{settings, TestDb};
+
+const VARIANTS: i64 = 24;
+const HOT: i64 = 4; // the first HOT variants are a limited drop
+const MAX_EXPIRY_MS: i64 = 1500;
+
+#[derive(Default)]
+struct ShopStats {
+    checkouts: AtomicU64,
+    payments: AtomicU64,
+    conversions: AtomicU64,
+    cancellations: AtomicU64,
+    /// Transactions that failed with a deadlock or lock timeout: the promise is zero.
+    lock_failures: AtomicU64,
+    /// Any other database error in a shop transaction.
+    other_failures: AtomicU64,
+}
+
+fn classify(stats: &ShopStats, err: &tokio_postgres::Error) {
+    match err.code() {
+        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::LOCK_NOT_AVAILABLE => {
+            eprintln!("shop transaction failed: {err}");
+            stats.lock_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {
+            eprintln!(
+                "shop transaction error: {}",
+                err.as_db_error()
+                    .map_or(err.to_string(), |e| e.message().to_string())
+            );
+            stats.other_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The shop's lock order for counter rows: descending variant id.
+fn descending_by_variant(mut rows: Vec<tokio_postgres::Row>) -> Vec<tokio_postgres::Row> {
+    rows.sort_by_key(|r| std::cmp::Reverse(r.get::<_, i64>(0)));
+    rows
+}
+
+fn drop_of(variant: i64) -> Option<i64> {
+    (variant <= HOT).then_some(variant)
+}
+
+/// A checkout: an order (or a cart hold) with 1-3 items, each reserved under the variant's row
+/// lock, then the drop's. The shop locks in its own order — descending ids, the opposite of the
+/// release's — consistently across its own transactions, so that every lock cycle in this test
+/// involves the release.
+async fn checkout(c: &mut Client, n: u64) -> Result<(), tokio_postgres::Error> {
+    let tx = c.transaction().await?;
+    tx.batch_execute("SET LOCAL lock_timeout = '2s'").await?;
+    let hold = n % 10 == 0;
+    let order: Option<i64> = if hold {
+        None
+    } else {
+        Some(
+            tx.query_one(
+                "INSERT INTO orders_order (order_number) VALUES ($1) RETURNING id",
+                &[&format!("T-{n}-{}", fastrand::u32(..))],
+            )
+            .await?
+            .get(0),
+        )
+    };
+    let count = if hold { 1 } else { 1 + fastrand::usize(..3) };
+    // Two thirds of the traffic goes to the hot drop variants.
+    let mut items: Vec<i64> = (0..count)
+        .map(|_| {
+            if fastrand::u8(..3) < 2 {
+                1 + fastrand::i64(0..HOT)
+            } else {
+                1 + fastrand::i64(0..VARIANTS)
+            }
+        })
+        .collect();
+    items.sort_unstable_by(|a, b| b.cmp(a));
+    for variant in items {
+        let qty = 1 + fastrand::i32(0..2);
+        tx.execute(
+            "UPDATE products_productvariant SET reserved_quantity = reserved_quantity + $2, \
+             updated_at = now() WHERE id = $1",
+            &[&variant, &qty],
+        )
+        .await?;
+        let drop_id = drop_of(variant);
+        if let Some(d) = drop_id {
+            tx.execute(
+                "UPDATE drops_dropproduct SET reserved_quantity = reserved_quantity + $2 WHERE id = $1",
+                &[&d, &qty],
+            )
+            .await?;
+        }
+        tx.execute(
+            "INSERT INTO orders_inventoryreservation \
+               (order_id, product_variant_id, drop_product_id, quantity, expires_at) \
+             VALUES ($1, $2, $3, $4, now() + $5::int4 * interval '1 millisecond')",
+            &[
+                &order,
+                &variant,
+                &drop_id,
+                &qty,
+                &(fastrand::i64(0..MAX_EXPIRY_MS) as i32),
+            ],
+        )
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// A payment on a recent order: lock it; if still pending, either move it to `processing` or
+/// convert its reservations (lowering reserved and stock, raising the drop's sold count) and
+/// mark it paid. An order the release cancelled first is a lost sale, not an error.
+async fn pay(c: &mut Client, stats: &ShopStats) -> Result<(), tokio_postgres::Error> {
+    let tx = c.transaction().await?;
+    tx.batch_execute("SET LOCAL lock_timeout = '2s'").await?;
+    let Some(row) = tx
+        .query_opt(
+            "SELECT id, payment_status FROM orders_order \
+              WHERE id = (SELECT max(id) FROM orders_order) - $1 AND status = 'pending' FOR UPDATE",
+            &[&fastrand::i64(0..30)],
+        )
+        .await?
+    else {
+        return tx.rollback().await;
+    };
+    let order: i64 = row.get(0);
+    let payment: String = row.get(1);
+    if payment == "pending" && fastrand::bool() {
+        tx.execute(
+            "UPDATE orders_order SET payment_status = 'processing', updated_at = now() WHERE id = $1",
+            &[&order],
+        )
+        .await?;
+        stats.payments.fetch_add(1, Ordering::Relaxed);
+        return tx.commit().await;
+    }
+    let reservations = tx
+        .query(
+            "UPDATE orders_inventoryreservation SET status = 'converted' \
+              WHERE order_id = $1 AND status = 'active' \
+              RETURNING product_variant_id, drop_product_id, quantity",
+            &[&order],
+        )
+        .await?;
+    if reservations.is_empty() {
+        return tx.rollback().await;
+    }
+    for r in descending_by_variant(reservations) {
+        let (variant, drop_id, qty): (i64, Option<i64>, i32) = (r.get(0), r.get(1), r.get(2));
+        tx.execute(
+            "UPDATE products_productvariant SET reserved_quantity = reserved_quantity - $2, \
+             stock_quantity = stock_quantity - $2, updated_at = now() WHERE id = $1",
+            &[&variant, &qty],
+        )
+        .await?;
+        if let Some(d) = drop_id {
+            tx.execute(
+                "UPDATE drops_dropproduct SET reserved_quantity = reserved_quantity - $2, \
+                 sold_quantity = sold_quantity + $2 WHERE id = $1",
+                &[&d, &qty],
+            )
+            .await?;
+        }
+    }
+    tx.execute(
+        "UPDATE orders_order SET status = 'confirmed', payment_status = 'paid', updated_at = now() \
+          WHERE id = $1",
+        &[&order],
+    )
+    .await?;
+    stats.conversions.fetch_add(1, Ordering::Relaxed);
+    tx.commit().await
+}
+
+/// A shopper cancels a recent pending order: its reservations are released by the shop.
+async fn cancel(c: &mut Client, stats: &ShopStats) -> Result<(), tokio_postgres::Error> {
+    let tx = c.transaction().await?;
+    tx.batch_execute("SET LOCAL lock_timeout = '2s'").await?;
+    let Some(row) = tx
+        .query_opt(
+            "SELECT id FROM orders_order WHERE id = (SELECT max(id) FROM orders_order) - $1 \
+               AND status = 'pending' AND payment_status = 'pending' FOR UPDATE",
+            &[&fastrand::i64(0..40)],
+        )
+        .await?
+    else {
+        return tx.rollback().await;
+    };
+    let order: i64 = row.get(0);
+    let released = tx
+        .query(
+            "UPDATE orders_inventoryreservation SET status = 'released', released_at = now() \
+              WHERE order_id = $1 AND status = 'active' \
+              RETURNING product_variant_id, drop_product_id, quantity",
+            &[&order],
+        )
+        .await?;
+    for r in descending_by_variant(released) {
+        let (variant, drop_id, qty): (i64, Option<i64>, i32) = (r.get(0), r.get(1), r.get(2));
+        tx.execute(
+            "UPDATE products_productvariant SET reserved_quantity = reserved_quantity - $2 WHERE id = $1",
+            &[&variant, &qty],
+        )
+        .await?;
+        if let Some(d) = drop_id {
+            tx.execute(
+                "UPDATE drops_dropproduct SET reserved_quantity = reserved_quantity - $2 WHERE id = $1",
+                &[&d, &qty],
+            )
+            .await?;
+        }
+    }
+    tx.execute(
+        "UPDATE orders_order SET status = 'cancelled', cancelled_at = now() WHERE id = $1",
+        &[&order],
+    )
+    .await?;
+    stats.cancellations.fetch_add(1, Ordering::Relaxed);
+    tx.commit().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn torture_under_live_shop_traffic() {
+    let seconds: u64 = std::env::var("UNRESERVER_TORTURE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    let t = TestDb::new().await;
+    t.exec(&format!(
+        "INSERT INTO products_productvariant (id, product_id, sku, stock_quantity) \
+           SELECT g, g, 'TORTURE-' || g, 1000000 FROM generate_series(1, {VARIANTS}) g; \
+         INSERT INTO drops_dropproduct (id, drop_id, product_variant_id, drop_quantity) \
+           SELECT g, 1, g, 1000000 FROM generate_series(1, {HOT}) g"
+    ))
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(ShopStats::default());
+    let mut shop = Vec::new();
+    for worker in 0..6u64 {
+        let mut c = t.connect().await;
+        let (stop, stats) = (stop.clone(), stats.clone());
+        shop.push(tokio::spawn(async move {
+            let mut n = worker * 1_000_000;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let result = match worker {
+                    0..=2 => checkout(&mut c, n).await.map(|_| {
+                        stats.checkouts.fetch_add(1, Ordering::Relaxed);
+                    }),
+                    3 | 4 => pay(&mut c, &stats).await,
+                    _ => cancel(&mut c, &stats).await,
+                };
+                if let Err(e) = result {
+                    classify(&stats, &e);
+                }
+            }
+        }));
+    }
+
+    let s = Settings {
+        batch_size: 25,
+        payment_processing_grace_minutes: 0,
+        ..settings()
+    };
+    let released = Arc::new(AtomicU64::new(0));
+    let runs = Arc::new(AtomicU64::new(0));
+    let mut releasers = Vec::new();
+    for _ in 0..3 {
+        let mut db = t.open_with(&s).await;
+        let (stop, released, runs, s) = (stop.clone(), released.clone(), runs.clone(), s.clone());
+        releasers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let report = release::run(&mut db, &s, &RunOptions::default())
+                    .await
+                    .unwrap_or_else(|f| panic!("a release run failed: {}", f.error.chain()));
+                released.fetch_add(report.reservations_released, Ordering::Relaxed);
+                runs.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in shop.into_iter().chain(releasers) {
+        task.await.expect("a worker panicked");
+    }
+    // Everything reserved is due by now; a final run takes the rest.
+    tokio::time::sleep(Duration::from_millis(MAX_EXPIRY_MS as u64 + 100)).await;
+    let mut db = t.open_with(&s).await;
+    let last = release::run(&mut db, &s, &RunOptions::default())
+        .await
+        .unwrap();
+    released.fetch_add(last.reservations_released, Ordering::Relaxed);
+    runs.fetch_add(1, Ordering::Relaxed);
+
+    let released = released.load(Ordering::Relaxed);
+    let expired = t
+        .i64("SELECT count(*) FROM orders_inventoryreservation WHERE status = 'expired'")
+        .await as u64;
+    let total = t
+        .i64("SELECT count(*) FROM orders_inventoryreservation")
+        .await;
+    eprintln!(
+        "torture: {:.1} s, {} release runs, {released} reservations released of {total} made; \
+         shop: {} checkouts, {} payments to processing, {} conversions, {} cancellations; \
+         shop transactions failed by deadlock or lock timeout: {}",
+        started.elapsed().as_secs_f64(),
+        runs.load(Ordering::Relaxed),
+        stats.checkouts.load(Ordering::Relaxed),
+        stats.payments.load(Ordering::Relaxed),
+        stats.conversions.load(Ordering::Relaxed),
+        stats.cancellations.load(Ordering::Relaxed),
+        stats.lock_failures.load(Ordering::Relaxed),
+    );
+
+    // The work was real: many releases under traffic, and every kind of shop transaction.
+    assert!(stats.checkouts.load(Ordering::Relaxed) > 100);
+    assert!(
+        stats.conversions.load(Ordering::Relaxed) > 5
+            && stats.cancellations.load(Ordering::Relaxed) > 5
+    );
+    assert!(released > 100);
+    // No shopper transaction failed with a deadlock or lock timeout, nor anything else.
+    assert_eq!(stats.lock_failures.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.other_failures.load(Ordering::Relaxed), 0);
+    // Nothing counted twice: the reports add up to the rows marked expired.
+    assert_eq!(released, expired);
+    // Every counter equals the sum of its active reservations; nothing had to be clamped.
+    assert_eq!(t.drifted_counters().await, 0);
+    // No paid order cancelled; every converted reservation belongs to a paid order.
+    assert_eq!(
+        t.i64("SELECT count(*) FROM orders_order WHERE payment_status = 'paid' AND status <> 'confirmed'").await,
+        0
+    );
+    assert_eq!(
+        t.i64("SELECT count(*) FROM orders_inventoryreservation r JOIN orders_order o ON o.id = r.order_id \
+               WHERE r.status = 'converted' AND o.payment_status <> 'paid'").await,
+        0
+    );
+    // Nothing released that was not due: each expired reservation's order (or the hold itself)
+    // had a reservation due when it was released; its order is cancelled.
+    assert_eq!(
+        t.i64("SELECT count(*) FROM orders_inventoryreservation r WHERE r.status = 'expired' AND NOT EXISTS \
+               (SELECT 1 FROM orders_inventoryreservation s WHERE (s.order_id = r.order_id OR s.id = r.id) \
+                 AND s.expires_at <= r.released_at)").await,
+        0
+    );
+    assert_eq!(
+        t.i64("SELECT count(*) FROM orders_inventoryreservation r JOIN orders_order o ON o.id = r.order_id \
+               WHERE r.status = 'expired' AND o.status <> 'cancelled'").await,
+        0
+    );
+    // Every due reservation of an unpaid order was released.
+    assert_eq!(
+        t.i64("SELECT count(*) FROM orders_inventoryreservation r LEFT JOIN orders_order o ON o.id = r.order_id \
+               WHERE r.status = 'active' AND r.expires_at <= now() \
+                 AND (o.id IS NULL OR (o.status IN ('pending', 'cancelled') AND o.payment_status <> 'paid'))").await,
+        0
+    );
+    assert_eq!(last.backlog_remaining, 0);
+}
