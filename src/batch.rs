@@ -118,7 +118,6 @@ pub async fn run(
                 &cursor.legacy.1,
                 &params.page_size,
                 &params.timeout_minutes,
-                &params.grace_minutes,
             ],
         )
         .await
@@ -136,22 +135,17 @@ pub async fn run(
         let order_id: Option<i64> = row.get(1);
         let key: String = row.get(2);
         let legacy: bool = row.get(3);
-        let paid: bool = row.get(4);
-        let eligible: bool = row.get(5);
         if legacy {
             out.next_cursor.legacy = (key, id);
         } else {
             out.next_cursor.expiring = (key, id);
         }
         match order_id {
-            Some(order) if paid => {
-                out.paid_orders.insert(order);
-            }
-            Some(order) if eligible && !exclude.contains(&order) => {
+            Some(order) if !exclude.contains(&order) => {
                 order_candidates.insert(order);
             }
-            None if eligible => hold_candidates.push(id),
-            _ => {}
+            Some(_) => {}
+            None => hold_candidates.push(id),
         }
     }
     if order_candidates.is_empty() && hold_candidates.is_empty() {
@@ -160,23 +154,28 @@ pub async fn run(
     }
 
     let order_candidates: Vec<i64> = order_candidates.into_iter().collect();
-    let claimed_orders: Vec<i64> = if order_candidates.is_empty() {
-        Vec::new()
-    } else {
-        tx.query(
-            &st.claim_orders,
-            &[
-                &order_candidates,
-                &params.timeout_minutes,
-                &params.grace_minutes,
-            ],
-        )
-        .await
-        .map_err(Error::db("claiming orders"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-    };
+    let mut claimed_orders: Vec<i64> = Vec::new();
+    let mut processing_orders: Vec<i64> = Vec::new();
+    if !order_candidates.is_empty() {
+        let rows = tx
+            .query(
+                &st.claim_orders,
+                &[
+                    &order_candidates,
+                    &params.timeout_minutes,
+                    &params.grace_minutes,
+                ],
+            )
+            .await
+            .map_err(Error::db("claiming orders"))?;
+        for row in &rows {
+            let id: i64 = row.get(0);
+            claimed_orders.push(id);
+            if row.get::<_, bool>(1) {
+                processing_orders.push(id);
+            }
+        }
+    }
     let claimed_holds: Vec<i64> = if hold_candidates.is_empty() {
         Vec::new()
     } else {
@@ -190,10 +189,32 @@ pub async fn run(
         .map(|r| r.get(0))
         .collect()
     };
-    // Candidates not claimed were locked by a shopper or changed since the page was read; the
-    // backlog count at the end of the run tells which of them are still due.
-    out.skipped_locked = (order_candidates.len() - claimed_orders.len() + hold_candidates.len()
-        - claimed_holds.len()) as u64;
+    // Candidates not claimed: paid (an anomaly), not due or not releasable (payment grace), or
+    // held by a shopper. Only the last are skipped work; the backlog count at the end of the run
+    // tells which are still due.
+    let unclaimed: Vec<i64> = order_candidates
+        .iter()
+        .filter(|id| claimed_orders.binary_search(id).is_err())
+        .copied()
+        .collect();
+    if !unclaimed.is_empty() {
+        let rows = tx
+            .query(
+                &st.classify_unclaimed,
+                &[&unclaimed, &params.timeout_minutes, &params.grace_minutes],
+            )
+            .await
+            .map_err(Error::db("classifying unclaimed orders"))?;
+        for row in &rows {
+            let id: i64 = row.get(0);
+            if row.get::<_, bool>(1) {
+                out.paid_orders.insert(id);
+            } else if row.get::<_, bool>(2) {
+                out.skipped_locked += 1;
+            }
+        }
+    }
+    out.skipped_locked += (hold_candidates.len() - claimed_holds.len()) as u64;
     if claimed_orders.is_empty() && claimed_holds.is_empty() {
         finish(tx, params.dry_run).await?;
         return Ok(out);
@@ -207,6 +228,7 @@ pub async fn run(
                 &claimed_holds,
                 &params.timeout_minutes,
                 &params.grace_minutes,
+                &processing_orders,
             ],
         )
         .await

@@ -38,8 +38,24 @@ pub fn config_from_url(setting: &str, url: &str) -> Result<Config> {
     Ok(config)
 }
 
+/// Session settings every connection gets unless the connection string's `options` set them:
+/// a statement timeout for the queries outside batches (preflight, backlog, status), and a
+/// guard that ends the session if it ever sits idle inside a transaction (a stalled process
+/// must not keep holding rows shoppers need). Batches set tighter timeouts of their own.
+const SESSION_OPTIONS: &[(&str, &str)] = &[
+    ("statement_timeout", "60s"),
+    ("idle_in_transaction_session_timeout", "10s"),
+];
+
 /// Timeouts, keepalives and the application name, unless the connection string set them.
 pub fn apply_defaults(config: &mut Config) {
+    let mut options = config.get_options().unwrap_or_default().to_string();
+    for (name, value) in SESSION_OPTIONS {
+        if !options.contains(name) {
+            options = format!("{options} -c {name}={value}").trim().to_string();
+        }
+    }
+    config.options(options);
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
@@ -131,5 +147,22 @@ mod tests {
             config_from_url("DATABASE_URL", "postgres://app:s3cret@db.example:6432/shop").unwrap();
         assert_eq!(describe(&config), "app@db.example:6432/shop");
         assert_eq!(config.get_application_name(), Some(APPLICATION_NAME));
+        assert_eq!(
+            config.get_options(),
+            Some("-c statement_timeout=60s -c idle_in_transaction_session_timeout=10s")
+        );
+    }
+
+    #[test]
+    fn keeps_the_options_a_connection_string_sets() {
+        let config = config_from_url(
+            "DATABASE_URL",
+            "postgres://app@db/shop?options=-c%20statement_timeout%3D5s",
+        )
+        .unwrap();
+        assert_eq!(
+            config.get_options(),
+            Some("-c statement_timeout=5s -c idle_in_transaction_session_timeout=10s")
+        );
     }
 }

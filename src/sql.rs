@@ -74,8 +74,8 @@ macro_rules! due_reservations {
 pub const SET_BATCH_TIMEOUTS: &str =
     "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)";
 
-/// The next page of candidates, after the run's cursors, in due order. Locks nothing: it only
-/// proposes; the claims below re-check every rule under lock.
+/// The next page of candidates, after the run's cursors, in due order. Locks nothing and reads
+/// only the reservations: it proposes; the claims below check every rule under lock.
 ///
 /// Keyset pagination over the two partial indexes of `infra/indexes.sql`
 /// (`(expires_at, id) WHERE status = 'active'`, and `(created_at, id) WHERE status = 'active'
@@ -84,50 +84,65 @@ pub const SET_BATCH_TIMEOUTS: &str =
 /// batch rescan them. Legacy rows come after the rest.
 ///
 /// $1/$2 cursor (expires_at as text, id) of the expiring rows, $3/$4 cursor (created_at as text,
-/// id) of the legacy rows, $5 page size, $6 reservation timeout minutes, $7 grace minutes.
-/// Returns per row: id, order_id, cursor key as text, legacy, paid, eligible (the order rules
-/// hold at this snapshot).
+/// id) of the legacy rows, $5 page size, $6 reservation timeout minutes.
+/// Returns per row: id, order_id, cursor key as text, legacy.
 pub const PAGE: &str = concat!(
-    "SELECT p.id, p.order_id, p.due_key::text, p.legacy, ",
-    "COALESCE(o.payment_status = 'paid', false) AS paid, ",
-    "(p.order_id IS NULL OR (",
-    releasable_order!("o"),
-    " AND p.due_at + ",
-    grace!("o.payment_status", "$7"),
-    " <= now())) AS eligible ",
-    "FROM ((SELECT r.id, r.order_id, r.expires_at AS due_key, r.expires_at AS due_at, false AS legacy ",
+    "SELECT id, order_id, due_key::text, legacy FROM (",
+    "(SELECT r.id, r.order_id, r.expires_at AS due_key, false AS legacy ",
     "FROM orders_inventoryreservation r ",
     "WHERE r.status = 'active' AND r.expires_at <= now() ",
     "AND (r.expires_at, r.id) > ($1::text::timestamptz, $2::int8) ",
     "ORDER BY r.expires_at, r.id LIMIT $5::int8) ",
     "UNION ALL ",
-    "(SELECT r.id, r.order_id, r.created_at, r.created_at + make_interval(mins => $6::int4), true ",
+    "(SELECT r.id, r.order_id, r.created_at, true ",
     "FROM orders_inventoryreservation r ",
     "WHERE r.status = 'active' AND r.expires_at IS NULL ",
     "AND r.created_at <= now() - make_interval(mins => $6::int4) ",
     "AND (r.created_at, r.id) > ($3::text::timestamptz, $4::int8) ",
-    "ORDER BY r.created_at, r.id LIMIT $5::int8) ",
-    "ORDER BY legacy, due_key, id LIMIT $5::int8) p ",
-    "LEFT JOIN orders_order o ON o.id = p.order_id ",
-    "ORDER BY p.legacy, p.due_key, p.id"
+    "ORDER BY r.created_at, r.id LIMIT $5::int8)) p ",
+    "ORDER BY legacy, due_key, id LIMIT $5::int8"
 );
 
+/// The release rule for order `o`: releasable, and holding an active reservation that is due
+/// (grace included). $t holds the reservation timeout, $g the grace, both in minutes.
+macro_rules! order_is_due {
+    ($t:literal, $g:literal) => {
+        concat!(
+            releasable_order!("o"),
+            " AND EXISTS (SELECT 1 FROM orders_inventoryreservation r ",
+            "WHERE r.order_id = o.id AND r.status = 'active' AND ",
+            due_at!("r", $t),
+            " + ",
+            grace!("o.payment_status", $g),
+            " <= now())"
+        )
+    };
+}
+
 /// Claims the candidate orders that are still releasable and still have a due active
-/// reservation, re-checked on the locked row. Locks the order rows `FOR UPDATE SKIP LOCKED`:
-/// an order a shopper's transaction holds in any way (payment, a reservation being added) is
+/// reservation, checked on the locked row. Locks the order rows `FOR UPDATE SKIP LOCKED`: an
+/// order a shopper's transaction holds in any way (payment, a reservation being added) is
 /// skipped, never waited on, and stays for the next run. `FOR UPDATE` rather than `FOR NO KEY
 /// UPDATE` so that an order getting a new reservation right now is skipped too.
 ///
 /// $1 candidate order ids, $2 reservation timeout minutes, $3 grace minutes.
+/// Returns id, and whether the order's payment is `processing` (its grace applies).
 pub const CLAIM_ORDERS: &str = concat!(
-    "SELECT o.id FROM orders_order o WHERE o.id = ANY($1::int8[]) AND ",
-    releasable_order!("o"),
-    " AND EXISTS (SELECT 1 FROM orders_inventoryreservation r ",
-    "WHERE r.order_id = o.id AND r.status = 'active' AND ",
-    due_at!("r", "$2"),
-    " + ",
-    grace!("o.payment_status", "$3"),
-    " <= now()) ORDER BY o.id FOR UPDATE OF o SKIP LOCKED"
+    "SELECT o.id, o.payment_status = 'processing' FROM orders_order o ",
+    "WHERE o.id = ANY($1::int8[]) AND ",
+    order_is_due!("$2", "$3"),
+    " ORDER BY o.id FOR UPDATE OF o SKIP LOCKED"
+);
+
+/// Why candidate orders were not claimed: paid (an anomaly to report), not due or not
+/// releasable (a payment in grace, a confirmed order), or — when the rule still holds —
+/// locked by a shopper. Runs only when some candidates were not claimed. Locks nothing.
+///
+/// $1 unclaimed order ids, $2 reservation timeout minutes, $3 grace minutes.
+pub const CLASSIFY_UNCLAIMED: &str = concat!(
+    "SELECT o.id, o.payment_status = 'paid', ",
+    order_is_due!("$2", "$3"),
+    " FROM orders_order o WHERE o.id = ANY($1::int8[])"
 );
 
 /// Claims candidate cart holds (reservations without an order) that are still active and due.
@@ -150,18 +165,15 @@ pub const CLAIM_HOLDS: &str = concat!(
 /// make it wait, for at most `lock_timeout`. `status = 'active'` is re-checked on the latest
 /// row version, so a reservation converted meanwhile is left alone.
 ///
-/// $1 claimed order ids, $2 claimed hold ids, $3 reservation timeout minutes, $4 grace minutes.
+/// $1 claimed order ids, $2 claimed hold ids, $3 reservation timeout minutes, $4 grace minutes,
+/// $5 the claimed orders whose payment is `processing`.
 pub const RELEASE_RESERVATIONS: &str = concat!(
     "UPDATE orders_inventoryreservation r SET status = 'expired', released_at = now() ",
     "WHERE r.status = 'active' AND (r.order_id = ANY($1::int8[]) OR r.id = ANY($2::int8[])) ",
     "RETURNING r.id, r.order_id, r.product_variant_id, r.drop_product_id, r.quantity, ",
     due_at!("r", "$3"),
-    " + ",
-    grace!(
-        "(SELECT o.payment_status FROM orders_order o WHERE o.id = r.order_id)",
-        "$4"
-    ),
-    " <= now() AS was_due"
+    " + CASE WHEN r.order_id = ANY($5::int8[]) THEN make_interval(mins => $4::int4) ",
+    "ELSE interval '0' END <= now() AS was_due"
 );
 
 /// Cancels the claimed orders whose reservations this batch released, if still `pending`

@@ -186,3 +186,36 @@ fn the_dashboard_shows_every_emitted_metric_and_nothing_else() {
         "the dashboard and the code's metrics differ"
     );
 }
+
+/// Least privilege: the function may read the one secret (and decrypt it through Secrets
+/// Manager when a key is given), nothing else.
+#[test]
+fn the_function_may_read_only_its_one_secret() {
+    let t = template();
+    let policies = t["Resources"]["Function"]["Properties"]["Policies"]
+        .as_vec()
+        .unwrap();
+    let mut actions = Vec::new();
+    let mut visit = |statement: &Yaml| {
+        assert_eq!(statement["Effect"].as_str(), Some("Allow"));
+        let action = statement["Action"].as_str().unwrap().to_string();
+        let resource = statement["Resource"].as_str().unwrap();
+        match action.as_str() {
+            "secretsmanager:GetSecretValue" => assert_eq!(resource, "DbSecretArn"),
+            "kms:Decrypt" => {
+                assert_eq!(resource, "DbSecretKmsKeyArn");
+                assert!(!statement["Condition"]["StringEquals"]["kms:ViaService"].is_badvalue());
+            }
+            other => panic!("unexpected permission {other}"),
+        }
+        actions.push(action);
+    };
+    for policy in policies {
+        // `!If [cond, policy, AWS::NoValue]` reads as a list here.
+        let policy = policy.as_vec().map_or(policy, |branches| &branches[1]);
+        for statement in policy["Statement"].as_vec().unwrap() {
+            visit(statement);
+        }
+    }
+    assert_eq!(actions, ["secretsmanager:GetSecretValue", "kms:Decrypt"]);
+}
