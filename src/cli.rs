@@ -12,7 +12,7 @@ use crate::database::Database;
 use crate::error::{Error, Result};
 use crate::release::{self, RunOptions};
 use crate::settings::{check_range, Settings};
-use crate::telemetry::{self, LogFormat};
+use crate::telemetry::{self, LogFormat, RunContext};
 use crate::{connect, status, tls};
 
 /// Gives back the stock held by expired reservations of unpaid orders.
@@ -110,27 +110,20 @@ async fn execute(cli: Cli) -> Result<String> {
                 dry_run,
                 deadline: settings.time_budget.map(|b| Instant::now() + b),
             };
+            let ctx = RunContext {
+                request_id: "",
+                source: "cli",
+                dry_run,
+                cold_start: false,
+                tls: !connect::tls_disabled(&config),
+            };
             match release::run(&mut db, &settings, &options).await {
                 Ok(report) => {
-                    tracing::info!(
-                        dry_run = report.dry_run,
-                        reservations_released = report.reservations_released,
-                        units_released = report.units_released,
-                        orders_cancelled = report.orders_cancelled,
-                        batches = report.batches,
-                        stopped_reason = report.stopped_reason.as_str(),
-                        backlog_remaining = report.backlog_remaining,
-                        duration_ms = report.duration_ms,
-                        "run finished"
-                    );
+                    telemetry::log_run(&ctx, Some(&report), None);
                     to_json(&report)
                 }
                 Err(failure) => {
-                    tracing::error!(
-                        reservations_released = failure.report.reservations_released,
-                        batches = failure.report.batches,
-                        "run failed after committing the batches counted here"
-                    );
+                    telemetry::log_run(&ctx, Some(&failure.report), Some(&failure.error));
                     return Err(failure.error);
                 }
             }

@@ -17,7 +17,8 @@ use crate::payload::{self, Request, RunRequest};
 use crate::release::{self, RunOptions};
 use crate::report::RunReport;
 use crate::secrets::SecretSource;
-use crate::settings::{check_range, Settings};
+use crate::settings::{parse_u32, Settings};
+use crate::telemetry::{self, RunContext};
 use crate::{connect, status, tls};
 
 /// Everything an invocation needs that can be built once per execution environment.
@@ -111,24 +112,6 @@ impl AppState {
     }
 }
 
-fn parse_u32(
-    lookup: &impl Fn(&str) -> Option<String>,
-    name: &str,
-    default: u32,
-    min: u32,
-    max: u32,
-) -> Result<u32> {
-    let Some(raw) = lookup(name) else {
-        return Ok(default);
-    };
-    let value = raw.trim().parse::<u32>().map_err(|_| Error::Setting {
-        name: name.into(),
-        reason: format!("{raw:?} is not a whole number"),
-    })?;
-    check_range(name, value, min, max)?;
-    Ok(value)
-}
-
 /// An error as Lambda reports it: `errorType` is the error's kind (`InvalidPayload`,
 /// `DatabaseUnreachable`, ...), `errorMessage` its cause chain, never a secret value.
 pub struct HandlerError(pub Error);
@@ -215,13 +198,16 @@ pub async fn handle(
                     duration_ms,
                 },
             ));
-            log_run(
-                &request_id,
-                &run,
+            telemetry::log_run(
+                &RunContext {
+                    request_id: &request_id,
+                    source: &run.source,
+                    dry_run: run.dry_run,
+                    cold_start,
+                    tls: !state.credentials.tls_disabled(),
+                },
                 report,
                 error,
-                cold_start,
-                state.credentials.tls_disabled(),
             );
             match outcome {
                 Ok(report) => Ok(serde_json::to_value(&report).unwrap_or(Value::Null)),
@@ -275,53 +261,6 @@ async fn run_release(state: &AppState, run: &RunRequest, deadline: Option<Instan
     release::run(&mut db, &settings, &options)
         .await
         .map_err(|failure| (failure.error, Some(failure.report)))
-}
-
-fn log_run(
-    request_id: &str,
-    run: &RunRequest,
-    report: Option<&RunReport>,
-    error: Option<&Error>,
-    cold_start: bool,
-    tls_disabled: bool,
-) {
-    let empty = RunReport::new(run.dry_run);
-    let r = report.unwrap_or(&empty);
-    macro_rules! summary {
-        ($level:ident, $($extra:tt)*) => {
-            tracing::$level!(
-                request_id,
-                source = run.source.as_str(),
-                mode = if run.dry_run { "dry_run" } else { "run" },
-                dry_run = run.dry_run,
-                reservations_released = r.reservations_released,
-                units_released = r.units_released,
-                orders_cancelled = r.orders_cancelled,
-                holds_released = r.holds_released,
-                batches = r.batches,
-                batch_retries = r.batch_retries,
-                skipped_locked = r.skipped_locked,
-                clamped_variants = r.clamped_variants,
-                clamped_drops = r.clamped_drops,
-                paid_orders_with_due_reservations = r.paid_orders_with_due_reservations,
-                stopped_reason = r.stopped_reason.as_str(),
-                backlog_remaining = r.backlog_remaining,
-                oldest_due_age_seconds = r.oldest_due_age_seconds,
-                batch_ms_p50 = r.batch_ms_p50,
-                batch_ms_p99 = r.batch_ms_p99,
-                duration_ms = r.duration_ms,
-                cold_start,
-                tls = !tls_disabled,
-                $($extra)*
-            )
-        };
-    }
-    match error {
-        None => summary!(info, "run finished"),
-        Some(e) => {
-            summary!(error, error_type = e.kind(), retryable = e.is_retryable(), error = %e.chain(), "run failed")
-        }
-    }
 }
 
 #[cfg(test)]

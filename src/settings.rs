@@ -122,7 +122,9 @@ impl Settings {
     }
 }
 
-fn parse_u32(
+/// Reads setting `name` through `lookup` as a whole number in `min..=max`; unset or empty
+/// keeps `default`. Errors name the setting.
+pub fn parse_u32(
     lookup: &impl Fn(&str) -> Option<String>,
     name: &str,
     default: u32,
