@@ -51,7 +51,7 @@ cargo lambda watch --bin bootstrap --ignore-changes --invoke-address 127.0.0.1 \
   --env-var AWS_REGION=us-east-1 --env-var AWS_ACCESS_KEY_ID=test \
   --env-var AWS_SECRET_ACCESS_KEY=test \
   --env-var DB_SSLMODE=require --env-var "DB_CA_BUNDLE=$PG_CA_CERT" \
-  --env-var LOG_FORMAT=json --env-var RUST_LOG=info \
+  --env-var LOG_FORMAT=json --env-var RUST_LOG=debug \
   >"$UNRESERVER_TEST_LAMBDA_LOG" 2>&1 &
 pids+=($!)
 wait_for_port "$lambda_port" "cargo lambda watch" "$UNRESERVER_TEST_LAMBDA_LOG"

@@ -281,10 +281,13 @@ async fn torture_under_live_shop_traffic() {
     };
     let released = Arc::new(AtomicU64::new(0));
     let runs = Arc::new(AtomicU64::new(0));
+    let retries = Arc::new(AtomicU64::new(0));
+    let skipped = Arc::new(AtomicU64::new(0));
     let mut releasers = Vec::new();
     for _ in 0..3 {
         let mut db = t.open_with(&s).await;
         let (stop, released, runs, s) = (stop.clone(), released.clone(), runs.clone(), s.clone());
+        let (retries, skipped) = (retries.clone(), skipped.clone());
         releasers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let report = release::run(&mut db, &s, &RunOptions::default())
@@ -292,6 +295,8 @@ async fn torture_under_live_shop_traffic() {
                     .unwrap_or_else(|f| panic!("a release run failed: {}", f.error.chain()));
                 released.fetch_add(report.reservations_released, Ordering::Relaxed);
                 runs.fetch_add(1, Ordering::Relaxed);
+                retries.fetch_add(u64::from(report.batch_retries), Ordering::Relaxed);
+                skipped.fetch_add(report.skipped_locked, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }));
@@ -320,11 +325,14 @@ async fn torture_under_live_shop_traffic() {
         .i64("SELECT count(*) FROM orders_inventoryreservation")
         .await;
     eprintln!(
-        "torture: {:.1} s, {} release runs, {released} reservations released of {total} made; \
+        "torture: {:.1} s, {} release runs, {released} reservations released of {total} made, \
+         {} batch retries after lock conflicts, {} claims skipped because another transaction (a shopper or another run) held the row; \
          shop: {} checkouts, {} payments to processing, {} conversions, {} cancellations; \
          shop transactions failed by deadlock or lock timeout: {}",
         started.elapsed().as_secs_f64(),
         runs.load(Ordering::Relaxed),
+        retries.load(Ordering::Relaxed),
+        skipped.load(Ordering::Relaxed),
         stats.checkouts.load(Ordering::Relaxed),
         stats.payments.load(Ordering::Relaxed),
         stats.conversions.load(Ordering::Relaxed),
