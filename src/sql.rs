@@ -5,6 +5,10 @@
 //! count and `status` can never disagree about what is due. Every time comparison is against the
 //! database clock (`now()`, the batch transaction's start), never the client's.
 //!
+//! Every column a statement returns is cast to the type the code reads (ids to `int8`,
+//! quantities to `int4`, conditions coalesced to booleans), so a shop whose ids are `integer`
+//! or whose columns allow NULL gets correct results, never a panic in the row decoder.
+//!
 //! Lock order of a batch, the same as the shop's payment code: order rows (`SKIP LOCKED`, never
 //! waited on) → reservation rows → variant rows in ascending id → drop rows in ascending id.
 //! Waits on reservation, variant and drop rows are bounded by `lock_timeout`, set per batch well
@@ -87,7 +91,7 @@ pub const SET_BATCH_TIMEOUTS: &str =
 /// id) of the legacy rows, $5 page size, $6 reservation timeout minutes.
 /// Returns per row: id, order_id, cursor key as text, legacy.
 pub const PAGE: &str = concat!(
-    "SELECT id, order_id, due_key::text, legacy FROM (",
+    "SELECT id::int8, order_id::int8, due_key::text, legacy FROM (",
     "(SELECT r.id, r.order_id, r.expires_at AS due_key, false AS legacy ",
     "FROM orders_inventoryreservation r ",
     "WHERE r.status = 'active' AND r.expires_at <= now() ",
@@ -128,7 +132,7 @@ macro_rules! order_is_due {
 /// $1 candidate order ids, $2 reservation timeout minutes, $3 grace minutes.
 /// Returns id, and whether the order's payment is `processing` (its grace applies).
 pub const CLAIM_ORDERS: &str = concat!(
-    "SELECT o.id, o.payment_status = 'processing' FROM orders_order o ",
+    "SELECT o.id::int8, COALESCE(o.payment_status = 'processing', false) FROM orders_order o ",
     "WHERE o.id = ANY($1::int8[]) AND ",
     order_is_due!("$2", "$3"),
     " ORDER BY o.id FOR UPDATE OF o SKIP LOCKED"
@@ -140,9 +144,9 @@ pub const CLAIM_ORDERS: &str = concat!(
 ///
 /// $1 unclaimed order ids, $2 reservation timeout minutes, $3 grace minutes.
 pub const CLASSIFY_UNCLAIMED: &str = concat!(
-    "SELECT o.id, o.payment_status = 'paid', ",
+    "SELECT o.id::int8, COALESCE(o.payment_status = 'paid', false), COALESCE(",
     order_is_due!("$2", "$3"),
-    " FROM orders_order o WHERE o.id = ANY($1::int8[])"
+    ", false) FROM orders_order o WHERE o.id = ANY($1::int8[])"
 );
 
 /// Claims candidate cart holds (reservations without an order) that are still active and due.
@@ -151,7 +155,7 @@ pub const CLASSIFY_UNCLAIMED: &str = concat!(
 ///
 /// $1 candidate reservation ids, $2 reservation timeout minutes.
 pub const CLAIM_HOLDS: &str = concat!(
-    "SELECT r.id FROM orders_inventoryreservation r ",
+    "SELECT r.id::int8 FROM orders_inventoryreservation r ",
     "WHERE r.id = ANY($1::int8[]) AND r.order_id IS NULL AND r.status = 'active' AND ",
     due_at!("r", "$2"),
     " <= now() ORDER BY r.id FOR UPDATE SKIP LOCKED"
@@ -170,10 +174,11 @@ pub const CLAIM_HOLDS: &str = concat!(
 pub const RELEASE_RESERVATIONS: &str = concat!(
     "UPDATE orders_inventoryreservation r SET status = 'expired', released_at = now() ",
     "WHERE r.status = 'active' AND (r.order_id = ANY($1::int8[]) OR r.id = ANY($2::int8[])) ",
-    "RETURNING r.id, r.order_id, r.product_variant_id, r.drop_product_id, r.quantity, ",
+    "RETURNING r.id::int8, r.order_id::int8, r.product_variant_id::int8, r.drop_product_id::int8, ",
+    "r.quantity::int4, COALESCE(",
     due_at!("r", "$3"),
     " + CASE WHEN r.order_id = ANY($5::int8[]) THEN make_interval(mins => $4::int4) ",
-    "ELSE interval '0' END <= now() AS was_due"
+    "ELSE interval '0' END <= now(), false) AS was_due"
 );
 
 /// Cancels the claimed orders whose reservations this batch released, if still `pending`
@@ -183,7 +188,7 @@ pub const RELEASE_RESERVATIONS: &str = concat!(
 /// $1 order ids.
 pub const CANCEL_ORDERS: &str = "UPDATE orders_order \
      SET status = 'cancelled', cancelled_at = now(), updated_at = now() \
-     WHERE id = ANY($1::int8[]) AND status = 'pending' RETURNING id";
+     WHERE id = ANY($1::int8[]) AND status = 'pending' RETURNING id::int8";
 
 /// Gives released units back to the counter rows of `$table`, never below zero, returning for
 /// each row whether the subtraction had to be clamped (the counter had drifted below what its
@@ -202,7 +207,7 @@ macro_rules! return_units {
             $table,
             " t SET reserved_quantity = GREATEST(l.reserved_quantity - rel.units, 0), ",
             "updated_at = now() FROM locked l JOIN released rel ON rel.id = l.id ",
-            "WHERE t.id = l.id RETURNING t.id, l.reserved_quantity < rel.units AS clamped"
+            "WHERE t.id = l.id RETURNING t.id::int8, COALESCE(l.reserved_quantity < rel.units, false) AS clamped"
         )
     };
 }
@@ -250,7 +255,7 @@ pub const PAID_ORDERS_WITH_ACTIVE_RESERVATIONS: &str = "SELECT count(DISTINCT r.
 macro_rules! counter_drift {
     ($table:literal, $fk:literal) => {
         concat!(
-            "SELECT t.id, t.reserved_quantity::int8, COALESCE(a.units, 0)::int8, count(*) OVER () ",
+            "SELECT t.id::int8, t.reserved_quantity::int8, COALESCE(a.units, 0)::int8, count(*) OVER () ",
             "FROM ",
             $table,
             " t LEFT JOIN (SELECT ",

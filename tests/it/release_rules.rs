@@ -303,3 +303,29 @@ async fn counters_never_go_below_zero_and_clamps_are_counted() {
     assert_eq!((t.reserved(v).await, t.drop_reserved(d).await), (0, 0));
     assert_eq!((report.clamped_variants, report.clamped_drops), (1, 1));
 }
+
+/// A shop whose ids are `integer` (older Django `AutoField`s) and whose columns allow NULL gets
+/// the same results: every value the release reads is cast in SQL, never decoded by guesswork.
+#[tokio::test]
+async fn integer_ids_and_nullable_columns_work_the_same() {
+    let t = TestDb::from_template("template0").await;
+    let schema = include_str!("../../infra/schema.sql")
+        .replace("bigint", "integer")
+        .replace(" NOT NULL DEFAULT 'pending'", " DEFAULT 'pending'")
+        .replace(" NOT NULL DEFAULT 'active'", " DEFAULT 'active'");
+    t.exec(&schema).await;
+    t.exec(include_str!("../../infra/sample-data.sql")).await;
+    let tls = unreserver::tls::connector(None).unwrap();
+    let mut db = unreserver::database::Database::open(&t.config(), &tls, 100)
+        .await
+        .unwrap();
+    let report = run(&mut db, &settings(), true).await;
+    assert_eq!(report.reservations_released, 10);
+    let report = run(&mut db, &settings(), false).await;
+    assert_eq!(report.reservations_released, 10);
+    assert_eq!(report.orders_cancelled, 7);
+    assert_eq!(report.clamped_variants, 1);
+    let status = unreserver::status::status(&db, &settings()).await.unwrap();
+    assert_eq!(status.due_reservations, 0);
+    assert_eq!(status.missing_indexes.len(), 2);
+}
