@@ -132,6 +132,34 @@ impl TestDb {
         connect_url(&self.url).await
     }
 
+    /// A shopper's connection inside an open transaction that holds variant `v`'s row
+    /// (`FOR UPDATE`, as a checkout would); `batch_execute("COMMIT")` on it lets go.
+    pub async fn hold_variant(&self, v: i64) -> Client {
+        let shopper = self.connect().await;
+        shopper
+            .batch_execute(&format!(
+                "BEGIN; SELECT 1 FROM products_productvariant WHERE id = {v} FOR UPDATE"
+            ))
+            .await
+            .unwrap();
+        shopper
+    }
+
+    /// An order row and its reservations as text, to compare before and after.
+    pub async fn order_snapshot(&self, order: i64) -> (String, String) {
+        let row = self
+            .client
+            .query_one(
+                "SELECT o::text, (SELECT string_agg(r::text, ';' ORDER BY r.id) \
+                   FROM orders_inventoryreservation r WHERE r.order_id = o.id) \
+                 FROM orders_order o WHERE o.id = $1",
+                &[&order],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    }
+
     pub async fn exec(&self, sql: &str) {
         self.client
             .batch_execute(sql)

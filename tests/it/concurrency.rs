@@ -162,14 +162,7 @@ async fn a_lock_held_past_every_retry_stops_the_run_cleanly() {
     let r = t
         .reservation(Res::new(Some(order), v, 1, "-1 minute"))
         .await;
-    let mut shopper = t.connect().await;
-    let tx = shopper.transaction().await.unwrap();
-    tx.execute(
-        "SELECT 1 FROM products_productvariant WHERE id = $1 FOR UPDATE",
-        &[&v],
-    )
-    .await
-    .unwrap();
+    let shopper = t.hold_variant(v).await;
     let before = t.fingerprint().await;
     let mut s = settings();
     s.lock_timeout_ms = 20;
@@ -182,7 +175,7 @@ async fn a_lock_held_past_every_retry_stops_the_run_cleanly() {
     assert_eq!(report.reservations_released, 0);
     assert_eq!(report.backlog_remaining, 1);
     assert_eq!(t.fingerprint().await, before);
-    tx.commit().await.unwrap();
+    shopper.batch_execute("COMMIT").await.unwrap();
     let report = run(&mut db, &s, false).await;
     assert_eq!(report.reservations_released, 1);
     assert_eq!(t.reservation_status(r).await, "expired");

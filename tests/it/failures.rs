@@ -32,15 +32,7 @@ async fn a_failed_batch_leaves_its_rows_unchanged() {
     let mut s = settings();
     s.batch_size = 1;
     let mut db = t.open_with(&s).await;
-    let second_before = t
-        .client
-        .query_one(
-            "SELECT o::text, (SELECT string_agg(r::text, ';') FROM orders_inventoryreservation r WHERE r.order_id = o.id) \
-             FROM orders_order o WHERE o.id = $1",
-            &[&second],
-        )
-        .await
-        .unwrap();
+    let second_before = t.order_snapshot(second).await;
     let options = RunOptions::default();
     let failure = release::run(&mut db, &s, &options).await.unwrap_err();
     assert!(
@@ -54,22 +46,10 @@ async fn a_failed_batch_leaves_its_rows_unchanged() {
         failure.report.reservations_released, 1,
         "the first batch committed"
     );
-    let second_after = t
-        .client
-        .query_one(
-            "SELECT o::text, (SELECT string_agg(r::text, ';') FROM orders_inventoryreservation r WHERE r.order_id = o.id) \
-             FROM orders_order o WHERE o.id = $1",
-            &[&second],
-        )
-        .await
-        .unwrap();
+    let second_after = t.order_snapshot(second).await;
     assert_eq!(
-        second_before.get::<_, String>(0),
-        second_after.get::<_, String>(0)
-    );
-    assert_eq!(
-        second_before.get::<_, String>(1),
-        second_after.get::<_, String>(1)
+        second_before, second_after,
+        "the failed batch left changes behind"
     );
     assert_eq!(
         t.reserved(v).await,

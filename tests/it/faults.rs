@@ -154,14 +154,7 @@ async fn a_connection_killed_mid_batch_loses_nothing() {
 async fn a_lock_held_past_the_time_budget_stops_the_run_at_its_deadline() {
     let t = TestDb::new().await;
     let (v, _) = one_due_order_with_drop(&t).await;
-    let mut shopper = t.connect().await;
-    let tx = shopper.transaction().await.unwrap();
-    tx.execute(
-        "SELECT 1 FROM products_productvariant WHERE id = $1 FOR UPDATE",
-        &[&v],
-    )
-    .await
-    .unwrap();
+    let shopper = t.hold_variant(v).await;
     let before = t.fingerprint().await;
     let mut s = settings();
     s.batch_max_attempts = 20;
@@ -183,7 +176,7 @@ async fn a_lock_held_past_the_time_budget_stops_the_run_at_its_deadline() {
     );
     assert_eq!(report.backlog_remaining, 1);
     assert_eq!(t.fingerprint().await, before);
-    tx.commit().await.unwrap();
+    shopper.batch_execute("COMMIT").await.unwrap();
 }
 
 /// A large backlog and a deadline: the run stops before the deadline, after whole batches,
