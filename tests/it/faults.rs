@@ -32,6 +32,16 @@ async fn inject(t: &TestDb, code: &str, fail_times: i32) {
     .await;
 }
 
+/// Makes every update of a drop counter (the last statement of a batch) take `seconds`.
+async fn slow_drop_updates(t: &TestDb, seconds: u32) {
+    t.exec(&format!(
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
+           BEGIN PERFORM pg_sleep({seconds}); RETURN NEW; END $$; \
+         CREATE TRIGGER slow BEFORE UPDATE ON drops_dropproduct FOR EACH ROW EXECUTE FUNCTION slow()"
+    ))
+    .await;
+}
+
 /// A deadlock, a serialization failure and a lock timeout reported to a batch (injected, so
 /// that each happens for certain): the batch is rolled back whole and retried, and succeeds.
 #[tokio::test]
@@ -65,12 +75,7 @@ async fn deadlock_serialization_and_lock_timeout_errors_roll_back_and_retry() {
 async fn a_statement_timeout_rolls_the_batch_back() {
     let t = TestDb::new().await;
     let (v, d) = one_due_order_with_drop(&t).await;
-    t.exec(
-        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
-           BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$; \
-         CREATE TRIGGER slow BEFORE UPDATE ON drops_dropproduct FOR EACH ROW EXECUTE FUNCTION slow()",
-    )
-    .await;
+    slow_drop_updates(&t, 1).await;
     let before = t.fingerprint().await;
     let mut s = settings();
     s.statement_timeout_ms = 200;
@@ -95,12 +100,7 @@ async fn a_statement_timeout_rolls_the_batch_back() {
 async fn a_connection_killed_mid_batch_loses_nothing() {
     let t = TestDb::new().await;
     let (v, d) = one_due_order_with_drop(&t).await;
-    t.exec(
-        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
-           BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$; \
-         CREATE TRIGGER slow BEFORE UPDATE ON drops_dropproduct FOR EACH ROW EXECUTE FUNCTION slow()",
-    )
-    .await;
+    slow_drop_updates(&t, 2).await;
     let before = t.fingerprint().await;
     let s = settings();
     let mut db = t.open_with(&s).await;
