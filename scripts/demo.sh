@@ -19,7 +19,11 @@ pg_start unreserver-demo
 trap pg_stop EXIT
 url=$(pg_create_db shop)
 psql -qX -v ON_ERROR_STOP=1 "$url" -f infra/sample-data.sql >/dev/null
-export DATABASE_URL=$url
+# unreserver connects as production does: TLS required, chain and host name verified against
+# the CA the cluster's certificate was made with.
+export DATABASE_URL="${url/@127.0.0.1:/@localhost:}"
+DATABASE_URL="${DATABASE_URL/sslmode=disable/sslmode=require}"
+export DB_CA_BUNDLE=$PG_CA_CERT
 
 show() {
   psql -X -P pager=off "$url" -c "
