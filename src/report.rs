@@ -79,6 +79,19 @@ pub struct RunReport {
     pub units_by_drop: Option<BTreeMap<i64, i64>>,
 }
 
+/// The fields of the run report that other tools rely on (the CLI's contract); the report has
+/// more, but never fewer.
+pub const CONTRACT_FIELDS: &[&str] = &[
+    "dry_run",
+    "reservations_released",
+    "units_released",
+    "orders_cancelled",
+    "batches",
+    "stopped_reason",
+    "backlog_remaining",
+    "duration_ms",
+];
+
 impl RunReport {
     pub fn new(dry_run: bool) -> Self {
         RunReport {
@@ -132,16 +145,7 @@ mod tests {
     #[test]
     fn report_has_the_contract_fields() {
         let json = serde_json::to_value(RunReport::new(false)).unwrap();
-        for key in [
-            "dry_run",
-            "reservations_released",
-            "units_released",
-            "orders_cancelled",
-            "batches",
-            "stopped_reason",
-            "backlog_remaining",
-            "duration_ms",
-        ] {
+        for key in CONTRACT_FIELDS {
             assert!(json.get(key).is_some(), "missing {key}");
         }
         assert_eq!(json["stopped_reason"], "drained");
