@@ -14,10 +14,10 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls};
-use unreserver::database::Database;
-use unreserver::release::{self, RunOptions};
-use unreserver::report::RunReport;
-use unreserver::settings::{Settings, DEFAULT_BATCH_SIZE};
+use unreserver::Database;
+use unreserver::RunOptions;
+use unreserver::RunReport;
+use unreserver::{ReleaseSettings, DEFAULT_BATCH_SIZE};
 
 const VARIANTS: i64 = 2_000;
 const HOT_VARIANTS: i64 = 20;
@@ -155,13 +155,13 @@ impl Bench {
         runs: usize,
     ) -> (Duration, Vec<RunReport>) {
         let url = self.copy(seed, "bench_run").await;
-        let settings = Settings {
+        let settings = ReleaseSettings {
             batch_size,
             max_batches: 1_000_000,
             time_budget: None,
-            ..Settings::default()
+            ..ReleaseSettings::default()
         };
-        let tls = unreserver::tls::connector(None).unwrap();
+        let tls = unreserver::tls_connector(None).unwrap();
         let config: tokio_postgres::Config = url.parse().unwrap();
         let mut dbs = Vec::new();
         for _ in 0..runs {
@@ -177,7 +177,7 @@ impl Bench {
             .map(|mut db| {
                 let settings = settings.clone();
                 tokio::spawn(async move {
-                    release::run(&mut db, &settings, &RunOptions::default())
+                    unreserver::run(&mut db, &settings, &RunOptions::default())
                         .await
                         .unwrap_or_else(|f| panic!("{}", f.error.chain()))
                 })
@@ -552,11 +552,11 @@ async fn main() {
     let seed = "bench_seed_idle";
     b.seed(seed, 0, 1_000_000).await;
     let url = b.copy(seed, "bench_idle").await;
-    let settings = Settings {
+    let settings = ReleaseSettings {
         time_budget: None,
-        ..Settings::default()
+        ..ReleaseSettings::default()
     };
-    let tls = unreserver::tls::connector(None).unwrap();
+    let tls = unreserver::tls_connector(None).unwrap();
     let config: tokio_postgres::Config = url.parse().unwrap();
     let mut db = Database::open(&config, &tls, settings.lock_timeout_ms)
         .await
@@ -564,21 +564,21 @@ async fn main() {
     let mut idle_ms = Vec::new();
     for _ in 0..20 {
         let started = Instant::now();
-        let r = release::run(&mut db, &settings, &RunOptions::default())
+        let r = unreserver::run(&mut db, &settings, &RunOptions::default())
             .await
             .unwrap();
         assert_eq!(r.reservations_released, 0);
         idle_ms.push(ms(started.elapsed()));
     }
     idle_ms.sort_by(f64::total_cmp);
-    let page_sql = unreserver::sql::PAGE
+    let page_sql = unreserver::db::sql::PAGE
         .replace("$1::text", "'-infinity'::text")
         .replace("$2::int8", "0::int8")
         .replace("$3::text", "'-infinity'::text")
         .replace("$4::int8", "0::int8")
         .replace("$5::int8", &format!("{DEFAULT_BATCH_SIZE}::int8"))
         .replace("$6::int4", "15::int4");
-    let backlog_sql = unreserver::sql::BACKLOG
+    let backlog_sql = unreserver::db::sql::BACKLOG
         .replace("$1::int4", "15::int4")
         .replace("$2::int4", "15::int4");
     let (page_ms, page_plan) = Bench::explain(&url, &page_sql).await;

@@ -1,25 +1,48 @@
 //! unreserver gives back the stock held by expired reservations of unpaid orders in a shop's
 //! PostgreSQL database, in short batches that never make a shopper's transaction fail or wait
-//! long. The library holds the release engine; `src/bin` holds two thin front-ends, the
-//! `unreserver` command line and the `bootstrap` AWS Lambda function.
+//! long.
+//!
+//! # Layout
+//!
+//! - [`config`]: the one configuration tree (release, database, Lambda, metrics), read and
+//!   range-checked by one function from one lookup.
+//! - `db`: the database layer — `connect` (timeouts, keepalives, `application_name`), `tls`
+//!   (verified TLS, CA bundles), `secrets` and `credentials` (Secrets Manager, cached, re-read on
+//!   rotation), `preflight` (schema, `deadlock_timeout`, indexes), `session` (a checked, prepared
+//!   connection) and [`db::sql`] (every statement of the release with what it locks and why, and
+//!   its typed wrapper).
+//! - `engine`: the release — `run` (the batch loop, retries, stop reasons), `batch` (one batch
+//!   transaction, step by step), `report` (the run report) and `status`.
+//! - `lambda`: the Lambda front-end — `handler` (state built once, the handler), `payload` (the
+//!   accepted payloads) and `metrics` (CloudWatch EMF).
+//! - [`cli`]: the `unreserver` command line. It and the Lambda handler live in the library, not
+//!   in `src/bin`, so that tests can drive them in-process; `src/bin` holds only the two thin
+//!   `main`s (`unreserver`, `bootstrap`).
+//! - [`telemetry`]: logging set-up, the run span and the run's summary line.
+//! - [`error`]: typed errors that say whether a retry can help.
+//!
+//! Modules are private; what the binaries, tests and benchmark need is re-exported below.
 
-pub mod batch;
+#![warn(clippy::too_many_lines)]
+
 pub mod cli;
-pub mod connect;
-pub mod credentials;
-pub mod database;
+pub mod config;
+pub mod db;
+pub(crate) mod engine;
 pub mod error;
-pub mod handler;
-pub mod metrics;
-pub mod payload;
-pub mod release;
-pub mod report;
-pub mod schema;
-pub mod secrets;
-pub mod settings;
-pub mod sql;
-pub mod status;
+pub(crate) mod lambda;
 pub mod telemetry;
-pub mod tls;
 
+pub use config::{Config, ReleaseSettings, DEFAULT_BATCH_SIZE};
+pub use db::connect::{apply_defaults, config_from_url, connect};
+pub use db::credentials::CredentialSource;
+pub use db::secrets::SecretSource;
+pub use db::session::Database;
+pub use db::tls::{certificates as tls_certificates, connector as tls_connector};
+pub use engine::report::{RunReport, StopReason, CONTRACT_FIELDS};
+pub use engine::run::{run, RunFailure, RunOptions};
+pub use engine::status::{status, StatusReport};
 pub use error::{Error, Result};
+pub use lambda::handler::{handle, AppState, HandlerError};
+pub use lambda::metrics::{METRICS, SERVICE_DIMENSION};
+pub use lambda::payload::parse as parse_payload;

@@ -1,10 +1,16 @@
 //! Logging set-up, done once per process: `tracing` events to stderr (stdout is kept for the
-//! command's JSON output and, in Lambda, for the metrics documents), as JSON or text.
+//! command's JSON output and, in Lambda, for the metrics documents), as JSON or text; the span
+//! of a run (request id, run id, mode, source) that every line of the run carries, and the one
+//! summary line of a run.
+//!
+//! Level and format follow the Lambda runtime's own rule: Lambda's `AWS_LAMBDA_LOG_LEVEL` and
+//! `AWS_LAMBDA_LOG_FORMAT` (set from the function's logging configuration) win when present;
+//! otherwise `RUST_LOG` and `LOG_FORMAT`; otherwise `info` and the front-end's default format.
 
 use tracing_subscriber::EnvFilter;
 
+use crate::engine::report::RunReport;
 use crate::error::Error;
-use crate::report::RunReport;
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,37 +19,63 @@ pub enum LogFormat {
     Text,
 }
 
-impl LogFormat {
-    /// `LOG_FORMAT=json|text`, else `default`.
-    pub fn from_env(default: LogFormat) -> LogFormat {
-        match std::env::var("LOG_FORMAT").ok().as_deref() {
-            Some("json") | Some("JSON") => LogFormat::Json,
-            Some("text") | Some("TEXT") => LogFormat::Text,
-            _ => default,
-        }
+/// The level filter and format of the process's logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// An `EnvFilter` directive (`info`, `debug`, `unreserver=debug,warn`, ...).
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+impl LogSettings {
+    /// Reads the settings through `lookup`; `default` is the front-end's format.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>, default: LogFormat) -> Self {
+        let lookup = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let filter = match lookup("AWS_LAMBDA_LOG_LEVEL") {
+            Some(level) => lambda_level(&level).to_string(),
+            None => lookup("RUST_LOG").unwrap_or_else(|| "info".into()),
+        };
+        let format = lookup("AWS_LAMBDA_LOG_FORMAT")
+            .or_else(|| lookup("LOG_FORMAT"))
+            .and_then(|f| match f.trim().to_ascii_lowercase().as_str() {
+                "json" => Some(LogFormat::Json),
+                "text" => Some(LogFormat::Text),
+                _ => None,
+            })
+            .unwrap_or(default);
+        LogSettings { filter, format }
     }
 }
 
-/// Installs the global subscriber. The level comes from `RUST_LOG` (or Lambda's
-/// `AWS_LAMBDA_LOG_LEVEL`), `info` by default. A second call does nothing.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| {
-            std::env::var("AWS_LAMBDA_LOG_LEVEL")
-                .map_err(|_| ())
-                .and_then(|level| EnvFilter::try_new(level.to_lowercase()).map_err(|_| ()))
-        })
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+/// Lambda's log levels as `tracing` levels: `FATAL` (which `tracing` lacks) is `error`; an
+/// unknown value keeps `info`.
+fn lambda_level(level: &str) -> &'static str {
+    match level.trim().to_ascii_uppercase().as_str() {
+        "TRACE" => "trace",
+        "DEBUG" => "debug",
+        "WARN" => "warn",
+        "ERROR" | "FATAL" => "error",
+        _ => "info",
+    }
+}
+
+/// Installs the global subscriber from the process environment. A second call does nothing.
+pub fn init(default: LogFormat) {
+    let settings = LogSettings::from_lookup(|name| std::env::var(name).ok(), default);
+    let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
-    let _ = match format {
+    let _ = match settings.format {
+        // Span fields are nested under "spans"; the summary line repeats what the saved
+        // queries read at the top level.
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .with_span_list(true)
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
@@ -54,12 +86,33 @@ pub fn init(format: LogFormat) {
 pub struct RunContext<'a> {
     /// The Lambda request id; empty on the command line.
     pub request_id: &'a str,
+    /// The run's id (a UUID).
+    pub run_id: &'a str,
     /// "schedule", "manual", "cli", ...
     pub source: &'a str,
     pub dry_run: bool,
     pub cold_start: bool,
     /// Whether the connection is encrypted.
     pub tls: bool,
+}
+
+/// The span of one run: every line logged inside it carries these fields.
+pub fn run_span(ctx: &RunContext<'_>) -> tracing::Span {
+    tracing::info_span!(
+        "run",
+        request_id = ctx.request_id,
+        run_id = ctx.run_id,
+        mode = mode(ctx.dry_run),
+        source = ctx.source,
+    )
+}
+
+fn mode(dry_run: bool) -> &'static str {
+    if dry_run {
+        "dry_run"
+    } else {
+        "run"
+    }
 }
 
 /// The one summary line of a run, the same for both front-ends: `run finished` at info, or
@@ -72,8 +125,9 @@ pub fn log_run(ctx: &RunContext<'_>, report: Option<&RunReport>, error: Option<&
         ($level:ident, $($extra:tt)*) => {
             tracing::$level!(
                 request_id = ctx.request_id,
+                run_id = ctx.run_id,
                 source = ctx.source,
-                mode = if ctx.dry_run { "dry_run" } else { "run" },
+                mode = mode(ctx.dry_run),
                 dry_run = ctx.dry_run,
                 reservations_released = r.reservations_released,
                 units_released = r.units_released,
@@ -106,5 +160,57 @@ pub fn log_run(ctx: &RunContext<'_>, report: Option<&RunReport>, error: Option<&
             error = %e.chain(),
             "run failed"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)], default: LogFormat) -> LogSettings {
+        LogSettings::from_lookup(
+            |name| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            },
+            default,
+        )
+    }
+
+    #[test]
+    fn lambda_settings_win_over_rust_log_and_log_format() {
+        let s = settings(
+            &[
+                ("AWS_LAMBDA_LOG_LEVEL", "WARN"),
+                ("RUST_LOG", "debug"),
+                ("AWS_LAMBDA_LOG_FORMAT", "Text"),
+                ("LOG_FORMAT", "json"),
+            ],
+            LogFormat::Json,
+        );
+        assert_eq!(s.filter, "warn");
+        assert_eq!(s.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn fatal_is_error_and_unknown_is_info() {
+        let level = |v| settings(&[("AWS_LAMBDA_LOG_LEVEL", v)], LogFormat::Json).filter;
+        assert_eq!(level("FATAL"), "error");
+        assert_eq!(level("debug"), "debug");
+        assert_eq!(level("LOUD"), "info");
+        assert!(EnvFilter::try_new(level("FATAL")).is_ok());
+    }
+
+    #[test]
+    fn without_lambda_settings_rust_log_and_log_format_apply() {
+        let s = settings(
+            &[("RUST_LOG", "debug"), ("LOG_FORMAT", "JSON")],
+            LogFormat::Text,
+        );
+        assert_eq!((s.filter.as_str(), s.format), ("debug", LogFormat::Json));
+        let s = settings(&[], LogFormat::Text);
+        assert_eq!((s.filter.as_str(), s.format), ("info", LogFormat::Text));
     }
 }

@@ -1,17 +1,17 @@
 //! The AWS Lambda function (`bootstrap` on the provided.al2023 runtime): builds the state once
-//! per execution environment and serves invocations with `unreserver::handler::handle`.
+//! per execution environment and serves invocations with [`unreserver::handle`].
 
 use std::time::Instant;
 
 use lambda_runtime::{service_fn, LambdaEvent};
 use serde_json::Value;
-use unreserver::handler::{handle, AppState};
 use unreserver::telemetry::{self, LogFormat};
+use unreserver::{handle, AppState};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     let started = Instant::now();
-    telemetry::init(LogFormat::from_env(LogFormat::Json));
+    telemetry::init(LogFormat::Json);
     let state = match AppState::from_env().await {
         Ok(state) => state,
         Err(error) => {

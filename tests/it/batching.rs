@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use unreserver::release::{self, RunOptions};
-use unreserver::report::StopReason;
+use unreserver::RunOptions;
+use unreserver::StopReason;
 
 use crate::common::{run, settings, Res, TestDb};
 
@@ -175,8 +175,9 @@ async fn a_spent_time_budget_stops_before_any_batch() {
     let options = RunOptions {
         dry_run: false,
         deadline: Some(Instant::now()),
+        ..RunOptions::default()
     };
-    let report = release::run(&mut db, &s, &options).await.unwrap();
+    let report = unreserver::run(&mut db, &s, &options).await.unwrap();
     assert_eq!(report.stopped_reason, StopReason::TimeBudget);
     assert_eq!((report.batches, report.reservations_released), (0, 0));
     assert_eq!(report.backlog_remaining, 3);

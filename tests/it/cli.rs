@@ -69,7 +69,7 @@ async fn run_and_status_print_their_json_contracts() {
     let out = unreserver(&["run", "--batch-size", "2", "--max-batches", "1"], &env);
     assert!(out.status.success());
     let report = stdout_json(&out);
-    for key in unreserver::report::CONTRACT_FIELDS {
+    for key in unreserver::CONTRACT_FIELDS {
         assert!(report.get(key).is_some(), "report lacks {key}");
     }
     assert_eq!(report["reservations_released"], 2);

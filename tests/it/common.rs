@@ -5,10 +5,10 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio_postgres::{Client, Config, NoTls};
-use unreserver::database::Database;
-use unreserver::release::{self, RunOptions};
-use unreserver::report::RunReport;
-use unreserver::settings::Settings;
+use unreserver::Database;
+use unreserver::ReleaseSettings;
+use unreserver::RunOptions;
+use unreserver::RunReport;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -120,8 +120,8 @@ impl TestDb {
         self.open_with(&settings()).await
     }
 
-    pub async fn open_with(&self, settings: &Settings) -> Database {
-        let tls = unreserver::tls::connector(None).unwrap();
+    pub async fn open_with(&self, settings: &ReleaseSettings) -> Database {
+        let tls = unreserver::tls_connector(None).unwrap();
         Database::open(&self.release_config(), &tls, settings.lock_timeout_ms)
             .await
             .unwrap_or_else(|e| panic!("cannot open the release connection: {}", e.chain()))
@@ -331,19 +331,20 @@ impl Res {
 }
 
 /// The default settings, without a time budget.
-pub fn settings() -> Settings {
-    Settings {
+pub fn settings() -> ReleaseSettings {
+    ReleaseSettings {
         time_budget: None,
-        ..Settings::default()
+        ..ReleaseSettings::default()
     }
 }
 
-pub async fn run(db: &mut Database, settings: &Settings, dry_run: bool) -> RunReport {
+pub async fn run(db: &mut Database, settings: &ReleaseSettings, dry_run: bool) -> RunReport {
     let options = RunOptions {
         dry_run,
         deadline: None,
+        ..RunOptions::default()
     };
-    release::run(db, settings, &options)
+    unreserver::run(db, settings, &options)
         .await
         .unwrap_or_else(|f| panic!("run failed: {}", f.error.chain()))
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use unreserver::report::StopReason;
+use unreserver::StopReason;
 
 use crate::common::{run, settings, Res, TestDb};
 

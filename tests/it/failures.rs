@@ -1,9 +1,9 @@
 //! Failures leave nothing half-done: a failed batch is rolled back whole, and a schema that
 //! does not fit is named before anything changes.
 
-use unreserver::release::{self, RunOptions};
-use unreserver::report::StopReason;
 use unreserver::Error;
+use unreserver::RunOptions;
+use unreserver::StopReason;
 
 use crate::common::{run, settings, Res, TestDb};
 
@@ -34,7 +34,7 @@ async fn a_failed_batch_leaves_its_rows_unchanged() {
     let mut db = t.open_with(&s).await;
     let second_before = t.order_snapshot(second).await;
     let options = RunOptions::default();
-    let failure = release::run(&mut db, &s, &options).await.unwrap_err();
+    let failure = unreserver::run(&mut db, &s, &options).await.unwrap_err();
     assert!(
         failure.error.chain().contains("injected fault"),
         "{}",
@@ -92,8 +92,8 @@ async fn a_missing_column_or_table_is_named_before_anything_changes() {
         let before = t
             .text("SELECT string_agg(r::text, ';') FROM orders_inventoryreservation r")
             .await;
-        let tls = unreserver::tls::connector(None).unwrap();
-        let err = match unreserver::database::Database::open(&t.release_config(), &tls, 100).await {
+        let tls = unreserver::tls_connector(None).unwrap();
+        let err = match unreserver::Database::open(&t.release_config(), &tls, 100).await {
             Ok(_) => panic!("{ddl}: the schema check passed"),
             Err(err) => err,
         };
@@ -111,8 +111,8 @@ async fn a_missing_column_or_table_is_named_before_anything_changes() {
 #[tokio::test]
 async fn a_lock_timeout_near_deadlock_timeout_is_refused() {
     let t = TestDb::new().await;
-    let tls = unreserver::tls::connector(None).unwrap();
-    let err = match unreserver::database::Database::open(&t.release_config(), &tls, 600).await {
+    let tls = unreserver::tls_connector(None).unwrap();
+    let err = match unreserver::Database::open(&t.release_config(), &tls, 600).await {
         Ok(_) => panic!("a 600 ms lock timeout was accepted with a 1 s deadlock_timeout"),
         Err(err) => err,
     };

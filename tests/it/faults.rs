@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use unreserver::release::{self, RunOptions};
-use unreserver::report::StopReason;
+use unreserver::RunOptions;
+use unreserver::StopReason;
 
 use crate::common::{admin_url, connect_url, run, settings, Res, TestDb, RELEASE_ROLE};
 
@@ -126,7 +126,7 @@ async fn a_connection_killed_mid_batch_loses_nothing() {
         false
     };
     let options = RunOptions::default();
-    let (outcome, killed) = tokio::join!(release::run(&mut db, &s, &options), killer);
+    let (outcome, killed) = tokio::join!(unreserver::run(&mut db, &s, &options), killer);
     assert!(killed, "the batch was never seen in flight");
     let failure = outcome.expect_err("the run survived a killed connection");
     assert!(failure.error.is_retryable(), "{}", failure.error.chain());
@@ -165,8 +165,9 @@ async fn a_lock_held_past_the_time_budget_stops_the_run_at_its_deadline() {
     let options = RunOptions {
         dry_run: false,
         deadline: Some(started + budget),
+        ..RunOptions::default()
     };
-    let report = release::run(&mut db, &s, &options).await.unwrap();
+    let report = unreserver::run(&mut db, &s, &options).await.unwrap();
     assert_eq!(report.stopped_reason, StopReason::TimeBudget);
     assert!(report.batch_retries >= 1);
     assert!(
@@ -206,8 +207,9 @@ async fn a_deadline_during_a_large_backlog_stops_between_batches() {
     let options = RunOptions {
         dry_run: false,
         deadline: Some(deadline),
+        ..RunOptions::default()
     };
-    let report = release::run(&mut db, &s, &options).await.unwrap();
+    let report = unreserver::run(&mut db, &s, &options).await.unwrap();
     assert_eq!(report.stopped_reason, StopReason::TimeBudget);
     assert!(report.reservations_released > 0 && report.reservations_released < 3000);
     assert_eq!(report.reservations_released % 10, 0, "batches are whole");
@@ -253,7 +255,7 @@ async fn the_server_restarted_between_runs() {
         .unwrap();
     assert!(status.success(), "the restart command failed");
 
-    let failure = release::run(&mut db, &s, &RunOptions::default())
+    let failure = unreserver::run(&mut db, &s, &RunOptions::default())
         .await
         .expect_err("a run on a connection from before the restart succeeded");
     assert!(failure.error.is_retryable(), "{}", failure.error.chain());

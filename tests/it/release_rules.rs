@@ -315,8 +315,8 @@ async fn integer_ids_and_nullable_columns_work_the_same() {
         .replace(" NOT NULL DEFAULT 'active'", " DEFAULT 'active'");
     t.exec(&schema).await;
     t.exec(include_str!("../../infra/sample-data.sql")).await;
-    let tls = unreserver::tls::connector(None).unwrap();
-    let mut db = unreserver::database::Database::open(&t.config(), &tls, 100)
+    let tls = unreserver::tls_connector(None).unwrap();
+    let mut db = unreserver::Database::open(&t.config(), &tls, 100)
         .await
         .unwrap();
     let report = run(&mut db, &settings(), true).await;
@@ -325,7 +325,7 @@ async fn integer_ids_and_nullable_columns_work_the_same() {
     assert_eq!(report.reservations_released, 10);
     assert_eq!(report.orders_cancelled, 7);
     assert_eq!(report.clamped_variants, 1);
-    let status = unreserver::status::status(&db, &settings()).await.unwrap();
+    let status = unreserver::status(&db, &settings()).await.unwrap();
     assert_eq!(status.due_reservations, 0);
     assert_eq!(status.missing_indexes.len(), 2);
 }

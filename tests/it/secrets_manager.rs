@@ -7,9 +7,8 @@ use std::time::Duration;
 use aws_sdk_secretsmanager::config::{Credentials, Region};
 use serde_json::json;
 use tokio_postgres::config::SslMode;
-use unreserver::credentials::{ConnectionDefaults, CredentialSource};
-use unreserver::secrets::SecretSource;
-use unreserver::{tls, Error};
+use unreserver::config::SecretSettings;
+use unreserver::{tls_connector, CredentialSource, Error, SecretSource};
 
 use crate::common::{pg_port, run, settings, test_env, Res, TestDb};
 
@@ -56,20 +55,18 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), fastrand::u32(..))
 }
 
-fn defaults(host: Option<&str>, dbname: Option<&str>) -> ConnectionDefaults {
-    ConnectionDefaults {
+fn defaults(host: Option<&str>, dbname: Option<&str>) -> SecretSettings {
+    SecretSettings {
+        secret_id: String::new(),
         host: host.map(Into::into),
         port: pg_port(),
         dbname: dbname.map(Into::into),
         ssl_mode: SslMode::Require,
+        cache_ttl: Duration::from_secs(900),
     }
 }
 
-fn source(
-    client: aws_sdk_secretsmanager::Client,
-    id: &str,
-    d: ConnectionDefaults,
-) -> CredentialSource {
+fn source(client: aws_sdk_secretsmanager::Client, id: &str, d: SecretSettings) -> CredentialSource {
     CredentialSource::Secret {
         source: Box::new(SecretSource::new(
             client,
@@ -82,7 +79,7 @@ fn source(
 
 fn verified_tls() -> postgres_native_tls::MakeTlsConnector {
     let ca = test_env("UNRESERVER_TEST_CA_CERT");
-    tls::connector(Some(std::path::Path::new(&ca))).unwrap()
+    tls_connector(Some(std::path::Path::new(&ca))).unwrap()
 }
 
 #[tokio::test]

@@ -1,7 +1,5 @@
 //! `status`: the backlog, paid orders holding stock, counter drift and missing indexes.
 
-use unreserver::status;
-
 use crate::common::{settings, Res, TestDb};
 
 #[tokio::test]
@@ -17,7 +15,7 @@ async fn status_reports_backlog_anomalies_drift_and_missing_indexes() {
     t.reservation(Res::new(Some(paid), w, 2, "-1 hour")).await;
     // v holds 3 active units but its counter says 0: drifted. w's counter says 9, holds 2.
     let db = t.open().await;
-    let report = status::status(&db, &settings()).await.unwrap();
+    let report = unreserver::status(&db, &settings()).await.unwrap();
     assert_eq!(report.due_reservations, 2);
     let age = report.oldest_due_age_seconds.unwrap();
     assert!((7190.0..7300.0).contains(&age), "{age}");
@@ -35,7 +33,7 @@ async fn status_reports_backlog_anomalies_drift_and_missing_indexes() {
 
     t.exec("DROP INDEX unreserver_active_legacy_idx").await;
     let db = t.open().await;
-    let report = status::status(&db, &settings()).await.unwrap();
+    let report = unreserver::status(&db, &settings()).await.unwrap();
     assert_eq!(
         report.missing_indexes,
         vec!["unreserver_active_legacy_idx".to_string()]

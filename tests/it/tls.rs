@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config};
-use unreserver::{connect, tls, Error};
+use unreserver::{apply_defaults, connect, tls_certificates, tls_connector, Error};
 
 use crate::common::{admin_password, pg_port, test_env};
 
@@ -34,9 +34,9 @@ async fn connect_to(
     if let Some(addr) = hostaddr {
         config.hostaddr(addr.parse().unwrap());
     }
-    connect::apply_defaults(&mut config);
-    let tls = tls::connector(ca.as_deref())?;
-    connect::connect(&config, &tls).await
+    apply_defaults(&mut config);
+    let tls = tls_connector(ca.as_deref())?;
+    connect(&config, &tls).await
 }
 
 async fn uses_tls(client: &Client) -> bool {
@@ -118,7 +118,7 @@ async fn every_certificate_of_a_bundle_is_trusted() {
     )
     .unwrap();
     assert_eq!(
-        tls::certificates(&std::fs::read_to_string(&bundle).unwrap())
+        tls_certificates(&std::fs::read_to_string(&bundle).unwrap())
             .unwrap()
             .len(),
         3
@@ -132,7 +132,7 @@ async fn every_certificate_of_a_bundle_is_trusted() {
 
 #[tokio::test]
 async fn an_unreadable_bundle_is_a_clear_setup_error() {
-    let err = tls::connector(Some(std::path::Path::new("/nonexistent/bundle.pem")))
+    let err = tls_connector(Some(std::path::Path::new("/nonexistent/bundle.pem")))
         .err()
         .unwrap();
     assert_eq!(err.kind(), "TlsSetup");

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
-use unreserver::release::{self, RunOptions};
-use unreserver::settings::Settings;
+use unreserver::ReleaseSettings;
+use unreserver::RunOptions;
 
 use crate::common::{settings, TestDb};
 
@@ -274,7 +274,7 @@ async fn torture_under_live_shop_traffic() {
         }));
     }
 
-    let s = Settings {
+    let s = ReleaseSettings {
         batch_size: 25,
         payment_processing_grace_minutes: 0,
         ..settings()
@@ -290,7 +290,7 @@ async fn torture_under_live_shop_traffic() {
         let (retries, skipped) = (retries.clone(), skipped.clone());
         releasers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let report = release::run(&mut db, &s, &RunOptions::default())
+                let report = unreserver::run(&mut db, &s, &RunOptions::default())
                     .await
                     .unwrap_or_else(|f| panic!("a release run failed: {}", f.error.chain()));
                 released.fetch_add(report.reservations_released, Ordering::Relaxed);
@@ -311,7 +311,7 @@ async fn torture_under_live_shop_traffic() {
     // Everything reserved is due by now; a final run takes the rest.
     tokio::time::sleep(Duration::from_millis(MAX_EXPIRY_MS as u64 + 100)).await;
     let mut db = t.open_with(&s).await;
-    let last = release::run(&mut db, &s, &RunOptions::default())
+    let last = unreserver::run(&mut db, &s, &RunOptions::default())
         .await
         .unwrap();
     released.fetch_add(last.reservations_released, Ordering::Relaxed);

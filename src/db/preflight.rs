@@ -4,8 +4,8 @@
 
 use tokio_postgres::Client;
 
+use super::sql;
 use crate::error::{Error, Result};
-use crate::sql;
 
 /// The tables and columns the release reads or writes, and nothing more.
 pub const REQUIRED_COLUMNS: &[(&str, &[&str])] = &[
@@ -62,12 +62,20 @@ pub struct Preflight {
 /// Checks the schema and the lock timeout against the server. Fails, naming every missing
 /// table and column, before the release changes anything.
 pub async fn preflight(client: &Client, lock_timeout_ms: u32) -> Result<Preflight> {
+    check_columns(client).await?;
+    let deadlock_timeout_ms = sql::deadlock_timeout_ms(client).await?;
+    check_lock_timeout(lock_timeout_ms, deadlock_timeout_ms)?;
+    let missing_indexes = missing_indexes(client).await?;
+    Ok(Preflight {
+        missing_indexes,
+        deadlock_timeout_ms,
+    })
+}
+
+/// Fails naming every table and column of [`REQUIRED_COLUMNS`] that is absent.
+async fn check_columns(client: &Client) -> Result<()> {
     let tables: Vec<&str> = REQUIRED_COLUMNS.iter().map(|(t, _)| *t).collect();
-    let rows = client
-        .query(sql::TABLE_COLUMNS, &[&tables])
-        .await
-        .map_err(Error::db("schema check"))?;
-    let present: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let present = sql::table_columns(client, &tables).await?;
     let mut missing = Vec::new();
     for (table, columns) in REQUIRED_COLUMNS {
         if !present.iter().any(|(t, _)| t == table) {
@@ -80,49 +88,42 @@ pub async fn preflight(client: &Client, lock_timeout_ms: u32) -> Result<Prefligh
             }
         }
     }
-    if !missing.is_empty() {
-        return Err(Error::Schema(format!("missing {}", missing.join(", "))));
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Schema(format!("missing {}", missing.join(", "))))
     }
+}
 
-    let deadlock_timeout_ms: i64 = client
-        .query_one(sql::DEADLOCK_TIMEOUT_MS, &[])
-        .await
-        .map_err(Error::db("reading deadlock_timeout"))?
-        .get(0);
-    // In a lock cycle with a shopper, the batch must give up well before the shopper's
-    // backend runs the deadlock check (after deadlock_timeout) and aborts the shopper.
-    if i64::from(lock_timeout_ms) * 2 > deadlock_timeout_ms {
-        return Err(Error::Setting {
-            name: "LOCK_TIMEOUT_MS".into(),
-            reason: format!(
-                "{lock_timeout_ms} ms must be at most half the server's deadlock_timeout \
-                 ({deadlock_timeout_ms} ms), so that the release, not a shopper, gives up \
-                 first in a lock cycle"
-            ),
-        });
+/// In a lock cycle with a shopper, the batch must give up well before the shopper's backend
+/// runs the deadlock check (after `deadlock_timeout`) and aborts the shopper.
+fn check_lock_timeout(lock_timeout_ms: u32, deadlock_timeout_ms: i64) -> Result<()> {
+    if i64::from(lock_timeout_ms) * 2 <= deadlock_timeout_ms {
+        return Ok(());
     }
+    Err(Error::Setting {
+        name: "LOCK_TIMEOUT_MS".into(),
+        reason: format!(
+            "{lock_timeout_ms} ms must be at most half the server's deadlock_timeout \
+             ({deadlock_timeout_ms} ms), so that the release, not a shopper, gives up \
+             first in a lock cycle"
+        ),
+    })
+}
 
-    let names: Vec<&str> = RECOMMENDED_INDEXES.to_vec();
-    let existing: Vec<String> = client
-        .query(sql::EXISTING_INDEXES, &[&names])
-        .await
-        .map_err(Error::db("index check"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let missing_indexes: Vec<String> = RECOMMENDED_INDEXES
+/// The recommended indexes that are absent, with a warning when there are any.
+async fn missing_indexes(client: &Client) -> Result<Vec<String>> {
+    let existing = sql::existing_indexes(client, RECOMMENDED_INDEXES).await?;
+    let missing: Vec<String> = RECOMMENDED_INDEXES
         .iter()
         .filter(|n| !existing.iter().any(|e| e == *n))
         .map(|n| n.to_string())
         .collect();
-    if !missing_indexes.is_empty() {
+    if !missing.is_empty() {
         tracing::warn!(
-            missing = ?missing_indexes,
+            missing = ?missing,
             "recommended indexes missing (infra/indexes.sql): every batch scans the reservation table"
         );
     }
-    Ok(Preflight {
-        missing_indexes,
-        deadlock_timeout_ms,
-    })
+    Ok(missing)
 }

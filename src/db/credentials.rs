@@ -1,6 +1,7 @@
-//! Where the connection settings come from: `DATABASE_URL` (local runs), or a Secrets Manager
-//! secret plus `DB_HOST`/`DB_PORT`/`DB_NAME` for what the secret lacks; and opening a checked
-//! connection that re-reads the secret once when the database rejects a rotated password.
+//! Where the connection settings come from at run time: a fixed connection string
+//! (`DATABASE_URL`), or a Secrets Manager secret completed by `DB_HOST`/`DB_PORT`/`DB_NAME`; and
+//! opening a checked connection that re-reads the secret once when the database rejects a
+//! rotated password.
 
 use std::time::Duration;
 
@@ -9,58 +10,11 @@ use secrecy::ExposeSecret;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::Config;
 
-use crate::connect;
-use crate::database::Database;
+use super::connect;
+use super::secrets::{DbCredentials, SecretSource};
+use super::session::Database;
+use crate::config::{DatabaseConfig, DatabaseSource, SecretSettings};
 use crate::error::{Error, Result};
-use crate::secrets::{DbCredentials, SecretSource};
-
-/// What the secret may lack, from settings; and the TLS mode.
-#[derive(Debug, Clone)]
-pub struct ConnectionDefaults {
-    pub host: Option<String>,
-    pub port: u16,
-    pub dbname: Option<String>,
-    pub ssl_mode: SslMode,
-}
-
-impl ConnectionDefaults {
-    /// `DB_HOST`, `DB_PORT` (5432), `DB_NAME`, `DB_SSLMODE` (`require`, the default: TLS with
-    /// certificate and host name verification; `verify-full` is accepted as its synonym;
-    /// `prefer`; `disable`).
-    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let port = match lookup("DB_PORT").filter(|p| !p.is_empty()) {
-            None => 5432,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| Error::Setting {
-                    name: "DB_PORT".into(),
-                    reason: format!("{p:?} is not a port number"),
-                })?,
-        };
-        let ssl_mode = parse_ssl_mode(lookup("DB_SSLMODE").as_deref())?;
-        Ok(ConnectionDefaults {
-            host: lookup("DB_HOST").filter(|h| !h.is_empty()),
-            port,
-            dbname: lookup("DB_NAME").filter(|d| !d.is_empty()),
-            ssl_mode,
-        })
-    }
-}
-
-/// `DB_SSLMODE`: `require` when unset.
-pub fn parse_ssl_mode(value: Option<&str>) -> Result<SslMode> {
-    match value.unwrap_or("require") {
-        "require" | "verify-full" | "" => Ok(SslMode::Require),
-        "prefer" => Ok(SslMode::Prefer),
-        "disable" => Ok(SslMode::Disable),
-        other => Err(Error::Setting {
-            name: "DB_SSLMODE".into(),
-            reason: format!("{other:?} is not one of require, verify-full, prefer, disable"),
-        }),
-    }
-}
 
 /// The source of the connection settings.
 pub enum CredentialSource {
@@ -69,11 +23,39 @@ pub enum CredentialSource {
     /// A Secrets Manager secret, completed by the defaults.
     Secret {
         source: Box<SecretSource>,
-        defaults: ConnectionDefaults,
+        defaults: SecretSettings,
     },
 }
 
 impl CredentialSource {
+    /// The source `config` describes. A secret is read through a Secrets Manager client built
+    /// from the AWS SDK's default configuration (short timeouts: a run must not hang on it).
+    pub async fn from_config(config: &DatabaseConfig) -> CredentialSource {
+        match &config.source {
+            DatabaseSource::Url(url) => CredentialSource::Url(url.clone()),
+            DatabaseSource::Secret(settings) => {
+                let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .timeout_config(
+                        aws_config::timeout::TimeoutConfig::builder()
+                            .connect_timeout(Duration::from_secs(3))
+                            .operation_timeout(Duration::from_secs(10))
+                            .build(),
+                    )
+                    .load()
+                    .await;
+                let client = aws_sdk_secretsmanager::Client::new(&sdk);
+                CredentialSource::Secret {
+                    source: Box::new(SecretSource::new(
+                        client,
+                        settings.secret_id.clone(),
+                        settings.cache_ttl,
+                    )),
+                    defaults: settings.clone(),
+                }
+            }
+        }
+    }
+
     /// The connection settings; `refresh` re-reads the secret instead of using the cache.
     pub async fn config(&self, refresh: bool) -> Result<Config> {
         match self {
@@ -115,7 +97,7 @@ impl CredentialSource {
 pub fn config_from_credentials(
     secret_id: &str,
     credentials: &DbCredentials,
-    defaults: &ConnectionDefaults,
+    defaults: &SecretSettings,
 ) -> Result<Config> {
     let host = credentials
         .host
@@ -164,16 +146,20 @@ mod tests {
         }
     }
 
+    fn defaults(host: Option<&str>, dbname: Option<&str>) -> SecretSettings {
+        SecretSettings {
+            secret_id: "s".into(),
+            host: host.map(Into::into),
+            port: 6432,
+            dbname: dbname.map(Into::into),
+            ssl_mode: SslMode::Require,
+            cache_ttl: Duration::from_secs(900),
+        }
+    }
+
     #[test]
     fn secret_values_come_first_settings_fill_the_rest() {
-        let lookup = |n: &str| match n {
-            "DB_HOST" => Some("fallback.example".to_string()),
-            "DB_PORT" => Some("6432".to_string()),
-            "DB_NAME" => Some("shop".to_string()),
-            _ => None,
-        };
-        let defaults = ConnectionDefaults::from_lookup(&lookup).unwrap();
-        assert_eq!(defaults.ssl_mode, SslMode::Require);
+        let defaults = defaults(Some("fallback.example"), Some("shop"));
         let c = config_from_credentials("s", &creds(Some("rds.example"), None), &defaults).unwrap();
         assert_eq!(connect::describe(&c), "app@rds.example:6432/shop");
         let c = config_from_credentials("s", &creds(None, Some("other")), &defaults).unwrap();
@@ -182,23 +168,10 @@ mod tests {
 
     #[test]
     fn missing_host_names_the_secret_and_the_setting() {
-        let defaults = ConnectionDefaults::from_lookup(&|_: &str| None).unwrap();
         let err =
-            config_from_credentials("prod/db", &creds(None, Some("shop")), &defaults).unwrap_err();
+            config_from_credentials("prod/db", &creds(None, Some("shop")), &defaults(None, None))
+                .unwrap_err();
         assert!(err.to_string().contains("prod/db") && err.to_string().contains("DB_HOST"));
         assert!(!err.to_string().contains("hunter2"));
-    }
-
-    #[test]
-    fn bad_connection_settings_are_named() {
-        for (name, value) in [
-            ("DB_PORT", "0"),
-            ("DB_PORT", "x"),
-            ("DB_SSLMODE", "verify-ca"),
-        ] {
-            let lookup = |n: &str| (n == name).then(|| value.to_string());
-            let err = ConnectionDefaults::from_lookup(&lookup).unwrap_err();
-            assert!(err.to_string().contains(name), "{err}");
-        }
     }
 }

@@ -4,12 +4,11 @@
 
 use serde::Serialize;
 
-use crate::batch::BatchParams;
-use crate::database::Database;
-use crate::error::{Error, Result};
-use crate::release;
-use crate::settings::Settings;
-use crate::sql;
+use super::batch;
+use crate::config::ReleaseSettings;
+use crate::db::session::Database;
+use crate::db::sql;
+use crate::error::Result;
 
 /// Most out-of-sync counter rows listed (all are counted).
 pub const DRIFT_ROWS_LISTED: i64 = 100;
@@ -40,23 +39,18 @@ pub struct StatusReport {
     pub deadlock_timeout_ms: i64,
 }
 
-/// Reads the status. `DRIFT` queries read whole tables: run it by hand, not every minute.
-pub async fn status(db: &Database, settings: &Settings) -> Result<StatusReport> {
-    let params = BatchParams::new(settings, true);
-    let (due_reservations, oldest_due_age_seconds) = release::backlog(db, &params).await?;
-    let paid: i64 = db
-        .client
-        .query_one(sql::PAID_ORDERS_WITH_ACTIVE_RESERVATIONS, &[])
-        .await
-        .map_err(Error::db("counting paid orders with active reservations"))?
-        .get(0);
-    let (variants_out_of_sync_count, variants_out_of_sync) =
-        drift(db, sql::VARIANT_DRIFT, "comparing variant counters").await?;
-    let (drops_out_of_sync_count, drops_out_of_sync) =
-        drift(db, sql::DROP_DRIFT, "comparing drop counters").await?;
+/// Reads the status. The drift queries read whole tables: run it by hand, not every minute.
+pub async fn status(db: &Database, settings: &ReleaseSettings) -> Result<StatusReport> {
+    let backlog = db
+        .statements
+        .backlog(&db.client, batch::rules(settings))
+        .await?;
+    let paid = sql::paid_orders_with_active_reservations(&db.client).await?;
+    let (variants_out_of_sync_count, variants_out_of_sync) = drift(db, false).await?;
+    let (drops_out_of_sync_count, drops_out_of_sync) = drift(db, true).await?;
     Ok(StatusReport {
-        due_reservations,
-        oldest_due_age_seconds,
+        due_reservations: backlog.due.max(0) as u64,
+        oldest_due_age_seconds: backlog.oldest_age_seconds,
         paid_orders_with_active_reservations: paid.max(0) as u64,
         variants_out_of_sync_count,
         variants_out_of_sync,
@@ -67,19 +61,15 @@ pub async fn status(db: &Database, settings: &Settings) -> Result<StatusReport> 
     })
 }
 
-async fn drift(db: &Database, query: &str, context: &'static str) -> Result<(u64, Vec<Drift>)> {
-    let rows = db
-        .client
-        .query(query, &[&DRIFT_ROWS_LISTED])
-        .await
-        .map_err(Error::db(context))?;
-    let total = rows.first().map_or(0, |r| r.get::<_, i64>(3).max(0) as u64);
+async fn drift(db: &Database, drops: bool) -> Result<(u64, Vec<Drift>)> {
+    let rows = sql::counter_drift(&db.client, drops, DRIFT_ROWS_LISTED).await?;
+    let total = rows.first().map_or(0, |r| r.total.max(0) as u64);
     let listed = rows
         .iter()
         .map(|r| Drift {
-            id: r.get(0),
-            reserved_quantity: r.get(1),
-            active_reserved: r.get(2),
+            id: r.id,
+            reserved_quantity: r.reserved_quantity,
+            active_reserved: r.active_reserved,
         })
         .collect();
     Ok((total, listed))

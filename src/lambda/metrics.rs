@@ -10,8 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
-use crate::error::{Error, Result};
-use crate::report::RunReport;
+pub use crate::config::MetricsConfig;
+use crate::engine::report::RunReport;
 
 /// Every metric the function emits, with its unit. `template.yaml`'s alarms and dashboard may use
 /// only these (a test checks it).
@@ -51,50 +51,11 @@ pub const COLD_START: &str = "ColdStart";
 pub const SERVICE_DIMENSION: &str = "service";
 pub const MODE_DIMENSION: &str = "mode";
 
-/// Namespace and service name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetricsConfig {
-    pub namespace: String,
-    pub service: String,
-}
-
-impl MetricsConfig {
-    /// `POWERTOOLS_METRICS_NAMESPACE` (default `Unreserver`) and `POWERTOOLS_SERVICE_NAME`
-    /// (default `unreserver`).
-    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let namespace = checked(lookup, "POWERTOOLS_METRICS_NAMESPACE", "Unreserver", 255)?;
-        let service = checked(lookup, "POWERTOOLS_SERVICE_NAME", "unreserver", 250)?;
-        Ok(MetricsConfig { namespace, service })
-    }
-}
-
-fn checked(
-    lookup: &impl Fn(&str) -> Option<String>,
-    name: &str,
-    default: &str,
-    max: usize,
-) -> Result<String> {
-    let value = lookup(name)
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.into());
-    let ok = value.len() <= max
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-/#:".contains(c))
-        && !value.starts_with(':');
-    if ok {
-        Ok(value)
-    } else {
-        Err(Error::Setting {
-            name: name.into(),
-            reason: format!("must be 1 to {max} characters of A-Z a-z 0-9 . _ - / # :"),
-        })
-    }
-}
-
 /// What one invocation contributes to the metrics.
 #[derive(Debug, Clone)]
 pub struct Observation<'a> {
+    /// The run's id, a property of the document (not a dimension).
+    pub run_id: &'a str,
     /// The run's report (partial when the run failed part-way); None when it never started.
     pub report: Option<&'a RunReport>,
     pub failed: bool,
@@ -103,8 +64,8 @@ pub struct Observation<'a> {
     pub duration_ms: u64,
 }
 
-/// The EMF document for one invocation.
-pub fn document(config: &MetricsConfig, obs: &Observation<'_>) -> Value {
+/// The metric values of one invocation.
+fn values(obs: &Observation<'_>) -> Vec<(&'static str, f64)> {
     let mut values: Vec<(&str, f64)> = vec![
         (RUN_FAILED, if obs.failed { 1.0 } else { 0.0 }),
         (COLD_START, if obs.cold_start { 1.0 } else { 0.0 }),
@@ -134,6 +95,12 @@ pub fn document(config: &MetricsConfig, obs: &Observation<'_>) -> Value {
             values.push((OLDEST_DUE_AGE, r.oldest_due_age_seconds.unwrap_or(0.0)));
         }
     }
+    values
+}
+
+/// The EMF document for one invocation.
+pub fn document(config: &MetricsConfig, obs: &Observation<'_>) -> Value {
+    let values = values(obs);
     let dimensions: Vec<&str> = if obs.dry_run {
         vec![SERVICE_DIMENSION, MODE_DIMENSION]
     } else {
@@ -159,6 +126,7 @@ pub fn document(config: &MetricsConfig, obs: &Observation<'_>) -> Value {
         }),
     );
     doc.insert(SERVICE_DIMENSION.into(), json!(config.service));
+    doc.insert("run_id".into(), json!(obs.run_id));
     if obs.dry_run {
         doc.insert(MODE_DIMENSION.into(), json!("dry_run"));
     }
@@ -187,7 +155,6 @@ pub fn emit(doc: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::RunReport;
 
     fn config() -> MetricsConfig {
         MetricsConfig::from_lookup(&|_: &str| None).unwrap()
@@ -234,6 +201,7 @@ mod tests {
         report.clamped_drops = 2;
         report.oldest_due_age_seconds = Some(42.5);
         let obs = Observation {
+            run_id: "r-1",
             report: Some(&report),
             failed: false,
             dry_run: false,
@@ -255,6 +223,7 @@ mod tests {
         assert_eq!(doc["ColdStart"], 1.0);
         assert_eq!(doc["RunFailed"], 0.0);
         assert_eq!(doc["service"], "unreserver");
+        assert_eq!(doc["run_id"], "r-1");
         assert_eq!(
             doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
             json!([["service"]])
@@ -266,6 +235,7 @@ mod tests {
         let doc = document(
             &config(),
             &Observation {
+                run_id: "r-1",
                 report: None,
                 failed: true,
                 dry_run: false,
@@ -281,6 +251,7 @@ mod tests {
         let doc = document(
             &config(),
             &Observation {
+                run_id: "r-1",
                 report: Some(&report),
                 failed: false,
                 dry_run: true,

@@ -38,6 +38,8 @@ impl StopReason {
 /// What a run did; in a dry run, what a real run would have done.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RunReport {
+    /// This run's id (a UUID), also in its summary line and metrics document.
+    pub run_id: String,
     pub dry_run: bool,
     /// Reservations marked `expired` (in a dry run: that would be).
     pub reservations_released: u64,
@@ -82,6 +84,7 @@ pub struct RunReport {
 /// The fields of the run report that other tools rely on (the CLI's contract); the report has
 /// more, but never fewer.
 pub const CONTRACT_FIELDS: &[&str] = &[
+    "run_id",
     "dry_run",
     "reservations_released",
     "units_released",
@@ -95,6 +98,7 @@ pub const CONTRACT_FIELDS: &[&str] = &[
 impl RunReport {
     pub fn new(dry_run: bool) -> Self {
         RunReport {
+            run_id: String::new(),
             dry_run,
             reservations_released: 0,
             units_released: 0,

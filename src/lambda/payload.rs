@@ -11,8 +11,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::config::check_range;
 use crate::error::{Error, Result};
-use crate::settings::check_range;
 
 /// What an invocation asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,15 +209,21 @@ mod tests {
         for (file, text) in [
             (
                 "schedule.json",
-                include_str!("../infra/events/schedule.json"),
+                include_str!("../../infra/events/schedule.json"),
             ),
             (
                 "scheduled-event.json",
-                include_str!("../infra/events/scheduled-event.json"),
+                include_str!("../../infra/events/scheduled-event.json"),
             ),
-            ("dry-run.json", include_str!("../infra/events/dry-run.json")),
-            ("run.json", include_str!("../infra/events/run.json")),
-            ("status.json", include_str!("../infra/events/status.json")),
+            (
+                "dry-run.json",
+                include_str!("../../infra/events/dry-run.json"),
+            ),
+            ("run.json", include_str!("../../infra/events/run.json")),
+            (
+                "status.json",
+                include_str!("../../infra/events/status.json"),
+            ),
         ] {
             let value: Value = serde_json::from_str(text).unwrap();
             parse(&value).unwrap_or_else(|e| panic!("{file}: {e}"));

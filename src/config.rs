@@ -1,0 +1,509 @@
+//! The one configuration tree of the process — release, database, Lambda and metrics settings —
+//! read by one function ([`Config::from_lookup`]) from one name → value lookup (the environment,
+//! or the CLI's flags over it). Every value is checked against its range before any connection
+//! is made, and every error names its setting. Secrets are held as [`SecretString`]s or in a
+//! [`tokio_postgres::Config`], whose `Debug` redacts the password.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio_postgres::config::SslMode;
+
+use crate::db::connect;
+use crate::error::{Error, Result};
+
+/// Everything a front-end needs, read once at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub release: ReleaseSettings,
+    pub database: DatabaseConfig,
+    pub lambda: LambdaConfig,
+    pub metrics: MetricsConfig,
+}
+
+impl Config {
+    /// Reads the whole tree from the process environment (empty values count as unset).
+    pub fn from_env() -> Result<Config> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the whole tree through `lookup` (name → value); unset or empty names keep their
+    /// defaults. Fails on the first bad value, naming it.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        let lookup = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        Ok(Config {
+            release: ReleaseSettings::from_lookup(&lookup)?,
+            database: DatabaseConfig::from_lookup(&lookup)?,
+            lambda: LambdaConfig::from_lookup(&lookup)?,
+            metrics: MetricsConfig::from_lookup(&lookup)?,
+        })
+    }
+}
+
+/// How a run releases: batch shape, time rules, and how long it may wait on a lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseSettings {
+    /// Due reservations paged per batch transaction.
+    pub batch_size: u32,
+    /// Batches after which a run stops even if more is due.
+    pub max_batches: u32,
+    /// Age after which a legacy reservation (NULL `expires_at`) is due.
+    pub reservation_timeout_minutes: u32,
+    /// Extra time an order whose payment is `processing` gets before it is due.
+    pub payment_processing_grace_minutes: u32,
+    /// `lock_timeout` of a batch: the longest a batch waits on one row lock held by a shopper.
+    pub lock_timeout_ms: u32,
+    /// `statement_timeout` of a batch's statements.
+    pub statement_timeout_ms: u32,
+    /// Tries of one batch on lock timeout, deadlock or serialization failure before the run
+    /// stops and leaves the rest for the next run.
+    pub batch_max_attempts: u32,
+    /// Base of the jittered exponential backoff between tries of a batch.
+    pub retry_backoff_ms: u32,
+    /// Longest a run may take (CLI). The Lambda front-end derives it from the deadline instead.
+    pub time_budget: Option<Duration>,
+}
+
+/// Default due reservations per batch, chosen from the benchmark (see BENCHMARKS.md).
+pub const DEFAULT_BATCH_SIZE: u32 = 500;
+/// The range of `BATCH_SIZE` (and of every override of it).
+pub const BATCH_SIZE_RANGE: (u32, u32) = (1, 10_000);
+/// The range of `MAX_BATCHES` (and of every override of it).
+pub const MAX_BATCHES_RANGE: (u32, u32) = (1, 1_000_000);
+
+impl Default for ReleaseSettings {
+    fn default() -> Self {
+        ReleaseSettings {
+            batch_size: DEFAULT_BATCH_SIZE,
+            max_batches: 1000,
+            reservation_timeout_minutes: 15,
+            payment_processing_grace_minutes: 15,
+            lock_timeout_ms: 100,
+            statement_timeout_ms: 5000,
+            batch_max_attempts: 5,
+            retry_backoff_ms: 50,
+            time_budget: Some(Duration::from_secs(240)),
+        }
+    }
+}
+
+impl ReleaseSettings {
+    /// Reads the release settings from the process environment.
+    pub fn from_env() -> Result<ReleaseSettings> {
+        ReleaseSettings::from_lookup(&|name: &str| std::env::var(name).ok())
+    }
+
+    /// Reads the release settings through `lookup`; unset names keep their defaults.
+    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<ReleaseSettings> {
+        let d = ReleaseSettings::default();
+        let budget_default = d.time_budget.map_or(0, |b| b.as_secs() as u32);
+        let budget = parse_u32(lookup, "TIME_BUDGET_SECONDS", budget_default, 0, 86_400)?;
+        let (b_min, b_max) = BATCH_SIZE_RANGE;
+        let (m_min, m_max) = MAX_BATCHES_RANGE;
+        let settings = ReleaseSettings {
+            batch_size: parse_u32(lookup, "BATCH_SIZE", d.batch_size, b_min, b_max)?,
+            max_batches: parse_u32(lookup, "MAX_BATCHES", d.max_batches, m_min, m_max)?,
+            reservation_timeout_minutes: parse_u32(
+                lookup,
+                "RESERVATION_TIMEOUT_MINUTES",
+                d.reservation_timeout_minutes,
+                1,
+                10_080,
+            )?,
+            payment_processing_grace_minutes: parse_u32(
+                lookup,
+                "PAYMENT_PROCESSING_GRACE_MINUTES",
+                d.payment_processing_grace_minutes,
+                0,
+                10_080,
+            )?,
+            lock_timeout_ms: parse_u32(lookup, "LOCK_TIMEOUT_MS", d.lock_timeout_ms, 1, 5_000)?,
+            statement_timeout_ms: parse_u32(
+                lookup,
+                "STATEMENT_TIMEOUT_MS",
+                d.statement_timeout_ms,
+                100,
+                600_000,
+            )?,
+            batch_max_attempts: parse_u32(
+                lookup,
+                "BATCH_MAX_ATTEMPTS",
+                d.batch_max_attempts,
+                1,
+                20,
+            )?,
+            retry_backoff_ms: parse_u32(lookup, "RETRY_BACKOFF_MS", d.retry_backoff_ms, 1, 10_000)?,
+            // 0 means no budget: the run stops only when drained or at MAX_BATCHES.
+            time_budget: (budget > 0).then(|| Duration::from_secs(u64::from(budget))),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Applies a front-end's overrides (a flag, a payload field), each range-checked under the
+    /// name the caller gave it.
+    pub fn with_overrides(
+        mut self,
+        batch_size: Option<(&str, u32)>,
+        max_batches: Option<(&str, u32)>,
+    ) -> Result<ReleaseSettings> {
+        if let Some((name, n)) = batch_size {
+            check_range(name, n, BATCH_SIZE_RANGE.0, BATCH_SIZE_RANGE.1)?;
+            self.batch_size = n;
+        }
+        if let Some((name, n)) = max_batches {
+            check_range(name, n, MAX_BATCHES_RANGE.0, MAX_BATCHES_RANGE.1)?;
+            self.max_batches = n;
+        }
+        Ok(self)
+    }
+
+    /// Checks the relations between settings (each one alone is range-checked on parse).
+    pub fn validate(&self) -> Result<()> {
+        check_range("BATCH_SIZE", self.batch_size, 1, 10_000)?;
+        check_range("MAX_BATCHES", self.max_batches, 1, 1_000_000)?;
+        if self.lock_timeout_ms >= self.statement_timeout_ms {
+            return Err(Error::Setting {
+                name: "LOCK_TIMEOUT_MS".into(),
+                reason: format!(
+                    "{} must be below STATEMENT_TIMEOUT_MS ({})",
+                    self.lock_timeout_ms, self.statement_timeout_ms
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Where the database is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub source: DatabaseSource,
+    /// `DB_CA_BUNDLE`: a PEM file of CAs to trust besides the system store.
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// Where the connection settings come from.
+#[derive(Debug, Clone)]
+pub enum DatabaseSource {
+    /// `DATABASE_URL`: a libpq URL or key=value string, parsed and checked (its `Debug` redacts
+    /// the password).
+    Url(Box<tokio_postgres::Config>),
+    /// `DB_SECRET_ID`: a Secrets Manager secret, completed by the settings.
+    Secret(SecretSettings),
+}
+
+/// A Secrets Manager secret and what it may lack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSettings {
+    /// The secret's name or ARN.
+    pub secret_id: String,
+    /// `DB_HOST`, `DB_PORT` (5432), `DB_NAME`: for secrets that hold only a user and password.
+    pub host: Option<String>,
+    pub port: u16,
+    pub dbname: Option<String>,
+    /// `DB_SSLMODE`.
+    pub ssl_mode: SslMode,
+    /// `SECRET_CACHE_TTL_SECONDS` (900): how long fetched credentials are reused.
+    pub cache_ttl: Duration,
+}
+
+impl DatabaseConfig {
+    /// `DB_SECRET_ID` (with `DB_HOST`, `DB_PORT`, `DB_NAME`, `DB_SSLMODE`,
+    /// `SECRET_CACHE_TTL_SECONDS`) or else `DATABASE_URL`; and `DB_CA_BUNDLE`.
+    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<DatabaseConfig> {
+        let source = match (lookup("DB_SECRET_ID"), lookup("DATABASE_URL")) {
+            (Some(secret_id), _) => DatabaseSource::Secret(SecretSettings {
+                secret_id,
+                host: lookup("DB_HOST"),
+                port: parse_port(lookup("DB_PORT"))?,
+                dbname: lookup("DB_NAME"),
+                ssl_mode: parse_ssl_mode(lookup("DB_SSLMODE").as_deref())?,
+                cache_ttl: Duration::from_secs(
+                    parse_u32(lookup, "SECRET_CACHE_TTL_SECONDS", 900, 0, 86_400)?.into(),
+                ),
+            }),
+            (None, Some(url)) => {
+                let url = SecretString::from(url);
+                DatabaseSource::Url(Box::new(connect::config_from_url(
+                    "DATABASE_URL",
+                    url.expose_secret(),
+                )?))
+            }
+            (None, None) => {
+                return Err(Error::Setting {
+                    name: "DATABASE_URL".into(),
+                    reason: "not set, nor DB_SECRET_ID (set DB_SECRET_ID to the secret's name \
+                             or ARN, or DATABASE_URL / --database-url to a connection string)"
+                        .into(),
+                })
+            }
+        };
+        Ok(DatabaseConfig {
+            source,
+            ca_bundle: lookup("DB_CA_BUNDLE").map(PathBuf::from),
+        })
+    }
+
+    /// Whether connections go without TLS.
+    pub fn tls_disabled(&self) -> bool {
+        match &self.source {
+            DatabaseSource::Url(config) => connect::tls_disabled(config),
+            DatabaseSource::Secret(secret) => secret.ssl_mode == SslMode::Disable,
+        }
+    }
+}
+
+fn parse_port(value: Option<String>) -> Result<u16> {
+    let Some(p) = value else { return Ok(5432) };
+    p.trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| Error::Setting {
+            name: "DB_PORT".into(),
+            reason: format!("{p:?} is not a port number"),
+        })
+}
+
+/// `DB_SSLMODE`: `require` when unset (TLS with the certificate chain and host name verified;
+/// `verify-full` is its synonym), `prefer`, or `disable`.
+pub fn parse_ssl_mode(value: Option<&str>) -> Result<SslMode> {
+    match value.map(str::trim).unwrap_or("require") {
+        "require" | "verify-full" | "" => Ok(SslMode::Require),
+        "prefer" => Ok(SslMode::Prefer),
+        "disable" => Ok(SslMode::Disable),
+        other => Err(Error::Setting {
+            name: "DB_SSLMODE".into(),
+            reason: format!("{other:?} is not one of require, verify-full, prefer, disable"),
+        }),
+    }
+}
+
+/// What only the Lambda front-end uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LambdaConfig {
+    /// `DEADLINE_MARGIN_MS` (5000): time kept free before the invocation's deadline.
+    pub deadline_margin: Duration,
+}
+
+impl LambdaConfig {
+    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<LambdaConfig> {
+        let margin_ms = parse_u32(lookup, "DEADLINE_MARGIN_MS", 5_000, 500, 60_000)?;
+        Ok(LambdaConfig {
+            deadline_margin: Duration::from_millis(margin_ms.into()),
+        })
+    }
+}
+
+/// The CloudWatch namespace and service dimension of the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub namespace: String,
+    pub service: String,
+}
+
+impl MetricsConfig {
+    /// `POWERTOOLS_METRICS_NAMESPACE` (default `Unreserver`) and `POWERTOOLS_SERVICE_NAME`
+    /// (default `unreserver`).
+    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let namespace = metric_name(lookup, "POWERTOOLS_METRICS_NAMESPACE", "Unreserver", 255)?;
+        let service = metric_name(lookup, "POWERTOOLS_SERVICE_NAME", "unreserver", 250)?;
+        Ok(MetricsConfig { namespace, service })
+    }
+}
+
+fn metric_name(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: &str,
+    max: usize,
+) -> Result<String> {
+    let value = lookup(name)
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.into());
+    let ok = value.len() <= max
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/#:".contains(c))
+        && !value.starts_with(':');
+    if ok {
+        Ok(value)
+    } else {
+        Err(Error::Setting {
+            name: name.into(),
+            reason: format!("must be 1 to {max} characters of A-Z a-z 0-9 . _ - / # :"),
+        })
+    }
+}
+
+/// Reads setting `name` through `lookup` as a whole number in `min..=max`; unset or empty
+/// keeps `default`. Errors name the setting.
+pub fn parse_u32(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: u32,
+    min: u32,
+    max: u32,
+) -> Result<u32> {
+    let Some(raw) = lookup(name) else {
+        return Ok(default);
+    };
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(default);
+    }
+    let value: u32 = raw.parse().map_err(|_| Error::Setting {
+        name: name.into(),
+        reason: format!("{raw:?} is not a whole number"),
+    })?;
+    check_range(name, value, min, max)?;
+    Ok(value)
+}
+
+/// Fails with an error naming `name` unless `min <= value <= max`.
+pub fn check_range(name: &str, value: u32, min: u32, max: u32) -> Result<()> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::Setting {
+            name: name.into(),
+            reason: format!("{value} is out of range ({min} to {max})"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    const URL: (&str, &str) = ("DATABASE_URL", "postgres://app:hunter2@db.example/shop");
+
+    #[test]
+    fn defaults_when_unset() {
+        let c = Config::from_lookup(lookup(&[URL])).unwrap();
+        assert_eq!(c.release, ReleaseSettings::default());
+        assert_eq!(c.lambda.deadline_margin, Duration::from_secs(5));
+        assert_eq!(c.metrics.namespace, "Unreserver");
+        assert!(matches!(c.database.source, DatabaseSource::Url(_)));
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn reads_values() {
+        let s = ReleaseSettings::from_lookup(&lookup(&[
+            ("BATCH_SIZE", "50"),
+            ("MAX_BATCHES", "3"),
+            ("RESERVATION_TIMEOUT_MINUTES", "30"),
+            ("PAYMENT_PROCESSING_GRACE_MINUTES", "0"),
+            ("TIME_BUDGET_SECONDS", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(s.batch_size, 50);
+        assert_eq!(s.max_batches, 3);
+        assert_eq!(s.reservation_timeout_minutes, 30);
+        assert_eq!(s.payment_processing_grace_minutes, 0);
+        assert_eq!(s.time_budget, None);
+    }
+
+    #[test]
+    fn the_secret_wins_and_its_settings_are_read() {
+        let c = Config::from_lookup(lookup(&[
+            URL,
+            ("DB_SECRET_ID", "prod/db"),
+            ("DB_HOST", "fallback.example"),
+            ("DB_PORT", "6432"),
+            ("SECRET_CACHE_TTL_SECONDS", "60"),
+        ]))
+        .unwrap();
+        let DatabaseSource::Secret(s) = c.database.source else {
+            panic!("expected the secret")
+        };
+        assert_eq!(s.secret_id, "prod/db");
+        assert_eq!(
+            (s.host.as_deref(), s.port),
+            (Some("fallback.example"), 6432)
+        );
+        assert_eq!(s.ssl_mode, SslMode::Require);
+        assert_eq!(s.cache_ttl, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn every_bad_value_names_its_setting() {
+        let cases: &[(&str, &str)] = &[
+            ("BATCH_SIZE", "0"),
+            ("BATCH_SIZE", "ten"),
+            ("BATCH_SIZE", "-5"),
+            ("BATCH_SIZE", "10001"),
+            ("MAX_BATCHES", "0"),
+            ("RESERVATION_TIMEOUT_MINUTES", "0"),
+            ("PAYMENT_PROCESSING_GRACE_MINUTES", "1.5"),
+            ("LOCK_TIMEOUT_MS", "0"),
+            ("LOCK_TIMEOUT_MS", "9000"),
+            ("STATEMENT_TIMEOUT_MS", "5"),
+            ("BATCH_MAX_ATTEMPTS", "0"),
+            ("RETRY_BACKOFF_MS", "x"),
+            ("TIME_BUDGET_SECONDS", "99999999999"),
+            ("DEADLINE_MARGIN_MS", "10"),
+            ("SECRET_CACHE_TTL_SECONDS", "-1"),
+            ("DB_PORT", "0"),
+            ("DB_PORT", "x"),
+            ("DB_SSLMODE", "verify-ca"),
+            ("POWERTOOLS_METRICS_NAMESPACE", "bad name"),
+            ("POWERTOOLS_SERVICE_NAME", ":x"),
+        ];
+        for (name, value) in cases {
+            let pairs = [URL, ("DB_SECRET_ID", "s"), (*name, *value)];
+            let err = Config::from_lookup(lookup(&pairs)).unwrap_err();
+            assert!(
+                matches!(&err, Error::Setting { name: n, .. } if n == name),
+                "{name}={value} gave {err}"
+            );
+            assert!(err.to_string().contains(name));
+            assert!(!err.is_retryable());
+        }
+    }
+
+    #[test]
+    fn no_database_names_both_ways_to_give_one() {
+        let err = Config::from_lookup(lookup(&[])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("DATABASE_URL") && text.contains("DB_SECRET_ID"));
+    }
+
+    #[test]
+    fn lock_timeout_must_stay_below_statement_timeout() {
+        let err = ReleaseSettings::from_lookup(&lookup(&[
+            ("LOCK_TIMEOUT_MS", "2000"),
+            ("STATEMENT_TIMEOUT_MS", "1000"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("LOCK_TIMEOUT_MS"), "{err}");
+    }
+
+    #[test]
+    fn overrides_are_range_checked_under_their_own_name() {
+        let s = ReleaseSettings::default()
+            .with_overrides(Some(("--batch-size", 7)), None)
+            .unwrap();
+        assert_eq!(s.batch_size, 7);
+        let err = ReleaseSettings::default()
+            .with_overrides(None, Some(("max_batches", 0)))
+            .unwrap_err();
+        assert!(err.to_string().contains("max_batches"), "{err}");
+    }
+}

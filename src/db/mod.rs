@@ -1,0 +1,10 @@
+//! The database layer: connection settings and credentials, verified TLS, opening a checked
+//! connection, the preflight, and every SQL statement of the release with its typed wrapper.
+
+pub(crate) mod connect;
+pub(crate) mod credentials;
+pub(crate) mod preflight;
+pub(crate) mod secrets;
+pub(crate) mod session;
+pub mod sql;
+pub(crate) mod tls;

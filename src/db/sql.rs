@@ -1,0 +1,823 @@
+//! Every SQL statement the release runs, in one place, each with what it locks and why, and
+//! beside it its typed wrapper: a params struct (or plain arguments) bound in one place and a
+//! row struct decoded in one place, by column name, with `try_get` (a type that does not fit is
+//! an error, never a panic). No caller passes `$n` by position or reads a column by index.
+//!
+//! The rules of release live here as SQL fragments shared by the statements that apply them
+//! ([`releasable_order!`], [`grace!`], [`due_at!`]), so that the claim, the dry run, the backlog
+//! count and `status` can never disagree about what is due. Every time comparison is against the
+//! database clock (`now()`, the batch transaction's start), never the client's.
+//!
+//! Every column a statement returns is cast to the type the code reads (ids to `int8`,
+//! quantities to `int4`, conditions coalesced to booleans), so a shop whose ids are `integer`
+//! or whose columns allow NULL gets correct results, never a panic in the row decoder.
+//!
+//! Lock order of a batch, the same as the shop's payment code: order rows (`SKIP LOCKED`, never
+//! waited on) → reservation rows → variant rows in ascending id → drop rows in ascending id.
+//! Waits on reservation, variant and drop rows are bounded by `lock_timeout`, set per batch well
+//! below the server's `deadlock_timeout`, so that in any lock cycle with a shopper's transaction
+//! it is the batch that gives up and retries, never the shopper that gets a deadlock error.
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, GenericClient, Row, Statement, ToStatement};
+
+use crate::error::{Error, Result};
+
+/// The release's rule parameters, shared by every statement that decides what is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// When a legacy row (NULL `expires_at`) is due: `created_at` plus this, in minutes.
+    pub timeout_minutes: i32,
+    /// Extra minutes for an order whose payment is `processing`.
+    pub grace_minutes: i32,
+}
+
+/// Runs `statement` with `params` and decodes every row with `decode`; any error names
+/// `context`.
+async fn fetch<C, S, T>(
+    client: &C,
+    statement: &S,
+    params: &[&(dyn ToSql + Sync)],
+    context: &'static str,
+    decode: fn(&Row) -> std::result::Result<T, tokio_postgres::Error>,
+) -> Result<Vec<T>>
+where
+    C: GenericClient + Sync,
+    S: ?Sized + ToStatement + Sync + Send,
+{
+    let rows = client
+        .query(statement, params)
+        .await
+        .map_err(Error::db(context))?;
+    rows.iter()
+        .map(|row| decode(row).map_err(Error::db(context)))
+        .collect()
+}
+
+/// Like [`fetch`], for a statement that returns exactly one row.
+async fn fetch_one<C, S, T>(
+    client: &C,
+    statement: &S,
+    params: &[&(dyn ToSql + Sync)],
+    context: &'static str,
+    decode: fn(&Row) -> std::result::Result<T, tokio_postgres::Error>,
+) -> Result<T>
+where
+    C: GenericClient + Sync,
+    S: ?Sized + ToStatement + Sync + Send,
+{
+    let row = client
+        .query_one(statement, params)
+        .await
+        .map_err(Error::db(context))?;
+    decode(&row).map_err(Error::db(context))
+}
+
+/// The release's statements, prepared once per connection: each batch then costs one round
+/// trip a statement. Each method is the typed wrapper of the statement of the same name.
+pub struct Statements {
+    set_batch_timeouts: Statement,
+    page: Statement,
+    claim_orders: Statement,
+    classify_unclaimed: Statement,
+    claim_holds: Statement,
+    release_reservations: Statement,
+    cancel_orders: Statement,
+    return_variant_units: Statement,
+    return_drop_units: Statement,
+    backlog: Statement,
+}
+
+impl Statements {
+    /// Prepares every statement of the release on `client`.
+    pub async fn prepare(client: &Client) -> Result<Statements> {
+        let prepare = |text: &'static str| async move {
+            client
+                .prepare(text)
+                .await
+                .map_err(Error::db("preparing the release statements"))
+        };
+        Ok(Statements {
+            set_batch_timeouts: prepare(SET_BATCH_TIMEOUTS).await?,
+            page: prepare(PAGE).await?,
+            claim_orders: prepare(CLAIM_ORDERS).await?,
+            classify_unclaimed: prepare(CLASSIFY_UNCLAIMED).await?,
+            claim_holds: prepare(CLAIM_HOLDS).await?,
+            release_reservations: prepare(RELEASE_RESERVATIONS).await?,
+            cancel_orders: prepare(CANCEL_ORDERS).await?,
+            return_variant_units: prepare(RETURN_VARIANT_UNITS).await?,
+            return_drop_units: prepare(RETURN_DROP_UNITS).await?,
+            backlog: prepare(BACKLOG).await?,
+        })
+    }
+}
+
+/// An order whose reservations the release may touch: `pending` or `cancelled`, and not paid.
+/// `paid`, `refunded` and any payment status this tool does not know are never touched.
+macro_rules! releasable_order {
+    ($o:literal) => {
+        concat!(
+            $o,
+            ".status IN ('pending', 'cancelled') AND ",
+            $o,
+            ".payment_status IN ('pending', 'failed', 'processing')"
+        )
+    };
+}
+
+/// Extra time before a reservation of an order whose payment status is `$payment` is due: the
+/// payment-processing grace (minutes in parameter `$g`) while the shopper is mid-payment,
+/// nothing otherwise.
+macro_rules! grace {
+    ($payment:literal, $g:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $payment,
+            " = 'processing' THEN make_interval(mins => ",
+            $g,
+            "::int4) ELSE interval '0' END"
+        )
+    };
+}
+
+/// When reservation `$r` is due before any grace: its `expires_at`, or for a legacy row with
+/// NULL `expires_at`, `created_at` plus the reservation timeout (minutes in parameter `$t`).
+macro_rules! due_at {
+    ($r:literal, $t:literal) => {
+        concat!(
+            "COALESCE(",
+            $r,
+            ".expires_at, ",
+            $r,
+            ".created_at + make_interval(mins => ",
+            $t,
+            "::int4))"
+        )
+    };
+}
+
+/// The active reservations due by `now()` before grace, in the two index orders the release
+/// pages through: by `expires_at`, then legacy rows by `created_at`. `$t` holds the timeout.
+macro_rules! due_reservations {
+    ($t:literal) => {
+        concat!(
+            "SELECT r.id, r.order_id, ",
+            due_at!("r", $t),
+            " AS due_at FROM orders_inventoryreservation r WHERE r.status = 'active' AND (r.expires_at <= now() OR (r.expires_at IS NULL AND r.created_at <= now() - make_interval(mins => ",
+            $t,
+            "::int4)))"
+        )
+    };
+}
+
+/// Sets the batch's lock and statement timeouts for this transaction only.
+/// $1 lock_timeout, $2 statement_timeout (both like '100ms'). Locks nothing.
+pub const SET_BATCH_TIMEOUTS: &str =
+    "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)";
+
+/// Parameters of [`SET_BATCH_TIMEOUTS`], in PostgreSQL's duration syntax (`100ms`).
+#[derive(Debug, Clone)]
+pub struct BatchTimeouts {
+    pub lock_timeout: String,
+    pub statement_timeout: String,
+}
+
+impl Statements {
+    /// [`SET_BATCH_TIMEOUTS`].
+    pub async fn set_batch_timeouts(
+        &self,
+        client: &(impl GenericClient + Sync),
+        p: &BatchTimeouts,
+    ) -> Result<()> {
+        fetch(
+            client,
+            &self.set_batch_timeouts,
+            &[&p.lock_timeout, &p.statement_timeout],
+            "setting the batch timeouts",
+            |_| Ok(()),
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// The next page of candidates, after the run's cursors, in due order. Locks nothing and reads
+/// only the reservations: it proposes; the claims below check every rule under lock.
+///
+/// Keyset pagination over the two partial indexes of `infra/indexes.sql`
+/// (`(expires_at, id) WHERE status = 'active'`, and `(created_at, id) WHERE status = 'active'
+/// AND expires_at IS NULL`): each due row is visited once per run, so rows a run passes over (a
+/// paid order's, an order in payment grace, an order a shopper holds) never make every later
+/// batch rescan them. Legacy rows come after the rest.
+///
+/// $1/$2 cursor (expires_at as text, id) of the expiring rows, $3/$4 cursor (created_at as text,
+/// id) of the legacy rows, $5 page size, $6 reservation timeout minutes.
+/// Returns per row: id, order_id, cursor key as text, legacy.
+pub const PAGE: &str = concat!(
+    "SELECT id::int8, order_id::int8, due_key::text, legacy FROM (",
+    "(SELECT r.id, r.order_id, r.expires_at AS due_key, false AS legacy ",
+    "FROM orders_inventoryreservation r ",
+    "WHERE r.status = 'active' AND r.expires_at <= now() ",
+    "AND (r.expires_at, r.id) > ($1::text::timestamptz, $2::int8) ",
+    "ORDER BY r.expires_at, r.id LIMIT $5::int8) ",
+    "UNION ALL ",
+    "(SELECT r.id, r.order_id, r.created_at, true ",
+    "FROM orders_inventoryreservation r ",
+    "WHERE r.status = 'active' AND r.expires_at IS NULL ",
+    "AND r.created_at <= now() - make_interval(mins => $6::int4) ",
+    "AND (r.created_at, r.id) > ($3::text::timestamptz, $4::int8) ",
+    "ORDER BY r.created_at, r.id LIMIT $5::int8)) p ",
+    "ORDER BY legacy, due_key, id LIMIT $5::int8"
+);
+
+/// Parameters of [`PAGE`].
+#[derive(Debug, Clone, Copy)]
+pub struct PageParams<'a> {
+    /// The cursor of the expiring rows: (`expires_at` as text, id) of the last one paged.
+    pub expiring_after: (&'a str, i64),
+    /// The cursor of the legacy rows: (`created_at` as text, id).
+    pub legacy_after: (&'a str, i64),
+    pub limit: i64,
+    pub rules: Rules,
+}
+
+/// A row of [`PAGE`]: a due reservation proposed to the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRow {
+    pub id: i64,
+    /// None for a cart hold.
+    pub order_id: Option<i64>,
+    /// The row's cursor key (`expires_at`, or `created_at` for a legacy row) as text.
+    pub due_key: String,
+    pub legacy: bool,
+}
+
+impl Statements {
+    /// [`PAGE`].
+    pub async fn page(
+        &self,
+        client: &(impl GenericClient + Sync),
+        p: &PageParams<'_>,
+    ) -> Result<Vec<PageRow>> {
+        fetch(
+            client,
+            &self.page,
+            &[
+                &p.expiring_after.0,
+                &p.expiring_after.1,
+                &p.legacy_after.0,
+                &p.legacy_after.1,
+                &p.limit,
+                &p.rules.timeout_minutes,
+            ],
+            "paging due reservations",
+            |row| {
+                Ok(PageRow {
+                    id: row.try_get("id")?,
+                    order_id: row.try_get("order_id")?,
+                    due_key: row.try_get("due_key")?,
+                    legacy: row.try_get("legacy")?,
+                })
+            },
+        )
+        .await
+    }
+}
+
+/// The release rule for order `o`: releasable, and holding an active reservation that is due
+/// (grace included). $t holds the reservation timeout, $g the grace, both in minutes.
+macro_rules! order_is_due {
+    ($t:literal, $g:literal) => {
+        concat!(
+            releasable_order!("o"),
+            " AND EXISTS (SELECT 1 FROM orders_inventoryreservation r ",
+            "WHERE r.order_id = o.id AND r.status = 'active' AND ",
+            due_at!("r", $t),
+            " + ",
+            grace!("o.payment_status", $g),
+            " <= now())"
+        )
+    };
+}
+
+/// Claims the candidate orders that are still releasable and still have a due active
+/// reservation, checked on the locked row. Locks the order rows `FOR UPDATE SKIP LOCKED`: an
+/// order a shopper's transaction holds in any way (payment, a reservation being added) is
+/// skipped, never waited on, and stays for the next run. `FOR UPDATE` rather than `FOR NO KEY
+/// UPDATE` so that an order getting a new reservation right now is skipped too.
+///
+/// $1 candidate order ids, $2 reservation timeout minutes, $3 grace minutes.
+/// Returns id, and whether the order's payment is `processing` (its grace applies).
+pub const CLAIM_ORDERS: &str = concat!(
+    "SELECT o.id::int8 AS id, COALESCE(o.payment_status = 'processing', false) AS processing ",
+    "FROM orders_order o ",
+    "WHERE o.id = ANY($1::int8[]) AND ",
+    order_is_due!("$2", "$3"),
+    " ORDER BY o.id FOR UPDATE OF o SKIP LOCKED"
+);
+
+/// Parameters of [`CLAIM_ORDERS`] and [`CLASSIFY_UNCLAIMED`].
+#[derive(Debug, Clone, Copy)]
+pub struct OrdersParams<'a> {
+    pub order_ids: &'a [i64],
+    pub rules: Rules,
+}
+
+/// A row of [`CLAIM_ORDERS`]: an order this batch now holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimedOrder {
+    pub id: i64,
+    /// Its payment is `processing`: the grace applies to its reservations.
+    pub processing: bool,
+}
+
+impl Statements {
+    /// [`CLAIM_ORDERS`].
+    pub async fn claim_orders(
+        &self,
+        client: &(impl GenericClient + Sync),
+        p: &OrdersParams<'_>,
+    ) -> Result<Vec<ClaimedOrder>> {
+        fetch(
+            client,
+            &self.claim_orders,
+            &[
+                &p.order_ids,
+                &p.rules.timeout_minutes,
+                &p.rules.grace_minutes,
+            ],
+            "claiming orders",
+            |row| {
+                Ok(ClaimedOrder {
+                    id: row.try_get("id")?,
+                    processing: row.try_get("processing")?,
+                })
+            },
+        )
+        .await
+    }
+}
+
+/// Why candidate orders were not claimed: paid (an anomaly to report), not due or not
+/// releasable (a payment in grace, a confirmed order), or — when the rule still holds —
+/// locked by a shopper. Runs only when some candidates were not claimed. Locks nothing.
+///
+/// $1 unclaimed order ids, $2 reservation timeout minutes, $3 grace minutes.
+pub const CLASSIFY_UNCLAIMED: &str = concat!(
+    "SELECT o.id::int8 AS id, COALESCE(o.payment_status = 'paid', false) AS paid, COALESCE(",
+    order_is_due!("$2", "$3"),
+    ", false) AS due FROM orders_order o WHERE o.id = ANY($1::int8[])"
+);
+
+/// A row of [`CLASSIFY_UNCLAIMED`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnclaimedOrder {
+    pub id: i64,
+    /// Paid: an anomaly to report, never touched.
+    pub paid: bool,
+    /// Still due under the rules: so a shopper held it.
+    pub due: bool,
+}
+
+impl Statements {
+    /// [`CLASSIFY_UNCLAIMED`].
+    pub async fn classify_unclaimed(
+        &self,
+        client: &(impl GenericClient + Sync),
+        p: &OrdersParams<'_>,
+    ) -> Result<Vec<UnclaimedOrder>> {
+        fetch(
+            client,
+            &self.classify_unclaimed,
+            &[
+                &p.order_ids,
+                &p.rules.timeout_minutes,
+                &p.rules.grace_minutes,
+            ],
+            "classifying unclaimed orders",
+            |row| {
+                Ok(UnclaimedOrder {
+                    id: row.try_get("id")?,
+                    paid: row.try_get("paid")?,
+                    due: row.try_get("due")?,
+                })
+            },
+        )
+        .await
+    }
+}
+
+/// Claims candidate cart holds (reservations without an order) that are still active and due.
+/// Locks those reservation rows `FOR UPDATE SKIP LOCKED`: a hold a shopper is converting into
+/// an order right now is skipped.
+///
+/// $1 candidate reservation ids, $2 reservation timeout minutes.
+pub const CLAIM_HOLDS: &str = concat!(
+    "SELECT r.id::int8 AS id FROM orders_inventoryreservation r ",
+    "WHERE r.id = ANY($1::int8[]) AND r.order_id IS NULL AND r.status = 'active' AND ",
+    due_at!("r", "$2"),
+    " <= now() ORDER BY r.id FOR UPDATE SKIP LOCKED"
+);
+
+impl Statements {
+    /// [`CLAIM_HOLDS`]: the ids of the holds claimed.
+    pub async fn claim_holds(
+        &self,
+        client: &(impl GenericClient + Sync),
+        hold_ids: &[i64],
+        rules: Rules,
+    ) -> Result<Vec<i64>> {
+        fetch(
+            client,
+            &self.claim_holds,
+            &[&hold_ids, &rules.timeout_minutes],
+            "claiming cart holds",
+            |row| row.try_get("id"),
+        )
+        .await
+    }
+}
+
+/// Expires every active reservation of the claimed orders (all of an order's reservations go
+/// together, due or not) and the claimed holds, returning what each held and whether it was
+/// due itself (a dry run uses that to tell the backlog a real run would leave). Locks those
+/// reservation rows (`FOR NO KEY UPDATE`, implied by the update); the claimed orders are ours
+/// already, so only a shop transaction updating a reservation without its order's lock can
+/// make it wait, for at most `lock_timeout`. `status = 'active'` is re-checked on the latest
+/// row version, so a reservation converted meanwhile is left alone.
+///
+/// $1 claimed order ids, $2 claimed hold ids, $3 reservation timeout minutes, $4 grace minutes,
+/// $5 the claimed orders whose payment is `processing`.
+pub const RELEASE_RESERVATIONS: &str = concat!(
+    "UPDATE orders_inventoryreservation r SET status = 'expired', released_at = now() ",
+    "WHERE r.status = 'active' AND (r.order_id = ANY($1::int8[]) OR r.id = ANY($2::int8[])) ",
+    "RETURNING r.id::int8 AS id, r.order_id::int8 AS order_id, ",
+    "r.product_variant_id::int8 AS variant_id, r.drop_product_id::int8 AS drop_id, ",
+    "r.quantity::int4 AS quantity, COALESCE(",
+    due_at!("r", "$3"),
+    " + CASE WHEN r.order_id = ANY($5::int8[]) THEN make_interval(mins => $4::int4) ",
+    "ELSE interval '0' END <= now(), false) AS was_due"
+);
+
+/// Parameters of [`RELEASE_RESERVATIONS`].
+#[derive(Debug, Clone, Copy)]
+pub struct ReleaseParams<'a> {
+    pub order_ids: &'a [i64],
+    pub hold_ids: &'a [i64],
+    /// The claimed orders whose payment is `processing`.
+    pub processing_order_ids: &'a [i64],
+    pub rules: Rules,
+}
+
+/// A row of [`RELEASE_RESERVATIONS`]: a reservation now `expired`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReleasedReservation {
+    pub id: i64,
+    /// None for a cart hold.
+    pub order_id: Option<i64>,
+    pub variant_id: i64,
+    pub drop_id: Option<i64>,
+    pub quantity: i32,
+    /// Whether it was due itself (not only released with its order).
+    pub was_due: bool,
+}
+
+impl Statements {
+    /// [`RELEASE_RESERVATIONS`].
+    pub async fn release_reservations(
+        &self,
+        client: &(impl GenericClient + Sync),
+        p: &ReleaseParams<'_>,
+    ) -> Result<Vec<ReleasedReservation>> {
+        fetch(
+            client,
+            &self.release_reservations,
+            &[
+                &p.order_ids,
+                &p.hold_ids,
+                &p.rules.timeout_minutes,
+                &p.rules.grace_minutes,
+                &p.processing_order_ids,
+            ],
+            "expiring reservations",
+            |row| {
+                Ok(ReleasedReservation {
+                    id: row.try_get("id")?,
+                    order_id: row.try_get("order_id")?,
+                    variant_id: row.try_get("variant_id")?,
+                    drop_id: row.try_get("drop_id")?,
+                    quantity: row.try_get("quantity")?,
+                    was_due: row.try_get("was_due")?,
+                })
+            },
+        )
+        .await
+    }
+}
+
+/// Cancels the claimed orders whose reservations this batch released, if still `pending`
+/// (a `cancelled` order keeps its original `cancelled_at`). The order rows are locked already
+/// by [`CLAIM_ORDERS`]; this takes no new lock.
+///
+/// $1 order ids.
+pub const CANCEL_ORDERS: &str = "UPDATE orders_order \
+     SET status = 'cancelled', cancelled_at = now(), updated_at = now() \
+     WHERE id = ANY($1::int8[]) AND status = 'pending' RETURNING id::int8 AS id";
+
+impl Statements {
+    /// [`CANCEL_ORDERS`]: the ids of the orders cancelled.
+    pub async fn cancel_orders(
+        &self,
+        client: &(impl GenericClient + Sync),
+        order_ids: &[i64],
+    ) -> Result<Vec<i64>> {
+        fetch(
+            client,
+            &self.cancel_orders,
+            &[&order_ids],
+            "cancelling orders",
+            |row| row.try_get("id"),
+        )
+        .await
+    }
+}
+
+/// Gives released units back to the counter rows of `$table`, never below zero, returning for
+/// each row whether the subtraction had to be clamped (the counter had drifted below what its
+/// reservations held). Locks the rows in ascending id order with `FOR NO KEY UPDATE`, the lock
+/// the update takes anyway, so a checkout inserting a reservation that references the row is
+/// not blocked; waits at most `lock_timeout` on a row a checkout holds. The locked version is
+/// the latest one, so `l.reserved_quantity` is the value the update subtracts from.
+macro_rules! return_units {
+    ($table:literal) => {
+        concat!(
+            "WITH released(id, units) AS (SELECT * FROM unnest($1::int8[], $2::int8[])), ",
+            "locked AS (SELECT t.id, t.reserved_quantity FROM ",
+            $table,
+            " t WHERE t.id = ANY($1::int8[]) ORDER BY t.id FOR NO KEY UPDATE) ",
+            "UPDATE ",
+            $table,
+            " t SET reserved_quantity = GREATEST(l.reserved_quantity - rel.units, 0), ",
+            "updated_at = now() FROM locked l JOIN released rel ON rel.id = l.id ",
+            "WHERE t.id = l.id RETURNING t.id::int8 AS id, COALESCE(l.reserved_quantity < rel.units, false) AS clamped"
+        )
+    };
+}
+
+/// Gives the released units back to the variants. These hot rows are locked last but for the
+/// drops, so they are held only until the commit that follows.
+///
+/// $1 variant ids (ascending, distinct), $2 units to give back to each.
+pub const RETURN_VARIANT_UNITS: &str = return_units!("products_productvariant");
+
+/// Gives the released units back to limited-drop rows: locked after the variants, the order the
+/// shop's checkout uses.
+///
+/// $1 drop product ids (ascending, distinct), $2 units to give back to each.
+pub const RETURN_DROP_UNITS: &str = return_units!("drops_dropproduct");
+
+/// Parameters of [`RETURN_VARIANT_UNITS`] and [`RETURN_DROP_UNITS`]: counter row ids
+/// (ascending, distinct) and the units to give back to each.
+#[derive(Debug, Clone, Copy)]
+pub struct UnitsParams<'a> {
+    pub ids: &'a [i64],
+    pub units: &'a [i64],
+}
+
+/// A row of [`RETURN_VARIANT_UNITS`] / [`RETURN_DROP_UNITS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReturnedUnits {
+    pub id: i64,
+    /// The counter had drifted below what its reservations held and was clamped at zero.
+    pub clamped: bool,
+}
+
+fn returned_units(row: &Row) -> std::result::Result<ReturnedUnits, tokio_postgres::Error> {
+    Ok(ReturnedUnits {
+        id: row.try_get("id")?,
+        clamped: row.try_get("clamped")?,
+    })
+}
+
+impl Statements {
+    /// [`RETURN_VARIANT_UNITS`].
+    pub async fn return_variant_units(
+        &self,
+        client: &(impl GenericClient + Sync),
+        p: &UnitsParams<'_>,
+    ) -> Result<Vec<ReturnedUnits>> {
+        let params: [&(dyn ToSql + Sync); 2] = [&p.ids, &p.units];
+        let context = "returning units to variants";
+        fetch(
+            client,
+            &self.return_variant_units,
+            &params,
+            context,
+            returned_units,
+        )
+        .await
+    }
+
+    /// [`RETURN_DROP_UNITS`].
+    pub async fn return_drop_units(
+        &self,
+        client: &(impl GenericClient + Sync),
+        p: &UnitsParams<'_>,
+    ) -> Result<Vec<ReturnedUnits>> {
+        let params: [&(dyn ToSql + Sync); 2] = [&p.ids, &p.units];
+        let context = "returning units to drops";
+        fetch(
+            client,
+            &self.return_drop_units,
+            &params,
+            context,
+            returned_units,
+        )
+        .await
+    }
+}
+
+/// Due reservations a run has left (a run's `backlog_remaining`, `status`'s `due_reservations`)
+/// and the age in seconds of the oldest, grace included, paid and untouchable orders excluded.
+/// Reads only; locks nothing. Uses the partial indexes when present.
+///
+/// $1 reservation timeout minutes, $2 grace minutes.
+pub const BACKLOG: &str = concat!(
+    "SELECT count(*)::int8 AS due, EXTRACT(EPOCH FROM now() - min(d.due_at + ",
+    grace!("o.payment_status", "$2"),
+    "))::float8 AS oldest_age_seconds FROM (",
+    due_reservations!("$1"),
+    ") d LEFT JOIN orders_order o ON o.id = d.order_id ",
+    "WHERE d.order_id IS NULL OR (",
+    releasable_order!("o"),
+    " AND d.due_at + ",
+    grace!("o.payment_status", "$2"),
+    " <= now())"
+);
+
+/// The row of [`BACKLOG`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backlog {
+    pub due: i64,
+    /// Seconds since the oldest became due; None when nothing is due.
+    pub oldest_age_seconds: Option<f64>,
+}
+
+impl Statements {
+    /// [`BACKLOG`].
+    pub async fn backlog(
+        &self,
+        client: &(impl GenericClient + Sync),
+        rules: Rules,
+    ) -> Result<Backlog> {
+        fetch_one(
+            client,
+            &self.backlog,
+            &[&rules.timeout_minutes, &rules.grace_minutes],
+            "counting the backlog",
+            |row| {
+                Ok(Backlog {
+                    due: row.try_get("due")?,
+                    oldest_age_seconds: row.try_get("oldest_age_seconds")?,
+                })
+            },
+        )
+        .await
+    }
+}
+
+/// Paid orders that still hold active reservations: an anomaly (the shop should have converted
+/// them). The release never touches them. Reads every active reservation; locks nothing.
+pub const PAID_ORDERS_WITH_ACTIVE_RESERVATIONS: &str =
+    "SELECT count(DISTINCT r.order_id)::int8 AS orders \
+     FROM orders_inventoryreservation r JOIN orders_order o ON o.id = r.order_id \
+     WHERE r.status = 'active' AND o.payment_status = 'paid'";
+
+/// [`PAID_ORDERS_WITH_ACTIVE_RESERVATIONS`].
+pub async fn paid_orders_with_active_reservations(
+    client: &(impl GenericClient + Sync),
+) -> Result<i64> {
+    let context = "counting paid orders with active reservations";
+    let decode = |row: &Row| row.try_get("orders");
+    fetch_one(
+        client,
+        PAID_ORDERS_WITH_ACTIVE_RESERVATIONS,
+        &[],
+        context,
+        decode,
+    )
+    .await
+}
+
+/// Counter rows of `$table` whose `reserved_quantity` differs from the sum of their active
+/// reservations (`$fk` is the reservation column that references them), at most $1 rows, and
+/// how many there are in all. A full read of the table and of the active reservations; locks
+/// nothing. For `status` only, never on the release path.
+macro_rules! counter_drift {
+    ($table:literal, $fk:literal) => {
+        concat!(
+            "SELECT t.id::int8 AS id, t.reserved_quantity::int8 AS reserved_quantity, ",
+            "COALESCE(a.units, 0)::int8 AS active_reserved, count(*) OVER () AS total ",
+            "FROM ",
+            $table,
+            " t LEFT JOIN (SELECT ",
+            $fk,
+            " AS id, sum(quantity) AS units FROM orders_inventoryreservation ",
+            "WHERE status = 'active' AND ",
+            $fk,
+            " IS NOT NULL GROUP BY ",
+            $fk,
+            ") a ON a.id = t.id WHERE t.reserved_quantity <> COALESCE(a.units, 0) ",
+            "ORDER BY t.id LIMIT $1::int8"
+        )
+    };
+}
+
+/// Variants whose counter disagrees with their active reservations. $1 row limit.
+pub const VARIANT_DRIFT: &str = counter_drift!("products_productvariant", "product_variant_id");
+
+/// Drop rows whose counter disagrees with their active reservations. $1 row limit.
+pub const DROP_DRIFT: &str = counter_drift!("drops_dropproduct", "drop_product_id");
+
+/// A row of [`VARIANT_DRIFT`] / [`DROP_DRIFT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriftRow {
+    pub id: i64,
+    pub reserved_quantity: i64,
+    pub active_reserved: i64,
+    /// How many rows drift in all (the statement lists at most its limit).
+    pub total: i64,
+}
+
+/// [`VARIANT_DRIFT`] (`drops` false) or [`DROP_DRIFT`] (`drops` true), at most `limit` rows.
+pub async fn counter_drift(
+    client: &(impl GenericClient + Sync),
+    drops: bool,
+    limit: i64,
+) -> Result<Vec<DriftRow>> {
+    let (statement, context) = if drops {
+        (DROP_DRIFT, "comparing drop counters")
+    } else {
+        (VARIANT_DRIFT, "comparing variant counters")
+    };
+    fetch(client, statement, &[&limit], context, |row| {
+        Ok(DriftRow {
+            id: row.try_get("id")?,
+            reserved_quantity: row.try_get("reserved_quantity")?,
+            active_reserved: row.try_get("active_reserved")?,
+            total: row.try_get("total")?,
+        })
+    })
+    .await
+}
+
+/// The columns that exist of the tables named in $1 (resolved through `search_path`), to check
+/// the schema before anything changes. Reads the catalog only.
+pub const TABLE_COLUMNS: &str = "SELECT t.name AS table_name, a.attname::text AS column_name \
+     FROM unnest($1::text[]) AS t(name) \
+     JOIN pg_attribute a ON a.attrelid = to_regclass(t.name) \
+     WHERE a.attnum > 0 AND NOT a.attisdropped";
+
+/// [`TABLE_COLUMNS`]: (table, column) pairs.
+pub async fn table_columns(
+    client: &(impl GenericClient + Sync),
+    tables: &[&str],
+) -> Result<Vec<(String, String)>> {
+    fetch(client, TABLE_COLUMNS, &[&tables], "schema check", |row| {
+        Ok((row.try_get("table_name")?, row.try_get("column_name")?))
+    })
+    .await
+}
+
+/// Which of the indexes named in $1 exist (on any table in `search_path`). Reads the catalog.
+pub const EXISTING_INDEXES: &str = "SELECT n.name AS name FROM unnest($1::text[]) AS n(name) \
+     WHERE to_regclass(n.name) IS NOT NULL";
+
+/// [`EXISTING_INDEXES`]: the names of those that exist.
+pub async fn existing_indexes(
+    client: &(impl GenericClient + Sync),
+    names: &[&str],
+) -> Result<Vec<String>> {
+    fetch(client, EXISTING_INDEXES, &[&names], "index check", |row| {
+        row.try_get("name")
+    })
+    .await
+}
+
+/// The server's `deadlock_timeout` in milliseconds, to check that the batch's `lock_timeout`
+/// stays well below it. Reads a setting.
+pub const DEADLOCK_TIMEOUT_MS: &str =
+    "SELECT setting::int8 AS ms FROM pg_settings WHERE name = 'deadlock_timeout'";
+
+/// [`DEADLOCK_TIMEOUT_MS`].
+pub async fn deadlock_timeout_ms(client: &(impl GenericClient + Sync)) -> Result<i64> {
+    let decode = |row: &Row| row.try_get("ms");
+    fetch_one(
+        client,
+        DEADLOCK_TIMEOUT_MS,
+        &[],
+        "reading deadlock_timeout",
+        decode,
+    )
+    .await
+}
