@@ -6,6 +6,7 @@ mod common;
 mod concurrency;
 mod failures;
 mod faults;
+mod handler;
 mod lambda;
 mod least_privilege;
 mod release_rules;

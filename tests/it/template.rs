@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use unreserver::metrics::{METRICS, SERVICE_DIMENSION};
+use unreserver::{METRICS, SERVICE_DIMENSION};
 use yaml_rust2::{Yaml, YamlLoader};
 
 const OUR_NAMESPACE: &str = "MetricsNamespace"; // the parameter the template !Refs
@@ -95,7 +95,7 @@ fn the_function_is_configured_with_the_namespace_and_service_the_alarms_use() {
     let sample: Value =
         serde_json::from_str(include_str!("../../infra/events/schedule.json")).unwrap();
     assert_eq!(input, sample, "the schedule's input is the sample payload");
-    unreserver::payload::parse(&input).unwrap();
+    unreserver::parse_payload(&input).unwrap();
 }
 
 #[test]
@@ -218,4 +218,18 @@ fn the_function_may_read_only_its_one_secret() {
         }
     }
     assert_eq!(actions, ["secretsmanager:GetSecretValue", "kms:Decrypt"]);
+}
+
+#[test]
+fn lambdas_logging_configuration_sets_the_log_format() {
+    let function = &template()["Resources"]["Function"]["Properties"];
+    assert_eq!(
+        function["LoggingConfig"]["LogFormat"].as_str(),
+        Some("JSON")
+    );
+    // Lambda passes it as AWS_LAMBDA_LOG_FORMAT, which wins (telemetry.rs): no LOG_FORMAT.
+    assert!(
+        function["Environment"]["Variables"]["LOG_FORMAT"].is_badvalue(),
+        "LOG_FORMAT repeats what LoggingConfig says"
+    );
 }

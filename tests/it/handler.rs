@@ -1,0 +1,158 @@
+//! The Lambda handler driven in-process, `handle(&state, LambdaEvent::new(payload, context))`,
+//! against a test database: the status action, the deadline margin, and the `errorType` each
+//! failure reaches Lambda with. (The end-to-end path under `cargo lambda` is in `lambda.rs`.)
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lambda_runtime::{Context, Diagnostic, LambdaEvent};
+use serde_json::{json, Value};
+use unreserver::{handle, AppState, Config};
+
+use crate::common::{pg_port, Res, TestDb, RELEASE_PASSWORD, RELEASE_ROLE};
+
+/// The state a function with these environment variables builds.
+async fn state(vars: &[(&str, String)]) -> AppState {
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let config =
+        Config::from_lookup(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+            .unwrap();
+    AppState::from_config(config).await.unwrap()
+}
+
+async fn state_for(url: String) -> AppState {
+    state(&[("DATABASE_URL", url)]).await
+}
+
+/// An invocation whose deadline is `deadline_in_ms` from now (0: none).
+fn event(payload: Value, deadline_in_ms: u64) -> LambdaEvent<Value> {
+    let mut context = Context::default();
+    context.request_id = "req-in-process".into();
+    if deadline_in_ms > 0 {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        context.deadline = now.as_millis() as u64 + deadline_in_ms;
+    }
+    LambdaEvent::new(payload, context)
+}
+
+/// The `errorType` of a failed invocation.
+async fn error_type(state: &AppState, payload: Value) -> String {
+    match handle(state, event(payload, 60_000)).await {
+        Ok(value) => panic!("expected an error, got {value}"),
+        Err(error) => Diagnostic::from(error).error_type,
+    }
+}
+
+async fn one_due_reservation(t: &TestDb) {
+    let v = t.variant(1).await;
+    let order = t.order("pending", "pending").await;
+    t.reservation(Res::new(Some(order), v, 1, "-1 minute"))
+        .await;
+}
+
+#[tokio::test]
+async fn the_status_action_reads_the_backlog() {
+    let t = TestDb::new().await;
+    one_due_reservation(&t).await;
+    let state = state_for(t.release_url()).await;
+    let status = handle(&state, event(json!({"action": "status"}), 60_000))
+        .await
+        .unwrap();
+    assert_eq!(status["due_reservations"], 1);
+    assert_eq!(status["missing_indexes"], json!([]));
+    assert!(status.get("reservations_released").is_none(), "{status}");
+}
+
+#[tokio::test]
+async fn no_batch_starts_inside_the_deadline_margin() {
+    let t = TestDb::new().await;
+    one_due_reservation(&t).await;
+    let state = state_for(t.release_url()).await;
+    // 300 ms left: less the margin (capped at a third), too little for one batch.
+    let report = handle(&state, event(json!({"source": "schedule"}), 300))
+        .await
+        .unwrap();
+    assert_eq!(report["stopped_reason"], "time_budget", "{report}");
+    assert_eq!(report["reservations_released"], 0);
+    assert_eq!(report["backlog_remaining"], 1);
+    // A minute left: the run drains.
+    let report = handle(&state, event(json!({"source": "schedule"}), 60_000))
+        .await
+        .unwrap();
+    assert_eq!(report["stopped_reason"], "drained", "{report}");
+    assert_eq!(report["reservations_released"], 1);
+    assert!(uuid::Uuid::parse_str(report["run_id"].as_str().unwrap()).is_ok());
+}
+
+#[tokio::test]
+async fn each_failure_reaches_lambda_with_its_error_type() {
+    let t = TestDb::new().await;
+    let good = state_for(t.release_url()).await;
+    assert_eq!(
+        error_type(&good, json!({"batch_size": "x"})).await,
+        "InvalidPayload"
+    );
+    assert_eq!(
+        error_type(&good, json!({"action": "dance"})).await,
+        "InvalidPayload"
+    );
+
+    let port = pg_port();
+    let closed = state_for(format!(
+        "postgres://u:p@127.0.0.1:1/{}?sslmode=disable",
+        t.name
+    ))
+    .await;
+    assert_eq!(error_type(&closed, json!({})).await, "DatabaseUnreachable");
+
+    let wrong = format!(
+        "postgres://{RELEASE_ROLE}:wrong@127.0.0.1:{port}/{}?sslmode=disable",
+        t.name
+    );
+    let wrong = state_for(wrong).await;
+    assert_eq!(
+        error_type(&wrong, json!({})).await,
+        "DatabaseAuthentication"
+    );
+
+    // TLS required (the default) against the test server, whose CA is not trusted here.
+    let untrusted = format!(
+        "postgres://{RELEASE_ROLE}:{RELEASE_PASSWORD}@localhost:{port}/{}",
+        t.name
+    );
+    let untrusted = state(&[
+        ("DATABASE_URL", untrusted),
+        ("DB_SSLMODE", "require".into()),
+    ])
+    .await;
+    assert_eq!(error_type(&untrusted, json!({})).await, "TlsVerification");
+
+    t.exec("ALTER TABLE orders_order DROP COLUMN cancelled_at")
+        .await;
+    assert_eq!(
+        error_type(&good, json!({"action": "status"})).await,
+        "SchemaMismatch"
+    );
+    assert_eq!(
+        error_type(&good, json!({"dry_run": true})).await,
+        "SchemaMismatch"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_ca_bundle_fails_the_init_naming_it() {
+    let config = Config::from_lookup(|name| match name {
+        "DATABASE_URL" => Some("postgres://u:p@localhost/db".into()),
+        "DB_CA_BUNDLE" => Some("/nonexistent/ca.pem".into()),
+        _ => None,
+    })
+    .unwrap();
+    let err = match AppState::from_config(config).await {
+        Ok(_) => panic!("a missing CA bundle was accepted"),
+        Err(err) => err,
+    };
+    assert_eq!(err.kind(), "TlsSetup");
+    assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+}
