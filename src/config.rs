@@ -63,6 +63,10 @@ pub struct ReleaseSettings {
     pub retry_backoff_ms: u32,
     /// Longest a run may take (CLI). The Lambda front-end derives it from the deadline instead.
     pub time_budget: Option<Duration>,
+    /// `SHOP_DEADLOCK_TIMEOUT_MS`: the lowest `deadlock_timeout` the shop's own sessions use,
+    /// when they set one below the server's (which the preflight reads; None: use that). A
+    /// batch never outlives half of it, and `LOCK_TIMEOUT_MS` must be at most half of it.
+    pub shop_deadlock_timeout_ms: Option<u32>,
 }
 
 /// Default due reservations per batch, chosen from the benchmark (see BENCHMARKS.md).
@@ -84,6 +88,7 @@ impl Default for ReleaseSettings {
             batch_max_attempts: 5,
             retry_backoff_ms: 50,
             time_budget: Some(Duration::from_secs(240)),
+            shop_deadlock_timeout_ms: None,
         }
     }
 }
@@ -99,6 +104,7 @@ impl ReleaseSettings {
         let d = ReleaseSettings::default();
         let budget_default = d.time_budget.map_or(0, |b| b.as_secs() as u32);
         let budget = parse_u32(lookup, "TIME_BUDGET_SECONDS", budget_default, 0, 86_400)?;
+        let shop_deadlock = parse_u32(lookup, "SHOP_DEADLOCK_TIMEOUT_MS", 0, 0, 600_000)?;
         let (b_min, b_max) = BATCH_SIZE_RANGE;
         let (m_min, m_max) = MAX_BATCHES_RANGE;
         let settings = ReleaseSettings {
@@ -136,6 +142,8 @@ impl ReleaseSettings {
             retry_backoff_ms: parse_u32(lookup, "RETRY_BACKOFF_MS", d.retry_backoff_ms, 1, 10_000)?,
             // 0 means no budget: the run stops only when drained or at MAX_BATCHES.
             time_budget: (budget > 0).then(|| Duration::from_secs(u64::from(budget))),
+            // 0 means the server's deadlock_timeout.
+            shop_deadlock_timeout_ms: (shop_deadlock > 0).then_some(shop_deadlock),
         };
         settings.validate()?;
         Ok(settings)
@@ -458,6 +466,7 @@ mod tests {
             ("BATCH_MAX_ATTEMPTS", "0"),
             ("RETRY_BACKOFF_MS", "x"),
             ("TIME_BUDGET_SECONDS", "99999999999"),
+            ("SHOP_DEADLOCK_TIMEOUT_MS", "x"),
             ("DEADLINE_MARGIN_MS", "10"),
             ("SECRET_CACHE_TTL_SECONDS", "-1"),
             ("DB_PORT", "0"),

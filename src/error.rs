@@ -56,6 +56,23 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
 
+    /// A batch lost its lock waits through every round it allowed itself: the run retries it.
+    #[error("batch gave up: {0}")]
+    Conflict(&'static str),
+
+    /// A statement or a whole batch is too slow even when small: a slow plan (an index
+    /// missing on a big table) or an overloaded server, not a lock conflict. Retrying the same
+    /// work unchanged does not help.
+    #[error("{what} is too slow: {why}{hint}")]
+    TooSlow {
+        /// The statement (or step) that was running.
+        what: &'static str,
+        why: String,
+        /// What may help, e.g. the recommended indexes that are missing; empty or starting
+        /// with "; ".
+        hint: String,
+    },
+
     /// The credentials could not be read from AWS Secrets Manager.
     #[error("secret {secret_id}: {reason}")]
     Secret {
@@ -80,8 +97,9 @@ impl Error {
             | Error::Schema(_)
             | Error::Tls(_)
             | Error::TlsHandshake { .. }
-            | Error::Authentication { .. } => false,
-            Error::Connect { .. } => true,
+            | Error::Authentication { .. }
+            | Error::TooSlow { .. } => false,
+            Error::Connect { .. } | Error::Conflict(_) => true,
             Error::Secret { retryable, .. } => *retryable,
             Error::Database { source, .. } => {
                 source.is_closed()
@@ -103,7 +121,8 @@ impl Error {
             Error::Authentication { .. } => "DatabaseAuthentication",
             Error::Tls(_) => "TlsSetup",
             Error::TlsHandshake { .. } => "TlsVerification",
-            Error::Database { .. } => "DatabaseError",
+            Error::Database { .. } | Error::Conflict(_) => "DatabaseError",
+            Error::TooSlow { .. } => "TooSlow",
             Error::Secret { .. } => "SecretUnavailable",
         }
     }
@@ -125,15 +144,25 @@ impl Error {
 }
 
 /// Conflicts with other transactions that a rolled-back batch may win on a later try: lock
-/// timeout, deadlock, serialization failure, and a statement cancelled by its timeout.
+/// timeout, deadlock, serialization failure. A cancelled statement (`57014`: a statement
+/// timeout, or the batch's own time budget) is not one: slow is not contention.
 pub fn is_transient_conflict(code: &SqlState) -> bool {
     [
         SqlState::LOCK_NOT_AVAILABLE,
         SqlState::T_R_DEADLOCK_DETECTED,
         SqlState::T_R_SERIALIZATION_FAILURE,
-        SqlState::QUERY_CANCELED,
     ]
     .contains(code)
+}
+
+/// Whether `err` is a conflict a retry of the batch may win.
+pub fn is_conflict(err: &Error) -> bool {
+    matches!(err, Error::Conflict(_)) || sql_state(err).is_some_and(is_transient_conflict)
+}
+
+/// Whether `err` is a cancelled statement (`57014`).
+pub fn is_cancelled(err: &Error) -> bool {
+    sql_state(err) == Some(&SqlState::QUERY_CANCELED)
 }
 
 /// The server ended or refused the session (administrator command, crash, restart, connection

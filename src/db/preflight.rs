@@ -43,6 +43,18 @@ pub const REQUIRED_COLUMNS: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// The time columns the release compares with `now()` or writes `now()` into. They must be
+/// `timestamp with time zone`: in a `timestamp` column the tool cannot know the shop's zone.
+pub const TIME_COLUMNS: &[(&str, &str)] = &[
+    ("orders_inventoryreservation", "created_at"),
+    ("orders_inventoryreservation", "expires_at"),
+    ("orders_inventoryreservation", "released_at"),
+    ("orders_order", "updated_at"),
+    ("orders_order", "cancelled_at"),
+    ("products_productvariant", "updated_at"),
+    ("drops_dropproduct", "updated_at"),
+];
+
 /// The indexes of `infra/indexes.sql`. The release is correct without them, but then every
 /// batch scans the reservation table.
 pub const RECOMMENDED_INDEXES: &[&str] = &[
@@ -78,21 +90,42 @@ async fn check_columns(client: &Client) -> Result<()> {
     let present = sql::table_columns(client, &tables).await?;
     let mut missing = Vec::new();
     for (table, columns) in REQUIRED_COLUMNS {
-        if !present.iter().any(|(t, _)| t == table) {
+        if !present.iter().any(|c| c.table == *table) {
             missing.push(format!("table {table}"));
             continue;
         }
         for column in *columns {
-            if !present.iter().any(|(t, c)| t == table && c == column) {
+            if !present
+                .iter()
+                .any(|c| c.table == *table && c.column == *column)
+            {
                 missing.push(format!("column {table}.{column}"));
             }
         }
     }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Schema(format!("missing {}", missing.join(", "))))
+    if !missing.is_empty() {
+        return Err(Error::Schema(format!("missing {}", missing.join(", "))));
     }
+    check_time_columns(&present)
+}
+
+/// Refuses `timestamp without time zone` (or any other type) in [`TIME_COLUMNS`].
+fn check_time_columns(present: &[sql::TableColumn]) -> Result<()> {
+    let wrong: Vec<String> = present
+        .iter()
+        .filter(|c| TIME_COLUMNS.contains(&(c.table.as_str(), c.column.as_str())))
+        .filter(|c| c.data_type != "timestamp with time zone")
+        .map(|c| format!("{}.{} is {}", c.table, c.column, c.data_type))
+        .collect();
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Schema(format!(
+        "{}: the release compares these columns with the database clock and writes it into \
+         them, and cannot know the shop's time zone; they must be timestamp with time zone \
+         (timestamptz, as Django stores them with USE_TZ = True)",
+        wrong.join(", ")
+    )))
 }
 
 /// In a lock cycle with a shopper, the batch must give up well before the shopper's backend

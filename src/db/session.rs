@@ -1,12 +1,13 @@
-//! A checked connection ready to release: the client, what the preflight found, and the
-//! release's statements prepared once per connection.
+//! A checked connection ready to release: the client with its session settings pinned, what
+//! the preflight found, the release's statements prepared once per connection, and a way to
+//! cancel the statement it is running (the batch's time budget).
 
 use postgres_native_tls::MakeTlsConnector;
 use tokio_postgres::{Client, Config};
 
 use super::connect;
 use super::preflight::{self, Preflight};
-use super::sql::Statements;
+use super::sql::{self, Statements};
 use crate::error::Result;
 
 /// One connection, checked and prepared.
@@ -16,6 +17,8 @@ pub struct Database {
     pub preflight: Preflight,
     /// `user@host:port/dbname`, for messages (never the password).
     pub target: String,
+    /// The connector a cancel request goes through (the same TLS as the connection).
+    tls: MakeTlsConnector,
 }
 
 impl Database {
@@ -27,23 +30,46 @@ impl Database {
         lock_timeout_ms: u32,
     ) -> Result<Self> {
         let client = connect::connect(config, tls).await?;
-        Database::from_client(client, connect::describe(config), lock_timeout_ms).await
-    }
-
-    /// Checks and prepares an already open connection.
-    pub async fn from_client(client: Client, target: String, lock_timeout_ms: u32) -> Result<Self> {
+        sql::pin_session(&client).await?;
         let preflight = preflight::preflight(&client, lock_timeout_ms).await?;
         let statements = Statements::prepare(&client).await?;
         Ok(Database {
             client,
             statements,
             preflight,
-            target,
+            target: connect::describe(config),
+            tls: tls.clone(),
         })
+    }
+
+    /// A handle that cancels whatever statement this connection runs when called (from
+    /// another task: the connection itself is busy).
+    pub fn canceller(&self) -> Canceller {
+        Canceller {
+            token: self.client.cancel_token(),
+            tls: self.tls.clone(),
+        }
     }
 
     /// Whether the connection is gone (killed, server restarted): open a new one.
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
+    }
+}
+
+/// Cancels the statement a connection is running, through a separate connection, as
+/// PostgreSQL's cancel protocol works.
+pub struct Canceller {
+    token: tokio_postgres::CancelToken,
+    tls: MakeTlsConnector,
+}
+
+impl Canceller {
+    /// Sends the cancel request; a failure to send it is logged, not raised (the statement
+    /// timeout still bounds the statement).
+    pub async fn cancel(&self) {
+        if let Err(error) = self.token.cancel_query(self.tls.clone()).await {
+            tracing::warn!(error = %error, "could not send the cancel request");
+        }
     }
 }

@@ -18,7 +18,8 @@
 //! below the server's `deadlock_timeout`, so that in any lock cycle with a shopper's transaction
 //! it is the batch that gives up and retries, never the shopper that gets a deadlock error.
 
-use tokio_postgres::types::ToSql;
+use bytes::BytesMut;
+use tokio_postgres::types::{accepts, to_sql_checked, FromSql, IsNull, ToSql, Type};
 use tokio_postgres::{Client, GenericClient, Row, Statement, ToStatement};
 
 use crate::error::{Error, Result};
@@ -85,6 +86,8 @@ pub struct Statements {
     cancel_orders: Statement,
     return_variant_units: Statement,
     return_drop_units: Statement,
+    probe_held: Statement,
+    deferred_age: Statement,
     backlog: Statement,
 }
 
@@ -107,6 +110,8 @@ impl Statements {
             cancel_orders: prepare(CANCEL_ORDERS).await?,
             return_variant_units: prepare(RETURN_VARIANT_UNITS).await?,
             return_drop_units: prepare(RETURN_DROP_UNITS).await?,
+            probe_held: prepare(PROBE_HELD).await?,
+            deferred_age: prepare(DEFERRED_AGE).await?,
             backlog: prepare(BACKLOG).await?,
         })
     }
@@ -170,6 +175,41 @@ macro_rules! due_reservations {
     };
 }
 
+/// Pins the session settings every statement's meaning may depend on, once per connection:
+/// dates and intervals are read and written the same way whatever the server's or the role's
+/// defaults. Locks nothing.
+pub const PIN_SESSION: &str =
+    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'";
+
+/// [`PIN_SESSION`].
+pub async fn pin_session(client: &Client) -> Result<()> {
+    client
+        .batch_execute(PIN_SESSION)
+        .await
+        .map_err(Error::db("pinning the session settings"))
+}
+
+/// Marks the point a batch returns to when a release step loses a lock wait or finds an order
+/// no longer due: the claims before it stay, the release steps after it are undone (with the
+/// row locks they took). Locks nothing.
+pub const SAVEPOINT: &str = "SAVEPOINT unreserver_release";
+
+/// Undoes the release steps since [`SAVEPOINT`], keeping the savepoint for the next round.
+pub const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT unreserver_release";
+
+/// [`SAVEPOINT`] or [`ROLLBACK_TO_SAVEPOINT`].
+pub async fn savepoint(client: &(impl GenericClient + Sync), rollback: bool) -> Result<()> {
+    let (statement, context) = if rollback {
+        (ROLLBACK_TO_SAVEPOINT, "rolling back to the savepoint")
+    } else {
+        (SAVEPOINT, "setting the savepoint")
+    };
+    client
+        .batch_execute(statement)
+        .await
+        .map_err(Error::db(context))
+}
+
 /// Sets the batch's lock and statement timeouts for this transaction only.
 /// $1 lock_timeout, $2 statement_timeout (both like '100ms'). Locks nothing.
 pub const SET_BATCH_TIMEOUTS: &str =
@@ -210,33 +250,73 @@ impl Statements {
 /// paid order's, an order in payment grace, an order a shopper holds) never make every later
 /// batch rescan them. Legacy rows come after the rest.
 ///
-/// $1/$2 cursor (expires_at as text, id) of the expiring rows, $3/$4 cursor (created_at as text,
-/// id) of the legacy rows, $5 page size, $6 reservation timeout minutes.
-/// Returns per row: id, order_id, cursor key as text, legacy.
+/// The cursor travels as a binary `timestamptz` ([`PgTimestamp`]), never as text, so it does
+/// not depend on the session's `DateStyle` or `TimeZone`.
+///
+/// $1/$2 cursor (expires_at, id) of the expiring rows, $3/$4 cursor (created_at, id) of the
+/// legacy rows, $5 page size, $6 reservation timeout minutes.
+/// Returns per row: id, order_id, cursor key, legacy.
 pub const PAGE: &str = concat!(
-    "SELECT id::int8, order_id::int8, due_key::text, legacy FROM (",
+    "SELECT id::int8 AS id, order_id::int8 AS order_id, due_key, legacy FROM (",
     "(SELECT r.id, r.order_id, r.expires_at AS due_key, false AS legacy ",
     "FROM orders_inventoryreservation r ",
     "WHERE r.status = 'active' AND r.expires_at <= now() ",
-    "AND (r.expires_at, r.id) > ($1::text::timestamptz, $2::int8) ",
+    "AND (r.expires_at, r.id) > ($1::timestamptz, $2::int8) ",
     "ORDER BY r.expires_at, r.id LIMIT $5::int8) ",
     "UNION ALL ",
     "(SELECT r.id, r.order_id, r.created_at, true ",
     "FROM orders_inventoryreservation r ",
     "WHERE r.status = 'active' AND r.expires_at IS NULL ",
     "AND r.created_at <= now() - make_interval(mins => $6::int4) ",
-    "AND (r.created_at, r.id) > ($3::text::timestamptz, $4::int8) ",
+    "AND (r.created_at, r.id) > ($3::timestamptz, $4::int8) ",
     "ORDER BY r.created_at, r.id LIMIT $5::int8)) p ",
     "ORDER BY legacy, due_key, id LIMIT $5::int8"
 );
 
+/// A `timestamptz` exactly as PostgreSQL sends it in binary: microseconds since 2000-01-01 UTC,
+/// `-infinity` and `infinity` as `i64::MIN` and `i64::MAX`. The paging cursor only compares and
+/// sends it back, so it needs no calendar arithmetic and no zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PgTimestamp(pub i64);
+
+impl PgTimestamp {
+    /// `-infinity`: before every row.
+    pub const MIN: PgTimestamp = PgTimestamp(i64::MIN);
+}
+
+impl<'a> FromSql<'a> for PgTimestamp {
+    fn from_sql(
+        _: &Type,
+        raw: &'a [u8],
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let bytes: [u8; 8] = raw.try_into()?;
+        Ok(PgTimestamp(i64::from_be_bytes(bytes)))
+    }
+
+    accepts!(TIMESTAMPTZ);
+}
+
+impl ToSql for PgTimestamp {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&self.0.to_be_bytes());
+        Ok(IsNull::No)
+    }
+
+    accepts!(TIMESTAMPTZ);
+    to_sql_checked!();
+}
+
 /// Parameters of [`PAGE`].
 #[derive(Debug, Clone, Copy)]
-pub struct PageParams<'a> {
-    /// The cursor of the expiring rows: (`expires_at` as text, id) of the last one paged.
-    pub expiring_after: (&'a str, i64),
-    /// The cursor of the legacy rows: (`created_at` as text, id).
-    pub legacy_after: (&'a str, i64),
+pub struct PageParams {
+    /// The cursor of the expiring rows: (`expires_at`, id) of the last one paged.
+    pub expiring_after: (PgTimestamp, i64),
+    /// The cursor of the legacy rows: (`created_at`, id).
+    pub legacy_after: (PgTimestamp, i64),
     pub limit: i64,
     pub rules: Rules,
 }
@@ -247,8 +327,8 @@ pub struct PageRow {
     pub id: i64,
     /// None for a cart hold.
     pub order_id: Option<i64>,
-    /// The row's cursor key (`expires_at`, or `created_at` for a legacy row) as text.
-    pub due_key: String,
+    /// The row's cursor key: `expires_at`, or `created_at` for a legacy row.
+    pub due_key: PgTimestamp,
     pub legacy: bool,
 }
 
@@ -257,7 +337,7 @@ impl Statements {
     pub async fn page(
         &self,
         client: &(impl GenericClient + Sync),
-        p: &PageParams<'_>,
+        p: &PageParams,
     ) -> Result<Vec<PageRow>> {
         fetch(
             client,
@@ -440,11 +520,17 @@ impl Statements {
 
 /// Expires every active reservation of the claimed orders (all of an order's reservations go
 /// together, due or not) and the claimed holds, returning what each held and whether it was
-/// due itself (a dry run uses that to tell the backlog a real run would leave). Locks those
-/// reservation rows (`FOR NO KEY UPDATE`, implied by the update); the claimed orders are ours
-/// already, so only a shop transaction updating a reservation without its order's lock can
-/// make it wait, for at most `lock_timeout`. `status = 'active'` is re-checked on the latest
-/// row version, so a reservation converted meanwhile is left alone.
+/// due itself. Locks those reservation rows (`FOR NO KEY UPDATE`, implied by the update); the
+/// claimed orders are ours already (no reservation can be added to them: the foreign-key
+/// check would wait on our order lock), so only a shop transaction updating a reservation
+/// without its order's lock can make it wait, for at most `lock_timeout`.
+///
+/// The update works on the latest version of each row (READ COMMITTED re-checks the row after
+/// a wait), and `was_due` is computed on that version: the batch decides on the rows it has
+/// locked. An order none of whose returned rows is due any more (the shopper came back and
+/// extended it between the claim and this statement) is not released: the batch rolls back to
+/// its savepoint and redoes the step without it. A dry run also uses `was_due` to tell the
+/// backlog a real run would leave.
 ///
 /// $1 claimed order ids, $2 claimed hold ids, $3 reservation timeout minutes, $4 grace minutes,
 /// $5 the claimed orders whose payment is `processing`.
@@ -599,39 +685,124 @@ fn returned_units(row: &Row) -> std::result::Result<ReturnedUnits, tokio_postgre
     })
 }
 
+/// Which counter rows [`Statements::return_units`] updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    /// `products_productvariant` ([`RETURN_VARIANT_UNITS`]).
+    Variants,
+    /// `drops_dropproduct` ([`RETURN_DROP_UNITS`]).
+    Drops,
+}
+
 impl Statements {
-    /// [`RETURN_VARIANT_UNITS`].
-    pub async fn return_variant_units(
+    /// [`RETURN_VARIANT_UNITS`] or [`RETURN_DROP_UNITS`].
+    pub async fn return_units(
         &self,
         client: &(impl GenericClient + Sync),
+        counter: Counter,
         p: &UnitsParams<'_>,
     ) -> Result<Vec<ReturnedUnits>> {
+        let (statement, context) = match counter {
+            Counter::Variants => (&self.return_variant_units, "returning units to variants"),
+            Counter::Drops => (&self.return_drop_units, "returning units to drops"),
+        };
         let params: [&(dyn ToSql + Sync); 2] = [&p.ids, &p.units];
-        let context = "returning units to variants";
+        fetch(client, statement, &params, context, returned_units).await
+    }
+}
+
+/// Finds, without waiting, which rows a batch needs that another transaction holds: the active
+/// reservations of the claimed orders and holds, and the variant and drop rows they reference.
+/// Runs only after a step of the batch timed out on a lock (rolled back to the savepoint).
+/// Locks the rows it can get `FOR NO KEY UPDATE SKIP LOCKED` (the lock the release takes
+/// anyway; it does not block a checkout's foreign-key check) and skips the others, never
+/// waiting. Returns each reservation that needs a held row, with its order (NULL for a hold):
+/// those orders and holds are left out of this batch.
+///
+/// $1 claimed order ids, $2 claimed hold ids.
+pub const PROBE_HELD: &str = concat!(
+    "WITH res AS (SELECT r.id, r.order_id, r.product_variant_id AS v, r.drop_product_id AS d ",
+    "FROM orders_inventoryreservation r WHERE r.status = 'active' ",
+    "AND (r.order_id = ANY($1::int8[]) OR r.id = ANY($2::int8[]))), ",
+    "free_res AS (SELECT r.id FROM orders_inventoryreservation r ",
+    "WHERE r.id IN (SELECT id FROM res) FOR NO KEY UPDATE SKIP LOCKED), ",
+    "free_v AS (SELECT t.id FROM products_productvariant t ",
+    "WHERE t.id IN (SELECT v FROM res) ORDER BY t.id FOR NO KEY UPDATE SKIP LOCKED), ",
+    "free_d AS (SELECT t.id FROM drops_dropproduct t ",
+    "WHERE t.id IN (SELECT d FROM res) ORDER BY t.id FOR NO KEY UPDATE SKIP LOCKED) ",
+    "SELECT res.id::int8 AS id, res.order_id::int8 AS order_id FROM res ",
+    "WHERE res.id NOT IN (SELECT id FROM free_res) ",
+    "OR res.v NOT IN (SELECT id FROM free_v) ",
+    "OR (res.d IS NOT NULL AND res.d NOT IN (SELECT id FROM free_d))"
+);
+
+/// A row of [`PROBE_HELD`]: a reservation that needs a row another transaction holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldReservation {
+    pub id: i64,
+    /// None for a cart hold.
+    pub order_id: Option<i64>,
+}
+
+impl Statements {
+    /// [`PROBE_HELD`].
+    pub async fn probe_held(
+        &self,
+        client: &(impl GenericClient + Sync),
+        order_ids: &[i64],
+        hold_ids: &[i64],
+    ) -> Result<Vec<HeldReservation>> {
         fetch(
             client,
-            &self.return_variant_units,
-            &params,
-            context,
-            returned_units,
+            &self.probe_held,
+            &[&order_ids, &hold_ids],
+            "finding the rows another transaction holds",
+            |row| {
+                Ok(HeldReservation {
+                    id: row.try_get("id")?,
+                    order_id: row.try_get("order_id")?,
+                })
+            },
         )
         .await
     }
+}
 
-    /// [`RETURN_DROP_UNITS`].
-    pub async fn return_drop_units(
+/// Seconds since the oldest of the given orders and holds fell due (grace included), among
+/// their active reservations; NULL when none is still due. A run's `OldestDeferredAge`, from
+/// the database clock: no state is kept between runs. Reads only; locks nothing.
+///
+/// $1 order ids, $2 hold ids, $3 reservation timeout minutes, $4 grace minutes.
+pub const DEFERRED_AGE: &str = concat!(
+    "SELECT EXTRACT(EPOCH FROM now() - min(d.due))::float8 AS age_seconds FROM (SELECT ",
+    due_at!("r", "$3"),
+    " + ",
+    grace!("o.payment_status", "$4"),
+    " AS due FROM orders_inventoryreservation r LEFT JOIN orders_order o ON o.id = r.order_id ",
+    "WHERE r.status = 'active' AND (r.order_id = ANY($1::int8[]) OR r.id = ANY($2::int8[]))) d ",
+    "WHERE d.due <= now()"
+);
+
+impl Statements {
+    /// [`DEFERRED_AGE`].
+    pub async fn deferred_age(
         &self,
         client: &(impl GenericClient + Sync),
-        p: &UnitsParams<'_>,
-    ) -> Result<Vec<ReturnedUnits>> {
-        let params: [&(dyn ToSql + Sync); 2] = [&p.ids, &p.units];
-        let context = "returning units to drops";
-        fetch(
+        order_ids: &[i64],
+        hold_ids: &[i64],
+        rules: Rules,
+    ) -> Result<Option<f64>> {
+        fetch_one(
             client,
-            &self.return_drop_units,
-            &params,
-            context,
-            returned_units,
+            &self.deferred_age,
+            &[
+                &order_ids,
+                &hold_ids,
+                &rules.timeout_minutes,
+                &rules.grace_minutes,
+            ],
+            "measuring the age of deferred orders",
+            |row| row.try_get("age_seconds"),
         )
         .await
     }
@@ -773,18 +944,32 @@ pub async fn counter_drift(
 
 /// The columns that exist of the tables named in $1 (resolved through `search_path`), to check
 /// the schema before anything changes. Reads the catalog only.
-pub const TABLE_COLUMNS: &str = "SELECT t.name AS table_name, a.attname::text AS column_name \
+pub const TABLE_COLUMNS: &str = "SELECT t.name AS table_name, a.attname::text AS column_name, \
+     format_type(a.atttypid, NULL) AS data_type \
      FROM unnest($1::text[]) AS t(name) \
      JOIN pg_attribute a ON a.attrelid = to_regclass(t.name) \
      WHERE a.attnum > 0 AND NOT a.attisdropped";
 
-/// [`TABLE_COLUMNS`]: (table, column) pairs.
+/// A row of [`TABLE_COLUMNS`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableColumn {
+    pub table: String,
+    pub column: String,
+    /// As `format_type` names it: `timestamp with time zone`, `bigint`, ...
+    pub data_type: String,
+}
+
+/// [`TABLE_COLUMNS`].
 pub async fn table_columns(
     client: &(impl GenericClient + Sync),
     tables: &[&str],
-) -> Result<Vec<(String, String)>> {
+) -> Result<Vec<TableColumn>> {
     fetch(client, TABLE_COLUMNS, &[&tables], "schema check", |row| {
-        Ok((row.try_get("table_name")?, row.try_get("column_name")?))
+        Ok(TableColumn {
+            table: row.try_get("table_name")?,
+            column: row.try_get("column_name")?,
+            data_type: row.try_get("data_type")?,
+        })
     })
     .await
 }

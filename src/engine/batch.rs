@@ -1,42 +1,61 @@
-//! One batch: a single short transaction that pages to the next due candidates, claims what it
-//! can without waiting, releases it, gives the units back, and commits — or, in a dry run,
-//! rolls everything back after reading what it would have done. Each step is one function over
-//! one statement of [`crate::db::sql`], in the order README's "How a run works" gives.
+//! One batch: a single short transaction that takes the next due candidates (a page after the
+//! run's cursor, or the orders an earlier batch had to leave out), claims what it can without
+//! waiting, releases it, gives the units back, and commits — or, in a dry run, rolls everything
+//! back after reading what it would have done. Each step is one function over one statement of
+//! [`crate::db::sql`], in the order README's "How a run works" gives.
+//!
+//! The release steps run after a savepoint. When one of them cannot lock a row within
+//! `lock_timeout` (a variant, drop or reservation row another transaction holds), the batch
+//! rolls back to the savepoint, finds the held rows without waiting, leaves out only the orders
+//! and holds that need them (`deferred`), and redoes the steps for the rest. When an order turns
+//! out not to be due on the rows locked (it was extended after the claim), it is left out the
+//! same way.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Transaction;
 
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::db::sql::{
-    BatchTimeouts, ClaimedOrder, OrdersParams, PageParams, PageRow, ReleaseParams,
-    ReleasedReservation, Rules, Statements, UnitsParams,
+    self, BatchTimeouts, ClaimedOrder, Counter, OrdersParams, PageParams, PageRow, PgTimestamp,
+    ReleaseParams, ReleasedReservation, Rules, Statements, UnitsParams,
 };
-use crate::error::{Error, Result};
+use crate::error::{sql_state, Error, Result};
 
 /// Where a run's paging stands in each of the two due orders (see [`crate::db::sql::PAGE`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
-    /// (`expires_at` as text, id) of the last expiring row paged.
-    pub expiring: (String, i64),
-    /// (`created_at` as text, id) of the last legacy row paged.
-    pub legacy: (String, i64),
+    /// (`expires_at`, id) of the last expiring row paged.
+    pub expiring: (PgTimestamp, i64),
+    /// (`created_at`, id) of the last legacy row paged.
+    pub legacy: (PgTimestamp, i64),
 }
 
 impl Default for Cursor {
     fn default() -> Self {
         Cursor {
-            expiring: ("-infinity".into(), 0),
-            legacy: ("-infinity".into(), 0),
+            expiring: (PgTimestamp::MIN, 0),
+            legacy: (PgTimestamp::MIN, 0),
         }
     }
+}
+
+/// What a batch works on.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// The next page of due reservations after the cursor.
+    Page(&'a Cursor),
+    /// Orders and holds an earlier batch of the run left out (the cursor has passed them).
+    Deferred { orders: &'a [i64], holds: &'a [i64] },
 }
 
 /// The parameters every batch of a run shares, converted once to the types the SQL takes.
 #[derive(Debug, Clone)]
 pub struct BatchParams {
-    page_size: i64,
+    /// Due reservations per page; the run halves it for a batch cut by the time budget.
+    pub page_size: i64,
     rules: Rules,
     timeouts: BatchTimeouts,
     dry_run: bool,
@@ -92,20 +111,27 @@ pub struct BatchOutcome {
     pub clamped_drops: u64,
     /// Orders whose reservations this batch released.
     pub released_orders: Vec<i64>,
+    /// Cart holds this batch released.
+    pub released_holds: Vec<i64>,
+    /// Orders and holds left out because a row they need is held by another transaction.
+    pub deferred_orders: BTreeSet<i64>,
+    pub deferred_holds: BTreeSet<i64>,
+    /// Claimed orders and holds found not due on the rows locked (extended after the claim).
+    pub no_longer_due: u64,
     pub units_by_variant: BTreeMap<i64, i64>,
     pub units_by_drop: BTreeMap<i64, i64>,
-    /// The cursor after this page.
+    /// The cursor after this page (unchanged for a batch of deferred work).
     pub next_cursor: Cursor,
 }
 
-/// The page's proposals: orders (deduplicated, ascending) and cart holds.
+/// The candidates of a batch: orders (deduplicated, ascending) and cart holds.
 #[derive(Debug, Default)]
 struct Candidates {
     orders: Vec<i64>,
     holds: Vec<i64>,
 }
 
-/// What this batch holds locked and will release.
+/// What this batch holds locked and means to release.
 #[derive(Debug, Default)]
 struct Claimed {
     orders: Vec<i64>,
@@ -113,12 +139,29 @@ struct Claimed {
     holds: Vec<i64>,
 }
 
-/// Runs one batch after `cursor`. `exclude` holds orders a dry run has already counted (their
+impl Claimed {
+    fn is_empty(&self) -> bool {
+        self.orders.is_empty() && self.holds.is_empty()
+    }
+
+    /// Leaves out `orders` and `holds`.
+    fn remove(&mut self, orders: &BTreeSet<i64>, holds: &BTreeSet<i64>) {
+        self.orders.retain(|id| !orders.contains(id));
+        self.processing_orders.retain(|id| !orders.contains(id));
+        self.holds.retain(|id| !holds.contains(id));
+    }
+}
+
+/// Rounds of the release steps in one batch (each after leaving some orders out) before the
+/// batch gives up and is retried by the run.
+const MAX_RELEASE_ROUNDS: usize = 4;
+
+/// Runs one batch on `source`. `exclude` holds orders a dry run has already counted (their
 /// reservations are still active after the rollback); a real run passes an empty set.
 pub async fn run(
     db: &mut Database,
     params: &BatchParams,
-    cursor: &Cursor,
+    source: Source<'_>,
     exclude: &HashSet<i64>,
 ) -> Result<BatchOutcome> {
     let st = &db.statements;
@@ -128,19 +171,26 @@ pub async fn run(
         .await
         .map_err(Error::db("beginning a batch"))?;
     st.set_batch_timeouts(&tx, &params.timeouts).await?;
-    let page = page(&tx, st, params, cursor).await?;
-    let mut out = BatchOutcome {
-        rows_paged: page.len(),
-        next_cursor: advance(cursor, &page),
-        ..BatchOutcome::default()
+    let mut out = BatchOutcome::default();
+    let candidates = match source {
+        Source::Page(cursor) => {
+            let page = page(&tx, st, params, cursor).await?;
+            out.rows_paged = page.len();
+            out.next_cursor = advance(cursor, &page);
+            candidates(&page, exclude)
+        }
+        Source::Deferred { orders, holds } => Candidates {
+            orders: orders
+                .iter()
+                .filter(|o| !exclude.contains(o))
+                .copied()
+                .collect(),
+            holds: holds.to_vec(),
+        },
     };
-    let candidates = candidates(&page, exclude);
-    let claimed = claim(&tx, st, params.rules, &candidates, &mut out).await?;
-    if !claimed.orders.is_empty() || !claimed.holds.is_empty() {
-        let released = release(&tx, st, params.rules, &claimed).await?;
-        tally(&released, &mut out);
-        cancel_orders(&tx, st, &mut out).await?;
-        return_units(&tx, st, &mut out).await?;
+    let mut claimed = claim(&tx, st, params.rules, &candidates, &mut out).await?;
+    if !claimed.is_empty() {
+        release_claimed(&tx, st, params.rules, &mut claimed, &mut out).await?;
     }
     finish(tx, params.dry_run).await?;
     Ok(out)
@@ -154,8 +204,8 @@ async fn page(
     cursor: &Cursor,
 ) -> Result<Vec<PageRow>> {
     let p = PageParams {
-        expiring_after: (&cursor.expiring.0, cursor.expiring.1),
-        legacy_after: (&cursor.legacy.0, cursor.legacy.1),
+        expiring_after: cursor.expiring,
+        legacy_after: cursor.legacy,
         limit: params.page_size,
         rules: params.rules,
     };
@@ -164,9 +214,9 @@ async fn page(
 
 /// The cursor after `page`: the last row paged in each due order.
 fn advance(cursor: &Cursor, page: &[PageRow]) -> Cursor {
-    let mut next = cursor.clone();
+    let mut next = *cursor;
     for row in page {
-        let key = (row.due_key.clone(), row.id);
+        let key = (row.due_key, row.id);
         if row.legacy {
             next.legacy = key;
         } else {
@@ -258,6 +308,101 @@ async fn classify_unclaimed(
     Ok(())
 }
 
+/// How one round of the release steps ended.
+enum Round {
+    /// Everything claimed was released; the outcome is filled in.
+    Done,
+    /// Some claimed orders (or holds) were not due on the rows locked: leave them out.
+    NotDue {
+        orders: BTreeSet<i64>,
+        holds: BTreeSet<i64>,
+    },
+}
+
+/// Steps 3 to 5 after a savepoint, in rounds: each round that loses a lock wait or meets an
+/// order no longer due rolls back to the savepoint, leaves out only the orders and holds
+/// concerned, and goes again with the rest.
+async fn release_claimed(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    rules: Rules,
+    claimed: &mut Claimed,
+    out: &mut BatchOutcome,
+) -> Result<()> {
+    sql::savepoint(tx, false).await?;
+    for _ in 0..MAX_RELEASE_ROUNDS {
+        match release_round(tx, st, rules, claimed, out).await {
+            Ok(Round::Done) => return Ok(()),
+            Ok(Round::NotDue { orders, holds }) => {
+                sql::savepoint(tx, true).await?;
+                out.no_longer_due += (orders.len() + holds.len()) as u64;
+                claimed.remove(&orders, &holds);
+            }
+            Err(error) if sql_state(&error) == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                sql::savepoint(tx, true).await?;
+                leave_out_held(tx, st, claimed, out).await?;
+            }
+            Err(error) => return Err(error),
+        }
+        if claimed.is_empty() {
+            return Ok(());
+        }
+    }
+    Err(Error::Conflict(
+        "rows kept being taken by other transactions through every round of the batch",
+    ))
+}
+
+/// After a lock wait timed out: finds the rows other transactions hold (without waiting) and
+/// leaves out the orders and holds that need them.
+async fn leave_out_held(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    claimed: &mut Claimed,
+    out: &mut BatchOutcome,
+) -> Result<()> {
+    let mut orders = BTreeSet::new();
+    let mut holds = BTreeSet::new();
+    for held in st.probe_held(tx, &claimed.orders, &claimed.holds).await? {
+        match held.order_id {
+            Some(order) => orders.insert(order),
+            None => holds.insert(held.id),
+        };
+    }
+    tracing::debug!(
+        orders = orders.len(),
+        holds = holds.len(),
+        "rows held by another transaction: leaving their orders for later"
+    );
+    claimed.remove(&orders, &holds);
+    out.deferred_orders.extend(orders);
+    out.deferred_holds.extend(holds);
+    Ok(())
+}
+
+/// One round of the release steps: expire, check due-ness on the rows locked, cancel, give the
+/// units back.
+async fn release_round(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    rules: Rules,
+    claimed: &Claimed,
+    out: &mut BatchOutcome,
+) -> Result<Round> {
+    let released = release(tx, st, rules, claimed).await?;
+    let (orders, holds) = not_due(&released, claimed);
+    if !orders.is_empty() || !holds.is_empty() {
+        return Ok(Round::NotDue { orders, holds });
+    }
+    let mut done = Tally::default();
+    done.add(&released);
+    done.orders_cancelled = cancel_orders(tx, st, &done.released_orders).await?;
+    done.clamped_variants = return_units(tx, st, Counter::Variants, &done.units_by_variant).await?;
+    done.clamped_drops = return_units(tx, st, Counter::Drops, &done.units_by_drop).await?;
+    done.into_outcome(out);
+    Ok(Round::Done)
+}
+
 /// Step 3: expire every active reservation of the claimed orders, and the claimed holds.
 async fn release(
     tx: &Transaction<'_>,
@@ -274,66 +419,106 @@ async fn release(
     st.release_reservations(tx, &p).await
 }
 
-/// Counts what was released and sums the units per variant and drop.
-fn tally(released: &[ReleasedReservation], out: &mut BatchOutcome) {
-    let mut orders = BTreeSet::new();
-    for r in released {
-        let quantity = i64::from(r.quantity);
-        out.reservations_released += 1;
-        out.due_reservations_released += u64::from(r.was_due);
-        out.units_released += quantity.unsigned_abs();
-        match r.order_id {
-            Some(order) => {
-                orders.insert(order);
-            }
-            None => out.holds_released += 1,
-        }
-        *out.units_by_variant.entry(r.variant_id).or_default() += quantity;
-        if let Some(drop_id) = r.drop_id {
-            *out.units_by_drop.entry(drop_id).or_default() += quantity;
-        }
-    }
-    out.released_orders = orders.into_iter().collect();
+/// The claimed orders none of whose locked rows is due, and the claimed holds not due.
+fn not_due(released: &[ReleasedReservation], claimed: &Claimed) -> (BTreeSet<i64>, BTreeSet<i64>) {
+    let due_orders: BTreeSet<i64> = released
+        .iter()
+        .filter(|r| r.was_due)
+        .filter_map(|r| r.order_id)
+        .collect();
+    let orders = claimed
+        .orders
+        .iter()
+        .filter(|o| !due_orders.contains(o))
+        .copied()
+        .collect();
+    let holds = released
+        .iter()
+        .filter(|r| r.order_id.is_none() && !r.was_due)
+        .map(|r| r.id)
+        .collect();
+    (orders, holds)
 }
 
-/// Step 4: cancel the pending orders whose reservations were released.
-async fn cancel_orders(
+/// What a completed round released.
+#[derive(Debug, Default)]
+struct Tally {
+    reservations_released: u64,
+    due_reservations_released: u64,
+    units_released: u64,
+    orders_cancelled: u64,
+    clamped_variants: u64,
+    clamped_drops: u64,
+    released_orders: Vec<i64>,
+    released_holds: Vec<i64>,
+    units_by_variant: BTreeMap<i64, i64>,
+    units_by_drop: BTreeMap<i64, i64>,
+}
+
+impl Tally {
+    /// Counts the released rows and sums the units per variant and drop.
+    fn add(&mut self, released: &[ReleasedReservation]) {
+        let mut orders = BTreeSet::new();
+        for r in released {
+            let quantity = i64::from(r.quantity);
+            self.reservations_released += 1;
+            self.due_reservations_released += u64::from(r.was_due);
+            self.units_released += quantity.unsigned_abs();
+            match r.order_id {
+                Some(order) => {
+                    orders.insert(order);
+                }
+                None => self.released_holds.push(r.id),
+            }
+            *self.units_by_variant.entry(r.variant_id).or_default() += quantity;
+            if let Some(drop_id) = r.drop_id {
+                *self.units_by_drop.entry(drop_id).or_default() += quantity;
+            }
+        }
+        self.released_orders = orders.into_iter().collect();
+    }
+
+    fn into_outcome(self, out: &mut BatchOutcome) {
+        out.reservations_released = self.reservations_released;
+        out.due_reservations_released = self.due_reservations_released;
+        out.holds_released = self.released_holds.len() as u64;
+        out.units_released = self.units_released;
+        out.orders_cancelled = self.orders_cancelled;
+        out.clamped_variants = self.clamped_variants;
+        out.clamped_drops = self.clamped_drops;
+        out.released_orders = self.released_orders;
+        out.released_holds = self.released_holds;
+        out.units_by_variant = self.units_by_variant;
+        out.units_by_drop = self.units_by_drop;
+    }
+}
+
+/// Step 4: cancel the pending orders whose reservations were released; how many.
+async fn cancel_orders(tx: &Transaction<'_>, st: &Statements, orders: &[i64]) -> Result<u64> {
+    if orders.is_empty() {
+        return Ok(0);
+    }
+    Ok(st.cancel_orders(tx, orders).await?.len() as u64)
+}
+
+/// Step 5: give the units back to one kind of counter (variants first, then drops; ascending
+/// ids, as a BTreeMap iterates); how many counters had to be clamped at zero.
+async fn return_units(
     tx: &Transaction<'_>,
     st: &Statements,
-    out: &mut BatchOutcome,
-) -> Result<()> {
-    if !out.released_orders.is_empty() {
-        out.orders_cancelled = st.cancel_orders(tx, &out.released_orders).await?.len() as u64;
+    counter: Counter,
+    units: &BTreeMap<i64, i64>,
+) -> Result<u64> {
+    if units.is_empty() {
+        return Ok(0);
     }
-    Ok(())
-}
-
-/// Step 5: give the units back, variants first, then drops (ascending ids, as a BTreeMap
-/// iterates), counting the counters clamped at zero.
-async fn return_units(tx: &Transaction<'_>, st: &Statements, out: &mut BatchOutcome) -> Result<()> {
-    if !out.units_by_variant.is_empty() {
-        let (ids, units) = columns(&out.units_by_variant);
-        let p = UnitsParams {
-            ids: &ids,
-            units: &units,
-        };
-        let rows = st.return_variant_units(tx, &p).await?;
-        out.clamped_variants = rows.iter().filter(|r| r.clamped).count() as u64;
-    }
-    if !out.units_by_drop.is_empty() {
-        let (ids, units) = columns(&out.units_by_drop);
-        let p = UnitsParams {
-            ids: &ids,
-            units: &units,
-        };
-        let rows = st.return_drop_units(tx, &p).await?;
-        out.clamped_drops = rows.iter().filter(|r| r.clamped).count() as u64;
-    }
-    Ok(())
-}
-
-fn columns(map: &BTreeMap<i64, i64>) -> (Vec<i64>, Vec<i64>) {
-    map.iter().map(|(id, units)| (*id, *units)).unzip()
+    let (ids, units): (Vec<i64>, Vec<i64>) = units.iter().map(|(id, n)| (*id, *n)).unzip();
+    let p = UnitsParams {
+        ids: &ids,
+        units: &units,
+    };
+    let rows = st.return_units(tx, counter, &p).await?;
+    Ok(rows.iter().filter(|r| r.clamped).count() as u64)
 }
 
 /// Step 6: commit, or in a dry run roll back.

@@ -15,9 +15,9 @@ pub enum StopReason {
     MaxBatches,
     /// The time budget (the Lambda deadline minus a margin) was near.
     TimeBudget,
-    /// A batch kept failing with a lock timeout, deadlock, serialization failure or statement
-    /// timeout through every retry (shoppers' transactions held its rows); the run backed off
-    /// and leaves the rest to the next run.
+    /// A batch kept failing with a lock timeout, deadlock or serialization failure through every
+    /// retry; the run backed off and leaves the rest to the next run. (A row held for long costs
+    /// only the orders that need it: see `deferred`. A slow statement is a failure, not this.)
     RetriesExhausted,
     /// A batch failed with an error that a retry cannot fix; see the error.
     Failed,
@@ -56,6 +56,17 @@ pub struct RunReport {
     pub batch_retries: u32,
     /// Eligible orders and holds skipped because a shopper's transaction held them.
     pub skipped_locked: u64,
+    /// Orders and cart holds left out because another transaction held a variant, drop or
+    /// reservation row they need (for longer than `LOCK_TIMEOUT_MS`), and not released later in
+    /// the run: the next run tries them again. Not the same as `skipped_locked` (orders a
+    /// shopper held).
+    pub deferred: u64,
+    /// Seconds since the oldest of the deferred orders fell due (database clock); null when
+    /// none is deferred.
+    pub oldest_deferred_age_seconds: Option<f64>,
+    /// Claimed orders and holds found not due on the rows locked (extended after the claim),
+    /// left alone.
+    pub no_longer_due: u64,
     /// Variant counters clamped at zero (they had drifted below their reservations).
     pub clamped_variants: u64,
     /// Drop counters clamped at zero.
@@ -107,6 +118,9 @@ impl RunReport {
             batches: 0,
             batch_retries: 0,
             skipped_locked: 0,
+            deferred: 0,
+            oldest_deferred_age_seconds: None,
+            no_longer_due: 0,
             clamped_variants: 0,
             clamped_drops: 0,
             paid_orders_with_due_reservations: 0,

@@ -3,16 +3,16 @@
 //! to a shopper's transaction. Modeled on river's job cleaner: a loop of small bounded
 //! transactions apart from what each does, and one result struct per run.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
-use super::batch::{self, BatchOutcome, BatchParams, Cursor};
+use super::batch::{self, BatchOutcome, BatchParams, Cursor, Source};
 use super::report::{quantile, RunReport, StopReason};
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
-use crate::error::{is_transient_conflict, sql_state, Error, Result};
+use crate::error::{is_cancelled, is_conflict, Error, Result};
 
 /// How a run is asked to go.
 #[derive(Debug, Clone)]
@@ -53,6 +53,10 @@ pub struct RunFailure {
 const MIN_BATCH_ALLOWANCE: Duration = Duration::from_millis(250);
 /// Longest pause between tries of a batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// A batch cut by its time budget at this page size or smaller is too slow: a failure.
+const MIN_PAGE_SIZE: i64 = 16;
+/// How often the cancel request is sent again while a cut batch has not yet stopped.
+const CANCEL_REPEAT: Duration = Duration::from_millis(20);
 
 /// Releases due reservations in batches on `db`.
 pub async fn run(
@@ -62,8 +66,20 @@ pub async fn run(
 ) -> std::result::Result<RunReport, RunFailure> {
     let started = Instant::now();
     let mut run = Run::new(settings, options);
-    let outcome = run.batches(db).await;
+    let outcome = match run.set_batch_budget(db) {
+        Ok(()) => run.batches(db).await,
+        Err(error) => Err(error),
+    };
     run.finish(db, outcome, started).await
+}
+
+/// What the next batch works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Work {
+    /// The next page after the cursor.
+    Page,
+    /// The front of the run's deferred orders and holds.
+    Deferred,
 }
 
 /// The state of one run between batches.
@@ -71,8 +87,10 @@ struct Run<'a> {
     settings: &'a ReleaseSettings,
     options: &'a RunOptions,
     params: BatchParams,
+    /// The longest a batch may take: half the shop's `deadlock_timeout`.
+    batch_budget: Duration,
     report: RunReport,
-    /// Durations (ms) of the batches that paged rows.
+    /// Durations (ms) of the batches that released or paged rows.
     durations: Vec<f64>,
     slowest: Duration,
     cursor: Cursor,
@@ -80,6 +98,14 @@ struct Run<'a> {
     counted_orders: HashSet<i64>,
     paid_orders: HashSet<i64>,
     due_released: u64,
+    /// Orders and holds left out because another transaction held a row they need, not
+    /// released since.
+    deferred_orders: BTreeSet<i64>,
+    deferred_holds: BTreeSet<i64>,
+    /// The deferred pass's work still to try: (orders, holds).
+    retry_queue: (Vec<i64>, Vec<i64>),
+    /// Recommended indexes the preflight found missing, named when a batch is too slow.
+    missing_indexes: Vec<String>,
 }
 
 impl<'a> Run<'a> {
@@ -90,6 +116,7 @@ impl<'a> Run<'a> {
             settings,
             options,
             params: BatchParams::new(settings, options.dry_run),
+            batch_budget: Duration::ZERO,
             report,
             durations: Vec::new(),
             slowest: Duration::ZERO,
@@ -97,31 +124,90 @@ impl<'a> Run<'a> {
             counted_orders: HashSet::new(),
             paid_orders: HashSet::new(),
             due_released: 0,
+            deferred_orders: BTreeSet::new(),
+            deferred_holds: BTreeSet::new(),
+            retry_queue: (Vec::new(), Vec::new()),
+            missing_indexes: Vec::new(),
         }
+    }
+
+    /// The batch budget from the shop's `deadlock_timeout` (the setting, else the server's),
+    /// which must leave room for `LOCK_TIMEOUT_MS`.
+    fn set_batch_budget(&mut self, db: &Database) -> Result<()> {
+        let deadlock_ms = self
+            .settings
+            .shop_deadlock_timeout_ms
+            .map_or(db.preflight.deadlock_timeout_ms, i64::from);
+        if i64::from(self.settings.lock_timeout_ms) * 2 > deadlock_ms {
+            return Err(Error::Setting {
+                name: "LOCK_TIMEOUT_MS".into(),
+                reason: format!(
+                    "{} ms must be at most half the shop's deadlock_timeout ({deadlock_ms} ms, \
+                     SHOP_DEADLOCK_TIMEOUT_MS or the server's)",
+                    self.settings.lock_timeout_ms
+                ),
+            });
+        }
+        self.batch_budget = Duration::from_millis((deadlock_ms / 2).max(1) as u64);
+        self.missing_indexes
+            .clone_from(&db.preflight.missing_indexes);
+        Ok(())
     }
 
     /// Runs batches until a stop reason; an error a retry cannot fix ends the loop.
     async fn batches(&mut self, db: &mut Database) -> Result<StopReason> {
         loop {
-            if self.report.batches >= self.settings.max_batches {
-                return Ok(StopReason::MaxBatches);
+            if let Some(stop) = self.limit_reached() {
+                return Ok(stop);
             }
-            if past(self.options.deadline, self.allowance()) {
-                return Ok(StopReason::TimeBudget);
-            }
-            let batch = match self.batch_with_retries(db).await? {
+            let batch = match self.batch_with_retries(db, Work::Page).await? {
                 Ok(batch) => batch,
                 Err(stop) => return Ok(stop),
             };
-            if batch.rows_paged == 0 {
-                return Ok(StopReason::Drained);
+            let drained = (batch.rows_paged as i64) < self.params.page_size;
+            let empty = batch.rows_paged == 0;
+            // A batch that fit its budget lets the page grow back towards BATCH_SIZE.
+            self.params.page_size =
+                (self.params.page_size * 2).min(i64::from(self.settings.batch_size));
+            if !empty {
+                self.record(batch);
             }
-            let full_page = batch.rows_paged as u64 >= u64::from(self.settings.batch_size);
-            self.record(batch);
-            if !full_page {
-                return Ok(StopReason::Drained);
+            if drained {
+                return self.retry_deferred(db).await;
             }
         }
+    }
+
+    /// `MAX_BATCHES` ran, or the deadline leaves no time for another batch.
+    fn limit_reached(&self) -> Option<StopReason> {
+        if self.report.batches >= self.settings.max_batches {
+            Some(StopReason::MaxBatches)
+        } else if past(self.options.deadline, self.allowance()) {
+            Some(StopReason::TimeBudget)
+        } else {
+            None
+        }
+    }
+
+    /// Once the pages are drained: one more try of the orders and holds left out because a
+    /// row they need was held (the cursor has passed them). What is still held then is left
+    /// for the next run.
+    async fn retry_deferred(&mut self, db: &mut Database) -> Result<StopReason> {
+        self.retry_queue = (
+            self.deferred_orders.iter().copied().collect(),
+            self.deferred_holds.iter().copied().collect(),
+        );
+        while !self.retry_queue.0.is_empty() || !self.retry_queue.1.is_empty() {
+            if let Some(stop) = self.limit_reached() {
+                return Ok(stop);
+            }
+            let batch = match self.batch_with_retries(db, Work::Deferred).await? {
+                Ok(batch) => batch,
+                Err(stop) => return Ok(stop),
+            };
+            self.record(batch);
+        }
+        Ok(StopReason::Drained)
     }
 
     /// Time a batch is assumed to need: twice the slowest so far, at least the minimum.
@@ -129,52 +215,140 @@ impl<'a> Run<'a> {
         (self.slowest * 2).max(MIN_BATCH_ALLOWANCE)
     }
 
-    /// One batch, tried again after each lock conflict; `Err(stop)` when the run must stop
-    /// instead (retries exhausted, or no time left for another try).
+    /// The front of the retry queue, at most a page of it.
+    fn retry_chunk(&self) -> (Vec<i64>, Vec<i64>) {
+        let n = usize::try_from(self.params.page_size).unwrap_or(usize::MAX);
+        let orders: Vec<i64> = self.retry_queue.0.iter().take(n).copied().collect();
+        let rest = n.saturating_sub(orders.len());
+        let holds = self.retry_queue.1.iter().take(rest).copied().collect();
+        (orders, holds)
+    }
+
+    /// One batch, tried again after each lock conflict and, with half the rows, after each
+    /// cut by the batch budget; `Err(stop)` when the run must stop instead (retries exhausted,
+    /// or no time left for another try).
     async fn batch_with_retries(
         &mut self,
         db: &mut Database,
+        work: Work,
     ) -> Result<std::result::Result<BatchOutcome, StopReason>> {
         let number = self.report.batches + 1;
         let mut attempt = 1;
         loop {
             let span = tracing::info_span!("batch", number, attempt);
+            let chunk = self.retry_chunk();
+            let source = match work {
+                Work::Page => Source::Page(&self.cursor),
+                Work::Deferred => Source::Deferred {
+                    orders: &chunk.0,
+                    holds: &chunk.1,
+                },
+            };
             let started = Instant::now();
-            let tried = batch::run(db, &self.params, &self.cursor, &self.counted_orders)
-                .instrument(span.clone())
-                .await;
+            let tried = timed_batch(
+                db,
+                &self.params,
+                source,
+                &self.counted_orders,
+                self.batch_budget,
+            )
+            .instrument(span.clone())
+            .await;
             let error = match tried {
                 Ok(batch) => {
-                    self.timed(started.elapsed(), &batch);
+                    self.succeeded(started.elapsed(), work, &chunk);
                     return Ok(Ok(batch));
                 }
-                Err(error) if sql_state(&error).is_some_and(is_transient_conflict) => error,
-                Err(error) => return Err(error),
+                Err(error) => error,
             };
-            tracing::debug!(parent: &span, error = %error.chain(), "batch rolled back, retrying");
-            if attempt >= self.settings.batch_max_attempts {
-                tracing::warn!(parent: &span, attempts = attempt, error = %error.chain(),
-                    "batch kept losing lock conflicts; leaving the rest to the next run");
-                return Ok(Err(StopReason::RetriesExhausted));
+            if let Some(stop) = self.after_failed_try(error, attempt, &span).await? {
+                return Ok(Err(stop));
             }
-            let pause = backoff(self.settings.retry_backoff_ms, attempt);
-            if past(self.options.deadline, pause + self.allowance()) {
-                return Ok(Err(StopReason::TimeBudget));
-            }
-            self.report.batch_retries += 1;
             attempt += 1;
-            tokio::time::sleep(pause).await;
         }
     }
 
-    fn timed(&mut self, took: Duration, batch: &BatchOutcome) {
+    /// Decides what follows a failed try: another try (None, after a pause), a stop, or the
+    /// run's failure.
+    async fn after_failed_try(
+        &mut self,
+        error: TryError,
+        attempt: u32,
+        span: &tracing::Span,
+    ) -> Result<Option<StopReason>> {
+        let error = match error {
+            TryError::Cut(error) => return self.after_cut(error, span).map(|()| None),
+            TryError::Other(error) if is_conflict(&error) => error,
+            TryError::Other(error) if is_cancelled(&error) => {
+                return Err(statement_timeout(error, self.hint()))
+            }
+            TryError::Other(error) => return Err(error),
+        };
+        tracing::debug!(parent: span, error = %error.chain(), "batch rolled back, retrying");
+        if attempt >= self.settings.batch_max_attempts {
+            tracing::warn!(parent: span, attempts = attempt, error = %error.chain(),
+                "batch kept losing lock conflicts; leaving the rest to the next run");
+            return Ok(Some(StopReason::RetriesExhausted));
+        }
+        let pause = backoff(self.settings.retry_backoff_ms, attempt);
+        if past(self.options.deadline, pause + self.allowance()) {
+            return Ok(Some(StopReason::TimeBudget));
+        }
+        self.report.batch_retries += 1;
+        tokio::time::sleep(pause).await;
+        Ok(None)
+    }
+
+    /// A batch cut by its budget: tried again at once with half the rows, unless it was small
+    /// already — then it is too slow, a failure.
+    fn after_cut(&mut self, error: Error, span: &tracing::Span) -> Result<()> {
+        let what = match &error {
+            Error::Database { context, .. } => *context,
+            _ => "a batch",
+        };
+        if self.params.page_size <= MIN_PAGE_SIZE.min(i64::from(self.settings.batch_size)) {
+            return Err(Error::TooSlow {
+                what,
+                why: format!(
+                    "a batch of {} rows still took longer than its budget of {} ms (half the \
+                     shop's deadlock_timeout)",
+                    self.params.page_size,
+                    self.batch_budget.as_millis()
+                ),
+                hint: self.hint(),
+            });
+        }
+        self.params.page_size = (self.params.page_size / 2).max(1);
+        self.report.batch_retries += 1;
+        tracing::warn!(parent: span, during = what, page_size = self.params.page_size,
+            budget_ms = self.batch_budget.as_millis() as u64,
+            "batch cut by its time budget; trying again with half the rows");
+        Ok(())
+    }
+
+    /// What may make a slow batch fast: the recommended indexes that are missing.
+    fn hint(&self) -> String {
+        let missing = &self.missing_indexes;
+        if missing.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; the recommended indexes {} are missing: create them with infra/indexes.sql",
+                missing.join(", ")
+            )
+        }
+    }
+
+    fn succeeded(&mut self, took: Duration, work: Work, chunk: &(Vec<i64>, Vec<i64>)) {
         self.slowest = self.slowest.max(took);
-        if batch.rows_paged > 0 {
-            self.durations.push(took.as_secs_f64() * 1000.0);
+        self.durations.push(took.as_secs_f64() * 1000.0);
+        if work == Work::Deferred {
+            self.retry_queue.0.drain(..chunk.0.len());
+            self.retry_queue.1.drain(..chunk.1.len());
         }
     }
 
-    /// Adds a batch that paged rows to the report and moves the cursor on.
+    /// Adds a batch to the report and moves the cursor on.
     fn record(&mut self, batch: BatchOutcome) {
         self.report.batches += 1;
         if self.options.dry_run {
@@ -183,13 +357,26 @@ impl<'a> Run<'a> {
         }
         self.paid_orders.extend(batch.paid_orders.iter().copied());
         self.due_released += batch.due_reservations_released;
+        for id in &batch.released_orders {
+            self.deferred_orders.remove(id);
+        }
+        for id in &batch.released_holds {
+            self.deferred_holds.remove(id);
+        }
+        self.deferred_orders
+            .extend(batch.deferred_orders.iter().copied());
+        self.deferred_holds
+            .extend(batch.deferred_holds.iter().copied());
+        self.report.no_longer_due += batch.no_longer_due;
         log_batch(self.report.batches, &batch);
-        self.cursor = batch.next_cursor.clone();
+        if batch.rows_paged > 0 {
+            self.cursor = batch.next_cursor;
+        }
         add_batch(&mut self.report, batch);
     }
 
-    /// Completes the report: batch timings, the stop reason, and the backlog left (counted on
-    /// the database clock).
+    /// Completes the report: batch timings, the stop reason, what was deferred, and the
+    /// backlog left (counted on the database clock).
     async fn finish(
         mut self,
         db: &Database,
@@ -197,6 +384,7 @@ impl<'a> Run<'a> {
         started: Instant,
     ) -> std::result::Result<RunReport, RunFailure> {
         self.report.paid_orders_with_due_reservations = self.paid_orders.len() as u64;
+        self.report.deferred = (self.deferred_orders.len() + self.deferred_holds.len()) as u64;
         self.durations.sort_by(f64::total_cmp);
         self.report.batch_ms_p50 = quantile(&self.durations, 0.5);
         self.report.batch_ms_p99 = quantile(&self.durations, 0.99);
@@ -223,10 +411,8 @@ impl<'a> Run<'a> {
     }
 
     async fn count_backlog(&mut self, db: &Database) -> Result<()> {
-        let backlog = db
-            .statements
-            .backlog(&db.client, self.params.rules())
-            .await?;
+        let rules = self.params.rules();
+        let backlog = db.statements.backlog(&db.client, rules).await?;
         let count = backlog.due.max(0) as u64;
         self.report.backlog_remaining = if self.options.dry_run {
             // Nothing was changed: what a real run would leave is what is due now less the
@@ -236,7 +422,67 @@ impl<'a> Run<'a> {
             count
         };
         self.report.oldest_due_age_seconds = backlog.oldest_age_seconds;
+        if self.report.deferred > 0 {
+            let orders: Vec<i64> = self.deferred_orders.iter().copied().collect();
+            let holds: Vec<i64> = self.deferred_holds.iter().copied().collect();
+            self.report.oldest_deferred_age_seconds = db
+                .statements
+                .deferred_age(&db.client, &orders, &holds, rules)
+                .await?;
+        }
         Ok(())
+    }
+}
+
+/// Why a try of a batch failed: cut by its budget (the statement it was running was
+/// cancelled by us), or anything else.
+enum TryError {
+    Cut(Error),
+    Other(Error),
+}
+
+/// Runs one batch within `budget`: past it, the statement running is cancelled (through
+/// PostgreSQL's cancel protocol), the batch rolls back, and the error says it was cut. In any
+/// lock cycle with a shopper it is thus the batch that gives up, before the shopper's
+/// deadlock check, and no shopper waits on a batch longer than the budget.
+async fn timed_batch(
+    db: &mut Database,
+    params: &BatchParams,
+    source: Source<'_>,
+    exclude: &HashSet<i64>,
+    budget: Duration,
+) -> std::result::Result<BatchOutcome, TryError> {
+    let canceller = db.canceller();
+    let batch = batch::run(db, params, source, exclude);
+    tokio::pin!(batch);
+    tokio::select! {
+        result = &mut batch => return result.map_err(TryError::Other),
+        () = tokio::time::sleep(budget) => {}
+    }
+    loop {
+        canceller.cancel().await;
+        tokio::select! {
+            result = &mut batch => {
+                return result.map_err(|e| if is_cancelled(&e) { TryError::Cut(e) } else { TryError::Other(e) });
+            }
+            () = tokio::time::sleep(CANCEL_REPEAT) => {}
+        }
+    }
+}
+
+/// A statement the server cancelled by its `statement_timeout` (not our budget): too slow.
+fn statement_timeout(error: Error, hint: String) -> Error {
+    let what = match &error {
+        Error::Database { context, .. } => *context,
+        _ => "a statement",
+    };
+    Error::TooSlow {
+        what,
+        why: format!(
+            "it hit the statement timeout (STATEMENT_TIMEOUT_MS): {}",
+            error.chain()
+        ),
+        hint,
     }
 }
 
@@ -261,6 +507,9 @@ fn log_batch(number: u32, batch: &BatchOutcome) {
         units_released = batch.units_released,
         orders_cancelled = batch.orders_cancelled,
         skipped_locked = batch.skipped_locked,
+        deferred_orders = batch.deferred_orders.len(),
+        deferred_holds = batch.deferred_holds.len(),
+        no_longer_due = batch.no_longer_due,
         clamped_variants = batch.clamped_variants,
         clamped_drops = batch.clamped_drops,
         "batch done"

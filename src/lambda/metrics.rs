@@ -22,6 +22,8 @@ pub const METRICS: &[(&str, &str)] = &[
     (BATCHES, "Count"),
     (BATCH_RETRIES, "Count"),
     (SKIPPED_LOCKED, "Count"),
+    (DEFERRED_ORDERS, "Count"),
+    (OLDEST_DEFERRED_AGE, "Seconds"),
     (COUNTERS_CLAMPED, "Count"),
     (PAID_ORDERS_WITH_DUE_RESERVATIONS, "Count"),
     (BACKLOG_REMAINING, "Count"),
@@ -38,6 +40,8 @@ pub const ORDERS_CANCELLED: &str = "OrdersCancelled";
 pub const BATCHES: &str = "Batches";
 pub const BATCH_RETRIES: &str = "BatchRetries";
 pub const SKIPPED_LOCKED: &str = "SkippedLocked";
+pub const DEFERRED_ORDERS: &str = "DeferredOrders";
+pub const OLDEST_DEFERRED_AGE: &str = "OldestDeferredAge";
 pub const COUNTERS_CLAMPED: &str = "CountersClamped";
 pub const PAID_ORDERS_WITH_DUE_RESERVATIONS: &str = "PaidOrdersWithDueReservations";
 pub const BACKLOG_REMAINING: &str = "BacklogRemaining";
@@ -93,6 +97,11 @@ fn values(obs: &Observation<'_>) -> Vec<(&'static str, f64)> {
         if !obs.failed {
             values.push((BACKLOG_REMAINING, r.backlog_remaining as f64));
             values.push((OLDEST_DUE_AGE, r.oldest_due_age_seconds.unwrap_or(0.0)));
+            values.push((DEFERRED_ORDERS, r.deferred as f64));
+            values.push((
+                OLDEST_DEFERRED_AGE,
+                r.oldest_deferred_age_seconds.unwrap_or(0.0),
+            ));
         }
     }
     values

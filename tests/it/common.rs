@@ -132,19 +132,6 @@ impl TestDb {
         connect_url(&self.url).await
     }
 
-    /// A shopper's connection inside an open transaction that holds variant `v`'s row
-    /// (`FOR UPDATE`, as a checkout would); `batch_execute("COMMIT")` on it lets go.
-    pub async fn hold_variant(&self, v: i64) -> Client {
-        let shopper = self.connect().await;
-        shopper
-            .batch_execute(&format!(
-                "BEGIN; SELECT 1 FROM products_productvariant WHERE id = {v} FOR UPDATE"
-            ))
-            .await
-            .unwrap();
-        shopper
-    }
-
     /// An order row and its reservations as text, to compare before and after.
     pub async fn order_snapshot(&self, order: i64) -> (String, String) {
         let row = self

@@ -4,6 +4,7 @@ mod batching;
 mod cli;
 mod common;
 mod concurrency;
+mod drop_day;
 mod failures;
 mod faults;
 mod handler;

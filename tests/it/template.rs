@@ -134,6 +134,7 @@ fn alarms_use_only_emitted_metrics_and_the_runbook_alarms_exist() {
     for metric in [
         "RunFailed",
         "OldestDueReservationAge",
+        "OldestDeferredAge",
         "CountersClamped",
         "Errors",
         "Throttles",

@@ -1,0 +1,180 @@
+//! The release against rows as busy as on the day of a drop: decisions re-checked on the rows
+//! locked, a batch that never outlives half of `deadlock_timeout`, and a schema whose time
+//! columns the tool cannot interpret refused. (Rows held for a whole run: `concurrency.rs`.)
+
+use std::time::{Duration, Instant};
+
+use unreserver::{Database, RunOptions};
+
+use crate::common::{admin_url, connect_url, run, settings, Res, TestDb, RELEASE_ROLE};
+
+/// Waits until the release role's session of database `name` waits on a row lock.
+async fn until_release_waits_on_a_lock(name: &str) {
+    let admin = connect_url(&admin_url()).await;
+    for _ in 0..400 {
+        let waiting: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                 WHERE NOT l.granted AND a.usename = $1 AND a.datname = $2",
+                &[&RELEASE_ROLE, &name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("the release never waited on the row");
+}
+
+/// A shopper extends an order's reservation (back at the checkout) without touching the order
+/// row, and commits after the batch claimed the order but before it expires the reservation:
+/// the batch decides on the row it locked — the extended one — and releases nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extension_committed_after_the_claim_is_respected() {
+    let t = TestDb::new().await;
+    let v = t.variant(1).await;
+    let order = t.order("pending", "pending").await;
+    let r = t
+        .reservation(Res::new(Some(order), v, 1, "-1 minute"))
+        .await;
+    let shopper = t.connect().await;
+    shopper
+        .batch_execute(&format!(
+            "BEGIN; UPDATE orders_inventoryreservation \
+             SET expires_at = now() + interval '10 minutes' WHERE id = {r}"
+        ))
+        .await
+        .unwrap();
+    let mut s = settings();
+    s.lock_timeout_ms = 400;
+    let mut db = t.open_with(&s).await;
+    let release = async { run(&mut db, &s, false).await };
+    let extend = async {
+        // The claim saw the old, due version; the batch now waits on the row.
+        until_release_waits_on_a_lock(&t.name).await;
+        shopper.batch_execute("COMMIT").await.unwrap();
+    };
+    let (report, ()) = tokio::join!(release, extend);
+    assert_eq!(report.reservations_released, 0, "{report:?}");
+    assert_eq!(report.no_longer_due, 1, "{report:?}");
+    assert_eq!(t.order_status(order).await, "pending");
+    assert_eq!(t.reservation_status(r).await, "active");
+    assert_eq!(t.reserved(v).await, 1);
+}
+
+/// A batch made slow (a trigger sleeping 2 s, once) while a shopper that holds a variant the
+/// batch needs waits on the order the batch claimed — a lock cycle that would close late: the
+/// batch is cut at its budget (half of `deadlock_timeout`), rolls back, and is tried again with
+/// half the rows; the shopper waits less than the budget allows and commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_batch_is_cut_at_its_budget_and_the_shopper_commits() {
+    let t = TestDb::new().await;
+    let v = t.variant(1).await;
+    let order = t.order("pending", "pending").await;
+    t.reservation(Res::new(Some(order), v, 1, "-1 minute"))
+        .await;
+    t.exec(
+        "CREATE SEQUENCE slow_tries; \
+         CREATE FUNCTION slow_once() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
+           BEGIN IF nextval('slow_tries') = 1 THEN PERFORM pg_sleep(2); END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER slow_once BEFORE UPDATE ON orders_inventoryreservation \
+           FOR EACH ROW EXECUTE FUNCTION slow_once()",
+    )
+    .await;
+    let shopper = t.connect().await;
+    shopper
+        .batch_execute(&format!(
+            "BEGIN; UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 \
+             WHERE id = {v}"
+        ))
+        .await
+        .unwrap();
+    let s = settings();
+    let mut db = t.open_with(&s).await;
+    assert_eq!(db.preflight.deadlock_timeout_ms, 1000);
+    let release = async { run(&mut db, &s, false).await };
+    let checkout = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let started = Instant::now();
+        // Adds an item to the order the batch holds: the foreign-key check waits on it.
+        shopper
+            .batch_execute(&format!(
+                "INSERT INTO orders_inventoryreservation (order_id, product_variant_id, quantity, expires_at) \
+                 VALUES ({order}, {v}, 1, now() + interval '15 minutes'); COMMIT"
+            ))
+            .await
+            .map(|()| started.elapsed())
+    };
+    let (report, waited) = tokio::join!(release, checkout);
+    let waited = waited.expect("the shopper's transaction failed");
+    assert!(
+        waited < Duration::from_millis(800),
+        "the shopper waited {waited:?}"
+    );
+    assert!(report.batch_retries >= 1, "{report:?}");
+    let report2 = run(&mut db, &s, false).await;
+    assert_eq!(
+        report.reservations_released + report2.reservations_released,
+        2,
+        "{report:?} {report2:?}"
+    );
+    assert_eq!(t.drifted_counters().await, 0);
+}
+
+/// A shop whose time columns are `timestamp without time zone`: the tool cannot know the
+/// shop's zone, so the preflight refuses the schema, naming the column, before any change.
+#[tokio::test]
+async fn a_timestamp_without_time_zone_column_is_refused() {
+    let t = TestDb::new().await;
+    t.exec("ALTER TABLE orders_inventoryreservation ALTER COLUMN expires_at TYPE timestamp")
+        .await;
+    let tls = unreserver::tls_connector(None).unwrap();
+    let err = match Database::open(&t.release_config(), &tls, 100).await {
+        Ok(_) => panic!("a timestamp column was accepted"),
+        Err(err) => err,
+    };
+    assert_eq!(err.kind(), "SchemaMismatch");
+    let text = err.to_string();
+    assert!(
+        text.contains("orders_inventoryreservation.expires_at is timestamp without time zone"),
+        "{text}"
+    );
+    assert!(text.contains("time zone"), "{text}");
+}
+
+/// The session is pinned: a role whose defaults are another `TimeZone` and `DateStyle` gets the
+/// same results (the cursor does not travel as text).
+#[tokio::test]
+async fn the_session_settings_of_the_role_change_nothing() {
+    let t = TestDb::new().await;
+    t.exec(&format!(
+        "ALTER ROLE {RELEASE_ROLE} IN DATABASE {} SET TimeZone = 'Pacific/Kiritimati'; \
+         ALTER ROLE {RELEASE_ROLE} IN DATABASE {} SET DateStyle = 'SQL, DMY'",
+        t.name, t.name
+    ))
+    .await;
+    let v = t.variant(30).await;
+    for i in 0..30 {
+        let order = t.order("pending", "pending").await;
+        let expires: &'static str = Box::leak(format!("-{} seconds", 10 + i).into_boxed_str());
+        t.reservation(Res::new(Some(order), v, 1, expires)).await;
+    }
+    let mut s = settings();
+    s.batch_size = 7;
+    let mut db = t.open_with(&s).await;
+    let timezone: String = db
+        .client
+        .query_one("SHOW TimeZone", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(timezone, "UTC");
+    let report = unreserver::run(&mut db, &s, &RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.reservations_released, 30);
+    assert_eq!(t.reserved(v).await, 0);
+}
