@@ -56,10 +56,6 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
 
-    /// A batch lost its lock waits through every round it allowed itself: the run retries it.
-    #[error("batch gave up: {0}")]
-    Conflict(&'static str),
-
     /// A statement or a whole batch is too slow even when small: a slow plan (an index
     /// missing on a big table) or an overloaded server, not a lock conflict. Retrying the same
     /// work unchanged does not help.
@@ -99,7 +95,7 @@ impl Error {
             | Error::TlsHandshake { .. }
             | Error::Authentication { .. }
             | Error::TooSlow { .. } => false,
-            Error::Connect { .. } | Error::Conflict(_) => true,
+            Error::Connect { .. } => true,
             Error::Secret { retryable, .. } => *retryable,
             Error::Database { source, .. } => {
                 source.is_closed()
@@ -121,7 +117,7 @@ impl Error {
             Error::Authentication { .. } => "DatabaseAuthentication",
             Error::Tls(_) => "TlsSetup",
             Error::TlsHandshake { .. } => "TlsVerification",
-            Error::Database { .. } | Error::Conflict(_) => "DatabaseError",
+            Error::Database { .. } => "DatabaseError",
             Error::TooSlow { .. } => "TooSlow",
             Error::Secret { .. } => "SecretUnavailable",
         }
@@ -157,7 +153,7 @@ pub fn is_transient_conflict(code: &SqlState) -> bool {
 
 /// Whether `err` is a conflict a retry of the batch may win.
 pub fn is_conflict(err: &Error) -> bool {
-    matches!(err, Error::Conflict(_)) || sql_state(err).is_some_and(is_transient_conflict)
+    sql_state(err).is_some_and(is_transient_conflict)
 }
 
 /// Whether `err` is a cancelled statement (`57014`).

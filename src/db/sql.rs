@@ -520,29 +520,40 @@ impl Statements {
 
 /// Expires every active reservation of the claimed orders (all of an order's reservations go
 /// together, due or not) and the claimed holds, returning what each held and whether it was
-/// due itself. Locks those reservation rows (`FOR NO KEY UPDATE`, implied by the update); the
-/// claimed orders are ours already (no reservation can be added to them: the foreign-key
-/// check would wait on our order lock), so only a shop transaction updating a reservation
-/// without its order's lock can make it wait, for at most `lock_timeout`.
+/// due itself — and, as `held` rows, the active reservations it could not lock.
 ///
-/// The update works on the latest version of each row (READ COMMITTED re-checks the row after
-/// a wait), and `was_due` is computed on that version: the batch decides on the rows it has
-/// locked. An order none of whose returned rows is due any more (the shopper came back and
-/// extended it between the claim and this statement) is not released: the batch rolls back to
-/// its savepoint and redoes the step without it. A dry run also uses `was_due` to tell the
-/// backlog a real run would leave.
+/// Locks those reservation rows `FOR NO KEY UPDATE SKIP LOCKED` before updating them: the
+/// release never waits in a lock queue, so it can never close a lock cycle that another
+/// backend's deadlock check would then break by aborting a shopper. The claimed orders are ours
+/// already (no reservation can be added to them: the foreign-key check would wait on our order
+/// lock), so only a shop transaction updating a reservation without its order's lock can hold
+/// one: then that order comes back in a `held` row, and the batch rolls back to its savepoint
+/// and waits for the row by polling, or leaves the order out.
+///
+/// The lock and the update work on the latest version of each row, and `was_due` is computed
+/// on that version: the batch decides on the rows it has locked. An order none of whose rows is
+/// due any more (the shopper came back and extended it after the claim) is not released: the
+/// batch rolls back to its savepoint and redoes the step without it. A dry run also uses
+/// `was_due` to tell the backlog a real run would leave.
 ///
 /// $1 claimed order ids, $2 claimed hold ids, $3 reservation timeout minutes, $4 grace minutes,
 /// $5 the claimed orders whose payment is `processing`.
 pub const RELEASE_RESERVATIONS: &str = concat!(
-    "UPDATE orders_inventoryreservation r SET status = 'expired', released_at = now() ",
-    "WHERE r.status = 'active' AND (r.order_id = ANY($1::int8[]) OR r.id = ANY($2::int8[])) ",
+    "WITH cand AS MATERIALIZED (SELECT r.id, r.order_id FROM orders_inventoryreservation r ",
+    "WHERE r.status = 'active' AND (r.order_id = ANY($1::int8[]) OR r.id = ANY($2::int8[]))), ",
+    "locked AS MATERIALIZED (SELECT r.id FROM orders_inventoryreservation r ",
+    "WHERE r.id IN (SELECT id FROM cand) FOR NO KEY UPDATE SKIP LOCKED), ",
+    "upd AS (UPDATE orders_inventoryreservation r SET status = 'expired', released_at = now() ",
+    "FROM locked l WHERE r.id = l.id AND r.status = 'active' ",
     "RETURNING r.id::int8 AS id, r.order_id::int8 AS order_id, ",
     "r.product_variant_id::int8 AS variant_id, r.drop_product_id::int8 AS drop_id, ",
     "r.quantity::int4 AS quantity, COALESCE(",
     due_at!("r", "$3"),
     " + CASE WHEN r.order_id = ANY($5::int8[]) THEN make_interval(mins => $4::int4) ",
-    "ELSE interval '0' END <= now(), false) AS was_due"
+    "ELSE interval '0' END <= now(), false) AS was_due) ",
+    "SELECT id, order_id, variant_id, drop_id, quantity, was_due, false AS held FROM upd ",
+    "UNION ALL SELECT c.id::int8, c.order_id::int8, 0::int8, NULL::int8, 0::int4, false, true ",
+    "FROM cand c WHERE NOT EXISTS (SELECT 1 FROM locked l WHERE l.id = c.id)"
 );
 
 /// Parameters of [`RELEASE_RESERVATIONS`].
@@ -566,6 +577,9 @@ pub struct ReleasedReservation {
     pub quantity: i32,
     /// Whether it was due itself (not only released with its order).
     pub was_due: bool,
+    /// Another transaction holds it: not released (nor any row of its order), its order must
+    /// wait or be left out.
+    pub held: bool,
 }
 
 impl Statements {
@@ -594,6 +608,7 @@ impl Statements {
                     drop_id: row.try_get("drop_id")?,
                     quantity: row.try_get("quantity")?,
                     was_due: row.try_get("was_due")?,
+                    held: row.try_get("held")?,
                 })
             },
         )
@@ -630,17 +645,20 @@ impl Statements {
 
 /// Gives released units back to the counter rows of `$table`, never below zero, returning for
 /// each row whether the subtraction had to be clamped (the counter had drifted below what its
-/// reservations held). Locks the rows in ascending id order with `FOR NO KEY UPDATE`, the lock
-/// the update takes anyway, so a checkout inserting a reservation that references the row is
-/// not blocked; waits at most `lock_timeout` on a row a checkout holds. The locked version is
-/// the latest one, so `l.reserved_quantity` is the value the update subtracts from.
+/// reservations held). Locks the rows in ascending id order with `FOR NO KEY UPDATE SKIP
+/// LOCKED`: the lock the update takes anyway, so a checkout inserting a reservation that
+/// references the row is not blocked; and never waiting, so the release can never close a lock
+/// cycle. A row another transaction holds is skipped and missing from the result: the batch
+/// then rolls back to its savepoint and waits for it by polling, or leaves out the orders that
+/// need it. The locked version is the latest one, so `l.reserved_quantity` is the value the
+/// update subtracts from.
 macro_rules! return_units {
     ($table:literal) => {
         concat!(
             "WITH released(id, units) AS (SELECT * FROM unnest($1::int8[], $2::int8[])), ",
             "locked AS (SELECT t.id, t.reserved_quantity FROM ",
             $table,
-            " t WHERE t.id = ANY($1::int8[]) ORDER BY t.id FOR NO KEY UPDATE) ",
+            " t WHERE t.id = ANY($1::int8[]) ORDER BY t.id FOR NO KEY UPDATE SKIP LOCKED) ",
             "UPDATE ",
             $table,
             " t SET reserved_quantity = GREATEST(l.reserved_quantity - rel.units, 0), ",
@@ -713,27 +731,28 @@ impl Statements {
 
 /// Finds, without waiting, which rows a batch needs that another transaction holds: the active
 /// reservations of the claimed orders and holds, and the variant and drop rows they reference.
-/// Runs only after a step of the batch timed out on a lock (rolled back to the savepoint).
-/// Locks the rows it can get `FOR NO KEY UPDATE SKIP LOCKED` (the lock the release takes
-/// anyway; it does not block a checkout's foreign-key check) and skips the others, never
-/// waiting. Returns each reservation that needs a held row, with its order (NULL for a hold):
-/// those orders and holds are left out of this batch.
+/// Runs only after a release step met a held row (rolled back to the savepoint), every few
+/// milliseconds until the rows are free or `LOCK_TIMEOUT_MS` has passed. Locks the rows it can
+/// get `FOR NO KEY UPDATE SKIP LOCKED` (the lock the release takes anyway; it does not block a
+/// checkout's foreign-key check), so that once it finds nothing held, the release steps that
+/// follow cannot meet a held row. Returns each reservation that needs a held row, with its
+/// order (NULL for a hold).
 ///
 /// $1 claimed order ids, $2 claimed hold ids.
 pub const PROBE_HELD: &str = concat!(
-    "WITH res AS (SELECT r.id, r.order_id, r.product_variant_id AS v, r.drop_product_id AS d ",
-    "FROM orders_inventoryreservation r WHERE r.status = 'active' ",
+    "WITH res AS MATERIALIZED (SELECT r.id, r.order_id, r.product_variant_id AS v, ",
+    "r.drop_product_id AS d FROM orders_inventoryreservation r WHERE r.status = 'active' ",
     "AND (r.order_id = ANY($1::int8[]) OR r.id = ANY($2::int8[]))), ",
-    "free_res AS (SELECT r.id FROM orders_inventoryreservation r ",
+    "free_res AS MATERIALIZED (SELECT r.id FROM orders_inventoryreservation r ",
     "WHERE r.id IN (SELECT id FROM res) FOR NO KEY UPDATE SKIP LOCKED), ",
-    "free_v AS (SELECT t.id FROM products_productvariant t ",
+    "free_v AS MATERIALIZED (SELECT t.id FROM products_productvariant t ",
     "WHERE t.id IN (SELECT v FROM res) ORDER BY t.id FOR NO KEY UPDATE SKIP LOCKED), ",
-    "free_d AS (SELECT t.id FROM drops_dropproduct t ",
+    "free_d AS MATERIALIZED (SELECT t.id FROM drops_dropproduct t ",
     "WHERE t.id IN (SELECT d FROM res) ORDER BY t.id FOR NO KEY UPDATE SKIP LOCKED) ",
     "SELECT res.id::int8 AS id, res.order_id::int8 AS order_id FROM res ",
-    "WHERE res.id NOT IN (SELECT id FROM free_res) ",
-    "OR res.v NOT IN (SELECT id FROM free_v) ",
-    "OR (res.d IS NOT NULL AND res.d NOT IN (SELECT id FROM free_d))"
+    "LEFT JOIN free_res fr ON fr.id = res.id LEFT JOIN free_v fv ON fv.id = res.v ",
+    "LEFT JOIN free_d fd ON fd.id = res.d ",
+    "WHERE fr.id IS NULL OR fv.id IS NULL OR (res.d IS NOT NULL AND fd.id IS NULL)"
 );
 
 /// A row of [`PROBE_HELD`]: a reservation that needs a row another transaction holds.

@@ -4,14 +4,17 @@
 //! back after reading what it would have done. Each step is one function over one statement of
 //! [`crate::db::sql`], in the order README's "How a run works" gives.
 //!
-//! The release steps run after a savepoint. When one of them cannot lock a row within
-//! `lock_timeout` (a variant, drop or reservation row another transaction holds), the batch
-//! rolls back to the savepoint, finds the held rows without waiting, leaves out only the orders
-//! and holds that need them (`deferred`), and redoes the steps for the rest. When an order turns
-//! out not to be due on the rows locked (it was extended after the claim), it is left out the
-//! same way.
+//! A batch never waits in a lock queue: every row lock it takes is `SKIP LOCKED`, so it can
+//! never close a lock cycle that another backend's deadlock check would break by aborting a
+//! shopper. The release steps run after a savepoint. When one of them meets a row another
+//! transaction holds (a variant, drop or reservation row), the batch rolls back to the
+//! savepoint and polls for the rows it needs for up to `LOCK_TIMEOUT_MS` — a hot row a checkout
+//! holds for milliseconds is taken promptly — then leaves out only the orders and holds that
+//! need rows still held (`deferred`), and redoes the steps for the rest. An order that turns out
+//! not to be due on the rows locked (it was extended after the claim) is left out the same way.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Transaction;
@@ -19,8 +22,8 @@ use tokio_postgres::Transaction;
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::db::sql::{
-    self, BatchTimeouts, ClaimedOrder, Counter, OrdersParams, PageParams, PageRow, PgTimestamp,
-    ReleaseParams, ReleasedReservation, Rules, Statements, UnitsParams,
+    self, BatchTimeouts, ClaimedOrder, Counter, HeldReservation, OrdersParams, PageParams, PageRow,
+    PgTimestamp, ReleaseParams, ReleasedReservation, Rules, Statements, UnitsParams,
 };
 use crate::error::{sql_state, Error, Result};
 
@@ -56,6 +59,9 @@ pub enum Source<'a> {
 pub struct BatchParams {
     /// Due reservations per page; the run halves it for a batch cut by the time budget.
     pub page_size: i64,
+    /// How long a batch polls for rows another transaction holds before leaving out the
+    /// orders that need them (`LOCK_TIMEOUT_MS`).
+    pub lock_wait: Duration,
     rules: Rules,
     timeouts: BatchTimeouts,
     dry_run: bool,
@@ -65,6 +71,7 @@ impl BatchParams {
     pub fn new(settings: &ReleaseSettings, dry_run: bool) -> Self {
         BatchParams {
             page_size: i64::from(settings.batch_size),
+            lock_wait: Duration::from_millis(u64::from(settings.lock_timeout_ms)),
             rules: rules(settings),
             timeouts: BatchTimeouts {
                 lock_timeout: format!("{}ms", settings.lock_timeout_ms),
@@ -152,10 +159,6 @@ impl Claimed {
     }
 }
 
-/// Rounds of the release steps in one batch (each after leaving some orders out) before the
-/// batch gives up and is retried by the run.
-const MAX_RELEASE_ROUNDS: usize = 4;
-
 /// Runs one batch on `source`. `exclude` holds orders a dry run has already counted (their
 /// reservations are still active after the rollback); a real run passes an empty set.
 pub async fn run(
@@ -190,7 +193,7 @@ pub async fn run(
     };
     let mut claimed = claim(&tx, st, params.rules, &candidates, &mut out).await?;
     if !claimed.is_empty() {
-        release_claimed(&tx, st, params.rules, &mut claimed, &mut out).await?;
+        release_claimed(&tx, st, params, &mut claimed, &mut out).await?;
     }
     finish(tx, params.dry_run).await?;
     Ok(out)
@@ -312,6 +315,8 @@ async fn classify_unclaimed(
 enum Round {
     /// Everything claimed was released; the outcome is filled in.
     Done,
+    /// Another transaction holds a row the round needs: nothing of this round stays.
+    Held,
     /// Some claimed orders (or holds) were not due on the rows locked: leave them out.
     NotDue {
         orders: BTreeSet<i64>,
@@ -319,69 +324,93 @@ enum Round {
     },
 }
 
-/// Steps 3 to 5 after a savepoint, in rounds: each round that loses a lock wait or meets an
-/// order no longer due rolls back to the savepoint, leaves out only the orders and holds
-/// concerned, and goes again with the rest.
+/// How often a batch looks again for rows another transaction holds.
+const POLL: Duration = Duration::from_millis(5);
+
+/// Steps 3 to 5 after a savepoint, in rounds. The release never waits in a lock queue (every
+/// lock it takes is `SKIP LOCKED`), so it can never close a lock cycle: a round that meets a
+/// held row rolls back to the savepoint, and the batch polls for the rows (without waiting on
+/// them) for up to `LOCK_TIMEOUT_MS`, then leaves out only the orders and holds that need rows
+/// still held. A round that meets an order no longer due leaves it out the same way.
 async fn release_claimed(
     tx: &Transaction<'_>,
     st: &Statements,
-    rules: Rules,
+    params: &BatchParams,
     claimed: &mut Claimed,
     out: &mut BatchOutcome,
 ) -> Result<()> {
+    let rules = params.rules;
+    let mut patience: Option<Instant> = None;
     sql::savepoint(tx, false).await?;
-    for _ in 0..MAX_RELEASE_ROUNDS {
-        match release_round(tx, st, rules, claimed, out).await {
-            Ok(Round::Done) => return Ok(()),
-            Ok(Round::NotDue { orders, holds }) => {
+    while !claimed.is_empty() {
+        match release_round(tx, st, rules, claimed, out).await? {
+            Round::Done => return Ok(()),
+            Round::NotDue { orders, holds } => {
                 sql::savepoint(tx, true).await?;
                 out.no_longer_due += (orders.len() + holds.len()) as u64;
                 claimed.remove(&orders, &holds);
             }
-            Err(error) if sql_state(&error) == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+            Round::Held => {
                 sql::savepoint(tx, true).await?;
-                leave_out_held(tx, st, claimed, out).await?;
+                let until = *patience.get_or_insert_with(|| Instant::now() + params.lock_wait);
+                wait_for_held_rows(tx, st, claimed, until, out).await?;
             }
-            Err(error) => return Err(error),
         }
+    }
+    Ok(())
+}
+
+/// Polls for the rows the claimed orders and holds need until none is held or `until`; then
+/// leaves out the orders and holds whose rows are still held. Returns with every row the rest
+/// need locked by this batch (the probe locks what it finds free), inside the savepoint.
+async fn wait_for_held_rows(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    claimed: &mut Claimed,
+    until: Instant,
+    out: &mut BatchOutcome,
+) -> Result<()> {
+    loop {
+        let held = st.probe_held(tx, &claimed.orders, &claimed.holds).await?;
+        if held.is_empty() {
+            return Ok(());
+        }
+        sql::savepoint(tx, true).await?;
+        if Instant::now() < until {
+            tokio::time::sleep(POLL).await;
+            continue;
+        }
+        let (orders, holds) = owners(&held);
+        tracing::debug!(
+            orders = orders.len(),
+            holds = holds.len(),
+            "rows held by another transaction: leaving their orders for later"
+        );
+        claimed.remove(&orders, &holds);
+        out.deferred_orders.extend(orders);
+        out.deferred_holds.extend(holds);
         if claimed.is_empty() {
             return Ok(());
         }
     }
-    Err(Error::Conflict(
-        "rows kept being taken by other transactions through every round of the batch",
-    ))
 }
 
-/// After a lock wait timed out: finds the rows other transactions hold (without waiting) and
-/// leaves out the orders and holds that need them.
-async fn leave_out_held(
-    tx: &Transaction<'_>,
-    st: &Statements,
-    claimed: &mut Claimed,
-    out: &mut BatchOutcome,
-) -> Result<()> {
+/// The orders (and holds) the held reservations belong to.
+fn owners(held: &[HeldReservation]) -> (BTreeSet<i64>, BTreeSet<i64>) {
     let mut orders = BTreeSet::new();
     let mut holds = BTreeSet::new();
-    for held in st.probe_held(tx, &claimed.orders, &claimed.holds).await? {
-        match held.order_id {
+    for h in held {
+        match h.order_id {
             Some(order) => orders.insert(order),
-            None => holds.insert(held.id),
+            None => holds.insert(h.id),
         };
     }
-    tracing::debug!(
-        orders = orders.len(),
-        holds = holds.len(),
-        "rows held by another transaction: leaving their orders for later"
-    );
-    claimed.remove(&orders, &holds);
-    out.deferred_orders.extend(orders);
-    out.deferred_holds.extend(holds);
-    Ok(())
+    (orders, holds)
 }
 
 /// One round of the release steps: expire, check due-ness on the rows locked, cancel, give the
-/// units back.
+/// units back. A lock timeout (only a safeguard: every lock is `SKIP LOCKED`) counts as a held
+/// row.
 async fn release_round(
     tx: &Transaction<'_>,
     st: &Statements,
@@ -389,7 +418,23 @@ async fn release_round(
     claimed: &Claimed,
     out: &mut BatchOutcome,
 ) -> Result<Round> {
+    match release_steps(tx, st, rules, claimed, out).await {
+        Err(error) if sql_state(&error) == Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(Round::Held),
+        other => other,
+    }
+}
+
+async fn release_steps(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    rules: Rules,
+    claimed: &Claimed,
+    out: &mut BatchOutcome,
+) -> Result<Round> {
     let released = release(tx, st, rules, claimed).await?;
+    if released.iter().any(|r| r.held) {
+        return Ok(Round::Held);
+    }
     let (orders, holds) = not_due(&released, claimed);
     if !orders.is_empty() || !holds.is_empty() {
         return Ok(Round::NotDue { orders, holds });
@@ -397,8 +442,15 @@ async fn release_round(
     let mut done = Tally::default();
     done.add(&released);
     done.orders_cancelled = cancel_orders(tx, st, &done.released_orders).await?;
-    done.clamped_variants = return_units(tx, st, Counter::Variants, &done.units_by_variant).await?;
-    done.clamped_drops = return_units(tx, st, Counter::Drops, &done.units_by_drop).await?;
+    let Some(clamped) = return_units(tx, st, Counter::Variants, &done.units_by_variant).await?
+    else {
+        return Ok(Round::Held);
+    };
+    done.clamped_variants = clamped;
+    let Some(clamped) = return_units(tx, st, Counter::Drops, &done.units_by_drop).await? else {
+        return Ok(Round::Held);
+    };
+    done.clamped_drops = clamped;
     done.into_outcome(out);
     Ok(Round::Done)
 }
@@ -502,15 +554,16 @@ async fn cancel_orders(tx: &Transaction<'_>, st: &Statements, orders: &[i64]) ->
 }
 
 /// Step 5: give the units back to one kind of counter (variants first, then drops; ascending
-/// ids, as a BTreeMap iterates); how many counters had to be clamped at zero.
+/// ids, as a BTreeMap iterates): how many counters had to be clamped at zero, or None when
+/// another transaction holds one of the rows (skipped, not waited on).
 async fn return_units(
     tx: &Transaction<'_>,
     st: &Statements,
     counter: Counter,
     units: &BTreeMap<i64, i64>,
-) -> Result<u64> {
+) -> Result<Option<u64>> {
     if units.is_empty() {
-        return Ok(0);
+        return Ok(Some(0));
     }
     let (ids, units): (Vec<i64>, Vec<i64>) = units.iter().map(|(id, n)| (*id, *n)).unzip();
     let p = UnitsParams {
@@ -518,7 +571,10 @@ async fn return_units(
         units: &units,
     };
     let rows = st.return_units(tx, counter, &p).await?;
-    Ok(rows.iter().filter(|r| r.clamped).count() as u64)
+    if rows.len() < ids.len() {
+        return Ok(None);
+    }
+    Ok(Some(rows.iter().filter(|r| r.clamped).count() as u64))
 }
 
 /// Step 6: commit, or in a dry run roll back.

@@ -106,6 +106,8 @@ struct Run<'a> {
     retry_queue: (Vec<i64>, Vec<i64>),
     /// Recommended indexes the preflight found missing, named when a batch is too slow.
     missing_indexes: Vec<String>,
+    /// Consecutive cuts of a batch at the smallest page size.
+    cuts_at_min: u32,
 }
 
 impl<'a> Run<'a> {
@@ -128,6 +130,7 @@ impl<'a> Run<'a> {
             deferred_holds: BTreeSet::new(),
             retry_queue: (Vec::new(), Vec::new()),
             missing_indexes: Vec::new(),
+            cuts_at_min: 0,
         }
     }
 
@@ -300,13 +303,16 @@ impl<'a> Run<'a> {
     }
 
     /// A batch cut by its budget: tried again at once with half the rows, unless it was small
-    /// already — then it is too slow, a failure.
+    /// already twice in a row — then it is too slow, a failure.
     fn after_cut(&mut self, error: Error, span: &tracing::Span) -> Result<()> {
         let what = match &error {
             Error::Database { context, .. } => *context,
             _ => "a batch",
         };
-        if self.params.page_size <= MIN_PAGE_SIZE.min(i64::from(self.settings.batch_size)) {
+        let at_min =
+            self.params.page_size <= MIN_PAGE_SIZE.min(i64::from(self.settings.batch_size));
+        self.cuts_at_min = if at_min { self.cuts_at_min + 1 } else { 0 };
+        if self.cuts_at_min >= 2 {
             return Err(Error::TooSlow {
                 what,
                 why: format!(
@@ -340,6 +346,7 @@ impl<'a> Run<'a> {
     }
 
     fn succeeded(&mut self, took: Duration, work: Work, chunk: &(Vec<i64>, Vec<i64>)) {
+        self.cuts_at_min = 0;
         self.slowest = self.slowest.max(took);
         self.durations.push(took.as_secs_f64() * 1000.0);
         if work == Work::Deferred {

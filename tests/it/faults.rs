@@ -48,10 +48,10 @@ async fn slow_drop_updates(t: &TestDb, seconds: u32) {
 /// held, and redoes the steps within the same batch.
 #[tokio::test]
 async fn deadlock_serialization_and_lock_timeout_errors_roll_back_and_retry() {
-    for (code, retries) in [("40P01", 2), ("40001", 2), ("55P03", 0)] {
+    for (code, fails, retries) in [("40P01", 2, 2), ("40001", 2, 2), ("55P03", 1, 0)] {
         let t = TestDb::new().await;
         let (v, d) = one_due_order_with_drop(&t).await;
-        inject(&t, code, 2).await;
+        inject(&t, code, fails).await;
         let mut s = settings();
         s.retry_backoff_ms = 5;
         let mut db = t.open_with(&s).await;

@@ -1,6 +1,9 @@
 //! The torture test: release runs looping at once while simulated shop traffic runs against the
-//! same rows — checkouts reserving stock, payments moving orders to `processing` or converting
-//! them, cancellations — then a final run and the invariants the shop is promised.
+//! same rows — checkouts reserving stock (some as legacy rows without `expires_at`), items added
+//! to pending orders, checkouts resumed (reservations extended, the order row untouched), cart
+//! holds converted into orders, payments moving orders to `processing` (with a grace) or
+//! converting them, cancellations, and a stock import holding a hot variant for a second at a
+//! time — then a final run and the invariants the shop is promised.
 //!
 //! Bounded in CI (`UNRESERVER_TORTURE_SECONDS`, 8 by default); set it higher for a long run.
 //! The figures are printed (`cargo test torture -- --nocapture`).
@@ -19,6 +22,13 @@ use crate::common::{settings, TestDb};
 const VARIANTS: i64 = 24;
 const HOT: i64 = 4; // the first HOT variants are a limited drop
 const MAX_EXPIRY_MS: i64 = 1500;
+/// The payment-processing grace of the runs, in minutes: longer than the test, so an order in
+/// `processing` is never released while its grace runs.
+const GRACE_MINUTES: u32 = 1;
+/// The reservation timeout of the runs (legacy rows are due `created_at` plus this).
+const TIMEOUT_MINUTES: u32 = 1;
+/// The shop's own lock timeout (its transactions wait behind the stock import's hold).
+const SHOP_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '5s'";
 
 #[derive(Default)]
 struct ShopStats {
@@ -26,27 +36,60 @@ struct ShopStats {
     payments: AtomicU64,
     conversions: AtomicU64,
     cancellations: AtomicU64,
+    items_added: AtomicU64,
+    resumed: AtomicU64,
+    holds_converted: AtomicU64,
+    import_holds: AtomicU64,
     /// Transactions that failed with a deadlock or lock timeout: the promise is zero.
     lock_failures: AtomicU64,
     /// Any other database error in a shop transaction.
     other_failures: AtomicU64,
+    /// Deadlocks between two shop transactions, the release not among them.
+    shop_deadlocks: AtomicU64,
+    /// Backend pids of the release's connections.
+    release_pids: std::sync::Mutex<std::collections::HashSet<i32>>,
 }
 
 fn classify(stats: &ShopStats, err: &tokio_postgres::Error) {
+    let db = err.as_db_error();
+    let text = db.map_or(err.to_string(), |e| {
+        format!(
+            "{} ({}): {}",
+            e.message(),
+            e.code().code(),
+            e.detail().unwrap_or("")
+        )
+    });
     match err.code() {
+        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED && !involves_release(stats, err) => {
+            // Two shop transactions that lock in opposite orders (an item added to an order
+            // while it is being paid): the shop's own deadlock, not one the release took part in.
+            eprintln!("shop-vs-shop deadlock: {text}");
+            stats.shop_deadlocks.fetch_add(1, Ordering::Relaxed);
+        }
         Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::LOCK_NOT_AVAILABLE => {
-            eprintln!("shop transaction failed: {err}");
+            eprintln!(
+                "shop transaction failed: {text} (release backends: {:?})",
+                stats.release_pids.lock().unwrap()
+            );
             stats.lock_failures.fetch_add(1, Ordering::Relaxed);
         }
         _ => {
-            eprintln!(
-                "shop transaction error: {}",
-                err.as_db_error()
-                    .map_or(err.to_string(), |e| e.message().to_string())
-            );
+            eprintln!("shop transaction error: {text}");
             stats.other_failures.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Whether a deadlock's detail ("Process N waits for ...; blocked by process M.") names a
+/// backend of the release.
+fn involves_release(stats: &ShopStats, err: &tokio_postgres::Error) -> bool {
+    let detail = err.as_db_error().and_then(|e| e.detail()).unwrap_or("");
+    let release = stats.release_pids.lock().unwrap();
+    detail
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<i32>().ok())
+        .any(|pid| release.contains(&pid))
 }
 
 /// The shop's lock order for counter rows: descending variant id.
@@ -65,7 +108,7 @@ fn drop_of(variant: i64) -> Option<i64> {
 /// involves the release.
 async fn checkout(c: &mut Client, n: u64) -> Result<(), tokio_postgres::Error> {
     let tx = c.transaction().await?;
-    tx.batch_execute("SET LOCAL lock_timeout = '2s'").await?;
+    tx.batch_execute(SHOP_LOCK_TIMEOUT).await?;
     let hold = n % 10 == 0;
     let order: Option<i64> = if hold {
         None
@@ -107,21 +150,156 @@ async fn checkout(c: &mut Client, n: u64) -> Result<(), tokio_postgres::Error> {
             )
             .await?;
         }
+        reserve(&tx, order, variant, drop_id, qty, n % 7 == 0).await?;
+    }
+    tx.commit().await
+}
+
+/// Inserts a reservation due within `MAX_EXPIRY_MS`: by `expires_at`, or for a `legacy` row
+/// (NULL `expires_at`) by `created_at` plus the reservation timeout.
+async fn reserve(
+    tx: &tokio_postgres::Transaction<'_>,
+    order: Option<i64>,
+    variant: i64,
+    drop_id: Option<i64>,
+    qty: i32,
+    legacy: bool,
+) -> Result<u64, tokio_postgres::Error> {
+    let ms = fastrand::i64(0..MAX_EXPIRY_MS) as i32;
+    if legacy {
+        let timeout = TIMEOUT_MINUTES as i32;
+        tx.execute(
+            "INSERT INTO orders_inventoryreservation \
+               (order_id, product_variant_id, drop_product_id, quantity, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, now() - $6::int4 * interval '1 minute' \
+               + $5::int4 * interval '1 millisecond', NULL)",
+            &[&order, &variant, &drop_id, &qty, &ms, &timeout],
+        )
+        .await
+    } else {
         tx.execute(
             "INSERT INTO orders_inventoryreservation \
                (order_id, product_variant_id, drop_product_id, quantity, expires_at) \
              VALUES ($1, $2, $3, $4, now() + $5::int4 * interval '1 millisecond')",
+            &[&order, &variant, &drop_id, &qty, &ms],
+        )
+        .await
+    }
+}
+
+/// The shopper adds an item to a recent pending order: the variant's row is locked first (the
+/// counter bumped), then the order's — the opposite of the release's order. An order the
+/// release cancelled meanwhile is a lost sale: rolled back, not an error.
+async fn add_item(c: &mut Client, stats: &ShopStats) -> Result<(), tokio_postgres::Error> {
+    let tx = c.transaction().await?;
+    tx.batch_execute(SHOP_LOCK_TIMEOUT).await?;
+    let variant = 1 + fastrand::i64(0..VARIANTS);
+    tx.execute(
+        "UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 WHERE id = $1",
+        &[&variant],
+    )
+    .await?;
+    let order: Option<i64> = tx
+        .query_opt(
+            "SELECT id FROM orders_order WHERE id = (SELECT max(id) FROM orders_order) - $1 \
+               AND status = 'pending' AND payment_status = 'pending' FOR UPDATE",
+            &[&fastrand::i64(0..30)],
+        )
+        .await?
+        .map(|r| r.get(0));
+    let Some(order) = order else {
+        return tx.rollback().await;
+    };
+    let drop_id = drop_of(variant);
+    if let Some(d) = drop_id {
+        tx.execute(
+            "UPDATE drops_dropproduct SET reserved_quantity = reserved_quantity + 1 WHERE id = $1",
+            &[&d],
+        )
+        .await?;
+    }
+    reserve(&tx, Some(order), variant, drop_id, 1, false).await?;
+    stats.items_added.fetch_add(1, Ordering::Relaxed);
+    tx.commit().await
+}
+
+/// The shopper comes back to the checkout: the active reservations of a recent pending order
+/// get a new `expires_at`; the order row is not touched.
+async fn resume(c: &mut Client, stats: &ShopStats) -> Result<(), tokio_postgres::Error> {
+    let tx = c.transaction().await?;
+    tx.batch_execute(SHOP_LOCK_TIMEOUT).await?;
+    let extended = tx
+        .execute(
+            "UPDATE orders_inventoryreservation \
+                SET expires_at = now() + $2::int4 * interval '1 millisecond' \
+              WHERE order_id = (SELECT max(id) FROM orders_order) - $1 \
+                AND status = 'active' AND expires_at IS NOT NULL",
             &[
-                &order,
-                &variant,
-                &drop_id,
-                &qty,
+                &fastrand::i64(0..30),
                 &(fastrand::i64(0..MAX_EXPIRY_MS) as i32),
             ],
         )
         .await?;
+    if extended > 0 {
+        stats.resumed.fetch_add(1, Ordering::Relaxed);
     }
     tx.commit().await
+}
+
+/// A cart hold becomes an order: the hold's row is locked, an order made, the hold moved to it.
+async fn convert_hold(
+    c: &mut Client,
+    stats: &ShopStats,
+    n: u64,
+) -> Result<(), tokio_postgres::Error> {
+    let tx = c.transaction().await?;
+    tx.batch_execute(SHOP_LOCK_TIMEOUT).await?;
+    let hold: Option<i64> = tx
+        .query_opt(
+            "SELECT id FROM orders_inventoryreservation WHERE order_id IS NULL AND status = 'active' \
+              ORDER BY id DESC LIMIT 1 FOR UPDATE",
+            &[],
+        )
+        .await?
+        .map(|r| r.get(0));
+    let Some(hold) = hold else {
+        return tx.rollback().await;
+    };
+    tx.execute(
+        "WITH o AS (INSERT INTO orders_order (order_number) VALUES ($2) RETURNING id) \
+         UPDATE orders_inventoryreservation SET order_id = (SELECT id FROM o) WHERE id = $1",
+        &[&hold, &format!("H-{n}-{}", fastrand::u32(..))],
+    )
+    .await?;
+    stats.holds_converted.fetch_add(1, Ordering::Relaxed);
+    tx.commit().await
+}
+
+/// A stock import that holds the hottest variant's row for a second at a time; each window it
+/// held the row is recorded on the database clock.
+async fn import_stock(c: &mut Client, stats: &ShopStats) -> Result<(), tokio_postgres::Error> {
+    let tx = c.transaction().await?;
+    tx.batch_execute(SHOP_LOCK_TIMEOUT).await?;
+    tx.execute(
+        "UPDATE products_productvariant SET stock_quantity = stock_quantity + 1 WHERE id = 1",
+        &[],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO import_windows (started) VALUES (clock_timestamp())",
+        &[],
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tx.execute(
+        "UPDATE import_windows SET ended = clock_timestamp() WHERE ended IS NULL",
+        &[],
+    )
+    .await?;
+    stats.import_holds.fetch_add(1, Ordering::Relaxed);
+    tx.commit().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
 }
 
 /// A payment on a recent order: lock it; if still pending, either move it to `processing` or
@@ -129,7 +307,7 @@ async fn checkout(c: &mut Client, n: u64) -> Result<(), tokio_postgres::Error> {
 /// mark it paid. An order the release cancelled first is a lost sale, not an error.
 async fn pay(c: &mut Client, stats: &ShopStats) -> Result<(), tokio_postgres::Error> {
     let tx = c.transaction().await?;
-    tx.batch_execute("SET LOCAL lock_timeout = '2s'").await?;
+    tx.batch_execute(SHOP_LOCK_TIMEOUT).await?;
     let Some(row) = tx
         .query_opt(
             "SELECT id, payment_status FROM orders_order \
@@ -192,7 +370,7 @@ async fn pay(c: &mut Client, stats: &ShopStats) -> Result<(), tokio_postgres::Er
 /// A shopper cancels a recent pending order: its reservations are released by the shop.
 async fn cancel(c: &mut Client, stats: &ShopStats) -> Result<(), tokio_postgres::Error> {
     let tx = c.transaction().await?;
-    tx.batch_execute("SET LOCAL lock_timeout = '2s'").await?;
+    tx.batch_execute(SHOP_LOCK_TIMEOUT).await?;
     let Some(row) = tx
         .query_opt(
             "SELECT id FROM orders_order WHERE id = (SELECT max(id) FROM orders_order) - $1 \
@@ -250,10 +428,12 @@ async fn torture_under_live_shop_traffic() {
            SELECT g, 1, g, 1000000 FROM generate_series(1, {HOT}) g"
     ))
     .await;
+    t.exec("CREATE TABLE import_windows (started timestamptz NOT NULL, ended timestamptz)")
+        .await;
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(ShopStats::default());
     let mut shop = Vec::new();
-    for worker in 0..6u64 {
+    for worker in 0..10u64 {
         let mut c = t.connect().await;
         let (stop, stats) = (stop.clone(), stats.clone());
         shop.push(tokio::spawn(async move {
@@ -265,7 +445,11 @@ async fn torture_under_live_shop_traffic() {
                         stats.checkouts.fetch_add(1, Ordering::Relaxed);
                     }),
                     3 | 4 => pay(&mut c, &stats).await,
-                    _ => cancel(&mut c, &stats).await,
+                    5 => cancel(&mut c, &stats).await,
+                    6 => add_item(&mut c, &stats).await,
+                    7 => resume(&mut c, &stats).await,
+                    8 => convert_hold(&mut c, &stats, n).await,
+                    _ => import_stock(&mut c, &stats).await,
                 };
                 if let Err(e) = result {
                     classify(&stats, &e);
@@ -276,18 +460,27 @@ async fn torture_under_live_shop_traffic() {
 
     let s = ReleaseSettings {
         batch_size: 25,
-        payment_processing_grace_minutes: 0,
+        payment_processing_grace_minutes: GRACE_MINUTES,
+        reservation_timeout_minutes: TIMEOUT_MINUTES,
         ..settings()
     };
     let released = Arc::new(AtomicU64::new(0));
     let runs = Arc::new(AtomicU64::new(0));
     let retries = Arc::new(AtomicU64::new(0));
     let skipped = Arc::new(AtomicU64::new(0));
+    let deferred = Arc::new(AtomicU64::new(0));
     let mut releasers = Vec::new();
     for _ in 0..3 {
         let mut db = t.open_with(&s).await;
+        let pid: i32 = db
+            .client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        stats.release_pids.lock().unwrap().insert(pid);
         let (stop, released, runs, s) = (stop.clone(), released.clone(), runs.clone(), s.clone());
-        let (retries, skipped) = (retries.clone(), skipped.clone());
+        let (retries, skipped, deferred) = (retries.clone(), skipped.clone(), deferred.clone());
         releasers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let report = unreserver::run(&mut db, &s, &RunOptions::default())
@@ -297,6 +490,10 @@ async fn torture_under_live_shop_traffic() {
                 runs.fetch_add(1, Ordering::Relaxed);
                 retries.fetch_add(u64::from(report.batch_retries), Ordering::Relaxed);
                 skipped.fetch_add(report.skipped_locked, Ordering::Relaxed);
+                if report.batch_ms_max > 400.0 {
+                    eprintln!("slow batch: {report:?}");
+                }
+                deferred.fetch_add(report.deferred, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }));
@@ -326,18 +523,26 @@ async fn torture_under_live_shop_traffic() {
         .await;
     eprintln!(
         "torture: {:.1} s, {} release runs, {released} reservations released of {total} made, \
-         {} batch retries after lock conflicts, {} claims skipped because another transaction (a shopper or another run) held the row; \
-         shop: {} checkouts, {} payments to processing, {} conversions, {} cancellations; \
-         shop transactions failed by deadlock or lock timeout: {}",
+         {} batch retries after lock conflicts, {} claims skipped because another transaction (a shopper or another run) held the row, \
+         {} orders left deferred at the end of a run; \
+         shop: {} checkouts, {} payments to processing, {} conversions, {} cancellations, \
+         {} items added to pending orders, {} checkouts resumed, {} cart holds converted, {} one-second import holds; \
+         shop transactions failed by deadlock or lock timeout: {} (and {} deadlocks between two shop transactions)",
         started.elapsed().as_secs_f64(),
         runs.load(Ordering::Relaxed),
         retries.load(Ordering::Relaxed),
         skipped.load(Ordering::Relaxed),
+        deferred.load(Ordering::Relaxed),
         stats.checkouts.load(Ordering::Relaxed),
         stats.payments.load(Ordering::Relaxed),
         stats.conversions.load(Ordering::Relaxed),
         stats.cancellations.load(Ordering::Relaxed),
+        stats.items_added.load(Ordering::Relaxed),
+        stats.resumed.load(Ordering::Relaxed),
+        stats.holds_converted.load(Ordering::Relaxed),
+        stats.import_holds.load(Ordering::Relaxed),
         stats.lock_failures.load(Ordering::Relaxed),
+        stats.shop_deadlocks.load(Ordering::Relaxed),
     );
 
     // The work was real: many releases under traffic, and every kind of shop transaction.
@@ -347,6 +552,32 @@ async fn torture_under_live_shop_traffic() {
             && stats.cancellations.load(Ordering::Relaxed) > 5
     );
     assert!(released > 100);
+    for (what, n) in [
+        ("items added", &stats.items_added),
+        ("checkouts resumed", &stats.resumed),
+        ("holds converted", &stats.holds_converted),
+        ("import holds", &stats.import_holds),
+        ("payments to processing", &stats.payments),
+    ] {
+        assert!(n.load(Ordering::Relaxed) > 2, "too few {what}");
+    }
+    assert!(
+        t.i64("SELECT count(*) FROM orders_inventoryreservation WHERE expires_at IS NULL AND status = 'expired'")
+            .await
+            > 0,
+        "no legacy row was released"
+    );
+    // The release kept releasing while the import held the hot variant's row.
+    assert!(
+        t.i64(
+            "SELECT count(*) FROM orders_inventoryreservation r JOIN import_windows w \
+               ON r.released_at BETWEEN w.started AND w.ended \
+               WHERE r.status = 'expired' AND r.product_variant_id <> 1"
+        )
+        .await
+            > 0,
+        "nothing was released while the import held its row"
+    );
     // No shopper transaction failed with a deadlock or lock timeout, nor anything else.
     assert_eq!(stats.lock_failures.load(Ordering::Relaxed), 0);
     assert_eq!(stats.other_failures.load(Ordering::Relaxed), 0);
@@ -365,11 +596,18 @@ async fn torture_under_live_shop_traffic() {
         0
     );
     // Nothing released that was not due: each expired reservation's order (or the hold itself)
-    // had a reservation due when it was released; its order is cancelled.
+    // had a reservation due when it was released — legacy rows by `created_at` plus the
+    // timeout, orders in `processing` only after their grace; its order is cancelled.
     assert_eq!(
-        t.i64("SELECT count(*) FROM orders_inventoryreservation r WHERE r.status = 'expired' AND NOT EXISTS \
+        t.i64(&format!(
+            "SELECT count(*) FROM orders_inventoryreservation r LEFT JOIN orders_order o ON o.id = r.order_id \
+             WHERE r.status = 'expired' AND NOT EXISTS \
                (SELECT 1 FROM orders_inventoryreservation s WHERE (s.order_id = r.order_id OR s.id = r.id) \
-                 AND s.expires_at <= r.released_at)").await,
+                 AND COALESCE(s.expires_at, s.created_at + interval '{TIMEOUT_MINUTES} minutes') \
+                   + CASE WHEN o.payment_status = 'processing' THEN interval '{GRACE_MINUTES} minutes' \
+                     ELSE interval '0' END <= r.released_at)"
+        ))
+        .await,
         0
     );
     assert_eq!(
@@ -377,11 +615,17 @@ async fn torture_under_live_shop_traffic() {
                WHERE r.status = 'expired' AND o.status <> 'cancelled'").await,
         0
     );
-    // Every due reservation of an unpaid order was released.
+    // Every due reservation of an unpaid order was released (grace included).
     assert_eq!(
-        t.i64("SELECT count(*) FROM orders_inventoryreservation r LEFT JOIN orders_order o ON o.id = r.order_id \
-               WHERE r.status = 'active' AND r.expires_at <= now() \
-                 AND (o.id IS NULL OR (o.status IN ('pending', 'cancelled') AND o.payment_status <> 'paid'))").await,
+        t.i64(&format!(
+            "SELECT count(*) FROM orders_inventoryreservation r LEFT JOIN orders_order o ON o.id = r.order_id \
+             WHERE r.status = 'active' \
+               AND COALESCE(r.expires_at, r.created_at + interval '{TIMEOUT_MINUTES} minutes') \
+                 + CASE WHEN o.payment_status = 'processing' THEN interval '{GRACE_MINUTES} minutes' \
+                   ELSE interval '0' END <= now() \
+               AND (o.id IS NULL OR (o.status IN ('pending', 'cancelled') AND o.payment_status <> 'paid'))"
+        ))
+        .await,
         0
     );
     assert_eq!(last.backlog_remaining, 0);
