@@ -6,11 +6,16 @@
 //! 3. the per-row baseline: the old system's one small transaction per reservation;
 //! 4. scaling: 1, 2 and 4 runs at once over one backlog;
 //! 5. idle cost: a run when nothing is due among 1,000,000 active reservations, with plans;
-//! 6. memory: peak RSS of the `unreserver` process draining 10,000 and 100,000.
+//! 6. memory: peak RSS of the `unreserver` process draining 10,000 and 100,000;
+//! 7. the shoppers' side: checkout latency on the hot drop variants while nothing drains, while
+//!    this project drains a backlog on the same rows, and while the one set-based statement
+//!    does (and, to tell CPU contention from lock waits, checkouts on cold rows during a drain).
 //!
 //! Writes the results, the command and the machine into BENCHMARKS.md.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls};
@@ -22,6 +27,35 @@ use unreserver::{ReleaseSettings, DEFAULT_BATCH_SIZE};
 const VARIANTS: i64 = 2_000;
 const HOT_VARIANTS: i64 = 20;
 const FUTURE_RESERVATIONS: i64 = 200_000;
+
+/// The lower bound: one statement that makes the same changes as a drain, without batches,
+/// claims or retries; returns the reservations it released.
+const LOWER_BOUND: &str = "WITH due AS (
+                   SELECT DISTINCT r.order_id FROM orders_inventoryreservation r
+                     JOIN orders_order o ON o.id = r.order_id
+                    WHERE r.status = 'active' AND r.expires_at <= now()
+                      AND o.status IN ('pending', 'cancelled')
+                      AND o.payment_status IN ('pending', 'failed')),
+                 released AS (
+                   UPDATE orders_inventoryreservation r SET status = 'expired', released_at = now()
+                    WHERE r.status = 'active' AND r.order_id IN (SELECT order_id FROM due)
+                   RETURNING r.product_variant_id, r.drop_product_id, r.quantity),
+                 cancelled AS (
+                   UPDATE orders_order o SET status = 'cancelled', cancelled_at = now(), updated_at = now()
+                    WHERE o.id IN (SELECT order_id FROM due) AND o.status = 'pending' RETURNING 1),
+                 v AS (
+                   UPDATE products_productvariant v
+                      SET reserved_quantity = GREATEST(v.reserved_quantity - s.q, 0), updated_at = now()
+                     FROM (SELECT product_variant_id id, sum(quantity) q FROM released GROUP BY 1) s
+                    WHERE v.id = s.id RETURNING 1),
+                 d AS (
+                   UPDATE drops_dropproduct d
+                      SET reserved_quantity = GREATEST(d.reserved_quantity - s.q, 0), updated_at = now()
+                     FROM (SELECT drop_product_id id, sum(quantity) q FROM released
+                            WHERE drop_product_id IS NOT NULL GROUP BY 1) s
+                    WHERE d.id = s.id RETURNING 1)
+                 SELECT (SELECT count(*) FROM released) + 0 * (SELECT count(*) FROM cancelled)
+                        + 0 * (SELECT count(*) FROM v) + 0 * (SELECT count(*) FROM d)";
 
 struct Bench {
     admin_url: String,
@@ -201,38 +235,7 @@ impl Bench {
         let url = self.copy(seed, "bench_lower").await;
         let c = connect(&url).await;
         let started = Instant::now();
-        let row = c
-            .query_one(
-                "WITH due AS (
-                   SELECT DISTINCT r.order_id FROM orders_inventoryreservation r
-                     JOIN orders_order o ON o.id = r.order_id
-                    WHERE r.status = 'active' AND r.expires_at <= now()
-                      AND o.status IN ('pending', 'cancelled')
-                      AND o.payment_status IN ('pending', 'failed')),
-                 released AS (
-                   UPDATE orders_inventoryreservation r SET status = 'expired', released_at = now()
-                    WHERE r.status = 'active' AND r.order_id IN (SELECT order_id FROM due)
-                   RETURNING r.product_variant_id, r.drop_product_id, r.quantity),
-                 cancelled AS (
-                   UPDATE orders_order o SET status = 'cancelled', cancelled_at = now(), updated_at = now()
-                    WHERE o.id IN (SELECT order_id FROM due) AND o.status = 'pending' RETURNING 1),
-                 v AS (
-                   UPDATE products_productvariant v
-                      SET reserved_quantity = GREATEST(v.reserved_quantity - s.q, 0), updated_at = now()
-                     FROM (SELECT product_variant_id id, sum(quantity) q FROM released GROUP BY 1) s
-                    WHERE v.id = s.id RETURNING 1),
-                 d AS (
-                   UPDATE drops_dropproduct d
-                      SET reserved_quantity = GREATEST(d.reserved_quantity - s.q, 0), updated_at = now()
-                     FROM (SELECT drop_product_id id, sum(quantity) q FROM released
-                            WHERE drop_product_id IS NOT NULL GROUP BY 1) s
-                    WHERE d.id = s.id RETURNING 1)
-                 SELECT (SELECT count(*) FROM released) + 0 * (SELECT count(*) FROM cancelled)
-                        + 0 * (SELECT count(*) FROM v) + 0 * (SELECT count(*) FROM d)",
-                &[],
-            )
-            .await
-            .unwrap();
+        let row = c.query_one(LOWER_BOUND, &[]).await.unwrap();
         (started.elapsed(), row.get(0))
     }
 
@@ -341,6 +344,270 @@ impl Bench {
             .unwrap_or(f64::NAN);
         (exec_ms, plan.join("\n"))
     }
+}
+
+/// Concurrent shoppers in the shopper phases.
+const SHOPPERS: usize = 4;
+/// Length of each shopper phase.
+const PHASE: Duration = Duration::from_secs(3);
+
+/// Checkout latencies (ms) recorded per phase; phase 0 records nothing.
+#[derive(Default)]
+struct Checkouts {
+    phase: AtomicUsize,
+    stop: AtomicBool,
+    latencies: Mutex<Vec<(usize, f64)>>,
+}
+
+/// One shopper: checkout transactions back to back, each on a random hot drop variant (or a
+/// cold variant when `cold`): lock and bump the variant's and the drop's counters, make an
+/// order, insert its reservation (due in 15 minutes), commit.
+async fn shopper(url: String, checkouts: Arc<Checkouts>, cold: bool, n: u64) {
+    let mut c = connect(&url).await;
+    let mut k = n * 1_000_000;
+    while !checkouts.stop.load(Ordering::Relaxed) {
+        k += 1;
+        let v = if cold {
+            HOT_VARIANTS + 1 + fastrand::i64(0..VARIANTS - HOT_VARIANTS)
+        } else {
+            1 + fastrand::i64(0..HOT_VARIANTS)
+        };
+        let phase = checkouts.phase.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let tx = c.transaction().await.unwrap();
+        tx.execute(
+            "UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 WHERE id = $1",
+            &[&v],
+        )
+        .await
+        .unwrap();
+        let drop_id = (v <= HOT_VARIANTS).then_some(v);
+        if let Some(d) = drop_id {
+            tx.execute(
+                "UPDATE drops_dropproduct SET reserved_quantity = reserved_quantity + 1 WHERE id = $1",
+                &[&d],
+            )
+            .await
+            .unwrap();
+        }
+        tx.execute(
+            "WITH o AS (INSERT INTO orders_order (order_number) VALUES ($1) RETURNING id)
+             INSERT INTO orders_inventoryreservation (order_id, product_variant_id, drop_product_id, quantity, expires_at)
+             SELECT id, $2, $3, 1, now() + interval '15 minutes' FROM o",
+            &[&format!("S-{k}"), &v, &drop_id],
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        if phase > 0 && checkouts.phase.load(Ordering::Relaxed) == phase {
+            checkouts
+                .latencies
+                .lock()
+                .unwrap()
+                .push((phase, ms(started.elapsed())));
+        }
+    }
+}
+
+/// A phase's checkout count, p50, p99 and max (ms).
+type Latency = (usize, f64, f64, f64);
+
+/// p50, p99 and max of a phase's latencies, and their count.
+fn latency_stats(checkouts: &Checkouts, phase: usize) -> Latency {
+    let mut v: Vec<f64> = checkouts
+        .latencies
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| *p == phase)
+        .map(|(_, l)| *l)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return (0, 0.0, 0.0, 0.0);
+    }
+    let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    (v.len(), at(0.5), at(0.99), v[v.len() - 1])
+}
+
+impl Bench {
+    /// Starts `SHOPPERS` shoppers on `url`.
+    fn shoppers(
+        url: &str,
+        checkouts: &Arc<Checkouts>,
+        cold: bool,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..SHOPPERS)
+            .map(|n| {
+                tokio::spawn(shopper(
+                    url.to_string(),
+                    checkouts.clone(),
+                    cold,
+                    n as u64 + 1,
+                ))
+            })
+            .collect()
+    }
+
+    /// Makes the seed's not-yet-due rows due (between phases, shoppers paused), vacuumed.
+    async fn make_future_due(url: &str) {
+        let c = connect(url).await;
+        c.batch_execute(
+            "UPDATE orders_inventoryreservation SET expires_at = now() - interval '20 minutes'
+              WHERE status = 'active' AND expires_at > now() AND order_id IN
+                (SELECT id FROM orders_order WHERE order_number LIKE 'B-%');
+             VACUUM ANALYZE",
+        )
+        .await
+        .unwrap();
+    }
+
+    /// The shopper phases on one copy of `seed` (N due now, N more made due before the third
+    /// phase): quiet; this project draining; the lower bound draining. Then, on a fresh copy,
+    /// this project draining while the shoppers use cold rows.
+    async fn shopper_phases(&self, seed: &str) -> String {
+        let url = self.copy(seed, "bench_shoppers").await;
+        let checkouts = Arc::new(Checkouts::default());
+        let mut tasks = Bench::shoppers(&url, &checkouts, false);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        checkouts.phase.store(1, Ordering::Relaxed);
+        tokio::time::sleep(PHASE).await;
+        checkouts.phase.store(2, Ordering::Relaxed);
+        let drain = tokio::spawn(drain_with_defaults(url.clone()));
+        tokio::time::sleep(PHASE).await;
+        checkouts.phase.store(0, Ordering::Relaxed);
+        let (drain_took, report) = drain.await.unwrap();
+        checkouts.stop.store(true, Ordering::Relaxed);
+        for t in tasks.drain(..) {
+            t.await.unwrap();
+        }
+        Bench::make_future_due(&url).await;
+        let checkouts3 = Arc::new(Checkouts::default());
+        let mut tasks = Bench::shoppers(&url, &checkouts3, false);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        checkouts3.phase.store(3, Ordering::Relaxed);
+        let lower = tokio::spawn(lower_bound_statement(url.clone()));
+        tokio::time::sleep(PHASE).await;
+        checkouts3.phase.store(0, Ordering::Relaxed);
+        let lower_took = lower.await.unwrap();
+        checkouts3.stop.store(true, Ordering::Relaxed);
+        for t in tasks.drain(..) {
+            t.await.unwrap();
+        }
+        let cold_url = self.copy(seed, "bench_shoppers_cold").await;
+        let checkouts4 = Arc::new(Checkouts::default());
+        let mut tasks = Bench::shoppers(&cold_url, &checkouts4, true);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        checkouts4.phase.store(4, Ordering::Relaxed);
+        let drain = tokio::spawn(drain_with_defaults(cold_url.clone()));
+        tokio::time::sleep(PHASE).await;
+        checkouts4.phase.store(0, Ordering::Relaxed);
+        let _ = drain.await.unwrap();
+        checkouts4.stop.store(true, Ordering::Relaxed);
+        for t in tasks.drain(..) {
+            t.await.unwrap();
+        }
+        shopper_table(
+            &[
+                (
+                    "quiet (nothing drains), hot rows",
+                    latency_stats(&checkouts, 1),
+                ),
+                (
+                    "this project drains, hot rows",
+                    latency_stats(&checkouts, 2),
+                ),
+                (
+                    "the one set-based statement drains, hot rows",
+                    latency_stats(&checkouts3, 3),
+                ),
+                (
+                    "this project drains, shoppers on cold rows",
+                    latency_stats(&checkouts4, 4),
+                ),
+            ],
+            drain_took,
+            &report,
+            lower_took,
+        )
+    }
+}
+
+/// This project's drain of `url` with the shipped defaults.
+async fn drain_with_defaults(url: String) -> (Duration, RunReport) {
+    let settings = ReleaseSettings {
+        max_batches: 1_000_000,
+        time_budget: None,
+        ..ReleaseSettings::default()
+    };
+    let tls = unreserver::tls_connector(None).unwrap();
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let mut db = Database::open(&config, &tls, settings.lock_timeout_ms)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let report = unreserver::run(&mut db, &settings, &RunOptions::default())
+        .await
+        .unwrap_or_else(|f| panic!("{}", f.error.chain()));
+    (started.elapsed(), report)
+}
+
+/// The lower bound's statement on `url`.
+async fn lower_bound_statement(url: String) -> Duration {
+    let c = connect(&url).await;
+    let started = Instant::now();
+    c.batch_execute(LOWER_BOUND).await.unwrap();
+    started.elapsed()
+}
+
+fn shopper_table(
+    phases: &[(&str, Latency)],
+    drain_took: Duration,
+    report: &RunReport,
+    lower_took: Duration,
+) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "\n## The shoppers' side: checkout latency during a drain (N = 100,000, defaults)\n"
+    );
+    let _ = writeln!(
+        md,
+        "{SHOPPERS} shoppers run checkout transactions back to back on the {HOT_VARIANTS} hot drop \
+         variants the backlog is concentrated on (each: lock and bump the variant's and the \
+         drop's counters, make an order, insert its reservation, commit), in phases of {} s on \
+         one database: quiet; while this project drains 100,000 due reservations; while the one \
+         set-based statement drains 100,000 more. The last row repeats the drain with the \
+         shoppers on cold variants, to separate CPU contention (2 cores) from lock waits.\n",
+        PHASE.as_secs()
+    );
+    let _ = writeln!(md, "| phase | checkouts | p50 (ms) | p99 (ms) | max (ms) |");
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    for (name, (n, p50, p99, max)) in phases {
+        let _ = writeln!(md, "| {name} | {n} | {p50:.1} | {p99:.1} | {max:.1} |");
+    }
+    let quiet = phases[0].1;
+    let drain = phases[1].1;
+    let deferred_pct = 100.0 * report.deferred as f64 / report.reservations_released.max(1) as f64;
+    let _ = writeln!(
+        md,
+        "\nDuring this project's drain: p99 **{:.2}×** the quiet p99 (target ≤ 1.5), max **{:+.1} ms** \
+         over the quiet max (target ≤ +50 ms). The drain took {:.0} ms (the lower bound's statement \
+         {:.0} ms), released {} reservations in {} batches (batch p99 {:.1} ms, max {:.1} ms), \
+         skipped {} orders a shopper held, and left **{} deferred ({deferred_pct:.2} % of those \
+         released**, target < 1 %).",
+        drain.2 / quiet.2.max(f64::EPSILON),
+        drain.3 - quiet.3,
+        ms(drain_took),
+        ms(lower_took),
+        report.reservations_released,
+        report.batches,
+        report.batch_ms_p99,
+        report.batch_ms_max,
+        report.skipped_locked,
+        report.deferred,
+    );
+    md
 }
 
 fn rate(n: i64, d: Duration) -> f64 {
@@ -528,6 +795,13 @@ async fn main() {
     }
     b.out.push_str(&md);
 
+    // The shoppers' side.
+    eprintln!("shopper phases ...");
+    let seed = "bench_seed_shoppers";
+    b.seed(seed, 100_000, 100_000).await;
+    let md = b.shopper_phases(seed).await;
+    b.out.push_str(&md);
+
     // Memory.
     let mut md = String::new();
     let _ = writeln!(md, "\n## Peak RSS of `unreserver run` (defaults)\n");
@@ -572,9 +846,9 @@ async fn main() {
     }
     idle_ms.sort_by(f64::total_cmp);
     let page_sql = unreserver::db::sql::PAGE
-        .replace("$1::text", "'-infinity'::text")
+        .replace("$1::timestamptz", "'-infinity'::timestamptz")
         .replace("$2::int8", "0::int8")
-        .replace("$3::text", "'-infinity'::text")
+        .replace("$3::timestamptz", "'-infinity'::timestamptz")
         .replace("$4::int8", "0::int8")
         .replace("$5::int8", &format!("{DEFAULT_BATCH_SIZE}::int8"))
         .replace("$6::int4", "15::int4");

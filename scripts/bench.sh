@@ -29,7 +29,7 @@ results=$("$target/examples/bench" --binary "$target/unreserver" "$@")
   echo
   echo "- machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(free -g | awk '/Mem:/ {print $2}') GiB"
   echo "- PostgreSQL: $("$PG_BIN/postgres" --version | awk '{print $3}'), fsync and synchronous_commit on, shared_buffers 1GB, on this machine's disk, client over loopback TCP"
-  echo "- unreserver: release build, defaults (BATCH_SIZE $(grep -o 'DEFAULT_BATCH_SIZE: u32 = [0-9]*' src/settings.rs | grep -o '[0-9]*$'), LOCK_TIMEOUT_MS 100)"
+  echo "- unreserver: release build, defaults (BATCH_SIZE $(grep -o 'DEFAULT_BATCH_SIZE: u32 = [0-9]*' src/config.rs | grep -o '[0-9]*$'), LOCK_TIMEOUT_MS 100)"
   echo
   echo "$results"
 } > BENCHMARKS.md
