@@ -455,11 +455,12 @@ impl Bench {
         c.batch_execute(
             "UPDATE orders_inventoryreservation SET expires_at = now() - interval '20 minutes'
               WHERE status = 'active' AND expires_at > now() AND order_id IN
-                (SELECT id FROM orders_order WHERE order_number LIKE 'B-%');
-             VACUUM ANALYZE",
+                (SELECT id FROM orders_order WHERE order_number LIKE 'B-%')",
         )
         .await
         .unwrap();
+        // VACUUM cannot share a (multi-statement, so implicit) transaction.
+        c.batch_execute("VACUUM ANALYZE").await.unwrap();
     }
 
     /// The shopper phases on one copy of `seed` (N due now, N more made due before the third

@@ -13,6 +13,7 @@ source scripts/lib/tools.sh
 need_cargo
 need_pip_tool moto_server 'moto[server]'
 need_cargo_lambda
+need_pip_module samtranslator aws-sam-translator
 
 pids=()
 cleanup() {
@@ -29,6 +30,9 @@ psql -qX "$template_url" -v role=unreserver_test -v password=unreserver-test-pas
 export UNRESERVER_TEST_ADMIN_URL=$PG_ADMIN_URL
 export UNRESERVER_TEST_CA_CERT=$PG_CA_CERT
 export UNRESERVER_TEST_WRONG_CA_CERT=$PG_WRONG_CA_CERT
+# What SAM generates from the template, for the tests that read it.
+export UNRESERVER_TEST_SAM_JSON="$PG_DIR/sam-generated.json"
+python3 scripts/sam-transform.py template.yaml "$UNRESERVER_TEST_SAM_JSON"
 
 moto_port=$(pg_free_port)
 moto_server -H 127.0.0.1 -p "$moto_port" >"$PG_DIR/moto.log" 2>&1 &

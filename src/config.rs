@@ -10,7 +10,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::config::SslMode;
 
-use crate::db::connect;
+use crate::db::{connect, conninfo};
 use crate::error::{Error, Result};
 
 /// Everything a front-end needs, read once at start.
@@ -227,7 +227,7 @@ impl DatabaseConfig {
                 host: lookup("DB_HOST"),
                 port: parse_port(lookup("DB_PORT"))?,
                 dbname: lookup("DB_NAME"),
-                ssl_mode: parse_ssl_mode(lookup("DB_SSLMODE").as_deref())?,
+                ssl_mode: conninfo::ssl_mode("DB_SSLMODE", lookup("DB_SSLMODE").as_deref())?,
                 cache_ttl: Duration::from_secs(
                     parse_u32(lookup, "SECRET_CACHE_TTL_SECONDS", 900, 0, 86_400)?.into(),
                 ),
@@ -273,20 +273,6 @@ fn parse_port(value: Option<String>) -> Result<u16> {
             name: "DB_PORT".into(),
             reason: format!("{p:?} is not a port number"),
         })
-}
-
-/// `DB_SSLMODE`: `require` when unset (TLS with the certificate chain and host name verified;
-/// `verify-full` is its synonym), `prefer`, or `disable`.
-pub fn parse_ssl_mode(value: Option<&str>) -> Result<SslMode> {
-    match value.map(str::trim).unwrap_or("require") {
-        "require" | "verify-full" | "" => Ok(SslMode::Require),
-        "prefer" => Ok(SslMode::Prefer),
-        "disable" => Ok(SslMode::Disable),
-        other => Err(Error::Setting {
-            name: "DB_SSLMODE".into(),
-            reason: format!("{other:?} is not one of require, verify-full, prefer, disable"),
-        }),
-    }
 }
 
 /// What only the Lambda front-end uses.
@@ -472,6 +458,7 @@ mod tests {
             ("DB_PORT", "0"),
             ("DB_PORT", "x"),
             ("DB_SSLMODE", "verify-ca"),
+            ("DB_SSLMODE", "prefer"),
             ("POWERTOOLS_METRICS_NAMESPACE", "bad name"),
             ("POWERTOOLS_SERVICE_NAME", ":x"),
         ];

@@ -35,3 +35,12 @@ wait_for_port() {
   cat "$log" >&2
   tools_die "$name did not start listening on port $port"
 }
+
+# need_pip_module MODULE PIP-SPEC: installs PIP-SPEC from PyPI when python3 cannot import MODULE.
+need_pip_module() {
+  local module=$1 spec=$2
+  python3 -c "import $module" 2>/dev/null && return 0
+  echo "installing $spec from PyPI (for the Python module $module)" >&2
+  python3 -m pip install -q "$spec" >&2 || tools_die "could not install $spec with pip"
+  python3 -c "import $module" 2>/dev/null || tools_die "$module still missing after pip install $spec"
+}

@@ -15,13 +15,11 @@ use crate::error::{Error, Result};
 /// `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "unreserver";
 
-/// Parses a libpq-style URL or key=value string, naming `setting` (and never echoing the
-/// value, which holds a password) when it is malformed.
+/// Parses a libpq-style URL or key=value string (see [`super::conninfo`]: TLS required unless
+/// `sslmode=disable` is written), naming `setting` (and never echoing the value, which holds a
+/// password) when it is malformed.
 pub fn config_from_url(setting: &str, url: &str) -> Result<Config> {
-    let mut config: Config = url.parse().map_err(|e| Error::Setting {
-        name: setting.into(),
-        reason: format!("not a valid PostgreSQL connection string ({e})"),
-    })?;
+    let mut config = super::conninfo::parse(setting, url)?;
     if config.get_hosts().is_empty() {
         return Err(Error::Setting {
             name: setting.into(),

@@ -2,6 +2,7 @@
 //! connection, the preflight, and every SQL statement of the release with its typed wrapper.
 
 pub(crate) mod connect;
+pub(crate) mod conninfo;
 pub(crate) mod credentials;
 pub(crate) mod preflight;
 pub(crate) mod secrets;

@@ -1,6 +1,7 @@
 //! TLS for the database connection: native-tls with certificate and host name verification,
-//! trusting the system store plus every certificate of an optional CA bundle file (such as the
-//! RDS global bundle, which holds over a hundred).
+//! trusting the system store, the Amazon RDS CA certificates compiled into the binary
+//! (`infra/rds-ca-bundle.pem`, so that verified TLS to RDS works out of the box), and every
+//! certificate of an optional CA bundle file (`DB_CA_BUNDLE`).
 
 use std::path::Path;
 
@@ -12,10 +13,19 @@ use crate::error::{Error, Result};
 const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
 const END: &str = "-----END CERTIFICATE-----";
 
-/// Builds the connector used for every connection of the process. With `ca_bundle`, each
-/// certificate in the file is trusted in addition to the system store.
+/// The Amazon RDS CA certificates (2024), from `infra/rds-ca-bundle.pem`
+/// (`scripts/update-rds-ca.sh` regenerates it).
+pub const RDS_CA_BUNDLE: &str = include_str!("../../infra/rds-ca-bundle.pem");
+
+/// Builds the connector used for every connection of the process: the system store and the RDS
+/// CAs, and with `ca_bundle` each certificate in that file too.
 pub fn connector(ca_bundle: Option<&Path>) -> Result<MakeTlsConnector> {
     let mut builder = TlsConnector::builder();
+    let rds = certificates(RDS_CA_BUNDLE)
+        .map_err(|e| Error::Tls(format!("the built-in RDS CA bundle: {e}")))?;
+    for cert in rds {
+        builder.add_root_certificate(cert);
+    }
     if let Some(path) = ca_bundle {
         let pem = std::fs::read_to_string(path)
             .map_err(|e| Error::Tls(format!("cannot read CA bundle {}: {e}", path.display())))?;
@@ -55,6 +65,17 @@ pub fn certificates(pem: &str) -> std::result::Result<Vec<Certificate>, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_rds_certificate_parses_and_the_connector_loads_them() {
+        let certs = certificates(RDS_CA_BUNDLE).unwrap();
+        assert_eq!(certs.len(), 115);
+        assert_eq!(RDS_CA_BUNDLE.matches(BEGIN).count(), 115);
+        for cert in &certs {
+            assert!(cert.to_der().is_ok_and(|der| der.len() > 500));
+        }
+        assert!(connector(None).is_ok());
+    }
 
     #[test]
     fn rejects_files_without_certificates() {

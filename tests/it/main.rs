@@ -11,6 +11,7 @@ mod handler;
 mod lambda;
 mod least_privilege;
 mod release_rules;
+mod sam;
 mod secrets_manager;
 mod status;
 mod template;

