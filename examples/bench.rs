@@ -394,7 +394,7 @@ async fn shopper(url: String, checkouts: Arc<Checkouts>, cold: bool, n: u64) {
             "WITH o AS (INSERT INTO orders_order (order_number) VALUES ($1) RETURNING id)
              INSERT INTO orders_inventoryreservation (order_id, product_variant_id, drop_product_id, quantity, expires_at)
              SELECT id, $2, $3, 1, now() + interval '15 minutes' FROM o",
-            &[&format!("S-{k}"), &v, &drop_id],
+            &[&format!("S-{k}-{}", fastrand::u32(..)), &v, &drop_id],
         )
         .await
         .unwrap();
@@ -463,69 +463,48 @@ impl Bench {
         c.batch_execute("VACUUM ANALYZE").await.unwrap();
     }
 
+    /// One phase: shoppers on `url` (hot or `cold` rows), their latencies recorded while
+    /// `work` runs and for `PHASE` at least, recorded under `phase`.
+    async fn phase<T, F>(url: &str, cold: bool, phase: usize, work: F) -> (Latency, T)
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let checkouts = Arc::new(Checkouts::default());
+        let tasks = Bench::shoppers(url, &checkouts, cold);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        checkouts.phase.store(phase, Ordering::Relaxed);
+        let work = tokio::spawn(work);
+        tokio::time::sleep(PHASE).await;
+        checkouts.phase.store(0, Ordering::Relaxed);
+        let result = work.await.unwrap();
+        checkouts.stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        (latency_stats(&checkouts, phase), result)
+    }
+
     /// The shopper phases on one copy of `seed` (N due now, N more made due before the third
     /// phase): quiet; this project draining; the lower bound draining. Then, on a fresh copy,
     /// this project draining while the shoppers use cold rows.
     async fn shopper_phases(&self, seed: &str) -> String {
         let url = self.copy(seed, "bench_shoppers").await;
-        let checkouts = Arc::new(Checkouts::default());
-        let mut tasks = Bench::shoppers(&url, &checkouts, false);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        checkouts.phase.store(1, Ordering::Relaxed);
-        tokio::time::sleep(PHASE).await;
-        checkouts.phase.store(2, Ordering::Relaxed);
-        let drain = tokio::spawn(drain_with_defaults(url.clone()));
-        tokio::time::sleep(PHASE).await;
-        checkouts.phase.store(0, Ordering::Relaxed);
-        let (drain_took, report) = drain.await.unwrap();
-        checkouts.stop.store(true, Ordering::Relaxed);
-        for t in tasks.drain(..) {
-            t.await.unwrap();
-        }
+        let (quiet, ()) = Bench::phase(&url, false, 1, async {}).await;
+        let (drain, (drain_took, report)) =
+            Bench::phase(&url, false, 2, drain_with_defaults(url.clone())).await;
         Bench::make_future_due(&url).await;
-        let checkouts3 = Arc::new(Checkouts::default());
-        let mut tasks = Bench::shoppers(&url, &checkouts3, false);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        checkouts3.phase.store(3, Ordering::Relaxed);
-        let lower = tokio::spawn(lower_bound_statement(url.clone()));
-        tokio::time::sleep(PHASE).await;
-        checkouts3.phase.store(0, Ordering::Relaxed);
-        let lower_took = lower.await.unwrap();
-        checkouts3.stop.store(true, Ordering::Relaxed);
-        for t in tasks.drain(..) {
-            t.await.unwrap();
-        }
+        let (lower, lower_took) =
+            Bench::phase(&url, false, 3, lower_bound_statement(url.clone())).await;
         let cold_url = self.copy(seed, "bench_shoppers_cold").await;
-        let checkouts4 = Arc::new(Checkouts::default());
-        let mut tasks = Bench::shoppers(&cold_url, &checkouts4, true);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        checkouts4.phase.store(4, Ordering::Relaxed);
-        let drain = tokio::spawn(drain_with_defaults(cold_url.clone()));
-        tokio::time::sleep(PHASE).await;
-        checkouts4.phase.store(0, Ordering::Relaxed);
-        let _ = drain.await.unwrap();
-        checkouts4.stop.store(true, Ordering::Relaxed);
-        for t in tasks.drain(..) {
-            t.await.unwrap();
-        }
+        let (cold, _) =
+            Bench::phase(&cold_url, true, 4, drain_with_defaults(cold_url.clone())).await;
         shopper_table(
             &[
-                (
-                    "quiet (nothing drains), hot rows",
-                    latency_stats(&checkouts, 1),
-                ),
-                (
-                    "this project drains, hot rows",
-                    latency_stats(&checkouts, 2),
-                ),
-                (
-                    "the one set-based statement drains, hot rows",
-                    latency_stats(&checkouts3, 3),
-                ),
-                (
-                    "this project drains, shoppers on cold rows",
-                    latency_stats(&checkouts4, 4),
-                ),
+                ("quiet (nothing drains), hot rows", quiet),
+                ("this project drains, hot rows", drain),
+                ("the one set-based statement drains, hot rows", lower),
+                ("this project drains, shoppers on cold rows", cold),
             ],
             drain_took,
             &report,
@@ -638,6 +617,12 @@ async fn main() {
         admin_url,
         out: String::new(),
     };
+    if args.iter().any(|a| a == "--shoppers-only") {
+        let seed = "bench_seed_shoppers";
+        b.seed(seed, 100_000, 100_000).await;
+        println!("{}", b.shopper_phases(seed).await);
+        return;
+    }
     let mut sizes = vec![10_000i64, 100_000];
     if million {
         sizes.push(1_000_000);

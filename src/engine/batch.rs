@@ -6,12 +6,14 @@
 //!
 //! A batch never waits in a lock queue: every row lock it takes is `SKIP LOCKED`, so it can
 //! never close a lock cycle that another backend's deadlock check would break by aborting a
-//! shopper. The release steps run after a savepoint. When one of them meets a row another
-//! transaction holds (a variant, drop or reservation row), the batch rolls back to the
-//! savepoint and polls for the rows it needs for up to `LOCK_TIMEOUT_MS` — a hot row a checkout
-//! holds for milliseconds is taken promptly — then leaves out only the orders and holds that
-//! need rows still held (`deferred`), and redoes the steps for the rest. An order that turns out
-//! not to be due on the rows locked (it was extended after the claim) is left out the same way.
+//! shopper. The release steps run after a savepoint. The hot variant and drop rows come last:
+//! those a checkout holds are tried again every 2 ms (a checkout holds one for a few
+//! milliseconds) while the batch keeps what it has done, so they are held only until the
+//! commit. When a row is still held after `LOCK_TIMEOUT_MS` (or a reservation row is held), the
+//! batch rolls back to the savepoint, finds the held rows without waiting, leaves out only the
+//! orders and holds that need them (`deferred`), and redoes the steps for the rest. An order
+//! that turns out not to be due on the rows locked (it was extended after the claim) is left out
+//! the same way.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
@@ -324,8 +326,9 @@ enum Round {
     },
 }
 
-/// How often a batch looks again for rows another transaction holds.
-const POLL: Duration = Duration::from_millis(5);
+/// How often a batch looks again for rows another transaction holds (a checkout holds a hot
+/// row for a few milliseconds).
+const POLL: Duration = Duration::from_millis(2);
 
 /// Steps 3 to 5 after a savepoint, in rounds. The release never waits in a lock queue (every
 /// lock it takes is `SKIP LOCKED`), so it can never close a lock cycle: a round that meets a
@@ -340,10 +343,10 @@ async fn release_claimed(
     out: &mut BatchOutcome,
 ) -> Result<()> {
     let rules = params.rules;
-    let mut patience: Option<Instant> = None;
+    let until = Instant::now() + params.lock_wait;
     sql::savepoint(tx, false).await?;
     while !claimed.is_empty() {
-        match release_round(tx, st, rules, claimed, out).await? {
+        match release_round(tx, st, rules, claimed, until, out).await? {
             Round::Done => return Ok(()),
             Round::NotDue { orders, holds } => {
                 sql::savepoint(tx, true).await?;
@@ -352,7 +355,6 @@ async fn release_claimed(
             }
             Round::Held => {
                 sql::savepoint(tx, true).await?;
-                let until = *patience.get_or_insert_with(|| Instant::now() + params.lock_wait);
                 wait_for_held_rows(tx, st, claimed, until, out).await?;
             }
         }
@@ -416,9 +418,10 @@ async fn release_round(
     st: &Statements,
     rules: Rules,
     claimed: &Claimed,
+    until: Instant,
     out: &mut BatchOutcome,
 ) -> Result<Round> {
-    match release_steps(tx, st, rules, claimed, out).await {
+    match release_steps(tx, st, rules, claimed, until, out).await {
         Err(error) if sql_state(&error) == Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(Round::Held),
         other => other,
     }
@@ -429,6 +432,7 @@ async fn release_steps(
     st: &Statements,
     rules: Rules,
     claimed: &Claimed,
+    until: Instant,
     out: &mut BatchOutcome,
 ) -> Result<Round> {
     let released = release(tx, st, rules, claimed).await?;
@@ -442,12 +446,13 @@ async fn release_steps(
     let mut done = Tally::default();
     done.add(&released);
     done.orders_cancelled = cancel_orders(tx, st, &done.released_orders).await?;
-    let Some(clamped) = return_units(tx, st, Counter::Variants, &done.units_by_variant).await?
-    else {
+    let variants = &done.units_by_variant;
+    let Some(clamped) = return_units(tx, st, Counter::Variants, variants, until).await? else {
         return Ok(Round::Held);
     };
     done.clamped_variants = clamped;
-    let Some(clamped) = return_units(tx, st, Counter::Drops, &done.units_by_drop).await? else {
+    let drops = &done.units_by_drop;
+    let Some(clamped) = return_units(tx, st, Counter::Drops, drops, until).await? else {
         return Ok(Round::Held);
     };
     done.clamped_drops = clamped;
@@ -554,27 +559,38 @@ async fn cancel_orders(tx: &Transaction<'_>, st: &Statements, orders: &[i64]) ->
 }
 
 /// Step 5: give the units back to one kind of counter (variants first, then drops; ascending
-/// ids, as a BTreeMap iterates): how many counters had to be clamped at zero, or None when
-/// another transaction holds one of the rows (skipped, not waited on).
+/// ids, as a BTreeMap iterates): how many counters had to be clamped at zero, or None when a row
+/// was still held by another transaction at `until`. Each try updates the rows that are free
+/// (`SKIP LOCKED`) and keeps them; the rows a checkout holds are tried again every 2 ms, without
+/// undoing the rest of the batch — the hot rows are thus held only from here to the commit.
 async fn return_units(
     tx: &Transaction<'_>,
     st: &Statements,
     counter: Counter,
     units: &BTreeMap<i64, i64>,
+    until: Instant,
 ) -> Result<Option<u64>> {
-    if units.is_empty() {
-        return Ok(Some(0));
+    let mut left: BTreeMap<i64, i64> = units.clone();
+    let mut clamped = 0;
+    while !left.is_empty() {
+        let (ids, amounts): (Vec<i64>, Vec<i64>) = left.iter().map(|(id, n)| (*id, *n)).unzip();
+        let p = UnitsParams {
+            ids: &ids,
+            units: &amounts,
+        };
+        for row in st.return_units(tx, counter, &p).await? {
+            left.remove(&row.id);
+            clamped += u64::from(row.clamped);
+        }
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() >= until {
+            return Ok(None);
+        }
+        tokio::time::sleep(POLL).await;
     }
-    let (ids, units): (Vec<i64>, Vec<i64>) = units.iter().map(|(id, n)| (*id, *n)).unzip();
-    let p = UnitsParams {
-        ids: &ids,
-        units: &units,
-    };
-    let rows = st.return_units(tx, counter, &p).await?;
-    if rows.len() < ids.len() {
-        return Ok(None);
-    }
-    Ok(Some(rows.iter().filter(|r| r.clamped).count() as u64))
+    Ok(Some(clamped))
 }
 
 /// Step 6: commit, or in a dry run roll back.
