@@ -60,6 +60,19 @@ const LOWER_BOUND: &str = "WITH due AS (
 struct Bench {
     admin_url: String,
     out: String,
+    /// WAL bytes the last contender wrote (`project` or `lower_bound`).
+    last_wal: std::cell::Cell<i64>,
+}
+
+/// The server's current WAL insert position, in bytes.
+async fn wal_position(c: &Client) -> i64 {
+    c.query_one(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::int8",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }
 
 fn url_for(admin_url: &str, db: &str) -> String {
@@ -205,6 +218,8 @@ impl Bench {
                     .unwrap(),
             );
         }
+        let admin = self.admin().await;
+        let wal_before = wal_position(&admin).await;
         let started = Instant::now();
         let tasks: Vec<_> = dbs
             .into_iter()
@@ -222,6 +237,7 @@ impl Bench {
             reports.push(t.await.unwrap());
         }
         let took = started.elapsed();
+        self.last_wal.set(wal_position(&admin).await - wal_before);
         assert_eq!(
             Self::due_count(&url).await,
             0,
@@ -234,9 +250,12 @@ impl Bench {
     async fn lower_bound(&self, seed: &str) -> (Duration, i64) {
         let url = self.copy(seed, "bench_lower").await;
         let c = connect(&url).await;
+        let wal_before = wal_position(&c).await;
         let started = Instant::now();
         let row = c.query_one(LOWER_BOUND, &[]).await.unwrap();
-        (started.elapsed(), row.get(0))
+        let took = started.elapsed();
+        self.last_wal.set(wal_position(&c).await - wal_before);
+        (took, row.get(0))
     }
 
     /// The old system: select the due reservations, then one transaction per reservation.
@@ -616,6 +635,7 @@ async fn main() {
     let mut b = Bench {
         admin_url,
         out: String::new(),
+        last_wal: std::cell::Cell::new(0),
     };
     if args.iter().any(|a| a == "--shoppers-only") {
         let seed = "bench_seed_shoppers";
@@ -623,7 +643,12 @@ async fn main() {
         println!("{}", b.shopper_phases(seed).await);
         return;
     }
-    let mut sizes = vec![10_000i64, 100_000];
+    let quick = args.iter().any(|a| a == "--quick");
+    let mut sizes = if quick {
+        vec![100_000]
+    } else {
+        vec![10_000i64, 100_000]
+    };
     if million {
         sizes.push(1_000_000);
     }
@@ -645,9 +670,14 @@ async fn main() {
         let due = Bench::due_count(&url_for(&b.admin_url, &seed)).await;
         // The lower bound and the shipped defaults, interleaved, three times (once at 1M):
         // the medians, and their ratio, are what count.
-        let reps = if n >= 1_000_000 { 1 } else { 3 };
+        let reps = args
+            .iter()
+            .position(|a| a == "--reps")
+            .and_then(|i| args.get(i + 1)?.parse().ok())
+            .unwrap_or(if n >= 1_000_000 { 2 } else { 3 });
         let mut lowers = Vec::new();
         let mut defaults = Vec::new();
+        let mut wal: Vec<(i64, i64)> = Vec::new();
         for rep in 0..reps {
             eprintln!(
                 "N={n}: lower bound and defaults, repetition {} ...",
@@ -656,7 +686,9 @@ async fn main() {
             let (lower, lower_n) = b.lower_bound(&seed).await;
             assert_eq!(lower_n, due);
             lowers.push(lower);
+            let lower_wal = b.last_wal.get();
             let (took, reports) = b.project(&seed, DEFAULT_BATCH_SIZE, 1).await;
+            wal.push((b.last_wal.get(), lower_wal));
             assert_eq!(released(&reports), due);
             defaults.push((took, reports.into_iter().next().unwrap()));
         }
@@ -690,13 +722,21 @@ async fn main() {
             .iter()
             .map(|(_, r)| format!("{:.1}", r.batch_ms_p99))
             .collect();
+        let wal_ratios: Vec<String> = wal
+            .iter()
+            .map(|(p, l)| format!("{:.2}", *p as f64 / (*l).max(1) as f64))
+            .collect();
         let _ = writeln!(
             ratios,
-            "- N = {n}: project / lower bound per repetition: {}; batch p99 (ms): {}",
+            "- N = {n}: project / lower bound per repetition: {}; batch p99 (ms): {}; \
+             WAL written, project / lower bound (deterministic, unlike time): {} ({:.1} MB / {:.1} MB)",
             pairs.join(", "),
-            p99s.join(", ")
+            p99s.join(", "),
+            wal_ratios.join(", "),
+            wal.first().map_or(0.0, |w| w.0 as f64 / 1e6),
+            wal.first().map_or(0.0, |w| w.1 as f64 / 1e6),
         );
-        if n == 100_000 {
+        if n == 100_000 && !quick {
             for bs in [50, 100, 250, 1000, 2000] {
                 eprintln!("N={n}: project, batch size {bs} ...");
                 let (took, reports) = b.project(&seed, bs, 1).await;
@@ -716,6 +756,10 @@ async fn main() {
     }
     let _ = writeln!(md, "\nEach repetition of the shipped defaults against the lower bound run just before it:\n\n{ratios}");
     b.out.push_str(&md);
+    if quick {
+        println!("{}", b.out);
+        return;
+    }
 
     // Per-row baseline at N = 5,000.
     let mut md = String::new();
