@@ -7,9 +7,9 @@
 //! A batch never waits in a lock queue: every row lock it takes is `SKIP LOCKED`, so it can
 //! never close a lock cycle that another backend's deadlock check would break by aborting a
 //! shopper. The release steps run after a savepoint. The hot variant and drop rows come last:
-//! those a checkout holds are tried again every 2 ms (a checkout holds one for a few
-//! milliseconds) while the batch keeps what it has done, so they are held only until the
-//! commit. When a row is still held after `LOCK_TIMEOUT_MS` (or a reservation row is held), the
+//! those a checkout holds are tried again after 2 ms, then 4, 8, ... up to 32 (a checkout holds
+//! one for a few milliseconds) while the batch keeps what it has done, so they are held only
+//! until the commit. When a row is still held after `LOCK_TIMEOUT_MS` (or a reservation row is held), the
 //! batch rolls back to the savepoint, finds the held rows without waiting, leaves out only the
 //! orders and holds that need them (`deferred`), and redoes the steps for the rest. An order
 //! that turns out not to be due on the rows locked (it was extended after the claim) is left out
@@ -326,9 +326,17 @@ enum Round {
     },
 }
 
-/// How often a batch looks again for rows another transaction holds (a checkout holds a hot
-/// row for a few milliseconds).
+/// The first pause before a batch looks again for rows another transaction holds (a checkout
+/// holds a hot row for a few milliseconds); each further pause doubles, up to [`MAX_POLL`], so
+/// a row held for long costs a few looks, not hundreds.
 const POLL: Duration = Duration::from_millis(2);
+const MAX_POLL: Duration = Duration::from_millis(32);
+
+/// Sleeps `pause`, then doubles it (up to [`MAX_POLL`]) for the next time.
+async fn poll_pause(pause: &mut Duration) {
+    tokio::time::sleep(*pause).await;
+    *pause = (*pause * 2).min(MAX_POLL);
+}
 
 /// Steps 3 to 5 after a savepoint, in rounds. The release never waits in a lock queue (every
 /// lock it takes is `SKIP LOCKED`), so it can never close a lock cycle: a round that meets a
@@ -372,6 +380,7 @@ async fn wait_for_held_rows(
     until: Instant,
     out: &mut BatchOutcome,
 ) -> Result<()> {
+    let mut pause = POLL;
     loop {
         let held = st.probe_held(tx, &claimed.orders, &claimed.holds).await?;
         if held.is_empty() {
@@ -379,7 +388,7 @@ async fn wait_for_held_rows(
         }
         sql::savepoint(tx, true).await?;
         if Instant::now() < until {
-            tokio::time::sleep(POLL).await;
+            poll_pause(&mut pause).await;
             continue;
         }
         let (orders, holds) = owners(&held);
@@ -561,8 +570,9 @@ async fn cancel_orders(tx: &Transaction<'_>, st: &Statements, orders: &[i64]) ->
 /// Step 5: give the units back to one kind of counter (variants first, then drops; ascending
 /// ids, as a BTreeMap iterates): how many counters had to be clamped at zero, or None when a row
 /// was still held by another transaction at `until`. Each try updates the rows that are free
-/// (`SKIP LOCKED`) and keeps them; the rows a checkout holds are tried again every 2 ms, without
-/// undoing the rest of the batch — the hot rows are thus held only from here to the commit.
+/// (`SKIP LOCKED`) and keeps them; the rows a checkout holds are tried again after 2 ms (then
+/// 4, 8, ... up to 32), without undoing the rest of the batch — the hot rows are thus held only
+/// from here to the commit.
 async fn return_units(
     tx: &Transaction<'_>,
     st: &Statements,
@@ -572,6 +582,7 @@ async fn return_units(
 ) -> Result<Option<u64>> {
     let mut left: BTreeMap<i64, i64> = units.clone();
     let mut clamped = 0;
+    let mut pause = POLL;
     while !left.is_empty() {
         let (ids, amounts): (Vec<i64>, Vec<i64>) = left.iter().map(|(id, n)| (*id, *n)).unzip();
         let p = UnitsParams {
@@ -588,7 +599,7 @@ async fn return_units(
         if Instant::now() >= until {
             return Ok(None);
         }
-        tokio::time::sleep(POLL).await;
+        poll_pause(&mut pause).await;
     }
     Ok(Some(clamped))
 }
