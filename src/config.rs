@@ -67,6 +67,9 @@ pub struct ReleaseSettings {
     /// when they set one below the server's (which the preflight reads; None: use that). A
     /// batch never outlives half of it, and `LOCK_TIMEOUT_MS` must be at most half of it.
     pub shop_deadlock_timeout_ms: Option<u32>,
+    /// `PASS_SIZE`: due rows one pass reads when no index serves the keyset page (see
+    /// `engine::pass`): about 40 bytes of memory each.
+    pub pass_size: u32,
 }
 
 /// Default due reservations per batch, chosen from the benchmark (see BENCHMARKS.md).
@@ -89,6 +92,7 @@ impl Default for ReleaseSettings {
             retry_backoff_ms: 50,
             time_budget: Some(Duration::from_secs(240)),
             shop_deadlock_timeout_ms: None,
+            pass_size: 50_000,
         }
     }
 }
@@ -144,6 +148,7 @@ impl ReleaseSettings {
             time_budget: (budget > 0).then(|| Duration::from_secs(u64::from(budget))),
             // 0 means the server's deadlock_timeout.
             shop_deadlock_timeout_ms: (shop_deadlock > 0).then_some(shop_deadlock),
+            pass_size: parse_u32(lookup, "PASS_SIZE", d.pass_size, 100, 1_000_000)?,
         };
         settings.validate()?;
         Ok(settings)
@@ -453,6 +458,7 @@ mod tests {
             ("RETRY_BACKOFF_MS", "x"),
             ("TIME_BUDGET_SECONDS", "99999999999"),
             ("SHOP_DEADLOCK_TIMEOUT_MS", "x"),
+            ("PASS_SIZE", "10"),
             ("DEADLINE_MARGIN_MS", "10"),
             ("SECRET_CACHE_TTL_SECONDS", "-1"),
             ("DB_PORT", "0"),

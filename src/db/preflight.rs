@@ -55,18 +55,79 @@ pub const TIME_COLUMNS: &[(&str, &str)] = &[
     ("drops_dropproduct", "updated_at"),
 ];
 
-/// The indexes of `infra/indexes.sql`. The release is correct without them, but then every
-/// batch scans the reservation table.
-pub const RECOMMENDED_INDEXES: &[&str] = &[
-    "unreserver_active_expiry_idx",
-    "unreserver_active_legacy_idx",
+/// An index of `infra/indexes.sql`, and what any index must be to do its job.
+#[derive(Debug, Clone, Copy)]
+pub struct Recommended {
+    /// Its name in `infra/indexes.sql`.
+    pub name: &'static str,
+    /// The key columns an index must start with.
+    pub columns: &'static [&'static str],
+    /// Conditions its predicate may hold (besides none at all): each term of the predicate,
+    /// with casts and parentheses removed, must be one of these.
+    pub predicate_terms: &'static [&'static str],
+}
+
+/// The indexes of `infra/indexes.sql`. The release is correct without them; without the first,
+/// a run reads the due rows in passes (one scan each) instead of paging through the index.
+pub const RECOMMENDED_INDEXES: &[Recommended] = &[
+    Recommended {
+        name: "unreserver_active_expiry_idx",
+        columns: &["expires_at", "id"],
+        predicate_terms: &["status = 'active'"],
+    },
+    Recommended {
+        name: "unreserver_active_legacy_idx",
+        columns: &["created_at", "id"],
+        predicate_terms: &["status = 'active'", "expires_at IS NULL"],
+    },
 ];
+
+/// The command that creates the recommended indexes, for messages.
+pub const CREATE_INDEXES: &str = "psql \"$DATABASE_URL\" -f infra/indexes.sql";
+
+/// Whether `index` serves as `wanted`: it starts with the wanted columns, and its predicate (if
+/// any) only narrows to rows the release reads.
+pub fn serves(index: &sql::IndexDefinition, wanted: &Recommended) -> bool {
+    if !index.columns.starts_with(
+        &wanted
+            .columns
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>(),
+    ) {
+        return false;
+    }
+    let Some(predicate) = &index.predicate else {
+        return true;
+    };
+    predicate_terms(predicate)
+        .iter()
+        .all(|term| wanted.predicate_terms.contains(&term.as_str()))
+}
+
+/// The AND-ed terms of a predicate as PostgreSQL prints it, without casts and parentheses:
+/// `((status)::text = 'active'::text) AND (expires_at IS NULL)` gives `status = 'active'` and
+/// `expires_at IS NULL`.
+fn predicate_terms(predicate: &str) -> Vec<String> {
+    let plain = predicate
+        .replace("::text", "")
+        .replace("::character varying", "")
+        .replace(['(', ')'], "");
+    plain
+        .split(" AND ")
+        .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
 
 /// What the preflight found beyond the hard requirements.
 #[derive(Debug, Clone, Default)]
 pub struct Preflight {
-    /// Recommended indexes that are absent.
+    /// Recommended indexes for which no index of the same definition exists (named as in
+    /// `infra/indexes.sql`).
     pub missing_indexes: Vec<String>,
+    /// Whether an index serves the keyset page over expiring rows: without one, a run reads
+    /// the due rows in passes.
+    pub expiry_index: bool,
     /// The server's `deadlock_timeout`, in milliseconds.
     pub deadlock_timeout_ms: i64,
 }
@@ -77,8 +138,12 @@ pub async fn preflight(client: &Client, lock_timeout_ms: u32) -> Result<Prefligh
     check_columns(client).await?;
     let deadlock_timeout_ms = sql::deadlock_timeout_ms(client).await?;
     check_lock_timeout(lock_timeout_ms, deadlock_timeout_ms)?;
-    let missing_indexes = missing_indexes(client).await?;
+    let indexes = sql::reservation_indexes(client).await?;
+    let missing_indexes = missing_indexes(&indexes);
     Ok(Preflight {
+        expiry_index: !missing_indexes
+            .iter()
+            .any(|m| m == RECOMMENDED_INDEXES[0].name),
         missing_indexes,
         deadlock_timeout_ms,
     })
@@ -144,19 +209,75 @@ fn check_lock_timeout(lock_timeout_ms: u32, deadlock_timeout_ms: i64) -> Result<
     })
 }
 
-/// The recommended indexes that are absent, with a warning when there are any.
-async fn missing_indexes(client: &Client) -> Result<Vec<String>> {
-    let existing = sql::existing_indexes(client, RECOMMENDED_INDEXES).await?;
+/// The recommended indexes no present index serves, with a warning (and the command that
+/// creates them) when there are any.
+fn missing_indexes(indexes: &[sql::IndexDefinition]) -> Vec<String> {
     let missing: Vec<String> = RECOMMENDED_INDEXES
         .iter()
-        .filter(|n| !existing.iter().any(|e| e == *n))
-        .map(|n| n.to_string())
+        .filter(|wanted| !indexes.iter().any(|index| serves(index, wanted)))
+        .map(|wanted| wanted.name.to_string())
         .collect();
     if !missing.is_empty() {
         tracing::warn!(
             missing = ?missing,
-            "recommended indexes missing (infra/indexes.sql): every batch scans the reservation table"
+            create_them_with = CREATE_INDEXES,
+            "recommended indexes missing: runs read the due rows in passes of whole-table scans; \
+             create them with {CREATE_INDEXES}"
         );
     }
-    Ok(missing)
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(columns: &[&str], predicate: Option<&str>) -> sql::IndexDefinition {
+        sql::IndexDefinition {
+            name: "any_name".into(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            predicate: predicate.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn an_index_serves_by_definition_not_by_name() {
+        let expiry = &RECOMMENDED_INDEXES[0];
+        let legacy = &RECOMMENDED_INDEXES[1];
+        assert!(serves(
+            &index(&["expires_at", "id"], Some("(status = 'active'::text)")),
+            expiry
+        ));
+        assert!(serves(
+            &index(
+                &["expires_at", "id"],
+                Some("((status)::text = 'active'::text)")
+            ),
+            expiry
+        ));
+        assert!(serves(
+            &index(&["expires_at", "id", "order_id"], None),
+            expiry
+        ));
+        assert!(!serves(
+            &index(&["expires_at"], Some("(status = 'active'::text)")),
+            expiry
+        ));
+        assert!(!serves(&index(&["id", "expires_at"], None), expiry));
+        assert!(!serves(
+            &index(&["expires_at", "id"], Some("(status = 'expired'::text)")),
+            expiry
+        ));
+        assert!(serves(
+            &index(
+                &["created_at", "id"],
+                Some("(((status)::text = 'active'::text) AND (expires_at IS NULL))")
+            ),
+            legacy
+        ));
+        assert!(!serves(
+            &index(&["created_at", "id"], Some("(expires_at IS NOT NULL)")),
+            legacy
+        ));
+    }
 }

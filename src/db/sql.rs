@@ -993,17 +993,38 @@ pub async fn table_columns(
     .await
 }
 
-/// Which of the indexes named in $1 exist (on any table in `search_path`). Reads the catalog.
-pub const EXISTING_INDEXES: &str = "SELECT n.name AS name FROM unnest($1::text[]) AS n(name) \
-     WHERE to_regclass(n.name) IS NOT NULL";
+/// The valid indexes of the reservation table, by definition: key columns in order and the
+/// predicate as PostgreSQL prints it (NULL for a full index). The preflight decides from these,
+/// not from names, whether the release can page through an index (a shop may have an equivalent
+/// one under another name). Reads the catalog.
+pub const RESERVATION_INDEXES: &str = "SELECT c.relname::text AS name, \
+     ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
+           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+           ORDER BY k.n) AS columns, \
+     pg_get_expr(i.indpred, i.indrelid) AS predicate \
+     FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+     WHERE i.indrelid = to_regclass('orders_inventoryreservation') AND i.indisvalid";
 
-/// [`EXISTING_INDEXES`]: the names of those that exist.
-pub async fn existing_indexes(
+/// A row of [`RESERVATION_INDEXES`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexDefinition {
+    pub name: String,
+    /// Key columns in order (an expression column has no name and is left out).
+    pub columns: Vec<String>,
+    /// The partial index's predicate, e.g. `(status)::text = 'active'::text`.
+    pub predicate: Option<String>,
+}
+
+/// [`RESERVATION_INDEXES`].
+pub async fn reservation_indexes(
     client: &(impl GenericClient + Sync),
-    names: &[&str],
-) -> Result<Vec<String>> {
-    fetch(client, EXISTING_INDEXES, &[&names], "index check", |row| {
-        row.try_get("name")
+) -> Result<Vec<IndexDefinition>> {
+    fetch(client, RESERVATION_INDEXES, &[], "index check", |row| {
+        Ok(IndexDefinition {
+            name: row.try_get("name")?,
+            columns: row.try_get("columns")?,
+            predicate: row.try_get("predicate")?,
+        })
     })
     .await
 }

@@ -54,6 +54,8 @@ pub enum Source<'a> {
     Page(&'a Cursor),
     /// Orders and holds an earlier batch of the run left out (the cursor has passed them).
     Deferred { orders: &'a [i64], holds: &'a [i64] },
+    /// Due rows a pass read (see [`super::pass`]), when no index serves the page.
+    Rows(&'a [PageRow]),
 }
 
 /// The parameters every batch of a run shares, converted once to the types the SQL takes.
@@ -184,6 +186,11 @@ pub async fn run(
             out.next_cursor = advance(cursor, &page);
             candidates(&page, exclude)
         }
+        Source::Rows(rows) => {
+            out.rows_paged = rows.len();
+            out.next_cursor = Cursor::default();
+            candidates(rows, exclude)
+        }
         Source::Deferred { orders, holds } => Candidates {
             orders: orders
                 .iter()
@@ -218,7 +225,7 @@ async fn page(
 }
 
 /// The cursor after `page`: the last row paged in each due order.
-fn advance(cursor: &Cursor, page: &[PageRow]) -> Cursor {
+pub(crate) fn advance(cursor: &Cursor, page: &[PageRow]) -> Cursor {
     let mut next = *cursor;
     for row in page {
         let key = (row.due_key, row.id);

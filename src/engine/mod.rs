@@ -2,6 +2,7 @@
 //! It works on a checked [`crate::db::session::Database`] and knows nothing of the front-ends.
 
 pub(crate) mod batch;
+pub(crate) mod pass;
 pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod status;

@@ -67,6 +67,9 @@ pub struct RunReport {
     /// Claimed orders and holds found not due on the rows locked (extended after the claim),
     /// left alone.
     pub no_longer_due: u64,
+    /// Scans of the reservation table that read the due rows in passes: 0 when an index serves
+    /// the keyset page (`infra/indexes.sql`, or an equivalent).
+    pub pass_scans: u32,
     /// Variant counters clamped at zero (they had drifted below their reservations).
     pub clamped_variants: u64,
     /// Drop counters clamped at zero.
@@ -121,6 +124,7 @@ impl RunReport {
             deferred: 0,
             oldest_deferred_age_seconds: None,
             no_longer_due: 0,
+            pass_scans: 0,
             clamped_variants: 0,
             clamped_drops: 0,
             paid_orders_with_due_reservations: 0,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use super::batch::{self, BatchOutcome, BatchParams, Cursor, Source};
+use super::pass::Passes;
 use super::report::{quantile, RunReport, StopReason};
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
@@ -80,6 +81,8 @@ enum Work {
     Page,
     /// The front of the run's deferred orders and holds.
     Deferred,
+    /// The next rows of the current pass (no index serves the page).
+    Pass,
 }
 
 /// The state of one run between batches.
@@ -108,6 +111,8 @@ struct Run<'a> {
     missing_indexes: Vec<String>,
     /// Consecutive cuts of a batch at the smallest page size.
     cuts_at_min: u32,
+    /// The due rows read in passes, when no index serves the keyset page.
+    passes: Option<Passes>,
 }
 
 impl<'a> Run<'a> {
@@ -131,6 +136,7 @@ impl<'a> Run<'a> {
             retry_queue: (Vec::new(), Vec::new()),
             missing_indexes: Vec::new(),
             cuts_at_min: 0,
+            passes: None,
         }
     }
 
@@ -154,6 +160,9 @@ impl<'a> Run<'a> {
         self.batch_budget = Duration::from_millis((deadlock_ms / 2).max(1) as u64);
         self.missing_indexes
             .clone_from(&db.preflight.missing_indexes);
+        if !db.preflight.expiry_index {
+            self.passes = Some(Passes::new(self.settings.pass_size));
+        }
         Ok(())
     }
 
@@ -163,11 +172,21 @@ impl<'a> Run<'a> {
             if let Some(stop) = self.limit_reached() {
                 return Ok(stop);
             }
-            let batch = match self.batch_with_retries(db, Work::Page).await? {
+            let work = match self.passes.as_mut() {
+                None => Work::Page,
+                Some(passes) => {
+                    let rules = self.params.rules();
+                    if !passes.refill(db, &mut self.cursor, rules).await? {
+                        return self.retry_deferred(db).await;
+                    }
+                    Work::Pass
+                }
+            };
+            let batch = match self.batch_with_retries(db, work).await? {
                 Ok(batch) => batch,
                 Err(stop) => return Ok(stop),
             };
-            let drained = (batch.rows_paged as i64) < self.params.page_size;
+            let drained = work == Work::Page && (batch.rows_paged as i64) < self.params.page_size;
             let empty = batch.rows_paged == 0;
             // A batch that fit its budget lets the page grow back towards BATCH_SIZE.
             self.params.page_size =
@@ -218,9 +237,14 @@ impl<'a> Run<'a> {
         (self.slowest * 2).max(MIN_BATCH_ALLOWANCE)
     }
 
+    /// Rows a batch works on: the page size, as a count.
+    fn page_rows(&self) -> usize {
+        usize::try_from(self.params.page_size).unwrap_or(usize::MAX)
+    }
+
     /// The front of the retry queue, at most a page of it.
     fn retry_chunk(&self) -> (Vec<i64>, Vec<i64>) {
-        let n = usize::try_from(self.params.page_size).unwrap_or(usize::MAX);
+        let n = self.page_rows();
         let orders: Vec<i64> = self.retry_queue.0.iter().take(n).copied().collect();
         let rest = n.saturating_sub(orders.len());
         let holds = self.retry_queue.1.iter().take(rest).copied().collect();
@@ -240,8 +264,13 @@ impl<'a> Run<'a> {
         loop {
             let span = tracing::info_span!("batch", number, attempt);
             let chunk = self.retry_chunk();
+            let rows = match (&self.passes, work) {
+                (Some(passes), Work::Pass) => passes.front(self.page_rows()),
+                _ => Vec::new(),
+            };
             let source = match work {
                 Work::Page => Source::Page(&self.cursor),
+                Work::Pass => Source::Rows(&rows),
                 Work::Deferred => Source::Deferred {
                     orders: &chunk.0,
                     holds: &chunk.1,
@@ -259,7 +288,7 @@ impl<'a> Run<'a> {
             .await;
             let error = match tried {
                 Ok(batch) => {
-                    self.succeeded(started.elapsed(), work, &chunk);
+                    self.succeeded(started.elapsed(), work, &chunk, rows.len());
                     return Ok(Ok(batch));
                 }
                 Err(error) => error,
@@ -345,13 +374,16 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn succeeded(&mut self, took: Duration, work: Work, chunk: &(Vec<i64>, Vec<i64>)) {
+    fn succeeded(&mut self, took: Duration, work: Work, chunk: &(Vec<i64>, Vec<i64>), rows: usize) {
         self.cuts_at_min = 0;
         self.slowest = self.slowest.max(took);
         self.durations.push(took.as_secs_f64() * 1000.0);
         if work == Work::Deferred {
             self.retry_queue.0.drain(..chunk.0.len());
             self.retry_queue.1.drain(..chunk.1.len());
+        }
+        if let (Some(passes), Work::Pass) = (self.passes.as_mut(), work) {
+            passes.consume(rows);
         }
     }
 
@@ -376,7 +408,7 @@ impl<'a> Run<'a> {
             .extend(batch.deferred_holds.iter().copied());
         self.report.no_longer_due += batch.no_longer_due;
         log_batch(self.report.batches, &batch);
-        if batch.rows_paged > 0 {
+        if batch.rows_paged > 0 && self.passes.is_none() {
             self.cursor = batch.next_cursor;
         }
         add_batch(&mut self.report, batch);
@@ -392,6 +424,7 @@ impl<'a> Run<'a> {
     ) -> std::result::Result<RunReport, RunFailure> {
         self.report.paid_orders_with_due_reservations = self.paid_orders.len() as u64;
         self.report.deferred = (self.deferred_orders.len() + self.deferred_holds.len()) as u64;
+        self.report.pass_scans = self.passes.as_ref().map_or(0, |p| p.scans);
         self.durations.sort_by(f64::total_cmp);
         self.report.batch_ms_p50 = quantile(&self.durations, 0.5);
         self.report.batch_ms_p99 = quantile(&self.durations, 0.99);

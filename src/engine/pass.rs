@@ -1,0 +1,83 @@
+//! Reading the due rows in passes, when no index serves the keyset page (a shop that has not
+//! applied `infra/indexes.sql`, nor an equivalent index). Paging then would read and sort all
+//! the remaining due rows again for every batch; instead each pass is one scan of the
+//! reservation table that yields up to `PASS_SIZE` (50,000) due rows in due order, kept in
+//! memory (about 40 bytes a row: 2 MB by default) and worked through in batches of
+//! `BATCH_SIZE`. The
+//! batches re-check every rule under lock, so a row that changed since the scan is simply not
+//! released; rows that fall due during the run are taken by a later pass or the next run.
+
+use std::collections::VecDeque;
+
+use super::batch::{self, Cursor};
+use crate::db::session::Database;
+use crate::db::sql::{PageParams, PageRow, Rules};
+use crate::error::Result;
+
+/// The rows of the current pass not yet worked through.
+#[derive(Debug)]
+pub struct Passes {
+    /// Due rows one pass reads at most.
+    size: i64,
+    rows: VecDeque<PageRow>,
+    /// The last pass returned fewer than `size` rows: nothing more is due after it.
+    exhausted: bool,
+    /// Scans made so far (for the report and the logs).
+    pub scans: u32,
+}
+
+impl Passes {
+    pub fn new(size: u32) -> Self {
+        Passes {
+            size: i64::from(size),
+            rows: VecDeque::new(),
+            exhausted: false,
+            scans: 0,
+        }
+    }
+
+    /// Makes sure rows are waiting, scanning once more (after `cursor`, which it moves on)
+    /// when the current pass is used up; false when nothing more is due.
+    pub async fn refill(
+        &mut self,
+        db: &Database,
+        cursor: &mut Cursor,
+        rules: Rules,
+    ) -> Result<bool> {
+        if !self.rows.is_empty() {
+            return Ok(true);
+        }
+        if self.exhausted {
+            return Ok(false);
+        }
+        let p = PageParams {
+            expiring_after: cursor.expiring,
+            legacy_after: cursor.legacy,
+            limit: self.size,
+            rules,
+        };
+        // Outside any batch transaction: a read that locks nothing, bounded by the session's
+        // statement timeout rather than a batch's.
+        let rows = db.statements.page(&db.client, &p).await?;
+        self.scans += 1;
+        self.exhausted = (rows.len() as i64) < self.size;
+        *cursor = batch::advance(cursor, &rows);
+        tracing::debug!(
+            rows = rows.len(),
+            scan = self.scans,
+            "read a pass of due rows"
+        );
+        self.rows = rows.into();
+        Ok(!self.rows.is_empty())
+    }
+
+    /// The next `n` rows (fewer at the end of the pass), left in place until [`Self::consume`].
+    pub fn front(&self, n: usize) -> Vec<PageRow> {
+        self.rows.iter().take(n).cloned().collect()
+    }
+
+    /// Drops the first `n` rows: a batch has worked them through.
+    pub fn consume(&mut self, n: usize) {
+        self.rows.drain(..n.min(self.rows.len()));
+    }
+}

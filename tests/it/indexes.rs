@@ -1,0 +1,118 @@
+//! The release on the indexes a shop really has: the recommended ones, an equivalent under
+//! another name, only a plain partial index on `expires_at`, or only Django's foreign-key
+//! indexes. Without an index that serves the keyset page, a run reads the due rows in passes
+//! (one scan each) — and releases exactly the same.
+
+use crate::common::{run, settings, Res, TestDb};
+
+const RECOMMENDED: &str =
+    "DROP INDEX unreserver_active_expiry_idx; DROP INDEX unreserver_active_legacy_idx";
+
+/// 120 due orders (1 or 2 reservations), 10 legacy due rows, 30 not yet due, on one variant.
+async fn seed(t: &TestDb) -> i64 {
+    let v = t.variant(0).await;
+    let mut reserved = 0;
+    for i in 0..120 {
+        let order = t.order("pending", "pending").await;
+        t.reservation(Res::new(Some(order), v, 1, "-2 minutes"))
+            .await;
+        reserved += 1;
+        if i % 3 == 0 {
+            t.reservation(Res::new(Some(order), v, 1, "-1 minute"))
+                .await;
+            reserved += 1;
+        }
+    }
+    for _ in 0..10 {
+        let order = t.order("pending", "pending").await;
+        let mut r = Res::new(Some(order), v, 1, "-1 minute");
+        r.expires = None;
+        r.created = "-1 hour";
+        t.reservation(r).await;
+        reserved += 1;
+    }
+    for _ in 0..30 {
+        let order = t.order("pending", "pending").await;
+        t.reservation(Res::new(Some(order), v, 1, "10 minutes"))
+            .await;
+        reserved += 1;
+    }
+    t.exec(&format!(
+        "UPDATE products_productvariant SET reserved_quantity = {reserved} WHERE id = {v}"
+    ))
+    .await;
+    v
+}
+
+async fn drain_and_check(t: &TestDb, v: i64, expect_passes: bool) {
+    let mut s = settings();
+    s.batch_size = 20;
+    s.pass_size = 100;
+    let mut db = t.open_with(&s).await;
+    let report = run(&mut db, &s, false).await;
+    assert_eq!(report.reservations_released, 120 + 40 + 10, "{report:?}");
+    assert_eq!(report.orders_cancelled, 130);
+    assert_eq!(report.backlog_remaining, 0);
+    assert_eq!(
+        t.reserved(v).await,
+        30,
+        "the not-yet-due units stay reserved"
+    );
+    assert_eq!(t.drifted_counters().await, 0);
+    if expect_passes {
+        // 170 due rows, at most 100 a pass: at least two scans.
+        assert!(report.pass_scans >= 2, "{report:?}");
+    } else {
+        assert_eq!(report.pass_scans, 0, "{report:?}");
+    }
+}
+
+#[tokio::test]
+async fn without_the_recommended_indexes_a_run_reads_in_passes_and_releases_the_same() {
+    let t = TestDb::new().await;
+    t.exec(RECOMMENDED).await;
+    let v = seed(&t).await;
+    let db = t.open().await;
+    assert_eq!(db.preflight.missing_indexes.len(), 2);
+    assert!(!db.preflight.expiry_index);
+    drain_and_check(&t, v, true).await;
+}
+
+#[tokio::test]
+async fn an_equivalent_index_under_another_name_serves() {
+    let t = TestDb::new().await;
+    t.exec(RECOMMENDED).await;
+    t.exec(
+        "CREATE INDEX shop_reservations_due ON orders_inventoryreservation (expires_at, id) \
+           WHERE status = 'active'; \
+         CREATE INDEX shop_reservations_legacy ON orders_inventoryreservation (created_at, id, quantity) \
+           WHERE status = 'active' AND expires_at IS NULL",
+    )
+    .await;
+    let v = seed(&t).await;
+    let db = t.open().await;
+    assert!(
+        db.preflight.missing_indexes.is_empty(),
+        "{:?}",
+        db.preflight.missing_indexes
+    );
+    drain_and_check(&t, v, false).await;
+}
+
+#[tokio::test]
+async fn only_a_plain_partial_index_on_expires_at_means_passes() {
+    let t = TestDb::new().await;
+    t.exec(RECOMMENDED).await;
+    t.exec("CREATE INDEX shop_expiry ON orders_inventoryreservation (expires_at) WHERE status = 'active'")
+        .await;
+    let v = seed(&t).await;
+    let db = t.open().await;
+    assert_eq!(
+        db.preflight.missing_indexes,
+        [
+            "unreserver_active_expiry_idx",
+            "unreserver_active_legacy_idx"
+        ]
+    );
+    drain_and_check(&t, v, true).await;
+}
