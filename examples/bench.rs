@@ -62,7 +62,26 @@ struct Bench {
     out: String,
     /// WAL bytes the last contender wrote (`project` or `lower_bound`).
     last_wal: std::cell::Cell<i64>,
+    /// SQL run on every copy before a contender: the index set under test ("" keeps the
+    /// recommended indexes of the seed).
+    index_set: std::cell::Cell<&'static str>,
 }
+
+/// The index sets a shop may have, as SQL applied to a copy of the seed (which has the
+/// recommended indexes and Django's foreign-key indexes).
+const INDEX_SETS: &[(&str, &str)] = &[
+    ("recommended (infra/indexes.sql)", ""),
+    (
+        "only (expires_at) WHERE status = 'active'",
+        "DROP INDEX unreserver_active_expiry_idx; DROP INDEX unreserver_active_legacy_idx; \
+         CREATE INDEX plain_expiry ON orders_inventoryreservation (expires_at) WHERE status = 'active'; \
+         ANALYZE orders_inventoryreservation",
+    ),
+    (
+        "only Django's foreign-key indexes",
+        "DROP INDEX unreserver_active_expiry_idx; DROP INDEX unreserver_active_legacy_idx",
+    ),
+];
 
 /// The server's current WAL insert position, in bytes.
 async fn wal_position(c: &Client) -> i64 {
@@ -174,12 +193,16 @@ impl Bench {
             admin.batch_execute(&sql).await.unwrap();
         }
         let url = url_for(&self.admin_url, name);
+        let c = connect(&url).await;
+        if !self.index_set.get().is_empty() {
+            c.batch_execute(self.index_set.get()).await.unwrap();
+        }
         // Warm the cache the same way for every contender.
-        connect(&url)
-            .await
-            .batch_execute("SELECT count(*) FROM orders_inventoryreservation; SELECT count(*) FROM orders_order")
-            .await
-            .unwrap();
+        c.batch_execute(
+            "SELECT count(*) FROM orders_inventoryreservation; SELECT count(*) FROM orders_order",
+        )
+        .await
+        .unwrap();
         url
     }
 
@@ -609,6 +632,63 @@ fn shopper_table(
     md
 }
 
+/// `--reps N`.
+fn reps_arg(args: &[String]) -> Option<usize> {
+    let i = args.iter().position(|a| a == "--reps")?;
+    args.get(i + 1)?.parse().ok()
+}
+
+/// The drain at N = 100,000 with each index set: the lower bound and the shipped defaults on
+/// copies of the same database with the same indexes, interleaved, `reps` times.
+async fn index_sets(b: &Bench, reps: usize) -> String {
+    let seed = "bench_seed_100000";
+    let due = Bench::due_count(&url_for(&b.admin_url, seed)).await;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "\n## The index sets a shop may have (N = 100,000, defaults)\n"
+    );
+    let _ = writeln!(md, "Without an index that serves the keyset page the project reads the due rows in passes of one scan each (`PASS_SIZE` 50,000). Medians of {reps} interleaved repetitions, each pair on copies of one database with the same indexes.\n");
+    let _ = writeln!(md, "| index set | lower bound (ms) | this project (ms) | ratio (median) | ratios per repetition | WAL ratio |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for (name, sql) in INDEX_SETS {
+        eprintln!("index set {name} ...");
+        b.index_set.set(sql);
+        let mut pairs = Vec::new();
+        let mut wal = (0, 0);
+        for _ in 0..reps {
+            let (lower, n) = b.lower_bound(seed).await;
+            assert_eq!(n, due);
+            let lower_wal = b.last_wal.get();
+            let (took, reports) = b.project(seed, DEFAULT_BATCH_SIZE, 1).await;
+            assert_eq!(released(&reports), due);
+            wal = (b.last_wal.get(), lower_wal);
+            pairs.push((lower, took));
+        }
+        let mut ratios: Vec<f64> = pairs
+            .iter()
+            .map(|(l, p)| p.as_secs_f64() / l.as_secs_f64())
+            .collect();
+        let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        ratios.sort_by(f64::total_cmp);
+        let mut lowers: Vec<Duration> = pairs.iter().map(|p| p.0).collect();
+        let mut projects: Vec<Duration> = pairs.iter().map(|p| p.1).collect();
+        lowers.sort();
+        projects.sort();
+        let _ = writeln!(
+            md,
+            "| {name} | {:.0} | {:.0} | **{:.2}** | {} | {:.2} |",
+            ms(lowers[reps / 2]),
+            ms(projects[reps / 2]),
+            ratios[reps / 2],
+            listed.join(", "),
+            wal.0 as f64 / wal.1.max(1) as f64
+        );
+    }
+    b.index_set.set("");
+    md
+}
+
 fn rate(n: i64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
@@ -636,6 +716,7 @@ async fn main() {
         admin_url,
         out: String::new(),
         last_wal: std::cell::Cell::new(0),
+        index_set: std::cell::Cell::new(""),
     };
     if args.iter().any(|a| a == "--shoppers-only") {
         let seed = "bench_seed_shoppers";
@@ -670,11 +751,7 @@ async fn main() {
         let due = Bench::due_count(&url_for(&b.admin_url, &seed)).await;
         // The lower bound and the shipped defaults, interleaved, three times (once at 1M):
         // the medians, and their ratio, are what count.
-        let reps = args
-            .iter()
-            .position(|a| a == "--reps")
-            .and_then(|i| args.get(i + 1)?.parse().ok())
-            .unwrap_or(if n >= 1_000_000 { 2 } else { 3 });
+        let reps = reps_arg(&args).unwrap_or(if n >= 1_000_000 { 2 } else { 3 });
         let mut lowers = Vec::new();
         let mut defaults = Vec::new();
         let mut wal: Vec<(i64, i64)> = Vec::new();
@@ -755,6 +832,8 @@ async fn main() {
         }
     }
     let _ = writeln!(md, "\nEach repetition of the shipped defaults against the lower bound run just before it:\n\n{ratios}");
+    b.out.push_str(&md);
+    let md = index_sets(&b, reps_arg(&args).unwrap_or(3)).await;
     b.out.push_str(&md);
     if quick {
         println!("{}", b.out);

@@ -139,6 +139,8 @@ pub fn log_run(ctx: &RunContext<'_>, report: Option<&RunReport>, error: Option<&
                 deferred = r.deferred,
                 oldest_deferred_age_seconds = r.oldest_deferred_age_seconds,
                 no_longer_due = r.no_longer_due,
+                pass_scans = r.pass_scans,
+                missing_indexes = r.missing_indexes.len(),
                 clamped_variants = r.clamped_variants,
                 clamped_drops = r.clamped_drops,
                 paid_orders_with_due_reservations = r.paid_orders_with_due_reservations,

@@ -70,6 +70,9 @@ pub struct RunReport {
     /// Scans of the reservation table that read the due rows in passes: 0 when an index serves
     /// the keyset page (`infra/indexes.sql`, or an equivalent).
     pub pass_scans: u32,
+    /// Recommended indexes (`infra/indexes.sql`) no index of the same definition stands in
+    /// for; create them with `psql "$DATABASE_URL" -f infra/indexes.sql`.
+    pub missing_indexes: Vec<String>,
     /// Variant counters clamped at zero (they had drifted below their reservations).
     pub clamped_variants: u64,
     /// Drop counters clamped at zero.
@@ -125,6 +128,7 @@ impl RunReport {
             oldest_deferred_age_seconds: None,
             no_longer_due: 0,
             pass_scans: 0,
+            missing_indexes: Vec::new(),
             clamped_variants: 0,
             clamped_drops: 0,
             paid_orders_with_due_reservations: 0,

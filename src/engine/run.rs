@@ -160,6 +160,9 @@ impl<'a> Run<'a> {
         self.batch_budget = Duration::from_millis((deadlock_ms / 2).max(1) as u64);
         self.missing_indexes
             .clone_from(&db.preflight.missing_indexes);
+        self.report
+            .missing_indexes
+            .clone_from(&db.preflight.missing_indexes);
         if !db.preflight.expiry_index {
             self.passes = Some(Passes::new(self.settings.pass_size));
         }

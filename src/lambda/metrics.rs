@@ -23,6 +23,7 @@ pub const METRICS: &[(&str, &str)] = &[
     (BATCH_RETRIES, "Count"),
     (SKIPPED_LOCKED, "Count"),
     (DEFERRED_ORDERS, "Count"),
+    (MISSING_INDEXES, "Count"),
     (OLDEST_DEFERRED_AGE, "Seconds"),
     (COUNTERS_CLAMPED, "Count"),
     (PAID_ORDERS_WITH_DUE_RESERVATIONS, "Count"),
@@ -41,6 +42,7 @@ pub const BATCHES: &str = "Batches";
 pub const BATCH_RETRIES: &str = "BatchRetries";
 pub const SKIPPED_LOCKED: &str = "SkippedLocked";
 pub const DEFERRED_ORDERS: &str = "DeferredOrders";
+pub const MISSING_INDEXES: &str = "MissingIndexes";
 pub const OLDEST_DEFERRED_AGE: &str = "OldestDeferredAge";
 pub const COUNTERS_CLAMPED: &str = "CountersClamped";
 pub const PAID_ORDERS_WITH_DUE_RESERVATIONS: &str = "PaidOrdersWithDueReservations";
@@ -92,6 +94,7 @@ fn values(obs: &Observation<'_>) -> Vec<(&'static str, f64)> {
                 r.paid_orders_with_due_reservations as f64,
             ),
             (BATCH_P99, r.batch_ms_p99),
+            (MISSING_INDEXES, r.missing_indexes.len() as f64),
         ]);
         // The backlog is known only when the run got to count it.
         if !obs.failed {
