@@ -806,7 +806,7 @@ async fn main() {
         let _ = writeln!(
             ratios,
             "- N = {n}: project / lower bound per repetition: {}; batch p99 (ms): {}; \
-             WAL written, project / lower bound (deterministic, unlike time): {} ({:.1} MB / {:.1} MB)",
+             WAL written, project / lower bound (far steadier than time; full-page images after a checkpoint vary it): {} ({:.1} MB / {:.1} MB)",
             pairs.join(", "),
             p99s.join(", "),
             wal_ratios.join(", "),

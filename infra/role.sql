@@ -2,15 +2,40 @@
 -- four tables, and nothing else (column-level privileges; no INSERT, DELETE, DDL or other table).
 -- Run once per database, as the tables' owner or a superuser:
 --
---     psql "$ADMIN_URL" -v role=unreserver -v password="$(openssl rand -hex 24)" -f infra/role.sql
+--     psql "$ADMIN_URL" -v role=unreserver -f infra/role.sql
+--     psql "$ADMIN_URL" -c '\password unreserver'
 --
--- then store the role and password in the Secrets Manager secret. Running it again updates the
--- password and the grants.
+-- `\password` asks for the password and sends only its SCRAM verifier: the password is never on
+-- a command line, in the shell's history, or in a statement the server may log. Unattended,
+-- pass a verifier made by scripts/scram-verifier.py (it reads the password on standard input):
+--
+--     psql "$ADMIN_URL" -v role=unreserver \
+--          -v password_verifier="$(printf %s "$PASSWORD" | scripts/scram-verifier.py)" -f infra/role.sql
+--
+-- then store the role and password in the Secrets Manager secret. With RDS IAM database
+-- authentication instead, skip the password and grant the role rds_iam (RDS only):
+--
+--     GRANT rds_iam TO unreserver;
+--
+-- Up to PostgreSQL 14 every role may create objects in the schema public, through PUBLIC, which
+-- cannot be revoked for one role. To take that right away (it affects the shop's own roles too:
+-- check that its migrations run as the schema's owner), opt in with -v revoke_public_create=on.
+-- PostgreSQL 15 and later grant it to the database owner only.
+--
+-- Running it again updates the grants (and the password, when a verifier is given).
 \set ON_ERROR_STOP on
 
 SELECT format('CREATE ROLE %I LOGIN', :'role')
  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \gexec
-SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', :'role', :'password') \gexec
+\if :{?password_verifier}
+SELECT CASE WHEN :'password_verifier' LIKE 'SCRAM-SHA-256$%'
+            THEN format('ALTER ROLE %I LOGIN PASSWORD %L', :'role', :'password_verifier')
+            ELSE 'DO $$ BEGIN RAISE EXCEPTION ''password_verifier is not a SCRAM-SHA-256 verifier (make one with scripts/scram-verifier.py)''; END $$'
+       END \gexec
+\endif
+\if :{?revoke_public_create}
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+\endif
 SELECT format('GRANT USAGE ON SCHEMA %I TO %I', current_schema(), :'role') \gexec
 
 -- Reservations: read what decides and what was held; mark released (FOR UPDATE needs UPDATE).

@@ -44,3 +44,18 @@ async fn the_release_role_can_do_nothing_but_the_release() {
         );
     }
 }
+
+/// `infra/role.sql` stored a SCRAM verifier, never the password (and `scripts/test.sh` fails
+/// if the password reached the server's log, every statement logged).
+#[tokio::test]
+async fn the_role_password_is_stored_as_a_scram_verifier() {
+    let t = TestDb::new().await;
+    let stored = t
+        .text(&format!(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = '{}'",
+            crate::common::RELEASE_ROLE
+        ))
+        .await;
+    assert!(stored.starts_with("SCRAM-SHA-256$4096:"), "{stored}");
+    assert!(!stored.contains(crate::common::RELEASE_PASSWORD));
+}
