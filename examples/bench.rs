@@ -555,6 +555,15 @@ impl Bench {
     }
 }
 
+/// A checked connection for the release on `url`.
+async fn open_db(url: &str, settings: &ReleaseSettings) -> Database {
+    let tls = unreserver::tls_connector(None).unwrap();
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    Database::open(&config, &tls, settings.lock_timeout_ms)
+        .await
+        .unwrap()
+}
+
 /// This project's drain of `url` with the shipped defaults.
 async fn drain_with_defaults(url: String) -> (Duration, RunReport) {
     let settings = ReleaseSettings {
@@ -562,11 +571,7 @@ async fn drain_with_defaults(url: String) -> (Duration, RunReport) {
         time_budget: None,
         ..ReleaseSettings::default()
     };
-    let tls = unreserver::tls_connector(None).unwrap();
-    let config: tokio_postgres::Config = url.parse().unwrap();
-    let mut db = Database::open(&config, &tls, settings.lock_timeout_ms)
-        .await
-        .unwrap();
+    let mut db = open_db(&url, &settings).await;
     let started = Instant::now();
     let report = unreserver::run(&mut db, &settings, &RunOptions::default())
         .await
@@ -939,11 +944,7 @@ async fn main() {
         time_budget: None,
         ..ReleaseSettings::default()
     };
-    let tls = unreserver::tls_connector(None).unwrap();
-    let config: tokio_postgres::Config = url.parse().unwrap();
-    let mut db = Database::open(&config, &tls, settings.lock_timeout_ms)
-        .await
-        .unwrap();
+    let mut db = open_db(&url, &settings).await;
     let mut idle_ms = Vec::new();
     for _ in 0..20 {
         let started = Instant::now();

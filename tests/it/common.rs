@@ -223,6 +223,17 @@ impl TestDb {
             .get(0)
     }
 
+    /// A variant with `qty` units reserved, a pending order, and its reservation of them, due a
+    /// minute ago: (variant, order, reservation).
+    pub async fn one_due_order(&self, qty: i32) -> (i64, i64, i64) {
+        let v = self.variant(qty).await;
+        let order = self.order("pending", "pending").await;
+        let r = self
+            .reservation(Res::new(Some(order), v, qty, "-1 minute"))
+            .await;
+        (v, order, r)
+    }
+
     pub async fn reservation_status(&self, id: i64) -> String {
         self.client
             .query_one(

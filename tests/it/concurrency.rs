@@ -123,10 +123,7 @@ async fn two_runs_at_once_release_each_reservation_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_variant_held_briefly_by_a_checkout_is_waited_for() {
     let t = TestDb::new().await;
-    let v = t.variant(2).await;
-    let order = t.order("pending", "pending").await;
-    t.reservation(Res::new(Some(order), v, 2, "-1 minute"))
-        .await;
+    let (v, _, _) = t.one_due_order(2).await;
 
     let mut shopper = t.connect().await;
     let tx = shopper.transaction().await.unwrap();

@@ -37,11 +37,7 @@ async fn until_release_polls_for_a_held_row(name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_extension_committed_after_the_claim_is_respected() {
     let t = TestDb::new().await;
-    let v = t.variant(1).await;
-    let order = t.order("pending", "pending").await;
-    let r = t
-        .reservation(Res::new(Some(order), v, 1, "-1 minute"))
-        .await;
+    let (v, order, r) = t.one_due_order(1).await;
     let shopper = t.connect().await;
     shopper
         .batch_execute(&format!(
@@ -74,10 +70,7 @@ async fn an_extension_committed_after_the_claim_is_respected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_batch_is_cut_at_its_budget_and_the_shopper_commits() {
     let t = TestDb::new().await;
-    let v = t.variant(1).await;
-    let order = t.order("pending", "pending").await;
-    t.reservation(Res::new(Some(order), v, 1, "-1 minute"))
-        .await;
+    let (v, order, _) = t.one_due_order(1).await;
     t.exec(
         "CREATE SEQUENCE slow_tries; \
          CREATE FUNCTION slow_once() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \

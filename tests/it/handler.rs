@@ -8,7 +8,7 @@ use lambda_runtime::{Context, Diagnostic, LambdaEvent};
 use serde_json::{json, Value};
 use unreserver::{handle, AppState, Config};
 
-use crate::common::{pg_port, Res, TestDb, RELEASE_PASSWORD, RELEASE_ROLE};
+use crate::common::{pg_port, TestDb, RELEASE_PASSWORD, RELEASE_ROLE};
 
 /// The state a function with these environment variables builds.
 async fn state(vars: &[(&str, String)]) -> AppState {
@@ -46,10 +46,7 @@ async fn error_type(state: &AppState, payload: Value) -> String {
 }
 
 async fn one_due_reservation(t: &TestDb) {
-    let v = t.variant(1).await;
-    let order = t.order("pending", "pending").await;
-    t.reservation(Res::new(Some(order), v, 1, "-1 minute"))
-        .await;
+    t.one_due_order(1).await;
 }
 
 #[tokio::test]
