@@ -122,7 +122,7 @@ async fn execute(cli: Cli) -> Result<String> {
         tracing::warn!("TLS is disabled (sslmode=disable): credentials and data cross the network in the clear");
     }
     let tls = tls::connector(config.database.ca_bundle.as_deref())?;
-    let credentials = CredentialSource::from_config(&config.database).await;
+    let credentials = CredentialSource::from_config(&config.database).await?;
     let mut db = credentials.open(&tls, settings.lock_timeout_ms).await?;
     match cli.command {
         Command::Run { .. } => {

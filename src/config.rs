@@ -205,6 +205,18 @@ pub enum DatabaseSource {
     Url(Box<tokio_postgres::Config>),
     /// `DB_SECRET_ID`: a Secrets Manager secret, completed by the settings.
     Secret(SecretSettings),
+    /// `DB_AUTH=iam`: RDS IAM database authentication, a token signed for each connection.
+    Iam(IamSettings),
+}
+
+/// RDS IAM database authentication: where the database is and whom to log in as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IamSettings {
+    /// `DB_HOST`, `DB_PORT` (5432), `DB_NAME`, `DB_USER`, all required but the port.
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub user: String,
 }
 
 /// A Secrets Manager secret and what it may lack.
@@ -226,30 +238,13 @@ impl DatabaseConfig {
     /// `DB_SECRET_ID` (with `DB_HOST`, `DB_PORT`, `DB_NAME`, `DB_SSLMODE`,
     /// `SECRET_CACHE_TTL_SECONDS`) or else `DATABASE_URL`; and `DB_CA_BUNDLE`.
     pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<DatabaseConfig> {
-        let source = match (lookup("DB_SECRET_ID"), lookup("DATABASE_URL")) {
-            (Some(secret_id), _) => DatabaseSource::Secret(SecretSettings {
-                secret_id,
-                host: lookup("DB_HOST"),
-                port: parse_port(lookup("DB_PORT"))?,
-                dbname: lookup("DB_NAME"),
-                ssl_mode: conninfo::ssl_mode("DB_SSLMODE", lookup("DB_SSLMODE").as_deref())?,
-                cache_ttl: Duration::from_secs(
-                    parse_u32(lookup, "SECRET_CACHE_TTL_SECONDS", 900, 0, 86_400)?.into(),
-                ),
-            }),
-            (None, Some(url)) => {
-                let url = SecretString::from(url);
-                DatabaseSource::Url(Box::new(connect::config_from_url(
-                    "DATABASE_URL",
-                    url.expose_secret(),
-                )?))
-            }
-            (None, None) => {
+        let source = match lookup("DB_AUTH").as_deref().map(str::trim) {
+            None | Some("secret") | Some("password") => secret_or_url(lookup)?,
+            Some("iam") => DatabaseSource::Iam(iam_settings(lookup)?),
+            Some(other) => {
                 return Err(Error::Setting {
-                    name: "DATABASE_URL".into(),
-                    reason: "not set, nor DB_SECRET_ID (set DB_SECRET_ID to the secret's name \
-                             or ARN, or DATABASE_URL / --database-url to a connection string)"
-                        .into(),
+                    name: "DB_AUTH".into(),
+                    reason: format!("{other:?} is not one of secret (the default) or iam"),
                 })
             }
         };
@@ -264,8 +259,65 @@ impl DatabaseConfig {
         match &self.source {
             DatabaseSource::Url(config) => connect::tls_disabled(config),
             DatabaseSource::Secret(secret) => secret.ssl_mode == SslMode::Disable,
+            DatabaseSource::Iam(_) => false,
         }
     }
+}
+
+/// `DB_HOST`, `DB_PORT`, `DB_NAME`, `DB_USER` for IAM authentication; TLS is required (a
+/// `DB_SSLMODE` of `disable` is refused: the token must not cross the network in the clear).
+fn iam_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<IamSettings> {
+    let required = |name: &str| {
+        lookup(name).ok_or_else(|| Error::Setting {
+            name: name.into(),
+            reason: "required with DB_AUTH=iam".into(),
+        })
+    };
+    if conninfo::ssl_mode("DB_SSLMODE", lookup("DB_SSLMODE").as_deref())? != SslMode::Require {
+        return Err(Error::Setting {
+            name: "DB_SSLMODE".into(),
+            reason: "IAM authentication requires TLS: the token is a password for 15 minutes"
+                .into(),
+        });
+    }
+    Ok(IamSettings {
+        host: required("DB_HOST")?,
+        port: parse_port(lookup("DB_PORT"))?,
+        dbname: required("DB_NAME")?,
+        user: required("DB_USER")?,
+    })
+}
+
+/// `DB_SECRET_ID` (with its settings) or else `DATABASE_URL`.
+fn secret_or_url(lookup: &impl Fn(&str) -> Option<String>) -> Result<DatabaseSource> {
+    let source = match (lookup("DB_SECRET_ID"), lookup("DATABASE_URL")) {
+        (Some(secret_id), _) => DatabaseSource::Secret(SecretSettings {
+            secret_id,
+            host: lookup("DB_HOST"),
+            port: parse_port(lookup("DB_PORT"))?,
+            dbname: lookup("DB_NAME"),
+            ssl_mode: conninfo::ssl_mode("DB_SSLMODE", lookup("DB_SSLMODE").as_deref())?,
+            cache_ttl: Duration::from_secs(
+                parse_u32(lookup, "SECRET_CACHE_TTL_SECONDS", 900, 0, 86_400)?.into(),
+            ),
+        }),
+        (None, Some(url)) => {
+            let url = SecretString::from(url);
+            DatabaseSource::Url(Box::new(connect::config_from_url(
+                "DATABASE_URL",
+                url.expose_secret(),
+            )?))
+        }
+        (None, None) => {
+            return Err(Error::Setting {
+                name: "DATABASE_URL".into(),
+                reason: "not set, nor DB_SECRET_ID (set DB_SECRET_ID to the secret's name \
+                             or ARN, or DATABASE_URL / --database-url to a connection string)"
+                    .into(),
+            })
+        }
+    };
+    Ok(source)
 }
 
 fn parse_port(value: Option<String>) -> Result<u16> {
@@ -478,6 +530,37 @@ mod tests {
             assert!(err.to_string().contains(name));
             assert!(!err.is_retryable());
         }
+    }
+
+    #[test]
+    fn iam_authentication_needs_its_settings_and_tls() {
+        let iam = [
+            ("DB_AUTH", "iam"),
+            ("DB_HOST", "db.example"),
+            ("DB_NAME", "shop"),
+            ("DB_USER", "unreserver"),
+        ];
+        let c = Config::from_lookup(lookup(&iam)).unwrap();
+        let DatabaseSource::Iam(s) = &c.database.source else {
+            panic!("expected IAM")
+        };
+        assert_eq!(
+            (s.host.as_str(), s.port, s.user.as_str()),
+            ("db.example", 5432, "unreserver")
+        );
+        assert!(!c.database.tls_disabled());
+        for missing in ["DB_HOST", "DB_NAME", "DB_USER"] {
+            let pairs: Vec<(&str, &str)> =
+                iam.iter().copied().filter(|(k, _)| *k != missing).collect();
+            let err = Config::from_lookup(lookup(&pairs)).unwrap_err();
+            assert!(err.to_string().contains(missing), "{err}");
+        }
+        let mut clear = iam.to_vec();
+        clear.push(("DB_SSLMODE", "disable"));
+        let err = Config::from_lookup(lookup(&clear)).unwrap_err();
+        assert!(err.to_string().contains("DB_SSLMODE"), "{err}");
+        let err = Config::from_lookup(lookup(&[("DB_AUTH", "kerberos")])).unwrap_err();
+        assert!(err.to_string().contains("DB_AUTH"), "{err}");
     }
 
     #[test]

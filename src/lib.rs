@@ -35,7 +35,8 @@ pub mod telemetry;
 
 pub use config::{Config, ReleaseSettings, DEFAULT_BATCH_SIZE};
 pub use db::connect::{apply_defaults, config_from_url, connect};
-pub use db::credentials::CredentialSource;
+pub use db::credentials::{CredentialSource, IamSource};
+pub use db::iam::{auth_token as rds_iam_token, TokenTarget};
 pub use db::secrets::SecretSource;
 pub use db::session::Database;
 pub use db::tls::{certificates as tls_certificates, connector as tls_connector};

@@ -1,9 +1,11 @@
 //! Where the connection settings come from at run time: a fixed connection string
-//! (`DATABASE_URL`), or a Secrets Manager secret completed by `DB_HOST`/`DB_PORT`/`DB_NAME`; and
-//! opening a checked connection that re-reads the secret once when the database rejects a
-//! rotated password.
+//! (`DATABASE_URL`), a Secrets Manager secret completed by `DB_HOST`/`DB_PORT`/`DB_NAME`, or RDS
+//! IAM authentication (a token signed for each connection); and opening a checked connection
+//! that re-reads the secret once when the database rejects a rotated password.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 
 use postgres_native_tls::MakeTlsConnector;
 use secrecy::ExposeSecret;
@@ -11,9 +13,10 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::Config;
 
 use super::connect;
+use super::iam::{self, TokenTarget};
 use super::secrets::{DbCredentials, SecretSource};
 use super::session::Database;
-use crate::config::{DatabaseConfig, DatabaseSource, SecretSettings};
+use crate::config::{DatabaseConfig, DatabaseSource, IamSettings, SecretSettings};
 use crate::error::{Error, Result};
 
 /// The source of the connection settings.
@@ -25,33 +28,54 @@ pub enum CredentialSource {
         source: Box<SecretSource>,
         defaults: SecretSettings,
     },
+    /// RDS IAM authentication: the role's credentials sign a fresh token for each connection.
+    Iam(Box<IamSource>),
+}
+
+/// What RDS IAM authentication needs: the endpoint and user, the credentials that sign (the
+/// function role's, refreshed by the provider), the region, and the clock the token is dated by.
+pub struct IamSource {
+    pub settings: IamSettings,
+    pub credentials: SharedCredentialsProvider,
+    pub region: String,
+    pub clock: fn() -> SystemTime,
 }
 
 impl CredentialSource {
     /// The source `config` describes. A secret is read through a Secrets Manager client built
     /// from the AWS SDK's default configuration (short timeouts: a run must not hang on it).
-    pub async fn from_config(config: &DatabaseConfig) -> CredentialSource {
+    pub async fn from_config(config: &DatabaseConfig) -> Result<CredentialSource> {
         match &config.source {
-            DatabaseSource::Url(url) => CredentialSource::Url(url.clone()),
+            DatabaseSource::Url(url) => Ok(CredentialSource::Url(url.clone())),
+            DatabaseSource::Iam(settings) => {
+                let sdk = sdk_config().await;
+                let credentials = sdk.credentials_provider().ok_or_else(|| Error::Setting {
+                    name: "DB_AUTH".into(),
+                    reason: "iam needs AWS credentials (the function's role), and none were found"
+                        .into(),
+                })?;
+                let region = sdk.region().ok_or_else(|| Error::Setting {
+                    name: "AWS_REGION".into(),
+                    reason: "not set: the IAM token is signed for the database's region".into(),
+                })?;
+                Ok(CredentialSource::Iam(Box::new(IamSource {
+                    settings: settings.clone(),
+                    credentials,
+                    region: region.to_string(),
+                    clock: SystemTime::now,
+                })))
+            }
             DatabaseSource::Secret(settings) => {
-                let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .timeout_config(
-                        aws_config::timeout::TimeoutConfig::builder()
-                            .connect_timeout(Duration::from_secs(3))
-                            .operation_timeout(Duration::from_secs(10))
-                            .build(),
-                    )
-                    .load()
-                    .await;
+                let sdk = sdk_config().await;
                 let client = aws_sdk_secretsmanager::Client::new(&sdk);
-                CredentialSource::Secret {
+                Ok(CredentialSource::Secret {
                     source: Box::new(SecretSource::new(
                         client,
                         settings.secret_id.clone(),
                         settings.cache_ttl,
                     )),
                     defaults: settings.clone(),
-                }
+                })
             }
         }
     }
@@ -64,6 +88,7 @@ impl CredentialSource {
                 let credentials = source.credentials(refresh).await?;
                 config_from_credentials(source.secret_id(), &credentials, defaults)
             }
+            CredentialSource::Iam(source) => source.config().await,
         }
     }
 
@@ -72,6 +97,7 @@ impl CredentialSource {
         match self {
             CredentialSource::Url(config) => connect::tls_disabled(config),
             CredentialSource::Secret { defaults, .. } => defaults.ssl_mode == SslMode::Disable,
+            CredentialSource::Iam(_) => false,
         }
     }
 
@@ -90,6 +116,52 @@ impl CredentialSource {
             }
             other => other,
         }
+    }
+}
+
+/// The AWS SDK's default configuration, with short timeouts: a run must not hang on AWS.
+async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_timeout(Duration::from_secs(10))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+impl IamSource {
+    /// A connection configuration whose password is a fresh token (TLS required).
+    pub async fn config(&self) -> Result<Config> {
+        let credentials =
+            self.credentials
+                .provide_credentials()
+                .await
+                .map_err(|e| Error::Secret {
+                    secret_id: "the function role's credentials".into(),
+                    reason: format!("cannot be read: {e}"),
+                    retryable: true,
+                })?;
+        let s = &self.settings;
+        let target = TokenTarget {
+            host: &s.host,
+            port: s.port,
+            user: &s.user,
+            region: &self.region,
+        };
+        let token = iam::auth_token(&target, credentials, (self.clock)())?;
+        let mut config = Config::new();
+        config
+            .host(&s.host)
+            .port(s.port)
+            .dbname(&s.dbname)
+            .user(&s.user)
+            .password(token.expose_secret())
+            .ssl_mode(SslMode::Require);
+        connect::apply_defaults(&mut config);
+        Ok(config)
     }
 }
 

@@ -4,6 +4,7 @@
 pub(crate) mod connect;
 pub(crate) mod conninfo;
 pub(crate) mod credentials;
+pub(crate) mod iam;
 pub(crate) mod preflight;
 pub(crate) mod secrets;
 pub(crate) mod session;

@@ -41,7 +41,7 @@ impl AppState {
     /// credential source (the AWS SDK client, for a secret).
     pub async fn from_config(config: Config) -> Result<Self> {
         let tls = tls::connector(config.database.ca_bundle.as_deref())?;
-        let credentials = CredentialSource::from_config(&config.database).await;
+        let credentials = CredentialSource::from_config(&config.database).await?;
         if config.database.tls_disabled() {
             tracing::warn!(
                 "TLS to the database is DISABLED (sslmode disable): credentials and data cross \

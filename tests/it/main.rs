@@ -8,6 +8,7 @@ mod drop_day;
 mod failures;
 mod faults;
 mod handler;
+mod iam;
 mod indexes;
 mod lambda;
 mod least_privilege;

@@ -1,0 +1,91 @@
+//! RDS IAM database authentication end to end on a real PostgreSQL: the function signs a token
+//! from its role's credentials (here fixed ones, and a fixed clock) and presents it as the
+//! password over verified TLS; a role whose password the test set to that token is let in,
+//! and a token signed at another time is refused.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_credential_types::Credentials;
+use secrecy::ExposeSecret;
+use unreserver::config::IamSettings;
+use unreserver::{rds_iam_token, tls_connector, CredentialSource, IamSource, TokenTarget};
+
+use crate::common::{pg_port, test_env, TestDb};
+
+fn at_noon() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+fn an_hour_later() -> SystemTime {
+    at_noon() + Duration::from_secs(3600)
+}
+
+fn credentials() -> Credentials {
+    Credentials::new(
+        "ASIAEXAMPLE",
+        "secret-key",
+        Some("session+token/x=".into()),
+        None,
+        "test",
+    )
+}
+
+fn source(t: &TestDb, user: &str, clock: fn() -> SystemTime) -> CredentialSource {
+    CredentialSource::Iam(Box::new(IamSource {
+        settings: IamSettings {
+            host: "localhost".into(),
+            port: pg_port(),
+            dbname: t.name.clone(),
+            user: user.into(),
+        },
+        credentials: SharedCredentialsProvider::new(credentials()),
+        region: "eu-west-1".into(),
+        clock,
+    }))
+}
+
+#[tokio::test]
+async fn postgres_accepts_the_token_the_function_presents() {
+    let t = TestDb::new().await;
+    let user = t.role("not-the-token").await;
+    let target = TokenTarget {
+        host: "localhost",
+        port: pg_port(),
+        user: &user,
+        region: "eu-west-1",
+    };
+    let token = rds_iam_token(&target, credentials(), at_noon()).unwrap();
+    assert!(token
+        .expose_secret()
+        .contains("&X-Amz-Security-Token=session%2Btoken%2Fx%3D"));
+    t.exec(&format!(
+        "ALTER ROLE {user} PASSWORD '{}'",
+        token.expose_secret()
+    ))
+    .await;
+    let tls = tls_connector(Some(std::path::Path::new(&test_env(
+        "UNRESERVER_TEST_CA_CERT",
+    ))))
+    .unwrap();
+
+    let db = source(&t, &user, at_noon).open(&tls, 100).await;
+    let db = db.unwrap_or_else(|e| panic!("the token was refused: {}", e.chain()));
+    let ssl: bool = db
+        .client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "IAM tokens travel over TLS only");
+
+    let err = match source(&t, &user, an_hour_later).open(&tls, 100).await {
+        Ok(_) => panic!("a token signed at another time was accepted"),
+        Err(err) => err,
+    };
+    assert_eq!(err.kind(), "DatabaseAuthentication");
+    assert!(!err.chain().contains("X-Amz-Signature"), "{}", err.chain());
+}
