@@ -19,20 +19,26 @@ fn resource<'a>(t: &'a Value, name: &str) -> &'a Value {
     r
 }
 
-/// Every statement of a role's inline policies (an `Fn::If` branch counts as present).
-fn statements(role: &Value) -> Vec<Value> {
+/// Every statement of a role's inline policies, each with the condition it is under (an
+/// `Fn::If` branch counts as present, under its condition).
+fn conditioned_statements(role: &Value) -> Vec<(Option<String>, Value)> {
+    let unwrap = |v: &Value| match v.get("Fn::If") {
+        Some(branches) => (branches[0].as_str().map(str::to_string), branches[1].clone()),
+        None => (None, v.clone()),
+    };
     let mut out = Vec::new();
     for policy in role["Properties"]["Policies"].as_array().unwrap() {
-        let policy = policy.get("Fn::If").map_or(policy, |branches| &branches[1]);
-        out.extend(
-            policy["PolicyDocument"]["Statement"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .cloned(),
-        );
+        let (policy_condition, policy) = unwrap(policy);
+        for statement in policy["PolicyDocument"]["Statement"].as_array().unwrap() {
+            let (condition, statement) = unwrap(statement);
+            out.push((condition.or(policy_condition.clone()), statement));
+        }
     }
     out
+}
+
+fn statements(role: &Value) -> Vec<Value> {
+    conditioned_statements(role).into_iter().map(|(_, s)| s).collect()
 }
 
 fn actions(statement: &Value) -> Vec<String> {
@@ -56,16 +62,21 @@ fn the_function_role_is_scoped_to_its_log_group_secret_and_failure_queue() {
         role["Properties"]["ManagedPolicyArns"].is_null(),
         "no broad managed policy"
     );
-    for s in statements(role) {
+    for (condition, s) in conditioned_statements(role) {
         assert_eq!(s["Effect"], "Allow");
         let resource = &s["Resource"];
         for action in actions(&s) {
             match action.as_str() {
+                "rds-db:connect" => {
+                    assert_eq!(condition.as_deref(), Some("IsIam"));
+                    let arn = resource["Fn::Sub"].as_str().unwrap();
+                    assert!(arn.ends_with(":dbuser:${DbResourceId}/${DbUser}"), "{arn}");
+                }
                 "logs:CreateLogStream" | "logs:PutLogEvents" => {
                     assert_eq!(resource, &json!({"Fn::GetAtt": ["LogGroup", "Arn"]}))
                 }
                 "secretsmanager:GetSecretValue" => {
-                    assert_eq!(resource, &json!({"Ref": "DbSecretArn"}))
+                    assert_eq!(resource, &json!({"Fn::Sub": "${DbSecretArn}"}))
                 }
                 "kms:Decrypt" => {
                     assert_eq!(resource, &json!({"Ref": "DbSecretKmsKeyArn"}));
