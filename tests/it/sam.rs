@@ -23,7 +23,10 @@ fn resource<'a>(t: &'a Value, name: &str) -> &'a Value {
 /// `Fn::If` branch counts as present, under its condition).
 fn conditioned_statements(role: &Value) -> Vec<(Option<String>, Value)> {
     let unwrap = |v: &Value| match v.get("Fn::If") {
-        Some(branches) => (branches[0].as_str().map(str::to_string), branches[1].clone()),
+        Some(branches) => (
+            branches[0].as_str().map(str::to_string),
+            branches[1].clone(),
+        ),
         None => (None, v.clone()),
     };
     let mut out = Vec::new();
@@ -38,7 +41,10 @@ fn conditioned_statements(role: &Value) -> Vec<(Option<String>, Value)> {
 }
 
 fn statements(role: &Value) -> Vec<Value> {
-    conditioned_statements(role).into_iter().map(|(_, s)| s).collect()
+    conditioned_statements(role)
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect()
 }
 
 fn actions(statement: &Value) -> Vec<String> {
