@@ -337,13 +337,17 @@ fn parse_port(value: Option<String>) -> Result<u16> {
 pub struct LambdaConfig {
     /// `DEADLINE_MARGIN_MS` (5000): time kept free before the invocation's deadline.
     pub deadline_margin: Duration,
+    /// `PREFETCH_CREDENTIALS` (1): fetch the database credentials during init.
+    pub prefetch_credentials: bool,
 }
 
 impl LambdaConfig {
     pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<LambdaConfig> {
         let margin_ms = parse_u32(lookup, "DEADLINE_MARGIN_MS", 5_000, 500, 60_000)?;
+        let prefetch = parse_u32(lookup, "PREFETCH_CREDENTIALS", 1, 0, 1)?;
         Ok(LambdaConfig {
             deadline_margin: Duration::from_millis(margin_ms.into()),
+            prefetch_credentials: prefetch == 1,
         })
     }
 }

@@ -92,6 +92,32 @@ impl CredentialSource {
         }
     }
 
+    /// Fetches the credentials ahead of the first invocation (Lambda's init runs with a full
+    /// CPU burst, and the first TLS handshake to Secrets Manager is the slow part of a cold
+    /// start): the secret is read into the cache, or the role's credentials are resolved. A
+    /// failure is only logged: the first invocation tries again and reports it.
+    pub async fn prefetch(&self, within: Duration) {
+        let started = std::time::Instant::now();
+        let fetched = tokio::time::timeout(within, async {
+            match self {
+                CredentialSource::Url(_) => Ok(()),
+                CredentialSource::Secret { source, .. } => {
+                    source.credentials(false).await.map(drop)
+                }
+                CredentialSource::Iam(source) => source.config().await.map(drop),
+            }
+        })
+        .await;
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match fetched {
+            Ok(Ok(())) => tracing::info!(elapsed_ms, "database credentials ready before the first invocation"),
+            Ok(Err(error)) => tracing::warn!(elapsed_ms, error = %error.chain(),
+                "could not fetch the database credentials during init; the first invocation will try again"),
+            Err(_) => tracing::warn!(elapsed_ms,
+                "fetching the database credentials during init took too long; the first invocation will try again"),
+        }
+    }
+
     /// Whether connections go without TLS.
     pub fn tls_disabled(&self) -> bool {
         match self {
