@@ -98,11 +98,6 @@ impl Default for ReleaseSettings {
 }
 
 impl ReleaseSettings {
-    /// Reads the release settings from the process environment.
-    pub fn from_env() -> Result<ReleaseSettings> {
-        ReleaseSettings::from_lookup(&|name: &str| std::env::var(name).ok())
-    }
-
     /// Reads the release settings through `lookup`; unset names keep their defaults.
     pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<ReleaseSettings> {
         let d = ReleaseSettings::default();
