@@ -231,15 +231,9 @@ impl Bench {
             time_budget: None,
             ..ReleaseSettings::default()
         };
-        let tls = unreserver::tls_connector(None).unwrap();
-        let config: tokio_postgres::Config = url.parse().unwrap();
         let mut dbs = Vec::new();
         for _ in 0..runs {
-            dbs.push(
-                Database::open(&config, &tls, settings.lock_timeout_ms)
-                    .await
-                    .unwrap(),
-            );
+            dbs.push(open_db(&url, &settings).await);
         }
         let admin = self.admin().await;
         let wal_before = wal_position(&admin).await;

@@ -118,15 +118,6 @@ impl CredentialSource {
         }
     }
 
-    /// Whether connections go without TLS.
-    pub fn tls_disabled(&self) -> bool {
-        match self {
-            CredentialSource::Url(config) => connect::tls_disabled(config),
-            CredentialSource::Secret { defaults, .. } => defaults.ssl_mode == SslMode::Disable,
-            CredentialSource::Iam(_) => false,
-        }
-    }
-
     /// Connects and runs the preflight. When the database rejects a secret's credentials
     /// (the password was rotated since they were cached), re-reads the secret and tries once
     /// more.

@@ -107,8 +107,6 @@ struct Run<'a> {
     deferred_holds: BTreeSet<i64>,
     /// The deferred pass's work still to try: (orders, holds).
     retry_queue: (Vec<i64>, Vec<i64>),
-    /// Recommended indexes the preflight found missing, named when a batch is too slow.
-    missing_indexes: Vec<String>,
     /// Consecutive cuts of a batch at the smallest page size.
     cuts_at_min: u32,
     /// The due rows read in passes, when no index serves the keyset page.
@@ -134,7 +132,6 @@ impl<'a> Run<'a> {
             deferred_orders: BTreeSet::new(),
             deferred_holds: BTreeSet::new(),
             retry_queue: (Vec::new(), Vec::new()),
-            missing_indexes: Vec::new(),
             cuts_at_min: 0,
             passes: None,
         }
@@ -158,8 +155,6 @@ impl<'a> Run<'a> {
             });
         }
         self.batch_budget = Duration::from_millis((deadlock_ms / 2).max(1) as u64);
-        self.missing_indexes
-            .clone_from(&db.preflight.missing_indexes);
         self.report
             .missing_indexes
             .clone_from(&db.preflight.missing_indexes);
@@ -366,7 +361,7 @@ impl<'a> Run<'a> {
 
     /// What may make a slow batch fast: the recommended indexes that are missing.
     fn hint(&self) -> String {
-        let missing = &self.missing_indexes;
+        let missing = &self.report.missing_indexes;
         if missing.is_empty() {
             String::new()
         } else {

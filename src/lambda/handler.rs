@@ -104,7 +104,7 @@ pub async fn handle(
                 source: &run.source,
                 dry_run: run.dry_run,
                 cold_start,
-                tls: !state.credentials.tls_disabled(),
+                tls: !state.config.database.tls_disabled(),
             };
             let span = telemetry::run_span(&ctx);
             handle_run(state, &run, &options, &ctx)
