@@ -20,6 +20,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub lambda: LambdaConfig,
     pub metrics: MetricsConfig,
+    pub events: EventsConfig,
+    pub revive: ReviveSettings,
 }
 
 impl Config {
@@ -37,6 +39,8 @@ impl Config {
             database: DatabaseConfig::from_lookup(&lookup)?,
             lambda: LambdaConfig::from_lookup(&lookup)?,
             metrics: MetricsConfig::from_lookup(&lookup)?,
+            events: EventsConfig::from_lookup(&lookup)?,
+            revive: ReviveSettings::from_lookup(&lookup)?,
         })
     }
 }
@@ -343,6 +347,50 @@ impl LambdaConfig {
         Ok(LambdaConfig {
             deadline_margin: Duration::from_millis(margin_ms.into()),
             prefetch_credentials: prefetch == 1,
+        })
+    }
+}
+
+/// Where expiry events go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EventsConfig {
+    /// `EVENT_BUS_NAME`: the EventBridge bus (name or ARN) each run publishes its expiry events
+    /// to; unset, no events are published.
+    pub bus_name: Option<String>,
+}
+
+impl EventsConfig {
+    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let Some(bus) = lookup("EVENT_BUS_NAME") else {
+            return Ok(EventsConfig::default());
+        };
+        let ok = bus.len() <= 1600
+            && bus
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c));
+        if !ok {
+            return Err(Error::Setting {
+                name: "EVENT_BUS_NAME".into(),
+                reason: "must be an event bus name or ARN (letters, digits and . _ - / :)".into(),
+            });
+        }
+        Ok(EventsConfig {
+            bus_name: Some(bus),
+        })
+    }
+}
+
+/// How a late payment revives an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReviveSettings {
+    /// `REVIVE_HOLD_MINUTES` (15): how long the revived reservations hold the stock again.
+    pub hold_minutes: u32,
+}
+
+impl ReviveSettings {
+    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self> {
+        Ok(ReviveSettings {
+            hold_minutes: parse_u32(lookup, "REVIVE_HOLD_MINUTES", 15, 1, 1_440)?,
         })
     }
 }

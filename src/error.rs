@@ -69,6 +69,16 @@ pub enum Error {
         hint: String,
     },
 
+    /// A row another transaction holds stayed held through every bounded try (revive): the
+    /// caller may try again shortly.
+    #[error("{what}: {why}")]
+    Busy { what: &'static str, why: String },
+
+    /// Events could not be published to EventBridge (`unreserver events --publish`; a run
+    /// never fails for this: it counts them in `events_failed`).
+    #[error("publishing events to EventBridge: {0}")]
+    Publish(String),
+
     /// The credentials could not be read from AWS Secrets Manager.
     #[error("secret {secret_id}: {reason}")]
     Secret {
@@ -95,7 +105,7 @@ impl Error {
             | Error::TlsHandshake { .. }
             | Error::Authentication { .. }
             | Error::TooSlow { .. } => false,
-            Error::Connect { .. } => true,
+            Error::Connect { .. } | Error::Busy { .. } | Error::Publish(_) => true,
             Error::Secret { retryable, .. } => *retryable,
             Error::Database { source, .. } => {
                 source.is_closed()
@@ -120,6 +130,8 @@ impl Error {
             Error::Database { .. } => "DatabaseError",
             Error::TooSlow { .. } => "TooSlow",
             Error::Secret { .. } => "SecretUnavailable",
+            Error::Busy { .. } => "LockBusy",
+            Error::Publish(_) => "EventsUnpublished",
         }
     }
 

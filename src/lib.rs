@@ -10,9 +10,14 @@
 //!   (verified TLS, CA bundles), `secrets` and `credentials` (Secrets Manager, cached, re-read on
 //!   rotation), `preflight` (schema, `deadlock_timeout`, indexes), `session` (a checked, prepared
 //!   connection) and [`db::sql`] (every statement of the release with what it locks and why, and
-//!   its typed wrapper).
+//!   its typed wrapper; `outbox`, `revive` and `delay_report` hold the statements around it).
 //! - `engine`: the release — `run` (the batch loop, retries, stop reasons), `batch` (one batch
-//!   transaction, step by step), `report` (the run report) and `status`.
+//!   transaction, step by step), `report` (the run report) and `status`; around it, `revive`
+//!   (an order whose payment came late) and `release_delay` (the per-day report).
+//! - [`events`]: the expiry events — `model` (the events, from batch or replayed rows),
+//!   `publisher` (EventBridge `PutEvents`, chunked, retried) and `sink` (publishing in the
+//!   background while the run goes on).
+//! - `aws`: the AWS SDK configuration every client shares.
 //! - `lambda`: the Lambda front-end — `handler` (state built once, the handler), `payload` (the
 //!   accepted payloads) and `metrics` (CloudWatch EMF).
 //! - [`cli`]: the `unreserver` command line. It and the Lambda handler live in the library, not
@@ -25,11 +30,13 @@
 
 #![warn(clippy::too_many_lines)]
 
+pub(crate) mod aws;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub(crate) mod engine;
 pub mod error;
+pub mod events;
 pub(crate) mod lambda;
 pub mod telemetry;
 
@@ -40,7 +47,9 @@ pub use db::iam::{auth_token as rds_iam_token, TokenTarget};
 pub use db::secrets::SecretSource;
 pub use db::session::Database;
 pub use db::tls::{certificates as tls_certificates, connector as tls_connector};
+pub use engine::release_delay::{report as release_delay_report, DelayReport};
 pub use engine::report::{RunReport, StopReason, CONTRACT_FIELDS};
+pub use engine::revive::{revive, Reason as ReviveReason, ReviveOutcome};
 pub use engine::run::{run, RunFailure, RunOptions};
 pub use engine::status::{status, StatusReport};
 pub use error::{Error, Result};

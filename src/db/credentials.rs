@@ -48,7 +48,7 @@ impl CredentialSource {
         match &config.source {
             DatabaseSource::Url(url) => Ok(CredentialSource::Url(url.clone())),
             DatabaseSource::Iam(settings) => {
-                let sdk = sdk_config().await;
+                let sdk = crate::aws::sdk_config().await;
                 let credentials = sdk.credentials_provider().ok_or_else(|| Error::Setting {
                     name: "DB_AUTH".into(),
                     reason: "iam needs AWS credentials (the function's role), and none were found"
@@ -66,7 +66,7 @@ impl CredentialSource {
                 })))
             }
             DatabaseSource::Secret(settings) => {
-                let sdk = sdk_config().await;
+                let sdk = crate::aws::sdk_config().await;
                 let client = aws_sdk_secretsmanager::Client::new(&sdk);
                 Ok(CredentialSource::Secret {
                     source: Box::new(SecretSource::new(
@@ -134,19 +134,6 @@ impl CredentialSource {
             other => other,
         }
     }
-}
-
-/// The AWS SDK's default configuration, with short timeouts: a run must not hang on AWS.
-async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(3))
-                .operation_timeout(Duration::from_secs(10))
-                .build(),
-        )
-        .load()
-        .await
 }
 
 impl IamSource {

@@ -24,7 +24,7 @@ use tokio_postgres::Transaction;
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::db::sql::{
-    self, BatchTimeouts, ClaimedOrder, Counter, HeldReservation, OrdersParams, PageParams, PageRow,
+    self, BatchTimeouts, CancelledOrder, ClaimedOrder, Counter, HeldReservation, OrdersParams, PageParams, PageRow,
     PgTimestamp, ReleaseParams, ReleasedReservation, Rules, Statements, UnitsParams,
 };
 use crate::error::{sql_state, Error, Result};
@@ -131,6 +131,11 @@ pub struct BatchOutcome {
     pub no_longer_due: u64,
     pub units_by_variant: BTreeMap<i64, i64>,
     pub units_by_drop: BTreeMap<i64, i64>,
+    /// The reservations released, as the release statement returned them: what the expiry
+    /// events and the release delay are made of.
+    pub released: Vec<ReleasedReservation>,
+    /// The orders cancelled (pending orders whose reservations were released).
+    pub cancelled: Vec<CancelledOrder>,
     /// The cursor after this page (unchanged for a batch of deferred work).
     pub next_cursor: Cursor,
 }
@@ -461,7 +466,7 @@ async fn release_steps(
     }
     let mut done = Tally::default();
     done.add(&released);
-    done.orders_cancelled = cancel_orders(tx, st, &done.released_orders).await?;
+    done.cancelled = cancel_orders(tx, st, &done.released_orders).await?;
     let variants = &done.units_by_variant;
     let Some(clamped) = return_units(tx, st, Counter::Variants, variants, until).await? else {
         return Ok(Round::Held);
@@ -472,6 +477,7 @@ async fn release_steps(
         return Ok(Round::Held);
     };
     done.clamped_drops = clamped;
+    done.released = released;
     done.into_outcome(out);
     Ok(Round::Done)
 }
@@ -519,7 +525,8 @@ struct Tally {
     reservations_released: u64,
     due_reservations_released: u64,
     units_released: u64,
-    orders_cancelled: u64,
+    cancelled: Vec<CancelledOrder>,
+    released: Vec<ReleasedReservation>,
     clamped_variants: u64,
     clamped_drops: u64,
     released_orders: Vec<i64>,
@@ -556,22 +563,28 @@ impl Tally {
         out.due_reservations_released = self.due_reservations_released;
         out.holds_released = self.released_holds.len() as u64;
         out.units_released = self.units_released;
-        out.orders_cancelled = self.orders_cancelled;
+        out.orders_cancelled = self.cancelled.len() as u64;
         out.clamped_variants = self.clamped_variants;
         out.clamped_drops = self.clamped_drops;
         out.released_orders = self.released_orders;
         out.released_holds = self.released_holds;
         out.units_by_variant = self.units_by_variant;
         out.units_by_drop = self.units_by_drop;
+        out.released = self.released;
+        out.cancelled = self.cancelled;
     }
 }
 
-/// Step 4: cancel the pending orders whose reservations were released; how many.
-async fn cancel_orders(tx: &Transaction<'_>, st: &Statements, orders: &[i64]) -> Result<u64> {
+/// Step 4: cancel the pending orders whose reservations were released.
+async fn cancel_orders(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    orders: &[i64],
+) -> Result<Vec<CancelledOrder>> {
     if orders.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
-    Ok(st.cancel_orders(tx, orders).await?.len() as u64)
+    st.cancel_orders(tx, orders).await
 }
 
 /// Step 5: give the units back to one kind of counter (variants first, then drops; ascending

@@ -1,8 +1,11 @@
-//! The release engine: the run loop, one batch and its steps, the run report, and the status.
+//! The release engine: the run loop, one batch and its steps, the run report, and the status;
+//! around the release, reviving an order whose payment came late and the release-delay report.
 //! It works on a checked [`crate::db::session::Database`] and knows nothing of the front-ends.
 
 pub(crate) mod batch;
 pub(crate) mod pass;
+pub(crate) mod release_delay;
 pub(crate) mod report;
+pub(crate) mod revive;
 pub(crate) mod run;
 pub(crate) mod status;

@@ -84,6 +84,18 @@ pub struct RunReport {
     pub backlog_remaining: u64,
     /// Age of the oldest of those, in seconds; null when there is none.
     pub oldest_due_age_seconds: Option<f64>,
+    /// 95th percentile and maximum of the release delay of the reservations this run released:
+    /// seconds from when each fell due (`expires_at`, or `created_at` plus the timeout; grace
+    /// not subtracted) to its release. Null when nothing was released.
+    pub release_delay_p95_seconds: Option<f64>,
+    pub release_delay_max_seconds: Option<f64>,
+    /// Orders paid in the last 24 hours after the release had cancelled them (late payments to
+    /// revive or refund); counted at the end of every run.
+    pub paid_after_release: u64,
+    /// Expiry events published to `EVENT_BUS_NAME`, and those that could not be (logged by
+    /// order id); both 0 without a bus.
+    pub events_published: u64,
+    pub events_failed: u64,
     pub duration_ms: u64,
     /// Median and 99th percentile of the batch transactions' durations: how long a batch
     /// holds the rows it locks.
@@ -135,6 +147,11 @@ impl RunReport {
             stopped_reason: StopReason::Drained,
             backlog_remaining: 0,
             oldest_due_age_seconds: None,
+            release_delay_p95_seconds: None,
+            release_delay_max_seconds: None,
+            paid_after_release: 0,
+            events_published: 0,
+            events_failed: 0,
             duration_ms: 0,
             batch_ms_p50: 0.0,
             batch_ms_p99: 0.0,

@@ -13,7 +13,9 @@ use super::pass::Passes;
 use super::report::{quantile, RunReport, StopReason};
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
+use crate::db::sql::outbox;
 use crate::error::{is_cancelled, is_conflict, Error, Result};
+use crate::events::{model as events, Sink};
 
 /// How a run is asked to go.
 #[derive(Debug, Clone)]
@@ -24,6 +26,8 @@ pub struct RunOptions {
     pub deadline: Option<Instant>,
     /// This run's id (a fresh UUID by default), in its report, logs and metrics.
     pub run_id: String,
+    /// Where each committed batch's expiry events go (`EVENT_BUS_NAME`); a dry run sends none.
+    pub events: Option<Sink>,
 }
 
 impl Default for RunOptions {
@@ -32,6 +36,7 @@ impl Default for RunOptions {
             dry_run: false,
             deadline: None,
             run_id: new_run_id(),
+            events: None,
         }
     }
 }
@@ -96,6 +101,8 @@ struct Run<'a> {
     /// Durations (ms) of the batches that released or paged rows.
     durations: Vec<f64>,
     slowest: Duration,
+    /// Release delays (seconds) of the reservations released, for `release_delay_p95_seconds`.
+    delays: Vec<f64>,
     cursor: Cursor,
     /// Dry run: orders already counted (their reservations stay active after the rollback).
     counted_orders: HashSet<i64>,
@@ -125,6 +132,7 @@ impl<'a> Run<'a> {
             report,
             durations: Vec::new(),
             slowest: Duration::ZERO,
+            delays: Vec::new(),
             cursor: Cursor::default(),
             counted_orders: HashSet::new(),
             paid_orders: HashSet::new(),
@@ -406,6 +414,15 @@ impl<'a> Run<'a> {
             .extend(batch.deferred_holds.iter().copied());
         self.report.no_longer_due += batch.no_longer_due;
         log_batch(self.report.batches, &batch);
+        self.delays
+            .extend(batch.released.iter().map(|r| r.delay_seconds));
+        if let (Some(sink), false) = (&self.options.events, self.options.dry_run) {
+            sink.send(events::from_batch(
+                &batch.released,
+                &batch.cancelled,
+                &self.options.run_id,
+            ));
+        }
         if batch.rows_paged > 0 && self.passes.is_none() {
             self.cursor = batch.next_cursor;
         }
@@ -427,6 +444,11 @@ impl<'a> Run<'a> {
         self.report.batch_ms_p50 = quantile(&self.durations, 0.5);
         self.report.batch_ms_p99 = quantile(&self.durations, 0.99);
         self.report.batch_ms_max = self.durations.last().copied().unwrap_or(0.0);
+        self.delays.sort_by(f64::total_cmp);
+        if !self.delays.is_empty() {
+            self.report.release_delay_p95_seconds = Some(quantile(&self.delays, 0.95));
+            self.report.release_delay_max_seconds = self.delays.last().copied();
+        }
         let result = match outcome {
             Ok(reason) => self.count_backlog(db).await.map(|()| reason),
             Err(error) => Err(error),
@@ -460,6 +482,8 @@ impl<'a> Run<'a> {
             count
         };
         self.report.oldest_due_age_seconds = backlog.oldest_age_seconds;
+        let paid_late = outbox::paid_after_release(&db.client, true).await?;
+        self.report.paid_after_release = paid_late.max(0) as u64;
         if self.report.deferred > 0 {
             let orders: Vec<i64> = self.deferred_orders.iter().copied().collect();
             let holds: Vec<i64> = self.deferred_holds.iter().copied().collect();

@@ -1,5 +1,6 @@
 //! `unreserver status` / `{"action": "status"}`: the health of the reservations as the release
-//! sees them — the due backlog and its age, paid orders still holding stock, counters that
+//! sees them — the due backlog and its age, paid orders still holding stock, orders paid after
+//! the release cancelled them, counters that
 //! disagree with their reservations, and missing recommended indexes. Reads only.
 
 use serde::Serialize;
@@ -7,7 +8,7 @@ use serde::Serialize;
 use super::batch;
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
-use crate::db::sql;
+use crate::db::sql::{self, outbox};
 use crate::error::Result;
 
 /// Most out-of-sync counter rows listed (all are counted).
@@ -29,6 +30,10 @@ pub struct StatusReport {
     pub oldest_due_age_seconds: Option<f64>,
     /// Paid orders still holding active reservations (never touched by the release).
     pub paid_orders_with_active_reservations: u64,
+    /// Orders paid after the release cancelled them, cancelled in the last 24 hours, and in
+    /// all: late payments to revive (`unreserver revive`) or refund.
+    pub paid_after_release: u64,
+    pub paid_after_release_total: u64,
     pub variants_out_of_sync_count: u64,
     /// Up to 100 of them, by id.
     pub variants_out_of_sync: Vec<Drift>,
@@ -46,12 +51,16 @@ pub async fn status(db: &Database, settings: &ReleaseSettings) -> Result<StatusR
         .backlog(&db.client, batch::rules(settings))
         .await?;
     let paid = sql::paid_orders_with_active_reservations(&db.client).await?;
+    let paid_late = outbox::paid_after_release(&db.client, true).await?;
+    let paid_late_total = outbox::paid_after_release(&db.client, false).await?;
     let (variants_out_of_sync_count, variants_out_of_sync) = drift(db, false).await?;
     let (drops_out_of_sync_count, drops_out_of_sync) = drift(db, true).await?;
     Ok(StatusReport {
         due_reservations: backlog.due.max(0) as u64,
         oldest_due_age_seconds: backlog.oldest_age_seconds,
         paid_orders_with_active_reservations: paid.max(0) as u64,
+        paid_after_release: paid_late.max(0) as u64,
+        paid_after_release_total: paid_late_total.max(0) as u64,
         variants_out_of_sync_count,
         variants_out_of_sync,
         drops_out_of_sync_count,

@@ -17,7 +17,10 @@ use crate::config::Config;
 use crate::db::credentials::CredentialSource;
 use crate::db::tls;
 use crate::engine::report::RunReport;
-use crate::engine::run::{self, RunOptions};
+use crate::engine::release_delay::{self, DelayReport};
+use crate::engine::revive::{revive, ReviveOutcome};
+use crate::engine::run::RunOptions;
+use crate::events::{self, Publisher};
 use crate::engine::status;
 use crate::error::{Error, Result};
 use crate::telemetry::{self, RunContext};
@@ -27,6 +30,8 @@ pub struct AppState {
     pub config: Config,
     pub credentials: CredentialSource,
     pub tls: MakeTlsConnector,
+    /// The EventBridge publisher of the expiry events, when `EVENT_BUS_NAME` is set.
+    pub publisher: Option<Publisher>,
     cold_start: AtomicBool,
 }
 
@@ -48,10 +53,15 @@ impl AppState {
                  the network in the clear; set DB_SSLMODE=require"
             );
         }
+        let publisher = match &config.events.bus_name {
+            Some(bus) => Some(Publisher::from_env(bus.clone()).await),
+            None => None,
+        };
         Ok(AppState {
             config,
             credentials,
             tls,
+            publisher,
             cold_start: AtomicBool::new(true),
         })
     }
@@ -91,6 +101,18 @@ pub async fn handle(
         Request::Status => {
             let span = tracing::info_span!("status", request_id);
             handle_status(state, &request_id).instrument(span).await
+        }
+        Request::Revive { order_id } => {
+            let span = tracing::info_span!("revive", request_id, order_id);
+            answer("revive", handle_revive(state, order_id))
+                .instrument(span)
+                .await
+        }
+        Request::Report { days } => {
+            let span = tracing::info_span!("report", request_id, days);
+            answer("report", handle_report(state, days))
+                .instrument(span)
+                .await
         }
         Request::Run(run) => {
             let options = RunOptions {
@@ -145,6 +167,34 @@ async fn handle_status(
             Err(HandlerError(error))
         }
     }
+}
+
+/// Answers with `work`'s JSON, or logs and returns its error.
+async fn answer<T: serde::Serialize>(
+    action: &'static str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> std::result::Result<Value, HandlerError> {
+    match work.await {
+        Ok(value) => Ok(serde_json::to_value(&value).unwrap_or(Value::Null)),
+        Err(error) => {
+            tracing::error!(action, error_type = error.kind(), error = %error.chain(), "failed");
+            Err(HandlerError(error))
+        }
+    }
+}
+
+async fn handle_revive(state: &AppState, order_id: i64) -> Result<ReviveOutcome> {
+    let release = &state.config.release;
+    let mut db = state.credentials.open(&state.tls, release.lock_timeout_ms).await?;
+    let outcome = revive(&mut db, release, state.config.revive.hold_minutes, order_id).await?;
+    tracing::info!(order_id, revived = outcome.revived, reason = ?outcome.reason, "revive");
+    Ok(outcome)
+}
+
+async fn handle_report(state: &AppState, days: u32) -> Result<DelayReport> {
+    let release = &state.config.release;
+    let db = state.credentials.open(&state.tls, release.lock_timeout_ms).await?;
+    release_delay::report(&db, release, days).await
 }
 
 async fn handle_run(
@@ -218,7 +268,9 @@ async fn run_release(state: &AppState, run: &RunRequest, options: &RunOptions) -
         .open(&state.tls, settings.lock_timeout_ms)
         .await
         .map_err(|e| (e, None))?;
-    run::run(&mut db, &settings, options)
+    let grace = state.config.lambda.deadline_margin / 2;
+    let publisher = state.publisher.as_ref();
+    events::run::run(&mut db, &settings, options.clone(), publisher, grace)
         .await
         .map_err(|failure| (failure.error, Some(failure.report)))
 }

@@ -33,6 +33,10 @@ pub const METRICS: &[(&str, &str)] = &[
     (RUN_DURATION, "Milliseconds"),
     (RUN_FAILED, "Count"),
     (COLD_START, "Count"),
+    (EVENTS_PUBLISHED, "Count"),
+    (EVENTS_FAILED, "Count"),
+    (PAID_AFTER_RELEASE, "Count"),
+    (RELEASE_DELAY_P95, "Seconds"),
 ];
 
 pub const RESERVATIONS_RELEASED: &str = "ReservationsReleased";
@@ -52,6 +56,10 @@ pub const BATCH_P99: &str = "BatchDurationP99";
 pub const RUN_DURATION: &str = "RunDuration";
 pub const RUN_FAILED: &str = "RunFailed";
 pub const COLD_START: &str = "ColdStart";
+pub const EVENTS_PUBLISHED: &str = "EventsPublished";
+pub const EVENTS_FAILED: &str = "EventsFailed";
+pub const PAID_AFTER_RELEASE: &str = "PaidAfterRelease";
+pub const RELEASE_DELAY_P95: &str = "ReleaseDelayP95";
 
 /// The dimension every document carries, and the one only dry runs add.
 pub const SERVICE_DIMENSION: &str = "service";
@@ -95,12 +103,19 @@ fn values(obs: &Observation<'_>) -> Vec<(&'static str, f64)> {
             ),
             (BATCH_P99, r.batch_ms_p99),
             (MISSING_INDEXES, r.missing_indexes.len() as f64),
+            (EVENTS_PUBLISHED, r.events_published as f64),
+            (EVENTS_FAILED, r.events_failed as f64),
         ]);
+        // Only a run that released something has a release delay.
+        if let Some(p95) = r.release_delay_p95_seconds {
+            values.push((RELEASE_DELAY_P95, p95));
+        }
         // The backlog is known only when the run got to count it.
         if !obs.failed {
             values.push((BACKLOG_REMAINING, r.backlog_remaining as f64));
             values.push((OLDEST_DUE_AGE, r.oldest_due_age_seconds.unwrap_or(0.0)));
             values.push((DEFERRED_ORDERS, r.deferred as f64));
+            values.push((PAID_AFTER_RELEASE, r.paid_after_release as f64));
             values.push((
                 OLDEST_DEFERRED_AGE,
                 r.oldest_deferred_age_seconds.unwrap_or(0.0),
@@ -212,6 +227,9 @@ mod tests {
         report.clamped_variants = 1;
         report.clamped_drops = 2;
         report.oldest_due_age_seconds = Some(42.5);
+        report.release_delay_p95_seconds = Some(7.25);
+        report.events_failed = 2;
+        report.paid_after_release = 1;
         let obs = Observation {
             run_id: "r-1",
             report: Some(&report),
@@ -234,6 +252,9 @@ mod tests {
         assert_eq!(doc["OldestDueReservationAge"], 42.5);
         assert_eq!(doc["ColdStart"], 1.0);
         assert_eq!(doc["RunFailed"], 0.0);
+        assert_eq!(doc["ReleaseDelayP95"], 7.25);
+        assert_eq!(doc["EventsFailed"], 2.0);
+        assert_eq!(doc["PaidAfterRelease"], 1.0);
         assert_eq!(doc["service"], "unreserver");
         assert_eq!(doc["run_id"], "r-1");
         assert_eq!(

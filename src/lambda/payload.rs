@@ -6,12 +6,15 @@
 //! - a manual run: `{"dry_run": true, "batch_size": 50, "max_batches": 10}` (all optional;
 //!   `"action": "run"` may be given);
 //! - `{"action": "status"}`;
+//! - `{"action": "revive", "order_id": 123}`: revive an order whose payment came late;
+//! - `{"action": "report", "days": 7}` (`days` optional): the release-delay report;
 //! - `{}` or `null`: a run with the configured settings.
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::check_range;
+use crate::engine::release_delay::MAX_DAYS;
 use crate::error::{Error, Result};
 
 /// What an invocation asks for.
@@ -19,6 +22,8 @@ use crate::error::{Error, Result};
 pub enum Request {
     Run(RunRequest),
     Status,
+    Revive { order_id: i64 },
+    Report { days: u32 },
 }
 
 /// A run, and what the payload overrides of the settings.
@@ -36,6 +41,8 @@ pub struct RunRequest {
 enum Action {
     Run,
     Status,
+    Revive,
+    Report,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,6 +53,29 @@ struct Manual {
     dry_run: Option<bool>,
     batch_size: Option<u32>,
     max_batches: Option<u32>,
+    order_id: Option<i64>,
+    days: Option<u32>,
+}
+
+impl Manual {
+    /// Names the first run field given (for an action that takes none).
+    fn run_field(&self) -> Option<&'static str> {
+        [
+            ("dry_run", self.dry_run.is_some()),
+            ("batch_size", self.batch_size.is_some()),
+            ("max_batches", self.max_batches.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(name, given)| given.then_some(name))
+    }
+
+    /// Names the first field that belongs to another action than `action`.
+    fn foreign_field(&self, action: &str) -> Option<&'static str> {
+        let run = self.run_field().filter(|_| action != "run");
+        let order = (self.order_id.is_some() && action != "revive").then_some("order_id");
+        let days = (self.days.is_some() && action != "report").then_some("days");
+        run.or(order).or(days)
+    }
 }
 
 /// The EventBridge "Scheduled Event" envelope (EventBridge rules and the default Scheduler
@@ -101,17 +131,28 @@ pub fn parse(payload: &Value) -> Result<Request> {
             )));
         }
     }
+    let action = match manual.action {
+        Some(Action::Status) => "status",
+        Some(Action::Revive) => "revive",
+        Some(Action::Report) => "report",
+        Some(Action::Run) | None => "run",
+    };
+    if let Some(field) = manual.foreign_field(action) {
+        return Err(Error::Payload(format!(
+            "action {action} takes no field {field}"
+        )));
+    }
     match manual.action {
-        Some(Action::Status) => {
-            if manual.dry_run.is_some()
-                || manual.batch_size.is_some()
-                || manual.max_batches.is_some()
-            {
-                return Err(Error::Payload(
-                    "action status takes no dry_run, batch_size or max_batches".into(),
-                ));
-            }
-            Ok(Request::Status)
+        Some(Action::Status) => Ok(Request::Status),
+        Some(Action::Revive) => match manual.order_id {
+            Some(order_id) if order_id > 0 => Ok(Request::Revive { order_id }),
+            Some(_) => Err(Error::Payload("field order_id must be a positive order id".into())),
+            None => Err(Error::Payload("action revive needs field order_id".into())),
+        },
+        Some(Action::Report) => {
+            let days = manual.days.unwrap_or(7);
+            check_range("days", days, 1, MAX_DAYS).map_err(payload_error)?;
+            Ok(Request::Report { days })
         }
         Some(Action::Run) | None => {
             if let Some(n) = manual.batch_size {
@@ -202,6 +243,18 @@ mod tests {
             parse(&json!({"action": "status"})).unwrap(),
             Request::Status
         );
+        assert_eq!(
+            parse(&json!({"action": "revive", "order_id": 42})).unwrap(),
+            Request::Revive { order_id: 42 }
+        );
+        assert_eq!(
+            parse(&json!({"action": "report"})).unwrap(),
+            Request::Report { days: 7 }
+        );
+        assert_eq!(
+            parse(&json!({"action": "report", "days": 30})).unwrap(),
+            Request::Report { days: 30 }
+        );
     }
 
     #[test]
@@ -224,6 +277,14 @@ mod tests {
                 "status.json",
                 include_str!("../../infra/events/status.json"),
             ),
+            (
+                "revive.json",
+                include_str!("../../infra/events/revive.json"),
+            ),
+            (
+                "report.json",
+                include_str!("../../infra/events/report.json"),
+            ),
         ] {
             let value: Value = serde_json::from_str(text).unwrap();
             parse(&value).unwrap_or_else(|e| panic!("{file}: {e}"));
@@ -242,6 +303,14 @@ mod tests {
             (json!({"max_batches": "10"}), "max_batches"),
             (json!({"action": "delete"}), "action"),
             (json!({"action": "status", "dry_run": true}), "dry_run"),
+            (json!({"action": "revive"}), "order_id"),
+            (json!({"action": "revive", "order_id": 0}), "order_id"),
+            (json!({"action": "revive", "order_id": "7"}), "order_id"),
+            (json!({"action": "revive", "order_id": 7, "days": 2}), "days"),
+            (json!({"action": "report", "days": 0}), "days"),
+            (json!({"action": "report", "days": 367}), "days"),
+            (json!({"action": "report", "order_id": 7}), "order_id"),
+            (json!({"order_id": 7}), "order_id"),
             (json!({"source": 5}), "source"),
             (json!({"source": ""}), "source"),
             (
@@ -265,7 +334,9 @@ mod tests {
 
         use super::super::*;
 
-        const KNOWN: &[&str] = &["dry_run", "batch_size", "max_batches", "action", "source"];
+        const KNOWN: &[&str] = &[
+            "dry_run", "batch_size", "max_batches", "action", "source", "order_id", "days",
+        ];
 
         fn key() -> impl Strategy<Value = String> {
             prop_oneof![
@@ -285,6 +356,8 @@ mod tests {
                 prop_oneof![
                     Just("run"),
                     Just("status"),
+                    Just("revive"),
+                    Just("report"),
                     Just("schedule"),
                     Just("Scheduled Event")
                 ]
@@ -319,6 +392,14 @@ mod tests {
                     }
                     Ok(Request::Status) => {
                         prop_assert_eq!(payload.get("action"), Some(&json!("status")));
+                    }
+                    Ok(Request::Revive { order_id }) => {
+                        prop_assert_eq!(payload.get("action"), Some(&json!("revive")));
+                        prop_assert!(order_id > 0);
+                    }
+                    Ok(Request::Report { days }) => {
+                        prop_assert_eq!(payload.get("action"), Some(&json!("report")));
+                        prop_assert!((1..=MAX_DAYS).contains(&days));
                     }
                     Err(err) => {
                         prop_assert!(matches!(err, Error::Payload(_)));

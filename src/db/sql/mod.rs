@@ -550,9 +550,13 @@ pub const RELEASE_RESERVATIONS: &str = concat!(
     "r.quantity::int4 AS quantity, COALESCE(",
     due_at!("r", "$3"),
     " + CASE WHEN r.order_id = ANY($5::int8[]) THEN make_interval(mins => $4::int4) ",
-    "ELSE interval '0' END <= now(), false) AS was_due) ",
-    "SELECT id, order_id, variant_id, drop_id, quantity, was_due, false AS held FROM upd ",
-    "UNION ALL SELECT c.id::int8, c.order_id::int8, 0::int8, NULL::int8, 0::int4, false, true ",
+    "ELSE interval '0' END <= now(), false) AS was_due, ",
+    "EXTRACT(EPOCH FROM now() - ",
+    due_at!("r", "$3"),
+    ")::float8 AS delay_seconds) ",
+    "SELECT id, order_id, variant_id, drop_id, quantity, was_due, delay_seconds, now() AS released_at, ",
+    "false AS held FROM upd UNION ALL SELECT c.id::int8, c.order_id::int8, 0::int8, NULL::int8, ",
+    "0::int4, false, 0::float8, now(), true ",
     "FROM cand c WHERE NOT EXISTS (SELECT 1 FROM locked l WHERE l.id = c.id)"
 );
 
@@ -567,7 +571,7 @@ pub struct ReleaseParams<'a> {
 }
 
 /// A row of [`RELEASE_RESERVATIONS`]: a reservation now `expired`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReleasedReservation {
     pub id: i64,
     /// None for a cart hold.
@@ -577,6 +581,12 @@ pub struct ReleasedReservation {
     pub quantity: i32,
     /// Whether it was due itself (not only released with its order).
     pub was_due: bool,
+    /// Seconds from when it fell due (`expires_at`, or `created_at` plus the timeout; no grace)
+    /// to its release: the release delay the report and `ReleaseDelayP95` measure.
+    pub delay_seconds: f64,
+    /// The batch transaction's `now()`: the row's `released_at`, and the `cancelled_at` of the
+    /// order the batch cancels with it.
+    pub released_at: std::time::SystemTime,
     /// Another transaction holds it: not released (nor any row of its order), its order must
     /// wait or be left out.
     pub held: bool,
@@ -608,6 +618,8 @@ impl Statements {
                     drop_id: row.try_get("drop_id")?,
                     quantity: row.try_get("quantity")?,
                     was_due: row.try_get("was_due")?,
+                    delay_seconds: row.try_get("delay_seconds")?,
+                    released_at: row.try_get("released_at")?,
                     held: row.try_get("held")?,
                 })
             },
@@ -623,21 +635,35 @@ impl Statements {
 /// $1 order ids.
 pub const CANCEL_ORDERS: &str = "UPDATE orders_order \
      SET status = 'cancelled', cancelled_at = now(), updated_at = now() \
-     WHERE id = ANY($1::int8[]) AND status = 'pending' RETURNING id::int8 AS id";
+     WHERE id = ANY($1::int8[]) AND status = 'pending' \
+     RETURNING id::int8 AS id, order_number::text AS order_number";
+
+/// A row of [`CANCEL_ORDERS`]: an order the batch cancelled (its `cancelled_at` is the batch's
+/// `now()`, the `released_at` of its reservations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelledOrder {
+    pub id: i64,
+    pub order_number: String,
+}
 
 impl Statements {
-    /// [`CANCEL_ORDERS`]: the ids of the orders cancelled.
+    /// [`CANCEL_ORDERS`]: the orders cancelled.
     pub async fn cancel_orders(
         &self,
         client: &(impl GenericClient + Sync),
         order_ids: &[i64],
-    ) -> Result<Vec<i64>> {
+    ) -> Result<Vec<CancelledOrder>> {
         fetch(
             client,
             &self.cancel_orders,
             &[&order_ids],
             "cancelling orders",
-            |row| row.try_get("id"),
+            |row| {
+                Ok(CancelledOrder {
+                    id: row.try_get("id")?,
+                    order_number: row.try_get("order_number")?,
+                })
+            },
         )
         .await
     }
@@ -1046,3 +1072,7 @@ pub async fn deadlock_timeout_ms(client: &(impl GenericClient + Sync)) -> Result
     )
     .await
 }
+
+pub mod delay_report;
+pub mod outbox;
+pub mod revive;

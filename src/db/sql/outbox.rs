@@ -1,0 +1,99 @@
+//! What the database says the release did, read back without any state of ours: the expiry
+//! events of a window (the database is the outbox) and the orders paid after the release
+//! cancelled them. None of these statements locks anything.
+//!
+//! An order the release cancelled is `cancelled` with `cancelled_at` equal to the `released_at`
+//! of its `expired` reservations: the batch sets both to its transaction's `now()`. An order
+//! the shop cancelled itself fails that test (its `cancelled_at` predates the release), and an
+//! order revived after its release is no longer `cancelled`.
+
+use std::time::SystemTime;
+
+use tokio_postgres::GenericClient;
+
+use super::{fetch, fetch_one};
+use crate::error::Result;
+use crate::events::model::ExpiredRow;
+
+/// The reservations the release expired in [$1, $2) (`$2` NULL: up to `now()`), for the
+/// expiry events: the rows of the orders it cancelled, and the cart holds. Ordered so that an
+/// order's rows are adjacent. Reads the window through `released_at` (the BRIN index of
+/// `infra/indexes.sql` keeps it to the window); locks nothing.
+pub const EXPIRED_IN_WINDOW: &str = "SELECT r.id::int8 AS reservation_id, \
+     r.order_id::int8 AS order_id, o.order_number::text AS order_number, \
+     r.product_variant_id::int8 AS variant_id, r.drop_product_id::int8 AS drop_id, \
+     r.quantity::int4 AS quantity, r.released_at \
+     FROM orders_inventoryreservation r LEFT JOIN orders_order o ON o.id = r.order_id \
+     WHERE r.status = 'expired' AND r.released_at >= $1::timestamptz \
+     AND r.released_at < COALESCE($2::timestamptz, now()) \
+     AND (r.order_id IS NULL OR (o.status = 'cancelled' AND o.cancelled_at = r.released_at)) \
+     ORDER BY r.released_at, r.order_id NULLS LAST, r.id";
+
+/// [`EXPIRED_IN_WINDOW`].
+pub async fn expired_in_window(
+    client: &(impl GenericClient + Sync),
+    since: SystemTime,
+    until: Option<SystemTime>,
+) -> Result<Vec<ExpiredRow>> {
+    fetch(
+        client,
+        EXPIRED_IN_WINDOW,
+        &[&since, &until],
+        "reading the expiry events of the window",
+        |row| {
+            Ok(ExpiredRow {
+                reservation_id: row.try_get("reservation_id")?,
+                order_id: row.try_get("order_id")?,
+                order_number: row.try_get("order_number")?,
+                variant_id: row.try_get("variant_id")?,
+                drop_id: row.try_get("drop_id")?,
+                quantity: row.try_get("quantity")?,
+                released_at: row.try_get("released_at")?,
+            })
+        },
+    )
+    .await
+}
+
+/// Orders paid after the release cancelled them (a shopper's payment arrived late: revive it
+/// with `unreserver revive`, or refund it), among the orders `$window` admits. Locks nothing.
+macro_rules! paid_after_release {
+    ($window:literal) => {
+        concat!(
+            "SELECT count(*)::int8 AS orders FROM orders_order o ",
+            "WHERE o.status = 'cancelled' AND o.payment_status = 'paid' AND ",
+            $window,
+            " AND EXISTS (SELECT 1 FROM orders_inventoryreservation r WHERE r.order_id = o.id ",
+            "AND r.status = 'expired' AND r.released_at = o.cancelled_at)"
+        )
+    };
+}
+
+/// Those cancelled in the last 24 hours: every run counts them. The small partial index
+/// `orders_order (cancelled_at) WHERE status = 'cancelled' AND payment_status = 'paid'` of
+/// `infra/indexes.sql` keeps this to those few rows; without it, a scan of the orders.
+pub const PAID_AFTER_RELEASE_LAST_DAY: &str =
+    paid_after_release!("o.cancelled_at >= now() - interval '24 hours'");
+
+/// All of them (`status`'s `paid_after_release_total`).
+pub const PAID_AFTER_RELEASE_TOTAL: &str = paid_after_release!("true");
+
+/// [`PAID_AFTER_RELEASE_LAST_DAY`] (`last_day`), or [`PAID_AFTER_RELEASE_TOTAL`].
+pub async fn paid_after_release(
+    client: &(impl GenericClient + Sync),
+    last_day: bool,
+) -> Result<i64> {
+    let statement = if last_day {
+        PAID_AFTER_RELEASE_LAST_DAY
+    } else {
+        PAID_AFTER_RELEASE_TOTAL
+    };
+    fetch_one(
+        client,
+        statement,
+        &[],
+        "counting orders paid after their release",
+        |row| row.try_get("orders"),
+    )
+    .await
+}

@@ -1,0 +1,210 @@
+//! Reviving an order the release cancelled, for a payment that arrived late: in one
+//! transaction, lock the order, check that the release cancelled it (not the shop), lock its
+//! counter rows in the release's order, check that each still has room for what the order
+//! needs of it, and only then make its reservations active again, reserve the units again and
+//! set the order back to `pending`. Otherwise nothing changes.
+//!
+//! Revive never waits in a lock queue (every lock is `NOWAIT`, see [`crate::db::sql::revive`]):
+//! a row a shopper holds rolls the transaction back, and revive tries again after 2 ms, then 4,
+//! ... up to 32, for up to `LOCK_TIMEOUT_MS`; then after a backoff, up to `BATCH_MAX_ATTEMPTS`
+//! such tries in all, and then it fails with a retryable [`Error::Busy`]. In a lock cycle with
+//! a shopper it is thus always revive that gives up.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Transaction;
+
+use crate::config::ReleaseSettings;
+use crate::db::session::Database;
+use crate::db::sql::revive::{self as sql, ReleasedRow};
+use crate::db::sql::BatchTimeouts;
+use crate::error::{sql_state, Error, Result};
+
+/// Why an order was or was not revived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    Revived,
+    /// A counter row has less room than the order needs of it: see `short`.
+    StockShort,
+    /// The order is not cancelled, or the shop cancelled it (not the release).
+    NotCancelledByRelease,
+    UnknownOrder,
+}
+
+/// A counter row without room for what the order needs of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Short {
+    pub product_variant_id: i64,
+    /// Set when the drop row is short; null when the variant is.
+    pub drop_product_id: Option<i64>,
+    pub wanted: i64,
+    pub available: i64,
+}
+
+/// What `revive` answers (the CLI prints it, the Lambda returns it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReviveOutcome {
+    pub order_id: i64,
+    pub revived: bool,
+    pub reason: Reason,
+    pub short: Vec<Short>,
+}
+
+impl ReviveOutcome {
+    fn not(order_id: i64, reason: Reason) -> Self {
+        ReviveOutcome {
+            order_id,
+            revived: false,
+            reason,
+            short: Vec::new(),
+        }
+    }
+}
+
+/// Longest pause between two tries within one attempt.
+const MAX_POLL: Duration = Duration::from_millis(32);
+
+/// Revives `order_id` if the release cancelled it and the stock is still there.
+pub async fn revive(
+    db: &mut Database,
+    settings: &ReleaseSettings,
+    hold_minutes: u32,
+    order_id: i64,
+) -> Result<ReviveOutcome> {
+    let timeouts = BatchTimeouts {
+        lock_timeout: format!("{}ms", settings.lock_timeout_ms),
+        statement_timeout: format!("{}ms", settings.statement_timeout_ms),
+    };
+    let hold = i32::try_from(hold_minutes).unwrap_or(i32::MAX);
+    for attempt in 1..=settings.batch_max_attempts {
+        let until = Instant::now() + Duration::from_millis(u64::from(settings.lock_timeout_ms));
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match try_revive(db, &timeouts, hold, order_id).await {
+                Err(e) if sql_state(&e) == Some(&SqlState::LOCK_NOT_AVAILABLE) => {}
+                done => return done,
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_POLL);
+        }
+        tracing::debug!(order_id, attempt, "revive: a row stayed held; backing off");
+        if attempt < settings.batch_max_attempts {
+            let step = u64::from(settings.retry_backoff_ms) << attempt.min(10);
+            tokio::time::sleep(Duration::from_millis(step)).await;
+        }
+    }
+    Err(Error::Busy {
+        what: "reviving the order",
+        why: format!(
+            "order {order_id} or a stock row it needs stayed locked by another transaction \
+             through {} tries; try again shortly",
+            settings.batch_max_attempts
+        ),
+    })
+}
+
+/// One revive transaction; a held row fails it with `55P03` (rolled back on drop).
+async fn try_revive(
+    db: &mut Database,
+    timeouts: &BatchTimeouts,
+    hold_minutes: i32,
+    order_id: i64,
+) -> Result<ReviveOutcome> {
+    let tx = db
+        .client
+        .transaction()
+        .await
+        .map_err(Error::db("beginning the revive"))?;
+    db.statements.set_batch_timeouts(&tx, timeouts).await?;
+    let Some(status) = sql::lock_order(&tx, order_id).await? else {
+        return Ok(ReviveOutcome::not(order_id, Reason::UnknownOrder));
+    };
+    let rows = sql::lock_released(&tx, order_id).await?;
+    if status != "cancelled" || rows.is_empty() {
+        return Ok(ReviveOutcome::not(order_id, Reason::NotCancelledByRelease));
+    }
+    let short = shortages(&tx, &rows).await?;
+    if !short.is_empty() {
+        return Ok(ReviveOutcome {
+            short,
+            ..ReviveOutcome::not(order_id, Reason::StockShort)
+        });
+    }
+    apply(&tx, &rows, hold_minutes, order_id).await?;
+    tx.commit().await.map_err(Error::db("committing the revive"))?;
+    Ok(ReviveOutcome {
+        order_id,
+        revived: true,
+        reason: Reason::Revived,
+        short: Vec::new(),
+    })
+}
+
+/// Units wanted per variant and per drop (with the drop's variant), summed over `rows`.
+fn wanted(rows: &[ReleasedRow]) -> (BTreeMap<i64, i64>, BTreeMap<i64, (i64, i64)>) {
+    let mut variants = BTreeMap::new();
+    let mut drops = BTreeMap::new();
+    for r in rows {
+        *variants.entry(r.variant_id).or_insert(0) += i64::from(r.quantity);
+        if let Some(d) = r.drop_id {
+            drops.entry(d).or_insert((r.variant_id, 0)).1 += i64::from(r.quantity);
+        }
+    }
+    (variants, drops)
+}
+
+/// Locks the variant rows, then the drop rows (ascending ids), and lists those without room.
+async fn shortages(tx: &Transaction<'_>, rows: &[ReleasedRow]) -> Result<Vec<Short>> {
+    let (variants, drops) = wanted(rows);
+    let mut short = Vec::new();
+    let ids: Vec<i64> = variants.keys().copied().collect();
+    for room in sql::lock_room(tx, false, &ids).await? {
+        let want = variants.get(&room.id).copied().unwrap_or(0);
+        if room.available < want {
+            short.push(Short {
+                product_variant_id: room.id,
+                drop_product_id: None,
+                wanted: want,
+                available: room.available,
+            });
+        }
+    }
+    let ids: Vec<i64> = drops.keys().copied().collect();
+    for room in sql::lock_room(tx, true, &ids).await? {
+        let (variant, want) = drops.get(&room.id).copied().unwrap_or((0, 0));
+        if room.available < want {
+            short.push(Short {
+                product_variant_id: variant,
+                drop_product_id: Some(room.id),
+                wanted: want,
+                available: room.available,
+            });
+        }
+    }
+    Ok(short)
+}
+
+/// Reactivates the reservations, reserves the units again, reopens the order.
+async fn apply(
+    tx: &Transaction<'_>,
+    rows: &[ReleasedRow],
+    hold_minutes: i32,
+    order_id: i64,
+) -> Result<()> {
+    // The rows are locked (LOCK_RELEASED): the same rows are reactivated.
+    sql::reactivate(tx, order_id, hold_minutes).await?;
+    let (variants, drops) = wanted(rows);
+    let (ids, units): (Vec<i64>, Vec<i64>) = variants.into_iter().unzip();
+    sql::add_units(tx, false, &ids, &units).await?;
+    let (ids, units): (Vec<i64>, Vec<i64>) = drops.into_iter().map(|(d, (_, n))| (d, n)).unzip();
+    sql::add_units(tx, true, &ids, &units).await?;
+    sql::reopen_order(tx, order_id).await?;
+    Ok(())
+}

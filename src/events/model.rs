@@ -1,0 +1,224 @@
+//! The events and their detail, as EventBridge delivers them (`source`, `detail-type`,
+//! `detail`), built from released reservation rows — those a batch just released, or those the
+//! database holds for a window. One builder for both, so that a replay gives exactly what the
+//! run published (but `run_id`, null in a replay).
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::db::sql::{CancelledOrder, ReleasedReservation};
+
+/// `Source` of every event.
+pub const SOURCE: &str = "unreserver";
+/// `DetailType` of the event for an order the release cancelled.
+pub const ORDER_EXPIRED: &str = "Order Expired";
+/// `DetailType` of the event for a cart hold (a reservation without an order) released.
+pub const HOLD_RELEASED: &str = "Cart Hold Released";
+
+/// A reservation the release expired, with what an event says of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpiredRow {
+    pub reservation_id: i64,
+    /// None for a cart hold.
+    pub order_id: Option<i64>,
+    pub order_number: Option<String>,
+    pub variant_id: i64,
+    pub drop_id: Option<i64>,
+    pub quantity: i32,
+    pub released_at: SystemTime,
+}
+
+/// One event, ready to print (one JSON object a line) or to publish.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub source: &'static str,
+    #[serde(rename = "detail-type")]
+    pub detail_type: &'static str,
+    pub detail: Value,
+    /// What the event is about, for logs: the order id, or the hold's reservation id.
+    #[serde(skip)]
+    pub subject: Subject,
+}
+
+/// What an event is about: consumers deduplicate by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Subject {
+    Order(i64),
+    Hold(i64),
+}
+
+#[derive(Serialize)]
+struct OrderExpired<'a> {
+    order_id: i64,
+    order_number: &'a str,
+    released_at: String,
+    reservations: Vec<Reservation>,
+    run_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Reservation {
+    id: i64,
+    product_variant_id: i64,
+    drop_product_id: Option<i64>,
+    quantity: i32,
+}
+
+#[derive(Serialize)]
+struct HoldReleased<'a> {
+    reservation_id: i64,
+    product_variant_id: i64,
+    drop_product_id: Option<i64>,
+    quantity: i32,
+    released_at: String,
+    run_id: Option<&'a str>,
+}
+
+/// RFC 3339 in UTC with microseconds, as PostgreSQL keeps them.
+pub fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_micros(at).to_string()
+}
+
+/// The events of `rows`: one per order (its rows must be adjacent, as the outbox statement and
+/// a batch give them) and one per hold, in the order of `rows`.
+pub fn from_rows(rows: &[ExpiredRow], run_id: Option<&str>) -> Vec<Event> {
+    let mut events = Vec::new();
+    let mut rest = rows;
+    while let Some(first) = rest.first() {
+        let Some(order_id) = first.order_id else {
+            events.push(hold_released(first, run_id));
+            rest = &rest[1..];
+            continue;
+        };
+        let n = rest
+            .iter()
+            .take_while(|r| r.order_id == Some(order_id))
+            .count();
+        events.push(order_expired(&rest[..n], run_id));
+        rest = &rest[n..];
+    }
+    events
+}
+
+/// The events of one committed batch: an `Order Expired` for each order it cancelled (not for
+/// an order the shop had cancelled already), a `Cart Hold Released` for each hold.
+pub fn from_batch(
+    released: &[ReleasedReservation],
+    cancelled: &[CancelledOrder],
+    run_id: &str,
+) -> Vec<Event> {
+    let numbers: HashMap<i64, &str> = cancelled
+        .iter()
+        .map(|o| (o.id, o.order_number.as_str()))
+        .collect();
+    let mut rows: Vec<ExpiredRow> = released
+        .iter()
+        .filter(|r| r.order_id.is_none_or(|o| numbers.contains_key(&o)))
+        .map(|r| ExpiredRow {
+            reservation_id: r.id,
+            order_id: r.order_id,
+            order_number: r.order_id.and_then(|o| numbers.get(&o)).map(|n| (*n).to_string()),
+            variant_id: r.variant_id,
+            drop_id: r.drop_id,
+            quantity: r.quantity,
+            released_at: r.released_at,
+        })
+        .collect();
+    rows.sort_by_key(|r| (r.order_id.is_none(), r.order_id, r.reservation_id));
+    from_rows(&rows, Some(run_id))
+}
+
+fn order_expired(rows: &[ExpiredRow], run_id: Option<&str>) -> Event {
+    let first = &rows[0];
+    let order_id = first.order_id.unwrap_or_default();
+    let detail = OrderExpired {
+        order_id,
+        order_number: first.order_number.as_deref().unwrap_or_default(),
+        released_at: rfc3339(first.released_at),
+        reservations: rows
+            .iter()
+            .map(|r| Reservation {
+                id: r.reservation_id,
+                product_variant_id: r.variant_id,
+                drop_product_id: r.drop_id,
+                quantity: r.quantity,
+            })
+            .collect(),
+        run_id,
+    };
+    Event {
+        source: SOURCE,
+        detail_type: ORDER_EXPIRED,
+        detail: serde_json::to_value(detail).unwrap_or(Value::Null),
+        subject: Subject::Order(order_id),
+    }
+}
+
+fn hold_released(row: &ExpiredRow, run_id: Option<&str>) -> Event {
+    let detail = HoldReleased {
+        reservation_id: row.reservation_id,
+        product_variant_id: row.variant_id,
+        drop_product_id: row.drop_id,
+        quantity: row.quantity,
+        released_at: rfc3339(row.released_at),
+        run_id,
+    };
+    Event {
+        source: SOURCE,
+        detail_type: HOLD_RELEASED,
+        detail: serde_json::to_value(detail).unwrap_or(Value::Null),
+        subject: Subject::Hold(row.reservation_id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn row(id: i64, order: Option<i64>, quantity: i32) -> ExpiredRow {
+        ExpiredRow {
+            reservation_id: id,
+            order_id: order,
+            order_number: order.map(|o| format!("ORD-{o}")),
+            variant_id: 10 + id,
+            drop_id: (id % 2 == 0).then_some(100 + id),
+            quantity,
+            released_at: SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_000_000_123_456),
+        }
+    }
+
+    #[test]
+    fn one_event_per_order_and_per_hold_with_the_documented_detail() {
+        let rows = [row(1, Some(7), 2), row(2, Some(7), 1), row(3, None, 4)];
+        let events = from_rows(&rows, Some("run-1"));
+        assert_eq!(events.len(), 2);
+        let order = serde_json::to_value(&events[0]).unwrap();
+        assert_eq!(
+            order,
+            json!({"source": "unreserver", "detail-type": "Order Expired", "detail": {
+                "order_id": 7, "order_number": "ORD-7",
+                "released_at": "2025-11-24T16:00:00.123456Z",
+                "reservations": [
+                    {"id": 1, "product_variant_id": 11, "drop_product_id": null, "quantity": 2},
+                    {"id": 2, "product_variant_id": 12, "drop_product_id": 102, "quantity": 1}],
+                "run_id": "run-1"}})
+        );
+        let hold = serde_json::to_value(&events[1]).unwrap();
+        assert_eq!(
+            hold,
+            json!({"source": "unreserver", "detail-type": "Cart Hold Released", "detail": {
+                "reservation_id": 3, "product_variant_id": 13, "drop_product_id": null,
+                "quantity": 4, "released_at": "2025-11-24T16:00:00.123456Z", "run_id": "run-1"}})
+        );
+        assert_eq!(events[0].subject, Subject::Order(7));
+        assert_eq!(events[1].subject, Subject::Hold(3));
+        assert!(from_rows(&rows, None)[0].detail["run_id"].is_null());
+    }
+}

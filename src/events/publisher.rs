@@ -1,0 +1,167 @@
+//! Publishing events to one EventBridge bus: `PutEvents` in chunks of 10 (the API's limit),
+//! a few chunks in flight at once; entries EventBridge refuses are tried again, twice, after a
+//! short pause (the SDK itself retries throttling and transient call errors). What still fails
+//! is logged by order id (or hold reservation id) and counted — never an error of the run.
+
+use std::time::Duration;
+
+use aws_sdk_eventbridge::types::PutEventsRequestEntry;
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use super::model::{Event, Subject};
+
+/// Entries per `PutEvents` call: the API's maximum.
+pub const CHUNK: usize = 10;
+/// `PutEvents` calls in flight at once.
+const IN_FLIGHT: usize = 4;
+/// Tries of an entry EventBridge refused (its `ErrorCode` set), the first included.
+const ENTRY_ATTEMPTS: u32 = 3;
+/// Pause before the second try of refused entries; doubled for the third.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// How many events were published and how many could not be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Published {
+    pub published: u64,
+    pub failed: u64,
+}
+
+impl Published {
+    pub fn add(&mut self, other: Published) {
+        self.published += other.published;
+        self.failed += other.failed;
+    }
+}
+
+/// An EventBridge client and the bus it publishes to.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    client: aws_sdk_eventbridge::Client,
+    bus: String,
+}
+
+impl Publisher {
+    pub fn new(client: aws_sdk_eventbridge::Client, bus: String) -> Self {
+        Publisher { client, bus }
+    }
+
+    /// A publisher to `bus` with the process's AWS configuration.
+    pub async fn from_env(bus: String) -> Self {
+        let sdk = crate::aws::sdk_config().await;
+        Publisher::new(aws_sdk_eventbridge::Client::new(&sdk), bus)
+    }
+
+    pub fn bus(&self) -> &str {
+        &self.bus
+    }
+
+    /// Publishes `events`, chunks of [`CHUNK`], [`IN_FLIGHT`] calls at a time.
+    pub async fn publish(&self, events: Vec<Event>) -> Published {
+        let mut total = Published::default();
+        let mut calls = JoinSet::new();
+        let mut chunks = events.chunks(CHUNK).map(<[Event]>::to_vec);
+        loop {
+            while calls.len() < IN_FLIGHT {
+                let Some(chunk) = chunks.next() else { break };
+                let this = self.clone();
+                calls.spawn(async move { this.publish_chunk(chunk).await });
+            }
+            match calls.join_next().await {
+                Some(Ok(done)) => total.add(done),
+                Some(Err(error)) => {
+                    tracing::error!(%error, "an event publishing task failed");
+                }
+                None => return total,
+            }
+        }
+    }
+
+    /// One chunk: sent, and its refused entries sent again up to [`ENTRY_ATTEMPTS`] tries.
+    async fn publish_chunk(&self, mut pending: Vec<Event>) -> Published {
+        let mut done = Published::default();
+        let mut pause = RETRY_PAUSE;
+        let mut last_error = String::new();
+        for attempt in 1..=ENTRY_ATTEMPTS {
+            match self.put(&pending).await {
+                Ok(refused) => {
+                    done.published += (pending.len() - refused.len()) as u64;
+                    pending = refused.iter().map(|(i, _)| pending[*i].clone()).collect();
+                    if let Some((_, error)) = refused.first() {
+                        last_error.clone_from(error);
+                    }
+                }
+                Err(error) => {
+                    // The whole call failed after the SDK's own retries (an unknown bus, a
+                    // missing permission): trying it again here will not help.
+                    last_error = error;
+                    break;
+                }
+            }
+            if pending.is_empty() {
+                return done;
+            }
+            if attempt < ENTRY_ATTEMPTS {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
+        log_failed(&self.bus, &pending, &last_error);
+        done.failed += pending.len() as u64;
+        done
+    }
+
+    /// One `PutEvents` call: the indexes of the entries refused, each with its error, or the
+    /// call's error.
+    async fn put(&self, events: &[Event]) -> Result<Vec<(usize, String)>, String> {
+        let entries = events
+            .iter()
+            .map(|e| {
+                PutEventsRequestEntry::builder()
+                    .event_bus_name(&self.bus)
+                    .source(e.source)
+                    .detail_type(e.detail_type)
+                    .detail(e.detail.to_string())
+                    .build()
+            })
+            .collect();
+        let output = self
+            .client
+            .put_events()
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| aws_sdk_eventbridge::error::DisplayErrorContext(e).to_string())?;
+        let refused = output
+            .entries()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, entry)| {
+                let code = entry.error_code()?;
+                let message = entry.error_message().unwrap_or_default();
+                Some((i, format!("{code}: {message}")))
+            })
+            .collect();
+        Ok(refused)
+    }
+}
+
+/// Logs the events that could not be published, by order id and hold reservation id.
+fn log_failed(bus: &str, events: &[Event], error: &str) {
+    let (mut orders, mut holds) = (Vec::new(), Vec::new());
+    for event in events {
+        match event.subject {
+            Subject::Order(id) => orders.push(id),
+            Subject::Hold(id) => holds.push(id),
+        }
+    }
+    tracing::error!(
+        bus,
+        failed = events.len(),
+        order_ids = ?orders,
+        hold_reservation_ids = ?holds,
+        error,
+        "expiry events not published (the release itself is committed; \
+         `unreserver events --since ... --publish` sends them again)"
+    );
+}
