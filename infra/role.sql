@@ -38,15 +38,17 @@ REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 \endif
 SELECT format('GRANT USAGE ON SCHEMA %I TO %I', current_schema(), :'role') \gexec
 
--- Reservations: read what decides and what was held; mark released (FOR UPDATE needs UPDATE).
+-- Reservations: read what decides and what was held; mark released (FOR UPDATE needs UPDATE);
+-- revive (a late payment) makes them active again with a new expires_at.
 SELECT format('GRANT SELECT (id, order_id, product_variant_id, drop_product_id, quantity, status, '
-              'created_at, expires_at, released_at), UPDATE (status, released_at) '
+              'created_at, expires_at, released_at), UPDATE (status, released_at, expires_at) '
               'ON orders_inventoryreservation TO %I', :'role') \gexec
--- Orders: read the statuses; cancel.
-SELECT format('GRANT SELECT (id, status, payment_status), UPDATE (status, cancelled_at, updated_at) '
-              'ON orders_order TO %I', :'role') \gexec
--- Counters: give units back.
-SELECT format('GRANT SELECT (id, reserved_quantity), UPDATE (reserved_quantity, updated_at) '
-              'ON products_productvariant TO %I', :'role') \gexec
-SELECT format('GRANT SELECT (id, reserved_quantity), UPDATE (reserved_quantity, updated_at) '
-              'ON drops_dropproduct TO %I', :'role') \gexec
+-- Orders: read the statuses; cancel (and reopen on revive). The expiry events read
+-- order_number and cancelled_at.
+SELECT format('GRANT SELECT (id, order_number, status, payment_status, cancelled_at), '
+              'UPDATE (status, cancelled_at, updated_at) ON orders_order TO %I', :'role') \gexec
+-- Counters: give units back; revive reads the stock columns to check there is room.
+SELECT format('GRANT SELECT (id, stock_quantity, reserved_quantity), '
+              'UPDATE (reserved_quantity, updated_at) ON products_productvariant TO %I', :'role') \gexec
+SELECT format('GRANT SELECT (id, drop_quantity, reserved_quantity, sold_quantity), '
+              'UPDATE (reserved_quantity, updated_at) ON drops_dropproduct TO %I', :'role') \gexec

@@ -16,14 +16,14 @@ use tracing::Instrument;
 use crate::config::{Config, ReleaseSettings};
 use crate::db::credentials::CredentialSource;
 use crate::db::session::Database;
-use crate::db::tls;
 use crate::db::sql::outbox;
+use crate::db::tls;
 use crate::engine::release_delay::{self, MAX_DAYS};
 use crate::engine::revive::revive;
 use crate::engine::run::RunOptions;
 use crate::engine::status;
-use crate::events::{self, model, Publisher};
 use crate::error::{Error, Result};
+use crate::events::{self, model, Publisher};
 use crate::telemetry::{self, LogFormat, RunContext};
 
 /// Gives back the stock held by expired reservations of unpaid orders.

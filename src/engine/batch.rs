@@ -24,8 +24,9 @@ use tokio_postgres::Transaction;
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::db::sql::{
-    self, BatchTimeouts, CancelledOrder, ClaimedOrder, Counter, HeldReservation, OrdersParams, PageParams, PageRow,
-    PgTimestamp, ReleaseParams, ReleasedReservation, Rules, Statements, UnitsParams,
+    self, BatchTimeouts, CancelledOrder, ClaimedOrder, Counter, HeldReservation, OrdersParams,
+    PageParams, PageRow, PgTimestamp, ReleaseParams, ReleasedReservation, Rules, Statements,
+    UnitsParams,
 };
 use crate::error::{sql_state, Error, Result};
 

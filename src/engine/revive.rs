@@ -138,7 +138,9 @@ async fn try_revive(
         });
     }
     apply(&tx, &rows, hold_minutes, order_id).await?;
-    tx.commit().await.map_err(Error::db("committing the revive"))?;
+    tx.commit()
+        .await
+        .map_err(Error::db("committing the revive"))?;
     Ok(ReviveOutcome {
         order_id,
         revived: true,

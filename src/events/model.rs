@@ -120,7 +120,10 @@ pub fn from_batch(
         .map(|r| ExpiredRow {
             reservation_id: r.id,
             order_id: r.order_id,
-            order_number: r.order_id.and_then(|o| numbers.get(&o)).map(|n| (*n).to_string()),
+            order_number: r
+                .order_id
+                .and_then(|o| numbers.get(&o))
+                .map(|n| (*n).to_string()),
             variant_id: r.variant_id,
             drop_id: r.drop_id,
             quantity: r.quantity,

@@ -16,13 +16,13 @@ use super::payload::{self, Request, RunRequest};
 use crate::config::Config;
 use crate::db::credentials::CredentialSource;
 use crate::db::tls;
-use crate::engine::report::RunReport;
 use crate::engine::release_delay::{self, DelayReport};
+use crate::engine::report::RunReport;
 use crate::engine::revive::{revive, ReviveOutcome};
 use crate::engine::run::RunOptions;
-use crate::events::{self, Publisher};
 use crate::engine::status;
 use crate::error::{Error, Result};
+use crate::events::{self, Publisher};
 use crate::telemetry::{self, RunContext};
 
 /// Everything an invocation needs that can be built once per execution environment.
@@ -185,7 +185,10 @@ async fn answer<T: serde::Serialize>(
 
 async fn handle_revive(state: &AppState, order_id: i64) -> Result<ReviveOutcome> {
     let release = &state.config.release;
-    let mut db = state.credentials.open(&state.tls, release.lock_timeout_ms).await?;
+    let mut db = state
+        .credentials
+        .open(&state.tls, release.lock_timeout_ms)
+        .await?;
     let outcome = revive(&mut db, release, state.config.revive.hold_minutes, order_id).await?;
     tracing::info!(order_id, revived = outcome.revived, reason = ?outcome.reason, "revive");
     Ok(outcome)
@@ -193,7 +196,10 @@ async fn handle_revive(state: &AppState, order_id: i64) -> Result<ReviveOutcome>
 
 async fn handle_report(state: &AppState, days: u32) -> Result<DelayReport> {
     let release = &state.config.release;
-    let db = state.credentials.open(&state.tls, release.lock_timeout_ms).await?;
+    let db = state
+        .credentials
+        .open(&state.tls, release.lock_timeout_ms)
+        .await?;
     release_delay::report(&db, release, days).await
 }
 

@@ -146,7 +146,9 @@ pub fn parse(payload: &Value) -> Result<Request> {
         Some(Action::Status) => Ok(Request::Status),
         Some(Action::Revive) => match manual.order_id {
             Some(order_id) if order_id > 0 => Ok(Request::Revive { order_id }),
-            Some(_) => Err(Error::Payload("field order_id must be a positive order id".into())),
+            Some(_) => Err(Error::Payload(
+                "field order_id must be a positive order id".into(),
+            )),
             None => Err(Error::Payload("action revive needs field order_id".into())),
         },
         Some(Action::Report) => {
@@ -306,7 +308,10 @@ mod tests {
             (json!({"action": "revive"}), "order_id"),
             (json!({"action": "revive", "order_id": 0}), "order_id"),
             (json!({"action": "revive", "order_id": "7"}), "order_id"),
-            (json!({"action": "revive", "order_id": 7, "days": 2}), "days"),
+            (
+                json!({"action": "revive", "order_id": 7, "days": 2}),
+                "days",
+            ),
             (json!({"action": "report", "days": 0}), "days"),
             (json!({"action": "report", "days": 367}), "days"),
             (json!({"action": "report", "order_id": 7}), "order_id"),
@@ -335,7 +340,13 @@ mod tests {
         use super::super::*;
 
         const KNOWN: &[&str] = &[
-            "dry_run", "batch_size", "max_batches", "action", "source", "order_id", "days",
+            "dry_run",
+            "batch_size",
+            "max_batches",
+            "action",
+            "source",
+            "order_id",
+            "days",
         ];
 
         fn key() -> impl Strategy<Value = String> {

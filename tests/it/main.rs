@@ -13,6 +13,7 @@ mod indexes;
 mod lambda;
 mod least_privilege;
 mod release_rules;
+mod revive;
 mod sam;
 mod secrets_manager;
 mod status;

@@ -20,10 +20,17 @@ pub const LOCK_ORDER: &str =
      WHERE o.id = $1::int8 FOR UPDATE NOWAIT";
 
 /// [`LOCK_ORDER`]: the order's status, None when there is no such order.
-pub async fn lock_order(client: &(impl GenericClient + Sync), order_id: i64) -> Result<Option<String>> {
-    let rows = fetch(client, LOCK_ORDER, &[&order_id], "locking the order to revive", |row| {
-        row.try_get::<_, Option<String>>("status")
-    })
+pub async fn lock_order(
+    client: &(impl GenericClient + Sync),
+    order_id: i64,
+) -> Result<Option<String>> {
+    let rows = fetch(
+        client,
+        LOCK_ORDER,
+        &[&order_id],
+        "locking the order to revive",
+        |row| row.try_get::<_, Option<String>>("status"),
+    )
     .await?;
     Ok(rows.into_iter().next().map(Option::unwrap_or_default))
 }
@@ -54,14 +61,20 @@ pub async fn lock_released(
     client: &(impl GenericClient + Sync),
     order_id: i64,
 ) -> Result<Vec<ReleasedRow>> {
-    fetch(client, LOCK_RELEASED, &[&order_id], "locking the released reservations", |row| {
-        Ok(ReleasedRow {
-            id: row.try_get("id")?,
-            variant_id: row.try_get("variant_id")?,
-            drop_id: row.try_get("drop_id")?,
-            quantity: row.try_get("quantity")?,
-        })
-    })
+    fetch(
+        client,
+        LOCK_RELEASED,
+        &[&order_id],
+        "locking the released reservations",
+        |row| {
+            Ok(ReleasedRow {
+                id: row.try_get("id")?,
+                variant_id: row.try_get("variant_id")?,
+                drop_id: row.try_get("drop_id")?,
+                quantity: row.try_get("quantity")?,
+            })
+        },
+    )
     .await
 }
 
@@ -126,9 +139,13 @@ pub async fn reactivate(
     order_id: i64,
     hold_minutes: i32,
 ) -> Result<i64> {
-    fetch_one(client, REACTIVATE, &[&order_id, &hold_minutes], "reactivating the reservations", |row| {
-        row.try_get("n")
-    })
+    fetch_one(
+        client,
+        REACTIVATE,
+        &[&order_id, &hold_minutes],
+        "reactivating the reservations",
+        |row| row.try_get("n"),
+    )
     .await
 }
 
@@ -175,9 +192,13 @@ pub const REOPEN_ORDER: &str = "UPDATE orders_order SET status = 'pending', canc
 
 /// [`REOPEN_ORDER`]: whether the order was reopened.
 pub async fn reopen_order(client: &(impl GenericClient + Sync), order_id: i64) -> Result<bool> {
-    let rows = fetch(client, REOPEN_ORDER, &[&order_id], "reopening the order", |row| {
-        row.try_get::<_, i64>("id")
-    })
+    let rows = fetch(
+        client,
+        REOPEN_ORDER,
+        &[&order_id],
+        "reopening the order",
+        |row| row.try_get::<_, i64>("id"),
+    )
     .await?;
     Ok(!rows.is_empty())
 }

@@ -1,0 +1,362 @@
+//! Reviving an order whose payment came late (`unreserver::revive`, as the CLI and the Lambda's
+//! `revive` action call it), as the least-privilege role: revived exactly when the release
+//! cancelled it and the stock is there; otherwise nothing changes; a held row makes it give up,
+//! retryably; and racing the release and checkouts never drives a counter wrong or oversells.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use unreserver::{revive, Error, ReviveReason};
+
+use crate::common::{run, settings, Res, TestDb};
+
+const HOLD_MINUTES: u32 = 15;
+
+/// A pending order with a drop reservation of 3 and a plain reservation of 2, both due; the
+/// release has run: (order, variant, drop, second variant).
+async fn released_order(t: &TestDb) -> (i64, i64, i64, i64) {
+    let (v, v2) = (t.variant(3).await, t.variant(2).await);
+    let d = t.drop_product(v, 3).await;
+    let order = t.order("pending", "pending").await;
+    t.reservation(Res {
+        drop: Some(d),
+        ..Res::new(Some(order), v, 3, "-1 minute")
+    })
+    .await;
+    t.reservation(Res::new(Some(order), v2, 2, "-1 minute"))
+        .await;
+    let mut db = t.open().await;
+    assert_eq!(run(&mut db, &settings(), false).await.orders_cancelled, 1);
+    (order, v, d, v2)
+}
+
+#[tokio::test]
+async fn revives_an_order_the_release_cancelled_when_the_stock_is_there() {
+    let t = TestDb::new().await;
+    let (order, v, d, v2) = released_order(&t).await;
+    t.exec(&format!(
+        "UPDATE orders_order SET payment_status = 'paid' WHERE id = {order}"
+    ))
+    .await;
+    let mut db = t.open().await;
+    let status = unreserver::status(&db, &settings()).await.unwrap();
+    assert_eq!(
+        (status.paid_after_release, status.paid_after_release_total),
+        (1, 1)
+    );
+
+    let outcome = revive(&mut db, &settings(), HOLD_MINUTES, order)
+        .await
+        .unwrap();
+    assert!(outcome.revived, "{outcome:?}");
+    assert_eq!(outcome.reason, ReviveReason::Revived);
+    assert!(outcome.short.is_empty());
+    assert_eq!(
+        (
+            t.reserved(v).await,
+            t.drop_reserved(d).await,
+            t.reserved(v2).await
+        ),
+        (3, 3, 2)
+    );
+    assert_eq!(t.order_status(order).await, "pending");
+    let active_for_15_min = t
+        .i64(&format!(
+            "SELECT count(*) FROM orders_inventoryreservation WHERE order_id = {order} \
+             AND status = 'active' AND released_at IS NULL \
+             AND expires_at BETWEEN now() + interval '14 minutes 59 seconds' \
+                                AND now() + interval '15 minutes 1 second'"
+        ))
+        .await;
+    assert_eq!(active_for_15_min, 2);
+    let cleared = t
+        .i64(&format!(
+            "SELECT count(*) FROM orders_order WHERE id = {order} AND cancelled_at IS NULL"
+        ))
+        .await;
+    assert_eq!(cleared, 1);
+    assert_eq!(t.drifted_counters().await, 0);
+    let status = unreserver::status(&db, &settings()).await.unwrap();
+    assert_eq!(status.paid_after_release_total, 0);
+
+    // A second revive finds nothing the release cancelled.
+    let again = revive(&mut db, &settings(), HOLD_MINUTES, order)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.revived, again.reason),
+        (false, ReviveReason::NotCancelledByRelease)
+    );
+}
+
+#[tokio::test]
+async fn refuses_with_nothing_changed_when_one_item_is_short() {
+    let t = TestDb::new().await;
+    let (order, _, _, v2) = released_order(&t).await;
+    // A shopper took all but one unit of the second variant.
+    t.exec(&format!(
+        "UPDATE products_productvariant SET reserved_quantity = stock_quantity - 1 WHERE id = {v2}"
+    ))
+    .await;
+    let before = t.fingerprint().await;
+    let mut db = t.open().await;
+    let outcome = revive(&mut db, &settings(), HOLD_MINUTES, order)
+        .await
+        .unwrap();
+    assert_eq!(
+        (outcome.revived, outcome.reason),
+        (false, ReviveReason::StockShort)
+    );
+    let short = serde_json::to_value(&outcome.short).unwrap();
+    assert_eq!(
+        short,
+        serde_json::json!([{"product_variant_id": v2, "drop_product_id": null,
+                            "wanted": 2, "available": 1}])
+    );
+    assert_eq!(t.fingerprint().await, before);
+}
+
+#[tokio::test]
+async fn refuses_when_the_drop_is_sold_out() {
+    let t = TestDb::new().await;
+    let (order, v, d, _) = released_order(&t).await;
+    t.exec(&format!(
+        "UPDATE drops_dropproduct SET sold_quantity = drop_quantity - 2 WHERE id = {d}"
+    ))
+    .await;
+    let before = t.fingerprint().await;
+    let mut db = t.open().await;
+    let outcome = revive(&mut db, &settings(), HOLD_MINUTES, order)
+        .await
+        .unwrap();
+    assert_eq!(outcome.reason, ReviveReason::StockShort);
+    let short = serde_json::to_value(&outcome.short).unwrap();
+    assert_eq!(
+        short,
+        serde_json::json!([{"product_variant_id": v, "drop_product_id": d,
+                            "wanted": 3, "available": 2}])
+    );
+    assert_eq!(t.fingerprint().await, before);
+}
+
+#[tokio::test]
+async fn refuses_an_order_the_shop_cancelled_and_an_unknown_one() {
+    let t = TestDb::new().await;
+    let v = t.variant(0).await;
+    // The shop cancelled it an hour ago and expired its reservation itself, later.
+    let order = t.order("cancelled", "paid").await;
+    t.exec(&format!(
+        "UPDATE orders_order SET cancelled_at = now() - interval '1 hour' WHERE id = {order}"
+    ))
+    .await;
+    let r = t
+        .reservation(Res {
+            status: "expired",
+            ..Res::new(Some(order), v, 1, "-2 hours")
+        })
+        .await;
+    t.exec(&format!(
+        "UPDATE orders_inventoryreservation SET released_at = now() WHERE id = {r}"
+    ))
+    .await;
+    let pending = t.order("pending", "pending").await;
+    let before = t.fingerprint().await;
+    let mut db = t.open().await;
+    for (id, reason) in [
+        (order, ReviveReason::NotCancelledByRelease),
+        (pending, ReviveReason::NotCancelledByRelease),
+        (i64::from(i32::MAX), ReviveReason::UnknownOrder),
+    ] {
+        let outcome = revive(&mut db, &settings(), HOLD_MINUTES, id)
+            .await
+            .unwrap();
+        assert_eq!(
+            (outcome.revived, outcome.reason),
+            (false, reason),
+            "order {id}"
+        );
+    }
+    assert_eq!(t.fingerprint().await, before);
+    let status = unreserver::status(&db, &settings()).await.unwrap();
+    assert_eq!(
+        status.paid_after_release_total, 0,
+        "the shop cancelled it, not the release"
+    );
+}
+
+#[tokio::test]
+async fn gives_up_retryably_on_a_held_row_and_never_makes_the_holder_wait() {
+    let t = TestDb::new().await;
+    let (order, v, _, _) = released_order(&t).await;
+    let mut shopper = t.connect().await;
+    let tx = shopper.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM products_productvariant WHERE id = $1 FOR UPDATE",
+        &[&v],
+    )
+    .await
+    .unwrap();
+    let mut db = t.open().await;
+    let started = Instant::now();
+    let err = revive(&mut db, &settings(), HOLD_MINUTES, order)
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, Error::Busy { .. }), "{}", err.chain());
+    assert!(err.is_retryable());
+    assert_eq!(err.kind(), "LockBusy");
+    // LOCK_TIMEOUT_MS per try, BATCH_MAX_ATTEMPTS tries, backoffs between: bounded.
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // The shopper was never blocked: it can still update the row at once and commit.
+    tx.execute(
+        "UPDATE products_productvariant SET reserved_quantity = reserved_quantity WHERE id = $1",
+        &[&v],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(t.order_status(order).await, "cancelled");
+    let outcome = revive(&mut db, &settings(), HOLD_MINUTES, order)
+        .await
+        .unwrap();
+    assert!(outcome.revived);
+}
+
+/// Shoppers check out on four hot variants (lock the variant and drop rows, check the room,
+/// reserve, insert a reservation due in 300 ms), the release runs in a loop, and revivers try
+/// random released orders, for three seconds. Then every counter equals its active
+/// reservations and nothing is oversold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revive_racing_the_release_and_checkouts_never_oversells() {
+    let t = Arc::new(TestDb::new().await);
+    let mut variants = Vec::new();
+    for _ in 0..4 {
+        let v = t.variant(0).await;
+        t.exec(&format!(
+            "UPDATE products_productvariant SET stock_quantity = 60 WHERE id = {v}"
+        ))
+        .await;
+        let d = t.drop_product(v, 0).await;
+        t.exec(&format!(
+            "UPDATE drops_dropproduct SET drop_quantity = 50 WHERE id = {d}"
+        ))
+        .await;
+        variants.push((v, d));
+    }
+    // Ten orders the release cancelled before the race: revivable while stock is free.
+    for i in 0..10 {
+        let (v, d) = variants[i % variants.len()];
+        t.exec(&format!(
+            "UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 WHERE id = {v}; \
+             UPDATE drops_dropproduct SET reserved_quantity = reserved_quantity + 1 WHERE id = {d}"
+        ))
+        .await;
+        let order = t.order("pending", "pending").await;
+        t.reservation(Res {
+            drop: Some(d),
+            ..Res::new(Some(order), v, 1, "-1 minute")
+        })
+        .await;
+    }
+    run(&mut t.open().await, &settings(), false).await;
+    let variants = Arc::new(variants);
+    let stop = Arc::new(AtomicBool::new(false));
+    let revived = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let (t, variants, stop) = (t.clone(), variants.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = t.connect().await;
+            while !stop.load(Ordering::Relaxed) {
+                checkout(&mut c, &variants).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+    {
+        let (t, stop) = (t.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut db = t.open().await;
+            while !stop.load(Ordering::Relaxed) {
+                run(&mut db, &settings(), false).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+    }
+    for _ in 0..2 {
+        let (t, stop, revived) = (t.clone(), stop.clone(), revived.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut db = t.open().await;
+            while !stop.load(Ordering::Relaxed) {
+                let order = t
+                    .i64(
+                        "SELECT COALESCE((SELECT id FROM orders_order WHERE status = 'cancelled' \
+                          ORDER BY random() LIMIT 1), 0)",
+                    )
+                    .await;
+                match revive(&mut db, &settings(), HOLD_MINUTES, order).await {
+                    Ok(o) if o.revived => {
+                        revived.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) | Err(Error::Busy { .. }) => {}
+                    Err(e) => panic!("revive failed: {}", e.chain()),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert!(
+        revived.load(Ordering::Relaxed) > 0,
+        "no order was revived: the race did not happen"
+    );
+    assert_eq!(t.drifted_counters().await, 0);
+    let oversold = t
+        .i64("SELECT (SELECT count(*) FROM products_productvariant WHERE reserved_quantity > stock_quantity) \
+              + (SELECT count(*) FROM drops_dropproduct \
+                 WHERE reserved_quantity + sold_quantity > drop_quantity)")
+        .await;
+    assert_eq!(oversold, 0);
+}
+
+/// A checkout as a shop writes it: lock the variant and its drop row, check the room, reserve,
+/// insert the order and its reservation (due in 300 ms). Gives up quietly on a lock error.
+async fn checkout(c: &mut tokio_postgres::Client, variants: &[(i64, i64)]) {
+    let (v, d) = variants[fastrand::usize(..variants.len())];
+    let qty = 1 + fastrand::i32(0..2);
+    let Ok(tx) = c.transaction().await else {
+        return;
+    };
+    let room = tx
+        .query_one(
+            "SELECT (SELECT stock_quantity - reserved_quantity FROM products_productvariant \
+                     WHERE id = $1 FOR UPDATE), \
+                    (SELECT drop_quantity - reserved_quantity - sold_quantity FROM drops_dropproduct \
+                     WHERE id = $2 FOR UPDATE)",
+            &[&v, &d],
+        )
+        .await;
+    let Ok(room) = room else { return };
+    let (vr, dr): (i32, i32) = (room.get(0), room.get(1));
+    if vr < qty || dr < qty {
+        let _ = tx.rollback().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        return;
+    }
+    let done = tx
+        .batch_execute(&format!(
+            "UPDATE products_productvariant SET reserved_quantity = reserved_quantity + {qty} WHERE id = {v}; \
+             UPDATE drops_dropproduct SET reserved_quantity = reserved_quantity + {qty} WHERE id = {d}; \
+             WITH o AS (INSERT INTO orders_order (order_number) VALUES ('R-' || left(md5(random()::text), 24)) RETURNING id) \
+             INSERT INTO orders_inventoryreservation (order_id, product_variant_id, drop_product_id, quantity, expires_at) \
+             SELECT o.id, {v}, {d}, {qty}, now() + interval '300 milliseconds' FROM o"
+        ))
+        .await;
+    if done.is_ok() {
+        let _ = tx.commit().await;
+    }
+}
