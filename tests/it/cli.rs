@@ -15,6 +15,7 @@ fn unreserver(args: &[&str], env: &[(&str, &str)]) -> Output {
         "RUST_LOG",
         "LOG_FORMAT",
         "DB_CA_BUNDLE",
+        "EVENT_BUS_NAME",
     ] {
         cmd.env_remove(var);
     }
@@ -136,4 +137,171 @@ async fn a_missing_column_fails_the_command_naming_it() {
         stderr.contains("orders_inventoryreservation.released_at"),
         "{stderr}"
     );
+}
+
+fn aws_env() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "AWS_ENDPOINT_URL",
+            crate::common::test_env("UNRESERVER_TEST_AWS_ENDPOINT"),
+        ),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+    ]
+}
+
+#[tokio::test]
+async fn revive_answers_json_with_its_exit_codes() {
+    let t = TestDb::new().await;
+    let (v, order, _) = t.one_due_order(2).await;
+    let url = t.release_url();
+    let env = [("DATABASE_URL", url.as_str())];
+    assert!(unreserver(&["run"], &env).status.success());
+    assert_eq!(t.reserved(v).await, 0);
+
+    let id = order.to_string();
+    let out = unreserver(&["revive", &id], &env);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        stdout_json(&out),
+        serde_json::json!({"order_id": order, "revived": true, "reason": "revived", "short": []})
+    );
+    assert_eq!(t.reserved(v).await, 2);
+    assert_eq!(t.order_status(order).await, "pending");
+
+    let again = unreserver(&["revive", &id], &env);
+    assert_eq!(again.status.code(), Some(3));
+    assert_eq!(stdout_json(&again)["reason"], "not_cancelled_by_release");
+    let unknown = unreserver(&["revive", "2147483647"], &env);
+    assert_eq!(unknown.status.code(), Some(3));
+    assert_eq!(stdout_json(&unknown)["reason"], "unknown_order");
+    let bad = unreserver(&["revive", "twelve"], &env);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(bad.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn events_replays_the_window_and_report_counts_the_day() {
+    let t = TestDb::new().await;
+    let v = t.variant(4).await;
+    let orders = [
+        t.order("pending", "pending").await,
+        t.order("pending", "pending").await,
+    ];
+    t.reservation(Res::new(Some(orders[0]), v, 1, "-1 minute"))
+        .await;
+    t.reservation(Res::new(Some(orders[0]), v, 1, "-1 minute"))
+        .await;
+    t.reservation(Res::new(Some(orders[1]), v, 1, "-2 minutes"))
+        .await;
+    let hold = t.reservation(Res::new(None, v, 1, "-3 minutes")).await;
+    let url = t.release_url();
+    let env = [("DATABASE_URL", url.as_str())];
+    let since = humantime::format_rfc3339(
+        std::time::SystemTime::now() - std::time::Duration::from_secs(60),
+    )
+    .to_string();
+    assert!(unreserver(&["run"], &env).status.success());
+
+    let out = unreserver(&["events", "--since", &since], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let subjects: Vec<(String, i64)> = lines
+        .iter()
+        .map(|e| {
+            let d = &e["detail"];
+            let id = d
+                .get("order_id")
+                .unwrap_or(&d["reservation_id"])
+                .as_i64()
+                .unwrap();
+            (e["detail-type"].as_str().unwrap().to_string(), id)
+        })
+        .collect();
+    let mut expected = vec![
+        ("Order Expired".to_string(), orders[0]),
+        ("Order Expired".to_string(), orders[1]),
+        ("Cart Hold Released".to_string(), hold),
+    ];
+    let mut got = subjects.clone();
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected);
+    assert!(lines
+        .iter()
+        .all(|e| e["source"] == "unreserver" && e["detail"]["run_id"].is_null()));
+
+    let bad = unreserver(&["events", "--since", "yesterday-ish"], &env);
+    assert_eq!(bad.status.code(), Some(2));
+    let no_bus = unreserver(&["events", "--since", &since, "--publish"], &env);
+    assert_eq!(no_bus.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_bus.stderr).contains("EVENT_BUS_NAME"));
+
+    let report = unreserver(&["report", "--days", "2"], &env);
+    assert!(report.status.success());
+    let report = stdout_json(&report);
+    let days = report["days"].as_array().unwrap();
+    assert_eq!(days.len(), 2);
+    let today = &days[0];
+    assert_eq!(
+        (
+            &today["reservations_released"],
+            &today["units_released"],
+            &today["orders_cancelled"],
+            &today["holds_released"]
+        ),
+        (
+            &serde_json::json!(4),
+            &serde_json::json!(4),
+            &serde_json::json!(2),
+            &serde_json::json!(1)
+        )
+    );
+    let delay = &today["release_delay_seconds"];
+    let (p50, p95, max) = (
+        delay["p50"].as_f64().unwrap(),
+        delay["p95"].as_f64().unwrap(),
+        delay["max"].as_f64().unwrap(),
+    );
+    assert!(
+        (55.0..200.0).contains(&p50) && p50 <= p95 && p95 <= max,
+        "{delay}"
+    );
+    assert!((175.0..200.0).contains(&max), "{delay}");
+    assert_eq!(days[1]["reservations_released"], 0);
+    assert!(days[1]["release_delay_seconds"]["p95"].is_null());
+    assert_eq!(
+        unreserver(&["report", "--days", "0"], &env).status.code(),
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn a_failed_publish_is_logged_by_order_id_and_the_run_still_succeeds() {
+    let t = TestDb::new().await;
+    let (_, order, r) = t.one_due_order(1).await;
+    let url = t.release_url();
+    let mut env: Vec<(&str, String)> = aws_env();
+    env.push(("DATABASE_URL", url));
+    env.push(("EVENT_BUS_NAME", "no-such-bus".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = unreserver(&["run"], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report = stdout_json(&out);
+    assert_eq!(
+        (&report["events_published"], &report["events_failed"]),
+        (&serde_json::json!(0), &serde_json::json!(1))
+    );
+    assert!(stderr.contains("expiry events not published"), "{stderr}");
+    assert!(stderr.contains(&format!("[{order}]")), "{stderr}");
+    assert_eq!(t.reservation_status(r).await, "expired");
 }

@@ -153,3 +153,44 @@ async fn a_bad_ca_bundle_fails_the_init_naming_it() {
     assert_eq!(err.kind(), "TlsSetup");
     assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
 }
+
+#[tokio::test]
+async fn the_revive_and_report_actions_answer_the_cli_json() {
+    let t = TestDb::new().await;
+    let (v, order, _) = t.one_due_order(2).await;
+    let state = state_for(t.release_url()).await;
+    let run = handle(&state, event(json!({}), 60_000)).await.unwrap();
+    assert_eq!(run["orders_cancelled"], 1);
+    let p95 = run["release_delay_p95_seconds"].as_f64().unwrap();
+    assert!((55.0..120.0).contains(&p95), "{run}");
+    assert_eq!(run["paid_after_release"], 0);
+
+    let revived = handle(
+        &state,
+        event(json!({"action": "revive", "order_id": order}), 60_000),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        revived,
+        json!({"order_id": order, "revived": true, "reason": "revived", "short": []})
+    );
+    assert_eq!(t.reserved(v).await, 2);
+    // Not revivable is an answer, not an error.
+    let again = handle(
+        &state,
+        event(json!({"action": "revive", "order_id": order}), 60_000),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again["reason"], "not_cancelled_by_release");
+
+    let report = handle(&state, event(json!({"action": "report"}), 60_000))
+        .await
+        .unwrap();
+    assert_eq!(report["days"].as_array().unwrap().len(), 7);
+    assert_eq!(
+        error_type(&state, json!({"action": "revive"})).await,
+        "InvalidPayload"
+    );
+}

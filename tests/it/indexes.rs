@@ -116,3 +116,23 @@ async fn only_a_plain_partial_index_on_expires_at_means_passes() {
     );
     drain_and_check(&t, v, true).await;
 }
+
+/// The optional indexes of `infra/indexes.sql` (the BRIN on `released_at`, the late-payment
+/// index) are never reported missing.
+#[tokio::test]
+async fn the_optional_indexes_are_never_reported_missing() {
+    let t = crate::common::TestDb::new().await;
+    t.exec("DROP INDEX unreserver_released_at_brin; DROP INDEX unreserver_paid_after_cancel_idx")
+        .await;
+    let mut db = t.open().await;
+    let status = unreserver::status(&db, &crate::common::settings())
+        .await
+        .unwrap();
+    assert!(
+        status.missing_indexes.is_empty(),
+        "{:?}",
+        status.missing_indexes
+    );
+    let report = crate::common::run(&mut db, &crate::common::settings(), false).await;
+    assert!(report.missing_indexes.is_empty());
+}

@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod concurrency;
 mod drop_day;
+mod events;
 mod failures;
 mod faults;
 mod handler;

@@ -45,6 +45,19 @@ async fn revives_an_order_the_release_cancelled_when_the_stock_is_there() {
         (status.paid_after_release, status.paid_after_release_total),
         (1, 1)
     );
+    assert_eq!(run(&mut db, &settings(), false).await.paid_after_release, 1);
+    // Cancelled more than 24 hours ago: only in the total.
+    t.exec(&format!(
+        "UPDATE orders_order SET cancelled_at = cancelled_at - interval '25 hours' WHERE id = {order}; \
+         UPDATE orders_inventoryreservation SET released_at = released_at - interval '25 hours' \
+         WHERE order_id = {order}"
+    ))
+    .await;
+    let status = unreserver::status(&db, &settings()).await.unwrap();
+    assert_eq!(
+        (status.paid_after_release, status.paid_after_release_total),
+        (0, 1)
+    );
 
     let outcome = revive(&mut db, &settings(), HOLD_MINUTES, order)
         .await

@@ -1,0 +1,288 @@
+//! Expiry events through the real AWS SDK, over HTTP, to moto's EventBridge, whose rule
+//! delivers them to an SQS queue: each cancelled order's event and each hold's arrive once per
+//! publish with the documented detail; the database, read back for the window, gives the same
+//! set; a publish that fails is counted and leaves the release committed.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_eventbridge::config::{Credentials, Region};
+use serde_json::{json, Value};
+use unreserver::db::sql::outbox;
+use unreserver::events::model::from_rows;
+use unreserver::events::{run::run as run_publishing, Publisher};
+use unreserver::RunOptions;
+
+use crate::common::{settings, test_env, Res, TestDb};
+
+async fn sdk() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(test_env("UNRESERVER_TEST_AWS_ENDPOINT"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .load()
+        .await
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), fastrand::u32(..))
+}
+
+/// A new bus with a rule sending every `unreserver` event to a new queue: (bus, queue url).
+async fn bus_to_queue() -> (String, String) {
+    let sdk = sdk().await;
+    let (eb, sqs) = (
+        aws_sdk_eventbridge::Client::new(&sdk),
+        aws_sdk_sqs::Client::new(&sdk),
+    );
+    let bus = unique("shop-bus");
+    eb.create_event_bus().name(&bus).send().await.unwrap();
+    let queue = sqs
+        .create_queue()
+        .queue_name(unique("expired"))
+        .send()
+        .await
+        .unwrap();
+    let url = queue.queue_url().unwrap().to_string();
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap();
+    let arn = attrs
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+        .unwrap()
+        .clone();
+    eb.put_rule()
+        .name("to-queue")
+        .event_bus_name(&bus)
+        .event_pattern(json!({"source": ["unreserver"]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let target = aws_sdk_eventbridge::types::Target::builder()
+        .id("queue")
+        .arn(arn)
+        .build()
+        .unwrap();
+    eb.put_targets()
+        .rule("to-queue")
+        .event_bus_name(&bus)
+        .targets(target)
+        .send()
+        .await
+        .unwrap();
+    (bus, url)
+}
+
+/// Every message on the queue until it stays empty: the delivered events.
+async fn drain(queue: &str) -> Vec<Value> {
+    let sqs = aws_sdk_sqs::Client::new(&sdk().await);
+    let mut events = Vec::new();
+    loop {
+        let out = sqs
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        let messages = out.messages();
+        if messages.is_empty() {
+            return events;
+        }
+        for m in messages {
+            events.push(serde_json::from_str(m.body().unwrap()).unwrap());
+            sqs.delete_message()
+                .queue_url(queue)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Keyed by what consumers deduplicate on, without `run_id`.
+fn by_subject(events: &[Value]) -> BTreeMap<String, Value> {
+    events
+        .iter()
+        .map(|e| {
+            let mut detail = e["detail"].clone();
+            let key = match detail.get("order_id") {
+                Some(id) => format!("order {id}"),
+                None => format!("hold {}", detail["reservation_id"]),
+            };
+            detail.as_object_mut().unwrap().remove("run_id");
+            (
+                key,
+                json!({"detail-type": e["detail-type"], "source": e["source"], "detail": detail}),
+            )
+        })
+        .collect()
+}
+
+/// Two due orders (one with a drop), a hold, an order the shop had cancelled, a paid order.
+async fn shop(t: &TestDb) -> (i64, i64, i64) {
+    let v = t.variant(6).await;
+    let d = t.drop_product(v, 2).await;
+    let a = t.order("pending", "pending").await;
+    let ra1 = t
+        .reservation(Res {
+            drop: Some(d),
+            ..Res::new(Some(a), v, 2, "-1 minute")
+        })
+        .await;
+    t.reservation(Res::new(Some(a), v, 1, "-2 minutes")).await;
+    let b = t.order("pending", "failed").await;
+    t.reservation(Res::new(Some(b), v, 1, "-3 minutes")).await;
+    let hold = t.reservation(Res::new(None, v, 1, "-1 minute")).await;
+    let shop_cancelled = t.order("cancelled", "pending").await;
+    t.reservation(Res::new(Some(shop_cancelled), v, 1, "-1 minute"))
+        .await;
+    let paid = t.order("pending", "paid").await;
+    t.reservation(Res::new(Some(paid), v, 1, "-1 minute")).await;
+    let _ = ra1;
+    (a, b, hold)
+}
+
+#[tokio::test]
+async fn each_cancelled_order_and_hold_arrives_once_and_the_database_replays_the_same() {
+    let t = TestDb::new().await;
+    let (a, b, hold) = shop(&t).await;
+    let (bus, queue) = bus_to_queue().await;
+    let publisher = Publisher::new(aws_sdk_eventbridge::Client::new(&sdk().await), bus);
+    let since = SystemTime::now() - Duration::from_secs(60);
+    let mut db = t.open().await;
+    let options = RunOptions::default();
+    let run_id = options.run_id.clone();
+    let report = run_publishing(
+        &mut db,
+        &settings(),
+        options,
+        Some(&publisher),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_or_else(|f| panic!("{}", f.error.chain()));
+    assert_eq!(report.orders_cancelled, 2);
+    assert_eq!((report.events_published, report.events_failed), (3, 0));
+
+    let delivered = drain(&queue).await;
+    assert_eq!(delivered.len(), 3, "{delivered:#?}");
+    assert!(delivered
+        .iter()
+        .all(|e| e["detail"]["run_id"] == json!(run_id)));
+    let delivered = by_subject(&delivered);
+    let keys: Vec<&String> = delivered.keys().collect();
+    assert_eq!(
+        keys,
+        [
+            &format!("hold {hold}"),
+            &format!("order {a}"),
+            &format!("order {b}")
+        ]
+    );
+    let order_a = &delivered[&format!("order {a}")];
+    assert_eq!(order_a["detail-type"], "Order Expired");
+    assert_eq!(order_a["source"], "unreserver");
+    let number = t
+        .text(&format!(
+            "SELECT order_number::text FROM orders_order WHERE id = {a}"
+        ))
+        .await;
+    assert_eq!(order_a["detail"]["order_number"], json!(number));
+    assert_eq!(
+        order_a["detail"]["reservations"].as_array().unwrap().len(),
+        2
+    );
+    let cancelled_at = t
+        .text(&format!(
+            "SELECT to_char(cancelled_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+             FROM orders_order WHERE id = {a}"
+        ))
+        .await;
+    assert_eq!(order_a["detail"]["released_at"], json!(cancelled_at));
+    assert_eq!(
+        delivered[&format!("hold {hold}")]["detail-type"],
+        "Cart Hold Released"
+    );
+
+    // The database is the outbox: the window gives exactly the same events.
+    let rows = outbox::expired_in_window(&db.client, since, None)
+        .await
+        .unwrap();
+    let replayed: Vec<Value> = from_rows(&rows, None)
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap())
+        .collect();
+    assert!(replayed.iter().all(|e| e["detail"]["run_id"].is_null()));
+    assert_eq!(by_subject(&replayed), delivered);
+    // A window that ends before the run holds none of them.
+    assert!(
+        outbox::expired_in_window(&db.client, since, Some(since + Duration::from_secs(1)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Published again from the database: each arrives once more.
+    let again = publisher.publish(from_rows(&rows, None)).await;
+    assert_eq!((again.published, again.failed), (3, 0));
+    assert_eq!(by_subject(&drain(&queue).await), delivered);
+}
+
+#[tokio::test]
+async fn a_failed_publish_is_counted_and_the_release_stays_committed() {
+    let t = TestDb::new().await;
+    let (v, order, r) = t.one_due_order(1).await;
+    // moto fails the whole PutEvents call for a bus that does not exist.
+    let publisher = Publisher::new(
+        aws_sdk_eventbridge::Client::new(&sdk().await),
+        unique("no-such-bus"),
+    );
+    let mut db = t.open().await;
+    let report = run_publishing(
+        &mut db,
+        &settings(),
+        RunOptions::default(),
+        Some(&publisher),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_or_else(|f| panic!("{}", f.error.chain()));
+    assert_eq!((report.events_published, report.events_failed), (0, 1));
+    assert_eq!(report.orders_cancelled, 1);
+    assert_eq!(t.reservation_status(r).await, "expired");
+    assert_eq!(t.order_status(order).await, "cancelled");
+    assert_eq!(t.reserved(v).await, 0);
+}
+
+#[tokio::test]
+async fn a_dry_run_publishes_nothing() {
+    let t = TestDb::new().await;
+    t.one_due_order(1).await;
+    let (bus, queue) = bus_to_queue().await;
+    let publisher = Publisher::new(aws_sdk_eventbridge::Client::new(&sdk().await), bus);
+    let mut db = t.open().await;
+    let options = RunOptions {
+        dry_run: true,
+        ..RunOptions::default()
+    };
+    let report = run_publishing(
+        &mut db,
+        &settings(),
+        options,
+        Some(&publisher),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_or_else(|f| panic!("{}", f.error.chain()));
+    assert_eq!(report.orders_cancelled, 1);
+    assert_eq!((report.events_published, report.events_failed), (0, 0));
+    assert!(drain(&queue).await.is_empty());
+}
