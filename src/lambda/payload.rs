@@ -123,7 +123,11 @@ pub fn parse(payload: &Value) -> Result<Request> {
             )))
         }
     }
-    let manual: Manual = strict(payload)?;
+    manual_request(strict(payload)?)
+}
+
+/// A manual payload's request, each field checked against its action and range.
+fn manual_request(manual: Manual) -> Result<Request> {
     if let Some(source) = &manual.source {
         if source.is_empty() || source.len() > MAX_SOURCE_LEN {
             return Err(Error::Payload(format!(
@@ -156,21 +160,23 @@ pub fn parse(payload: &Value) -> Result<Request> {
             check_range("days", days, 1, MAX_DAYS).map_err(payload_error)?;
             Ok(Request::Report { days })
         }
-        Some(Action::Run) | None => {
-            if let Some(n) = manual.batch_size {
-                check_range("batch_size", n, 1, 10_000).map_err(payload_error)?;
-            }
-            if let Some(n) = manual.max_batches {
-                check_range("max_batches", n, 1, 1_000_000).map_err(payload_error)?;
-            }
-            Ok(Request::Run(RunRequest {
-                dry_run: manual.dry_run.unwrap_or(false),
-                batch_size: manual.batch_size,
-                max_batches: manual.max_batches,
-                source: manual.source.unwrap_or_else(|| "manual".into()),
-            }))
-        }
+        Some(Action::Run) | None => run_request(manual),
     }
+}
+
+fn run_request(manual: Manual) -> Result<Request> {
+    if let Some(n) = manual.batch_size {
+        check_range("batch_size", n, 1, 10_000).map_err(payload_error)?;
+    }
+    if let Some(n) = manual.max_batches {
+        check_range("max_batches", n, 1, 1_000_000).map_err(payload_error)?;
+    }
+    Ok(Request::Run(RunRequest {
+        dry_run: manual.dry_run.unwrap_or(false),
+        batch_size: manual.batch_size,
+        max_batches: manual.max_batches,
+        source: manual.source.unwrap_or_else(|| "manual".into()),
+    }))
 }
 
 fn manual_run() -> RunRequest {

@@ -68,8 +68,10 @@ fn the_function_role_is_scoped_to_its_log_group_secret_and_failure_queue() {
         role["Properties"]["ManagedPolicyArns"].is_null(),
         "no broad managed policy"
     );
+    let mut granted = Vec::new();
     for (condition, s) in conditioned_statements(role) {
         assert_eq!(s["Effect"], "Allow");
+        granted.extend(actions(&s));
         let resource = &s["Resource"];
         for action in actions(&s) {
             match action.as_str() {
@@ -88,6 +90,14 @@ fn the_function_role_is_scoped_to_its_log_group_secret_and_failure_queue() {
                     assert_eq!(resource, &json!({"Ref": "DbSecretKmsKeyArn"}));
                     assert!(s["Condition"]["StringEquals"]["kms:ViaService"].is_object());
                 }
+                "events:PutEvents" => {
+                    assert_eq!(condition.as_deref(), Some("HasEventBus"));
+                    let arn = resource["Fn::Sub"].as_str().unwrap();
+                    assert_eq!(
+                        arn,
+                        "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}"
+                    );
+                }
                 "sqs:SendMessage" => {
                     assert_eq!(resource, &json!({"Fn::GetAtt": ["FailedRunsQueue", "Arn"]}))
                 }
@@ -99,6 +109,16 @@ fn the_function_role_is_scoped_to_its_log_group_secret_and_failure_queue() {
                 other => panic!("unexpected permission {other}"),
             }
         }
+    }
+    for needed in [
+        "events:PutEvents",
+        "rds-db:connect",
+        "secretsmanager:GetSecretValue",
+    ] {
+        assert!(
+            granted.iter().any(|a| a == needed),
+            "{needed} is not granted"
+        );
     }
     let trust = &role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0];
     assert_eq!(trust["Principal"]["Service"], "lambda.amazonaws.com");
@@ -307,6 +327,15 @@ fn parameters_refuse_what_would_deploy_and_then_fail() {
         "arn:aws:kms:eu-west-1:123456789012:alias/shop-secrets"
     ));
     assert!(!full_match(key, "1234abcd-12ab-34cd-56ef-1234567890ab"));
+    let bus = t["Parameters"]["EventBusName"]["AllowedPattern"]
+        .as_str()
+        .unwrap();
+    assert!(full_match(bus, "") && full_match(bus, "shop-events"));
+    // An ARN would make the permission's ARN wrong: a name only.
+    assert!(!full_match(
+        bus,
+        "arn:aws:events:eu-west-1:123456789012:event-bus/shop"
+    ));
     // No resource name built from the stack name can pass its limit.
     assert!(resource(&t, "Function")["Properties"]["FunctionName"].is_null());
 }
