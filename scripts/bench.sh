@@ -16,8 +16,22 @@ cargo build --release --locked --bin unreserver --example bench
 target="${CARGO_TARGET_DIR:-$root/target}/release"
 
 pg_start unreserver-bench bench
-trap pg_stop EXIT
+moto_pid=
+cleanup() {
+  [ -n "$moto_pid" ] && kill "$moto_pid" 2>/dev/null
+  pg_stop
+}
+trap cleanup EXIT
 export BENCH_ADMIN_URL=$PG_ADMIN_URL
+
+# moto's EventBridge, for the expiry-events figures (skipped, and said so, without it).
+if need_pip_tool moto_server 'moto[server]'; then
+  moto_port=$(pg_free_port)
+  moto_server -H 127.0.0.1 -p "$moto_port" >"$PG_DIR/moto.log" 2>&1 &
+  moto_pid=$!
+  wait_for_port "$moto_port" "moto_server" "$PG_DIR/moto.log"
+  export BENCH_AWS_ENDPOINT="http://127.0.0.1:$moto_port"
+fi
 
 started=$(date -u +%Y-%m-%dT%H:%MZ)
 results=$("$target/examples/bench" --binary "$target/unreserver" "$@")
