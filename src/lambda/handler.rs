@@ -1,7 +1,9 @@
-//! The Lambda function: state built once per execution environment, and the handler that parses
-//! the payload, opens a checked connection (credentials from Secrets Manager, retried once on a
-//! rotated password), runs the release or the status within the invocation's deadline, logs one
-//! summary line, and writes one metrics document.
+//! The Lambda function: state built once per execution environment (settings, TLS connector,
+//! credential source, the EventBridge publisher), and the handler that parses the payload,
+//! opens a checked connection (credentials from Secrets Manager, retried once on a rotated
+//! password, or an RDS IAM token), and runs the release (publishing its expiry events), the
+//! status, a revive or the release-delay report within the invocation's deadline; a run logs
+//! one summary line and writes one metrics document.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -286,3 +286,40 @@ async fn a_dry_run_publishes_nothing() {
     assert_eq!((report.events_published, report.events_failed), (0, 0));
     assert!(drain(&queue).await.is_empty());
 }
+
+/// `unreserver events --since T --publish` sends the window's events again, each once.
+#[tokio::test]
+async fn the_cli_publishes_a_window_again() {
+    let t = TestDb::new().await;
+    let (a, b, hold) = shop(&t).await;
+    let since = humantime::format_rfc3339(SystemTime::now() - Duration::from_secs(60)).to_string();
+    let mut db = t.open().await;
+    let report = unreserver::run(&mut db, &settings(), &RunOptions::default())
+        .await
+        .unwrap_or_else(|f| panic!("{}", f.error.chain()));
+    assert_eq!(report.events_published, 0, "no bus: nothing published");
+    let (bus, queue) = bus_to_queue().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_unreserver"))
+        .args(["events", "--since", &since, "--publish"])
+        .env("DATABASE_URL", t.release_url())
+        .env("EVENT_BUS_NAME", &bus)
+        .env("AWS_ENDPOINT_URL", test_env("UNRESERVER_TEST_AWS_ENDPOINT"))
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed, json!({"published": 3, "failed": 0}));
+    let keys: Vec<String> = by_subject(&drain(&queue).await).into_keys().collect();
+    assert_eq!(
+        keys,
+        [
+            format!("hold {hold}"),
+            format!("order {a}"),
+            format!("order {b}")
+        ]
+    );
+}
