@@ -19,6 +19,7 @@ pg_start unreserver-demo
 trap pg_stop EXIT
 url=$(pg_create_db shop)
 psql -qX -v ON_ERROR_STOP=1 "$url" -f infra/sample-data.sql >/dev/null
+demo_started=$(date -u -d '-1 second' +%Y-%m-%dT%H:%M:%SZ)
 # unreserver connects as production does: TLS required, chain and host name verified against
 # the CA the cluster's certificate was made with.
 export DATABASE_URL="${url/@127.0.0.1:/@localhost:}"
@@ -69,3 +70,17 @@ echo "== after"
 show
 echo "== unreserver run (again: nothing more is due)"
 "$bin" run | python3 -m json.tool
+
+# Around the release: what the shop would be told, a late payment, the day's report.
+echo "== unreserver events --since (the expiry events of this demo, read back from the database)"
+"$bin" events --since "$demo_started"
+late=$(psql "$url" -qAtX -c "SELECT o.id FROM orders_order o WHERE o.status = 'cancelled'
+  AND EXISTS (SELECT 1 FROM orders_inventoryreservation r WHERE r.order_id = o.id
+              AND r.status = 'expired' AND r.released_at = o.cancelled_at) ORDER BY o.id LIMIT 1")
+if [ -n "$late" ]; then
+  echo "== a payment arrives late for order $late: unreserver revive $late"
+  psql "$url" -qX -c "UPDATE orders_order SET payment_status = 'paid' WHERE id = $late"
+  "$bin" revive "$late" | python3 -m json.tool
+fi
+echo "== unreserver report --days 2"
+"$bin" report --days 2 | python3 -m json.tool
