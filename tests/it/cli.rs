@@ -282,6 +282,24 @@ async fn events_replays_the_window_and_report_counts_the_day() {
         unreserver(&["report", "--days", "0"], &env).status.code(),
         Some(2)
     );
+
+    // A revived order is no longer among the window's events.
+    let revived = unreserver(&["revive", &orders[0].to_string()], &env);
+    assert_eq!(revived.status.code(), Some(0));
+    let out = unreserver(&["events", "--since", &since], &env);
+    let left: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            let d = &e["detail"];
+            d.get("order_id")
+                .unwrap_or(&d["reservation_id"])
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(left.len(), 2);
+    assert!(!left.contains(&orders[0]), "{left:?}");
 }
 
 #[tokio::test]
