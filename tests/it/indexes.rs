@@ -117,12 +117,13 @@ async fn only_a_plain_partial_index_on_expires_at_means_passes() {
     drain_and_check(&t, v, true).await;
 }
 
-/// The optional index of `infra/indexes.sql` (the BRIN on `released_at`) is never reported
-/// missing.
+/// The optional indexes of `infra/indexes.sql` (the BRIN on `released_at`, `cancelled_at`) are
+/// never reported missing.
 #[tokio::test]
-async fn the_optional_index_is_never_reported_missing() {
+async fn the_optional_indexes_are_never_reported_missing() {
     let t = crate::common::TestDb::new().await;
-    t.exec("DROP INDEX unreserver_released_at_brin").await;
+    t.exec("DROP INDEX unreserver_released_at_brin; DROP INDEX unreserver_cancelled_at_idx")
+        .await;
     let mut db = t.open().await;
     let status = unreserver::status(&db, &crate::common::settings())
         .await
