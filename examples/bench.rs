@@ -567,13 +567,18 @@ async fn open_db(url: &str, settings: &ReleaseSettings) -> Database {
         .unwrap()
 }
 
-/// This project's drain of `url` with the shipped defaults.
-async fn drain_with_defaults(url: String) -> (Duration, RunReport) {
-    let settings = ReleaseSettings {
+/// The shipped defaults, without the limits of a scheduled run.
+fn drain_settings() -> ReleaseSettings {
+    ReleaseSettings {
         max_batches: 1_000_000,
         time_budget: None,
         ..ReleaseSettings::default()
-    };
+    }
+}
+
+/// This project's drain of `url` with the shipped defaults.
+async fn drain_with_defaults(url: String) -> (Duration, RunReport) {
+    let settings = drain_settings();
     let mut db = open_db(&url, &settings).await;
     let started = Instant::now();
     let report = unreserver::run(&mut db, &settings, &RunOptions::default())
@@ -1085,11 +1090,7 @@ async fn drain_publishing(
     url: String,
     publisher: &unreserver::events::Publisher,
 ) -> (Duration, RunReport) {
-    let settings = ReleaseSettings {
-        max_batches: 1_000_000,
-        time_budget: None,
-        ..ReleaseSettings::default()
-    };
+    let settings = drain_settings();
     let mut db = open_db(&url, &settings).await;
     let started = Instant::now();
     let report = unreserver::events::run::run(

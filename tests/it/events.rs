@@ -126,6 +126,23 @@ fn by_subject(events: &[Value]) -> BTreeMap<String, Value> {
         .collect()
 }
 
+/// A real run (or dry run) of `options` that publishes through `publisher`.
+async fn publishing_run(
+    db: &mut unreserver::Database,
+    options: RunOptions,
+    publisher: &Publisher,
+) -> unreserver::RunReport {
+    run_publishing(
+        db,
+        &settings(),
+        options,
+        Some(publisher),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_or_else(|f| panic!("{}", f.error.chain()))
+}
+
 /// Two due orders (one with a drop), a hold, an order the shop had cancelled, a paid order.
 async fn shop(t: &TestDb) -> (i64, i64, i64) {
     let v = t.variant(6).await;
@@ -160,15 +177,7 @@ async fn each_cancelled_order_and_hold_arrives_once_and_the_database_replays_the
     let mut db = t.open().await;
     let options = RunOptions::default();
     let run_id = options.run_id.clone();
-    let report = run_publishing(
-        &mut db,
-        &settings(),
-        options,
-        Some(&publisher),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap_or_else(|f| panic!("{}", f.error.chain()));
+    let report = publishing_run(&mut db, options, &publisher).await;
     assert_eq!(report.orders_cancelled, 2);
     assert_eq!((report.events_published, report.events_failed), (3, 0));
 
@@ -246,15 +255,7 @@ async fn a_failed_publish_is_counted_and_the_release_stays_committed() {
         unique("no-such-bus"),
     );
     let mut db = t.open().await;
-    let report = run_publishing(
-        &mut db,
-        &settings(),
-        RunOptions::default(),
-        Some(&publisher),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap_or_else(|f| panic!("{}", f.error.chain()));
+    let report = publishing_run(&mut db, RunOptions::default(), &publisher).await;
     assert_eq!((report.events_published, report.events_failed), (0, 1));
     assert_eq!(report.orders_cancelled, 1);
     assert_eq!(t.reservation_status(r).await, "expired");
@@ -273,15 +274,7 @@ async fn a_dry_run_publishes_nothing() {
         dry_run: true,
         ..RunOptions::default()
     };
-    let report = run_publishing(
-        &mut db,
-        &settings(),
-        options,
-        Some(&publisher),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap_or_else(|f| panic!("{}", f.error.chain()));
+    let report = publishing_run(&mut db, options, &publisher).await;
     assert_eq!(report.orders_cancelled, 1);
     assert_eq!((report.events_published, report.events_failed), (0, 0));
     assert!(drain(&queue).await.is_empty());

@@ -103,15 +103,8 @@ async fn revives_an_order_the_release_cancelled_when_the_stock_is_there() {
     );
 }
 
-#[tokio::test]
-async fn refuses_with_nothing_changed_when_one_item_is_short() {
-    let t = TestDb::new().await;
-    let (order, _, _, v2) = released_order(&t).await;
-    // A shopper took all but one unit of the second variant.
-    t.exec(&format!(
-        "UPDATE products_productvariant SET reserved_quantity = stock_quantity - 1 WHERE id = {v2}"
-    ))
-    .await;
+/// Revives `order`, expecting `stock_short` and nothing changed: the `short` list as JSON.
+async fn refused_short(t: &TestDb, order: i64) -> serde_json::Value {
     let before = t.fingerprint().await;
     let mut db = t.open().await;
     let outcome = revive(&mut db, &settings(), HOLD_MINUTES, order)
@@ -121,13 +114,24 @@ async fn refuses_with_nothing_changed_when_one_item_is_short() {
         (outcome.revived, outcome.reason),
         (false, ReviveReason::StockShort)
     );
-    let short = serde_json::to_value(&outcome.short).unwrap();
+    assert_eq!(t.fingerprint().await, before);
+    serde_json::to_value(&outcome.short).unwrap()
+}
+
+#[tokio::test]
+async fn refuses_with_nothing_changed_when_one_item_is_short() {
+    let t = TestDb::new().await;
+    let (order, _, _, v2) = released_order(&t).await;
+    // A shopper took all but one unit of the second variant.
+    t.exec(&format!(
+        "UPDATE products_productvariant SET reserved_quantity = stock_quantity - 1 WHERE id = {v2}"
+    ))
+    .await;
     assert_eq!(
-        short,
+        refused_short(&t, order).await,
         serde_json::json!([{"product_variant_id": v2, "drop_product_id": null,
                             "wanted": 2, "available": 1}])
     );
-    assert_eq!(t.fingerprint().await, before);
 }
 
 #[tokio::test]
@@ -138,19 +142,11 @@ async fn refuses_when_the_drop_is_sold_out() {
         "UPDATE drops_dropproduct SET sold_quantity = drop_quantity - 2 WHERE id = {d}"
     ))
     .await;
-    let before = t.fingerprint().await;
-    let mut db = t.open().await;
-    let outcome = revive(&mut db, &settings(), HOLD_MINUTES, order)
-        .await
-        .unwrap();
-    assert_eq!(outcome.reason, ReviveReason::StockShort);
-    let short = serde_json::to_value(&outcome.short).unwrap();
     assert_eq!(
-        short,
+        refused_short(&t, order).await,
         serde_json::json!([{"product_variant_id": v, "drop_product_id": d,
                             "wanted": 3, "available": 2}])
     );
-    assert_eq!(t.fingerprint().await, before);
 }
 
 #[tokio::test]
