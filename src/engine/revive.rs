@@ -130,14 +130,15 @@ async fn try_revive(
     if status != "cancelled" || rows.is_empty() {
         return Ok(ReviveOutcome::not(order_id, Reason::NotCancelledByRelease));
     }
-    let short = shortages(&tx, &rows).await?;
+    let need = Need::of(&rows);
+    let short = shortages(&tx, &need).await?;
     if !short.is_empty() {
         return Ok(ReviveOutcome {
             short,
             ..ReviveOutcome::not(order_id, Reason::StockShort)
         });
     }
-    apply(&tx, &rows, hold_minutes, order_id).await?;
+    apply(&tx, need, hold_minutes, order_id).await?;
     tx.commit()
         .await
         .map_err(Error::db("committing the revive"))?;
@@ -149,22 +150,33 @@ async fn try_revive(
     })
 }
 
-/// Units wanted per variant and per drop (with the drop's variant), summed over `rows`.
-fn wanted(rows: &[ReleasedRow]) -> (BTreeMap<i64, i64>, BTreeMap<i64, (i64, i64)>) {
-    let mut variants = BTreeMap::new();
-    let mut drops = BTreeMap::new();
-    for r in rows {
-        *variants.entry(r.variant_id).or_insert(0) += i64::from(r.quantity);
-        if let Some(d) = r.drop_id {
-            drops.entry(d).or_insert((r.variant_id, 0)).1 += i64::from(r.quantity);
+/// What the order needs of each counter row, summed over its released reservations.
+struct Need {
+    /// Variant id → units.
+    variants: BTreeMap<i64, i64>,
+    /// Drop id → (the drop's variant, units).
+    drops: BTreeMap<i64, (i64, i64)>,
+}
+
+impl Need {
+    fn of(rows: &[ReleasedRow]) -> Need {
+        let mut need = Need {
+            variants: BTreeMap::new(),
+            drops: BTreeMap::new(),
+        };
+        for r in rows {
+            *need.variants.entry(r.variant_id).or_insert(0) += i64::from(r.quantity);
+            if let Some(d) = r.drop_id {
+                need.drops.entry(d).or_insert((r.variant_id, 0)).1 += i64::from(r.quantity);
+            }
         }
+        need
     }
-    (variants, drops)
 }
 
 /// Locks the variant rows, then the drop rows (ascending ids), and lists those without room.
-async fn shortages(tx: &Transaction<'_>, rows: &[ReleasedRow]) -> Result<Vec<Short>> {
-    let (variants, drops) = wanted(rows);
+async fn shortages(tx: &Transaction<'_>, need: &Need) -> Result<Vec<Short>> {
+    let (variants, drops) = (&need.variants, &need.drops);
     let mut short = Vec::new();
     let ids: Vec<i64> = variants.keys().copied().collect();
     for room in sql::lock_room(tx, false, &ids).await? {
@@ -194,15 +206,10 @@ async fn shortages(tx: &Transaction<'_>, rows: &[ReleasedRow]) -> Result<Vec<Sho
 }
 
 /// Reactivates the reservations, reserves the units again, reopens the order.
-async fn apply(
-    tx: &Transaction<'_>,
-    rows: &[ReleasedRow],
-    hold_minutes: i32,
-    order_id: i64,
-) -> Result<()> {
+async fn apply(tx: &Transaction<'_>, need: Need, hold_minutes: i32, order_id: i64) -> Result<()> {
     // The rows are locked (LOCK_RELEASED): the same rows are reactivated.
     sql::reactivate(tx, order_id, hold_minutes).await?;
-    let (variants, drops) = wanted(rows);
+    let Need { variants, drops } = need;
     let (ids, units): (Vec<i64>, Vec<i64>) = variants.into_iter().unzip();
     sql::add_units(tx, false, &ids, &units).await?;
     let (ids, units): (Vec<i64>, Vec<i64>) = drops.into_iter().map(|(d, (_, n))| (d, n)).unzip();
