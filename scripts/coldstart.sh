@@ -4,7 +4,8 @@
 # secret in moto's Secrets Manager: without the credentials prefetch (PREFETCH_CREDENTIALS=0:
 # init's own work — settings, TLS connector with the built-in RDS CAs, AWS SDK config), and with
 # it (the default: the secret is also fetched during init, its TLS handshake included, so the
-# first invocation does not pay for it). No database is contacted.
+# first invocation does not pay for it), and with EVENT_BUS_NAME too (the EventBridge client
+# built during init). No database is contacted.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -33,12 +34,12 @@ try:
         "Authorization": "AWS4-HMAC-SHA256 Credential=x/20260101/eu-west-1/secretsmanager/aws4_request, SignedHeaders=host, Signature=x"})
     urllib.request.urlopen(req, timeout=5)
 
-    def measure(prefetch):
+    def measure(prefetch, bus=""):
         env = dict(os.environ, AWS_LAMBDA_RUNTIME_API="127.0.0.1:1", AWS_LAMBDA_FUNCTION_NAME="unreserver",
                    AWS_LAMBDA_FUNCTION_MEMORY_SIZE="256", AWS_LAMBDA_FUNCTION_VERSION="1",
                    DB_SECRET_ID="prod/shop-db", AWS_REGION="eu-west-1", AWS_ACCESS_KEY_ID="x",
                    AWS_SECRET_ACCESS_KEY="y", AWS_ENDPOINT_URL=endpoint, LOG_FORMAT="json",
-                   RUST_LOG="info", PREFETCH_CREDENTIALS=prefetch)
+                   RUST_LOG="info", PREFETCH_CREDENTIALS=prefetch, EVENT_BUS_NAME=bus)
         outside, inside = [], []
         for _ in range(20):
             t0 = time.perf_counter()
@@ -52,9 +53,10 @@ try:
             p.kill(); p.wait()
         return statistics.median(outside), max(outside), statistics.median(inside)
 
-    for prefetch, label in (("0", "without the prefetch (init's own work)"),
-                            ("1", "with the secret prefetched from moto")):
-        med, mx, inside = measure(prefetch)
+    for prefetch, bus, label in (("0", "", "without the prefetch (init's own work)"),
+                                 ("1", "", "with the secret prefetched from moto"),
+                                 ("1", "shop-events", "with the prefetch and EVENT_BUS_NAME (the EventBridge client built too)")):
+        med, mx, inside = measure(prefetch, bus)
         print(f"{label}: process start to ready median {med:.1f} ms, max {mx:.1f} ms; "
               f"init inside main median {inside:.1f} ms (20 starts)")
 finally:
