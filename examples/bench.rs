@@ -560,7 +560,7 @@ impl Bench {
 
 /// A checked connection for the release on `url`.
 async fn open_db(url: &str, settings: &ReleaseSettings) -> Database {
-    let tls = unreserver::tls_connector(None).unwrap();
+    let tls = unreserver::tls_connector(None, &unreserver::RdsCaRegions::All).unwrap();
     let config: tokio_postgres::Config = url.parse().unwrap();
     Database::open(&config, &tls, settings.lock_timeout_ms)
         .await

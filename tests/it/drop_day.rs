@@ -126,7 +126,7 @@ async fn a_timestamp_without_time_zone_column_is_refused() {
     let t = TestDb::new().await;
     t.exec("ALTER TABLE orders_inventoryreservation ALTER COLUMN expires_at TYPE timestamp")
         .await;
-    let tls = unreserver::tls_connector(None).unwrap();
+    let tls = unreserver::tls_connector(None, &unreserver::RdsCaRegions::All).unwrap();
     let err = match Database::open(&t.release_config(), &tls, 100).await {
         Ok(_) => panic!("a timestamp column was accepted"),
         Err(err) => err,

@@ -92,7 +92,7 @@ async fn a_missing_column_or_table_is_named_before_anything_changes() {
         let before = t
             .text("SELECT string_agg(r::text, ';') FROM orders_inventoryreservation r")
             .await;
-        let tls = unreserver::tls_connector(None).unwrap();
+        let tls = unreserver::tls_connector(None, &unreserver::RdsCaRegions::All).unwrap();
         let err = match unreserver::Database::open(&t.release_config(), &tls, 100).await {
             Ok(_) => panic!("{ddl}: the schema check passed"),
             Err(err) => err,
@@ -111,7 +111,7 @@ async fn a_missing_column_or_table_is_named_before_anything_changes() {
 #[tokio::test]
 async fn a_lock_timeout_near_deadlock_timeout_is_refused() {
     let t = TestDb::new().await;
-    let tls = unreserver::tls_connector(None).unwrap();
+    let tls = unreserver::tls_connector(None, &unreserver::RdsCaRegions::All).unwrap();
     let err = match unreserver::Database::open(&t.release_config(), &tls, 600).await {
         Ok(_) => panic!("a 600 ms lock timeout was accepted with a 1 s deadlock_timeout"),
         Err(err) => err,

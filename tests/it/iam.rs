@@ -9,7 +9,9 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::Credentials;
 use secrecy::ExposeSecret;
 use unreserver::config::IamSettings;
-use unreserver::{rds_iam_token, tls_connector, CredentialSource, IamSource, TokenTarget};
+use unreserver::{
+    rds_iam_token, tls_connector, CredentialSource, IamSource, RdsCaRegions, TokenTarget,
+};
 
 use crate::common::{pg_port, test_env, TestDb};
 
@@ -64,10 +66,8 @@ async fn postgres_accepts_the_token_the_function_presents() {
         token.expose_secret()
     ))
     .await;
-    let tls = tls_connector(Some(std::path::Path::new(&test_env(
-        "UNRESERVER_TEST_CA_CERT",
-    ))))
-    .unwrap();
+    let ca = test_env("UNRESERVER_TEST_CA_CERT");
+    let tls = tls_connector(Some(std::path::Path::new(&ca)), &RdsCaRegions::All).unwrap();
 
     let db = source(&t, &user, at_noon).open(&tls, 100).await;
     let db = db.unwrap_or_else(|e| panic!("the token was refused: {}", e.chain()));

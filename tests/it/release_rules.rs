@@ -315,7 +315,7 @@ async fn integer_ids_and_nullable_columns_work_the_same() {
         .replace(" NOT NULL DEFAULT 'active'", " DEFAULT 'active'");
     t.exec(&schema).await;
     t.exec(include_str!("../../infra/sample-data.sql")).await;
-    let tls = unreserver::tls_connector(None).unwrap();
+    let tls = unreserver::tls_connector(None, &unreserver::RdsCaRegions::All).unwrap();
     let mut db = unreserver::Database::open(&t.config(), &tls, 100)
         .await
         .unwrap();

@@ -8,7 +8,7 @@ use aws_sdk_secretsmanager::config::{Credentials, Region};
 use serde_json::json;
 use tokio_postgres::config::SslMode;
 use unreserver::config::SecretSettings;
-use unreserver::{tls_connector, CredentialSource, Error, SecretSource};
+use unreserver::{tls_connector, CredentialSource, Error, RdsCaRegions, SecretSource};
 
 use crate::common::{pg_port, run, settings, test_env, Res, TestDb};
 
@@ -79,7 +79,7 @@ fn source(client: aws_sdk_secretsmanager::Client, id: &str, d: SecretSettings) -
 
 fn verified_tls() -> postgres_native_tls::MakeTlsConnector {
     let ca = test_env("UNRESERVER_TEST_CA_CERT");
-    tls_connector(Some(std::path::Path::new(&ca))).unwrap()
+    tls_connector(Some(std::path::Path::new(&ca)), &RdsCaRegions::All).unwrap()
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config};
-use unreserver::{apply_defaults, connect, tls_certificates, tls_connector, Error};
+use unreserver::{apply_defaults, connect, tls_certificates, tls_connector, Error, RdsCaRegions};
 
 use crate::common::{admin_password, pg_port, test_env};
 
@@ -35,7 +35,7 @@ async fn connect_to(
         config.hostaddr(addr.parse().unwrap());
     }
     apply_defaults(&mut config);
-    let tls = tls_connector(ca.as_deref())?;
+    let tls = tls_connector(ca.as_deref(), &RdsCaRegions::All)?;
     connect(&config, &tls).await
 }
 
@@ -132,7 +132,8 @@ async fn every_certificate_of_a_bundle_is_trusted() {
 
 #[tokio::test]
 async fn an_unreadable_bundle_is_a_clear_setup_error() {
-    let err = tls_connector(Some(std::path::Path::new("/nonexistent/bundle.pem")))
+    let bundle = std::path::Path::new("/nonexistent/bundle.pem");
+    let err = tls_connector(Some(bundle), &RdsCaRegions::All)
         .err()
         .unwrap();
     assert_eq!(err.kind(), "TlsSetup");
@@ -176,7 +177,7 @@ async fn without_sslmode_a_server_that_offers_no_tls_is_refused() {
     });
     let url = format!("postgres://app:s3cret@127.0.0.1:{port}/shop");
     let config = unreserver::config_from_url("DATABASE_URL", &url).unwrap();
-    let tls = tls_connector(None).unwrap();
+    let tls = tls_connector(None, &unreserver::RdsCaRegions::All).unwrap();
     let err = match connect(&config, &tls).await {
         Ok(_) => panic!("connected without TLS"),
         Err(err) => err,
