@@ -34,6 +34,8 @@ if need_pip_tool moto_server 'moto[server]'; then
 fi
 
 started=$(date -u +%Y-%m-%dT%H:%MZ)
+# scripts/coldstart.sh keeps its own section at the end of BENCHMARKS.md: carried over as it is.
+coldstart=$(sed -n '/^## Cold start/,$p' BENCHMARKS.md 2>/dev/null || true)
 results=$("$target/examples/bench" --binary "$target/unreserver" "$@")
 {
   echo "# Benchmarks"
@@ -46,5 +48,6 @@ results=$("$target/examples/bench" --binary "$target/unreserver" "$@")
   echo "- unreserver: release build, defaults (BATCH_SIZE $(grep -o 'DEFAULT_BATCH_SIZE: u32 = [0-9]*' src/config.rs | grep -o '[0-9]*$'), LOCK_TIMEOUT_MS 100)"
   echo
   echo "$results"
+  if [ -n "$coldstart" ]; then echo; echo "$coldstart"; fi
 } > BENCHMARKS.md
 echo "wrote BENCHMARKS.md" >&2

@@ -11,7 +11,9 @@
 #     sample data, the preflight, an idle run (nothing due: a first run released it) and the
 #     metrics; then a second, warm invocation for comparison.
 # Cases: without the prefetch (PREFETCH_CREDENTIALS=0: init's own work); the same trusting all
-# the built-in RDS CAs instead of the region's three; with the prefetch (the default); with it
+# the built-in RDS CAs instead of the region's three; the same with SSL_CERT_FILE pointing
+# nowhere, to show what OpenSSL's loading of the system CA store costs (a diagnosis, not a
+# setting: the AWS SDK's HTTPS needs that store too); with the prefetch (the default); with it
 # and EVENT_BUS_NAME (the EventBridge client built during init too).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,4 +32,21 @@ trap pg_stop EXIT
 
 db_url=$(pg_create_db shop)
 psql "$db_url" -qX -v ON_ERROR_STOP=1 -f infra/sample-data.sql >/dev/null
-DB_URL="$db_url" python3 scripts/lib/coldstart.py "$binary"
+started=$(date -u +%Y-%m-%dT%H:%MZ)
+table=$(DB_URL="$db_url" python3 scripts/lib/coldstart.py "$binary")
+echo "$table"
+# The last section of BENCHMARKS.md is this script's (scripts/bench.sh carries it over).
+sed -i '/^## Cold start/,$d' BENCHMARKS.md
+{
+  echo "## Cold start (\`scripts/coldstart.sh\`, $started)"
+  echo
+  echo "The release \`bootstrap\` built with the artifact's OpenSSL (\`--features vendored-openssl\`),"
+  echo "x86_64 on this machine (no arm64 runtime here), against moto's Secrets Manager and a local"
+  echo "PostgreSQL over verified TLS; a stand-in Lambda Runtime API times init (process start to the"
+  echo "first request for an event) and each invocation (\`{\"source\":\"schedule\"}\`, an idle run: event"
+  echo "delivered to response received). \`tls_ms\` and \`aws_ms\` are the two halves of init, which run"
+  echo "side by side (\`ready for invocations\` log line)."
+  echo
+  echo "$table"
+} >> BENCHMARKS.md
+echo "wrote the cold start section of BENCHMARKS.md" >&2

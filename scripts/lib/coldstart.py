@@ -139,16 +139,23 @@ def one_start(api, env):
     return (ready - t0) * 1000, fields["tls_ms"], fields["aws_ms"], *invocations
 
 
-def measure(api, endpoint, extra):
-    env = dict(os.environ, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{api.server_port}",
-               AWS_LAMBDA_FUNCTION_NAME="unreserver", AWS_LAMBDA_FUNCTION_MEMORY_SIZE="256",
-               AWS_LAMBDA_FUNCTION_VERSION="1", AWS_LAMBDA_LOG_GROUP_NAME="/aws/lambda/unreserver",
-               DB_SECRET_ID="prod/shop-db", DB_CA_BUNDLE=os.environ["PG_CA_CERT"],
-               AWS_REGION="eu-west-1", AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y",
-               AWS_ENDPOINT_URL=endpoint, LOG_FORMAT="json", RUST_LOG="info", **extra)
-    one_start(api, env)  # the first run releases the sample data's due rows: later runs are idle
-    rows = [one_start(api, env) for _ in range(STARTS)]
-    return [(statistics.median(col), max(col)) for col in zip(*rows)]
+def case_env(api, endpoint, extra):
+    return dict(os.environ, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{api.server_port}",
+                AWS_LAMBDA_FUNCTION_NAME="unreserver", AWS_LAMBDA_FUNCTION_MEMORY_SIZE="256",
+                AWS_LAMBDA_FUNCTION_VERSION="1", AWS_LAMBDA_LOG_GROUP_NAME="/aws/lambda/unreserver",
+                DB_SECRET_ID="prod/shop-db", DB_CA_BUNDLE=os.environ["PG_CA_CERT"],
+                AWS_REGION="eu-west-1", AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y",
+                AWS_ENDPOINT_URL=endpoint, LOG_FORMAT="json", RUST_LOG="info", **extra)
+
+
+def measure(api, envs):
+    """Each case started STARTS times, the cases interleaved (the machine's load drifts)."""
+    one_start(api, envs[0])  # the first run releases the sample data's due rows: later runs are idle
+    rows = [[] for _ in envs]
+    for _ in range(STARTS):
+        for i, env in enumerate(envs):
+            rows[i].append(one_start(api, env))
+    return [[(statistics.median(col), max(col)) for col in zip(*r)] for r in rows]
 
 
 def main():
@@ -158,13 +165,15 @@ def main():
         cases = (({"PREFETCH_CREDENTIALS": "0"}, "without the prefetch (init's own work)"),
                  ({"PREFETCH_CREDENTIALS": "0", "DB_RDS_CA_REGIONS": "all"},
                   "without the prefetch, all 87 RDS CAs (DB_RDS_CA_REGIONS=all)"),
+                 ({"PREFETCH_CREDENTIALS": "0", "SSL_CERT_FILE": "/nonexistent"},
+                  "diagnosis only: without the prefetch and with no system CA store"),
                  ({}, "with the prefetch (the default)"),
                  ({"EVENT_BUS_NAME": "shop-events"}, "with the prefetch and EVENT_BUS_NAME"))
-        print(f"{STARTS} starts per case; median (max) in ms")
+        print(f"{STARTS} starts per case, the cases interleaved; median (max) in ms\n")
         print("| case | init | tls_ms | aws_ms | 1st invocation | 2nd invocation |")
         print("|---|---|---|---|---|---|")
-        for extra, label in cases:
-            cols = measure(api, endpoint, extra)
+        results = measure(api, [case_env(api, endpoint, extra) for extra, _ in cases])
+        for (_, label), cols in zip(cases, results):
             print(f"| {label} | " + " | ".join(f"{m:.1f} ({x:.1f})" for m, x in cols) + " |")
     finally:
         moto.kill()

@@ -338,6 +338,30 @@ fn parameters_refuse_what_would_deploy_and_then_fail() {
     ));
     // No resource name built from the stack name can pass its limit.
     assert!(resource(&t, "Function")["Properties"]["FunctionName"].is_null());
+    // The RDS CA regions: the template takes exactly what the function would accept.
+    let regions = t["Parameters"]["DbRdsCaRegions"]["AllowedPattern"]
+        .as_str()
+        .unwrap();
+    for value in [
+        "",
+        "all",
+        "eu-west-1",
+        "eu-west-1,us-gov-west-1",
+        "eu-west-1, us-east-1",
+        "EU-WEST-1",
+        "eu-west",
+        "eu-west-1,",
+        "ALL",
+    ] {
+        let function_accepts = value.is_empty() || unreserver::RdsCaRegions::parse(value).is_ok();
+        let template_accepts = full_match(regions, value);
+        if value.contains(' ') || value == "ALL" {
+            // Looser in the function (trimmed, any case of `all`); the template stays strict.
+            assert!(function_accepts && !template_accepts, "{value:?}");
+        } else {
+            assert_eq!(template_accepts, function_accepts, "{value:?}");
+        }
+    }
 }
 
 #[test]
