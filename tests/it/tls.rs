@@ -77,6 +77,8 @@ async fn require_fails_clearly_without_the_ca() {
             "{}",
             err.chain()
         );
+        // It says where a CA may be added: a bundle, or another region's built-in RDS CAs.
+        assert!(err.chain().contains("DB_CA_BUNDLE") && err.chain().contains("DB_RDS_CA_REGIONS"));
         assert!(!err.is_retryable());
     }
 }
