@@ -48,6 +48,16 @@ moto_server -H 127.0.0.1 -p "$moto_port" >"$PG_DIR/moto.log" 2>&1 &
 pids+=($!)
 wait_for_port "$moto_port" "moto_server" "$PG_DIR/moto.log"
 export UNRESERVER_TEST_AWS_ENDPOINT="http://127.0.0.1:$moto_port"
+# A second moto over HTTPS, with the test CA's certificate for localhost: the function's own
+# HTTPS client (rustls on ring) against a verified endpoint.
+if [ "$PG_TLS" = 1 ]; then
+  moto_tls_port=$(pg_free_port)
+  moto_server -H 127.0.0.1 -p "$moto_tls_port" -c "$PG_DIR/tls/server.crt" -k "$PG_DIR/tls/server.key" \
+    >"$PG_DIR/moto-tls.log" 2>&1 &
+  pids+=($!)
+  wait_for_port "$moto_tls_port" "moto_server (HTTPS)" "$PG_DIR/moto-tls.log"
+  export UNRESERVER_TEST_AWS_TLS_ENDPOINT="https://localhost:$moto_tls_port"
+fi
 
 echo "== building" >&2
 cargo test --locked --all-targets --no-run

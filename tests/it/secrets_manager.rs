@@ -1,6 +1,7 @@
 //! Credentials through the real AWS SDK, over HTTP, from moto's Secrets Manager server (started
 //! by `scripts/test.sh`): happy path, missing and malformed secrets, a rotated password, and an
-//! unreachable service.
+//! unreachable service; and over verified HTTPS from a second moto, through the function's own
+//! HTTPS client (rustls on ring).
 
 use std::time::Duration;
 
@@ -229,4 +230,83 @@ async fn an_unreachable_secrets_manager_is_a_retryable_error() {
     assert!(matches!(err, Error::Secret { .. }), "{}", err.chain());
     assert!(err.to_string().contains("unreachable"), "{}", err.chain());
     assert!(err.is_retryable());
+}
+
+/// An SDK client that trusts exactly the test CA, for writing to the HTTPS moto.
+async fn client_over_https(endpoint: &str) -> aws_sdk_secretsmanager::Client {
+    use aws_smithy_http_client::tls::TrustStore;
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider, TlsContext};
+    let ca = std::fs::read(test_env("UNRESERVER_TEST_CA_CERT")).unwrap();
+    let trust = TrustStore::empty()
+        .with_native_roots(false)
+        .with_pem_certificate(ca);
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .tls_context(
+            TlsContext::builder()
+                .with_trust_store(trust)
+                .build()
+                .unwrap(),
+        )
+        .build_https();
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .http_client(https)
+        .load()
+        .await;
+    aws_sdk_secretsmanager::Client::new(&config)
+}
+
+/// The function's own HTTPS client (rustls on ring, the system store: here `SSL_CERT_FILE`)
+/// reads the secret over verified TLS; with a store that lacks the endpoint's CA it refuses
+/// the endpoint, so verification is not skipped.
+#[tokio::test]
+async fn the_secret_is_read_over_verified_https() {
+    let Ok(endpoint) = std::env::var("UNRESERVER_TEST_AWS_TLS_ENDPOINT") else {
+        panic!("UNRESERVER_TEST_AWS_TLS_ENDPOINT unset: run scripts/test.sh");
+    };
+    let t = TestDb::new().await;
+    let role = t.role("over-https").await;
+    let id = unique("https");
+    let secret = json!({"username": role, "password": "over-https", "host": "localhost",
+                        "port": pg_port(), "dbname": t.name});
+    put_secret(
+        &client_over_https(&endpoint).await,
+        &id,
+        &secret.to_string(),
+    )
+    .await;
+    let ca = test_env("UNRESERVER_TEST_CA_CERT");
+    let status = |cert_file: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_unreserver"))
+            .arg("status")
+            .env_remove("DATABASE_URL")
+            .envs([
+                ("DB_SECRET_ID", id.as_str()),
+                ("DB_CA_BUNDLE", ca.as_str()),
+                ("AWS_ENDPOINT_URL", endpoint.as_str()),
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_ACCESS_KEY_ID", "test"),
+                ("AWS_SECRET_ACCESS_KEY", "test"),
+                ("SSL_CERT_FILE", cert_file),
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = status(&ca);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["due_reservations"], 0, "{report}");
+    assert_eq!(report["missing_indexes"], json!([]), "{report}");
+    // The same with a store that holds only an unrelated CA: the endpoint is not trusted.
+    let out = status(&test_env("UNRESERVER_TEST_WRONG_CA_CERT"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("[SecretUnavailable]") && stderr.contains("UnknownIssuer"),
+        "{stderr}"
+    );
 }
