@@ -670,7 +670,7 @@ mod tests {
                 .database
                 .rds_ca_regions
         };
-        let only = |r: &[&str]| RdsCaRegions::Only(r.iter().map(|s| s.to_string()).collect());
+        use crate::db::tls::tests::only;
         let rds_url = (
             "DATABASE_URL",
             "postgres://app:pw@shop.abc.us-east-2.rds.amazonaws.com/shop",

@@ -157,7 +157,7 @@ pub fn certificates(pem: &str) -> std::result::Result<Vec<Certificate>, String> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -190,7 +190,6 @@ mod tests {
 
     #[test]
     fn a_region_gets_its_own_three_roots() {
-        let only = |r: &[&str]| RdsCaRegions::Only(r.iter().map(|s| s.to_string()).collect());
         let der = |regions| -> Vec<Vec<u8>> {
             let certs = rds_certificates(&regions).unwrap();
             certs.iter().map(|c| c.to_der().unwrap()).collect()
@@ -207,13 +206,17 @@ mod tests {
         assert_eq!(der(only(&["west"])).len(), 87);
     }
 
+    /// `RdsCaRegions::Only` of these regions.
+    pub(crate) fn only(regions: &[&str]) -> RdsCaRegions {
+        RdsCaRegions::Only(regions.iter().map(|s| s.to_string()).collect())
+    }
+
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         haystack.windows(needle.len()).any(|w| w == needle)
     }
 
     #[test]
     fn regions_are_parsed_strictly() {
-        let only = |r: &[&str]| RdsCaRegions::Only(r.iter().map(|s| s.to_string()).collect());
         assert_eq!(RdsCaRegions::parse("ALL"), Ok(RdsCaRegions::All));
         assert_eq!(RdsCaRegions::parse("eu-west-1"), Ok(only(&["eu-west-1"])));
         assert_eq!(
