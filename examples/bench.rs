@@ -284,6 +284,62 @@ impl Bench {
         (took, row.get(0))
     }
 
+    /// Where a drain's database time goes, statement by statement (pg_stat_statements, which
+    /// `scripts/bench.sh --profile` preloads), beside the lower bound's one statement: one
+    /// drain of each on copies of `seed`.
+    async fn profile(&self, seed: &str) -> String {
+        let mut md = String::from(
+            "## Where the database time goes (N = 100,000, defaults; pg_stat_statements)\n\n\
+             `scripts/bench.sh --profile`: one drain with the shipped defaults and one run of the \
+             lower bound's statement, on copies of one seeded database, each statement's execution \
+             time inside the server; the rest of the wall time is round trips, commits and the \
+             client. The ten costliest statements of each.\n\n\
+             | contender | statement | calls | total (ms) | mean (ms) | rows |\n|---|---|---|---|---|---|\n",
+        );
+        for (name, lower) in [("this project", false), ("lower bound", true)] {
+            let url = self.copy(seed, "bench_profile").await;
+            let c = connect(&url).await;
+            c.batch_execute(
+                "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()",
+            )
+            .await
+            .expect("pg_stat_statements (run scripts/bench.sh --profile, which preloads it)");
+            let took = if lower {
+                lower_bound_statement(url.clone()).await
+            } else {
+                drain_with_defaults(url.clone()).await.0
+            };
+            let rows = c
+                .query(
+                    "SELECT calls::int8, total_exec_time, mean_exec_time, rows::int8,
+                            left(regexp_replace(query, '\\s+', ' ', 'g'), 70) AS q
+                       FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+                      WHERE d.datname = current_database() AND query !~* 'pg_stat_statements'
+                      ORDER BY total_exec_time DESC LIMIT 10",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let mut total = 0.0;
+            for row in &rows {
+                let (calls, sum, mean, n, q): (i64, f64, f64, i64, String) =
+                    (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+                total += sum;
+                let q = q.replace('|', "\\|");
+                let _ = writeln!(
+                    md,
+                    "| {name} | `{q}` | {calls} | {sum:.0} | {mean:.2} | {n} |"
+                );
+            }
+            let _ = writeln!(
+                md,
+                "| {name} | **these statements / wall time** | | **{total:.0} / {:.0}** | | |",
+                ms(took)
+            );
+        }
+        md
+    }
+
     /// The old system: select the due reservations, then one transaction per reservation.
     async fn per_row(&self, seed: &str) -> (Duration, i64) {
         let url = self.copy(seed, "bench_perrow").await;
@@ -744,6 +800,12 @@ async fn main() {
         b.seed("bench_seed_100000", 100_000, FUTURE_RESERVATIONS)
             .await;
         println!("{}", index_sets(&b, reps_arg(&args).unwrap_or(3)).await);
+        return;
+    }
+    if args.iter().any(|a| a == "--profile") {
+        let seed = "bench_seed_100000";
+        b.seed(seed, 100_000, FUTURE_RESERVATIONS).await;
+        println!("{}", b.profile(seed).await);
         return;
     }
     if args.iter().any(|a| a == "--shoppers-only") {

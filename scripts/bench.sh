@@ -2,6 +2,9 @@
 # The benchmark: starts a throwaway PostgreSQL (durable commits, as in production), builds the
 # release binaries, and measures this project against the lower bound and the per-row baseline
 # (examples/bench.rs). Writes BENCHMARKS.md. `scripts/bench.sh --million` adds N = 1,000,000.
+# Partial runs print their section instead (--events-only, --index-sets-only, --shoppers-only);
+# --profile (each statement's database time in one drain and in the lower bound) updates its
+# own section of BENCHMARKS.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -15,6 +18,8 @@ echo "== building (release)" >&2
 cargo build --release --locked --bin unreserver --example bench
 target="${CARGO_TARGET_DIR:-$root/target}/release"
 
+# --profile reads pg_stat_statements, which must be loaded at server start.
+case " $* " in *" --profile "*) export PG_PRELOAD=pg_stat_statements ;; esac
 pg_start unreserver-bench bench
 moto_pid=
 cleanup() {
@@ -34,8 +39,21 @@ if need_pip_tool moto_server 'moto[server]'; then
 fi
 
 started=$(date -u +%Y-%m-%dT%H:%MZ)
-# scripts/coldstart.sh keeps its own section at the end of BENCHMARKS.md: carried over as it is.
-coldstart=$(sed -n '/^## Cold start/,$p' BENCHMARKS.md 2>/dev/null || true)
+# The sections other runs measure are carried over as they are: the profile's and the cold
+# start's (scripts/coldstart.sh).
+kept=$(for part in "Where the database time goes" "Cold start"; do
+  python3 scripts/lib/md-section.py get BENCHMARKS.md "$part"; echo; done)
+case " $* " in
+  *" --profile "*)
+    "$target/examples/bench" --binary "$target/unreserver" "$@" \
+      | tee /dev/stderr | python3 scripts/lib/md-section.py put BENCHMARKS.md "Where the database time goes"
+    echo "wrote the profile section of BENCHMARKS.md" >&2
+    exit 0 ;;
+  *-only\ *)
+    # One part only: printed, BENCHMARKS.md left as it is.
+    "$target/examples/bench" --binary "$target/unreserver" "$@"
+    exit 0 ;;
+esac
 results=$("$target/examples/bench" --binary "$target/unreserver" "$@")
 {
   echo "# Benchmarks"
@@ -48,6 +66,6 @@ results=$("$target/examples/bench" --binary "$target/unreserver" "$@")
   echo "- unreserver: release build, defaults (BATCH_SIZE $(grep -o 'DEFAULT_BATCH_SIZE: u32 = [0-9]*' src/config.rs | grep -o '[0-9]*$'), LOCK_TIMEOUT_MS 100)"
   echo
   echo "$results"
-  if [ -n "$coldstart" ]; then echo; echo "$coldstart"; fi
+  if [ -n "${kept//[$'\n ']/}" ]; then echo; echo "$kept"; fi
 } > BENCHMARKS.md
 echo "wrote BENCHMARKS.md" >&2

@@ -35,8 +35,7 @@ psql "$db_url" -qX -v ON_ERROR_STOP=1 -f infra/sample-data.sql >/dev/null
 started=$(date -u +%Y-%m-%dT%H:%MZ)
 table=$(DB_URL="$db_url" python3 scripts/lib/coldstart.py "$binary")
 echo "$table"
-# The last section of BENCHMARKS.md is this script's (scripts/bench.sh carries it over).
-sed -i '/^## Cold start/,$d' BENCHMARKS.md
+# Its own section of BENCHMARKS.md (scripts/bench.sh carries it over).
 {
   echo "## Cold start (\`scripts/coldstart.sh\`, $started)"
   echo
@@ -48,5 +47,5 @@ sed -i '/^## Cold start/,$d' BENCHMARKS.md
   echo "side by side (\`ready for invocations\` log line)."
   echo
   echo "$table"
-} >> BENCHMARKS.md
+} | python3 scripts/lib/md-section.py put BENCHMARKS.md "Cold start"
 echo "wrote the cold start section of BENCHMARKS.md" >&2

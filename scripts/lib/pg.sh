@@ -1,7 +1,7 @@
 # Throwaway PostgreSQL clusters for the demo, the tests and the benchmark. Source this file.
 #
 #   pg_start NAME [MODE]   start a cluster (MODE fast: fsync off, for tests; bench: durable,
-#                          larger buffers); sets PG_DIR, PG_PORT,
+#                          larger buffers; PG_PRELOAD: shared_preload_libraries); sets PG_DIR, PG_PORT,
 #                          PG_ADMIN_URL, PG_CA_CERT, PG_WRONG_CA_CERT and writes them to
 #                          $PG_DIR/env
 #   pg_stop                stop it and delete its files
@@ -128,6 +128,9 @@ pg_start() {
       echo "fsync = off"
       echo "synchronous_commit = off"
       echo "full_page_writes = off"
+    fi
+    if [ -n "${PG_PRELOAD:-}" ]; then
+      echo "shared_preload_libraries = '$PG_PRELOAD'"
     fi
     if [ "$mode" = bench ]; then
       # Durable commits (fsync on, as in production); room so checkpoints do not skew timings.
