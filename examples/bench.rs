@@ -287,9 +287,10 @@ impl Bench {
     /// Where a drain's database time goes, statement by statement (pg_stat_statements, which
     /// `scripts/bench.sh --profile` preloads), beside the lower bound's one statement: one
     /// drain of each on copies of `seed`.
-    async fn profile(&self, seed: &str) -> String {
-        let mut md = String::from(
+    async fn profile(&self, seed: &str, index_set: &str) -> String {
+        let mut md = format!(
             "## Where the database time goes (N = 100,000, defaults; pg_stat_statements)\n\n\
+             Index set: {index_set}. \
              `scripts/bench.sh --profile`: one drain with the shipped defaults and one run of the \
              lower bound's statement, on copies of one seeded database, each statement's execution \
              time inside the server; the rest of the wall time is round trips, commits and the \
@@ -805,7 +806,14 @@ async fn main() {
     if args.iter().any(|a| a == "--profile") {
         let seed = "bench_seed_100000";
         b.seed(seed, 100_000, FUTURE_RESERVATIONS).await;
-        println!("{}", b.profile(seed).await);
+        // `--index-set K`: profile with the K-th of INDEX_SETS (0, the recommended, by default).
+        let set = args
+            .iter()
+            .position(|a| a == "--index-set")
+            .and_then(|i| args.get(i + 1)?.parse::<usize>().ok())
+            .map_or(&INDEX_SETS[0], |k| &INDEX_SETS[k.min(INDEX_SETS.len() - 1)]);
+        b.index_set.set(set.1);
+        println!("{}", b.profile(seed, set.0).await);
         return;
     }
     if args.iter().any(|a| a == "--shoppers-only") {

@@ -5,9 +5,10 @@
 //! memory (about 40 bytes a row: 2 MB by default) and worked through in batches of
 //! `BATCH_SIZE`. The
 //! batches re-check every rule under lock, so a row that changed since the scan is simply not
-//! released; rows that fall due during the run are taken by a later pass or the next run.
+//! released; rows that fall due during the run are taken by a later pass or the next run. Rows
+//! of an order a batch released are dropped from the pass: the release took them along.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 use super::batch::{self, Cursor};
 use crate::db::session::Database;
@@ -76,8 +77,17 @@ impl Passes {
         self.rows.iter().take(n).cloned().collect()
     }
 
-    /// Drops the first `n` rows: a batch has worked them through.
-    pub fn consume(&mut self, n: usize) {
+    /// Drops the first `n` rows, which a batch has worked through, and the rows further on of
+    /// the orders it released: all their active reservations went with them, so each such row
+    /// would only cost a later batch a claim that finds nothing (an order's rows can be far
+    /// apart in due order).
+    pub fn consume(&mut self, n: usize, released_orders: &[i64]) {
         self.rows.drain(..n.min(self.rows.len()));
+        if released_orders.is_empty() {
+            return;
+        }
+        let released: HashSet<i64> = released_orders.iter().copied().collect();
+        self.rows
+            .retain(|row| row.order_id.is_none_or(|order| !released.contains(&order)));
     }
 }

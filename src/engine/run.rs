@@ -294,7 +294,8 @@ impl<'a> Run<'a> {
             .await;
             let error = match tried {
                 Ok(batch) => {
-                    self.succeeded(started.elapsed(), work, &chunk, rows.len());
+                    let done = (rows.len(), batch.released_orders.as_slice());
+                    self.succeeded(started.elapsed(), work, &chunk, done);
                     return Ok(Ok(batch));
                 }
                 Err(error) => error,
@@ -380,7 +381,15 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn succeeded(&mut self, took: Duration, work: Work, chunk: &(Vec<i64>, Vec<i64>), rows: usize) {
+    /// Books a batch that committed: `done` is the pass rows it worked through and the orders
+    /// it released.
+    fn succeeded(
+        &mut self,
+        took: Duration,
+        work: Work,
+        chunk: &(Vec<i64>, Vec<i64>),
+        done: (usize, &[i64]),
+    ) {
         self.cuts_at_min = 0;
         self.slowest = self.slowest.max(took);
         self.durations.push(took.as_secs_f64() * 1000.0);
@@ -389,7 +398,7 @@ impl<'a> Run<'a> {
             self.retry_queue.1.drain(..chunk.1.len());
         }
         if let (Some(passes), Work::Pass) = (self.passes.as_mut(), work) {
-            passes.consume(rows);
+            passes.consume(done.0, done.1);
         }
     }
 

@@ -136,3 +136,36 @@ async fn the_optional_indexes_are_never_reported_missing() {
     let report = crate::common::run(&mut db, &crate::common::settings(), false).await;
     assert!(report.missing_indexes.is_empty());
 }
+
+/// In passes, an order's rows far apart in due order cost one batch: the rows of the orders a
+/// batch released are dropped from the pass, not claimed again by a later batch that would
+/// find nothing.
+#[tokio::test]
+async fn a_pass_drops_the_rows_of_orders_already_released() {
+    let t = TestDb::new().await;
+    t.exec(RECOMMENDED).await;
+    let v = t.variant(0).await;
+    for _ in 0..20 {
+        let order = t.order("pending", "pending").await;
+        t.reservation(Res::new(Some(order), v, 1, "-20 minutes"))
+            .await;
+        t.reservation(Res::new(Some(order), v, 1, "-1 minute"))
+            .await;
+    }
+    t.exec(&format!(
+        "UPDATE products_productvariant SET reserved_quantity = 40 WHERE id = {v}"
+    ))
+    .await;
+    let mut s = settings();
+    s.batch_size = 20;
+    s.pass_size = 100;
+    let mut db = t.open_with(&s).await;
+    assert!(!db.preflight.expiry_index);
+    let report = run(&mut db, &s, false).await;
+    assert_eq!(report.reservations_released, 40, "{report:?}");
+    assert_eq!(report.orders_cancelled, 20);
+    // The first 20 rows are one of each order; the batch takes the other 20 along.
+    assert_eq!(report.batches, 1, "{report:?}");
+    assert_eq!(report.no_longer_due, 0, "{report:?}");
+    assert_eq!(t.reserved(v).await, 0);
+}
