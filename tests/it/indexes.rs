@@ -44,10 +44,17 @@ async fn seed(t: &TestDb) -> i64 {
     v
 }
 
-async fn drain_and_check(t: &TestDb, v: i64, expect_passes: bool) {
+/// The defaults with batches of 20 and passes of at most 100 rows, so a small seed takes several
+/// of each.
+fn small_passes() -> unreserver::ReleaseSettings {
     let mut s = settings();
     s.batch_size = 20;
     s.pass_size = 100;
+    s
+}
+
+async fn drain_and_check(t: &TestDb, v: i64, expect_passes: bool) {
+    let s = small_passes();
     let mut db = t.open_with(&s).await;
     let report = run(&mut db, &s, false).await;
     assert_eq!(report.reservations_released, 120 + 40 + 10, "{report:?}");
@@ -156,9 +163,7 @@ async fn a_pass_drops_the_rows_of_orders_already_released() {
         "UPDATE products_productvariant SET reserved_quantity = 40 WHERE id = {v}"
     ))
     .await;
-    let mut s = settings();
-    s.batch_size = 20;
-    s.pass_size = 100;
+    let s = small_passes();
     let mut db = t.open_with(&s).await;
     assert!(!db.preflight.expiry_index);
     let report = run(&mut db, &s, false).await;
