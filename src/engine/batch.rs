@@ -4,13 +4,13 @@
 //! back after reading what it would have done. Each step is one function over one statement of
 //! [`crate::db::sql`], in the order README's "How a run works" gives.
 //!
-//! A batch never waits in a lock queue: every row lock it takes is `SKIP LOCKED`, so it can
-//! never close a lock cycle that another backend's deadlock check would break by aborting a
-//! shopper. The release steps run after a savepoint. The hot variant and drop rows come last:
+//! A batch never waits in a lock queue: every row lock it takes is `SKIP LOCKED` or `NOWAIT`
+//! (the reservations of the orders it claimed), so it can never close a lock cycle that another
+//! backend's deadlock check would break by aborting a shopper. The release steps run after a savepoint. The hot variant and drop rows come last:
 //! those a checkout holds are tried again after 2 ms, then 4, 8, ... up to 32 (a checkout holds
 //! one for a few milliseconds) while the batch keeps what it has done, so they are held only
-//! until the commit. When a row is still held after `LOCK_TIMEOUT_MS` (or a reservation row is held), the
-//! batch rolls back to the savepoint, finds the held rows without waiting, leaves out only the
+//! until the commit. When a row is still held after `LOCK_TIMEOUT_MS` (or a reservation row is
+//! held), the batch rolls back to the savepoint, finds the held rows without waiting, leaves out only the
 //! orders and holds that need them (`deferred`), and redoes the steps for the rest. An order
 //! that turns out not to be due on the rows locked (it was extended after the claim) is left out
 //! the same way.
@@ -352,7 +352,7 @@ async fn poll_pause(pause: &mut Duration) {
 }
 
 /// Steps 3 to 5 after a savepoint, in rounds. The release never waits in a lock queue (every
-/// lock it takes is `SKIP LOCKED`), so it can never close a lock cycle: a round that meets a
+/// lock it takes is `SKIP LOCKED` or `NOWAIT`), so it can never close a lock cycle: a round that meets a
 /// held row rolls back to the savepoint, and the batch polls for the rows (without waiting on
 /// them) for up to `LOCK_TIMEOUT_MS`, then leaves out only the orders and holds that need rows
 /// still held. A round that meets an order no longer due leaves it out the same way.
@@ -433,8 +433,8 @@ fn owners(held: &[HeldReservation]) -> (BTreeSet<i64>, BTreeSet<i64>) {
 }
 
 /// One round of the release steps: expire, check due-ness on the rows locked, cancel, give the
-/// units back. A lock timeout (only a safeguard: every lock is `SKIP LOCKED`) counts as a held
-/// row.
+/// units back. `lock_not_available` — a reservation row held (the release step's `NOWAIT`), or a
+/// lock timeout (only a safeguard) — counts as a held row.
 async fn release_round(
     tx: &Transaction<'_>,
     st: &Statements,
@@ -458,9 +458,6 @@ async fn release_steps(
     out: &mut BatchOutcome,
 ) -> Result<Round> {
     let released = release(tx, st, rules, claimed).await?;
-    if released.iter().any(|r| r.held) {
-        return Ok(Round::Held);
-    }
     let (orders, holds) = not_due(&released, claimed);
     if !orders.is_empty() || !holds.is_empty() {
         return Ok(Round::NotDue { orders, holds });

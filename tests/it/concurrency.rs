@@ -152,6 +152,63 @@ async fn a_variant_held_briefly_by_a_checkout_is_waited_for() {
     assert_eq!(t.reserved(v).await, 1, "the checkout's unit was lost");
 }
 
+/// A payment that updates an order's reservation before it locks the order (a shop's code may
+/// do that) holds the row the batch needs: the batch finds it held at once, without joining the
+/// row's lock queue (where it would make the payment's next lock request wait behind it, or
+/// close a lock cycle), then polls and releases the order once the payment is gone. Every lock
+/// the release asks for meanwhile is granted at once: nothing of it ever waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_reservation_is_never_waited_on_in_a_lock_queue() {
+    let t = TestDb::new().await;
+    let (v, order, _) = t.one_due_order(1).await;
+    let mut payment = t.connect().await;
+    let payment_pid: i32 = payment
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let tx = payment.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE orders_inventoryreservation SET quantity = quantity WHERE order_id = $1",
+        &[&order],
+    )
+    .await
+    .unwrap();
+    let watcher = t.connect().await;
+    let mut s = settings();
+    s.lock_timeout_ms = 400;
+    let mut db = t.open_with(&s).await;
+    let release = async { run(&mut db, &s, false).await };
+    let watch = async {
+        // Lock requests of anyone but the payment and this watcher that are not granted.
+        let mut waits = 0_i64;
+        for _ in 0..60 {
+            waits += watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> $1 \
+                     AND pid <> pg_backend_pid()",
+                    &[&payment_pid],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tx.commit().await.unwrap();
+        waits
+    };
+    let (report, waits) = tokio::join!(release, watch);
+    assert_eq!(waits, 0, "the release waited in a lock queue");
+    let report = if report.reservations_released == 1 {
+        report
+    } else {
+        run(&mut db, &s, false).await
+    };
+    assert_eq!(report.reservations_released, 1, "{report:?}");
+    assert_eq!(t.order_status(order).await, "cancelled");
+    assert_eq!(t.reserved(v).await, 0);
+}
+
 /// Which row another session holds for a whole run.
 #[derive(Debug, Clone, Copy)]
 enum Held {

@@ -520,15 +520,18 @@ impl Statements {
 
 /// Expires every active reservation of the claimed orders (all of an order's reservations go
 /// together, due or not) and the claimed holds, returning what each held and whether it was
-/// due itself — and, as `held` rows, the active reservations it could not lock.
+/// due itself.
 ///
-/// Locks those reservation rows `FOR NO KEY UPDATE SKIP LOCKED` before updating them: the
-/// release never waits in a lock queue, so it can never close a lock cycle that another
-/// backend's deadlock check would then break by aborting a shopper. The claimed orders are ours
-/// already (no reservation can be added to them: the foreign-key check would wait on our order
-/// lock), so only a shop transaction updating a reservation without its order's lock can hold
-/// one: then that order comes back in a `held` row, and the batch rolls back to its savepoint
-/// and waits for the row by polling, or leaves the order out.
+/// Locks those reservation rows `FOR NO KEY UPDATE NOWAIT`, in the one scan that finds them,
+/// before updating them: the release never waits in a lock queue, so it can never close a lock
+/// cycle that another backend's deadlock check would then break by aborting a shopper. The
+/// claimed orders are ours already (no reservation can be added to them: the foreign-key check
+/// would wait on our order lock), so only a shop transaction updating a reservation without its
+/// order's lock can hold one: then the statement fails at once with `lock_not_available`,
+/// taking back the locks it took, and the batch rolls back to its savepoint, finds the held rows
+/// with [`PROBE_HELD`] (which skips instead) and waits for them by polling, or leaves their
+/// orders out. `NOWAIT` rather than `SKIP LOCKED` because a held row is rare here: the common
+/// batch needs no second scan to tell the rows it skipped.
 ///
 /// The lock and the update work on the latest version of each row, and `was_due` is computed
 /// on that version: the batch decides on the rows it has locked. An order none of whose rows is
@@ -539,11 +542,10 @@ impl Statements {
 /// $1 claimed order ids, $2 claimed hold ids, $3 reservation timeout minutes, $4 grace minutes,
 /// $5 the claimed orders whose payment is `processing`.
 pub const RELEASE_RESERVATIONS: &str = concat!(
-    "WITH cand AS MATERIALIZED (SELECT r.id, r.order_id FROM orders_inventoryreservation r ",
-    "WHERE r.status = 'active' AND (r.order_id = ANY($1::int8[]) OR r.id = ANY($2::int8[]))), ",
-    "locked AS MATERIALIZED (SELECT r.id FROM orders_inventoryreservation r ",
-    "WHERE r.id IN (SELECT id FROM cand) FOR NO KEY UPDATE SKIP LOCKED), ",
-    "upd AS (UPDATE orders_inventoryreservation r SET status = 'expired', released_at = now() ",
+    "WITH locked AS MATERIALIZED (SELECT r.id FROM orders_inventoryreservation r ",
+    "WHERE r.status = 'active' AND (r.order_id = ANY($1::int8[]) OR r.id = ANY($2::int8[])) ",
+    "FOR NO KEY UPDATE NOWAIT) ",
+    "UPDATE orders_inventoryreservation r SET status = 'expired', released_at = now() ",
     "FROM locked l WHERE r.id = l.id AND r.status = 'active' ",
     "RETURNING r.id::int8 AS id, r.order_id::int8 AS order_id, ",
     "r.product_variant_id::int8 AS variant_id, r.drop_product_id::int8 AS drop_id, ",
@@ -553,11 +555,7 @@ pub const RELEASE_RESERVATIONS: &str = concat!(
     "ELSE interval '0' END <= now(), false) AS was_due, ",
     "EXTRACT(EPOCH FROM now() - ",
     due_at!("r", "$3"),
-    ")::float8 AS delay_seconds) ",
-    "SELECT id, order_id, variant_id, drop_id, quantity, was_due, delay_seconds, now() AS released_at, ",
-    "false AS held FROM upd UNION ALL SELECT c.id::int8, c.order_id::int8, 0::int8, NULL::int8, ",
-    "0::int4, false, 0::float8, now(), true ",
-    "FROM cand c WHERE NOT EXISTS (SELECT 1 FROM locked l WHERE l.id = c.id)"
+    ")::float8 AS delay_seconds, now() AS released_at"
 );
 
 /// Parameters of [`RELEASE_RESERVATIONS`].
@@ -587,9 +585,6 @@ pub struct ReleasedReservation {
     /// The batch transaction's `now()`: the row's `released_at`, and the `cancelled_at` of the
     /// order the batch cancels with it.
     pub released_at: std::time::SystemTime,
-    /// Another transaction holds it: not released (nor any row of its order), its order must
-    /// wait or be left out.
-    pub held: bool,
 }
 
 impl Statements {
@@ -620,7 +615,6 @@ impl Statements {
                     was_due: row.try_get("was_due")?,
                     delay_seconds: row.try_get("delay_seconds")?,
                     released_at: row.try_get("released_at")?,
-                    held: row.try_get("held")?,
                 })
             },
         )
