@@ -27,6 +27,14 @@ use unreserver::RunOptions;
 use unreserver::RunReport;
 use unreserver::{ReleaseSettings, DEFAULT_BATCH_SIZE};
 
+/// `--batch-size N`: the batch size the bench treats as the default (to weigh another
+/// default before shipping it); the shipped default otherwise.
+static BATCH_SIZE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+fn default_batch_size() -> u32 {
+    *BATCH_SIZE.get().unwrap_or(&DEFAULT_BATCH_SIZE)
+}
+
 const VARIANTS: i64 = 2_000;
 const HOT_VARIANTS: i64 = 20;
 const FUTURE_RESERVATIONS: i64 = 200_000;
@@ -587,6 +595,38 @@ impl Bench {
         (latency_stats(&checkouts, phase), result)
     }
 
+    /// What the batch size costs the shoppers: for the default and two larger sizes, on a
+    /// fresh copy of `seed` each, a quiet phase then a drain with that size, hot rows.
+    async fn shopper_batch_sizes(&self, seed: &str) -> String {
+        let mut md = String::from(
+            "\n### The batch size against the shoppers (the same phases, one fresh copy per size)\n\n\
+             | batch size | drain (ms) | batches | batch p99 (ms) | quiet p99 (ms) | drain p99 (ms) | p99 ratio (≤ 1.5) | max over quiet (≤ +50 ms) | deferred (< 1 %) |\n\
+             |---|---|---|---|---|---|---|---|---|\n",
+        );
+        let mut sizes = vec![default_batch_size(), 1000, 2000];
+        sizes.dedup();
+        for bs in sizes {
+            eprintln!("shoppers, batch size {bs} ...");
+            let url = self.copy(seed, "bench_shoppers_bs").await;
+            let (quiet, ()) = Bench::phase(&url, false, 1, async {}).await;
+            let (drain, (took, r)) =
+                Bench::phase(&url, false, 2, drain_with_batch_size(url.clone(), bs)).await;
+            let _ = writeln!(
+                md,
+                "| {bs} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:+.1} | {:.2} % |",
+                ms(took),
+                r.batches,
+                r.batch_ms_p99,
+                quiet.2,
+                drain.2,
+                drain.2 / quiet.2.max(f64::EPSILON),
+                drain.3 - quiet.3,
+                100.0 * r.deferred as f64 / r.reservations_released.max(1) as f64,
+            );
+        }
+        md
+    }
+
     /// The shopper phases on one copy of `seed` (N due now, N more made due before the third
     /// phase): quiet; this project draining; the lower bound draining. Then, on a fresh copy,
     /// this project draining while the shoppers use cold rows.
@@ -627,6 +667,7 @@ async fn open_db(url: &str, settings: &ReleaseSettings) -> Database {
 /// The shipped defaults, without the limits of a scheduled run.
 fn drain_settings() -> ReleaseSettings {
     ReleaseSettings {
+        batch_size: default_batch_size(),
         max_batches: 1_000_000,
         time_budget: None,
         ..ReleaseSettings::default()
@@ -635,7 +676,15 @@ fn drain_settings() -> ReleaseSettings {
 
 /// This project's drain of `url` with the shipped defaults.
 async fn drain_with_defaults(url: String) -> (Duration, RunReport) {
-    let settings = drain_settings();
+    drain_with_batch_size(url, default_batch_size()).await
+}
+
+/// This project's drain of `url` with the shipped defaults but `batch_size`.
+async fn drain_with_batch_size(url: String, batch_size: u32) -> (Duration, RunReport) {
+    let settings = ReleaseSettings {
+        batch_size,
+        ..drain_settings()
+    };
     let mut db = open_db(&url, &settings).await;
     let started = Instant::now();
     let report = unreserver::run(&mut db, &settings, &RunOptions::default())
@@ -730,7 +779,7 @@ async fn index_sets(b: &Bench, reps: usize) -> String {
             let (lower, n) = b.lower_bound(seed).await;
             assert_eq!(n, due);
             let lower_wal = b.last_wal.get();
-            let (took, reports) = b.project(seed, DEFAULT_BATCH_SIZE, 1).await;
+            let (took, reports) = b.project(seed, default_batch_size(), 1).await;
             assert_eq!(released(&reports), due);
             wal = (b.last_wal.get(), lower_wal);
             pairs.push((lower, took));
@@ -780,6 +829,13 @@ async fn main() {
         .position(|a| a == "--binary")
         .map(|i| args[i + 1].clone())
         .expect("--binary PATH of the release unreserver binary");
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--batch-size")
+        .and_then(|i| args.get(i + 1)?.parse::<u32>().ok())
+    {
+        let _ = BATCH_SIZE.set(n);
+    }
     let admin_url =
         std::env::var("BENCH_ADMIN_URL").expect("BENCH_ADMIN_URL (scripts/bench.sh sets it)");
     let mut b = Bench {
@@ -820,6 +876,7 @@ async fn main() {
         let seed = "bench_seed_shoppers";
         b.seed(seed, 100_000, 100_000).await;
         println!("{}", b.shopper_phases(seed).await);
+        println!("{}", b.shopper_batch_sizes(seed).await);
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
@@ -862,7 +919,7 @@ async fn main() {
             assert_eq!(lower_n, due);
             lowers.push(lower);
             let lower_wal = b.last_wal.get();
-            let (took, reports) = b.project(&seed, DEFAULT_BATCH_SIZE, 1).await;
+            let (took, reports) = b.project(&seed, default_batch_size(), 1).await;
             wal.push((b.last_wal.get(), lower_wal));
             assert_eq!(released(&reports), due);
             defaults.push((took, reports.into_iter().next().unwrap()));
@@ -881,7 +938,8 @@ async fn main() {
         let (took, r) = sorted_defaults[reps / 2];
         let _ = writeln!(
             md,
-            "| {n} | **this project (defaults)**, median of {reps} | {DEFAULT_BATCH_SIZE} | {:.0} | {:.0} | **{:.2}** | {:.1} | {:.1} |",
+            "| {n} | **this project (defaults)**, median of {reps} | {} | {:.0} | {:.0} | **{:.2}** | {:.1} | {:.1} |",
+            default_batch_size(),
             ms(*took),
             rate(due, *took),
             took.as_secs_f64() / lower.as_secs_f64(),
@@ -944,7 +1002,7 @@ async fn main() {
     let seed = "bench_seed_5000";
     b.seed(seed, 5_000, FUTURE_RESERVATIONS).await;
     let (per_row, pr_n) = b.per_row(seed).await;
-    let (proj, reports) = b.project(seed, DEFAULT_BATCH_SIZE, 1).await;
+    let (proj, reports) = b.project(seed, default_batch_size(), 1).await;
     assert_eq!(released(&reports), pr_n);
     let _ = writeln!(
         md,
@@ -993,7 +1051,7 @@ async fn main() {
     let _ = writeln!(md, "|---|---|---|---|---|");
     for runs in [1usize, 2, 4] {
         eprintln!("scaling: {runs} runs ...");
-        let (took, reports) = b.project(seed, DEFAULT_BATCH_SIZE, runs).await;
+        let (took, reports) = b.project(seed, default_batch_size(), runs).await;
         let total = released(&reports);
         let per: Vec<String> = reports
             .iter()
@@ -1016,6 +1074,10 @@ async fn main() {
     b.seed(seed, 100_000, 100_000).await;
     let md = b.shopper_phases(seed).await;
     b.out.push_str(&md);
+    if !quick {
+        let md = b.shopper_batch_sizes(seed).await;
+        b.out.push_str(&md);
+    }
 
     // Memory.
     let mut md = String::new();
@@ -1043,6 +1105,7 @@ async fn main() {
     let url = b.copy(seed, "bench_idle").await;
     let settings = ReleaseSettings {
         time_budget: None,
+        batch_size: default_batch_size(),
         ..ReleaseSettings::default()
     };
     let mut db = open_db(&url, &settings).await;
@@ -1061,7 +1124,7 @@ async fn main() {
         .replace("$2::int8", "0::int8")
         .replace("$3::timestamptz", "'-infinity'::timestamptz")
         .replace("$4::int8", "0::int8")
-        .replace("$5::int8", &format!("{DEFAULT_BATCH_SIZE}::int8"))
+        .replace("$5::int8", &format!("{}::int8", default_batch_size()))
         .replace("$6::int4", "15::int4");
     let backlog_sql = unreserver::db::sql::BACKLOG
         .replace("$1::int4", "15::int4")
