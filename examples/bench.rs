@@ -157,6 +157,7 @@ impl Bench {
                SELECT g, 1, g, 100000 FROM generate_series(1, {HOT_VARIANTS}) g;
              -- Reservations first, orders derived: reservation k belongs to order k / 2, so
              -- orders hold 1-3 reservations; 60 % of the units are on the hot drop variants.
+             -- The rows not due expire a day ahead: a run reuses a seed for many minutes.
              CREATE TEMP TABLE plan AS
                SELECT k, (k * 7 + (k % 3)) / 14 AS ord,
                       CASE WHEN k % 10 < 6 THEN 1 + (k % {HOT_VARIANTS})
@@ -172,7 +173,7 @@ impl Bench {
                SELECT ord, variant, CASE WHEN variant <= {HOT_VARIANTS} THEN variant END, qty, 'active',
                       now() - interval '30 minutes',
                       CASE WHEN is_due THEN now() - interval '20 minutes' + (k % 600) * interval '1 second'
-                           ELSE now() + interval '10 minutes' END
+                           ELSE now() + interval '1 day' END
                  FROM plan ORDER BY k;
              UPDATE products_productvariant v SET reserved_quantity = s.q
                FROM (SELECT product_variant_id id, sum(quantity) q FROM orders_inventoryreservation GROUP BY 1) s
@@ -406,35 +407,32 @@ impl Bench {
         (started.elapsed(), released)
     }
 
-    /// Peak RSS (KiB) of the `unreserver` binary draining a copy of `seed`.
-    // The child is reaped by wait4, which also gives its own resource usage.
-    #[allow(clippy::zombie_processes)]
+    /// Peak RSS (KiB) of the `unreserver` binary draining a copy of `seed`, as GNU time reports
+    /// it for its own child. Not `wait4` on a child of this process: a child spawned from a
+    /// large process (this bench holds whole seeds' reports) inherits that process's peak in
+    /// `ru_maxrss` across `exec`, so every run would show this bench's size.
     async fn peak_rss(&self, seed: &str, binary: &str) -> (i64, String) {
         let url = self.copy(seed, "bench_rss").await;
-        let child = std::process::Command::new(binary)
-            .args(["run"])
+        let report = std::env::temp_dir().join(format!("unreserver-rss-{}", std::process::id()));
+        let out = std::process::Command::new("/usr/bin/time")
+            .args(["-f", "%M", "-o"])
+            .arg(&report)
+            .args([binary, "run"])
             .env("DATABASE_URL", &url)
             .env("MAX_BATCHES", "1000000")
             .env("TIME_BUDGET_SECONDS", "0")
             .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("cannot start unreserver");
-        let pid = child.id() as libc::pid_t;
-        let mut stdout = child.stdout.expect("stdout");
-        let reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
-            s
-        });
-        let mut status = 0;
-        // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: pid is our own child, not waited for elsewhere.
-        let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        assert_eq!(waited, pid);
-        (usage.ru_maxrss, reader.join().unwrap())
+            .output()
+            .expect("cannot start /usr/bin/time (GNU time: Debian's 'time' package)");
+        assert!(out.status.success(), "unreserver run failed");
+        let kib = std::fs::read_to_string(&report)
+            .expect("GNU time's report")
+            .trim()
+            .parse()
+            .expect("GNU time's %M: KiB");
+        let _ = std::fs::remove_file(&report);
+        (kib, String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     async fn explain(url: &str, sql: &str) -> (f64, String) {
