@@ -602,6 +602,7 @@ impl Bench {
              |---|---|---|---|---|---|---|---|---|\n",
         );
         let mut sizes = vec![default_batch_size(), 1000, 2000];
+        sizes.sort_unstable();
         sizes.dedup();
         for bs in sizes {
             eprintln!("shoppers, batch size {bs} ...");

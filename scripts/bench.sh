@@ -14,6 +14,7 @@ source scripts/lib/pg.sh
 # shellcheck source=lib/tools.sh
 source scripts/lib/tools.sh
 need_cargo
+need_gnu_time
 
 echo "== building (release)" >&2
 cargo build --release --locked --bin unreserver --example bench

@@ -23,6 +23,17 @@ need_cargo_lambda() {
   cargo lambda --version >/dev/null 2>&1 || tools_die "cargo lambda does not run after installing cargo-lambda"
 }
 
+# need_gnu_time: GNU time at /usr/bin/time (the benchmark's peak-RSS figures), installing
+# Debian's 'time' package when missing and possible.
+need_gnu_time() {
+  [ -x /usr/bin/time ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Debian's 'time' package (GNU time, for the peak RSS figures)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >&2 || true
+  fi
+  [ -x /usr/bin/time ] || tools_die "/usr/bin/time missing: install GNU time (Debian's 'time' package)"
+}
+
 # wait_for_port PORT NAME LOG: waits up to 60 s for a listener on 127.0.0.1:PORT.
 wait_for_port() {
   local port=$1 name=$2 log=$3
