@@ -527,10 +527,10 @@ impl Statements {
 /// cycle that another backend's deadlock check would then break by aborting a shopper. The
 /// claimed orders are ours already (no reservation can be added to them: the foreign-key check
 /// would wait on our order lock), so only a shop transaction updating a reservation without its
-/// order's lock can hold one: then the statement fails at once with `lock_not_available`,
-/// taking back the locks it took, and the batch rolls back to its savepoint, finds the held rows
-/// with [`PROBE_HELD`] (which skips instead) and waits for them by polling, or leaves their
-/// orders out. `NOWAIT` rather than `SKIP LOCKED` because a held row is rare here: the common
+/// order's lock can hold one: then the statement fails at once with `lock_not_available`, and
+/// the batch rolls back to its savepoint (giving back the row locks the statement took), finds
+/// the held rows with [`PROBE_HELD`] (which skips instead) and waits for them by polling, or
+/// leaves their orders out. `NOWAIT` rather than `SKIP LOCKED` because a held row is rare here: the common
 /// batch needs no second scan to tell the rows it skipped.
 ///
 /// The lock and the update work on the latest version of each row, and `was_due` is computed
