@@ -25,8 +25,8 @@ use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::db::sql::{
     self, BatchTimeouts, CancelledOrder, ClaimedOrder, Counter, HeldReservation, OrdersParams,
-    PageParams, PageRow, PgTimestamp, ReleaseParams, ReleasedReservation, Rules, Statements,
-    UnitsParams,
+    PageParams, PageRow, PgTimestamp, ReleaseParams, Released, ReleasedReservation, Rules,
+    Statements, UnitsParams,
 };
 use crate::error::{sql_state, Error, Result};
 
@@ -432,8 +432,8 @@ fn owners(held: &[HeldReservation]) -> (BTreeSet<i64>, BTreeSet<i64>) {
     (orders, holds)
 }
 
-/// One round of the release steps: expire, check due-ness on the rows locked, cancel, give the
-/// units back. `lock_not_available` — a reservation row held (the release step's `NOWAIT`), or a
+/// One round of the release steps: expire and cancel, check due-ness on the rows locked, give
+/// the units back. `lock_not_available` — a reservation row held (the release step's `NOWAIT`), or a
 /// lock timeout (only a safeguard) — counts as a held row.
 async fn release_round(
     tx: &Transaction<'_>,
@@ -457,36 +457,34 @@ async fn release_steps(
     until: Instant,
     out: &mut BatchOutcome,
 ) -> Result<Round> {
-    let released = release(tx, st, rules, claimed).await?;
-    let (orders, holds) = not_due(&released, claimed);
+    let Released {
+        reservations,
+        cancelled,
+    } = release(tx, st, rules, claimed).await?;
+    let (orders, holds) = not_due(&reservations, claimed);
     if !orders.is_empty() || !holds.is_empty() {
         return Ok(Round::NotDue { orders, holds });
     }
     let mut done = Tally::default();
-    done.add(&released);
-    done.cancelled = cancel_orders(tx, st, &done.released_orders).await?;
-    let variants = &done.units_by_variant;
-    let Some(clamped) = return_units(tx, st, Counter::Variants, variants, until).await? else {
+    done.add(&reservations);
+    done.cancelled = cancelled;
+    let Some(clamped) = return_units(tx, st, &done, until).await? else {
         return Ok(Round::Held);
     };
-    done.clamped_variants = clamped;
-    let drops = &done.units_by_drop;
-    let Some(clamped) = return_units(tx, st, Counter::Drops, drops, until).await? else {
-        return Ok(Round::Held);
-    };
-    done.clamped_drops = clamped;
-    done.released = released;
+    (done.clamped_variants, done.clamped_drops) = clamped;
+    done.released = reservations;
     done.into_outcome(out);
     Ok(Round::Done)
 }
 
-/// Step 3: expire every active reservation of the claimed orders, and the claimed holds.
+/// Step 3: expire every active reservation of the claimed orders, and the claimed holds; cancel
+/// the pending orders among them (one statement).
 async fn release(
     tx: &Transaction<'_>,
     st: &Statements,
     rules: Rules,
     claimed: &Claimed,
-) -> Result<Vec<ReleasedReservation>> {
+) -> Result<Released> {
     let p = ReleaseParams {
         order_ids: &claimed.orders,
         hold_ids: &claimed.holds,
@@ -496,7 +494,7 @@ async fn release(
     st.release_reservations(tx, &p).await
 }
 
-/// The claimed orders none of whose locked rows is due, and the claimed holds not due.
+/// Step 4: the claimed orders none of whose locked rows is due, and the claimed holds not due.
 fn not_due(released: &[ReleasedReservation], claimed: &Claimed) -> (BTreeSet<i64>, BTreeSet<i64>) {
     let due_orders: BTreeSet<i64> = released
         .iter()
@@ -573,43 +571,49 @@ impl Tally {
     }
 }
 
-/// Step 4: cancel the pending orders whose reservations were released.
-async fn cancel_orders(
-    tx: &Transaction<'_>,
-    st: &Statements,
-    orders: &[i64],
-) -> Result<Vec<CancelledOrder>> {
-    if orders.is_empty() {
-        return Ok(Vec::new());
-    }
-    st.cancel_orders(tx, orders).await
-}
-
-/// Step 5: give the units back to one kind of counter (variants first, then drops; ascending
-/// ids, as a BTreeMap iterates): how many counters had to be clamped at zero, or None when a row
-/// was still held by another transaction at `until`. Each try updates the rows that are free
-/// (`SKIP LOCKED`) and keeps them; the rows a checkout holds are tried again after 2 ms (then
-/// 4, 8, ... up to 32), without undoing the rest of the batch — the hot rows are thus held only
-/// from here to the commit.
+/// Step 5: give the units back to the variant and drop counters: how many counters of each
+/// kind had to be clamped at zero, or None when a row was still held by another transaction at
+/// `until`. Each try updates the rows that are free (`SKIP LOCKED`) and keeps them; the rows a
+/// checkout holds are tried again after 2 ms (then 4, 8, ... up to 32), without undoing the
+/// rest of the batch — the hot rows are thus held only from here to the commit.
 async fn return_units(
     tx: &Transaction<'_>,
     st: &Statements,
-    counter: Counter,
-    units: &BTreeMap<i64, i64>,
+    done: &Tally,
     until: Instant,
-) -> Result<Option<u64>> {
-    let mut left: BTreeMap<i64, i64> = units.clone();
-    let mut clamped = 0;
+) -> Result<Option<(u64, u64)>> {
+    let mut left: BTreeMap<(Counter, i64), i64> = done
+        .units_by_variant
+        .iter()
+        .map(|(id, n)| ((Counter::Variants, *id), *n))
+        .chain(
+            done.units_by_drop
+                .iter()
+                .map(|(id, n)| ((Counter::Drops, *id), *n)),
+        )
+        .collect();
+    let mut clamped = (0, 0);
     let mut pause = POLL;
     while !left.is_empty() {
-        let (ids, amounts): (Vec<i64>, Vec<i64>) = left.iter().map(|(id, n)| (*id, *n)).unzip();
+        let [variants, drops] = [Counter::Variants, Counter::Drops].map(|kind| {
+            left.iter()
+                .filter(|((k, _), _)| *k == kind)
+                .map(|((_, id), n)| (*id, *n))
+                .unzip::<i64, i64, Vec<i64>, Vec<i64>>()
+        });
         let p = UnitsParams {
-            ids: &ids,
-            units: &amounts,
+            variant_ids: &variants.0,
+            variant_units: &variants.1,
+            drop_ids: &drops.0,
+            drop_units: &drops.1,
         };
-        for row in st.return_units(tx, counter, &p).await? {
-            left.remove(&row.id);
-            clamped += u64::from(row.clamped);
+        for row in st.return_units(tx, &p).await? {
+            left.remove(&(row.counter, row.id));
+            let count = match row.counter {
+                Counter::Variants => &mut clamped.0,
+                Counter::Drops => &mut clamped.1,
+            };
+            *count += u64::from(row.clamped);
         }
         if left.is_empty() {
             break;

@@ -12,11 +12,11 @@
 //! quantities to `int4`, conditions coalesced to booleans), so a shop whose ids are `integer`
 //! or whose columns allow NULL gets correct results, never a panic in the row decoder.
 //!
-//! Lock order of a batch, the same as the shop's payment code: order rows (`SKIP LOCKED`, never
-//! waited on) → reservation rows → variant rows in ascending id → drop rows in ascending id.
-//! Waits on reservation, variant and drop rows are bounded by `lock_timeout`, set per batch well
-//! below the server's `deadlock_timeout`, so that in any lock cycle with a shopper's transaction
-//! it is the batch that gives up and retries, never the shopper that gets a deadlock error.
+//! Lock order of a batch, the same as the shop's payment code: order rows → reservation rows →
+//! variant rows → drop rows (each kind in ascending id). No statement of a batch waits in a
+//! lock queue: order, variant and drop rows are locked `SKIP LOCKED`, reservation rows `NOWAIT`,
+//! so the release can never close a lock cycle with a shopper's transaction. `lock_timeout`,
+//! set per batch well below the server's `deadlock_timeout`, is only a safeguard.
 
 use bytes::BytesMut;
 use tokio_postgres::types::{accepts, to_sql_checked, FromSql, IsNull, ToSql, Type};
@@ -83,9 +83,7 @@ pub struct Statements {
     classify_unclaimed: Statement,
     claim_holds: Statement,
     release_reservations: Statement,
-    cancel_orders: Statement,
-    return_variant_units: Statement,
-    return_drop_units: Statement,
+    return_units: Statement,
     probe_held: Statement,
     deferred_age: Statement,
     backlog: Statement,
@@ -107,9 +105,7 @@ impl Statements {
             classify_unclaimed: prepare(CLASSIFY_UNCLAIMED).await?,
             claim_holds: prepare(CLAIM_HOLDS).await?,
             release_reservations: prepare(RELEASE_RESERVATIONS).await?,
-            cancel_orders: prepare(CANCEL_ORDERS).await?,
-            return_variant_units: prepare(RETURN_VARIANT_UNITS).await?,
-            return_drop_units: prepare(RETURN_DROP_UNITS).await?,
+            return_units: prepare(RETURN_UNITS).await?,
             probe_held: prepare(PROBE_HELD).await?,
             deferred_age: prepare(DEFERRED_AGE).await?,
             backlog: prepare(BACKLOG).await?,
@@ -519,35 +515,47 @@ impl Statements {
 }
 
 /// Expires every active reservation of the claimed orders (all of an order's reservations go
-/// together, due or not) and the claimed holds, returning what each held and whether it was
-/// due itself.
+/// together, due or not) and the claimed holds, and cancels those of the claimed orders that
+/// are still `pending` (a `cancelled` order keeps its original `cancelled_at`), in one
+/// statement: one round trip, one snapshot. Returns each released reservation, what it held,
+/// whether it was due itself, and the order number of its order when this statement cancelled
+/// that order.
 ///
-/// Locks those reservation rows `FOR NO KEY UPDATE NOWAIT`, in the one scan that finds them,
+/// Locks the reservation rows `FOR NO KEY UPDATE NOWAIT`, in the one scan that finds them,
 /// before updating them: the release never waits in a lock queue, so it can never close a lock
 /// cycle that another backend's deadlock check would then break by aborting a shopper. The
 /// claimed orders are ours already (no reservation can be added to them: the foreign-key check
 /// would wait on our order lock), so only a shop transaction updating a reservation without its
 /// order's lock can hold one: then the statement fails at once with `lock_not_available`, and
-/// the batch rolls back to its savepoint (giving back the row locks the statement took), finds
-/// the held rows with [`PROBE_HELD`] (which skips instead) and waits for them by polling, or
-/// leaves their orders out. `NOWAIT` rather than `SKIP LOCKED` because a held row is rare here: the common
-/// batch needs no second scan to tell the rows it skipped.
+/// the batch rolls back to its savepoint (giving back the row locks the statement took, and
+/// undoing the cancellations), finds the held rows with [`PROBE_HELD`] (which skips instead)
+/// and waits for them by polling, or leaves their orders out. `NOWAIT` rather than `SKIP
+/// LOCKED` because a held row is rare here: the common batch needs no second scan to tell the
+/// rows it skipped. The order rows the cancellation updates are locked already by
+/// [`CLAIM_ORDERS`]: it takes no new lock and cannot wait.
 ///
 /// The lock and the update work on the latest version of each row, and `was_due` is computed
 /// on that version: the batch decides on the rows it has locked. An order none of whose rows is
-/// due any more (the shopper came back and extended it after the claim) is not released: the
-/// batch rolls back to its savepoint and redoes the step without it. A dry run also uses
-/// `was_due` to tell the backlog a real run would leave.
+/// due any more (the shopper came back and extended it after the claim) must not be released:
+/// the batch sees it in the result, rolls back to its savepoint (release and cancellation
+/// alike) and redoes the step without it. A dry run also uses `was_due` to tell the backlog a
+/// real run would leave.
 ///
 /// $1 claimed order ids, $2 claimed hold ids, $3 reservation timeout minutes, $4 grace minutes,
 /// $5 the claimed orders whose payment is `processing`.
 pub const RELEASE_RESERVATIONS: &str = concat!(
     "WITH locked AS MATERIALIZED (SELECT r.id FROM orders_inventoryreservation r ",
     "WHERE r.status = 'active' AND (r.order_id = ANY($1::int8[]) OR r.id = ANY($2::int8[])) ",
-    "FOR NO KEY UPDATE NOWAIT) ",
-    "UPDATE orders_inventoryreservation r SET status = 'expired', released_at = now() ",
+    "FOR NO KEY UPDATE NOWAIT), ",
+    "released AS (UPDATE orders_inventoryreservation r SET status = 'expired', released_at = now() ",
     "FROM locked l WHERE r.id = l.id AND r.status = 'active' ",
-    "RETURNING r.id::int8 AS id, r.order_id::int8 AS order_id, ",
+    "RETURNING r.id, r.order_id, r.product_variant_id, r.drop_product_id, r.quantity, ",
+    "r.expires_at, r.created_at), ",
+    "cancelled AS (UPDATE orders_order o ",
+    "SET status = 'cancelled', cancelled_at = now(), updated_at = now() ",
+    "WHERE o.id IN (SELECT order_id FROM released) AND o.status = 'pending' ",
+    "RETURNING o.id, o.order_number) ",
+    "SELECT r.id::int8 AS id, r.order_id::int8 AS order_id, ",
     "r.product_variant_id::int8 AS variant_id, r.drop_product_id::int8 AS drop_id, ",
     "r.quantity::int4 AS quantity, COALESCE(",
     due_at!("r", "$3"),
@@ -555,7 +563,9 @@ pub const RELEASE_RESERVATIONS: &str = concat!(
     "ELSE interval '0' END <= now(), false) AS was_due, ",
     "EXTRACT(EPOCH FROM now() - ",
     due_at!("r", "$3"),
-    ")::float8 AS delay_seconds, now() AS released_at"
+    ")::float8 AS delay_seconds, now() AS released_at, ",
+    "c.order_number::text AS cancelled_order_number ",
+    "FROM released r LEFT JOIN cancelled c ON c.id = r.order_id"
 );
 
 /// Parameters of [`RELEASE_RESERVATIONS`].
@@ -568,7 +578,7 @@ pub struct ReleaseParams<'a> {
     pub rules: Rules,
 }
 
-/// A row of [`RELEASE_RESERVATIONS`]: a reservation now `expired`.
+/// A reservation [`RELEASE_RESERVATIONS`] made `expired`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReleasedReservation {
     pub id: i64,
@@ -587,14 +597,52 @@ pub struct ReleasedReservation {
     pub released_at: std::time::SystemTime,
 }
 
+/// An order [`RELEASE_RESERVATIONS`] cancelled (its `cancelled_at` is the batch's `now()`, the
+/// `released_at` of its reservations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelledOrder {
+    pub id: i64,
+    pub order_number: String,
+}
+
+/// What [`RELEASE_RESERVATIONS`] did: the reservations released, and the orders cancelled
+/// (each once, ascending).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Released {
+    pub reservations: Vec<ReleasedReservation>,
+    pub cancelled: Vec<CancelledOrder>,
+}
+
+impl Released {
+    /// Splits the statement's rows: every row is a reservation; a row whose order this
+    /// statement cancelled also names that order (each of its reservations does).
+    fn from_rows(rows: Vec<(ReleasedReservation, Option<String>)>) -> Self {
+        let mut cancelled = std::collections::BTreeMap::new();
+        let mut reservations = Vec::with_capacity(rows.len());
+        for (reservation, number) in rows {
+            if let (Some(order), Some(number)) = (reservation.order_id, number) {
+                cancelled.entry(order).or_insert(number);
+            }
+            reservations.push(reservation);
+        }
+        Released {
+            reservations,
+            cancelled: cancelled
+                .into_iter()
+                .map(|(id, order_number)| CancelledOrder { id, order_number })
+                .collect(),
+        }
+    }
+}
+
 impl Statements {
     /// [`RELEASE_RESERVATIONS`].
     pub async fn release_reservations(
         &self,
         client: &(impl GenericClient + Sync),
         p: &ReleaseParams<'_>,
-    ) -> Result<Vec<ReleasedReservation>> {
-        fetch(
+    ) -> Result<Released> {
+        let rows = fetch(
             client,
             &self.release_reservations,
             &[
@@ -604,9 +652,9 @@ impl Statements {
                 &p.rules.grace_minutes,
                 &p.processing_order_ids,
             ],
-            "expiring reservations",
+            "expiring reservations and cancelling their orders",
             |row| {
-                Ok(ReleasedReservation {
+                let reservation = ReleasedReservation {
                     id: row.try_get("id")?,
                     order_id: row.try_get("order_id")?,
                     variant_id: row.try_get("variant_id")?,
@@ -615,137 +663,133 @@ impl Statements {
                     was_due: row.try_get("was_due")?,
                     delay_seconds: row.try_get("delay_seconds")?,
                     released_at: row.try_get("released_at")?,
-                })
+                };
+                Ok((reservation, row.try_get("cancelled_order_number")?))
             },
         )
-        .await
+        .await?;
+        Ok(Released::from_rows(rows))
     }
 }
 
-/// Cancels the claimed orders whose reservations this batch released, if still `pending`
-/// (a `cancelled` order keeps its original `cancelled_at`). The order rows are locked already
-/// by [`CLAIM_ORDERS`]; this takes no new lock.
-///
-/// $1 order ids.
-pub const CANCEL_ORDERS: &str = "UPDATE orders_order \
-     SET status = 'cancelled', cancelled_at = now(), updated_at = now() \
-     WHERE id = ANY($1::int8[]) AND status = 'pending' \
-     RETURNING id::int8 AS id, order_number::text AS order_number";
-
-/// A row of [`CANCEL_ORDERS`]: an order the batch cancelled (its `cancelled_at` is the batch's
-/// `now()`, the `released_at` of its reservations).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CancelledOrder {
-    pub id: i64,
-    pub order_number: String,
-}
-
-impl Statements {
-    /// [`CANCEL_ORDERS`]: the orders cancelled.
-    pub async fn cancel_orders(
-        &self,
-        client: &(impl GenericClient + Sync),
-        order_ids: &[i64],
-    ) -> Result<Vec<CancelledOrder>> {
-        fetch(
-            client,
-            &self.cancel_orders,
-            &[&order_ids],
-            "cancelling orders",
-            |row| {
-                Ok(CancelledOrder {
-                    id: row.try_get("id")?,
-                    order_number: row.try_get("order_number")?,
-                })
-            },
-        )
-        .await
-    }
-}
-
-/// Gives released units back to the counter rows of `$table`, never below zero, returning for
-/// each row whether the subtraction had to be clamped (the counter had drifted below what its
-/// reservations held). Locks the rows in ascending id order with `FOR NO KEY UPDATE SKIP
-/// LOCKED`: the lock the update takes anyway, so a checkout inserting a reservation that
-/// references the row is not blocked; and never waiting, so the release can never close a lock
-/// cycle. A row another transaction holds is skipped and missing from the result: the batch
-/// then rolls back to its savepoint and waits for it by polling, or leaves out the orders that
-/// need it. The locked version is the latest one, so `l.reserved_quantity` is the value the
-/// update subtracts from.
-macro_rules! return_units {
-    ($table:literal) => {
+/// Locks the counter rows of `$table` among ids `$ids` that no other transaction holds, with
+/// what they hold: a fragment of [`RETURN_UNITS`].
+macro_rules! free_counters {
+    ($table:literal, $ids:literal) => {
         concat!(
-            "WITH released(id, units) AS (SELECT * FROM unnest($1::int8[], $2::int8[])), ",
-            "locked AS (SELECT t.id, t.reserved_quantity FROM ",
+            "SELECT t.id, t.reserved_quantity FROM ",
             $table,
-            " t WHERE t.id = ANY($1::int8[]) ORDER BY t.id FOR NO KEY UPDATE SKIP LOCKED) ",
-            "UPDATE ",
-            $table,
-            " t SET reserved_quantity = GREATEST(l.reserved_quantity - rel.units, 0), ",
-            "updated_at = now() FROM locked l JOIN released rel ON rel.id = l.id ",
-            "WHERE t.id = l.id RETURNING t.id::int8 AS id, COALESCE(l.reserved_quantity < rel.units, false) AS clamped"
+            " t WHERE t.id = ANY(",
+            $ids,
+            "::int8[]) ORDER BY t.id FOR NO KEY UPDATE SKIP LOCKED"
         )
     };
 }
 
-/// Gives the released units back to the variants. These hot rows are locked last but for the
-/// drops, so they are held only until the commit that follows.
-///
-/// $1 variant ids (ascending, distinct), $2 units to give back to each.
-pub const RETURN_VARIANT_UNITS: &str = return_units!("products_productvariant");
-
-/// Gives the released units back to limited-drop rows: locked after the variants, the order the
-/// shop's checkout uses.
-///
-/// $1 drop product ids (ascending, distinct), $2 units to give back to each.
-pub const RETURN_DROP_UNITS: &str = return_units!("drops_dropproduct");
-
-/// Parameters of [`RETURN_VARIANT_UNITS`] and [`RETURN_DROP_UNITS`]: counter row ids
-/// (ascending, distinct) and the units to give back to each.
-#[derive(Debug, Clone, Copy)]
-pub struct UnitsParams<'a> {
-    pub ids: &'a [i64],
-    pub units: &'a [i64],
+/// Subtracts the units of `$given` from the rows of `$table` locked in `$locked`, never below
+/// zero: a fragment of [`RETURN_UNITS`].
+macro_rules! subtract_units {
+    ($table:literal, $locked:literal, $given:literal) => {
+        concat!(
+            "UPDATE ",
+            $table,
+            " t SET reserved_quantity = GREATEST(l.reserved_quantity - g.units, 0), ",
+            "updated_at = now() FROM ",
+            $locked,
+            " l JOIN ",
+            $given,
+            " g ON g.id = l.id WHERE t.id = l.id ",
+            "RETURNING t.id, COALESCE(l.reserved_quantity < g.units, false) AS clamped"
+        )
+    };
 }
 
-/// A row of [`RETURN_VARIANT_UNITS`] / [`RETURN_DROP_UNITS`].
+/// Gives released units back to the variant and the drop counter rows, never below zero, in one
+/// statement, returning for each row updated whether the subtraction had to be clamped (the
+/// counter had drifted below what its reservations held). These hot rows come last in a batch,
+/// so they are held only until the commit that follows.
+///
+/// Locks the rows in ascending id order with `FOR NO KEY UPDATE SKIP LOCKED`: the lock the
+/// update takes anyway, so a checkout inserting a reservation that references the row is not
+/// blocked; and never waiting, so the release can never close a lock cycle (which is also why
+/// variants and drops may be locked in one statement). A row another transaction holds (a
+/// checkout holds one for a few milliseconds) is skipped and missing from the result: the
+/// batch keeps what it updated and tries the missing rows again by polling, or rolls back to
+/// its savepoint and leaves out the orders that need them. The locked version is the latest
+/// one, so `l.reserved_quantity` is the value the update subtracts from.
+///
+/// $1 variant ids (ascending, distinct), $2 units to give back to each; $3 drop product ids
+/// (ascending, distinct), $4 units to give back to each.
+/// Returns per row updated: whether it is a drop row, its id, whether it was clamped.
+pub const RETURN_UNITS: &str = concat!(
+    "WITH given_v(id, units) AS (SELECT * FROM unnest($1::int8[], $2::int8[])), ",
+    "given_d(id, units) AS (SELECT * FROM unnest($3::int8[], $4::int8[])), ",
+    "locked_v AS (",
+    free_counters!("products_productvariant", "$1"),
+    "), locked_d AS (",
+    free_counters!("drops_dropproduct", "$3"),
+    "), v AS (",
+    subtract_units!("products_productvariant", "locked_v", "given_v"),
+    "), d AS (",
+    subtract_units!("drops_dropproduct", "locked_d", "given_d"),
+    ") SELECT false AS is_drop, id::int8 AS id, clamped FROM v ",
+    "UNION ALL SELECT true, id::int8, clamped FROM d"
+);
+
+/// Parameters of [`RETURN_UNITS`]: per kind of counter, row ids (ascending, distinct) and the
+/// units to give back to each.
+#[derive(Debug, Clone, Copy)]
+pub struct UnitsParams<'a> {
+    pub variant_ids: &'a [i64],
+    pub variant_units: &'a [i64],
+    pub drop_ids: &'a [i64],
+    pub drop_units: &'a [i64],
+}
+
+/// Which counter rows a [`ReturnedUnits`] is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Counter {
+    /// `products_productvariant`.
+    Variants,
+    /// `drops_dropproduct`.
+    Drops,
+}
+
+/// A row of [`RETURN_UNITS`]: a counter row given its units back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReturnedUnits {
+    pub counter: Counter,
     pub id: i64,
     /// The counter had drifted below what its reservations held and was clamped at zero.
     pub clamped: bool,
 }
 
-fn returned_units(row: &Row) -> std::result::Result<ReturnedUnits, tokio_postgres::Error> {
-    Ok(ReturnedUnits {
-        id: row.try_get("id")?,
-        clamped: row.try_get("clamped")?,
-    })
-}
-
-/// Which counter rows [`Statements::return_units`] updates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Counter {
-    /// `products_productvariant` ([`RETURN_VARIANT_UNITS`]).
-    Variants,
-    /// `drops_dropproduct` ([`RETURN_DROP_UNITS`]).
-    Drops,
-}
-
 impl Statements {
-    /// [`RETURN_VARIANT_UNITS`] or [`RETURN_DROP_UNITS`].
+    /// [`RETURN_UNITS`].
     pub async fn return_units(
         &self,
         client: &(impl GenericClient + Sync),
-        counter: Counter,
         p: &UnitsParams<'_>,
     ) -> Result<Vec<ReturnedUnits>> {
-        let (statement, context) = match counter {
-            Counter::Variants => (&self.return_variant_units, "returning units to variants"),
-            Counter::Drops => (&self.return_drop_units, "returning units to drops"),
-        };
-        let params: [&(dyn ToSql + Sync); 2] = [&p.ids, &p.units];
-        fetch(client, statement, &params, context, returned_units).await
+        fetch(
+            client,
+            &self.return_units,
+            &[&p.variant_ids, &p.variant_units, &p.drop_ids, &p.drop_units],
+            "returning units to variants and drops",
+            |row| {
+                let is_drop: bool = row.try_get("is_drop")?;
+                Ok(ReturnedUnits {
+                    counter: if is_drop {
+                        Counter::Drops
+                    } else {
+                        Counter::Variants
+                    },
+                    id: row.try_get("id")?,
+                    clamped: row.try_get("clamped")?,
+                })
+            },
+        )
+        .await
     }
 }
 
