@@ -85,16 +85,23 @@ pub const RECOMMENDED_INDEXES: &[Recommended] = &[
 /// The command that creates the recommended indexes, for messages.
 pub const CREATE_INDEXES: &str = "psql \"$DATABASE_URL\" -f infra/indexes.sql";
 
-/// Whether `index` serves as `wanted`: it starts with the wanted columns, and its predicate (if
-/// any) only narrows to rows the release reads.
+/// Whether `index` serves as `wanted`: a B-tree whose keys start with the wanted columns, all
+/// in one direction that a scan (forward or backward) returns in the page's order, and whose
+/// predicate (if any) only narrows to rows the release reads. Anything else would leave the
+/// planner sorting every remaining due row for each page: such an index is reported missing and
+/// the run reads in passes.
 pub fn serves(index: &sql::IndexDefinition, wanted: &Recommended) -> bool {
-    if !index.columns.starts_with(
-        &wanted
+    let n = wanted.columns.len();
+    if index.method != "btree"
+        || index.columns.len() < n
+        || index.options.len() < n
+        || !index
             .columns
             .iter()
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>(),
-    ) {
+            .zip(wanted.columns)
+            .all(|(c, w)| c == w)
+        || !in_page_order(&index.options[..n])
+    {
         return false;
     }
     let Some(predicate) = &index.predicate else {
@@ -103,6 +110,16 @@ pub fn serves(index: &sql::IndexDefinition, wanted: &Recommended) -> bool {
     predicate_terms(predicate)
         .iter()
         .all(|term| wanted.predicate_terms.contains(&term.as_str()))
+}
+
+/// Whether key columns with these `indoption`s give the page's order `ORDER BY due, id` (both
+/// ascending, NULLs last): all ascending with NULLs last (a forward scan), or all descending with
+/// NULLs first (a backward scan). Mixed directions, or NULLs on the wrong side, make the planner
+/// sort instead.
+fn in_page_order(options: &[i16]) -> bool {
+    const DESC: i16 = 1;
+    const NULLS_FIRST: i16 = 2;
+    options.iter().all(|o| *o == 0) || options.iter().all(|o| *o == DESC | NULLS_FIRST)
 }
 
 /// The AND-ed terms of a predicate as PostgreSQL prints it, without casts and parentheses:
@@ -235,9 +252,44 @@ mod tests {
     fn index(columns: &[&str], predicate: Option<&str>) -> sql::IndexDefinition {
         sql::IndexDefinition {
             name: "any_name".into(),
+            method: "btree".into(),
             columns: columns.iter().map(|c| c.to_string()).collect(),
+            options: vec![0; columns.len()],
             predicate: predicate.map(Into::into),
         }
+    }
+
+    /// A B-tree on `(expires_at, id) WHERE status = 'active'`, the keyset page's index.
+    fn expiry_btree() -> sql::IndexDefinition {
+        index(&["expires_at", "id"], Some("(status = 'active'::text)"))
+    }
+
+    #[test]
+    fn an_index_serves_only_if_a_scan_gives_the_page_order() {
+        let expiry = &RECOMMENDED_INDEXES[0];
+        assert!(serves(&expiry_btree(), expiry));
+        let backward = sql::IndexDefinition {
+            options: vec![3, 3],
+            ..expiry_btree()
+        };
+        assert!(
+            serves(&backward, expiry),
+            "DESC NULLS FIRST: a backward scan"
+        );
+        for options in [vec![1, 0], vec![0, 1], vec![2, 0], vec![1, 1]] {
+            let wrong = sql::IndexDefinition {
+                options: options.clone(),
+                ..expiry_btree()
+            };
+            assert!(!serves(&wrong, expiry), "{options:?}");
+        }
+        let brin = sql::IndexDefinition {
+            method: "brin".into(),
+            ..expiry_btree()
+        };
+        assert!(!serves(&brin, expiry), "a BRIN index gives no order");
+        let expression_first = index(&["", "expires_at", "id"], None);
+        assert!(!serves(&expression_first, expiry));
     }
 
     #[test]

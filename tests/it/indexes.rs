@@ -124,6 +124,58 @@ async fn only_a_plain_partial_index_on_expires_at_means_passes() {
     drain_and_check(&t, v, true).await;
 }
 
+/// Indexes on the right columns that no scan returns in the page's order — NULLs first, `INCLUDE`
+/// rather than key columns, a BRIN — are not taken for the keyset page's index (the planner
+/// would sort every remaining due row for each page): reported missing, and the run reads in
+/// passes.
+#[tokio::test]
+async fn an_index_that_cannot_give_the_due_order_is_not_taken_for_one() {
+    let t = TestDb::new().await;
+    t.exec(RECOMMENDED).await;
+    t.exec(
+        "CREATE INDEX shop_nulls_first ON orders_inventoryreservation (expires_at NULLS FIRST, id) \
+           WHERE status = 'active'; \
+         CREATE INDEX shop_included ON orders_inventoryreservation (expires_at) INCLUDE (id) \
+           WHERE status = 'active'; \
+         CREATE INDEX shop_brin ON orders_inventoryreservation USING brin (expires_at, id); \
+         CREATE INDEX shop_legacy_desc ON orders_inventoryreservation (created_at DESC, id) \
+           WHERE status = 'active' AND expires_at IS NULL",
+    )
+    .await;
+    let v = seed(&t).await;
+    let db = t.open().await;
+    assert_eq!(
+        db.preflight.missing_indexes,
+        [
+            "unreserver_active_expiry_idx",
+            "unreserver_active_legacy_idx"
+        ]
+    );
+    assert!(!db.preflight.expiry_index);
+    drain_and_check(&t, v, true).await;
+}
+
+/// An index the planner scans backward for the page (both keys `DESC NULLS FIRST`, as `DESC`
+/// gives by default) serves.
+#[tokio::test]
+async fn a_descending_index_serves_the_page() {
+    let t = TestDb::new().await;
+    t.exec(RECOMMENDED).await;
+    t.exec(
+        "CREATE INDEX shop_due_desc ON orders_inventoryreservation (expires_at DESC, id DESC) \
+           WHERE status = 'active'",
+    )
+    .await;
+    let v = seed(&t).await;
+    let db = t.open().await;
+    assert_eq!(
+        db.preflight.missing_indexes,
+        ["unreserver_active_legacy_idx"]
+    );
+    assert!(db.preflight.expiry_index);
+    drain_and_check(&t, v, false).await;
+}
+
 /// The optional indexes of `infra/indexes.sql` (the BRIN on `released_at`, `cancelled_at`) are
 /// never reported missing.
 #[tokio::test]

@@ -1057,24 +1057,33 @@ pub async fn table_columns(
     .await
 }
 
-/// The valid indexes of the reservation table, by definition: key columns in order and the
-/// predicate as PostgreSQL prints it (NULL for a full index). The preflight decides from these,
-/// not from names, whether the release can page through an index (a shop may have an equivalent
-/// one under another name). Reads the catalog.
-pub const RESERVATION_INDEXES: &str = "SELECT c.relname::text AS name, \
-     ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
-           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-           ORDER BY k.n) AS columns, \
+/// The valid indexes of the reservation table, by definition: access method, key columns in
+/// order (an expression key as an empty name, so the positions stay; `INCLUDE` columns left
+/// out: they give no order), each key column's sort options, and the predicate as PostgreSQL
+/// prints it (NULL for a full index). The preflight decides from these, not from names, whether
+/// the release can page through an index (a shop may have an equivalent one under another
+/// name). Reads the catalog.
+pub const RESERVATION_INDEXES: &str = "SELECT c.relname::text AS name, am.amname::text AS method, \
+     ARRAY(SELECT COALESCE(a.attname::text, '') \
+           FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
+           LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+           WHERE k.n <= i.indnkeyatts ORDER BY k.n) AS columns, \
+     ARRAY(SELECT o.option FROM unnest(i.indoption::int2[]) WITH ORDINALITY AS o(option, n) \
+           WHERE o.n <= i.indnkeyatts ORDER BY o.n) AS options, \
      pg_get_expr(i.indpred, i.indrelid) AS predicate \
-     FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+     FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam \
      WHERE i.indrelid = to_regclass('orders_inventoryreservation') AND i.indisvalid";
 
 /// A row of [`RESERVATION_INDEXES`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexDefinition {
     pub name: String,
-    /// Key columns in order (an expression column has no name and is left out).
+    /// The access method (`btree`, `brin`, ...).
+    pub method: String,
+    /// Key columns in order; an expression key is an empty name.
     pub columns: Vec<String>,
+    /// Each key column's `pg_index.indoption`: bit 1 `DESC`, bit 2 `NULLS FIRST`.
+    pub options: Vec<i16>,
     /// The partial index's predicate, e.g. `(status)::text = 'active'::text`.
     pub predicate: Option<String>,
 }
@@ -1086,7 +1095,9 @@ pub async fn reservation_indexes(
     fetch(client, RESERVATION_INDEXES, &[], "index check", |row| {
         Ok(IndexDefinition {
             name: row.try_get("name")?,
+            method: row.try_get("method")?,
             columns: row.try_get("columns")?,
+            options: row.try_get("options")?,
             predicate: row.try_get("predicate")?,
         })
     })
