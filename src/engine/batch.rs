@@ -48,6 +48,51 @@ impl Default for Cursor {
     }
 }
 
+/// Counter rows (variants, drops) that a batch of this run still found held by another
+/// transaction after polling for them for `LOCK_TIMEOUT_MS`: held for long (an admin's open
+/// transaction, a slow import), not for the few milliseconds of a checkout. Later batches of
+/// the run try such a row once (`SKIP LOCKED`) and, when it is still held, leave out the orders
+/// that need it at once instead of polling again: a row held for long costs only the orders
+/// that need it, not a wait in every batch — a wait during which the batch would hold the
+/// other hot rows it has updated, and shoppers would queue behind it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LongHeld(BTreeSet<(Counter, i64)>);
+
+impl LongHeld {
+    fn contains(&self, counter: Counter, id: i64) -> bool {
+        self.0.contains(&(counter, id))
+    }
+
+    /// Adds the rows of `other`.
+    pub fn extend(&mut self, other: &LongHeld) {
+        self.0.extend(other.0.iter().copied());
+    }
+
+    /// Forgets every row: the run's last try of the deferred orders polls for them again.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    /// Whether every row `held` needs is a counter row known to be held for long (a held
+    /// reservation row is never: it belongs to one order, polled for once).
+    fn covers(&self, held: &[HeldReservation]) -> bool {
+        held.iter().all(|h| {
+            !h.reservation_held
+                && h.variant
+                    .is_none_or(|v| self.contains(Counter::Variants, v))
+                && h.drop.is_none_or(|d| self.contains(Counter::Drops, d))
+        })
+    }
+
+    /// Adds the counter rows `held` needs.
+    fn add(&mut self, held: &[HeldReservation]) {
+        for h in held {
+            self.0.extend(h.variant.map(|v| (Counter::Variants, v)));
+            self.0.extend(h.drop.map(|d| (Counter::Drops, d)));
+        }
+    }
+}
+
 /// What a batch works on.
 #[derive(Debug, Clone, Copy)]
 pub enum Source<'a> {
@@ -67,6 +112,8 @@ pub struct BatchParams {
     /// How long a batch polls for rows another transaction holds before leaving out the
     /// orders that need them (`LOCK_TIMEOUT_MS`).
     pub lock_wait: Duration,
+    /// Counter rows found held for long by earlier batches of the run (see [`LongHeld`]).
+    pub long_held: LongHeld,
     rules: Rules,
     timeouts: BatchTimeouts,
     dry_run: bool,
@@ -77,6 +124,7 @@ impl BatchParams {
         BatchParams {
             page_size: i64::from(settings.batch_size),
             lock_wait: Duration::from_millis(u64::from(settings.lock_timeout_ms)),
+            long_held: LongHeld::default(),
             rules: rules(settings),
             timeouts: BatchTimeouts {
                 lock_timeout: format!("{}ms", settings.lock_timeout_ms),
@@ -130,6 +178,10 @@ pub struct BatchOutcome {
     pub deferred_holds: BTreeSet<i64>,
     /// Claimed orders and holds found not due on the rows locked (extended after the claim).
     pub no_longer_due: u64,
+    /// Time this batch spent polling for rows another transaction held.
+    pub held_wait: Duration,
+    /// Counter rows this batch found still held after polling for `LOCK_TIMEOUT_MS`.
+    pub long_held: LongHeld,
     pub units_by_variant: BTreeMap<i64, i64>,
     pub units_by_drop: BTreeMap<i64, i64>,
     /// The reservations released, as the release statement returned them: what the expiry
@@ -345,10 +397,21 @@ enum Round {
 const POLL: Duration = Duration::from_millis(2);
 const MAX_POLL: Duration = Duration::from_millis(32);
 
-/// Sleeps `pause`, then doubles it (up to [`MAX_POLL`]) for the next time.
-async fn poll_pause(pause: &mut Duration) {
+/// Sleeps `pause`, adds it to `waited`, then doubles it (up to [`MAX_POLL`]) for the next time.
+async fn poll_pause(pause: &mut Duration, waited: &mut Duration) {
     tokio::time::sleep(*pause).await;
+    *waited += *pause;
     *pause = (*pause * 2).min(MAX_POLL);
+}
+
+/// How long a batch may poll for held rows, and which it need not poll for.
+#[derive(Debug, Clone, Copy)]
+struct Patience<'a> {
+    /// Polling for rows held by another transaction ends here (`LOCK_TIMEOUT_MS` after the
+    /// release steps began).
+    until: Instant,
+    /// Counter rows known to be held for long: tried once, never polled for.
+    long_held: &'a LongHeld,
 }
 
 /// Steps 3 to 5 after a savepoint, in rounds. The release never waits in a lock queue (every
@@ -364,10 +427,13 @@ async fn release_claimed(
     out: &mut BatchOutcome,
 ) -> Result<()> {
     let rules = params.rules;
-    let until = Instant::now() + params.lock_wait;
+    let patience = Patience {
+        until: Instant::now() + params.lock_wait,
+        long_held: &params.long_held,
+    };
     sql::savepoint(tx, false).await?;
     while !claimed.is_empty() {
-        match release_round(tx, st, rules, claimed, until, out).await? {
+        match release_round(tx, st, rules, claimed, patience, out).await? {
             Round::Done => return Ok(()),
             Round::NotDue { orders, holds } => {
                 sql::savepoint(tx, true).await?;
@@ -376,7 +442,7 @@ async fn release_claimed(
             }
             Round::Held => {
                 sql::savepoint(tx, true).await?;
-                wait_for_held_rows(tx, st, claimed, until, out).await?;
+                wait_for_held_rows(tx, st, claimed, patience, out).await?;
             }
         }
     }
@@ -384,13 +450,15 @@ async fn release_claimed(
 }
 
 /// Polls for the rows the claimed orders and holds need until none is held or `until`; then
-/// leaves out the orders and holds whose rows are still held. Returns with every row the rest
-/// need locked by this batch (the probe locks what it finds free), inside the savepoint.
+/// leaves out the orders and holds whose rows are still held, and notes the counter rows among
+/// them as held for long. Rows already known to be held for long are not polled for. Returns
+/// with every row the rest need locked by this batch (the probe locks what it finds free),
+/// inside the savepoint.
 async fn wait_for_held_rows(
     tx: &Transaction<'_>,
     st: &Statements,
     claimed: &mut Claimed,
-    until: Instant,
+    patience: Patience<'_>,
     out: &mut BatchOutcome,
 ) -> Result<()> {
     let mut pause = POLL;
@@ -400,9 +468,13 @@ async fn wait_for_held_rows(
             return Ok(());
         }
         sql::savepoint(tx, true).await?;
-        if Instant::now() < until {
-            poll_pause(&mut pause).await;
+        let known = patience.long_held.covers(&held);
+        if !known && Instant::now() < patience.until {
+            poll_pause(&mut pause, &mut out.held_wait).await;
             continue;
+        }
+        if !known {
+            out.long_held.add(&held);
         }
         let (orders, holds) = owners(&held);
         tracing::debug!(
@@ -440,10 +512,10 @@ async fn release_round(
     st: &Statements,
     rules: Rules,
     claimed: &Claimed,
-    until: Instant,
+    patience: Patience<'_>,
     out: &mut BatchOutcome,
 ) -> Result<Round> {
-    match release_steps(tx, st, rules, claimed, until, out).await {
+    match release_steps(tx, st, rules, claimed, patience, out).await {
         Err(error) if sql_state(&error) == Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(Round::Held),
         other => other,
     }
@@ -454,7 +526,7 @@ async fn release_steps(
     st: &Statements,
     rules: Rules,
     claimed: &Claimed,
-    until: Instant,
+    patience: Patience<'_>,
     out: &mut BatchOutcome,
 ) -> Result<Round> {
     let Released {
@@ -468,7 +540,7 @@ async fn release_steps(
     let mut done = Tally::default();
     done.add(&reservations);
     done.cancelled = cancelled;
-    let Some(clamped) = return_units(tx, st, &done, until).await? else {
+    let Some(clamped) = return_units(tx, st, &done, patience, &mut out.held_wait).await? else {
         return Ok(Round::Held);
     };
     (done.clamped_variants, done.clamped_drops) = clamped;
@@ -573,14 +645,16 @@ impl Tally {
 
 /// Step 5: give the units back to the variant and drop counters: how many counters of each
 /// kind had to be clamped at zero, or None when a row was still held by another transaction at
-/// `until`. Each try updates the rows that are free (`SKIP LOCKED`) and keeps them; the rows a
-/// checkout holds are tried again after 2 ms (then 4, 8, ... up to 32), without undoing the
-/// rest of the batch — the hot rows are thus held only from here to the commit.
+/// `until` (at once when every row still held is known to be held for long). Each try updates
+/// the rows that are free (`SKIP LOCKED`) and keeps them; the rows a checkout holds are tried
+/// again after 2 ms (then 4, 8, ... up to 32), without undoing the rest of the batch — the hot
+/// rows are thus held only from here to the commit.
 async fn return_units(
     tx: &Transaction<'_>,
     st: &Statements,
     done: &Tally,
-    until: Instant,
+    patience: Patience<'_>,
+    waited: &mut Duration,
 ) -> Result<Option<(u64, u64)>> {
     let mut left: BTreeMap<(Counter, i64), i64> = done
         .units_by_variant
@@ -618,10 +692,13 @@ async fn return_units(
         if left.is_empty() {
             break;
         }
-        if Instant::now() >= until {
+        let known = left
+            .keys()
+            .all(|(kind, id)| patience.long_held.contains(*kind, *id));
+        if known || Instant::now() >= patience.until {
             return Ok(None);
         }
-        poll_pause(&mut pause).await;
+        poll_pause(&mut pause, waited).await;
     }
     Ok(Some(clamped))
 }

@@ -67,6 +67,10 @@ pub struct RunReport {
     /// Claimed orders and holds found not due on the rows locked (extended after the claim),
     /// left alone.
     pub no_longer_due: u64,
+    /// Milliseconds the batches spent polling for rows another transaction held (a checkout's
+    /// few milliseconds, at most `LOCK_TIMEOUT_MS` a batch). A counter row still held after
+    /// that is tried once, without polling, by the later batches of the run.
+    pub held_wait_ms: f64,
     /// Scans of the reservation table that read the due rows in passes: 0 when an index serves
     /// the keyset page (`infra/indexes.sql`, or an equivalent).
     pub pass_scans: u32,
@@ -139,6 +143,7 @@ impl RunReport {
             deferred: 0,
             oldest_deferred_age_seconds: None,
             no_longer_due: 0,
+            held_wait_ms: 0.0,
             pass_scans: 0,
             missing_indexes: Vec::new(),
             clamped_variants: 0,

@@ -221,6 +221,8 @@ impl<'a> Run<'a> {
     /// row they need was held (the cursor has passed them). What is still held then is left
     /// for the next run.
     async fn retry_deferred(&mut self, db: &mut Database) -> Result<StopReason> {
+        // The last try polls again for every held row, even those held for long so far.
+        self.params.long_held.clear();
         self.retry_queue = (
             self.deferred_orders.iter().copied().collect(),
             self.deferred_holds.iter().copied().collect(),
@@ -422,6 +424,7 @@ impl<'a> Run<'a> {
         self.deferred_holds
             .extend(batch.deferred_holds.iter().copied());
         self.report.no_longer_due += batch.no_longer_due;
+        self.params.long_held.extend(&batch.long_held);
         log_batch(self.report.batches, &batch);
         self.delays
             .extend(batch.released.iter().map(|r| r.delay_seconds));
@@ -595,6 +598,7 @@ fn add_batch(report: &mut RunReport, batch: BatchOutcome) {
     report.skipped_locked += batch.skipped_locked;
     report.clamped_variants += batch.clamped_variants;
     report.clamped_drops += batch.clamped_drops;
+    report.held_wait_ms += batch.held_wait.as_secs_f64() * 1000.0;
     if let Some(map) = report.units_by_variant.as_mut() {
         for (id, units) in batch.units_by_variant {
             *map.entry(id).or_default() += units;

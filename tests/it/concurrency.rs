@@ -291,6 +291,58 @@ async fn a_row_held_for_the_whole_run_costs_only_the_orders_that_need_it() {
     }
 }
 
+/// A hot variant held for the whole run (an admin's open transaction) that the due orders of
+/// many batches need: the first batch polls for it for `LOCK_TIMEOUT_MS` and leaves its orders
+/// out; the later batches try it once and leave its orders out at once, instead of polling again
+/// in every batch while holding the other hot rows they have updated (shoppers would queue
+/// behind each of those waits). The run's last try of the deferred orders polls once more.
+/// Everything else is released; counters exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_held_for_long_is_polled_for_once_not_in_every_batch() {
+    let t = TestDb::new().await;
+    let held = t.variant(30).await;
+    let other = t.variant(30).await;
+    for i in 0..60 {
+        let order = t.order("pending", "pending").await;
+        let variant = if i % 2 == 0 { held } else { other };
+        let expires: &'static str = Box::leak(format!("-{} minute", 100 - i).into_boxed_str());
+        t.reservation(Res::new(Some(order), variant, 1, expires))
+            .await;
+    }
+    let holder = t.connect().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM products_productvariant WHERE id = {held} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let mut s = settings();
+    s.lock_timeout_ms = 50;
+    s.batch_size = 6;
+    let mut db = t.open_with(&s).await;
+    let report = run(&mut db, &s, false).await;
+    assert_eq!(report.reservations_released, 30, "{report:?}");
+    assert_eq!(report.deferred, 30, "{report:?}");
+    assert!(report.batches >= 10, "{report:?}");
+    // Polled for once in the pages (50 ms) and once in the last try (50 ms); every batch
+    // polling again would add 50 ms each.
+    assert!(
+        (50.0..200.0).contains(&report.held_wait_ms),
+        "{}",
+        report.held_wait_ms
+    );
+    assert_eq!((t.reserved(held).await, t.reserved(other).await), (30, 0));
+    holder.batch_execute("COMMIT").await.unwrap();
+    let report = run(&mut db, &s, false).await;
+    assert_eq!(
+        (report.reservations_released, report.deferred),
+        (30, 0),
+        "{report:?}"
+    );
+    assert_eq!(report.held_wait_ms, 0.0);
+    assert_eq!(t.drifted_counters().await, 0);
+}
+
 /// A lock cycle with a checkout that takes variants in descending order: the batch gives up
 /// its wait first (its `lock_timeout` is well below `deadlock_timeout`), rolls back to its
 /// savepoint — letting go of the row the checkout wants — and leaves the order for the retry

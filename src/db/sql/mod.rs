@@ -800,7 +800,8 @@ impl Statements {
 /// get `FOR NO KEY UPDATE SKIP LOCKED` (the lock the release takes anyway; it does not block a
 /// checkout's foreign-key check), so that once it finds nothing held, the release steps that
 /// follow cannot meet a held row. Returns each reservation that needs a held row, with its
-/// order (NULL for a hold).
+/// order (NULL for a hold) and which rows are held: the reservation itself, its variant, its
+/// drop (the run remembers counter rows held for long; see `engine::batch::LongHeld`).
 ///
 /// $1 claimed order ids, $2 claimed hold ids.
 pub const PROBE_HELD: &str = concat!(
@@ -813,18 +814,28 @@ pub const PROBE_HELD: &str = concat!(
     "WHERE t.id IN (SELECT v FROM res) ORDER BY t.id FOR NO KEY UPDATE SKIP LOCKED), ",
     "free_d AS MATERIALIZED (SELECT t.id FROM drops_dropproduct t ",
     "WHERE t.id IN (SELECT d FROM res) ORDER BY t.id FOR NO KEY UPDATE SKIP LOCKED) ",
-    "SELECT res.id::int8 AS id, res.order_id::int8 AS order_id FROM res ",
+    "SELECT res.id::int8 AS id, res.order_id::int8 AS order_id, ",
+    "fr.id IS NULL AS reservation_held, ",
+    "CASE WHEN fv.id IS NULL THEN res.v END::int8 AS held_variant, ",
+    "CASE WHEN res.d IS NOT NULL AND fd.id IS NULL THEN res.d END::int8 AS held_drop FROM res ",
     "LEFT JOIN free_res fr ON fr.id = res.id LEFT JOIN free_v fv ON fv.id = res.v ",
     "LEFT JOIN free_d fd ON fd.id = res.d ",
     "WHERE fr.id IS NULL OR fv.id IS NULL OR (res.d IS NOT NULL AND fd.id IS NULL)"
 );
 
-/// A row of [`PROBE_HELD`]: a reservation that needs a row another transaction holds.
+/// A row of [`PROBE_HELD`]: a reservation that needs a row another transaction holds, and
+/// which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeldReservation {
     pub id: i64,
     /// None for a cart hold.
     pub order_id: Option<i64>,
+    /// The reservation row itself is held.
+    pub reservation_held: bool,
+    /// Its variant row, when held.
+    pub variant: Option<i64>,
+    /// Its drop row, when held.
+    pub drop: Option<i64>,
 }
 
 impl Statements {
@@ -844,6 +855,9 @@ impl Statements {
                 Ok(HeldReservation {
                     id: row.try_get("id")?,
                     order_id: row.try_get("order_id")?,
+                    reservation_held: row.try_get("reservation_held")?,
+                    variant: row.try_get("held_variant")?,
+                    drop: row.try_get("held_drop")?,
                 })
             },
         )
