@@ -540,10 +540,19 @@ async fn release_steps(
     let mut done = Tally::default();
     done.add(&reservations);
     done.cancelled = cancelled;
-    let Some(clamped) = return_units(tx, st, &done, patience, &mut out.held_wait).await? else {
-        return Ok(Round::Held);
-    };
-    (done.clamped_variants, done.clamped_drops) = clamped;
+    let waited = &mut out.held_wait;
+    for (counter, units) in [
+        (Counter::Variants, &done.units_by_variant),
+        (Counter::Drops, &done.units_by_drop),
+    ] {
+        let Some(clamped) = return_units(tx, st, counter, units, patience, waited).await? else {
+            return Ok(Round::Held);
+        };
+        match counter {
+            Counter::Variants => done.clamped_variants = clamped,
+            Counter::Drops => done.clamped_drops = clamped,
+        }
+    }
     done.released = reservations;
     done.into_outcome(out);
     Ok(Round::Done)
@@ -643,58 +652,39 @@ impl Tally {
     }
 }
 
-/// Step 5: give the units back to the variant and drop counters: how many counters of each
-/// kind had to be clamped at zero, or None when a row was still held by another transaction at
-/// `until` (at once when every row still held is known to be held for long). Each try updates
-/// the rows that are free (`SKIP LOCKED`) and keeps them; the rows a checkout holds are tried
-/// again after 2 ms (then 4, 8, ... up to 32), without undoing the rest of the batch — the hot
-/// rows are thus held only from here to the commit.
+/// Step 5: give the units back to one kind of counter (variants first, then drops; ascending
+/// ids, as a BTreeMap iterates): how many counters had to be clamped at zero, or None when a row
+/// was still held by another transaction at `until` (at once when every row still held is known
+/// to be held for long). Each try updates the rows that are free (`SKIP LOCKED`) and keeps them;
+/// the rows a checkout holds are tried again after 2 ms (then 4, 8, ... up to 32), without
+/// undoing the rest of the batch — the hot rows are thus held only from here to the commit.
 async fn return_units(
     tx: &Transaction<'_>,
     st: &Statements,
-    done: &Tally,
+    counter: Counter,
+    units: &BTreeMap<i64, i64>,
     patience: Patience<'_>,
     waited: &mut Duration,
-) -> Result<Option<(u64, u64)>> {
-    let mut left: BTreeMap<(Counter, i64), i64> = done
-        .units_by_variant
-        .iter()
-        .map(|(id, n)| ((Counter::Variants, *id), *n))
-        .chain(
-            done.units_by_drop
-                .iter()
-                .map(|(id, n)| ((Counter::Drops, *id), *n)),
-        )
-        .collect();
-    let mut clamped = (0, 0);
+) -> Result<Option<u64>> {
+    let mut left: BTreeMap<i64, i64> = units.clone();
+    let mut clamped = 0;
     let mut pause = POLL;
     while !left.is_empty() {
-        let [variants, drops] = [Counter::Variants, Counter::Drops].map(|kind| {
-            left.iter()
-                .filter(|((k, _), _)| *k == kind)
-                .map(|((_, id), n)| (*id, *n))
-                .unzip::<i64, i64, Vec<i64>, Vec<i64>>()
-        });
+        let (ids, amounts): (Vec<i64>, Vec<i64>) = left.iter().map(|(id, n)| (*id, *n)).unzip();
         let p = UnitsParams {
-            variant_ids: &variants.0,
-            variant_units: &variants.1,
-            drop_ids: &drops.0,
-            drop_units: &drops.1,
+            ids: &ids,
+            units: &amounts,
         };
-        for row in st.return_units(tx, &p).await? {
-            left.remove(&(row.counter, row.id));
-            let count = match row.counter {
-                Counter::Variants => &mut clamped.0,
-                Counter::Drops => &mut clamped.1,
-            };
-            *count += u64::from(row.clamped);
+        for row in st.return_units(tx, counter, &p).await? {
+            left.remove(&row.id);
+            clamped += u64::from(row.clamped);
         }
         if left.is_empty() {
             break;
         }
         let known = left
             .keys()
-            .all(|(kind, id)| patience.long_held.contains(*kind, *id));
+            .all(|id| patience.long_held.contains(counter, *id));
         if known || Instant::now() >= patience.until {
             return Ok(None);
         }

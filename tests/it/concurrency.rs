@@ -209,6 +209,70 @@ async fn a_held_reservation_is_never_waited_on_in_a_lock_queue() {
     assert_eq!(t.reserved(v).await, 0);
 }
 
+/// A checkout holds a hot variant and is about to take its drop row (the shop's lock order:
+/// variant, then drop) while a batch that needs both gives units back: the batch takes no drop
+/// row before it has every variant it needs, so the checkout gets its drop at once (it would
+/// fail here after 100 ms of waiting, its own `lock_timeout`) and commits; the batch then gets
+/// the variant and releases the order. Were the drop taken first, the checkout would wait on it
+/// until the batch gave up polling for the variant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_holding_a_variant_never_waits_on_its_drop_row() {
+    let t = TestDb::new().await;
+    let v = t.variant(1).await;
+    let d = t.drop_product(v, 1).await;
+    let order = t.order("pending", "pending").await;
+    let mut r = Res::new(Some(order), v, 1, "-1 minute");
+    r.drop = Some(d);
+    t.reservation(r).await;
+    let mut checkout = t.connect().await;
+    let tx = checkout.transaction().await.unwrap();
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = '100ms'; \
+         UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 WHERE id = {v}"
+    ))
+    .await
+    .unwrap();
+    let watcher = t.connect().await;
+    let mut s = settings();
+    s.lock_timeout_ms = 400;
+    let mut db = t.open_with(&s).await;
+    let release = async { run(&mut db, &s, false).await };
+    let shop = async {
+        // Once the batch has tried the variants, found this one held and is pausing before it
+        // tries again, the checkout goes on.
+        for _ in 0..400 {
+            let tried: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND state = 'idle in transaction' \
+                     AND query LIKE '%products_productvariant t WHERE t.id = ANY%SKIP LOCKED%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if tried > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tx.batch_execute(&format!(
+            "UPDATE drops_dropproduct SET reserved_quantity = reserved_quantity + 1 WHERE id = {d}"
+        ))
+        .await
+        .expect("the checkout waited on the drop row the release took");
+        tx.commit().await.unwrap();
+    };
+    let (report, ()) = tokio::join!(release, shop);
+    assert_eq!(
+        (report.reservations_released, report.deferred),
+        (1, 0),
+        "{report:?}"
+    );
+    assert_eq!((t.reserved(v).await, t.drop_reserved(d).await), (1, 1));
+    assert_eq!(t.order_status(order).await, "cancelled");
+}
+
 /// Which row another session holds for a whole run.
 #[derive(Debug, Clone, Copy)]
 enum Held {

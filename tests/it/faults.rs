@@ -92,8 +92,7 @@ async fn a_statement_timeout_fails_the_run_naming_the_statement() {
     assert_eq!(failure.error.kind(), "TooSlow", "{}", failure.error.chain());
     let text = failure.error.chain();
     assert!(
-        text.contains("returning units to variants and drops")
-            && text.contains("statement timeout"),
+        text.contains("returning units to drops") && text.contains("statement timeout"),
         "{text}"
     );
     assert!(!failure.error.is_retryable());
@@ -125,7 +124,7 @@ async fn a_connection_killed_mid_batch_loses_nothing() {
                 .query_one(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
                       WHERE datname = $1 AND usename = $2 AND state = 'active' \
-                        AND query LIKE 'WITH given_v%drops_dropproduct%'",
+                        AND query LIKE 'WITH released%drops_dropproduct%'",
                     &[&t.name, &RELEASE_ROLE],
                 )
                 .await
