@@ -306,15 +306,21 @@ async fn counters_never_go_below_zero_and_clamps_are_counted() {
 
 /// A shop whose ids are `integer` (older Django `AutoField`s) and whose columns allow NULL gets
 /// the same results: every value the release reads is cast in SQL, never decoded by guesswork.
+/// Orders without an order number are cancelled and counted all the same.
 #[tokio::test]
 async fn integer_ids_and_nullable_columns_work_the_same() {
     let t = TestDb::from_template("template0").await;
     let schema = include_str!("../../infra/schema.sql")
         .replace("bigint", "integer")
         .replace(" NOT NULL DEFAULT 'pending'", " DEFAULT 'pending'")
-        .replace(" NOT NULL DEFAULT 'active'", " DEFAULT 'active'");
+        .replace(" NOT NULL DEFAULT 'active'", " DEFAULT 'active'")
+        .replace(
+            "order_number varchar(32) NOT NULL UNIQUE",
+            "order_number varchar(32) UNIQUE",
+        );
     t.exec(&schema).await;
     t.exec(include_str!("../../infra/sample-data.sql")).await;
+    t.exec("UPDATE orders_order SET order_number = NULL").await;
     let tls = unreserver::tls_connector(None, &unreserver::RdsCaRegions::All).unwrap();
     let mut db = unreserver::Database::open(&t.config(), &tls, 100)
         .await

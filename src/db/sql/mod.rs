@@ -566,7 +566,8 @@ pub const RELEASE_RESERVATIONS: &str = concat!(
     "EXTRACT(EPOCH FROM now() - ",
     due_at!("r", "$3"),
     ")::float8 AS delay_seconds, now() AS released_at, ",
-    "c.order_number::text AS cancelled_order_number ",
+    "c.id IS NOT NULL AS order_cancelled, ",
+    "COALESCE(c.order_number::text, '') AS cancelled_order_number ",
     "FROM released r LEFT JOIN cancelled c ON c.id = r.order_id"
 );
 
@@ -617,7 +618,8 @@ pub struct Released {
 
 impl Released {
     /// Splits the statement's rows: every row is a reservation; a row whose order this
-    /// statement cancelled also names that order (each of its reservations does).
+    /// statement cancelled also names that order (each of its reservations does). Whether it
+    /// was cancelled is its own column: a shop's NULL order number must not hide a cancellation.
     fn from_rows(rows: Vec<(ReleasedReservation, Option<String>)>) -> Self {
         let mut cancelled = std::collections::BTreeMap::new();
         let mut reservations = Vec::with_capacity(rows.len());
@@ -666,7 +668,9 @@ impl Statements {
                     delay_seconds: row.try_get("delay_seconds")?,
                     released_at: row.try_get("released_at")?,
                 };
-                Ok((reservation, row.try_get("cancelled_order_number")?))
+                let cancelled: bool = row.try_get("order_cancelled")?;
+                let number: String = row.try_get("cancelled_order_number")?;
+                Ok((reservation, cancelled.then_some(number)))
             },
         )
         .await?;
