@@ -8,6 +8,19 @@ use crate::common::{run, settings, Res, TestDb};
 const RECOMMENDED: &str =
     "DROP INDEX unreserver_active_expiry_idx; DROP INDEX unreserver_active_legacy_idx";
 
+/// A test database without the recommended indexes but with `indexes` (SQL, may be empty),
+/// seeded ([`seed`]): the database, the seeded variant, and what the preflight found.
+async fn seeded_with(indexes: &str) -> (TestDb, i64, unreserver::Database) {
+    let t = TestDb::new().await;
+    t.exec(RECOMMENDED).await;
+    if !indexes.is_empty() {
+        t.exec(indexes).await;
+    }
+    let v = seed(&t).await;
+    let db = t.open().await;
+    (t, v, db)
+}
+
 /// 120 due orders (1 or 2 reservations), 10 legacy due rows, 30 not yet due, on one variant.
 async fn seed(t: &TestDb) -> i64 {
     let v = t.variant(0).await;
@@ -76,10 +89,7 @@ async fn drain_and_check(t: &TestDb, v: i64, expect_passes: bool) {
 
 #[tokio::test]
 async fn without_the_recommended_indexes_a_run_reads_in_passes_and_releases_the_same() {
-    let t = TestDb::new().await;
-    t.exec(RECOMMENDED).await;
-    let v = seed(&t).await;
-    let db = t.open().await;
+    let (t, v, db) = seeded_with("").await;
     assert_eq!(db.preflight.missing_indexes.len(), 2);
     assert!(!db.preflight.expiry_index);
     drain_and_check(&t, v, true).await;
@@ -87,17 +97,13 @@ async fn without_the_recommended_indexes_a_run_reads_in_passes_and_releases_the_
 
 #[tokio::test]
 async fn an_equivalent_index_under_another_name_serves() {
-    let t = TestDb::new().await;
-    t.exec(RECOMMENDED).await;
-    t.exec(
+    let (t, v, db) = seeded_with(
         "CREATE INDEX shop_reservations_due ON orders_inventoryreservation (expires_at, id) \
            WHERE status = 'active'; \
          CREATE INDEX shop_reservations_legacy ON orders_inventoryreservation (created_at, id, quantity) \
            WHERE status = 'active' AND expires_at IS NULL",
     )
     .await;
-    let v = seed(&t).await;
-    let db = t.open().await;
     assert!(
         db.preflight.missing_indexes.is_empty(),
         "{:?}",
@@ -108,12 +114,10 @@ async fn an_equivalent_index_under_another_name_serves() {
 
 #[tokio::test]
 async fn only_a_plain_partial_index_on_expires_at_means_passes() {
-    let t = TestDb::new().await;
-    t.exec(RECOMMENDED).await;
-    t.exec("CREATE INDEX shop_expiry ON orders_inventoryreservation (expires_at) WHERE status = 'active'")
-        .await;
-    let v = seed(&t).await;
-    let db = t.open().await;
+    let (t, v, db) = seeded_with(
+        "CREATE INDEX shop_expiry ON orders_inventoryreservation (expires_at) WHERE status = 'active'",
+    )
+    .await;
     assert_eq!(
         db.preflight.missing_indexes,
         [
@@ -130,9 +134,7 @@ async fn only_a_plain_partial_index_on_expires_at_means_passes() {
 /// passes.
 #[tokio::test]
 async fn an_index_that_cannot_give_the_due_order_is_not_taken_for_one() {
-    let t = TestDb::new().await;
-    t.exec(RECOMMENDED).await;
-    t.exec(
+    let (t, v, db) = seeded_with(
         "CREATE INDEX shop_nulls_first ON orders_inventoryreservation (expires_at NULLS FIRST, id) \
            WHERE status = 'active'; \
          CREATE INDEX shop_included ON orders_inventoryreservation (expires_at) INCLUDE (id) \
@@ -142,8 +144,6 @@ async fn an_index_that_cannot_give_the_due_order_is_not_taken_for_one() {
            WHERE status = 'active' AND expires_at IS NULL",
     )
     .await;
-    let v = seed(&t).await;
-    let db = t.open().await;
     assert_eq!(
         db.preflight.missing_indexes,
         [
@@ -159,15 +159,11 @@ async fn an_index_that_cannot_give_the_due_order_is_not_taken_for_one() {
 /// gives by default) serves.
 #[tokio::test]
 async fn a_descending_index_serves_the_page() {
-    let t = TestDb::new().await;
-    t.exec(RECOMMENDED).await;
-    t.exec(
+    let (t, v, db) = seeded_with(
         "CREATE INDEX shop_due_desc ON orders_inventoryreservation (expires_at DESC, id DESC) \
            WHERE status = 'active'",
     )
     .await;
-    let v = seed(&t).await;
-    let db = t.open().await;
     assert_eq!(
         db.preflight.missing_indexes,
         ["unreserver_active_legacy_idx"]
