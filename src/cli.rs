@@ -1,7 +1,9 @@
-//! The `unreserver` command line, for local runs, cron hosts and Kubernetes CronJobs:
-//! `run` prints the run report, `status` the status, `revive` the revive outcome and `report`
-//! the release-delay report, each as one JSON object on stdout; `events` prints one event a
-//! line (or publishes them). Logs go to stderr; a failure prints one line naming the problem.
+//! The `unreserver` command line, for local runs, cron hosts and Kubernetes CronJobs: a thin
+//! adapter that turns the arguments into an action's [`Request`] and its answer into stdout
+//! and an exit code. `run` prints the run report, `status` the status, `revive` the revive
+//! outcome and `report` the release-delay report, each as one JSON object on stdout; `events`
+//! prints one event a line (or publishes them). Logs go to stderr; a failure prints one line
+//! naming the problem.
 //! Exit codes: 0 done, 1 a failure, 2 bad input (before any connection), 3 an order that cannot
 //! be revived.
 
@@ -11,19 +13,18 @@ use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
-use tracing::Instrument;
 
-use crate::config::{Config, ReleaseSettings};
-use crate::db::credentials::CredentialSource;
-use crate::db::session::Database;
-use crate::db::sql::outbox;
-use crate::engine::release_delay::{self, MAX_DAYS};
-use crate::engine::revive::revive;
-use crate::engine::run::RunOptions;
-use crate::engine::status;
+use crate::action::events::{Events, EventsAnswer};
+use crate::action::report::Report;
+use crate::action::revive::Revive;
+use crate::action::run::Run;
+use crate::action::status::Status;
+use crate::action::{Answer, AppState, Invocation, Request};
+use crate::config::Config;
+use crate::engine::release_delay::MAX_DAYS;
+use crate::engine::run::new_run_id;
 use crate::error::{Error, Result};
-use crate::events::{self, model, Publisher};
-use crate::telemetry::{self, LogFormat, RunContext};
+use crate::telemetry::{self, LogFormat};
 
 /// Gives back the stock held by expired reservations of unpaid orders.
 ///
@@ -97,12 +98,6 @@ struct Output {
     code: u8,
 }
 
-impl Output {
-    fn ok(text: String) -> Self {
-        Output { text, code: 0 }
-    }
-}
-
 fn parse_time(value: &str) -> std::result::Result<SystemTime, String> {
     humantime::parse_rfc3339_weak(value)
         .map_err(|e| format!("{e}: expected RFC 3339, e.g. 2026-11-25T10:00:00Z"))
@@ -150,136 +145,67 @@ fn config(cli: &Cli) -> Result<Config> {
     })
 }
 
-/// The release settings with the `run` flags over them.
-fn release_settings(cli: &Cli, config: &Config) -> Result<(ReleaseSettings, bool)> {
-    match &cli.command {
+/// The action the arguments ask for, its input checked under the flags' names.
+fn request(command: Command) -> Result<Request> {
+    Ok(match command {
         Command::Run {
             dry_run,
             batch_size,
             max_batches,
-        } => {
-            let settings = config.release.clone().with_overrides(
-                batch_size.map(|n| ("--batch-size", n)),
-                max_batches.map(|n| ("--max-batches", n)),
-            )?;
-            Ok((settings, *dry_run))
-        }
-        _ => Ok((config.release.clone(), false)),
-    }
-}
-
-async fn execute(cli: Cli) -> Result<Output> {
-    let config = config(&cli)?;
-    let (settings, dry_run) = release_settings(&cli, &config)?;
-    if config.database.tls_disabled() {
-        tracing::warn!("TLS is disabled (sslmode=disable): credentials and data cross the network in the clear");
-    }
-    let tls = config.database.tls_connector()?;
-    let credentials = CredentialSource::from_config(&config.database).await?;
-    let mut db = credentials.open(&tls, settings.lock_timeout_ms).await?;
-    match cli.command {
-        Command::Run { .. } => {
-            let options = RunOptions {
-                dry_run,
-                deadline: settings.time_budget.map(|b| Instant::now() + b),
-                ..RunOptions::default()
-            };
-            let run_id = options.run_id.clone();
-            let ctx = RunContext {
-                request_id: "",
-                run_id: &run_id,
-                source: "cli",
-                dry_run,
-                cold_start: false,
-                tls: !config.database.tls_disabled(),
-            };
-            let publisher = publisher(&config, dry_run).await;
-            run_command(&mut db, &settings, options, publisher.as_ref(), &ctx)
-                .await
-                .map(Output::ok)
-        }
-        Command::Status => Ok(Output::ok(to_json(&status::status(&db, &settings).await?))),
-        Command::Revive { order_id } => {
-            let outcome = revive(&mut db, &settings, config.revive.hold_minutes, order_id).await?;
-            let code = if outcome.revived { 0 } else { 3 };
-            tracing::info!(order_id, revived = outcome.revived, reason = ?outcome.reason, "revive");
-            Ok(Output {
-                text: to_json(&outcome),
-                code,
-            })
-        }
+        } => Request::Run(Run::new(
+            "cli",
+            dry_run,
+            batch_size.map(|n| ("--batch-size", n)),
+            max_batches.map(|n| ("--max-batches", n)),
+        )?),
+        Command::Status => Request::Status(Status),
+        Command::Revive { order_id } => Request::Revive(Revive::new("ORDER_ID", order_id)?),
         Command::Events {
             since,
             until,
             publish,
-        } => events_command(&db, &config, since, until, publish).await,
-        Command::Report { days } => Ok(Output::ok(to_json(
-            &release_delay::report(&db, &settings, days).await?,
-        ))),
-    }
+        } => Request::Events(Events {
+            since,
+            until,
+            publish,
+        }),
+        Command::Report { days } => Request::Report(Report::new("--days", Some(days))?),
+    })
 }
 
-/// The EventBridge publisher of a real run, when `EVENT_BUS_NAME` is set.
-async fn publisher(config: &Config, dry_run: bool) -> Option<Publisher> {
-    match (&config.events.bus_name, dry_run) {
-        (Some(bus), false) => Some(Publisher::from_env(bus.clone()).await),
-        _ => None,
-    }
-}
-
-/// `events`: the window's events, printed one a line, or published again.
-async fn events_command(
-    db: &Database,
-    config: &Config,
-    since: SystemTime,
-    until: Option<SystemTime>,
-    publish: bool,
-) -> Result<Output> {
-    let bus = match (&config.events.bus_name, publish) {
-        (None, true) => {
-            return Err(Error::Setting {
-                name: "EVENT_BUS_NAME".into(),
-                reason: "events --publish needs the bus to publish to".into(),
-            })
-        }
-        (bus, _) => bus.clone(),
+async fn execute(cli: Cli) -> Result<Output> {
+    let mut config = config(&cli)?;
+    let request = request(cli.command)?;
+    // One command, one connection: nothing to gain from fetching the credentials ahead.
+    config.lambda.prefetch_credentials = false;
+    let deadline = config.release.time_budget.map(|b| Instant::now() + b);
+    let state = AppState::from_config(config).await?;
+    let run_id = new_run_id();
+    let invocation = Invocation {
+        request_id: "",
+        cold_start: false,
+        run_id: &run_id,
+        deadline,
+        publish_grace: PUBLISH_GRACE,
     };
-    let rows = outbox::expired_in_window(&db.client, since, until).await?;
-    let events = model::from_rows(&rows, None);
-    let Some(bus) = bus.filter(|_| publish) else {
-        let lines: Vec<String> = events.iter().map(to_json).collect();
-        return Ok(Output::ok(lines.join("\n")));
-    };
-    let published = Publisher::from_env(bus).await.publish(events).await;
-    if published.failed > 0 {
-        return Err(Error::Publish(format!(
-            "{} of {} events not published (see the log for their order ids)",
-            published.failed,
-            published.failed + published.published
-        )));
-    }
-    Ok(Output::ok(to_json(&published)))
+    let answer = request
+        .execute(&state, &invocation)
+        .await
+        .map_err(|failure| failure.error)?;
+    Ok(Output {
+        text: text(&answer),
+        code: if answer.done() { 0 } else { 3 },
+    })
 }
 
-async fn run_command(
-    db: &mut Database,
-    settings: &ReleaseSettings,
-    options: RunOptions,
-    publisher: Option<&Publisher>,
-    ctx: &RunContext<'_>,
-) -> Result<String> {
-    let result = events::run::run(db, settings, options, publisher, PUBLISH_GRACE)
-        .instrument(telemetry::run_span(ctx))
-        .await;
-    match result {
-        Ok(report) => {
-            telemetry::log_run(ctx, Some(&report), None);
-            Ok(to_json(&report))
+/// What the CLI prints of an answer: one JSON object, or one event a line.
+fn text(answer: &Answer) -> String {
+    match answer {
+        Answer::Events(EventsAnswer::Listed(events)) => {
+            let lines: Vec<String> = events.iter().map(to_json).collect();
+            lines.join("\n")
         }
-        Err(failure) => {
-            telemetry::log_run(ctx, Some(&failure.report), Some(&failure.error));
-            Err(failure.error)
-        }
+        other => other.to_json().to_string(),
     }
 }
 

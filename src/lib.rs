@@ -17,9 +17,12 @@
 //! - [`events`]: the expiry events — `model` (the events, from batch or replayed rows),
 //!   `publisher` (EventBridge `PutEvents`, chunked, retried) and `sink` (publishing in the
 //!   background while the run goes on).
+//! - [`action`]: one module per action (run, status, revive, report, events), each with its
+//!   input, answer and `execute`; [`action::Request`] is the one vocabulary of both front-ends,
+//!   and [`action::AppState`] the state built once.
 //! - `aws`: the AWS SDK configuration every client shares.
-//! - `lambda`: the Lambda front-end — `handler` (state built once, the handler), `payload` (the
-//!   accepted payloads) and `metrics` (CloudWatch EMF).
+//! - `lambda`: the Lambda front-end — `handler` (payload in, response out), `payload` (the
+//!   accepted payloads, as a `Request`) and `metrics` (CloudWatch EMF).
 //! - [`cli`]: the `unreserver` command line. It and the Lambda handler live in the library, not
 //!   in `src/bin`, so that tests can drive them in-process; `src/bin` holds only the two thin
 //!   `main`s (`unreserver`, `bootstrap`).
@@ -30,6 +33,7 @@
 
 #![warn(clippy::too_many_lines)]
 
+pub mod action;
 pub(crate) mod aws;
 pub mod cli;
 pub mod config;
@@ -40,6 +44,7 @@ pub mod events;
 pub(crate) mod lambda;
 pub mod telemetry;
 
+pub use action::{AppState, Request};
 pub use config::{Config, ReleaseSettings, DEFAULT_BATCH_SIZE};
 pub use db::connect::{apply_defaults, config_from_url, connect};
 pub use db::credentials::{CredentialSource, IamSource};
@@ -53,6 +58,6 @@ pub use engine::revive::{revive, Reason as ReviveReason, ReviveOutcome};
 pub use engine::run::{run, RunFailure, RunOptions};
 pub use engine::status::{status, StatusReport};
 pub use error::{Error, Result};
-pub use lambda::handler::{handle, AppState, HandlerError};
+pub use lambda::handler::{handle, HandlerError};
 pub use lambda::metrics::{METRICS, SERVICE_DIMENSION};
 pub use lambda::payload::parse as parse_payload;

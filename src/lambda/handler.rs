@@ -1,104 +1,19 @@
-//! The Lambda function: state built once per execution environment (settings, TLS connector,
-//! credential source, the EventBridge publisher), and the handler that parses the payload,
-//! opens a checked connection (credentials from Secrets Manager, retried once on a rotated
-//! password, or an RDS IAM token), and runs the release (publishing its expiry events), the
-//! status, a revive or the release-delay report within the invocation's deadline; a run logs
-//! one summary line and writes one metrics document.
+//! The Lambda front-end: a thin adapter that turns the payload into an action's [`Request`]
+//! (`payload`), runs it with the state built once per execution environment within the
+//! invocation's deadline, and turns its answer into the response, its error into Lambda's
+//! `errorType`; a run also writes one metrics document.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lambda_runtime::{Diagnostic, LambdaEvent};
-use postgres_native_tls::MakeTlsConnector;
 use serde_json::Value;
 use tracing::Instrument;
 
 use super::metrics::{self, Observation};
-use super::payload::{self, Request, RunRequest};
-use crate::config::Config;
-use crate::db::credentials::CredentialSource;
-use crate::engine::release_delay::{self, DelayReport};
-use crate::engine::report::RunReport;
-use crate::engine::revive::{revive, ReviveOutcome};
-use crate::engine::run::RunOptions;
-use crate::engine::status;
-use crate::error::{Error, Result};
-use crate::events::{self, Publisher};
-use crate::telemetry::{self, RunContext};
-
-/// Everything an invocation needs that can be built once per execution environment.
-pub struct AppState {
-    pub config: Config,
-    pub credentials: CredentialSource,
-    pub tls: MakeTlsConnector,
-    /// The EventBridge publisher of the expiry events, when `EVENT_BUS_NAME` is set.
-    pub publisher: Option<Publisher>,
-    /// What the init's parts took.
-    pub init: InitTimings,
-    cold_start: AtomicBool,
-}
-
-impl AppState {
-    /// Builds the state from the environment ([`Config::from_env`]): every setting is checked
-    /// before anything is contacted.
-    pub async fn from_env() -> Result<Self> {
-        AppState::from_config(Config::from_env()?).await
-    }
-
-    /// Builds the state from a configuration. The TLS connector (OpenSSL loading the system
-    /// store and the RDS CAs: CPU work) is built on a blocking thread while the AWS SDK
-    /// configuration loads and, with `PREFETCH_CREDENTIALS`, the credentials are fetched
-    /// (mostly network waits): Lambda's init has the CPU for both.
-    pub async fn from_config(config: Config) -> Result<Self> {
-        let database = config.database.clone();
-        let tls = tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            database
-                .tls_connector()
-                .map(|tls| (tls, elapsed_ms(started)))
-        });
-        let started = Instant::now();
-        let credentials = CredentialSource::from_config(&config.database).await?;
-        if config.lambda.prefetch_credentials {
-            credentials.prefetch(Duration::from_secs(3)).await;
-        }
-        let publisher = match &config.events.bus_name {
-            Some(bus) => Some(Publisher::from_env(bus.clone()).await),
-            None => None,
-        };
-        let aws_ms = elapsed_ms(started);
-        let (tls, tls_ms) = tls
-            .await
-            .map_err(|e| Error::Tls(format!("building the TLS connector failed: {e}")))??;
-        if config.database.tls_disabled() {
-            tracing::warn!(
-                "TLS to the database is DISABLED (sslmode disable): credentials and data cross \
-                 the network in the clear; set DB_SSLMODE=require"
-            );
-        }
-        Ok(AppState {
-            config,
-            credentials,
-            tls,
-            publisher,
-            init: InitTimings { tls_ms, aws_ms },
-            cold_start: AtomicBool::new(true),
-        })
-    }
-}
-
-/// What the parts of the init took, side by side: they run at the same time.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct InitTimings {
-    /// Building the TLS connector.
-    pub tls_ms: f64,
-    /// Loading the AWS SDK configuration, building the clients, prefetching the credentials.
-    pub aws_ms: f64,
-}
-
-fn elapsed_ms(started: Instant) -> f64 {
-    started.elapsed().as_secs_f64() * 1000.0
-}
+use super::payload;
+use crate::action::{Answer, AppState, Failure, Invocation, Request};
+use crate::engine::run::new_run_id;
+use crate::error::Error;
 
 /// An error as Lambda reports it: `errorType` is the error's kind (`InvalidPayload`,
 /// `DatabaseUnreachable`, ...), `errorMessage` its cause chain, never a secret value.
@@ -119,157 +34,71 @@ impl From<HandlerError> for Diagnostic {
     }
 }
 
-/// Handles one invocation.
+/// Handles one invocation: the payload becomes a [`Request`], its answer the response; a run
+/// also writes one metrics document.
 pub async fn handle(
     state: &AppState,
     event: LambdaEvent<Value>,
 ) -> std::result::Result<Value, HandlerError> {
-    let cold_start = state.cold_start.swap(false, Ordering::SeqCst);
+    let cold_start = state.take_cold_start();
     let request_id = event.context.request_id.clone();
     let request = payload::parse(&event.payload).map_err(|error| {
         tracing::error!(request_id, error_type = error.kind(), error = %error.chain(), "rejected the payload");
         HandlerError(error)
     })?;
-    match request {
-        Request::Status => {
-            let span = tracing::info_span!("status", request_id);
-            handle_status(state, &request_id).instrument(span).await
-        }
-        Request::Revive { order_id } => {
-            let span = tracing::info_span!("revive", request_id, order_id);
-            answer("revive", handle_revive(state, order_id))
-                .instrument(span)
-                .await
-        }
-        Request::Report { days } => {
-            let span = tracing::info_span!("report", request_id, days);
-            answer("report", handle_report(state, days))
-                .instrument(span)
-                .await
-        }
-        Request::Run(run) => {
-            let options = RunOptions {
-                dry_run: run.dry_run,
-                deadline: deadline(event.context.deadline, state.config.lambda.deadline_margin),
-                ..RunOptions::default()
-            };
-            let ctx = RunContext {
-                request_id: &request_id,
-                run_id: &options.run_id,
-                source: &run.source,
-                dry_run: run.dry_run,
-                cold_start,
-                tls: !state.config.database.tls_disabled(),
-            };
-            let span = telemetry::run_span(&ctx);
-            handle_run(state, &run, &options, &ctx)
-                .instrument(span)
-                .await
-        }
-    }
-}
-
-async fn handle_status(
-    state: &AppState,
-    request_id: &str,
-) -> std::result::Result<Value, HandlerError> {
-    let result = async {
-        let db = state
-            .credentials
-            .open(&state.tls, state.config.release.lock_timeout_ms)
-            .await?;
-        status::status(&db, &state.config.release).await
-    }
-    .await;
-    match result {
-        Ok(report) => {
-            tracing::info!(
-                request_id,
-                due_reservations = report.due_reservations,
-                oldest_due_age_seconds = report.oldest_due_age_seconds,
-                paid_orders_with_active_reservations = report.paid_orders_with_active_reservations,
-                variants_out_of_sync = report.variants_out_of_sync_count,
-                drops_out_of_sync = report.drops_out_of_sync_count,
-                missing_indexes = ?report.missing_indexes,
-                "status read"
-            );
-            Ok(serde_json::to_value(&report).unwrap_or(Value::Null))
-        }
-        Err(error) => {
-            tracing::error!(request_id, error_type = error.kind(), error = %error.chain(), "status failed");
-            Err(HandlerError(error))
-        }
-    }
-}
-
-/// Answers with `work`'s JSON, or logs and returns its error.
-async fn answer<T: serde::Serialize>(
-    action: &'static str,
-    work: impl std::future::Future<Output = Result<T>>,
-) -> std::result::Result<Value, HandlerError> {
-    match work.await {
-        Ok(value) => Ok(serde_json::to_value(&value).unwrap_or(Value::Null)),
-        Err(error) => {
-            tracing::error!(action, error_type = error.kind(), error = %error.chain(), "failed");
-            Err(HandlerError(error))
-        }
-    }
-}
-
-async fn handle_revive(state: &AppState, order_id: i64) -> Result<ReviveOutcome> {
-    let release = &state.config.release;
-    let mut db = state
-        .credentials
-        .open(&state.tls, release.lock_timeout_ms)
-        .await?;
-    let outcome = revive(&mut db, release, state.config.revive.hold_minutes, order_id).await?;
-    tracing::info!(order_id, revived = outcome.revived, reason = ?outcome.reason, "revive");
-    Ok(outcome)
-}
-
-async fn handle_report(state: &AppState, days: u32) -> Result<DelayReport> {
-    let release = &state.config.release;
-    let db = state
-        .credentials
-        .open(&state.tls, release.lock_timeout_ms)
-        .await?;
-    release_delay::report(&db, release, days).await
-}
-
-async fn handle_run(
-    state: &AppState,
-    run: &RunRequest,
-    options: &RunOptions,
-    ctx: &RunContext<'_>,
-) -> std::result::Result<Value, HandlerError> {
+    let run_id = new_run_id();
+    let invocation = Invocation {
+        request_id: &request_id,
+        cold_start,
+        run_id: &run_id,
+        deadline: deadline(event.context.deadline, state.config.lambda.deadline_margin),
+        publish_grace: state.config.lambda.deadline_margin / 2,
+    };
+    let action = request.name();
+    let dry_run = matches!(&request, Request::Run(run) if run.dry_run);
     let started = Instant::now();
-    tracing::debug!(
-        time_budget_ms = options
-            .deadline
-            .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64),
-        "starting the run"
-    );
-    let outcome = run_release(state, run, options).await;
-    let (report, error) = match &outcome {
-        Ok(report) => (Some(report), None),
-        Err((error, partial)) => (partial.as_deref(), Some(error)),
+    let span = tracing::info_span!("action", action, request_id);
+    let outcome = request.execute(state, &invocation).instrument(span).await;
+    if action == "run" {
+        emit_metrics(state, &invocation, &outcome, dry_run, started);
+    }
+    match outcome {
+        Ok(answer) => Ok(answer.to_json()),
+        Err(failure) => {
+            if failure.report.is_none() {
+                let error = &failure.error;
+                tracing::error!(action, request_id, error_type = error.kind(), error = %error.chain(), "failed");
+            }
+            Err(HandlerError(failure.error))
+        }
+    }
+}
+
+/// The run's metrics document (partial report when it failed part-way, none when it never
+/// started).
+fn emit_metrics(
+    state: &AppState,
+    invocation: &Invocation<'_>,
+    outcome: &std::result::Result<Answer, Failure>,
+    dry_run: bool,
+    started: Instant,
+) {
+    let report = match outcome {
+        Ok(Answer::Run(report)) => Some(report.as_ref()),
+        Err(failure) => failure.report.as_deref(),
+        Ok(_) => None,
     };
     metrics::emit(&metrics::document(
         &state.config.metrics,
         &Observation {
-            run_id: ctx.run_id,
+            run_id: invocation.run_id,
             report,
-            failed: error.is_some(),
-            dry_run: run.dry_run,
-            cold_start: ctx.cold_start,
+            failed: outcome.is_err(),
+            dry_run,
+            cold_start: invocation.cold_start,
             duration_ms: started.elapsed().as_millis() as u64,
         },
     ));
-    telemetry::log_run(ctx, report, error);
-    match outcome {
-        Ok(report) => Ok(serde_json::to_value(&report).unwrap_or(Value::Null)),
-        Err((error, _)) => Err(HandlerError(error)),
-    }
 }
 
 /// The instant by which the run must stop starting batches: the invocation's deadline less the
@@ -292,26 +121,6 @@ pub fn deadline(deadline_ms: u64, margin: Duration) -> Option<Instant> {
     };
     let margin = margin.min(remaining / 3);
     Some(Instant::now() + remaining.saturating_sub(margin))
-}
-
-type RunOutcome = std::result::Result<RunReport, (Error, Option<Box<RunReport>>)>;
-
-async fn run_release(state: &AppState, run: &RunRequest, options: &RunOptions) -> RunOutcome {
-    let settings = state.config.release.clone().with_overrides(
-        run.batch_size.map(|n| ("batch_size", n)),
-        run.max_batches.map(|n| ("max_batches", n)),
-    );
-    let settings = settings.map_err(|e| (e, None))?;
-    let mut db = state
-        .credentials
-        .open(&state.tls, settings.lock_timeout_ms)
-        .await
-        .map_err(|e| (e, None))?;
-    let grace = state.config.lambda.deadline_margin / 2;
-    let publisher = state.publisher.as_ref();
-    events::run::run(&mut db, &settings, options.clone(), publisher, grace)
-        .await
-        .map_err(|failure| (failure.error, Some(failure.report)))
 }
 
 #[cfg(test)]

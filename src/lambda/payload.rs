@@ -13,28 +13,12 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::check_range;
-use crate::engine::release_delay::MAX_DAYS;
+use crate::action::report::Report;
+use crate::action::revive::Revive;
+use crate::action::run::Run;
+use crate::action::status::Status;
+use crate::action::Request;
 use crate::error::{Error, Result};
-
-/// What an invocation asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    Run(RunRequest),
-    Status,
-    Revive { order_id: i64 },
-    Report { days: u32 },
-}
-
-/// A run, and what the payload overrides of the settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RunRequest {
-    pub dry_run: bool,
-    pub batch_size: Option<u32>,
-    pub max_batches: Option<u32>,
-    /// Who asked: "schedule", "manual", or what the payload's `source` said.
-    pub source: String,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -110,9 +94,9 @@ pub fn parse(payload: &Value) -> Result<Request> {
                     truncate(&event.detail_type)
                 )));
             }
-            return Ok(Request::Run(RunRequest {
+            return Ok(Request::Run(Run {
                 source: "schedule".into(),
-                ..RunRequest::default()
+                ..Run::default()
             }));
         }
         Value::Object(_) => {}
@@ -147,42 +131,34 @@ fn manual_request(manual: Manual) -> Result<Request> {
         )));
     }
     match manual.action {
-        Some(Action::Status) => Ok(Request::Status),
+        Some(Action::Status) => Ok(Request::Status(Status)),
         Some(Action::Revive) => match manual.order_id {
-            Some(order_id) if order_id > 0 => Ok(Request::Revive { order_id }),
-            Some(_) => Err(Error::Payload(
-                "field order_id must be a positive order id".into(),
+            Some(order_id) => Ok(Request::Revive(
+                Revive::new("order_id", order_id).map_err(payload_error)?,
             )),
             None => Err(Error::Payload("action revive needs field order_id".into())),
         },
-        Some(Action::Report) => {
-            let days = manual.days.unwrap_or(7);
-            check_range("days", days, 1, MAX_DAYS).map_err(payload_error)?;
-            Ok(Request::Report { days })
-        }
+        Some(Action::Report) => Ok(Request::Report(
+            Report::new("days", manual.days).map_err(payload_error)?,
+        )),
         Some(Action::Run) | None => run_request(manual),
     }
 }
 
 fn run_request(manual: Manual) -> Result<Request> {
-    if let Some(n) = manual.batch_size {
-        check_range("batch_size", n, 1, 10_000).map_err(payload_error)?;
-    }
-    if let Some(n) = manual.max_batches {
-        check_range("max_batches", n, 1, 1_000_000).map_err(payload_error)?;
-    }
-    Ok(Request::Run(RunRequest {
-        dry_run: manual.dry_run.unwrap_or(false),
-        batch_size: manual.batch_size,
-        max_batches: manual.max_batches,
-        source: manual.source.unwrap_or_else(|| "manual".into()),
-    }))
+    let run = Run::new(
+        manual.source.as_deref().unwrap_or("manual"),
+        manual.dry_run.unwrap_or(false),
+        manual.batch_size.map(|n| ("batch_size", n)),
+        manual.max_batches.map(|n| ("max_batches", n)),
+    );
+    Ok(Request::Run(run.map_err(payload_error)?))
 }
 
-fn manual_run() -> RunRequest {
-    RunRequest {
+fn manual_run() -> Run {
+    Run {
         source: "manual".into(),
-        ..RunRequest::default()
+        ..Run::default()
     }
 }
 
@@ -227,7 +203,7 @@ mod tests {
 
     use super::*;
 
-    fn run(p: Value) -> RunRequest {
+    fn run(p: Value) -> Run {
         match parse(&p).unwrap() {
             Request::Run(r) => r,
             other => panic!("{other:?}"),
@@ -249,19 +225,19 @@ mod tests {
         assert!(!run(json!({"action": "run", "dry_run": false})).dry_run);
         assert_eq!(
             parse(&json!({"action": "status"})).unwrap(),
-            Request::Status
+            Request::Status(Status)
         );
         assert_eq!(
             parse(&json!({"action": "revive", "order_id": 42})).unwrap(),
-            Request::Revive { order_id: 42 }
+            Request::Revive(Revive { order_id: 42 })
         );
         assert_eq!(
             parse(&json!({"action": "report"})).unwrap(),
-            Request::Report { days: 7 }
+            Request::Report(Report { days: 7 })
         );
         assert_eq!(
             parse(&json!({"action": "report", "days": 30})).unwrap(),
-            Request::Report { days: 30 }
+            Request::Report(Report { days: 30 })
         );
     }
 
@@ -344,6 +320,7 @@ mod tests {
         use serde_json::{json, Map, Value};
 
         use super::super::*;
+        use crate::engine::release_delay::MAX_DAYS;
 
         const KNOWN: &[&str] = &[
             "dry_run",
@@ -407,17 +384,18 @@ mod tests {
                                 || map.contains_key("detail-type"));
                         }
                     }
-                    Ok(Request::Status) => {
+                    Ok(Request::Status(_)) => {
                         prop_assert_eq!(payload.get("action"), Some(&json!("status")));
                     }
-                    Ok(Request::Revive { order_id }) => {
+                    Ok(Request::Revive(Revive { order_id })) => {
                         prop_assert_eq!(payload.get("action"), Some(&json!("revive")));
                         prop_assert!(order_id > 0);
                     }
-                    Ok(Request::Report { days }) => {
+                    Ok(Request::Report(Report { days })) => {
                         prop_assert_eq!(payload.get("action"), Some(&json!("report")));
                         prop_assert!((1..=MAX_DAYS).contains(&days));
                     }
+                    Ok(Request::Events(_)) => prop_assert!(false, "events is not a payload action"),
                     Err(err) => {
                         prop_assert!(matches!(err, Error::Payload(_)));
                         let text = err.to_string();
@@ -442,7 +420,7 @@ mod tests {
                 if let Some(b) = batch_size { map.insert("batch_size".into(), json!(b)); }
                 if let Some(m) = max_batches { map.insert("max_batches".into(), json!(m)); }
                 let parsed = parse(&Value::Object(map));
-                prop_assert_eq!(parsed.ok(), Some(Request::Run(RunRequest {
+                prop_assert_eq!(parsed.ok(), Some(Request::Run(Run {
                     dry_run: dry_run.unwrap_or(false),
                     batch_size,
                     max_batches,

@@ -1,5 +1,6 @@
 //! Integration tests against a real PostgreSQL server started by `scripts/test.sh`.
 
+mod actions;
 mod batching;
 mod cli;
 mod common;

@@ -1,0 +1,96 @@
+//! `run`: release the due reservations in batches, publishing their expiry events, and answer
+//! with the run report. One summary line is logged for every run that started.
+
+use tracing::Instrument;
+
+use crate::action::{AppState, Failure, Invocation};
+use crate::config::{check_range, BATCH_SIZE_RANGE, MAX_BATCHES_RANGE};
+use crate::engine::report::RunReport;
+use crate::engine::run::RunOptions;
+use crate::error::Result;
+use crate::events;
+use crate::telemetry::{self, RunContext};
+
+/// A run, and what it overrides of the settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Run {
+    /// Run every statement, roll each batch back, and report what would happen.
+    pub dry_run: bool,
+    pub batch_size: Option<u32>,
+    pub max_batches: Option<u32>,
+    /// Who asked: "schedule", "manual", "cli", or what the payload's `source` said.
+    pub source: String,
+}
+
+impl Run {
+    /// A run with these overrides, each range-checked under the name the front-end gave it
+    /// (a flag, a payload field).
+    pub fn new(
+        source: &str,
+        dry_run: bool,
+        batch_size: Option<(&str, u32)>,
+        max_batches: Option<(&str, u32)>,
+    ) -> Result<Self> {
+        if let Some((name, n)) = batch_size {
+            check_range(name, n, BATCH_SIZE_RANGE.0, BATCH_SIZE_RANGE.1)?;
+        }
+        if let Some((name, n)) = max_batches {
+            check_range(name, n, MAX_BATCHES_RANGE.0, MAX_BATCHES_RANGE.1)?;
+        }
+        Ok(Run {
+            dry_run,
+            batch_size: batch_size.map(|(_, n)| n),
+            max_batches: max_batches.map(|(_, n)| n),
+            source: source.into(),
+        })
+    }
+
+    /// Opens the connection and runs the release with its events; the run logs its summary
+    /// line (a run that could not connect never started: the front-end reports that error).
+    pub async fn execute(
+        self,
+        state: &AppState,
+        invocation: &Invocation<'_>,
+    ) -> std::result::Result<Box<RunReport>, Failure> {
+        let settings = state.config.release.clone().with_overrides(
+            self.batch_size.map(|n| ("batch_size", n)),
+            self.max_batches.map(|n| ("max_batches", n)),
+        )?;
+        let options = RunOptions {
+            dry_run: self.dry_run,
+            deadline: invocation.deadline,
+            run_id: invocation.run_id.to_string(),
+            ..RunOptions::default()
+        };
+        let ctx = RunContext {
+            request_id: invocation.request_id,
+            run_id: invocation.run_id,
+            source: &self.source,
+            dry_run: self.dry_run,
+            cold_start: invocation.cold_start,
+            tls: !state.config.database.tls_disabled(),
+        };
+        let mut db = state
+            .credentials
+            .open(&state.tls, settings.lock_timeout_ms)
+            .await?;
+        let publisher = state.publisher.as_ref();
+        let grace = invocation.publish_grace;
+        let outcome = events::run::run(&mut db, &settings, options, publisher, grace)
+            .instrument(telemetry::run_span(&ctx))
+            .await;
+        match outcome {
+            Ok(report) => {
+                telemetry::log_run(&ctx, Some(&report), None);
+                Ok(Box::new(report))
+            }
+            Err(failure) => {
+                telemetry::log_run(&ctx, Some(&failure.report), Some(&failure.error));
+                Err(Failure {
+                    error: failure.error,
+                    report: Some(failure.report),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The state built once per process (the Lambda execution environment, or one CLI command):
+//! the configuration, the TLS connector, the credential source and the EventBridge publisher.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use postgres_native_tls::MakeTlsConnector;
+
+use crate::config::Config;
+use crate::db::credentials::CredentialSource;
+use crate::error::{Error, Result};
+use crate::events::Publisher;
+
+/// Everything an invocation needs that can be built once per execution environment.
+pub struct AppState {
+    pub config: Config,
+    pub credentials: CredentialSource,
+    pub tls: MakeTlsConnector,
+    /// The EventBridge publisher of the expiry events, when `EVENT_BUS_NAME` is set.
+    pub publisher: Option<Publisher>,
+    /// What the init's parts took.
+    pub init: InitTimings,
+    cold_start: AtomicBool,
+}
+
+impl AppState {
+    /// Builds the state from the environment ([`Config::from_env`]): every setting is checked
+    /// before anything is contacted.
+    pub async fn from_env() -> Result<Self> {
+        AppState::from_config(Config::from_env()?).await
+    }
+
+    /// Builds the state from a configuration. The TLS connector (OpenSSL loading the system
+    /// store and the RDS CAs: CPU work) is built on a blocking thread while the AWS SDK
+    /// configuration loads and, with `PREFETCH_CREDENTIALS`, the credentials are fetched
+    /// (mostly network waits): Lambda's init has the CPU for both.
+    pub async fn from_config(config: Config) -> Result<Self> {
+        let database = config.database.clone();
+        let tls = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            database
+                .tls_connector()
+                .map(|tls| (tls, elapsed_ms(started)))
+        });
+        let started = Instant::now();
+        let credentials = CredentialSource::from_config(&config.database).await?;
+        if config.lambda.prefetch_credentials {
+            credentials.prefetch(Duration::from_secs(3)).await;
+        }
+        let publisher = match &config.events.bus_name {
+            Some(bus) => Some(Publisher::from_env(bus.clone()).await),
+            None => None,
+        };
+        let aws_ms = elapsed_ms(started);
+        let (tls, tls_ms) = tls
+            .await
+            .map_err(|e| Error::Tls(format!("building the TLS connector failed: {e}")))??;
+        if config.database.tls_disabled() {
+            tracing::warn!(
+                "TLS to the database is DISABLED (sslmode disable): credentials and data cross \
+                 the network in the clear; set DB_SSLMODE=require"
+            );
+        }
+        Ok(AppState {
+            config,
+            credentials,
+            tls,
+            publisher,
+            init: InitTimings { tls_ms, aws_ms },
+            cold_start: AtomicBool::new(true),
+        })
+    }
+}
+
+/// What the parts of the init took, side by side: they run at the same time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InitTimings {
+    /// Building the TLS connector.
+    pub tls_ms: f64,
+    /// Loading the AWS SDK configuration, building the clients, prefetching the credentials.
+    pub aws_ms: f64,
+}
+
+fn elapsed_ms(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64() * 1000.0
+}
+
+impl AppState {
+    /// True on the first call only: the first invocation of this execution environment.
+    pub fn take_cold_start(&self) -> bool {
+        self.cold_start.swap(false, Ordering::SeqCst)
+    }
+}

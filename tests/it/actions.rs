@@ -1,0 +1,155 @@
+//! The two front-ends are adapters of one action layer: for every action both offer, the CLI's
+//! stdout and the Lambda handler's response are the same JSON (the run id and timings aside),
+//! and a revive that cannot be done is exit code 3 on the command line.
+
+use std::process::Command;
+
+use lambda_runtime::{Context, LambdaEvent};
+use serde_json::{json, Value};
+use unreserver::{handle, AppState, Config};
+
+use crate::common::{Res, TestDb};
+
+/// What the CLI prints for `args` against `url`, and its exit code.
+fn cli(url: &str, args: &[&str]) -> (Value, i32) {
+    let out = Command::new(env!("CARGO_BIN_EXE_unreserver"))
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env_remove("DB_SECRET_ID")
+        .env_remove("EVENT_BUS_NAME")
+        .env_remove("BATCH_SIZE")
+        .env_remove("MAX_BATCHES")
+        .output()
+        .expect("cannot start unreserver");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: stdout is not JSON ({e}): {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (value, out.status.code().unwrap_or(-1))
+}
+
+/// What the Lambda handler answers to `payload` against `url`.
+async fn lambda(url: &str, payload: Value) -> Value {
+    let config = Config::from_lookup(|name| (name == "DATABASE_URL").then(|| url.to_string()))
+        .expect("config");
+    let state = AppState::from_config(config).await.expect("state");
+    let mut context = Context::default();
+    context.request_id = "req-parity".into();
+    match handle(&state, LambdaEvent::new(payload.clone(), context)).await {
+        Ok(value) => value,
+        Err(error) => panic!("{payload}: {error:?}"),
+    }
+}
+
+/// The answer with what differs between two calls by nature blanked: the run id and every
+/// duration or age measured on the clock.
+fn comparable(mut value: Value) -> Value {
+    fn blank(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    let timed = key == "run_id"
+                        || key.ends_with("_ms")
+                        || key.starts_with("batch_ms")
+                        || key.contains("age_seconds")
+                        || key.contains("delay");
+                    if timed {
+                        *v = Value::Null;
+                    } else {
+                        blank(v);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(blank),
+            _ => {}
+        }
+    }
+    blank(&mut value);
+    value
+}
+
+/// Two due orders on one variant, one not yet due; the same ids in every fresh database.
+async fn seeded() -> (TestDb, i64) {
+    let t = TestDb::new().await;
+    let v = t.variant(4).await;
+    let mut first = 0;
+    for (i, expires) in ["-2 minutes", "-1 minute", "+1 hour"]
+        .into_iter()
+        .enumerate()
+    {
+        let order = t.order("pending", "pending").await;
+        if i == 0 {
+            first = order;
+        }
+        let qty = if i == 2 { 2 } else { 1 };
+        t.reservation(Res::new(Some(order), v, qty, expires)).await;
+    }
+    (t, first)
+}
+
+async fn same(url: &str, args: &[&str], payload: Value) -> Value {
+    let (printed, code) = cli(url, args);
+    assert_eq!(code, 0, "{args:?}: {printed}");
+    let answered = lambda(url, payload).await;
+    assert_eq!(
+        comparable(printed.clone()),
+        comparable(answered),
+        "{args:?}"
+    );
+    printed
+}
+
+#[tokio::test]
+async fn the_cli_and_the_lambda_answer_every_action_alike() {
+    let (a, order) = seeded().await;
+    let (b, order_b) = seeded().await;
+    assert_eq!(order, order_b, "the two databases must give the same ids");
+    let (url_a, url_b) = (a.release_url(), b.release_url());
+
+    let status = same(&url_a, &["status"], json!({"action": "status"})).await;
+    assert_eq!(status["due_reservations"], 2);
+    let dry = same(
+        &url_a,
+        &["run", "--dry-run", "--batch-size", "1"],
+        json!({"dry_run": true, "batch_size": 1}),
+    )
+    .await;
+    assert_eq!(dry["reservations_released"], 2);
+
+    // A real run changes the rows: the CLI runs on one database, the Lambda on its twin.
+    let (printed, code) = cli(&url_a, &["run", "--max-batches", "5"]);
+    assert_eq!(code, 0, "{printed}");
+    let answered = lambda(&url_b, json!({"max_batches": 5})).await;
+    assert_eq!(comparable(printed.clone()), comparable(answered));
+    assert_eq!(printed["orders_cancelled"], 2);
+
+    let report = same(
+        &url_a,
+        &["report", "--days", "2"],
+        json!({"action": "report", "days": 2}),
+    )
+    .await;
+    assert_eq!(report["days"][0]["reservations_released"], 2, "{report}");
+
+    let id = order.to_string();
+    let (printed, code) = cli(&url_a, &["revive", &id]);
+    assert_eq!(code, 0, "{printed}");
+    let answered = lambda(&url_b, json!({"action": "revive", "order_id": order})).await;
+    assert_eq!(comparable(printed.clone()), comparable(answered));
+    assert_eq!(printed["revived"], true, "{printed}");
+
+    // Not revivable: the same answer, and exit code 3 on the command line.
+    let unknown = (order + 1000).to_string();
+    let (printed, code) = cli(&url_a, &["revive", &unknown]);
+    assert_eq!(code, 3, "{printed}");
+    let answered = lambda(
+        &url_a,
+        json!({"action": "revive", "order_id": order + 1000}),
+    )
+    .await;
+    assert_eq!(comparable(printed.clone()), comparable(answered));
+    assert_eq!(printed["revived"], false);
+}
