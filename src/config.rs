@@ -4,16 +4,11 @@
 //! is made, and every error names its setting. Secrets are held as [`SecretString`]s or in a
 //! [`tokio_postgres::Config`], whose `Debug` redacts the password.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use postgres_native_tls::MakeTlsConnector;
-use secrecy::{ExposeSecret, SecretString};
-use tokio_postgres::config::{Host, SslMode};
-
-use crate::db::tls::{self, RdsCaRegions};
-use crate::db::{connect, conninfo};
+pub use crate::db::settings::{DatabaseConfig, DatabaseSource, IamSettings, SecretSettings};
 use crate::error::{Error, Result};
+pub use crate::settings::{check_range, parse_u32};
 
 /// Everything a front-end needs, read once at start.
 #[derive(Debug, Clone)]
@@ -190,198 +185,6 @@ impl ReleaseSettings {
     }
 }
 
-/// Where the database is and how to reach it.
-#[derive(Debug, Clone)]
-pub struct DatabaseConfig {
-    pub source: DatabaseSource,
-    /// `DB_CA_BUNDLE`: a PEM file of CAs to trust besides the system store.
-    pub ca_bundle: Option<PathBuf>,
-    /// `DB_RDS_CA_REGIONS`: which of the built-in RDS CAs to trust.
-    pub rds_ca_regions: RdsCaRegions,
-}
-
-/// Where the connection settings come from.
-#[derive(Debug, Clone)]
-pub enum DatabaseSource {
-    /// `DATABASE_URL`: a libpq URL or key=value string, parsed and checked (its `Debug` redacts
-    /// the password).
-    Url(Box<tokio_postgres::Config>),
-    /// `DB_SECRET_ID`: a Secrets Manager secret, completed by the settings.
-    Secret(SecretSettings),
-    /// `DB_AUTH=iam`: RDS IAM database authentication, a token signed for each connection.
-    Iam(IamSettings),
-}
-
-/// RDS IAM database authentication: where the database is and whom to log in as.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IamSettings {
-    /// `DB_HOST`, `DB_PORT` (5432), `DB_NAME`, `DB_USER`, all required but the port.
-    pub host: String,
-    pub port: u16,
-    pub dbname: String,
-    pub user: String,
-}
-
-/// A Secrets Manager secret and what it may lack.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretSettings {
-    /// The secret's name or ARN.
-    pub secret_id: String,
-    /// `DB_HOST`, `DB_PORT` (5432), `DB_NAME`: for secrets that hold only a user and password.
-    pub host: Option<String>,
-    pub port: u16,
-    pub dbname: Option<String>,
-    /// `DB_SSLMODE`.
-    pub ssl_mode: SslMode,
-    /// `SECRET_CACHE_TTL_SECONDS` (900): how long fetched credentials are reused.
-    pub cache_ttl: Duration,
-}
-
-impl DatabaseConfig {
-    /// `DB_SECRET_ID` (with `DB_HOST`, `DB_PORT`, `DB_NAME`, `DB_SSLMODE`,
-    /// `SECRET_CACHE_TTL_SECONDS`) or else `DATABASE_URL`; and `DB_CA_BUNDLE`.
-    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<DatabaseConfig> {
-        let source = match lookup("DB_AUTH").as_deref().map(str::trim) {
-            None | Some("secret") | Some("password") => secret_or_url(lookup)?,
-            Some("iam") => DatabaseSource::Iam(iam_settings(lookup)?),
-            Some(other) => {
-                return Err(Error::Setting {
-                    name: "DB_AUTH".into(),
-                    reason: format!("{other:?} is not one of secret (the default) or iam"),
-                })
-            }
-        };
-        Ok(DatabaseConfig {
-            rds_ca_regions: rds_ca_regions(lookup, &source)?,
-            source,
-            ca_bundle: lookup("DB_CA_BUNDLE").map(PathBuf::from),
-        })
-    }
-
-    /// The TLS connector every connection of the process uses (see [`tls::connector`]).
-    pub fn tls_connector(&self) -> Result<MakeTlsConnector> {
-        tls::connector(self.ca_bundle.as_deref(), &self.rds_ca_regions)
-    }
-
-    /// Whether connections go without TLS.
-    pub fn tls_disabled(&self) -> bool {
-        match &self.source {
-            DatabaseSource::Url(config) => connect::tls_disabled(config),
-            DatabaseSource::Secret(secret) => secret.ssl_mode == SslMode::Disable,
-            DatabaseSource::Iam(_) => false,
-        }
-    }
-}
-
-/// `DB_RDS_CA_REGIONS`: `all`, or regions separated by commas. By default the regions of the
-/// database's host names that are RDS endpoints (when known before a secret is read) and the
-/// process's own (`AWS_REGION`, which Lambda always sets); all when neither is known.
-fn rds_ca_regions(
-    lookup: &impl Fn(&str) -> Option<String>,
-    source: &DatabaseSource,
-) -> Result<RdsCaRegions> {
-    if let Some(value) = lookup("DB_RDS_CA_REGIONS") {
-        return RdsCaRegions::parse(&value).map_err(|reason| Error::Setting {
-            name: "DB_RDS_CA_REGIONS".into(),
-            reason,
-        });
-    }
-    let hosts: Vec<String> = match source {
-        DatabaseSource::Url(config) => config
-            .get_hosts()
-            .iter()
-            .filter_map(|host| match host {
-                Host::Tcp(name) => Some(name.clone()),
-                _ => None,
-            })
-            .collect(),
-        DatabaseSource::Secret(secret) => secret.host.iter().cloned().collect(),
-        DatabaseSource::Iam(iam) => vec![iam.host.clone()],
-    };
-    let mut regions: Vec<String> = Vec::new();
-    let own = lookup("AWS_REGION").or_else(|| lookup("AWS_DEFAULT_REGION"));
-    let found = hosts
-        .iter()
-        .filter_map(|h| tls::rds_region(h).map(str::to_owned));
-    for region in found.chain(own) {
-        if !regions.contains(&region) {
-            regions.push(region);
-        }
-    }
-    Ok(match regions.is_empty() {
-        true => RdsCaRegions::All,
-        false => RdsCaRegions::Only(regions),
-    })
-}
-
-/// `DB_HOST`, `DB_PORT`, `DB_NAME`, `DB_USER` for IAM authentication; TLS is required (a
-/// `DB_SSLMODE` of `disable` is refused: the token must not cross the network in the clear).
-fn iam_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<IamSettings> {
-    let required = |name: &str| {
-        lookup(name).ok_or_else(|| Error::Setting {
-            name: name.into(),
-            reason: "required with DB_AUTH=iam".into(),
-        })
-    };
-    if conninfo::ssl_mode("DB_SSLMODE", lookup("DB_SSLMODE").as_deref())? != SslMode::Require {
-        return Err(Error::Setting {
-            name: "DB_SSLMODE".into(),
-            reason: "IAM authentication requires TLS: the token is a password for 15 minutes"
-                .into(),
-        });
-    }
-    Ok(IamSettings {
-        host: required("DB_HOST")?,
-        port: parse_port(lookup("DB_PORT"))?,
-        dbname: required("DB_NAME")?,
-        user: required("DB_USER")?,
-    })
-}
-
-/// `DB_SECRET_ID` (with its settings) or else `DATABASE_URL`.
-fn secret_or_url(lookup: &impl Fn(&str) -> Option<String>) -> Result<DatabaseSource> {
-    let source = match (lookup("DB_SECRET_ID"), lookup("DATABASE_URL")) {
-        (Some(secret_id), _) => DatabaseSource::Secret(SecretSettings {
-            secret_id,
-            host: lookup("DB_HOST"),
-            port: parse_port(lookup("DB_PORT"))?,
-            dbname: lookup("DB_NAME"),
-            ssl_mode: conninfo::ssl_mode("DB_SSLMODE", lookup("DB_SSLMODE").as_deref())?,
-            cache_ttl: Duration::from_secs(
-                parse_u32(lookup, "SECRET_CACHE_TTL_SECONDS", 900, 0, 86_400)?.into(),
-            ),
-        }),
-        (None, Some(url)) => {
-            let url = SecretString::from(url);
-            DatabaseSource::Url(Box::new(connect::config_from_url(
-                "DATABASE_URL",
-                url.expose_secret(),
-            )?))
-        }
-        (None, None) => {
-            return Err(Error::Setting {
-                name: "DATABASE_URL".into(),
-                reason: "not set, nor DB_SECRET_ID (set DB_SECRET_ID to the secret's name \
-                             or ARN, or DATABASE_URL / --database-url to a connection string)"
-                    .into(),
-            })
-        }
-    };
-    Ok(source)
-}
-
-fn parse_port(value: Option<String>) -> Result<u16> {
-    let Some(p) = value else { return Ok(5432) };
-    p.trim()
-        .parse::<u16>()
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| Error::Setting {
-            name: "DB_PORT".into(),
-            reason: format!("{p:?} is not a port number"),
-        })
-}
-
 /// What only the Lambda front-end uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LambdaConfig {
@@ -487,45 +290,12 @@ fn metric_name(
     }
 }
 
-/// Reads setting `name` through `lookup` as a whole number in `min..=max`; unset or empty
-/// keeps `default`. Errors name the setting.
-pub fn parse_u32(
-    lookup: &impl Fn(&str) -> Option<String>,
-    name: &str,
-    default: u32,
-    min: u32,
-    max: u32,
-) -> Result<u32> {
-    let Some(raw) = lookup(name) else {
-        return Ok(default);
-    };
-    let raw = raw.trim();
-    if raw.is_empty() {
-        return Ok(default);
-    }
-    let value: u32 = raw.parse().map_err(|_| Error::Setting {
-        name: name.into(),
-        reason: format!("{raw:?} is not a whole number"),
-    })?;
-    check_range(name, value, min, max)?;
-    Ok(value)
-}
-
-/// Fails with an error naming `name` unless `min <= value <= max`.
-pub fn check_range(name: &str, value: u32, min: u32, max: u32) -> Result<()> {
-    if (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err(Error::Setting {
-            name: name.into(),
-            reason: format!("{value} is out of range ({min} to {max})"),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use tokio_postgres::config::SslMode;
+
     use super::*;
+    use crate::db::tls::RdsCaRegions;
 
     fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let pairs: Vec<(String, String)> = pairs

@@ -42,6 +42,7 @@ pub(crate) mod engine;
 pub mod error;
 pub mod events;
 pub(crate) mod lambda;
+pub(crate) mod settings;
 pub mod telemetry;
 
 pub use action::{AppState, Request};

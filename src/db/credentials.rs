@@ -16,7 +16,7 @@ use super::connect;
 use super::iam::{self, TokenTarget};
 use super::secrets::{DbCredentials, SecretSource};
 use super::session::Database;
-use crate::config::{DatabaseConfig, DatabaseSource, IamSettings, SecretSettings};
+use super::settings::{DatabaseConfig, DatabaseSource, IamSettings, SecretSettings};
 use crate::error::{Error, Result};
 
 /// The source of the connection settings.

@@ -8,5 +8,6 @@ pub(crate) mod iam;
 pub(crate) mod preflight;
 pub(crate) mod secrets;
 pub(crate) mod session;
+pub mod settings;
 pub mod sql;
 pub(crate) mod tls;

@@ -13,9 +13,8 @@ use super::pass::Passes;
 use super::report::{quantile, RunReport, StopReason};
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
-use crate::db::sql::outbox;
+use crate::db::sql::{outbox, CancelledOrder, ReleasedReservation};
 use crate::error::{is_cancelled, is_conflict, Error, Result};
-use crate::events::{model as events, Sink};
 
 /// How a run is asked to go.
 #[derive(Debug, Clone)]
@@ -26,8 +25,33 @@ pub struct RunOptions {
     pub deadline: Option<Instant>,
     /// This run's id (a fresh UUID by default), in its report, logs and metrics.
     pub run_id: String,
-    /// Where each committed batch's expiry events go (`EVENT_BUS_NAME`); a dry run sends none.
-    pub events: Option<Sink>,
+    /// Called after each committed batch with what it released (never in a dry run): the
+    /// events layer composes and publishes the expiry events there.
+    pub on_commit: Option<OnCommit>,
+}
+
+/// What a committed batch released, as the on-commit hook sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Committed<'a> {
+    pub released: &'a [ReleasedReservation],
+    pub cancelled: &'a [CancelledOrder],
+    pub run_id: &'a str,
+}
+
+/// The hook a run calls after each committed batch.
+#[derive(Clone)]
+pub struct OnCommit(std::sync::Arc<dyn Fn(Committed<'_>) + Send + Sync>);
+
+impl OnCommit {
+    pub fn new(hook: impl Fn(Committed<'_>) + Send + Sync + 'static) -> Self {
+        OnCommit(std::sync::Arc::new(hook))
+    }
+}
+
+impl std::fmt::Debug for OnCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnCommit")
+    }
 }
 
 impl Default for RunOptions {
@@ -36,7 +60,7 @@ impl Default for RunOptions {
             dry_run: false,
             deadline: None,
             run_id: new_run_id(),
-            events: None,
+            on_commit: None,
         }
     }
 }
@@ -428,12 +452,12 @@ impl<'a> Run<'a> {
         log_batch(self.report.batches, &batch);
         self.delays
             .extend(batch.released.iter().map(|r| r.delay_seconds));
-        if let (Some(sink), false) = (&self.options.events, self.options.dry_run) {
-            sink.send(events::from_batch(
-                &batch.released,
-                &batch.cancelled,
-                &self.options.run_id,
-            ));
+        if let (Some(hook), false) = (&self.options.on_commit, self.options.dry_run) {
+            (hook.0)(Committed {
+                released: &batch.released,
+                cancelled: &batch.cancelled,
+                run_id: &self.options.run_id,
+            });
         }
         if batch.rows_paged > 0 && self.passes.is_none() {
             self.cursor = batch.next_cursor;

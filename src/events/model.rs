@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::db::sql::outbox::ExpiredRow;
 use crate::db::sql::{CancelledOrder, ReleasedReservation};
 
 /// `Source` of every event.
@@ -17,19 +18,6 @@ pub const SOURCE: &str = "unreserver";
 pub const ORDER_EXPIRED: &str = "Order Expired";
 /// `DetailType` of the event for a cart hold (a reservation without an order) released.
 pub const HOLD_RELEASED: &str = "Cart Hold Released";
-
-/// A reservation the release expired, with what an event says of it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExpiredRow {
-    pub reservation_id: i64,
-    /// None for a cart hold.
-    pub order_id: Option<i64>,
-    pub order_number: Option<String>,
-    pub variant_id: i64,
-    pub drop_id: Option<i64>,
-    pub quantity: i32,
-    pub released_at: SystemTime,
-}
 
 /// One event, ready to print (one JSON object a line) or to publish.
 #[derive(Debug, Clone, PartialEq, Serialize)]

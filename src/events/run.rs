@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use super::publisher::{Published, Publisher};
-use super::sink;
+use super::{model, sink};
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::engine::report::RunReport;
-use crate::engine::run::{self, RunFailure, RunOptions};
+use crate::engine::run::{self, OnCommit, RunFailure, RunOptions};
 
 /// How long the events may still take after a run without a deadline (the CLI without a time
 /// budget).
@@ -28,9 +28,15 @@ pub async fn run(
         return run::run(db, settings, &options).await;
     };
     let (events, task) = sink::spawn(publisher.clone());
-    options.events = Some(events);
+    options.on_commit = Some(OnCommit::new(move |batch| {
+        events.send(model::from_batch(
+            batch.released,
+            batch.cancelled,
+            batch.run_id,
+        ));
+    }));
     let outcome = run::run(db, settings, &options).await;
-    options.events = None;
+    options.on_commit = None;
     let wait = options.deadline.map_or(WAIT_WITHOUT_DEADLINE, |d| {
         d.saturating_duration_since(Instant::now())
     }) + grace;

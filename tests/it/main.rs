@@ -13,6 +13,7 @@ mod handler;
 mod iam;
 mod indexes;
 mod lambda;
+mod layers;
 mod least_privilege;
 mod release_rules;
 mod revive;

@@ -13,7 +13,19 @@ use tokio_postgres::GenericClient;
 
 use super::{fetch, fetch_one};
 use crate::error::Result;
-use crate::events::model::ExpiredRow;
+
+/// A reservation the release expired, with what an event says of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpiredRow {
+    pub reservation_id: i64,
+    /// None for a cart hold.
+    pub order_id: Option<i64>,
+    pub order_number: Option<String>,
+    pub variant_id: i64,
+    pub drop_id: Option<i64>,
+    pub quantity: i32,
+    pub released_at: SystemTime,
+}
 
 /// The reservations the release expired in [$1, $2) (`$2` NULL: up to `now()`), for the
 /// expiry events: the rows of the orders it cancelled, and the cart holds. Ordered so that an
