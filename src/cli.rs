@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::action::events::{Events, EventsAnswer};
@@ -24,14 +24,13 @@ use crate::config::Config;
 use crate::engine::release_delay::MAX_DAYS;
 use crate::engine::run::new_run_id;
 use crate::error::{Error, Result};
+use crate::settings;
 use crate::telemetry::{self, LogFormat};
 
 /// Gives back the stock held by expired reservations of unpaid orders.
 ///
-/// Settings come from the environment (BATCH_SIZE, MAX_BATCHES, RESERVATION_TIMEOUT_MINUTES,
-/// PAYMENT_PROCESSING_GRACE_MINUTES, LOCK_TIMEOUT_MS, STATEMENT_TIMEOUT_MS, BATCH_MAX_ATTEMPTS,
-/// RETRY_BACKOFF_MS, TIME_BUDGET_SECONDS; DB_SECRET_ID and DB_* for a Secrets Manager secret
-/// instead of a URL); flags override them.
+/// Settings come from the environment (listed below `--help`, from the settings table); flags
+/// override them.
 #[derive(Debug, Parser)]
 #[command(name = "unreserver", version)]
 pub struct Cli {
@@ -56,10 +55,10 @@ enum Command {
         /// Run every statement, roll each batch back, and report what would happen.
         #[arg(long)]
         dry_run: bool,
-        /// Orders (or cart holds) per batch transaction [env: BATCH_SIZE].
+        /// Overrides BATCH_SIZE for this run.
         #[arg(long)]
         batch_size: Option<u32>,
-        /// Stop after this many batches [env: MAX_BATCHES].
+        /// Overrides MAX_BATCHES for this run.
         #[arg(long)]
         max_batches: Option<u32>,
     },
@@ -105,7 +104,13 @@ fn parse_time(value: &str) -> std::result::Result<SystemTime, String> {
 
 /// Parses the arguments, runs the command, and returns the process exit code.
 pub async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command()
+        .after_long_help(settings::help())
+        .get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     telemetry::init(LogFormat::Text);
     match execute(cli).await {
         Ok(output) => {

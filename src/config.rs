@@ -8,7 +8,14 @@ use std::time::Duration;
 
 pub use crate::db::settings::{DatabaseConfig, DatabaseSource, IamSettings, SecretSettings};
 use crate::error::{Error, Result};
-pub use crate::settings::{check_range, parse_u32};
+use crate::settings::{
+    self, Setting, BATCH_MAX_ATTEMPTS, BATCH_SIZE, DEADLINE_MARGIN_MS, EVENT_BUS_NAME,
+    LOCK_TIMEOUT_MS, MAX_BATCHES, PASS_SIZE, PAYMENT_PROCESSING_GRACE_MINUTES,
+    POWERTOOLS_METRICS_NAMESPACE, POWERTOOLS_SERVICE_NAME, PREFETCH_CREDENTIALS,
+    RESERVATION_TIMEOUT_MINUTES, RETRY_BACKOFF_MS, REVIVE_HOLD_MINUTES, SHOP_DEADLOCK_TIMEOUT_MS,
+    STATEMENT_TIMEOUT_MS, TIME_BUDGET_SECONDS,
+};
+pub use crate::settings::{check_range, SETTINGS};
 
 /// Everything a front-end needs, read once at start.
 #[derive(Debug, Clone)]
@@ -74,77 +81,48 @@ pub struct ReleaseSettings {
 }
 
 /// Default due reservations per batch, chosen from the benchmark (see BENCHMARKS.md).
-pub const DEFAULT_BATCH_SIZE: u32 = 500;
-/// The range of `BATCH_SIZE` (and of every override of it).
-pub const BATCH_SIZE_RANGE: (u32, u32) = (1, 10_000);
-/// The range of `MAX_BATCHES` (and of every override of it).
-pub const MAX_BATCHES_RANGE: (u32, u32) = (1, 1_000_000);
+pub const DEFAULT_BATCH_SIZE: u32 = settings::BATCH_SIZE.default_number();
 
 impl Default for ReleaseSettings {
     fn default() -> Self {
+        let n = |s: Setting| s.default_number();
         ReleaseSettings {
-            batch_size: DEFAULT_BATCH_SIZE,
-            max_batches: 1000,
-            reservation_timeout_minutes: 15,
-            payment_processing_grace_minutes: 15,
-            lock_timeout_ms: 100,
-            statement_timeout_ms: 5000,
-            batch_max_attempts: 5,
-            retry_backoff_ms: 50,
-            time_budget: Some(Duration::from_secs(240)),
-            shop_deadlock_timeout_ms: None,
-            pass_size: 50_000,
+            batch_size: n(BATCH_SIZE),
+            max_batches: n(MAX_BATCHES),
+            reservation_timeout_minutes: n(RESERVATION_TIMEOUT_MINUTES),
+            payment_processing_grace_minutes: n(PAYMENT_PROCESSING_GRACE_MINUTES),
+            lock_timeout_ms: n(LOCK_TIMEOUT_MS),
+            statement_timeout_ms: n(STATEMENT_TIMEOUT_MS),
+            batch_max_attempts: n(BATCH_MAX_ATTEMPTS),
+            retry_backoff_ms: n(RETRY_BACKOFF_MS),
+            time_budget: seconds(n(TIME_BUDGET_SECONDS)),
+            shop_deadlock_timeout_ms: Some(n(SHOP_DEADLOCK_TIMEOUT_MS)).filter(|&ms| ms > 0),
+            pass_size: n(PASS_SIZE),
         }
     }
+}
+
+/// 0 means none.
+fn seconds(n: u32) -> Option<Duration> {
+    (n > 0).then(|| Duration::from_secs(u64::from(n)))
 }
 
 impl ReleaseSettings {
     /// Reads the release settings through `lookup`; unset names keep their defaults.
     pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<ReleaseSettings> {
-        let d = ReleaseSettings::default();
-        let budget_default = d.time_budget.map_or(0, |b| b.as_secs() as u32);
-        let budget = parse_u32(lookup, "TIME_BUDGET_SECONDS", budget_default, 0, 86_400)?;
-        let shop_deadlock = parse_u32(lookup, "SHOP_DEADLOCK_TIMEOUT_MS", 0, 0, 600_000)?;
-        let (b_min, b_max) = BATCH_SIZE_RANGE;
-        let (m_min, m_max) = MAX_BATCHES_RANGE;
         let settings = ReleaseSettings {
-            batch_size: parse_u32(lookup, "BATCH_SIZE", d.batch_size, b_min, b_max)?,
-            max_batches: parse_u32(lookup, "MAX_BATCHES", d.max_batches, m_min, m_max)?,
-            reservation_timeout_minutes: parse_u32(
-                lookup,
-                "RESERVATION_TIMEOUT_MINUTES",
-                d.reservation_timeout_minutes,
-                1,
-                10_080,
-            )?,
-            payment_processing_grace_minutes: parse_u32(
-                lookup,
-                "PAYMENT_PROCESSING_GRACE_MINUTES",
-                d.payment_processing_grace_minutes,
-                0,
-                10_080,
-            )?,
-            lock_timeout_ms: parse_u32(lookup, "LOCK_TIMEOUT_MS", d.lock_timeout_ms, 1, 5_000)?,
-            statement_timeout_ms: parse_u32(
-                lookup,
-                "STATEMENT_TIMEOUT_MS",
-                d.statement_timeout_ms,
-                100,
-                600_000,
-            )?,
-            batch_max_attempts: parse_u32(
-                lookup,
-                "BATCH_MAX_ATTEMPTS",
-                d.batch_max_attempts,
-                1,
-                20,
-            )?,
-            retry_backoff_ms: parse_u32(lookup, "RETRY_BACKOFF_MS", d.retry_backoff_ms, 1, 10_000)?,
-            // 0 means no budget: the run stops only when drained or at MAX_BATCHES.
-            time_budget: (budget > 0).then(|| Duration::from_secs(u64::from(budget))),
-            // 0 means the server's deadlock_timeout.
-            shop_deadlock_timeout_ms: (shop_deadlock > 0).then_some(shop_deadlock),
-            pass_size: parse_u32(lookup, "PASS_SIZE", d.pass_size, 100, 1_000_000)?,
+            batch_size: BATCH_SIZE.number(lookup)?,
+            max_batches: MAX_BATCHES.number(lookup)?,
+            reservation_timeout_minutes: RESERVATION_TIMEOUT_MINUTES.number(lookup)?,
+            payment_processing_grace_minutes: PAYMENT_PROCESSING_GRACE_MINUTES.number(lookup)?,
+            lock_timeout_ms: LOCK_TIMEOUT_MS.number(lookup)?,
+            statement_timeout_ms: STATEMENT_TIMEOUT_MS.number(lookup)?,
+            batch_max_attempts: BATCH_MAX_ATTEMPTS.number(lookup)?,
+            retry_backoff_ms: RETRY_BACKOFF_MS.number(lookup)?,
+            time_budget: seconds(TIME_BUDGET_SECONDS.number(lookup)?),
+            shop_deadlock_timeout_ms: Some(SHOP_DEADLOCK_TIMEOUT_MS.number(lookup)?)
+                .filter(|&ms| ms > 0),
+            pass_size: PASS_SIZE.number(lookup)?,
         };
         settings.validate()?;
         Ok(settings)
@@ -158,11 +136,11 @@ impl ReleaseSettings {
         max_batches: Option<(&str, u32)>,
     ) -> Result<ReleaseSettings> {
         if let Some((name, n)) = batch_size {
-            check_range(name, n, BATCH_SIZE_RANGE.0, BATCH_SIZE_RANGE.1)?;
+            BATCH_SIZE.check(name, n)?;
             self.batch_size = n;
         }
         if let Some((name, n)) = max_batches {
-            check_range(name, n, MAX_BATCHES_RANGE.0, MAX_BATCHES_RANGE.1)?;
+            MAX_BATCHES.check(name, n)?;
             self.max_batches = n;
         }
         Ok(self)
@@ -170,11 +148,11 @@ impl ReleaseSettings {
 
     /// Checks the relations between settings (each one alone is range-checked on parse).
     pub fn validate(&self) -> Result<()> {
-        check_range("BATCH_SIZE", self.batch_size, 1, 10_000)?;
-        check_range("MAX_BATCHES", self.max_batches, 1, 1_000_000)?;
+        BATCH_SIZE.check(BATCH_SIZE.name, self.batch_size)?;
+        MAX_BATCHES.check(MAX_BATCHES.name, self.max_batches)?;
         if self.lock_timeout_ms >= self.statement_timeout_ms {
             return Err(Error::Setting {
-                name: "LOCK_TIMEOUT_MS".into(),
+                name: LOCK_TIMEOUT_MS.name.into(),
                 reason: format!(
                     "{} must be below STATEMENT_TIMEOUT_MS ({})",
                     self.lock_timeout_ms, self.statement_timeout_ms
@@ -196,8 +174,8 @@ pub struct LambdaConfig {
 
 impl LambdaConfig {
     pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<LambdaConfig> {
-        let margin_ms = parse_u32(lookup, "DEADLINE_MARGIN_MS", 5_000, 500, 60_000)?;
-        let prefetch = parse_u32(lookup, "PREFETCH_CREDENTIALS", 1, 0, 1)?;
+        let margin_ms = DEADLINE_MARGIN_MS.number(lookup)?;
+        let prefetch = PREFETCH_CREDENTIALS.number(lookup)?;
         Ok(LambdaConfig {
             deadline_margin: Duration::from_millis(margin_ms.into()),
             prefetch_credentials: prefetch == 1,
@@ -215,7 +193,7 @@ pub struct EventsConfig {
 
 impl EventsConfig {
     pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let Some(bus) = lookup("EVENT_BUS_NAME") else {
+        let Some(bus) = EVENT_BUS_NAME.get(lookup) else {
             return Ok(EventsConfig::default());
         };
         let ok = bus.len() <= 1600
@@ -224,7 +202,7 @@ impl EventsConfig {
                 .all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c));
         if !ok {
             return Err(Error::Setting {
-                name: "EVENT_BUS_NAME".into(),
+                name: EVENT_BUS_NAME.name.into(),
                 reason: "must be an event bus name or ARN (letters, digits and . _ - / :)".into(),
             });
         }
@@ -244,7 +222,7 @@ pub struct ReviveSettings {
 impl ReviveSettings {
     pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self> {
         Ok(ReviveSettings {
-            hold_minutes: parse_u32(lookup, "REVIVE_HOLD_MINUTES", 15, 1, 1_440)?,
+            hold_minutes: REVIVE_HOLD_MINUTES.number(lookup)?,
         })
     }
 }
@@ -260,21 +238,21 @@ impl MetricsConfig {
     /// `POWERTOOLS_METRICS_NAMESPACE` (default `Unreserver`) and `POWERTOOLS_SERVICE_NAME`
     /// (default `unreserver`).
     pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let namespace = metric_name(lookup, "POWERTOOLS_METRICS_NAMESPACE", "Unreserver", 255)?;
-        let service = metric_name(lookup, "POWERTOOLS_SERVICE_NAME", "unreserver", 250)?;
+        let namespace = metric_name(lookup, POWERTOOLS_METRICS_NAMESPACE, 255)?;
+        let service = metric_name(lookup, POWERTOOLS_SERVICE_NAME, 250)?;
         Ok(MetricsConfig { namespace, service })
     }
 }
 
 fn metric_name(
     lookup: &impl Fn(&str) -> Option<String>,
-    name: &str,
-    default: &str,
+    setting: Setting,
     max: usize,
 ) -> Result<String> {
-    let value = lookup(name)
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.into());
+    let name = setting.name;
+    let value = setting
+        .get(lookup)
+        .unwrap_or_else(|| setting.default_text());
     let ok = value.len() <= max
         && value
             .chars()

@@ -26,6 +26,8 @@
 //! - [`cli`]: the `unreserver` command line. It and the Lambda handler live in the library, not
 //!   in `src/bin`, so that tests can drive them in-process; `src/bin` holds only the two thin
 //!   `main`s (`unreserver`, `bootstrap`).
+//! - [`settings`]: the table of every setting (name, range, default, unit, doc): it drives
+//!   parsing, `--help` and `docs/configuration.md`.
 //! - [`telemetry`]: logging set-up, the run span and the run's summary line.
 //! - [`error`]: typed errors that say whether a retry can help.
 //!
@@ -42,7 +44,7 @@ pub(crate) mod engine;
 pub mod error;
 pub mod events;
 pub(crate) mod lambda;
-pub(crate) mod settings;
+pub mod settings;
 pub mod telemetry;
 
 pub use action::{AppState, Request};

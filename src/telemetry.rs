@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::engine::report::RunReport;
 use crate::error::Error;
+use crate::settings::{LOG_FORMAT, RUST_LOG};
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,10 +34,10 @@ impl LogSettings {
         let lookup = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let filter = match lookup("AWS_LAMBDA_LOG_LEVEL") {
             Some(level) => lambda_level(&level).to_string(),
-            None => lookup("RUST_LOG").unwrap_or_else(|| "info".into()),
+            None => lookup(RUST_LOG.name).unwrap_or_else(|| RUST_LOG.default_text()),
         };
         let format = lookup("AWS_LAMBDA_LOG_FORMAT")
-            .or_else(|| lookup("LOG_FORMAT"))
+            .or_else(|| lookup(LOG_FORMAT.name))
             .and_then(|f| match f.trim().to_ascii_lowercase().as_str() {
                 "json" => Some(LogFormat::Json),
                 "text" => Some(LogFormat::Text),

@@ -1,9 +1,9 @@
 //! `report`: the release-delay report, per UTC day.
 
 use crate::action::{open, AppState};
-use crate::config::check_range;
 use crate::engine::release_delay::{report, DelayReport, MAX_DAYS};
 use crate::error::Result;
+use crate::settings::check_range;
 
 /// How many days to cover, today (UTC) included.
 #[derive(Debug, Clone, PartialEq, Eq)]

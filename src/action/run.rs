@@ -4,11 +4,11 @@
 use tracing::Instrument;
 
 use crate::action::{AppState, Failure, Invocation};
-use crate::config::{check_range, BATCH_SIZE_RANGE, MAX_BATCHES_RANGE};
 use crate::engine::report::RunReport;
 use crate::engine::run::RunOptions;
 use crate::error::Result;
 use crate::events;
+use crate::settings::{BATCH_SIZE, MAX_BATCHES};
 use crate::telemetry::{self, RunContext};
 
 /// A run, and what it overrides of the settings.
@@ -32,10 +32,10 @@ impl Run {
         max_batches: Option<(&str, u32)>,
     ) -> Result<Self> {
         if let Some((name, n)) = batch_size {
-            check_range(name, n, BATCH_SIZE_RANGE.0, BATCH_SIZE_RANGE.1)?;
+            BATCH_SIZE.check(name, n)?;
         }
         if let Some((name, n)) = max_batches {
-            check_range(name, n, MAX_BATCHES_RANGE.0, MAX_BATCHES_RANGE.1)?;
+            MAX_BATCHES.check(name, n)?;
         }
         Ok(Run {
             dry_run,

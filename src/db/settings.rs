@@ -12,7 +12,10 @@ use tokio_postgres::config::{Host, SslMode};
 use super::tls::{self, RdsCaRegions};
 use super::{connect, conninfo};
 use crate::error::{Error, Result};
-use crate::settings::parse_u32;
+use crate::settings::{
+    Setting, AWS_REGION, DATABASE_URL, DB_AUTH, DB_CA_BUNDLE, DB_HOST, DB_NAME, DB_PORT,
+    DB_RDS_CA_REGIONS, DB_SECRET_ID, DB_SSLMODE, DB_USER, SECRET_CACHE_TTL_SECONDS,
+};
 
 /// Where the database is and how to reach it.
 #[derive(Debug, Clone)]
@@ -65,12 +68,12 @@ impl DatabaseConfig {
     /// `DB_SECRET_ID` (with `DB_HOST`, `DB_PORT`, `DB_NAME`, `DB_SSLMODE`,
     /// `SECRET_CACHE_TTL_SECONDS`) or else `DATABASE_URL`; and `DB_CA_BUNDLE`.
     pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<DatabaseConfig> {
-        let source = match lookup("DB_AUTH").as_deref().map(str::trim) {
+        let source = match DB_AUTH.get(lookup).as_deref().map(str::trim) {
             None | Some("secret") | Some("password") => secret_or_url(lookup)?,
             Some("iam") => DatabaseSource::Iam(iam_settings(lookup)?),
             Some(other) => {
                 return Err(Error::Setting {
-                    name: "DB_AUTH".into(),
+                    name: DB_AUTH.name.into(),
                     reason: format!("{other:?} is not one of secret (the default) or iam"),
                 })
             }
@@ -78,7 +81,7 @@ impl DatabaseConfig {
         Ok(DatabaseConfig {
             rds_ca_regions: rds_ca_regions(lookup, &source)?,
             source,
-            ca_bundle: lookup("DB_CA_BUNDLE").map(PathBuf::from),
+            ca_bundle: DB_CA_BUNDLE.get(lookup).map(PathBuf::from),
         })
     }
 
@@ -104,9 +107,9 @@ fn rds_ca_regions(
     lookup: &impl Fn(&str) -> Option<String>,
     source: &DatabaseSource,
 ) -> Result<RdsCaRegions> {
-    if let Some(value) = lookup("DB_RDS_CA_REGIONS") {
+    if let Some(value) = DB_RDS_CA_REGIONS.get(lookup) {
         return RdsCaRegions::parse(&value).map_err(|reason| Error::Setting {
-            name: "DB_RDS_CA_REGIONS".into(),
+            name: DB_RDS_CA_REGIONS.name.into(),
             reason,
         });
     }
@@ -123,7 +126,9 @@ fn rds_ca_regions(
         DatabaseSource::Iam(iam) => vec![iam.host.clone()],
     };
     let mut regions: Vec<String> = Vec::new();
-    let own = lookup("AWS_REGION").or_else(|| lookup("AWS_DEFAULT_REGION"));
+    let own = AWS_REGION
+        .get(lookup)
+        .or_else(|| lookup("AWS_DEFAULT_REGION"));
     let found = hosts
         .iter()
         .filter_map(|h| tls::rds_region(h).map(str::to_owned));
@@ -141,50 +146,48 @@ fn rds_ca_regions(
 /// `DB_HOST`, `DB_PORT`, `DB_NAME`, `DB_USER` for IAM authentication; TLS is required (a
 /// `DB_SSLMODE` of `disable` is refused: the token must not cross the network in the clear).
 fn iam_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<IamSettings> {
-    let required = |name: &str| {
-        lookup(name).ok_or_else(|| Error::Setting {
-            name: name.into(),
+    let required = |setting: Setting| {
+        setting.get(lookup).ok_or_else(|| Error::Setting {
+            name: setting.name.into(),
             reason: "required with DB_AUTH=iam".into(),
         })
     };
-    if conninfo::ssl_mode("DB_SSLMODE", lookup("DB_SSLMODE").as_deref())? != SslMode::Require {
+    if conninfo::ssl_mode(DB_SSLMODE.name, DB_SSLMODE.get(lookup).as_deref())? != SslMode::Require {
         return Err(Error::Setting {
-            name: "DB_SSLMODE".into(),
+            name: DB_SSLMODE.name.into(),
             reason: "IAM authentication requires TLS: the token is a password for 15 minutes"
                 .into(),
         });
     }
     Ok(IamSettings {
-        host: required("DB_HOST")?,
-        port: parse_port(lookup("DB_PORT"))?,
-        dbname: required("DB_NAME")?,
-        user: required("DB_USER")?,
+        host: required(DB_HOST)?,
+        port: port(lookup)?,
+        dbname: required(DB_NAME)?,
+        user: required(DB_USER)?,
     })
 }
 
 /// `DB_SECRET_ID` (with its settings) or else `DATABASE_URL`.
 fn secret_or_url(lookup: &impl Fn(&str) -> Option<String>) -> Result<DatabaseSource> {
-    let source = match (lookup("DB_SECRET_ID"), lookup("DATABASE_URL")) {
+    let source = match (DB_SECRET_ID.get(lookup), DATABASE_URL.get(lookup)) {
         (Some(secret_id), _) => DatabaseSource::Secret(SecretSettings {
             secret_id,
-            host: lookup("DB_HOST"),
-            port: parse_port(lookup("DB_PORT"))?,
-            dbname: lookup("DB_NAME"),
-            ssl_mode: conninfo::ssl_mode("DB_SSLMODE", lookup("DB_SSLMODE").as_deref())?,
-            cache_ttl: Duration::from_secs(
-                parse_u32(lookup, "SECRET_CACHE_TTL_SECONDS", 900, 0, 86_400)?.into(),
-            ),
+            host: DB_HOST.get(lookup),
+            port: port(lookup)?,
+            dbname: DB_NAME.get(lookup),
+            ssl_mode: conninfo::ssl_mode(DB_SSLMODE.name, DB_SSLMODE.get(lookup).as_deref())?,
+            cache_ttl: Duration::from_secs(SECRET_CACHE_TTL_SECONDS.number(lookup)?.into()),
         }),
         (None, Some(url)) => {
             let url = SecretString::from(url);
             DatabaseSource::Url(Box::new(connect::config_from_url(
-                "DATABASE_URL",
+                DATABASE_URL.name,
                 url.expose_secret(),
             )?))
         }
         (None, None) => {
             return Err(Error::Setting {
-                name: "DATABASE_URL".into(),
+                name: DATABASE_URL.name.into(),
                 reason: "not set, nor DB_SECRET_ID (set DB_SECRET_ID to the secret's name \
                              or ARN, or DATABASE_URL / --database-url to a connection string)"
                     .into(),
@@ -194,14 +197,8 @@ fn secret_or_url(lookup: &impl Fn(&str) -> Option<String>) -> Result<DatabaseSou
     Ok(source)
 }
 
-fn parse_port(value: Option<String>) -> Result<u16> {
-    let Some(p) = value else { return Ok(5432) };
-    p.trim()
-        .parse::<u16>()
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| Error::Setting {
-            name: "DB_PORT".into(),
-            reason: format!("{p:?} is not a port number"),
-        })
+/// `DB_PORT`, 5432 by default.
+fn port(lookup: &impl Fn(&str) -> Option<String>) -> Result<u16> {
+    // The table's range (1 to 65535) keeps the number within a u16.
+    Ok(u16::try_from(DB_PORT.number(lookup)?).unwrap_or(5432))
 }

@@ -19,6 +19,7 @@ mod release_rules;
 mod revive;
 mod sam;
 mod secrets_manager;
+mod settings;
 mod status;
 mod template;
 mod tls;
