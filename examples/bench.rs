@@ -620,7 +620,7 @@ impl Bench {
                 drain.2,
                 drain.2 / quiet.2.max(f64::EPSILON),
                 drain.3 - quiet.3,
-                100.0 * r.deferred as f64 / r.reservations_released.max(1) as f64,
+                100.0 * r.deferred as f64 / r.counts.reservations_released.max(1) as f64,
             );
         }
         md
@@ -728,7 +728,8 @@ fn shopper_table(
     }
     let quiet = phases[0].1;
     let drain = phases[1].1;
-    let deferred_pct = 100.0 * report.deferred as f64 / report.reservations_released.max(1) as f64;
+    let deferred_pct =
+        100.0 * report.deferred as f64 / report.counts.reservations_released.max(1) as f64;
     let _ = writeln!(
         md,
         "\nDuring this project's drain: p99 **{:.2}×** the quiet p99 (target ≤ 1.5), max **{:+.1} ms** \
@@ -740,11 +741,11 @@ fn shopper_table(
         drain.3 - quiet.3,
         ms(drain_took),
         ms(lower_took),
-        report.reservations_released,
+        report.counts.reservations_released,
         report.batches,
         report.batch_ms_p99,
         report.batch_ms_max,
-        report.skipped_locked,
+        report.counts.skipped_locked,
         report.deferred,
     );
     md
@@ -816,7 +817,10 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn released(reports: &[RunReport]) -> i64 {
-    reports.iter().map(|r| r.reservations_released as i64).sum()
+    reports
+        .iter()
+        .map(|r| r.counts.reservations_released as i64)
+        .sum()
 }
 
 #[tokio::main]
@@ -1054,7 +1058,7 @@ async fn main() {
         let total = released(&reports);
         let per: Vec<String> = reports
             .iter()
-            .map(|r| r.reservations_released.to_string())
+            .map(|r| r.counts.reservations_released.to_string())
             .collect();
         let retries: u32 = reports.iter().map(|r| r.batch_retries).sum();
         let _ = writeln!(
@@ -1114,7 +1118,7 @@ async fn main() {
         let r = unreserver::run(&mut db, &settings, &RunOptions::default())
             .await
             .unwrap();
-        assert_eq!(r.reservations_released, 0);
+        assert_eq!(r.counts.reservations_released, 0);
         idle_ms.push(ms(started.elapsed()));
     }
     idle_ms.sort_by(f64::total_cmp);
@@ -1304,7 +1308,7 @@ async fn window_reads(b: &Bench, seed: &str) -> String {
         "The release-delay report and the events of the last hour on the drained copy \
          ({} reservations released now) plus {HISTORY} reservations released 8 to 20 days ago \
          (medians of 5):\n",
-        report.reservations_released
+        report.counts.reservations_released
     );
     let _ = writeln!(
         md,

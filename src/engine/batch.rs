@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Transaction;
 
+use super::counts::Counts;
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::db::sql::{
@@ -157,18 +158,13 @@ fn clamp_i32(value: u32) -> i32 {
 pub struct BatchOutcome {
     /// Due rows the page held; 0 means nothing more is due after the cursor.
     pub rows_paged: usize,
-    pub reservations_released: u64,
-    /// Of those, the ones that were due themselves (not just released with their order).
+    /// What this batch released, skipped, clamped and waited.
+    pub counts: Counts,
+    /// Of the reservations released, those that were due themselves (not just released with
+    /// their order).
     pub due_reservations_released: u64,
-    pub holds_released: u64,
-    pub units_released: u64,
-    pub orders_cancelled: u64,
-    /// Eligible orders and holds that a shopper's transaction held, skipped without waiting.
-    pub skipped_locked: u64,
     /// Paid orders met that still hold due active reservations (an anomaly; never touched).
     pub paid_orders: BTreeSet<i64>,
-    pub clamped_variants: u64,
-    pub clamped_drops: u64,
     /// Orders whose reservations this batch released.
     pub released_orders: Vec<i64>,
     /// Cart holds this batch released.
@@ -176,10 +172,6 @@ pub struct BatchOutcome {
     /// Orders and holds left out because a row they need is held by another transaction.
     pub deferred_orders: BTreeSet<i64>,
     pub deferred_holds: BTreeSet<i64>,
-    /// Claimed orders and holds found not due on the rows locked (extended after the claim).
-    pub no_longer_due: u64,
-    /// Time this batch spent polling for rows another transaction held.
-    pub held_wait: Duration,
     /// Counter rows this batch found still held after polling for `LOCK_TIMEOUT_MS`.
     pub long_held: LongHeld,
     pub units_by_variant: BTreeMap<i64, i64>,
@@ -340,7 +332,7 @@ async fn claim(
     if !candidates.holds.is_empty() {
         claimed.holds = st.claim_holds(tx, &candidates.holds, rules).await?;
     }
-    out.skipped_locked += (candidates.holds.len() - claimed.holds.len()) as u64;
+    out.counts.skipped_locked += (candidates.holds.len() - claimed.holds.len()) as u64;
     Ok(claimed)
 }
 
@@ -372,7 +364,7 @@ async fn classify_unclaimed(
         if order.paid {
             out.paid_orders.insert(order.id);
         } else if order.due {
-            out.skipped_locked += 1;
+            out.counts.skipped_locked += 1;
         }
     }
     Ok(())
@@ -397,10 +389,10 @@ enum Round {
 const POLL: Duration = Duration::from_millis(2);
 const MAX_POLL: Duration = Duration::from_millis(32);
 
-/// Sleeps `pause`, adds it to `waited`, then doubles it (up to [`MAX_POLL`]) for the next time.
-async fn poll_pause(pause: &mut Duration, waited: &mut Duration) {
+/// Sleeps `pause`, adds it to `waited_ms`, then doubles it (up to [`MAX_POLL`]) for the next time.
+async fn poll_pause(pause: &mut Duration, waited_ms: &mut f64) {
     tokio::time::sleep(*pause).await;
-    *waited += *pause;
+    *waited_ms += pause.as_secs_f64() * 1000.0;
     *pause = (*pause * 2).min(MAX_POLL);
 }
 
@@ -437,7 +429,7 @@ async fn release_claimed(
             Round::Done => return Ok(()),
             Round::NotDue { orders, holds } => {
                 sql::savepoint(tx, true).await?;
-                out.no_longer_due += (orders.len() + holds.len()) as u64;
+                out.counts.no_longer_due += (orders.len() + holds.len()) as u64;
                 claimed.remove(&orders, &holds);
             }
             Round::Held => {
@@ -470,7 +462,7 @@ async fn wait_for_held_rows(
         sql::savepoint(tx, true).await?;
         let known = patience.long_held.covers(&held);
         if !known && Instant::now() < patience.until {
-            poll_pause(&mut pause, &mut out.held_wait).await;
+            poll_pause(&mut pause, &mut out.counts.held_wait_ms).await;
             continue;
         }
         if !known {
@@ -540,7 +532,7 @@ async fn release_steps(
     let mut done = Tally::default();
     done.add(&reservations);
     done.cancelled = cancelled;
-    let waited = &mut out.held_wait;
+    let waited = &mut out.counts.held_wait_ms;
     for (counter, units) in [
         (Counter::Variants, &done.units_by_variant),
         (Counter::Drops, &done.units_by_drop),
@@ -549,8 +541,8 @@ async fn release_steps(
             return Ok(Round::Held);
         };
         match counter {
-            Counter::Variants => done.clamped_variants = clamped,
-            Counter::Drops => done.clamped_drops = clamped,
+            Counter::Variants => done.counts.clamped_variants = clamped,
+            Counter::Drops => done.counts.clamped_drops = clamped,
         }
     }
     done.released = reservations;
@@ -599,13 +591,11 @@ fn not_due(released: &[ReleasedReservation], claimed: &Claimed) -> (BTreeSet<i64
 /// What a completed round released.
 #[derive(Debug, Default)]
 struct Tally {
-    reservations_released: u64,
+    /// Reservations, units, holds and orders released; counters clamped.
+    counts: Counts,
     due_reservations_released: u64,
-    units_released: u64,
     cancelled: Vec<CancelledOrder>,
     released: Vec<ReleasedReservation>,
-    clamped_variants: u64,
-    clamped_drops: u64,
     released_orders: Vec<i64>,
     released_holds: Vec<i64>,
     units_by_variant: BTreeMap<i64, i64>,
@@ -618,9 +608,9 @@ impl Tally {
         let mut orders = BTreeSet::new();
         for r in released {
             let quantity = i64::from(r.quantity);
-            self.reservations_released += 1;
+            self.counts.reservations_released += 1;
             self.due_reservations_released += u64::from(r.was_due);
-            self.units_released += quantity.unsigned_abs();
+            self.counts.units_released += quantity.unsigned_abs();
             match r.order_id {
                 Some(order) => {
                     orders.insert(order);
@@ -633,16 +623,15 @@ impl Tally {
             }
         }
         self.released_orders = orders.into_iter().collect();
+        self.counts.holds_released = self.released_holds.len() as u64;
     }
 
     fn into_outcome(self, out: &mut BatchOutcome) {
-        out.reservations_released = self.reservations_released;
+        out.counts += Counts {
+            orders_cancelled: self.cancelled.len() as u64,
+            ..self.counts
+        };
         out.due_reservations_released = self.due_reservations_released;
-        out.holds_released = self.released_holds.len() as u64;
-        out.units_released = self.units_released;
-        out.orders_cancelled = self.cancelled.len() as u64;
-        out.clamped_variants = self.clamped_variants;
-        out.clamped_drops = self.clamped_drops;
         out.released_orders = self.released_orders;
         out.released_holds = self.released_holds;
         out.units_by_variant = self.units_by_variant;
@@ -664,7 +653,7 @@ async fn return_units(
     counter: Counter,
     units: &BTreeMap<i64, i64>,
     patience: Patience<'_>,
-    waited: &mut Duration,
+    waited: &mut f64,
 ) -> Result<Option<u64>> {
     let mut left: BTreeMap<i64, i64> = units.clone();
     let mut clamped = 0;

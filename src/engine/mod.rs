@@ -3,6 +3,7 @@
 //! It works on a checked [`crate::db::session::Database`] and knows nothing of the front-ends.
 
 pub(crate) mod batch;
+pub mod counts;
 pub(crate) mod pass;
 pub(crate) mod release_delay;
 pub(crate) mod report;

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+pub use super::counts::Counts;
+
 /// Why a run stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -41,21 +43,13 @@ pub struct RunReport {
     /// This run's id (a UUID), also in its summary line and metrics document.
     pub run_id: String,
     pub dry_run: bool,
-    /// Reservations marked `expired` (in a dry run: that would be).
-    pub reservations_released: u64,
-    /// Units given back to variants (and drops), summed over the released reservations.
-    pub units_released: u64,
-    /// Pending orders cancelled.
-    pub orders_cancelled: u64,
-    /// Cart holds (reservations without an order) released; included in
-    /// `reservations_released`.
-    pub holds_released: u64,
+    /// What the batches released, skipped and clamped, summed.
+    #[serde(flatten)]
+    pub counts: Counts,
     /// Batches that ran (committed, or rolled back in a dry run), empty final page included.
     pub batches: u32,
     /// Batch tries rolled back on a lock timeout, deadlock or serialization failure and retried.
     pub batch_retries: u32,
-    /// Eligible orders and holds skipped because a shopper's transaction held them.
-    pub skipped_locked: u64,
     /// Orders and cart holds left out because another transaction held a variant, drop or
     /// reservation row they need (for longer than `LOCK_TIMEOUT_MS`), and not released later in
     /// the run: the next run tries them again. Not the same as `skipped_locked` (orders a
@@ -64,23 +58,12 @@ pub struct RunReport {
     /// Seconds since the oldest of the deferred orders fell due (database clock); null when
     /// none is deferred.
     pub oldest_deferred_age_seconds: Option<f64>,
-    /// Claimed orders and holds found not due on the rows locked (extended after the claim),
-    /// left alone.
-    pub no_longer_due: u64,
-    /// Milliseconds the batches spent polling for rows another transaction held (a checkout's
-    /// few milliseconds, at most `LOCK_TIMEOUT_MS` a batch). A counter row still held after
-    /// that is tried once, without polling, by the later batches of the run.
-    pub held_wait_ms: f64,
     /// Scans of the reservation table that read the due rows in passes: 0 when an index serves
     /// the keyset page (`infra/indexes.sql`, or an equivalent).
     pub pass_scans: u32,
     /// Recommended indexes (`infra/indexes.sql`) no index of the same definition stands in
     /// for; create them with `psql "$DATABASE_URL" -f infra/indexes.sql`.
     pub missing_indexes: Vec<String>,
-    /// Variant counters clamped at zero (they had drifted below their reservations).
-    pub clamped_variants: u64,
-    /// Drop counters clamped at zero.
-    pub clamped_drops: u64,
     /// Paid orders still holding due active reservations, met by this run and left alone.
     pub paid_orders_with_due_reservations: u64,
     pub stopped_reason: StopReason,
@@ -133,21 +116,13 @@ impl RunReport {
         RunReport {
             run_id: String::new(),
             dry_run,
-            reservations_released: 0,
-            units_released: 0,
-            orders_cancelled: 0,
-            holds_released: 0,
+            counts: Counts::default(),
             batches: 0,
             batch_retries: 0,
-            skipped_locked: 0,
             deferred: 0,
             oldest_deferred_age_seconds: None,
-            no_longer_due: 0,
-            held_wait_ms: 0.0,
             pass_scans: 0,
             missing_indexes: Vec::new(),
-            clamped_variants: 0,
-            clamped_drops: 0,
             paid_orders_with_due_reservations: 0,
             stopped_reason: StopReason::Drained,
             backlog_remaining: 0,

@@ -447,7 +447,6 @@ impl<'a> Run<'a> {
             .extend(batch.deferred_orders.iter().copied());
         self.deferred_holds
             .extend(batch.deferred_holds.iter().copied());
-        self.report.no_longer_due += batch.no_longer_due;
         self.params.long_held.extend(&batch.long_held);
         log_batch(self.report.batches, &batch);
         self.delays
@@ -601,28 +600,21 @@ fn log_batch(number: u32, batch: &BatchOutcome) {
     tracing::debug!(
         batch = number,
         rows_paged = batch.rows_paged,
-        reservations_released = batch.reservations_released,
-        units_released = batch.units_released,
-        orders_cancelled = batch.orders_cancelled,
-        skipped_locked = batch.skipped_locked,
+        reservations_released = batch.counts.reservations_released,
+        units_released = batch.counts.units_released,
+        orders_cancelled = batch.counts.orders_cancelled,
+        skipped_locked = batch.counts.skipped_locked,
         deferred_orders = batch.deferred_orders.len(),
         deferred_holds = batch.deferred_holds.len(),
-        no_longer_due = batch.no_longer_due,
-        clamped_variants = batch.clamped_variants,
-        clamped_drops = batch.clamped_drops,
+        no_longer_due = batch.counts.no_longer_due,
+        clamped_variants = batch.counts.clamped_variants,
+        clamped_drops = batch.counts.clamped_drops,
         "batch done"
     );
 }
 
 fn add_batch(report: &mut RunReport, batch: BatchOutcome) {
-    report.reservations_released += batch.reservations_released;
-    report.holds_released += batch.holds_released;
-    report.units_released += batch.units_released;
-    report.orders_cancelled += batch.orders_cancelled;
-    report.skipped_locked += batch.skipped_locked;
-    report.clamped_variants += batch.clamped_variants;
-    report.clamped_drops += batch.clamped_drops;
-    report.held_wait_ms += batch.held_wait.as_secs_f64() * 1000.0;
+    report.counts += batch.counts;
     if let Some(map) = report.units_by_variant.as_mut() {
         for (id, units) in batch.units_by_variant {
             *map.entry(id).or_default() += units;

@@ -13,53 +13,113 @@ use serde_json::{json, Map, Value};
 pub use crate::config::MetricsConfig;
 use crate::engine::report::RunReport;
 
-/// Every metric the function emits, with its unit. `template.yaml`'s alarms and dashboard may use
-/// only these (a test checks it).
-pub const METRICS: &[(&str, &str)] = &[
-    (RESERVATIONS_RELEASED, "Count"),
-    (UNITS_RELEASED, "Count"),
-    (ORDERS_CANCELLED, "Count"),
-    (BATCHES, "Count"),
-    (BATCH_RETRIES, "Count"),
-    (SKIPPED_LOCKED, "Count"),
-    (DEFERRED_ORDERS, "Count"),
-    (MISSING_INDEXES, "Count"),
-    (OLDEST_DEFERRED_AGE, "Seconds"),
-    (COUNTERS_CLAMPED, "Count"),
-    (PAID_ORDERS_WITH_DUE_RESERVATIONS, "Count"),
-    (BACKLOG_REMAINING, "Count"),
-    (OLDEST_DUE_AGE, "Seconds"),
-    (BATCH_P99, "Milliseconds"),
-    (RUN_DURATION, "Milliseconds"),
-    (RUN_FAILED, "Count"),
-    (COLD_START, "Count"),
-    (EVENTS_PUBLISHED, "Count"),
-    (EVENTS_FAILED, "Count"),
-    (PAID_AFTER_RELEASE, "Count"),
-    (RELEASE_DELAY_P95, "Seconds"),
-];
+/// One metric: its name, unit, and its value in an invocation (None: not emitted then).
+#[derive(Clone, Copy)]
+pub struct Metric {
+    pub name: &'static str,
+    pub unit: &'static str,
+    value: fn(&Observation<'_>) -> Option<f64>,
+}
 
-pub const RESERVATIONS_RELEASED: &str = "ReservationsReleased";
-pub const UNITS_RELEASED: &str = "UnitsReleased";
-pub const ORDERS_CANCELLED: &str = "OrdersCancelled";
-pub const BATCHES: &str = "Batches";
-pub const BATCH_RETRIES: &str = "BatchRetries";
-pub const SKIPPED_LOCKED: &str = "SkippedLocked";
-pub const DEFERRED_ORDERS: &str = "DeferredOrders";
-pub const MISSING_INDEXES: &str = "MissingIndexes";
-pub const OLDEST_DEFERRED_AGE: &str = "OldestDeferredAge";
-pub const COUNTERS_CLAMPED: &str = "CountersClamped";
-pub const PAID_ORDERS_WITH_DUE_RESERVATIONS: &str = "PaidOrdersWithDueReservations";
-pub const BACKLOG_REMAINING: &str = "BacklogRemaining";
-pub const OLDEST_DUE_AGE: &str = "OldestDueReservationAge";
-pub const BATCH_P99: &str = "BatchDurationP99";
-pub const RUN_DURATION: &str = "RunDuration";
-pub const RUN_FAILED: &str = "RunFailed";
-pub const COLD_START: &str = "ColdStart";
-pub const EVENTS_PUBLISHED: &str = "EventsPublished";
-pub const EVENTS_FAILED: &str = "EventsFailed";
-pub const PAID_AFTER_RELEASE: &str = "PaidAfterRelease";
-pub const RELEASE_DELAY_P95: &str = "ReleaseDelayP95";
+impl std::fmt::Debug for Metric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name, self.unit)
+    }
+}
+
+const fn metric(
+    name: &'static str,
+    unit: &'static str,
+    value: fn(&Observation<'_>) -> Option<f64>,
+) -> Metric {
+    Metric { name, unit, value }
+}
+
+fn flag(on: bool) -> f64 {
+    if on {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// A value of the run's report, when the run started.
+fn reported(obs: &Observation<'_>, value: impl Fn(&RunReport) -> f64) -> Option<f64> {
+    obs.report.map(value)
+}
+
+/// A value the run counts at its end: known only when it got there (not failed).
+fn counted(obs: &Observation<'_>, value: impl Fn(&RunReport) -> f64) -> Option<f64> {
+    obs.report.filter(|_| !obs.failed).map(value)
+}
+
+/// Every metric the function emits: one row each. `template.yaml`'s alarms and dashboard may
+/// use only these (a test checks it).
+pub const METRICS: &[Metric] = &[
+    metric("RunFailed", "Count", |o| Some(flag(o.failed))),
+    metric("ColdStart", "Count", |o| Some(flag(o.cold_start))),
+    metric("RunDuration", "Milliseconds", |o| {
+        Some(o.duration_ms as f64)
+    }),
+    metric("ReservationsReleased", "Count", |o| {
+        reported(o, |r| r.counts.reservations_released as f64)
+    }),
+    metric("UnitsReleased", "Count", |o| {
+        reported(o, |r| r.counts.units_released as f64)
+    }),
+    metric("OrdersCancelled", "Count", |o| {
+        reported(o, |r| r.counts.orders_cancelled as f64)
+    }),
+    metric("Batches", "Count", |o| {
+        reported(o, |r| f64::from(r.batches))
+    }),
+    metric("BatchRetries", "Count", |o| {
+        reported(o, |r| f64::from(r.batch_retries))
+    }),
+    metric("SkippedLocked", "Count", |o| {
+        reported(o, |r| r.counts.skipped_locked as f64)
+    }),
+    metric("CountersClamped", "Count", |o| {
+        reported(o, |r| {
+            (r.counts.clamped_variants + r.counts.clamped_drops) as f64
+        })
+    }),
+    metric("PaidOrdersWithDueReservations", "Count", |o| {
+        reported(o, |r| r.paid_orders_with_due_reservations as f64)
+    }),
+    metric("BatchDurationP99", "Milliseconds", |o| {
+        reported(o, |r| r.batch_ms_p99)
+    }),
+    metric("MissingIndexes", "Count", |o| {
+        reported(o, |r| r.missing_indexes.len() as f64)
+    }),
+    metric("EventsPublished", "Count", |o| {
+        reported(o, |r| r.events_published as f64)
+    }),
+    metric("EventsFailed", "Count", |o| {
+        reported(o, |r| r.events_failed as f64)
+    }),
+    // Only a run that released something has a release delay.
+    metric("ReleaseDelayP95", "Seconds", |o| {
+        o.report.and_then(|r| r.release_delay_p95_seconds)
+    }),
+    // The backlog is known only when the run got to count it.
+    metric("BacklogRemaining", "Count", |o| {
+        counted(o, |r| r.backlog_remaining as f64)
+    }),
+    metric("OldestDueReservationAge", "Seconds", |o| {
+        counted(o, |r| r.oldest_due_age_seconds.unwrap_or(0.0))
+    }),
+    metric("DeferredOrders", "Count", |o| {
+        counted(o, |r| r.deferred as f64)
+    }),
+    metric("PaidAfterRelease", "Count", |o| {
+        counted(o, |r| r.paid_after_release as f64)
+    }),
+    metric("OldestDeferredAge", "Seconds", |o| {
+        counted(o, |r| r.oldest_deferred_age_seconds.unwrap_or(0.0))
+    }),
+];
 
 /// The dimension every document carries, and the one only dry runs add.
 pub const SERVICE_DIMENSION: &str = "service";
@@ -78,51 +138,12 @@ pub struct Observation<'a> {
     pub duration_ms: u64,
 }
 
-/// The metric values of one invocation.
-fn values(obs: &Observation<'_>) -> Vec<(&'static str, f64)> {
-    let mut values: Vec<(&str, f64)> = vec![
-        (RUN_FAILED, if obs.failed { 1.0 } else { 0.0 }),
-        (COLD_START, if obs.cold_start { 1.0 } else { 0.0 }),
-        (RUN_DURATION, obs.duration_ms as f64),
-    ];
-    if let Some(r) = obs.report {
-        values.extend([
-            (RESERVATIONS_RELEASED, r.reservations_released as f64),
-            (UNITS_RELEASED, r.units_released as f64),
-            (ORDERS_CANCELLED, r.orders_cancelled as f64),
-            (BATCHES, f64::from(r.batches)),
-            (BATCH_RETRIES, f64::from(r.batch_retries)),
-            (SKIPPED_LOCKED, r.skipped_locked as f64),
-            (
-                COUNTERS_CLAMPED,
-                (r.clamped_variants + r.clamped_drops) as f64,
-            ),
-            (
-                PAID_ORDERS_WITH_DUE_RESERVATIONS,
-                r.paid_orders_with_due_reservations as f64,
-            ),
-            (BATCH_P99, r.batch_ms_p99),
-            (MISSING_INDEXES, r.missing_indexes.len() as f64),
-            (EVENTS_PUBLISHED, r.events_published as f64),
-            (EVENTS_FAILED, r.events_failed as f64),
-        ]);
-        // Only a run that released something has a release delay.
-        if let Some(p95) = r.release_delay_p95_seconds {
-            values.push((RELEASE_DELAY_P95, p95));
-        }
-        // The backlog is known only when the run got to count it.
-        if !obs.failed {
-            values.push((BACKLOG_REMAINING, r.backlog_remaining as f64));
-            values.push((OLDEST_DUE_AGE, r.oldest_due_age_seconds.unwrap_or(0.0)));
-            values.push((DEFERRED_ORDERS, r.deferred as f64));
-            values.push((PAID_AFTER_RELEASE, r.paid_after_release as f64));
-            values.push((
-                OLDEST_DEFERRED_AGE,
-                r.oldest_deferred_age_seconds.unwrap_or(0.0),
-            ));
-        }
-    }
-    values
+/// The metric values of one invocation, with their units.
+fn values(obs: &Observation<'_>) -> Vec<(&'static Metric, f64)> {
+    METRICS
+        .iter()
+        .filter_map(|m| (m.value)(obs).map(|v| (m, v)))
+        .collect()
 }
 
 /// The EMF document for one invocation.
@@ -135,7 +156,7 @@ pub fn document(config: &MetricsConfig, obs: &Observation<'_>) -> Value {
     };
     let definitions: Vec<Value> = values
         .iter()
-        .map(|(name, _)| json!({"Name": name, "Unit": unit(name)}))
+        .map(|(m, _)| json!({"Name": m.name, "Unit": m.unit}))
         .collect();
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -157,17 +178,10 @@ pub fn document(config: &MetricsConfig, obs: &Observation<'_>) -> Value {
     if obs.dry_run {
         doc.insert(MODE_DIMENSION.into(), json!("dry_run"));
     }
-    for (name, value) in values {
-        doc.insert(name.into(), json!(value));
+    for (m, value) in values {
+        doc.insert(m.name.into(), json!(value));
     }
     Value::Object(doc)
-}
-
-fn unit(name: &str) -> &'static str {
-    METRICS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map_or("None", |(_, u)| u)
 }
 
 /// Writes the document as one bare line on stdout.
@@ -223,9 +237,9 @@ mod tests {
     #[test]
     fn a_run_document_is_valid_emf_with_every_metric() {
         let mut report = RunReport::new(false);
-        report.reservations_released = 5;
-        report.clamped_variants = 1;
-        report.clamped_drops = 2;
+        report.counts.reservations_released = 5;
+        report.counts.clamped_variants = 1;
+        report.counts.clamped_drops = 2;
         report.oldest_due_age_seconds = Some(42.5);
         report.release_delay_p95_seconds = Some(7.25);
         report.events_failed = 2;

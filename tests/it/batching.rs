@@ -26,8 +26,8 @@ async fn batch_size_plus_one_due_orders_take_exactly_two_batches() {
     let mut db = t.open_with(&s).await;
     let report = run(&mut db, &s, false).await;
     assert_eq!(report.batches, 2);
-    assert_eq!(report.reservations_released, 11);
-    assert_eq!(report.orders_cancelled, 11);
+    assert_eq!(report.counts.reservations_released, 11);
+    assert_eq!(report.counts.orders_cancelled, 11);
     assert_eq!(report.stopped_reason, StopReason::Drained);
     assert_eq!(t.reserved(v).await, 0);
 
@@ -38,7 +38,10 @@ async fn batch_size_plus_one_due_orders_take_exactly_two_batches() {
     ))
     .await;
     let report = run(&mut db, &s, false).await;
-    assert_eq!((report.batches, report.reservations_released), (1, 10));
+    assert_eq!(
+        (report.batches, report.counts.reservations_released),
+        (1, 10)
+    );
 }
 
 #[tokio::test]
@@ -52,11 +55,14 @@ async fn max_batches_stops_the_run_and_reports_the_backlog() {
     let mut db = t.open_with(&s).await;
     let report = run(&mut db, &s, false).await;
     assert_eq!(report.stopped_reason, StopReason::MaxBatches);
-    assert_eq!((report.batches, report.reservations_released), (2, 20));
+    assert_eq!(
+        (report.batches, report.counts.reservations_released),
+        (2, 20)
+    );
     assert_eq!(report.backlog_remaining, 5);
     assert!(report.oldest_due_age_seconds.unwrap() >= 59.0);
     let report = run(&mut db, &s, false).await;
-    assert_eq!(report.reservations_released, 5);
+    assert_eq!(report.counts.reservations_released, 5);
     assert_eq!(report.backlog_remaining, 0);
     assert_eq!(report.oldest_due_age_seconds, None);
 }
@@ -117,11 +123,14 @@ async fn dry_run_reports_what_the_real_run_does_and_changes_nothing() {
 
     let real = run(&mut db, &s, false).await;
     assert!(!real.dry_run);
-    assert_eq!(dry.reservations_released, real.reservations_released);
-    assert_eq!(dry.units_released, real.units_released);
-    assert_eq!(dry.orders_cancelled, real.orders_cancelled);
-    assert_eq!(dry.holds_released, real.holds_released);
-    assert_eq!(dry.clamped_variants, real.clamped_variants);
+    assert_eq!(
+        dry.counts.reservations_released,
+        real.counts.reservations_released
+    );
+    assert_eq!(dry.counts.units_released, real.counts.units_released);
+    assert_eq!(dry.counts.orders_cancelled, real.counts.orders_cancelled);
+    assert_eq!(dry.counts.holds_released, real.counts.holds_released);
+    assert_eq!(dry.counts.clamped_variants, real.counts.clamped_variants);
     assert_eq!(dry.backlog_remaining, real.backlog_remaining);
     let units = dry.units_by_variant.unwrap();
     assert_eq!(
@@ -137,7 +146,7 @@ async fn dry_run_reports_what_the_real_run_does_and_changes_nothing() {
         dry.units_by_drop.unwrap().get(&d).copied().unwrap_or(0)
     );
     // 6 orders in payment grace keep both their reservations (2 more are past it).
-    assert_eq!(real.reservations_released, 40 * 2 - 6 * 2 + 5);
+    assert_eq!(real.counts.reservations_released, 40 * 2 - 6 * 2 + 5);
     assert_eq!(t.drifted_counters().await, 0);
 }
 
@@ -158,7 +167,7 @@ async fn paid_anomalies_are_paged_past_not_rescanned() {
     s.batch_size = 10;
     let mut db = t.open_with(&s).await;
     let report = run(&mut db, &s, false).await;
-    assert_eq!(report.reservations_released, 1);
+    assert_eq!(report.counts.reservations_released, 1);
     assert_eq!(report.batches, 4);
     assert_eq!(report.paid_orders_with_due_reservations, 30);
     assert_eq!(report.backlog_remaining, 0, "paid orders are not backlog");
@@ -179,7 +188,10 @@ async fn a_spent_time_budget_stops_before_any_batch() {
     };
     let report = unreserver::run(&mut db, &s, &options).await.unwrap();
     assert_eq!(report.stopped_reason, StopReason::TimeBudget);
-    assert_eq!((report.batches, report.reservations_released), (0, 0));
+    assert_eq!(
+        (report.batches, report.counts.reservations_released),
+        (0, 0)
+    );
     assert_eq!(report.backlog_remaining, 3);
 }
 
@@ -193,7 +205,7 @@ async fn nothing_due_is_one_empty_page() {
     let mut db = t.open().await;
     let report = run(&mut db, &settings(), false).await;
     assert_eq!(report.batches, 0);
-    assert_eq!(report.reservations_released, 0);
+    assert_eq!(report.counts.reservations_released, 0);
     assert_eq!(report.stopped_reason, StopReason::Drained);
     assert_eq!(report.backlog_remaining, 0);
 }

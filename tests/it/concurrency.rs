@@ -44,8 +44,8 @@ async fn locked_rows_are_skipped_and_left_as_backlog() {
     let report = tokio::time::timeout(Duration::from_secs(30), run(&mut db, &settings(), false))
         .await
         .expect("the run waited on rows a shopper holds");
-    assert_eq!(report.reservations_released, 2);
-    assert_eq!(report.skipped_locked, 2);
+    assert_eq!(report.counts.reservations_released, 2);
+    assert_eq!(report.counts.skipped_locked, 2);
     assert_eq!(report.backlog_remaining, 2);
     assert_eq!(report.stopped_reason, StopReason::Drained);
     assert_eq!(t.reservation_status(r_free).await, "expired");
@@ -61,7 +61,7 @@ async fn locked_rows_are_skipped_and_left_as_backlog() {
     .unwrap();
     tx.commit().await.unwrap();
     let report = run(&mut db, &settings(), false).await;
-    assert_eq!(report.reservations_released, 2);
+    assert_eq!(report.counts.reservations_released, 2);
     assert_eq!(t.reserved(v).await, 0);
 }
 
@@ -100,10 +100,16 @@ async fn two_runs_at_once_release_each_reservation_exactly_once() {
     let mut a = t.open_with(&s).await;
     let mut b = t.open_with(&s).await;
     let (ra, rb) = tokio::join!(run(&mut a, &s, false), run(&mut b, &s, false));
-    assert_eq!(ra.reservations_released + rb.reservations_released, total);
-    assert_eq!(ra.orders_cancelled + rb.orders_cancelled, 600);
     assert_eq!(
-        ra.clamped_variants + rb.clamped_variants + ra.clamped_drops + rb.clamped_drops,
+        ra.counts.reservations_released + rb.counts.reservations_released,
+        total
+    );
+    assert_eq!(ra.counts.orders_cancelled + rb.counts.orders_cancelled, 600);
+    assert_eq!(
+        ra.counts.clamped_variants
+            + rb.counts.clamped_variants
+            + ra.counts.clamped_drops
+            + rb.counts.clamped_drops,
         0
     );
     assert_eq!(
@@ -143,7 +149,7 @@ async fn a_variant_held_briefly_by_a_checkout_is_waited_for() {
     };
     let (report, committed) = tokio::join!(release, checkout);
     committed.expect("the checkout failed");
-    assert_eq!(report.reservations_released, 1, "{report:?}");
+    assert_eq!(report.counts.reservations_released, 1, "{report:?}");
     assert_eq!(
         (report.deferred, report.batch_retries),
         (0, 0),
@@ -199,12 +205,12 @@ async fn a_held_reservation_is_never_waited_on_in_a_lock_queue() {
     };
     let (report, waits) = tokio::join!(release, watch);
     assert_eq!(waits, 0, "the release waited in a lock queue");
-    let report = if report.reservations_released == 1 {
+    let report = if report.counts.reservations_released == 1 {
         report
     } else {
         run(&mut db, &s, false).await
     };
-    assert_eq!(report.reservations_released, 1, "{report:?}");
+    assert_eq!(report.counts.reservations_released, 1, "{report:?}");
     assert_eq!(t.order_status(order).await, "cancelled");
     assert_eq!(t.reserved(v).await, 0);
 }
@@ -265,7 +271,7 @@ async fn a_checkout_holding_a_variant_never_waits_on_its_drop_row() {
     };
     let (report, ()) = tokio::join!(release, shop);
     assert_eq!(
-        (report.reservations_released, report.deferred),
+        (report.counts.reservations_released, report.deferred),
         (1, 0),
         "{report:?}"
     );
@@ -330,7 +336,10 @@ async fn a_row_held_for_the_whole_run_costs_only_the_orders_that_need_it() {
             StopReason::Drained,
             "{held:?}: {report:?}"
         );
-        assert_eq!(report.reservations_released, 20, "{held:?}: {report:?}");
+        assert_eq!(
+            report.counts.reservations_released, 20,
+            "{held:?}: {report:?}"
+        );
         assert_eq!(report.deferred, 1, "{held:?}");
         assert_eq!(report.backlog_remaining, 1, "{held:?}");
         let age = report.oldest_deferred_age_seconds.unwrap();
@@ -341,7 +350,7 @@ async fn a_row_held_for_the_whole_run_costs_only_the_orders_that_need_it() {
         holder.batch_execute("COMMIT").await.unwrap();
         let report = run(&mut db, &s, false).await;
         assert_eq!(
-            (report.reservations_released, report.deferred),
+            (report.counts.reservations_released, report.deferred),
             (1, 0),
             "{held:?}"
         );
@@ -385,25 +394,25 @@ async fn a_row_held_for_long_is_polled_for_once_not_in_every_batch() {
     s.batch_size = 6;
     let mut db = t.open_with(&s).await;
     let report = run(&mut db, &s, false).await;
-    assert_eq!(report.reservations_released, 30, "{report:?}");
+    assert_eq!(report.counts.reservations_released, 30, "{report:?}");
     assert_eq!(report.deferred, 30, "{report:?}");
     assert!(report.batches >= 10, "{report:?}");
     // Polled for once in the pages (50 ms) and once in the last try (50 ms); every batch
     // polling again would add 50 ms each.
     assert!(
-        (50.0..200.0).contains(&report.held_wait_ms),
+        (50.0..200.0).contains(&report.counts.held_wait_ms),
         "{}",
-        report.held_wait_ms
+        report.counts.held_wait_ms
     );
     assert_eq!((t.reserved(held).await, t.reserved(other).await), (30, 0));
     holder.batch_execute("COMMIT").await.unwrap();
     let report = run(&mut db, &s, false).await;
     assert_eq!(
-        (report.reservations_released, report.deferred),
+        (report.counts.reservations_released, report.deferred),
         (30, 0),
         "{report:?}"
     );
-    assert_eq!(report.held_wait_ms, 0.0);
+    assert_eq!(report.counts.held_wait_ms, 0.0);
     assert_eq!(t.drifted_counters().await, 0);
 }
 
@@ -447,12 +456,12 @@ async fn in_a_lock_cycle_the_batch_gives_up_not_the_checkout() {
     };
     let (report, checkout) = tokio::join!(release, checkout);
     checkout.expect("the checkout failed: the release made a shopper's transaction fail");
-    let report = if report.reservations_released == 2 {
+    let report = if report.counts.reservations_released == 2 {
         report
     } else {
         // The retry at the end of the run came before the checkout's commit.
         run(&mut db, &s, false).await
     };
-    assert_eq!(report.reservations_released, 2, "{report:?}");
+    assert_eq!(report.counts.reservations_released, 2, "{report:?}");
     assert_eq!((t.reserved(v1).await, t.reserved(v2).await), (1, 1));
 }

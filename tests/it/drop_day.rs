@@ -56,8 +56,8 @@ async fn an_extension_committed_after_the_claim_is_respected() {
         shopper.batch_execute("COMMIT").await.unwrap();
     };
     let (report, ()) = tokio::join!(release, extend);
-    assert_eq!(report.reservations_released, 0, "{report:?}");
-    assert_eq!(report.no_longer_due, 1, "{report:?}");
+    assert_eq!(report.counts.reservations_released, 0, "{report:?}");
+    assert_eq!(report.counts.no_longer_due, 1, "{report:?}");
     assert_eq!(t.order_status(order).await, "pending");
     assert_eq!(t.reservation_status(r).await, "active");
     assert_eq!(t.reserved(v).await, 1);
@@ -112,7 +112,7 @@ async fn a_slow_batch_is_cut_at_its_budget_and_the_shopper_commits() {
     assert!(report.batch_retries >= 1, "{report:?}");
     let report2 = run(&mut db, &s, false).await;
     assert_eq!(
-        report.reservations_released + report2.reservations_released,
+        report.counts.reservations_released + report2.counts.reservations_released,
         2,
         "{report:?} {report2:?}"
     );
@@ -170,6 +170,6 @@ async fn the_session_settings_of_the_role_change_nothing() {
     let report = unreserver::run(&mut db, &s, &RunOptions::default())
         .await
         .unwrap();
-    assert_eq!(report.reservations_released, 30);
+    assert_eq!(report.counts.reservations_released, 30);
     assert_eq!(t.reserved(v).await, 0);
 }

@@ -178,7 +178,7 @@ async fn each_cancelled_order_and_hold_arrives_once_and_the_database_replays_the
     let options = RunOptions::default();
     let run_id = options.run_id.clone();
     let report = publishing_run(&mut db, options, &publisher).await;
-    assert_eq!(report.orders_cancelled, 2);
+    assert_eq!(report.counts.orders_cancelled, 2);
     assert_eq!((report.events_published, report.events_failed), (3, 0));
 
     let delivered = drain(&queue).await;
@@ -257,7 +257,7 @@ async fn a_failed_publish_is_counted_and_the_release_stays_committed() {
     let mut db = t.open().await;
     let report = publishing_run(&mut db, RunOptions::default(), &publisher).await;
     assert_eq!((report.events_published, report.events_failed), (0, 1));
-    assert_eq!(report.orders_cancelled, 1);
+    assert_eq!(report.counts.orders_cancelled, 1);
     assert_eq!(t.reservation_status(r).await, "expired");
     assert_eq!(t.order_status(order).await, "cancelled");
     assert_eq!(t.reserved(v).await, 0);
@@ -275,7 +275,7 @@ async fn a_dry_run_publishes_nothing() {
         ..RunOptions::default()
     };
     let report = publishing_run(&mut db, options, &publisher).await;
-    assert_eq!(report.orders_cancelled, 1);
+    assert_eq!(report.counts.orders_cancelled, 1);
     assert_eq!((report.events_published, report.events_failed), (0, 0));
     assert!(drain(&queue).await.is_empty());
 }

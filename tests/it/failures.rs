@@ -43,7 +43,7 @@ async fn a_failed_batch_leaves_its_rows_unchanged() {
     assert!(!failure.error.is_retryable());
     assert_eq!(failure.report.stopped_reason, StopReason::Failed);
     assert_eq!(
-        failure.report.reservations_released, 1,
+        failure.report.counts.reservations_released, 1,
         "the first batch committed"
     );
     let second_after = t.order_snapshot(second).await;
@@ -61,7 +61,7 @@ async fn a_failed_batch_leaves_its_rows_unchanged() {
     t.exec("DROP TRIGGER fail_drop_update ON drops_dropproduct")
         .await;
     let report = run(&mut db, &s, false).await;
-    assert_eq!(report.reservations_released, 1);
+    assert_eq!(report.counts.reservations_released, 1);
     assert_eq!((t.reserved(v).await, t.drop_reserved(d).await), (0, 0));
 }
 

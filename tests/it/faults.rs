@@ -58,9 +58,9 @@ async fn deadlock_serialization_and_lock_timeout_errors_roll_back_and_retry() {
         let report = run(&mut db, &s, false).await;
         assert_eq!(report.batch_retries, retries, "{code}");
         assert_eq!(report.deferred, 0, "{code}");
-        assert_eq!(report.reservations_released, 1, "{code}");
+        assert_eq!(report.counts.reservations_released, 1, "{code}");
         assert_eq!(
-            report.orders_cancelled, 1,
+            report.counts.orders_cancelled, 1,
             "{code}: counted once, not per try"
         );
         assert_eq!(
@@ -100,7 +100,7 @@ async fn a_statement_timeout_fails_the_run_naming_the_statement() {
     assert_eq!(t.fingerprint().await, before);
     t.exec("DROP TRIGGER slow ON drops_dropproduct").await;
     let report = run(&mut db, &s, false).await;
-    assert_eq!(report.reservations_released, 1);
+    assert_eq!(report.counts.reservations_released, 1);
     assert_eq!((t.reserved(v).await, t.drop_reserved(d).await), (0, 0));
 }
 
@@ -145,7 +145,7 @@ async fn a_connection_killed_mid_batch_loses_nothing() {
         db.client.simple_query("SELECT 1").await.is_err(),
         "the killed connection still answers"
     );
-    assert_eq!(failure.report.reservations_released, 0);
+    assert_eq!(failure.report.counts.reservations_released, 0);
     assert_eq!(
         t.fingerprint().await,
         before,
@@ -155,7 +155,7 @@ async fn a_connection_killed_mid_batch_loses_nothing() {
     t.exec("DROP TRIGGER slow ON drops_dropproduct").await;
     let mut db = t.open_with(&s).await;
     let report = run(&mut db, &s, false).await;
-    assert_eq!(report.reservations_released, 1);
+    assert_eq!(report.counts.reservations_released, 1);
     assert_eq!((t.reserved(v).await, t.drop_reserved(d).await), (0, 0));
 }
 
@@ -190,16 +190,20 @@ async fn a_deadline_during_a_large_backlog_stops_between_batches() {
     };
     let report = unreserver::run(&mut db, &s, &options).await.unwrap();
     assert_eq!(report.stopped_reason, StopReason::TimeBudget);
-    assert!(report.reservations_released > 0 && report.reservations_released < 3000);
-    assert_eq!(report.reservations_released % 10, 0, "batches are whole");
+    assert!(report.counts.reservations_released > 0 && report.counts.reservations_released < 3000);
+    assert_eq!(
+        report.counts.reservations_released % 10,
+        0,
+        "batches are whole"
+    );
     assert_eq!(
         report.backlog_remaining,
-        3000 - report.reservations_released
+        3000 - report.counts.reservations_released
     );
     assert_eq!(t.drifted_counters().await, 0);
     let rest = run(&mut db, &s, false).await;
     assert_eq!(
-        report.reservations_released + rest.reservations_released,
+        report.counts.reservations_released + rest.counts.reservations_released,
         3000
     );
 }
@@ -225,7 +229,10 @@ async fn the_server_restarted_between_runs() {
     s.batch_size = 1;
     s.max_batches = 1;
     let mut db = t.open_with(&s).await;
-    assert_eq!(run(&mut db, &s, false).await.reservations_released, 1);
+    assert_eq!(
+        run(&mut db, &s, false).await.counts.reservations_released,
+        1
+    );
 
     let status = std::process::Command::new("sh")
         .arg("-c")
@@ -244,6 +251,9 @@ async fn the_server_restarted_between_runs() {
     };
     let mut db = t.open_with(&s).await;
     s.max_batches = 10;
-    assert_eq!(run(&mut db, &s, false).await.reservations_released, 1);
+    assert_eq!(
+        run(&mut db, &s, false).await.counts.reservations_released,
+        1
+    );
     assert_eq!((t.reserved(v).await, t.drop_reserved(d).await), (0, 0));
 }

@@ -70,8 +70,12 @@ async fn drain_and_check(t: &TestDb, v: i64, expect_passes: bool) {
     let s = small_passes();
     let mut db = t.open_with(&s).await;
     let report = run(&mut db, &s, false).await;
-    assert_eq!(report.reservations_released, 120 + 40 + 10, "{report:?}");
-    assert_eq!(report.orders_cancelled, 130);
+    assert_eq!(
+        report.counts.reservations_released,
+        120 + 40 + 10,
+        "{report:?}"
+    );
+    assert_eq!(report.counts.orders_cancelled, 130);
     assert_eq!(report.backlog_remaining, 0);
     assert_eq!(
         t.reserved(v).await,
@@ -215,10 +219,10 @@ async fn a_pass_drops_the_rows_of_orders_already_released() {
     let mut db = t.open_with(&s).await;
     assert!(!db.preflight.expiry_index);
     let report = run(&mut db, &s, false).await;
-    assert_eq!(report.reservations_released, 40, "{report:?}");
-    assert_eq!(report.orders_cancelled, 20);
+    assert_eq!(report.counts.reservations_released, 40, "{report:?}");
+    assert_eq!(report.counts.orders_cancelled, 20);
     // The first 20 rows are one of each order; the batch takes the other 20 along.
     assert_eq!(report.batches, 1, "{report:?}");
-    assert_eq!(report.no_longer_due, 0, "{report:?}");
+    assert_eq!(report.counts.no_longer_due, 0, "{report:?}");
     assert_eq!(t.reserved(v).await, 0);
 }

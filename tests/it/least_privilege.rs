@@ -14,7 +14,10 @@ async fn the_release_role_can_do_nothing_but_the_release() {
         .await;
     let mut db = t.open().await;
     assert_eq!(
-        run(&mut db, &settings(), false).await.reservations_released,
+        run(&mut db, &settings(), false)
+            .await
+            .counts
+            .reservations_released,
         1
     );
 

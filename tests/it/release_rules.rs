@@ -77,15 +77,15 @@ async fn sample_data_ends_as_the_rules_say() {
             .await,
         "expired,active"
     );
-    assert_eq!(report.reservations_released, 10);
-    assert_eq!(report.holds_released, 1);
-    assert_eq!(report.units_released, 18);
+    assert_eq!(report.counts.reservations_released, 10);
+    assert_eq!(report.counts.holds_released, 1);
+    assert_eq!(report.counts.units_released, 18);
     assert_eq!(
-        report.orders_cancelled, 7,
+        report.counts.orders_cancelled, 7,
         "the already-cancelled order is not counted"
     );
-    assert_eq!(report.clamped_variants, 1, "CAP-RED had drifted");
-    assert_eq!(report.clamped_drops, 0);
+    assert_eq!(report.counts.clamped_variants, 1, "CAP-RED had drifted");
+    assert_eq!(report.counts.clamped_drops, 0);
     assert_eq!(report.paid_orders_with_due_reservations, 1);
     assert_eq!(report.backlog_remaining, 0);
     // Every counter but the drifted one equals its active reservations again.
@@ -157,7 +157,7 @@ async fn legacy_rows_are_due_after_the_timeout() {
     assert_eq!(t.reservation_status(ids[3]).await, "active");
     let second = t.reservation_status(ids[1]).await;
     assert_eq!(
-        report.reservations_released,
+        report.counts.reservations_released,
         if second == "expired" { 2 } else { 1 }
     );
 
@@ -165,7 +165,7 @@ async fn legacy_rows_are_due_after_the_timeout() {
     let mut short = settings();
     short.reservation_timeout_minutes = 5;
     let report = run(&mut db, &short, false).await;
-    assert!(report.reservations_released >= 2);
+    assert!(report.counts.reservations_released >= 2);
     assert_eq!(t.reservation_status(ids[3]).await, "expired");
     assert_eq!(t.drifted_counters().await, 0);
 }
@@ -190,12 +190,12 @@ async fn processing_orders_get_the_grace() {
     assert_eq!(t.order_status(in_grace).await, "pending");
     assert_eq!(t.order_status(grace_over).await, "cancelled");
     assert_eq!(t.order_status(pending).await, "cancelled");
-    assert_eq!(report.reservations_released, 2);
+    assert_eq!(report.counts.reservations_released, 2);
 
     let mut no_grace = settings();
     no_grace.payment_processing_grace_minutes = 0;
     let report = run(&mut db, &no_grace, false).await;
-    assert_eq!(report.reservations_released, 1);
+    assert_eq!(report.counts.reservations_released, 1);
     assert_eq!(t.order_status(in_grace).await, "cancelled");
     assert_eq!(t.drifted_counters().await, 0);
 }
@@ -254,8 +254,8 @@ async fn only_unpaid_pending_or_cancelled_orders_are_touched() {
     assert_eq!(untouched.len(), 10);
     assert_eq!(t.reservation_status(r_failed).await, "expired");
     assert_eq!(t.reservation_status(r_cancelled).await, "expired");
-    assert_eq!(report.reservations_released, 2);
-    assert_eq!(report.orders_cancelled, 1);
+    assert_eq!(report.counts.reservations_released, 2);
+    assert_eq!(report.counts.orders_cancelled, 1);
     assert_eq!(report.paid_orders_with_due_reservations, 3);
     assert_eq!(t.reserved(v).await, 7);
 }
@@ -278,12 +278,15 @@ async fn an_order_is_released_whole_with_its_drop_units() {
     t.reservation(r).await;
     let mut db = t.open().await;
     let report = run(&mut db, &settings(), false).await;
-    assert_eq!(report.reservations_released, 3);
-    assert_eq!(report.units_released, 7);
-    assert_eq!(report.orders_cancelled, 1);
+    assert_eq!(report.counts.reservations_released, 3);
+    assert_eq!(report.counts.units_released, 7);
+    assert_eq!(report.counts.orders_cancelled, 1);
     assert_eq!((t.reserved(v1).await, t.reserved(v2).await), (0, 0));
     assert_eq!(t.drop_reserved(d).await, 0);
-    assert_eq!(report.clamped_variants + report.clamped_drops, 0);
+    assert_eq!(
+        report.counts.clamped_variants + report.counts.clamped_drops,
+        0
+    );
 }
 
 /// A counter that had drifted below what its reservations hold stops at zero, and each clamp
@@ -299,9 +302,12 @@ async fn counters_never_go_below_zero_and_clamps_are_counted() {
     t.reservation(r).await;
     let mut db = t.open().await;
     let report = run(&mut db, &settings(), false).await;
-    assert_eq!(report.reservations_released, 1);
+    assert_eq!(report.counts.reservations_released, 1);
     assert_eq!((t.reserved(v).await, t.drop_reserved(d).await), (0, 0));
-    assert_eq!((report.clamped_variants, report.clamped_drops), (1, 1));
+    assert_eq!(
+        (report.counts.clamped_variants, report.counts.clamped_drops),
+        (1, 1)
+    );
 }
 
 /// A shop whose ids are `integer` (older Django `AutoField`s) and whose columns allow NULL gets
@@ -326,11 +332,11 @@ async fn integer_ids_and_nullable_columns_work_the_same() {
         .await
         .unwrap();
     let report = run(&mut db, &settings(), true).await;
-    assert_eq!(report.reservations_released, 10);
+    assert_eq!(report.counts.reservations_released, 10);
     let report = run(&mut db, &settings(), false).await;
-    assert_eq!(report.reservations_released, 10);
-    assert_eq!(report.orders_cancelled, 7);
-    assert_eq!(report.clamped_variants, 1);
+    assert_eq!(report.counts.reservations_released, 10);
+    assert_eq!(report.counts.orders_cancelled, 7);
+    assert_eq!(report.counts.clamped_variants, 1);
     let status = unreserver::status(&db, &settings()).await.unwrap();
     assert_eq!(status.due_reservations, 0);
     assert_eq!(status.missing_indexes.len(), 2);

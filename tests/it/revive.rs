@@ -27,7 +27,13 @@ async fn released_order(t: &TestDb) -> (i64, i64, i64, i64) {
     t.reservation(Res::new(Some(order), v2, 2, "-1 minute"))
         .await;
     let mut db = t.open().await;
-    assert_eq!(run(&mut db, &settings(), false).await.orders_cancelled, 1);
+    assert_eq!(
+        run(&mut db, &settings(), false)
+            .await
+            .counts
+            .orders_cancelled,
+        1
+    );
     (order, v, d, v2)
 }
 

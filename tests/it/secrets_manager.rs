@@ -104,7 +104,7 @@ async fn an_rds_secret_opens_a_verified_connection_and_runs() {
     let creds = source(sm, &id, defaults(None, None));
     let mut db = creds.open(&verified_tls(), 100).await.unwrap();
     let report = run(&mut db, &settings(), false).await;
-    assert_eq!(report.reservations_released, 1);
+    assert_eq!(report.counts.reservations_released, 1);
 }
 
 #[tokio::test]

@@ -26,7 +26,7 @@ fn template() -> Yaml {
 }
 
 fn emitted() -> BTreeSet<&'static str> {
-    METRICS.iter().map(|(name, _)| *name).collect()
+    METRICS.iter().map(|m| m.name).collect()
 }
 
 /// Checks one use of a metric: (namespace, name, [(dimension, value)]).

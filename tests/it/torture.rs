@@ -486,10 +486,10 @@ async fn torture_under_live_shop_traffic() {
                 let report = unreserver::run(&mut db, &s, &RunOptions::default())
                     .await
                     .unwrap_or_else(|f| panic!("a release run failed: {}", f.error.chain()));
-                released.fetch_add(report.reservations_released, Ordering::Relaxed);
+                released.fetch_add(report.counts.reservations_released, Ordering::Relaxed);
                 runs.fetch_add(1, Ordering::Relaxed);
                 retries.fetch_add(u64::from(report.batch_retries), Ordering::Relaxed);
-                skipped.fetch_add(report.skipped_locked, Ordering::Relaxed);
+                skipped.fetch_add(report.counts.skipped_locked, Ordering::Relaxed);
                 if report.batch_ms_max > 400.0 {
                     eprintln!("slow batch: {report:?}");
                 }
@@ -511,7 +511,7 @@ async fn torture_under_live_shop_traffic() {
     let last = unreserver::run(&mut db, &s, &RunOptions::default())
         .await
         .unwrap();
-    released.fetch_add(last.reservations_released, Ordering::Relaxed);
+    released.fetch_add(last.counts.reservations_released, Ordering::Relaxed);
     runs.fetch_add(1, Ordering::Relaxed);
 
     let released = released.load(Ordering::Relaxed);
