@@ -20,6 +20,7 @@ mod revive;
 mod sam;
 mod secrets_manager;
 mod settings;
+mod sql_types;
 mod status;
 mod template;
 mod tls;

@@ -31,15 +31,18 @@ pub struct ExpiredRow {
 /// expiry events: the rows of the orders it cancelled, and the cart holds. Ordered so that an
 /// order's rows are adjacent. Reads the window through `released_at` (the BRIN index of
 /// `infra/indexes.sql` keeps it to the window); locks nothing.
-pub const EXPIRED_IN_WINDOW: &str = "SELECT r.id::int8 AS reservation_id, \
-     r.order_id::int8 AS order_id, o.order_number::text AS order_number, \
-     r.product_variant_id::int8 AS variant_id, r.drop_product_id::int8 AS drop_id, \
-     r.quantity::int4 AS quantity, r.released_at \
-     FROM orders_inventoryreservation r LEFT JOIN orders_order o ON o.id = r.order_id \
-     WHERE r.status = 'expired' AND r.released_at >= $1::timestamptz \
-     AND r.released_at < COALESCE($2::timestamptz, now()) \
-     AND (r.order_id IS NULL OR (o.status = 'cancelled' AND o.cancelled_at = r.released_at)) \
-     ORDER BY r.released_at, r.order_id NULLS LAST, r.id";
+pub const EXPIRED_IN_WINDOW: &str = concat!(
+    "SELECT r.id::int8 AS reservation_id, ",
+    "r.order_id::int8 AS order_id, o.order_number::text AS order_number, ",
+    "r.product_variant_id::int8 AS variant_id, r.drop_product_id::int8 AS drop_id, ",
+    "r.quantity::int4 AS quantity, r.released_at ",
+    "FROM orders_inventoryreservation r LEFT JOIN orders_order o ON o.id = r.order_id ",
+    "WHERE r.status = 'expired' AND r.released_at >= $1::timestamptz ",
+    "AND r.released_at < COALESCE($2::timestamptz, now()) ",
+    "AND (r.order_id IS NULL OR ",
+    cancelled_by_release!("o", "r"),
+    ") ORDER BY r.released_at, r.order_id NULLS LAST, r.id"
+);
 
 /// [`EXPIRED_IN_WINDOW`].
 pub async fn expired_in_window(
@@ -76,7 +79,9 @@ macro_rules! paid_after_release {
             "WHERE o.status = 'cancelled' AND o.payment_status = 'paid' AND ",
             $window,
             " AND EXISTS (SELECT 1 FROM orders_inventoryreservation r WHERE r.order_id = o.id ",
-            "AND r.status = 'expired' AND r.released_at = o.cancelled_at)"
+            "AND r.status = 'expired' AND ",
+            cancelled_by_release!("o", "r"),
+            ")"
         )
     };
 }

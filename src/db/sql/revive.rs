@@ -40,12 +40,15 @@ pub async fn lock_order(
 /// returns what each held. None: the release did not cancel this order (the shop did).
 ///
 /// $1 order id.
-pub const LOCK_RELEASED: &str = "SELECT r.id::int8 AS id, \
-     r.product_variant_id::int8 AS variant_id, r.drop_product_id::int8 AS drop_id, \
-     r.quantity::int4 AS quantity FROM orders_inventoryreservation r \
-     JOIN orders_order o ON o.id = r.order_id \
-     WHERE r.order_id = $1::int8 AND o.status = 'cancelled' AND r.status = 'expired' \
-     AND r.released_at = o.cancelled_at ORDER BY r.id FOR NO KEY UPDATE OF r NOWAIT";
+pub const LOCK_RELEASED: &str = concat!(
+    "SELECT r.id::int8 AS id, ",
+    "r.product_variant_id::int8 AS variant_id, r.drop_product_id::int8 AS drop_id, ",
+    "r.quantity::int4 AS quantity FROM orders_inventoryreservation r ",
+    "JOIN orders_order o ON o.id = r.order_id ",
+    "WHERE r.order_id = $1::int8 AND r.status = 'expired' AND ",
+    cancelled_by_release!("o", "r"),
+    " ORDER BY r.id FOR NO KEY UPDATE OF r NOWAIT"
+);
 
 /// A row of [`LOCK_RELEASED`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,11 +130,14 @@ pub async fn lock_room(
 /// minutes from `now()`, `released_at` cleared; how many. Rows locked already.
 ///
 /// $1 order id, $2 hold minutes.
-pub const REACTIVATE: &str = "WITH upd AS (UPDATE orders_inventoryreservation r \
-     SET status = 'active', expires_at = now() + make_interval(mins => $2::int4), \
-     released_at = NULL FROM orders_order o WHERE o.id = $1::int8 AND r.order_id = o.id \
-     AND o.status = 'cancelled' AND r.status = 'expired' AND r.released_at = o.cancelled_at \
-     RETURNING r.id) SELECT count(*)::int8 AS n FROM upd";
+pub const REACTIVATE: &str = concat!(
+    "WITH upd AS (UPDATE orders_inventoryreservation r ",
+    "SET status = 'active', expires_at = now() + make_interval(mins => $2::int4), ",
+    "released_at = NULL FROM orders_order o WHERE o.id = $1::int8 AND r.order_id = o.id ",
+    "AND r.status = 'expired' AND ",
+    cancelled_by_release!("o", "r"),
+    " RETURNING r.id) SELECT count(*)::int8 AS n FROM upd"
+);
 
 /// [`REACTIVATE`].
 pub async fn reactivate(

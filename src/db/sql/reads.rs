@@ -1,0 +1,239 @@
+//! Reads around the release: the backlog (each run's end and `status`), paid orders still
+//! holding stock, counter drift, and the catalog reads of the preflight (columns, indexes,
+//! `deadlock_timeout`). None locks a row.
+
+use tokio_postgres::{GenericClient, Row};
+
+use super::{fetch, fetch_one, Rules, Statements};
+use crate::error::Result;
+
+/// Due reservations a run has left (a run's `backlog_remaining`, `status`'s `due_reservations`)
+/// and the age in seconds of the oldest, grace included, paid and untouchable orders excluded.
+/// Reads only; locks nothing. Uses the partial indexes when present.
+///
+/// $1 reservation timeout minutes, $2 grace minutes.
+pub const BACKLOG: &str = concat!(
+    "SELECT count(*)::int8 AS due, EXTRACT(EPOCH FROM now() - min(d.due_at + ",
+    grace!("o.payment_status = 'processing'", "$2"),
+    "))::float8 AS oldest_age_seconds FROM (",
+    due_reservations!("$1"),
+    ") d LEFT JOIN orders_order o ON o.id = d.order_id ",
+    "WHERE d.order_id IS NULL OR (",
+    releasable_order!("o"),
+    " AND d.due_at + ",
+    grace!("o.payment_status = 'processing'", "$2"),
+    " <= now())"
+);
+
+/// The row of [`BACKLOG`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backlog {
+    pub due: i64,
+    /// Seconds since the oldest became due; None when nothing is due.
+    pub oldest_age_seconds: Option<f64>,
+}
+
+impl Statements {
+    /// [`BACKLOG`].
+    pub async fn backlog(
+        &self,
+        client: &(impl GenericClient + Sync),
+        rules: Rules,
+    ) -> Result<Backlog> {
+        fetch_one(
+            client,
+            &self.backlog,
+            &[&rules.timeout_minutes, &rules.grace_minutes],
+            "counting the backlog",
+            |row| {
+                Ok(Backlog {
+                    due: row.try_get("due")?,
+                    oldest_age_seconds: row.try_get("oldest_age_seconds")?,
+                })
+            },
+        )
+        .await
+    }
+}
+
+/// Paid orders that still hold active reservations: an anomaly (the shop should have converted
+/// them). The release never touches them. Reads every active reservation; locks nothing.
+pub const PAID_ORDERS_WITH_ACTIVE_RESERVATIONS: &str =
+    "SELECT count(DISTINCT r.order_id)::int8 AS orders \
+     FROM orders_inventoryreservation r JOIN orders_order o ON o.id = r.order_id \
+     WHERE r.status = 'active' AND o.payment_status = 'paid'";
+
+/// [`PAID_ORDERS_WITH_ACTIVE_RESERVATIONS`].
+pub async fn paid_orders_with_active_reservations(
+    client: &(impl GenericClient + Sync),
+) -> Result<i64> {
+    let context = "counting paid orders with active reservations";
+    let decode = |row: &Row| row.try_get("orders");
+    fetch_one(
+        client,
+        PAID_ORDERS_WITH_ACTIVE_RESERVATIONS,
+        &[],
+        context,
+        decode,
+    )
+    .await
+}
+
+/// Counter rows of `$table` whose `reserved_quantity` differs from the sum of their active
+/// reservations (`$fk` is the reservation column that references them), at most $1 rows, and
+/// how many there are in all. A full read of the table and of the active reservations; locks
+/// nothing. For `status` only, never on the release path.
+macro_rules! counter_drift {
+    ($table:literal, $fk:literal) => {
+        concat!(
+            "SELECT t.id::int8 AS id, t.reserved_quantity::int8 AS reserved_quantity, ",
+            "COALESCE(a.units, 0)::int8 AS active_reserved, count(*) OVER () AS total ",
+            "FROM ",
+            $table,
+            " t LEFT JOIN (SELECT ",
+            $fk,
+            " AS id, sum(quantity) AS units FROM orders_inventoryreservation ",
+            "WHERE status = 'active' AND ",
+            $fk,
+            " IS NOT NULL GROUP BY ",
+            $fk,
+            ") a ON a.id = t.id WHERE t.reserved_quantity <> COALESCE(a.units, 0) ",
+            "ORDER BY t.id LIMIT $1::int8"
+        )
+    };
+}
+
+/// Variants whose counter disagrees with their active reservations. $1 row limit.
+pub const VARIANT_DRIFT: &str = counter_drift!("products_productvariant", "product_variant_id");
+
+/// Drop rows whose counter disagrees with their active reservations. $1 row limit.
+pub const DROP_DRIFT: &str = counter_drift!("drops_dropproduct", "drop_product_id");
+
+/// A row of [`VARIANT_DRIFT`] / [`DROP_DRIFT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriftRow {
+    pub id: i64,
+    pub reserved_quantity: i64,
+    pub active_reserved: i64,
+    /// How many rows drift in all (the statement lists at most its limit).
+    pub total: i64,
+}
+
+/// [`VARIANT_DRIFT`] (`drops` false) or [`DROP_DRIFT`] (`drops` true), at most `limit` rows.
+pub async fn counter_drift(
+    client: &(impl GenericClient + Sync),
+    drops: bool,
+    limit: i64,
+) -> Result<Vec<DriftRow>> {
+    let (statement, context) = if drops {
+        (DROP_DRIFT, "comparing drop counters")
+    } else {
+        (VARIANT_DRIFT, "comparing variant counters")
+    };
+    fetch(client, statement, &[&limit], context, |row| {
+        Ok(DriftRow {
+            id: row.try_get("id")?,
+            reserved_quantity: row.try_get("reserved_quantity")?,
+            active_reserved: row.try_get("active_reserved")?,
+            total: row.try_get("total")?,
+        })
+    })
+    .await
+}
+
+/// The columns that exist of the tables named in $1 (resolved through `search_path`), to check
+/// the schema before anything changes. Reads the catalog only.
+pub const TABLE_COLUMNS: &str = "SELECT t.name AS table_name, a.attname::text AS column_name, \
+     format_type(a.atttypid, NULL) AS data_type \
+     FROM unnest($1::text[]) AS t(name) \
+     JOIN pg_attribute a ON a.attrelid = to_regclass(t.name) \
+     WHERE a.attnum > 0 AND NOT a.attisdropped";
+
+/// A row of [`TABLE_COLUMNS`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableColumn {
+    pub table: String,
+    pub column: String,
+    /// As `format_type` names it: `timestamp with time zone`, `bigint`, ...
+    pub data_type: String,
+}
+
+/// [`TABLE_COLUMNS`].
+pub async fn table_columns(
+    client: &(impl GenericClient + Sync),
+    tables: &[&str],
+) -> Result<Vec<TableColumn>> {
+    fetch(client, TABLE_COLUMNS, &[&tables], "schema check", |row| {
+        Ok(TableColumn {
+            table: row.try_get("table_name")?,
+            column: row.try_get("column_name")?,
+            data_type: row.try_get("data_type")?,
+        })
+    })
+    .await
+}
+
+/// The valid indexes of the reservation table, by definition: access method, key columns in
+/// order (an expression key as an empty name, so the positions stay; `INCLUDE` columns left
+/// out: they give no order), each key column's sort options, and the predicate as PostgreSQL
+/// prints it (NULL for a full index). The preflight decides from these, not from names, whether
+/// the release can page through an index (a shop may have an equivalent one under another
+/// name). Reads the catalog.
+pub const RESERVATION_INDEXES: &str = "SELECT c.relname::text AS name, am.amname::text AS method, \
+     ARRAY(SELECT COALESCE(a.attname::text, '') \
+           FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
+           LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+           WHERE k.n <= i.indnkeyatts ORDER BY k.n) AS columns, \
+     ARRAY(SELECT o.option FROM unnest(i.indoption::int2[]) WITH ORDINALITY AS o(option, n) \
+           WHERE o.n <= i.indnkeyatts ORDER BY o.n) AS options, \
+     pg_get_expr(i.indpred, i.indrelid) AS predicate \
+     FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam \
+     WHERE i.indrelid = to_regclass('orders_inventoryreservation') AND i.indisvalid";
+
+/// A row of [`RESERVATION_INDEXES`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexDefinition {
+    pub name: String,
+    /// The access method (`btree`, `brin`, ...).
+    pub method: String,
+    /// Key columns in order; an expression key is an empty name.
+    pub columns: Vec<String>,
+    /// Each key column's `pg_index.indoption`: bit 1 `DESC`, bit 2 `NULLS FIRST`.
+    pub options: Vec<i16>,
+    /// The partial index's predicate, e.g. `(status)::text = 'active'::text`.
+    pub predicate: Option<String>,
+}
+
+/// [`RESERVATION_INDEXES`].
+pub async fn reservation_indexes(
+    client: &(impl GenericClient + Sync),
+) -> Result<Vec<IndexDefinition>> {
+    fetch(client, RESERVATION_INDEXES, &[], "index check", |row| {
+        Ok(IndexDefinition {
+            name: row.try_get("name")?,
+            method: row.try_get("method")?,
+            columns: row.try_get("columns")?,
+            options: row.try_get("options")?,
+            predicate: row.try_get("predicate")?,
+        })
+    })
+    .await
+}
+
+/// The server's `deadlock_timeout` in milliseconds, to check that the batch's `lock_timeout`
+/// stays well below it. Reads a setting.
+pub const DEADLOCK_TIMEOUT_MS: &str =
+    "SELECT setting::int8 AS ms FROM pg_settings WHERE name = 'deadlock_timeout'";
+
+/// [`DEADLOCK_TIMEOUT_MS`].
+pub async fn deadlock_timeout_ms(client: &(impl GenericClient + Sync)) -> Result<i64> {
+    let decode = |row: &Row| row.try_get("ms");
+    fetch_one(
+        client,
+        DEADLOCK_TIMEOUT_MS,
+        &[],
+        "reading deadlock_timeout",
+        decode,
+    )
+    .await
+}

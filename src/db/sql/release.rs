@@ -1,0 +1,376 @@
+//! The release steps of a batch, on the rows it claimed: expire the reservations and cancel the
+//! pending orders (`NOWAIT`), give the units back to variants then drops (`SKIP LOCKED`,
+//! polled), probe which rows another transaction holds, and the age of deferred work.
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{GenericClient, Row};
+
+use super::{fetch, fetch_one, Rules, Statements};
+use crate::error::Result;
+
+/// Expires every active reservation of the claimed orders (all of an order's reservations go
+/// together, due or not) and the claimed holds, and cancels those of the claimed orders that
+/// are still `pending` (a `cancelled` order keeps its original `cancelled_at`), in one
+/// statement: one round trip, one snapshot. Returns each released reservation, what it held,
+/// whether it was due itself, and the order number of its order when this statement cancelled
+/// that order.
+///
+/// Locks the reservation rows `FOR NO KEY UPDATE NOWAIT`, in the one scan that finds them,
+/// before updating them: the release never waits in a lock queue, so it can never close a lock
+/// cycle that another backend's deadlock check would then break by aborting a shopper. The
+/// claimed orders are ours already (no reservation can be added to them: the foreign-key check
+/// would wait on our order lock), so only a shop transaction updating a reservation without its
+/// order's lock can hold one: then the statement fails at once with `lock_not_available`, and
+/// the batch rolls back to its savepoint (giving back the row locks the statement took, and
+/// undoing the cancellations), finds the held rows with [`PROBE_HELD`] (which skips instead)
+/// and waits for them by polling, or leaves their orders out. `NOWAIT` rather than `SKIP
+/// LOCKED` because a held row is rare here: the common batch needs no second scan to tell the
+/// rows it skipped. The order rows the cancellation updates are locked already by
+/// [`CLAIM_ORDERS`]: it takes no new lock and cannot wait.
+///
+/// The lock and the update work on the latest version of each row, and `was_due` is computed
+/// on that version: the batch decides on the rows it has locked. An order none of whose rows is
+/// due any more (the shopper came back and extended it after the claim) must not be released:
+/// the batch sees it in the result, rolls back to its savepoint (release and cancellation
+/// alike) and redoes the step without it. A dry run also uses `was_due` to tell the backlog a
+/// real run would leave.
+///
+/// $1 claimed order ids, $2 claimed hold ids, $3 reservation timeout minutes, $4 grace minutes,
+/// $5 the claimed orders whose payment is `processing`.
+pub const RELEASE_RESERVATIONS: &str = concat!(
+    "WITH locked AS MATERIALIZED (SELECT r.id FROM orders_inventoryreservation r ",
+    "WHERE r.status = 'active' AND (r.order_id = ANY($1::int8[]) OR r.id = ANY($2::int8[])) ",
+    "FOR NO KEY UPDATE NOWAIT), ",
+    "released AS (UPDATE orders_inventoryreservation r SET status = 'expired', released_at = now() ",
+    "FROM locked l WHERE r.id = l.id AND r.status = 'active' ",
+    "RETURNING r.id, r.order_id, r.product_variant_id, r.drop_product_id, r.quantity, ",
+    "r.expires_at, r.created_at), ",
+    "cancelled AS (UPDATE orders_order o ",
+    "SET status = 'cancelled', cancelled_at = now(), updated_at = now() ",
+    "WHERE o.id IN (SELECT order_id FROM released) AND o.status = 'pending' ",
+    "RETURNING o.id, o.order_number) ",
+    "SELECT r.id::int8 AS id, r.order_id::int8 AS order_id, ",
+    "r.product_variant_id::int8 AS variant_id, r.drop_product_id::int8 AS drop_id, ",
+    "r.quantity::int4 AS quantity, COALESCE(",
+    due_at!("r", "$3"),
+    " + ",
+    grace!("r.order_id = ANY($5::int8[])", "$4"),
+    " <= now(), false) AS was_due, ",
+    "EXTRACT(EPOCH FROM now() - ",
+    due_at!("r", "$3"),
+    ")::float8 AS delay_seconds, now() AS released_at, ",
+    "c.id IS NOT NULL AS order_cancelled, ",
+    "COALESCE(c.order_number::text, '') AS cancelled_order_number ",
+    "FROM released r LEFT JOIN cancelled c ON c.id = r.order_id"
+);
+
+/// Parameters of [`RELEASE_RESERVATIONS`].
+#[derive(Debug, Clone, Copy)]
+pub struct ReleaseParams<'a> {
+    pub order_ids: &'a [i64],
+    pub hold_ids: &'a [i64],
+    /// The claimed orders whose payment is `processing`.
+    pub processing_order_ids: &'a [i64],
+    pub rules: Rules,
+}
+
+/// A reservation [`RELEASE_RESERVATIONS`] made `expired`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReleasedReservation {
+    pub id: i64,
+    /// None for a cart hold.
+    pub order_id: Option<i64>,
+    pub variant_id: i64,
+    pub drop_id: Option<i64>,
+    pub quantity: i32,
+    /// Whether it was due itself (not only released with its order).
+    pub was_due: bool,
+    /// Seconds from when it fell due (`expires_at`, or `created_at` plus the timeout; no grace)
+    /// to its release: the release delay the report and `ReleaseDelayP95` measure.
+    pub delay_seconds: f64,
+    /// The batch transaction's `now()`: the row's `released_at`, and the `cancelled_at` of the
+    /// order the batch cancels with it.
+    pub released_at: std::time::SystemTime,
+}
+
+/// An order [`RELEASE_RESERVATIONS`] cancelled (its `cancelled_at` is the batch's `now()`, the
+/// `released_at` of its reservations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelledOrder {
+    pub id: i64,
+    pub order_number: String,
+}
+
+/// What [`RELEASE_RESERVATIONS`] did: the reservations released, and the orders cancelled
+/// (each once, ascending).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Released {
+    pub reservations: Vec<ReleasedReservation>,
+    pub cancelled: Vec<CancelledOrder>,
+}
+
+impl Released {
+    /// Splits the statement's rows: every row is a reservation; a row whose order this
+    /// statement cancelled also names that order (each of its reservations does). Whether it
+    /// was cancelled is its own column: a shop's NULL order number must not hide a cancellation.
+    fn from_rows(rows: Vec<(ReleasedReservation, Option<String>)>) -> Self {
+        let mut cancelled = std::collections::BTreeMap::new();
+        let mut reservations = Vec::with_capacity(rows.len());
+        for (reservation, number) in rows {
+            if let (Some(order), Some(number)) = (reservation.order_id, number) {
+                cancelled.entry(order).or_insert(number);
+            }
+            reservations.push(reservation);
+        }
+        Released {
+            reservations,
+            cancelled: cancelled
+                .into_iter()
+                .map(|(id, order_number)| CancelledOrder { id, order_number })
+                .collect(),
+        }
+    }
+}
+
+impl Statements {
+    /// [`RELEASE_RESERVATIONS`].
+    pub async fn release_reservations(
+        &self,
+        client: &(impl GenericClient + Sync),
+        p: &ReleaseParams<'_>,
+    ) -> Result<Released> {
+        let rows = fetch(
+            client,
+            &self.release_reservations,
+            &[
+                &p.order_ids,
+                &p.hold_ids,
+                &p.rules.timeout_minutes,
+                &p.rules.grace_minutes,
+                &p.processing_order_ids,
+            ],
+            "expiring reservations and cancelling their orders",
+            |row| {
+                let reservation = ReleasedReservation {
+                    id: row.try_get("id")?,
+                    order_id: row.try_get("order_id")?,
+                    variant_id: row.try_get("variant_id")?,
+                    drop_id: row.try_get("drop_id")?,
+                    quantity: row.try_get("quantity")?,
+                    was_due: row.try_get("was_due")?,
+                    delay_seconds: row.try_get("delay_seconds")?,
+                    released_at: row.try_get("released_at")?,
+                };
+                let cancelled: bool = row.try_get("order_cancelled")?;
+                let number: String = row.try_get("cancelled_order_number")?;
+                Ok((reservation, cancelled.then_some(number)))
+            },
+        )
+        .await?;
+        Ok(Released::from_rows(rows))
+    }
+}
+
+/// Gives released units back to the counter rows of `$table`, never below zero, returning for
+/// each row whether the subtraction had to be clamped (the counter had drifted below what its
+/// reservations held). Locks the rows in ascending id order with `FOR NO KEY UPDATE SKIP
+/// LOCKED`: the lock the update takes anyway, so a checkout inserting a reservation that
+/// references the row is not blocked; and never waiting, so the release can never close a lock
+/// cycle. A row another transaction holds is skipped and missing from the result: the batch
+/// keeps what it updated and tries the missing rows again by polling, or rolls back to its
+/// savepoint and leaves out the orders that need them. The locked version is the latest one, so
+/// `l.reserved_quantity` is the value the update subtracts from.
+///
+/// One statement per kind, variants first and every one of them updated before any drop row is
+/// locked: the order the shop's checkout locks them in. A batch that took a drop while a
+/// checkout held its variant would have that checkout wait on the drop until the batch gave up
+/// polling for the variant (measured: the shoppers' max checkout rose by 100 ms when both kinds
+/// were locked in one statement).
+macro_rules! return_units {
+    ($table:literal) => {
+        concat!(
+            "WITH released(id, units) AS (SELECT * FROM unnest($1::int8[], $2::int8[])), ",
+            "locked AS (SELECT t.id, t.reserved_quantity FROM ",
+            $table,
+            " t WHERE t.id = ANY($1::int8[]) ORDER BY t.id FOR NO KEY UPDATE SKIP LOCKED) ",
+            "UPDATE ",
+            $table,
+            " t SET reserved_quantity = GREATEST(l.reserved_quantity - rel.units, 0), ",
+            "updated_at = now() FROM locked l JOIN released rel ON rel.id = l.id ",
+            "WHERE t.id = l.id RETURNING t.id::int8 AS id, COALESCE(l.reserved_quantity < rel.units, false) AS clamped"
+        )
+    };
+}
+
+/// Gives the released units back to the variants. These hot rows are locked last but for the
+/// drops, so they are held only until the commit that follows.
+///
+/// $1 variant ids (ascending, distinct), $2 units to give back to each.
+pub const RETURN_VARIANT_UNITS: &str = return_units!("products_productvariant");
+
+/// Gives the released units back to limited-drop rows: locked after the variants, the order the
+/// shop's checkout uses.
+///
+/// $1 drop product ids (ascending, distinct), $2 units to give back to each.
+pub const RETURN_DROP_UNITS: &str = return_units!("drops_dropproduct");
+
+/// Parameters of [`RETURN_VARIANT_UNITS`] and [`RETURN_DROP_UNITS`]: counter row ids
+/// (ascending, distinct) and the units to give back to each.
+#[derive(Debug, Clone, Copy)]
+pub struct UnitsParams<'a> {
+    pub ids: &'a [i64],
+    pub units: &'a [i64],
+}
+
+/// A row of [`RETURN_VARIANT_UNITS`] / [`RETURN_DROP_UNITS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReturnedUnits {
+    pub id: i64,
+    /// The counter had drifted below what its reservations held and was clamped at zero.
+    pub clamped: bool,
+}
+
+fn returned_units(row: &Row) -> std::result::Result<ReturnedUnits, tokio_postgres::Error> {
+    Ok(ReturnedUnits {
+        id: row.try_get("id")?,
+        clamped: row.try_get("clamped")?,
+    })
+}
+
+/// Which counter rows [`Statements::return_units`] updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Counter {
+    /// `products_productvariant` ([`RETURN_VARIANT_UNITS`]).
+    Variants,
+    /// `drops_dropproduct` ([`RETURN_DROP_UNITS`]).
+    Drops,
+}
+
+impl Statements {
+    /// [`RETURN_VARIANT_UNITS`] or [`RETURN_DROP_UNITS`].
+    pub async fn return_units(
+        &self,
+        client: &(impl GenericClient + Sync),
+        counter: Counter,
+        p: &UnitsParams<'_>,
+    ) -> Result<Vec<ReturnedUnits>> {
+        let (statement, context) = match counter {
+            Counter::Variants => (&self.return_variant_units, "returning units to variants"),
+            Counter::Drops => (&self.return_drop_units, "returning units to drops"),
+        };
+        let params: [&(dyn ToSql + Sync); 2] = [&p.ids, &p.units];
+        fetch(client, statement, &params, context, returned_units).await
+    }
+}
+
+/// Finds, without waiting, which rows a batch needs that another transaction holds: the active
+/// reservations of the claimed orders and holds, and the variant and drop rows they reference.
+/// Runs only after a release step met a held row (rolled back to the savepoint), every few
+/// milliseconds until the rows are free or `LOCK_TIMEOUT_MS` has passed. Locks the rows it can
+/// get `FOR NO KEY UPDATE SKIP LOCKED` (the lock the release takes anyway; it does not block a
+/// checkout's foreign-key check), so that once it finds nothing held, the release steps that
+/// follow cannot meet a held row. Returns each reservation that needs a held row, with its
+/// order (NULL for a hold) and which rows are held: the reservation itself, its variant, its
+/// drop (the run remembers counter rows held for long; see `engine::batch::LongHeld`).
+///
+/// $1 claimed order ids, $2 claimed hold ids.
+pub const PROBE_HELD: &str = concat!(
+    "WITH res AS MATERIALIZED (SELECT r.id, r.order_id, r.product_variant_id AS v, ",
+    "r.drop_product_id AS d FROM orders_inventoryreservation r WHERE r.status = 'active' ",
+    "AND (r.order_id = ANY($1::int8[]) OR r.id = ANY($2::int8[]))), ",
+    "free_res AS MATERIALIZED (SELECT r.id FROM orders_inventoryreservation r ",
+    "WHERE r.id IN (SELECT id FROM res) FOR NO KEY UPDATE SKIP LOCKED), ",
+    "free_v AS MATERIALIZED (SELECT t.id FROM products_productvariant t ",
+    "WHERE t.id IN (SELECT v FROM res) ORDER BY t.id FOR NO KEY UPDATE SKIP LOCKED), ",
+    "free_d AS MATERIALIZED (SELECT t.id FROM drops_dropproduct t ",
+    "WHERE t.id IN (SELECT d FROM res) ORDER BY t.id FOR NO KEY UPDATE SKIP LOCKED) ",
+    "SELECT res.id::int8 AS id, res.order_id::int8 AS order_id, ",
+    "fr.id IS NULL AS reservation_held, ",
+    "CASE WHEN fv.id IS NULL THEN res.v END::int8 AS held_variant, ",
+    "CASE WHEN res.d IS NOT NULL AND fd.id IS NULL THEN res.d END::int8 AS held_drop FROM res ",
+    "LEFT JOIN free_res fr ON fr.id = res.id LEFT JOIN free_v fv ON fv.id = res.v ",
+    "LEFT JOIN free_d fd ON fd.id = res.d ",
+    "WHERE fr.id IS NULL OR fv.id IS NULL OR (res.d IS NOT NULL AND fd.id IS NULL)"
+);
+
+/// A row of [`PROBE_HELD`]: a reservation that needs a row another transaction holds, and
+/// which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldReservation {
+    pub id: i64,
+    /// None for a cart hold.
+    pub order_id: Option<i64>,
+    /// The reservation row itself is held.
+    pub reservation_held: bool,
+    /// Its variant row, when held.
+    pub variant: Option<i64>,
+    /// Its drop row, when held.
+    pub drop: Option<i64>,
+}
+
+impl Statements {
+    /// [`PROBE_HELD`].
+    pub async fn probe_held(
+        &self,
+        client: &(impl GenericClient + Sync),
+        order_ids: &[i64],
+        hold_ids: &[i64],
+    ) -> Result<Vec<HeldReservation>> {
+        fetch(
+            client,
+            &self.probe_held,
+            &[&order_ids, &hold_ids],
+            "finding the rows another transaction holds",
+            |row| {
+                Ok(HeldReservation {
+                    id: row.try_get("id")?,
+                    order_id: row.try_get("order_id")?,
+                    reservation_held: row.try_get("reservation_held")?,
+                    variant: row.try_get("held_variant")?,
+                    drop: row.try_get("held_drop")?,
+                })
+            },
+        )
+        .await
+    }
+}
+
+/// Seconds since the oldest of the given orders and holds fell due (grace included), among
+/// their active reservations; NULL when none is still due. A run's `OldestDeferredAge`, from
+/// the database clock: no state is kept between runs. Reads only; locks nothing.
+///
+/// $1 order ids, $2 hold ids, $3 reservation timeout minutes, $4 grace minutes.
+pub const DEFERRED_AGE: &str = concat!(
+    "SELECT EXTRACT(EPOCH FROM now() - min(d.due))::float8 AS age_seconds FROM (SELECT ",
+    due_at!("r", "$3"),
+    " + ",
+    grace!("o.payment_status = 'processing'", "$4"),
+    " AS due FROM orders_inventoryreservation r LEFT JOIN orders_order o ON o.id = r.order_id ",
+    "WHERE r.status = 'active' AND (r.order_id = ANY($1::int8[]) OR r.id = ANY($2::int8[]))) d ",
+    "WHERE d.due <= now()"
+);
+
+impl Statements {
+    /// [`DEFERRED_AGE`].
+    pub async fn deferred_age(
+        &self,
+        client: &(impl GenericClient + Sync),
+        order_ids: &[i64],
+        hold_ids: &[i64],
+        rules: Rules,
+    ) -> Result<Option<f64>> {
+        fetch_one(
+            client,
+            &self.deferred_age,
+            &[
+                &order_ids,
+                &hold_ids,
+                &rules.timeout_minutes,
+                &rules.grace_minutes,
+            ],
+            "measuring the age of deferred orders",
+            |row| row.try_get("age_seconds"),
+        )
+        .await
+    }
+}

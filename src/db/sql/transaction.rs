@@ -1,0 +1,73 @@
+//! The statements around a batch's transaction: the session pinned once per connection, the
+//! batch's own timeouts, and the savepoint a release step rolls back to.
+
+use tokio_postgres::{Client, GenericClient};
+
+use super::{fetch, Statements};
+use crate::error::{Error, Result};
+
+/// Pins the session settings every statement's meaning may depend on, once per connection:
+/// dates and intervals are read and written the same way whatever the server's or the role's
+/// defaults. Locks nothing.
+pub const PIN_SESSION: &str =
+    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'";
+
+/// [`PIN_SESSION`].
+pub async fn pin_session(client: &Client) -> Result<()> {
+    client
+        .batch_execute(PIN_SESSION)
+        .await
+        .map_err(Error::db("pinning the session settings"))
+}
+
+/// Marks the point a batch returns to when a release step loses a lock wait or finds an order
+/// no longer due: the claims before it stay, the release steps after it are undone (with the
+/// row locks they took). Locks nothing.
+pub const SAVEPOINT: &str = "SAVEPOINT unreserver_release";
+
+/// Undoes the release steps since [`SAVEPOINT`], keeping the savepoint for the next round.
+pub const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT unreserver_release";
+
+/// [`SAVEPOINT`] or [`ROLLBACK_TO_SAVEPOINT`].
+pub async fn savepoint(client: &(impl GenericClient + Sync), rollback: bool) -> Result<()> {
+    let (statement, context) = if rollback {
+        (ROLLBACK_TO_SAVEPOINT, "rolling back to the savepoint")
+    } else {
+        (SAVEPOINT, "setting the savepoint")
+    };
+    client
+        .batch_execute(statement)
+        .await
+        .map_err(Error::db(context))
+}
+
+/// Sets the batch's lock and statement timeouts for this transaction only.
+/// $1 lock_timeout, $2 statement_timeout (both like '100ms'). Locks nothing.
+pub const SET_BATCH_TIMEOUTS: &str =
+    "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)";
+
+/// Parameters of [`SET_BATCH_TIMEOUTS`], in PostgreSQL's duration syntax (`100ms`).
+#[derive(Debug, Clone)]
+pub struct BatchTimeouts {
+    pub lock_timeout: String,
+    pub statement_timeout: String,
+}
+
+impl Statements {
+    /// [`SET_BATCH_TIMEOUTS`].
+    pub async fn set_batch_timeouts(
+        &self,
+        client: &(impl GenericClient + Sync),
+        p: &BatchTimeouts,
+    ) -> Result<()> {
+        fetch(
+            client,
+            &self.set_batch_timeouts,
+            &[&p.lock_timeout, &p.statement_timeout],
+            "setting the batch timeouts",
+            |_| Ok(()),
+        )
+        .await
+        .map(drop)
+    }
+}

@@ -1,0 +1,142 @@
+//! Every statement of the SQL layer, prepared on a real server, against the Rust types its
+//! typed wrapper binds and decodes: each parameter's type must accept what PostgreSQL infers
+//! for it, each column must exist under the name the wrapper reads, in the order written here,
+//! with a type the wrapper's field can decode (what sqlx checks at compile time, checked here
+//! at test time). A statement whose cast or column changed fails here, not in a shop.
+
+use std::time::SystemTime;
+
+use tokio_postgres::types::{FromSql, ToSql, Type};
+use unreserver::db::sql::{self, delay_report, outbox, revive, PgTimestamp};
+
+use crate::common::TestDb;
+
+type Accepts = fn(&Type) -> bool;
+
+struct Signature {
+    name: &'static str,
+    text: &'static str,
+    params: Vec<Accepts>,
+    columns: Vec<(&'static str, Accepts)>,
+}
+
+macro_rules! sig {
+    ($path:expr, [$($p:ty),*], [$($c:literal: $t:ty),*]) => {
+        Signature {
+            name: stringify!($path),
+            text: $path,
+            params: vec![$(<$p as ToSql>::accepts as Accepts),*],
+            columns: vec![$(($c, <$t as FromSql<'static>>::accepts as Accepts)),*],
+        }
+    };
+}
+
+fn signatures() -> Vec<Signature> {
+    vec![
+        sig!(sql::SET_BATCH_TIMEOUTS, [String, String], ["set_config": String, "set_config": String]),
+        sig!(sql::PAGE, [PgTimestamp, i64, PgTimestamp, i64, i64, i32],
+            ["id": i64, "order_id": Option<i64>, "due_key": PgTimestamp, "legacy": bool]),
+        sig!(sql::CLAIM_ORDERS, [Vec<i64>, i32, i32], ["id": i64, "processing": bool]),
+        sig!(sql::CLASSIFY_UNCLAIMED, [Vec<i64>, i32, i32], ["id": i64, "paid": bool, "due": bool]),
+        sig!(sql::CLAIM_HOLDS, [Vec<i64>, i32], ["id": i64]),
+        sig!(sql::RELEASE_RESERVATIONS, [Vec<i64>, Vec<i64>, i32, i32, Vec<i64>],
+            ["id": i64, "order_id": Option<i64>, "variant_id": i64, "drop_id": Option<i64>,
+             "quantity": i32, "was_due": bool, "delay_seconds": f64, "released_at": SystemTime,
+             "order_cancelled": bool, "cancelled_order_number": String]),
+        sig!(sql::RETURN_VARIANT_UNITS, [Vec<i64>, Vec<i64>], ["id": i64, "clamped": bool]),
+        sig!(sql::RETURN_DROP_UNITS, [Vec<i64>, Vec<i64>], ["id": i64, "clamped": bool]),
+        sig!(sql::PROBE_HELD, [Vec<i64>, Vec<i64>],
+            ["id": i64, "order_id": Option<i64>, "reservation_held": bool,
+             "held_variant": Option<i64>, "held_drop": Option<i64>]),
+        sig!(sql::DEFERRED_AGE, [Vec<i64>, Vec<i64>, i32, i32], ["age_seconds": Option<f64>]),
+        sig!(sql::BACKLOG, [i32, i32], ["due": i64, "oldest_age_seconds": Option<f64>]),
+        sig!(sql::PAID_ORDERS_WITH_ACTIVE_RESERVATIONS, [], ["orders": i64]),
+        sig!(sql::VARIANT_DRIFT, [i64],
+            ["id": i64, "reserved_quantity": i64, "active_reserved": i64, "total": i64]),
+        sig!(sql::DROP_DRIFT, [i64],
+            ["id": i64, "reserved_quantity": i64, "active_reserved": i64, "total": i64]),
+        sig!(sql::TABLE_COLUMNS, [Vec<String>],
+            ["table_name": String, "column_name": String, "data_type": String]),
+        sig!(sql::RESERVATION_INDEXES, [],
+            ["name": String, "method": String, "columns": Vec<String>, "options": Vec<i16>,
+             "predicate": Option<String>]),
+        sig!(sql::DEADLOCK_TIMEOUT_MS, [], ["ms": i64]),
+        sig!(outbox::EXPIRED_IN_WINDOW, [SystemTime, Option<SystemTime>],
+            ["reservation_id": i64, "order_id": Option<i64>, "order_number": Option<String>,
+             "variant_id": i64, "drop_id": Option<i64>, "quantity": i32,
+             "released_at": SystemTime]),
+        sig!(outbox::PAID_AFTER_RELEASE_LAST_DAY, [], ["orders": i64]),
+        sig!(outbox::PAID_AFTER_RELEASE_TOTAL, [], ["orders": i64]),
+        sig!(delay_report::RELEASE_DELAY_BY_DAY, [i32, i32],
+            ["day": String, "reservations_released": i64, "units_released": i64,
+             "orders_cancelled": i64, "holds_released": i64, "p50": Option<f64>,
+             "p95": Option<f64>, "max": Option<f64>]),
+        sig!(revive::LOCK_ORDER, [i64], ["id": i64, "status": String]),
+        sig!(revive::LOCK_RELEASED, [i64],
+            ["id": i64, "variant_id": i64, "drop_id": Option<i64>, "quantity": i32]),
+        sig!(revive::LOCK_VARIANT_ROOM, [Vec<i64>], ["id": i64, "available": i64]),
+        sig!(revive::LOCK_DROP_ROOM, [Vec<i64>], ["id": i64, "available": i64]),
+        sig!(revive::REACTIVATE, [i64, i32], ["n": i64]),
+        sig!(revive::ADD_VARIANT_UNITS, [Vec<i64>, Vec<i64>], ["id": i64]),
+        sig!(revive::ADD_DROP_UNITS, [Vec<i64>, Vec<i64>], ["id": i64]),
+        sig!(revive::REOPEN_ORDER, [i64], ["id": i64]),
+    ]
+}
+
+#[tokio::test]
+async fn every_statement_fits_its_typed_wrapper() {
+    let t = TestDb::new().await;
+    let client = t.connect().await;
+    let mut wrong = Vec::new();
+    for s in signatures() {
+        let prepared = client
+            .prepare(s.text)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", s.name));
+        let params = prepared.params();
+        if params.len() != s.params.len() {
+            wrong.push(format!(
+                "{}: {} parameters, the wrapper binds {}",
+                s.name,
+                params.len(),
+                s.params.len()
+            ));
+        }
+        for (i, (ty, accepts)) in params.iter().zip(&s.params).enumerate() {
+            if !accepts(ty) {
+                wrong.push(format!(
+                    "{}: ${} is {ty}, which the wrapper's type cannot bind",
+                    s.name,
+                    i + 1
+                ));
+            }
+        }
+        let columns = prepared.columns();
+        let names: Vec<&str> = columns.iter().map(|c| c.name()).collect();
+        let expected: Vec<&str> = s.columns.iter().map(|(n, _)| *n).collect();
+        if names != expected {
+            wrong.push(format!(
+                "{}: columns {names:?}, the wrapper reads {expected:?}",
+                s.name
+            ));
+        }
+        for (column, (name, accepts)) in columns.iter().zip(&s.columns) {
+            if !accepts(column.type_()) {
+                wrong.push(format!(
+                    "{}: column {name} is {}, which the wrapper cannot decode",
+                    s.name,
+                    column.type_()
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn a_type_that_does_not_fit_is_seen() {
+    // An int8 column read into an i32 field, or an int8[] parameter bound as text.
+    assert!(!<i32 as FromSql>::accepts(&Type::INT8));
+    assert!(!<String as ToSql>::accepts(&Type::INT8_ARRAY));
+    assert!(<Option<i64> as FromSql>::accepts(&Type::INT8));
+}
