@@ -1,7 +1,7 @@
 //! The one configuration tree of the process — release, database, Lambda and metrics settings —
 //! read by one function ([`Config::from_lookup`]) from one name → value lookup (the environment,
 //! or the CLI's flags over it). Every value is checked against its range before any connection
-//! is made, and every error names its setting. Secrets are held as [`SecretString`]s or in a
+//! is made, and every error names its setting. Secrets are held as `SecretString`s or in a
 //! [`tokio_postgres::Config`], whose `Debug` redacts the password.
 
 use std::time::Duration;

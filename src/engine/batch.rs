@@ -2,7 +2,7 @@
 //! run's cursor, or the orders an earlier batch had to leave out), claims what it can without
 //! waiting, releases it, gives the units back, and commits — or, in a dry run, rolls everything
 //! back after reading what it would have done. Each step is one function over one statement of
-//! [`crate::db::sql`], in the order README's "How a run works" gives.
+//! [`crate::db::sql`], in the order `docs/design.md`'s "How a run works" gives.
 //!
 //! A batch never waits in a lock queue: every row lock it takes is `SKIP LOCKED` or `NOWAIT`
 //! (the reservations of the orders it claimed), so it can never close a lock cycle that another

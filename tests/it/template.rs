@@ -204,7 +204,8 @@ fn lambdas_logging_configuration_sets_the_log_format() {
     );
 }
 
-/// Every alarm of the template has a row in README's runbook, and every row an alarm.
+/// Every alarm of the template has a row in the runbook (`docs/operations.md`), and every row an
+/// alarm.
 #[test]
 fn every_alarm_has_a_runbook_row() {
     let t = template();
@@ -215,8 +216,10 @@ fn every_alarm_has_a_runbook_row() {
         .filter(|(_, r)| r["Type"].as_str() == Some("AWS::CloudWatch::Alarm"))
         .map(|(name, _)| name.as_str().unwrap().to_string())
         .collect();
-    let readme = include_str!("../../README.md");
-    let runbook = &readme[readme.find("### Runbook").expect("README has a runbook")..];
+    let operations = include_str!("../../docs/operations.md");
+    let runbook = &operations[operations
+        .find("## Runbook")
+        .expect("docs/operations.md has a runbook")..];
     let rows: BTreeSet<String> = runbook
         .lines()
         .filter_map(|l| l.strip_prefix("| `"))
@@ -224,5 +227,8 @@ fn every_alarm_has_a_runbook_row() {
         .filter(|name| name.ends_with("Alarm"))
         .map(str::to_string)
         .collect();
-    assert_eq!(alarms, rows, "template alarms vs README runbook rows");
+    assert_eq!(
+        alarms, rows,
+        "template alarms vs the runbook rows of docs/operations.md"
+    );
 }
