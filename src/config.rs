@@ -239,6 +239,12 @@ impl MetricsConfig {
     /// (default `unreserver`).
     pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self> {
         let namespace = metric_name(lookup, POWERTOOLS_METRICS_NAMESPACE, 255)?;
+        if namespace.starts_with("AWS/") {
+            return Err(Error::Setting {
+                name: POWERTOOLS_METRICS_NAMESPACE.name.into(),
+                reason: "namespaces starting with AWS/ are reserved for AWS services".into(),
+            });
+        }
         let service = metric_name(lookup, POWERTOOLS_SERVICE_NAME, 250)?;
         Ok(MetricsConfig { namespace, service })
     }
@@ -364,6 +370,7 @@ mod tests {
             ("DB_SSLMODE", "verify-ca"),
             ("DB_SSLMODE", "prefer"),
             ("POWERTOOLS_METRICS_NAMESPACE", "bad name"),
+            ("POWERTOOLS_METRICS_NAMESPACE", "AWS/Lambda"),
             ("POWERTOOLS_SERVICE_NAME", ":x"),
             ("DB_RDS_CA_REGIONS", "eu-west-1;us-east-1"),
         ];

@@ -37,7 +37,7 @@ pub enum Error {
 
     /// The server's certificate could not be verified (unknown CA, wrong host name) or TLS
     /// was refused.
-    #[error("TLS handshake with {target} failed (is the server's CA in DB_CA_BUNDLE, or for RDS in another region than AWS_REGION named in DB_RDS_CA_REGIONS, and does its certificate name this host?): {source}")]
+    #[error("TLS handshake with {target} failed (is the server's CA trusted — in DB_CA_SECRET_ID, a Secrets Manager secret holding its PEM, read at start without a rebuild, or in DB_CA_BUNDLE; for RDS in another region than AWS_REGION, named in DB_RDS_CA_REGIONS — and does its certificate name this host?): {source}")]
     TlsHandshake {
         target: String,
         #[source]

@@ -207,6 +207,12 @@ pub const DB_USER: Setting = text(
 );
 pub const DB_SSLMODE: Setting = choice("DB_SSLMODE", &["require", "verify-full", "disable"], "require", Both,
     "TLS to the database: require (chain and host name verified; verify-full is the same) or disable, on a network you trust.");
+pub const DB_REGION: Setting = text(
+    "DB_REGION",
+    "",
+    Both,
+    "The database's AWS region, when its host name is not an RDS endpoint that says it: the RDS IAM token is signed for it, and its RDS CAs are trusted; unset: AWS_REGION.",
+);
 pub const SECRET_CACHE_TTL_SECONDS: Setting = number(
     "SECRET_CACHE_TTL_SECONDS",
     (0, 86_400),
@@ -220,6 +226,12 @@ pub const DB_CA_BUNDLE: Setting = text(
     "",
     Both,
     "Path of a PEM file of CAs to trust besides the system store and the built-in Amazon RDS CAs.",
+);
+pub const DB_CA_SECRET_ID: Setting = text(
+    "DB_CA_SECRET_ID",
+    "",
+    Both,
+    "Name or ARN of a Secrets Manager secret holding PEM CAs to trust as well, read at start: a CA the built-in set lacks, without a rebuild.",
 );
 pub const DB_RDS_CA_REGIONS: Setting = text("DB_RDS_CA_REGIONS", "", Both,
     "Which built-in Amazon RDS CAs to trust: all, or regions separated by commas; unset: the database's and the function's region.");
@@ -237,7 +249,7 @@ pub const POWERTOOLS_METRICS_NAMESPACE: Setting = text(
     "POWERTOOLS_METRICS_NAMESPACE",
     "Unreserver",
     Lambda,
-    "CloudWatch namespace of the metrics (1 to 255 of A-Z a-z 0-9 . _ - / # :).",
+    "CloudWatch namespace of the metrics (1 to 255 of A-Z a-z 0-9 . _ - / # :, not starting with : or AWS/).",
 );
 pub const POWERTOOLS_SERVICE_NAME: Setting = text(
     "POWERTOOLS_SERVICE_NAME",
@@ -292,8 +304,10 @@ pub const SETTINGS: &[Setting] = &[
     DB_NAME,
     DB_USER,
     DB_SSLMODE,
+    DB_REGION,
     SECRET_CACHE_TTL_SECONDS,
     DB_CA_BUNDLE,
+    DB_CA_SECRET_ID,
     DB_RDS_CA_REGIONS,
     AWS_REGION,
     EVENT_BUS_NAME,

@@ -8,6 +8,7 @@ use postgres_native_tls::MakeTlsConnector;
 
 use crate::config::Config;
 use crate::db::credentials::CredentialSource;
+use crate::db::secrets::SecretSource;
 use crate::error::{Error, Result};
 use crate::events::Publisher;
 
@@ -35,11 +36,16 @@ impl AppState {
     /// configuration loads and, with `PREFETCH_CREDENTIALS`, the credentials are fetched
     /// (mostly network waits): Lambda's init has the CPU for both.
     pub async fn from_config(config: Config) -> Result<Self> {
+        // A CA held in a secret is read first: the connector needs it.
+        let ca_pem = match &config.database.ca_secret_id {
+            Some(id) => Some(ca_secret(id).await?),
+            None => None,
+        };
         let database = config.database.clone();
         let tls = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             database
-                .tls_connector()
+                .tls_connector(ca_pem.as_deref())
                 .map(|tls| (tls, elapsed_ms(started)))
         });
         let started = Instant::now();
@@ -70,6 +76,15 @@ impl AppState {
             cold_start: AtomicBool::new(true),
         })
     }
+}
+
+/// The PEM of `DB_CA_SECRET_ID`.
+async fn ca_secret(secret_id: &str) -> Result<String> {
+    let sdk = crate::aws::sdk_config().await;
+    let client = aws_sdk_secretsmanager::Client::new(&sdk);
+    SecretSource::new(client, secret_id.to_string(), Duration::ZERO)
+        .text("fetched the CA bundle")
+        .await
 }
 
 /// What the parts of the init took, side by side: they run at the same time.

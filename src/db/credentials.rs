@@ -13,7 +13,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::Config;
 
 use super::connect;
-use super::iam::{self, TokenTarget};
+use super::iam::{self, token_region, TokenTarget};
 use super::secrets::{DbCredentials, SecretSource};
 use super::session::Database;
 use super::settings::{DatabaseConfig, DatabaseSource, IamSettings, SecretSettings};
@@ -54,14 +54,20 @@ impl CredentialSource {
                     reason: "iam needs AWS credentials (the function's role), and none were found"
                         .into(),
                 })?;
-                let region = sdk.region().ok_or_else(|| Error::Setting {
-                    name: "AWS_REGION".into(),
-                    reason: "not set: the IAM token is signed for the database's region".into(),
-                })?;
+                let own = sdk.region().map(|r| r.as_ref().to_string());
+                let region =
+                    token_region(&settings.host, settings.region.as_deref(), own.as_deref())
+                        .ok_or_else(|| Error::Setting {
+                            name: crate::settings::DB_REGION.name.into(),
+                            reason:
+                                "not set, nor AWS_REGION, and DB_HOST is no RDS endpoint name: \
+                                 the IAM token is signed for the database's region"
+                                    .into(),
+                        })?;
                 Ok(CredentialSource::Iam(Box::new(IamSource {
                     settings: settings.clone(),
                     credentials,
-                    region: region.to_string(),
+                    region,
                     clock: SystemTime::now,
                 })))
             }

@@ -36,6 +36,16 @@ pub struct TokenTarget<'a> {
     pub region: &'a str,
 }
 
+/// The region a token for `host` is signed for: the database's own, which its RDS endpoint
+/// name says (`shop.abc.us-east-2.rds.amazonaws.com`); else `DB_REGION`; else the process's
+/// (`AWS_REGION`). RDS accepts a token only when it was signed for the database's region.
+pub fn token_region(host: &str, setting: Option<&str>, own: Option<&str>) -> Option<String> {
+    super::tls::rds_region(host)
+        .or(setting)
+        .or(own)
+        .map(str::to_string)
+}
+
 /// The token for `target`, signed with `credentials` at `now`.
 pub fn auth_token(
     target: &TokenTarget<'_>,

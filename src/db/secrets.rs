@@ -127,6 +127,13 @@ impl SecretSource {
     }
 
     async fn fetch(&self) -> Result<DbCredentials> {
+        let text = self.text("fetched database credentials").await?;
+        parse_secret(&self.secret_id, &text)
+    }
+
+    /// The secret's `SecretString` as it is (a PEM CA bundle, for `DB_CA_SECRET_ID`), read
+    /// once, never cached, never logged.
+    pub async fn text(&self, what: &'static str) -> Result<String> {
         let started = Instant::now();
         let output = self
             .client
@@ -139,14 +146,14 @@ impl SecretSource {
             secret_id = %self.secret_id,
             version_id = output.version_id().unwrap_or("?"),
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "fetched database credentials"
+            "{what}"
         );
         let text = output.secret_string().ok_or_else(|| Error::Secret {
             secret_id: self.secret_id.clone(),
             reason: "holds no SecretString (binary secrets are not supported)".into(),
             retryable: false,
         })?;
-        parse_secret(&self.secret_id, text)
+        Ok(text.to_string())
     }
 
     fn classify(&self, error: SdkError<GetSecretValueError>) -> Error {

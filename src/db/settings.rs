@@ -13,8 +13,9 @@ use super::tls::{self, RdsCaRegions};
 use super::{connect, conninfo};
 use crate::error::{Error, Result};
 use crate::settings::{
-    Setting, AWS_REGION, DATABASE_URL, DB_AUTH, DB_CA_BUNDLE, DB_HOST, DB_NAME, DB_PORT,
-    DB_RDS_CA_REGIONS, DB_SECRET_ID, DB_SSLMODE, DB_USER, SECRET_CACHE_TTL_SECONDS,
+    Setting, AWS_REGION, DATABASE_URL, DB_AUTH, DB_CA_BUNDLE, DB_CA_SECRET_ID, DB_HOST, DB_NAME,
+    DB_PORT, DB_RDS_CA_REGIONS, DB_REGION, DB_SECRET_ID, DB_SSLMODE, DB_USER,
+    SECRET_CACHE_TTL_SECONDS,
 };
 
 /// Where the database is and how to reach it.
@@ -23,6 +24,9 @@ pub struct DatabaseConfig {
     pub source: DatabaseSource,
     /// `DB_CA_BUNDLE`: a PEM file of CAs to trust besides the system store.
     pub ca_bundle: Option<PathBuf>,
+    /// `DB_CA_SECRET_ID`: a Secrets Manager secret holding PEM CAs to trust as well, read at
+    /// start (no rebuild needed to trust a CA the built-in set lacks).
+    pub ca_secret_id: Option<String>,
     /// `DB_RDS_CA_REGIONS`: which of the built-in RDS CAs to trust.
     pub rds_ca_regions: RdsCaRegions,
 }
@@ -47,6 +51,9 @@ pub struct IamSettings {
     pub port: u16,
     pub dbname: String,
     pub user: String,
+    /// `DB_REGION`: the database's region, when its host is not an RDS endpoint name that says
+    /// it (a CNAME, a proxy); unset, `AWS_REGION`. The token is signed for it.
+    pub region: Option<String>,
 }
 
 /// A Secrets Manager secret and what it may lack.
@@ -82,12 +89,15 @@ impl DatabaseConfig {
             rds_ca_regions: rds_ca_regions(lookup, &source)?,
             source,
             ca_bundle: DB_CA_BUNDLE.get(lookup).map(PathBuf::from),
+            ca_secret_id: DB_CA_SECRET_ID.get(lookup),
         })
     }
 
-    /// The TLS connector every connection of the process uses (see [`tls::connector`]).
-    pub fn tls_connector(&self) -> Result<MakeTlsConnector> {
-        tls::connector(self.ca_bundle.as_deref(), &self.rds_ca_regions)
+    /// The TLS connector every connection of the process uses (see [`tls::connector`]), with
+    /// the PEM read from `DB_CA_SECRET_ID` when there is one.
+    pub fn tls_connector(&self, ca_secret_pem: Option<&str>) -> Result<MakeTlsConnector> {
+        let extra = self.ca_secret_id.as_deref().zip(ca_secret_pem);
+        tls::connector_with(self.ca_bundle.as_deref(), extra, &self.rds_ca_regions)
     }
 
     /// Whether connections go without TLS.
@@ -126,9 +136,9 @@ fn rds_ca_regions(
         DatabaseSource::Iam(iam) => vec![iam.host.clone()],
     };
     let mut regions: Vec<String> = Vec::new();
-    let own = AWS_REGION
-        .get(lookup)
-        .or_else(|| lookup("AWS_DEFAULT_REGION"));
+    let own = db_region(lookup)?
+        .into_iter()
+        .chain(AWS_REGION.get(lookup).or_else(|| lookup("AWS_DEFAULT_REGION")));
     let found = hosts
         .iter()
         .filter_map(|h| tls::rds_region(h).map(str::to_owned));
@@ -164,7 +174,19 @@ fn iam_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<IamSettings>
         port: port(lookup)?,
         dbname: required(DB_NAME)?,
         user: required(DB_USER)?,
+        region: db_region(lookup)?,
     })
+}
+
+/// `DB_REGION`, checked to be a region's name.
+fn db_region(lookup: &impl Fn(&str) -> Option<String>) -> Result<Option<String>> {
+    match DB_REGION.get(lookup) {
+        Some(region) if !tls::is_region_name(&region) => Err(Error::Setting {
+            name: DB_REGION.name.into(),
+            reason: format!("{region:?} is not a region name such as eu-west-1"),
+        }),
+        region => Ok(region),
+    }
 }
 
 /// `DB_SECRET_ID` (with its settings) or else `DATABASE_URL`.

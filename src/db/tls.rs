@@ -58,7 +58,7 @@ impl RdsCaRegions {
 }
 
 /// `eu-west-1`, `ap-southeast-4`, `us-gov-west-1`: lower-case words then a number.
-fn is_region_name(name: &str) -> bool {
+pub(crate) fn is_region_name(name: &str) -> bool {
     let parts: Vec<&str> = name.split('-').collect();
     let (Some(last), words) = (parts.last(), &parts[..parts.len().saturating_sub(1)]) else {
         return false;
@@ -105,7 +105,24 @@ fn labelled_rds_certificates() -> impl Iterator<Item = (&'static str, &'static s
 /// Builds the connector used for every connection of the process: the system store, the RDS
 /// CAs `rds` names, and with `ca_bundle` each certificate in that file too.
 pub fn connector(ca_bundle: Option<&Path>, rds: &RdsCaRegions) -> Result<MakeTlsConnector> {
+    connector_with(ca_bundle, None, rds)
+}
+
+/// [`connector`], also trusting the CAs of `extra`: PEM read at start from a Secrets Manager
+/// secret (`DB_CA_SECRET_ID`), so that a deployed function can trust a CA without a rebuild.
+pub fn connector_with(
+    ca_bundle: Option<&Path>,
+    extra: Option<(&str, &str)>,
+    rds: &RdsCaRegions,
+) -> Result<MakeTlsConnector> {
     let mut builder = TlsConnector::builder();
+    if let Some((secret_id, pem)) = extra {
+        let certs = certificates(pem)
+            .map_err(|e| Error::Tls(format!("the CA bundle in secret {secret_id}: {e}")))?;
+        for cert in certs {
+            builder.add_root_certificate(cert);
+        }
+    }
     let rds = rds_certificates(rds)
         .map_err(|e| Error::Tls(format!("the built-in RDS CA bundle: {e}")))?;
     for cert in rds {

@@ -40,6 +40,7 @@ fn source(t: &TestDb, user: &str, clock: fn() -> SystemTime) -> CredentialSource
             port: pg_port(),
             dbname: t.name.clone(),
             user: user.into(),
+            region: None,
         },
         credentials: SharedCredentialsProvider::new(credentials()),
         region: "eu-west-1".into(),
@@ -88,4 +89,49 @@ async fn postgres_accepts_the_token_the_function_presents() {
     };
     assert_eq!(err.kind(), "DatabaseAuthentication");
     assert!(!err.chain().contains("X-Amz-Signature"), "{}", err.chain());
+}
+
+/// The token is signed for the database's region, not the function's: taken from an RDS host
+/// name first (whatever `AWS_REGION` or `DB_REGION` say), else from `DB_REGION`. The source the
+/// function builds from its settings carries that region, and the token it signs names it.
+#[tokio::test]
+async fn the_token_is_signed_for_the_region_of_the_database() {
+    let region_of = |host: &'static str, db_region: Option<&'static str>| async move {
+        let config = unreserver::Config::from_lookup(|n| match n {
+            "DB_AUTH" => Some("iam".into()),
+            "DB_HOST" => Some(host.into()),
+            "DB_NAME" => Some("shop".into()),
+            "DB_USER" => Some("unreserver".into()),
+            "DB_REGION" => db_region.map(Into::into),
+            _ => None,
+        })
+        .unwrap();
+        match CredentialSource::from_config(&config.database)
+            .await
+            .unwrap()
+        {
+            CredentialSource::Iam(source) => source.region.clone(),
+            _ => panic!("expected IAM"),
+        }
+    };
+    let rds = "shop.abc123.us-east-2.rds.amazonaws.com";
+    assert_eq!(region_of(rds, None).await, "us-east-2");
+    assert_eq!(region_of(rds, Some("eu-central-1")).await, "us-east-2");
+    assert_eq!(
+        region_of("db.shop.internal", Some("eu-central-1")).await,
+        "eu-central-1"
+    );
+    let target = TokenTarget {
+        host: rds,
+        port: 5432,
+        user: "unreserver",
+        region: &region_of(rds, None).await,
+    };
+    let token = rds_iam_token(&target, credentials(), at_noon()).unwrap();
+    assert!(
+        token
+            .expose_secret()
+            .contains("%2Fus-east-2%2Frds-db%2Faws4_request"),
+        "the credential scope names the database's region"
+    );
 }

@@ -77,15 +77,22 @@ fn the_function_role_is_scoped_to_its_log_group_secret_and_failure_queue() {
             match action.as_str() {
                 "rds-db:connect" => {
                     assert_eq!(condition.as_deref(), Some("IsIam"));
-                    let arn = resource["Fn::Sub"].as_str().unwrap();
+                    let arn = resource["Fn::Sub"][0].as_str().unwrap();
                     assert!(arn.ends_with(":dbuser:${DbResourceId}/${DbUser}"), "{arn}");
+                    // In the database's region (DbRegion), not always the function's.
+                    assert!(arn.contains(":rds-db:${Region}:"), "{arn}");
+                    assert_eq!(
+                        resource["Fn::Sub"][1]["Region"],
+                        json!({"Fn::If": ["HasDbRegion", {"Ref": "DbRegion"}, {"Ref": "AWS::Region"}]})
+                    );
                 }
                 "logs:CreateLogStream" | "logs:PutLogEvents" => {
                     assert_eq!(resource, &json!({"Fn::GetAtt": ["LogGroup", "Arn"]}))
                 }
-                "secretsmanager:GetSecretValue" => {
-                    assert_eq!(resource, &json!({"Fn::Sub": "${DbSecretArn}"}))
-                }
+                "secretsmanager:GetSecretValue" => match condition.as_deref() {
+                    Some("HasCaSecret") => assert_eq!(resource, &json!({"Ref": "DbCaSecretArn"})),
+                    _ => assert_eq!(resource, &json!({"Fn::Sub": "${DbSecretArn}"})),
+                },
                 "kms:Decrypt" => {
                     assert_eq!(resource, &json!({"Ref": "DbSecretKmsKeyArn"}));
                     assert!(s["Condition"]["StringEquals"]["kms:ViaService"].is_object());
@@ -142,13 +149,20 @@ fn failed_runs_go_to_a_queue_with_an_alarm_and_are_never_retried_onto_the_next_r
         alarm["Dimensions"][0]["Value"],
         json!({"Fn::GetAtt": ["FailedRunsQueue", "QueueName"]})
     );
-    let dropped = &resource(&t, "AsyncEventsDroppedAlarm")["Properties"];
+    // A failure that could not reach the queue is the one really lost: alarmed. Every failed
+    // run also counts in AsyncEventsDropped once a destination is set ("If you configure a
+    // dead-letter queue (DLQ) or OnFailure destination, then events are sent there before
+    // they're dropped", Lambda Developer Guide): no alarm repeats RunFailedAlarm with it.
+    let lost = &resource(&t, "DestinationDeliveryFailuresAlarm")["Properties"];
     assert_eq!(
-        (
-            dropped["Namespace"].as_str(),
-            dropped["MetricName"].as_str()
-        ),
-        (Some("AWS/Lambda"), Some("AsyncEventsDropped"))
+        (lost["Namespace"].as_str(), lost["MetricName"].as_str()),
+        (Some("AWS/Lambda"), Some("DestinationDeliveryFailures"))
+    );
+    assert!(
+        !t["Resources"]
+            .to_string()
+            .contains("\"AsyncEventsDropped\""),
+        "an alarm or widget still watches AsyncEventsDropped"
     );
 }
 
@@ -169,7 +183,7 @@ fn the_schedule_invokes_the_function_through_its_own_guarded_role() {
     );
     assert_eq!(
         p["ScheduleExpression"],
-        json!({"Fn::Sub": "rate(${RunIntervalMinutes} minutes)"})
+        json!({"Fn::FindInMap": ["RunInterval", {"Ref": "RunIntervalMinutes"}, "Expression"]})
     );
     let target = &p["Target"];
     assert_eq!(target["Arn"], json!({"Fn::GetAtt": ["Function", "Arn"]}));
@@ -184,14 +198,44 @@ fn the_schedule_invokes_the_function_through_its_own_guarded_role() {
     let input: Value = serde_json::from_str(target["Input"].as_str().unwrap()).unwrap();
     unreserver::parse_payload(&input).unwrap();
 
+    // The schedule is in the stack's own group, and the role trusts that group only: "The
+    // value of aws:SourceArn must be your EventBridge Scheduler schedule group ARN [...] Do not
+    // scope the aws:SourceArn statement to a specific schedule or a schedule name prefix. The
+    // ARN you specify must be a schedule group." (EventBridge Scheduler User Guide, "Confused
+    // deputy prevention".) A schedule ARN there and Scheduler cannot assume the role: no run.
+    assert_eq!(p["GroupName"], json!({"Ref": "ScheduleGroup"}));
+    assert_eq!(
+        resource(&t, "ScheduleGroup")["Type"],
+        "AWS::Scheduler::ScheduleGroup"
+    );
     let role = resource(&t, "SchedulerRole");
     let trust = &role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0];
     assert_eq!(trust["Principal"]["Service"], "scheduler.amazonaws.com");
     assert_eq!(
-        trust["Condition"]["StringEquals"]["aws:SourceAccount"],
-        json!({"Ref": "AWS::AccountId"})
+        trust["Condition"],
+        json!({"StringEquals": {
+            "aws:SourceAccount": {"Ref": "AWS::AccountId"},
+            "aws:SourceArn": {"Fn::GetAtt": ["ScheduleGroup", "Arn"]},
+        }})
     );
-    assert!(trust["Condition"]["ArnLike"]["aws:SourceArn"].is_object());
+    // AWS's CDK, offline (scripts/cdk-oracle.py): the same operator, the same keys, the
+    // group's ARN.
+    let oracle: Value = serde_json::from_str(include_str!("../fixtures/cdk-oracle.json")).unwrap();
+    let cdk = &oracle["scheduler_role_trust"]["Statement"][0];
+    assert_eq!(cdk["Principal"], trust["Principal"]);
+    assert_eq!(cdk["Action"], trust["Action"]);
+    let keys = |c: &Value| -> Vec<(String, Vec<String>)> {
+        c.as_object()
+            .unwrap()
+            .iter()
+            .map(|(op, m)| (op.clone(), m.as_object().unwrap().keys().cloned().collect()))
+            .collect()
+    };
+    assert_eq!(keys(&cdk["Condition"]), keys(&trust["Condition"]));
+    assert_eq!(
+        cdk["Condition"]["StringEquals"]["aws:SourceArn"]["Fn::GetAtt"][1], "Arn",
+        "CDK scopes the trust to its schedule group's ARN"
+    );
     for s in statements(role) {
         match actions(&s)[..] {
             [ref a] if a == "lambda:InvokeFunction" => {
@@ -263,32 +307,224 @@ fn logs_and_metrics_survive_the_log_levels_the_template_allows() {
     }
 }
 
+/// Every alarm's period, in each of its metrics, in the resolved form it takes for one
+/// interval.
+fn alarm_periods(t: &Value) -> Vec<(String, Value)> {
+    let mut periods = Vec::new();
+    for (name, r) in t["Resources"].as_object().unwrap() {
+        if r["Type"] != "AWS::CloudWatch::Alarm" {
+            continue;
+        }
+        let p = &r["Properties"];
+        if !p["Period"].is_null() {
+            periods.push((name.clone(), p["Period"].clone()));
+        }
+        for m in p["Metrics"].as_array().into_iter().flatten() {
+            if let Some(period) = m["MetricStat"].get("Period") {
+                periods.push((name.clone(), period.clone()));
+            }
+        }
+    }
+    periods
+}
+
 #[test]
-fn the_no_successful_run_window_follows_the_run_interval() {
+fn every_alarm_follows_the_run_interval() {
     let t = generated();
     let allowed = t["Parameters"]["RunIntervalMinutes"]["AllowedValues"]
         .as_array()
         .unwrap();
-    for minutes in allowed {
-        let minutes = minutes.as_str().unwrap();
-        let seconds = &t["Mappings"]["RunInterval"][minutes]["Seconds"];
+    assert!(allowed.contains(&json!("1")), "the 1-minute interval");
+    let interval =
+        json!({"Fn::FindInMap": ["RunInterval", {"Ref": "RunIntervalMinutes"}, "Seconds"]});
+    let periods = alarm_periods(&t);
+    assert!(periods.len() >= 15, "{periods:?}");
+    for (name, period) in &periods {
         assert_eq!(
-            seconds.as_i64(),
-            Some(minutes.parse::<i64>().unwrap() * 60),
-            "{minutes}"
+            period, &interval,
+            "{name}: its period must be the run interval"
         );
     }
+    for minutes in allowed {
+        let minutes = minutes.as_str().unwrap();
+        let n: i64 = minutes.parse().unwrap();
+        let entry = &t["Mappings"]["RunInterval"][minutes];
+        assert_eq!(entry["Seconds"].as_i64(), Some(n * 60), "{minutes}");
+        // Scheduler's rate syntax: "rate(1 minute)", "rate(5 minutes)".
+        let unit = if n == 1 { "minute" } else { "minutes" };
+        assert_eq!(
+            entry["Expression"],
+            format!("rate({n} {unit})"),
+            "{minutes}"
+        );
+        for (name, r) in t["Resources"].as_object().unwrap() {
+            if r["Type"] != "AWS::CloudWatch::Alarm" {
+                continue;
+            }
+            // CloudWatch: the evaluation range (period × evaluation periods) is at most a day.
+            let periods = r["Properties"]["EvaluationPeriods"].as_i64().unwrap();
+            assert!(n * 60 * periods <= 86_400, "{name} at {minutes} minutes");
+        }
+    }
     let alarm = &resource(&t, "NoSuccessfulRunAlarm")["Properties"];
-    for m in alarm["Metrics"].as_array().unwrap() {
-        if let Some(period) = m["MetricStat"].get("Period") {
+    assert_eq!(alarm["EvaluationPeriods"], 3);
+    assert_eq!(alarm["TreatMissingData"], "breaching");
+    // A count over the last 24 hours, emitted once a run: one point an interval keeps it in
+    // ALARM while it holds, and a run that failed (no point) changes nothing.
+    for name in [
+        "PaidAfterReleaseAlarm",
+        "OldestDueAgeAlarm",
+        "OldestDeferredAgeAlarm",
+        "MissingIndexesAlarm",
+    ] {
+        assert_eq!(
+            resource(&t, name)["Properties"]["TreatMissingData"],
+            "ignore",
+            "{name}"
+        );
+    }
+}
+
+/// The few intrinsic functions the metric identities use, resolved for one stack: its name
+/// and its parameters (the template's defaults under `overrides`).
+struct Stack<'a> {
+    t: &'a Value,
+    name: &'a str,
+    overrides: &'a [(&'a str, &'a str)],
+}
+
+impl Stack<'_> {
+    fn parameter(&self, name: &str) -> String {
+        if name == "AWS::StackName" {
+            return self.name.to_string();
+        }
+        if let Some((_, v)) = self.overrides.iter().find(|(k, _)| *k == name) {
+            return v.to_string();
+        }
+        match &self.t["Parameters"][name]["Default"] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    fn condition(&self, c: &Value) -> bool {
+        if let Some(name) = c.as_str() {
+            return self.condition(&self.t["Conditions"][name]);
+        }
+        if let Some(inner) = c.get("Fn::Not") {
+            return !self.condition(&inner[0]);
+        }
+        if let Some(pair) = c.get("Fn::Equals") {
+            return self.resolve(&pair[0]) == self.resolve(&pair[1]);
+        }
+        if let Some(name) = c.get("Condition") {
+            return self.condition(name);
+        }
+        panic!("unresolved condition {c}")
+    }
+
+    fn resolve(&self, v: &Value) -> String {
+        if let Some(s) = v.as_str() {
+            return s.to_string();
+        }
+        if let Some(name) = v.get("Ref").and_then(Value::as_str) {
+            return self.parameter(name);
+        }
+        if let Some(args) = v.get("Fn::If") {
+            let branch = if self.condition(&args[0]) {
+                &args[1]
+            } else {
+                &args[2]
+            };
+            return self.resolve(branch);
+        }
+        panic!("unresolved value {v}")
+    }
+
+    /// (namespace, service) the function's metrics carry.
+    fn emits(&self) -> (String, String) {
+        let vars = &resource(self.t, "Function")["Properties"]["Environment"]["Variables"];
+        (
+            self.resolve(&vars["POWERTOOLS_METRICS_NAMESPACE"]),
+            self.resolve(&vars["POWERTOOLS_SERVICE_NAME"]),
+        )
+    }
+
+    /// (alarm, namespace, service) of every alarm on the function's own metrics.
+    fn watches(&self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for (name, r) in self.t["Resources"].as_object().unwrap() {
+            let p = &r["Properties"];
+            let metrics: Vec<&Value> = if p["MetricName"].is_string() {
+                vec![p]
+            } else {
+                p["Metrics"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|m| !m["MetricStat"].is_null())
+                    .map(|m| &m["MetricStat"]["Metric"])
+                    .collect()
+            };
+            for m in metrics {
+                let namespace = self.resolve(&m["Namespace"]);
+                if namespace.starts_with("AWS/") {
+                    continue;
+                }
+                for d in m["Dimensions"].as_array().into_iter().flatten() {
+                    assert_eq!(d["Name"], "service", "{name}");
+                    out.push((name.clone(), namespace.clone(), self.resolve(&d["Value"])));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[test]
+fn two_stacks_in_one_account_never_feed_each_others_alarms() {
+    let t = generated();
+    let staging = Stack {
+        t: &t,
+        name: "shop-staging",
+        overrides: &[],
+    };
+    let production = Stack {
+        t: &t,
+        name: "shop-production",
+        overrides: &[],
+    };
+    for (own, other) in [(&staging, &production), (&production, &staging)] {
+        let watched = own.watches();
+        assert!(watched.len() >= 9, "{watched:?}");
+        let (namespace, service) = own.emits();
+        assert_eq!(
+            service, own.name,
+            "the service dimension defaults to the stack's name"
+        );
+        for (alarm, ns, svc) in &watched {
             assert_eq!(
-                period,
-                &json!({"Fn::FindInMap": ["RunInterval", {"Ref": "RunIntervalMinutes"}, "Seconds"]})
+                (ns, svc),
+                (&namespace, &service),
+                "{alarm} watches its own function"
+            );
+            assert_ne!(
+                (ns.clone(), svc.clone()),
+                other.emits(),
+                "{alarm} of {} watches {}",
+                own.name,
+                other.name
             );
         }
     }
-    assert_eq!(alarm["EvaluationPeriods"], 3);
-    assert_eq!(alarm["TreatMissingData"], "breaching");
+    // A service name given explicitly is used as given, by the function and the alarms alike.
+    let named = Stack {
+        t: &t,
+        name: "x",
+        overrides: &[("ServiceName", "shop-eu")],
+    };
+    assert_eq!(named.emits().1, "shop-eu");
+    assert!(named.watches().iter().all(|(_, _, svc)| svc == "shop-eu"));
 }
 
 /// CloudFormation matches `AllowedPattern` against the whole value.
@@ -338,6 +574,74 @@ fn parameters_refuse_what_would_deploy_and_then_fail() {
     ));
     // No resource name built from the stack name can pass its limit.
     assert!(resource(&t, "Function")["Properties"]["FunctionName"].is_null());
+    // The metrics' namespace and service: the template takes exactly what the function would
+    // accept (an empty service name means the stack's name, which the function accepts).
+    let accepts = |name: &str, value: &str| {
+        unreserver::Config::from_lookup(|n| match n {
+            "DATABASE_URL" => Some("postgres://u@h/d".into()),
+            n if n == name => Some(value.to_string()),
+            _ => None,
+        })
+        .is_ok()
+    };
+    let long = "n".repeat(255);
+    let too_long = "n".repeat(256);
+    for (parameter, setting) in [
+        ("MetricsNamespace", "POWERTOOLS_METRICS_NAMESPACE"),
+        ("ServiceName", "POWERTOOLS_SERVICE_NAME"),
+    ] {
+        let p = &t["Parameters"][parameter];
+        let pattern = p["AllowedPattern"].as_str().unwrap();
+        let max = p["MaxLength"].as_u64().unwrap_or(u64::MAX) as usize;
+        for value in [
+            "Unreserver",
+            "Shop/Inventory",
+            "a",
+            "A",
+            "AW",
+            "AWS",
+            "AWSx",
+            "AWS:x",
+            "aws/x",
+            "AWS/Lambda",
+            "A/x",
+            "AW/x",
+            "x:y",
+            ":x",
+            "a b",
+            "é",
+            "shop#1",
+            &long,
+            &too_long,
+        ] {
+            let template = full_match(pattern, value) && value.len() <= max;
+            assert_eq!(template, accepts(setting, value), "{parameter} = {value:?}");
+        }
+        if parameter == "ServiceName" {
+            assert!(full_match(pattern, ""), "empty: the stack's name");
+        }
+    }
+    // The database's region: the same, both ways.
+    let region = t["Parameters"]["DbRegion"]["AllowedPattern"]
+        .as_str()
+        .unwrap();
+    for value in [
+        "eu-west-1",
+        "us-gov-west-1",
+        "cn-north-1",
+        "x-y-1",
+        "eu-west",
+        "EU-WEST-1",
+        "eu--1",
+        "eu-west-1a",
+        "1-2-3",
+    ] {
+        assert_eq!(
+            full_match(region, value),
+            accepts("DB_REGION", value),
+            "DbRegion = {value:?}"
+        );
+    }
     // The RDS CA regions: the template takes exactly what the function would accept.
     let regions = t["Parameters"]["DbRdsCaRegions"]["AllowedPattern"]
         .as_str()
@@ -373,8 +677,70 @@ fn queries_are_scoped_by_stack_and_the_dashboard_shows_the_week() {
             .unwrap();
         assert!(n.starts_with("${AWS::StackName}/"), "{name}: {n}");
     }
-    let body = resource(&t, "Dashboard")["Properties"]["DashboardBody"]["Fn::Sub"]
+    let body = resource(&t, "Dashboard")["Properties"]["DashboardBody"]["Fn::Sub"][0]
         .as_str()
         .unwrap();
     assert!(body.contains(r#""start": "-P7D""#));
+}
+
+/// The failures query finds the function's error lines and Lambda's own records of a timeout
+/// and of a failed init (the function writes nothing then), in the JSON log format the template
+/// sets and in text: each sample record is matched by a clause of the query, a normal line by
+/// none. The clauses are read from the query itself: its `/regex/`es against the whole record,
+/// `level = "ERROR"`, and `type like /^platform\./` with a `record.status` it lists.
+#[test]
+fn the_failures_query_finds_timeouts_and_init_failures() {
+    let t = generated();
+    let query = resource(&t, "FailuresQuery")["Properties"]["QueryString"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let filter = query.split("| fields").next().unwrap();
+    let regexes: Vec<Regex> = Regex::new(r"/((?:[^/\\]|\\.)+)/")
+        .unwrap()
+        .captures_iter(filter)
+        .map(|c| Regex::new(&c[1]).unwrap())
+        .collect();
+    let statuses: Vec<String> = Regex::new(r#"record\.status = "(\w+)""#)
+        .unwrap()
+        .captures_iter(filter)
+        .map(|c| c[1].to_string())
+        .collect();
+    assert!(filter.contains(r#"level = "ERROR""#));
+    let matches = |record: &str| {
+        let json: Value = serde_json::from_str(record).unwrap_or(Value::Null);
+        let platform = json["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("platform."))
+            && json["record"]["status"]
+                .as_str()
+                .is_some_and(|s| statuses.iter().any(|x| x == s));
+        json["level"] == "ERROR"
+            || platform
+            || regexes
+                .iter()
+                .filter(|r| r.as_str() != r"^platform\.")
+                .any(|r| r.is_match(record))
+    };
+    let failures = [
+        // Lambda's JSON log format: a timeout, a failed init, a runtime that exited.
+        r#"{"time":"2026-12-02T04:00:03.000Z","type":"platform.report","record":{"requestId":"r-1","metrics":{"durationMs":120000.0},"status":"timeout"}}"#,
+        r#"{"time":"2026-12-02T04:00:00.500Z","type":"platform.initReport","record":{"initializationType":"on-demand","phase":"init","status":"error","errorType":"Runtime.ExitError"}}"#,
+        r#"{"time":"2026-12-02T04:00:00.600Z","type":"platform.runtimeDone","record":{"requestId":"r-2","status":"failure","errorType":"Runtime.ExitError"}}"#,
+        // The text format.
+        "2026-12-02T04:00:03.000Z r-1 Task timed out after 120.00 seconds",
+        "INIT_REPORT Init Duration: 10000.00 ms Phase: init Status: timeout",
+        "INIT_REPORT Init Duration: 35.12 ms Phase: init Status: error Error Type: Runtime.ExitError",
+        // The function's own error line.
+        r#"{"timestamp":"2026-12-02T04:00:01Z","level":"ERROR","fields":{"message":"run failed"},"error_type":"TooSlow"}"#,
+    ];
+    for record in failures {
+        assert!(matches(record), "the failures query misses {record}");
+    }
+    for record in [
+        r#"{"time":"2026-12-02T04:00:03.000Z","type":"platform.report","record":{"requestId":"r-3","metrics":{"durationMs":812.0},"status":"success"}}"#,
+        r#"{"timestamp":"2026-12-02T04:00:01Z","level":"INFO","fields":{"message":"run finished"}}"#,
+    ] {
+        assert!(!matches(record), "the failures query takes {record}");
+    }
 }

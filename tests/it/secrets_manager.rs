@@ -310,3 +310,67 @@ async fn the_secret_is_read_over_verified_https() {
         "{stderr}"
     );
 }
+
+/// A CA the built-in set lacks, trusted without a rebuild: its PEM in a Secrets Manager secret
+/// (`DB_CA_SECRET_ID`) is read at start, and the command reaches the database over verified TLS
+/// (host name and chain) as the least-privilege role. Without it the same command fails
+/// `TlsVerification`, and the error names the way out.
+#[tokio::test]
+async fn a_ca_held_in_a_secret_is_trusted_without_a_rebuild() {
+    let t = TestDb::new().await;
+    let client = client().await;
+    let id = unique("ca-bundle");
+    let pem = std::fs::read_to_string(test_env("UNRESERVER_TEST_CA_CERT")).unwrap();
+    put_secret(&client, &id, &pem).await;
+    let url = format!(
+        "postgres://{}:{}@localhost:{}/{}?sslmode=require",
+        crate::common::RELEASE_ROLE,
+        crate::common::RELEASE_PASSWORD,
+        pg_port(),
+        t.name
+    );
+    let endpoint = test_env("UNRESERVER_TEST_AWS_ENDPOINT");
+    let status = |ca_secret: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_unreserver"));
+        cmd.arg("status")
+            .env_remove("DB_SECRET_ID")
+            .env_remove("DB_CA_BUNDLE")
+            .env_remove("DB_CA_SECRET_ID")
+            .envs([
+                ("DATABASE_URL", url.as_str()),
+                ("AWS_ENDPOINT_URL", endpoint.as_str()),
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_ACCESS_KEY_ID", "test"),
+                ("AWS_SECRET_ACCESS_KEY", "test"),
+            ]);
+        if let Some(id) = ca_secret {
+            cmd.env("DB_CA_SECRET_ID", id);
+        }
+        cmd.output().unwrap()
+    };
+    let out = status(Some(&id));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["due_reservations"], 0, "{report}");
+    assert!(
+        !stderr.contains("BEGIN CERTIFICATE"),
+        "the PEM is not logged: {stderr}"
+    );
+
+    let out = status(None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("[TlsVerification]") && stderr.contains("DB_CA_SECRET_ID"),
+        "{stderr}"
+    );
+
+    // A secret that holds no certificate fails at start, naming the secret.
+    let junk = unique("ca-junk");
+    put_secret(&client, &junk, "not a certificate").await;
+    let out = status(Some(&junk));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&junk), "{stderr}");
+}

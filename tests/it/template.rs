@@ -9,12 +9,21 @@ use unreserver::{METRICS, SERVICE_DIMENSION};
 use yaml_rust2::{Yaml, YamlLoader};
 
 const OUR_NAMESPACE: &str = "MetricsNamespace"; // the parameter the template !Refs
-const OUR_SERVICE: &str = "ServiceName";
+/// The service dimension's value: `!If [HasServiceName, !Ref ServiceName, !Ref AWS::StackName]`
+/// (the parameter, or the stack's name), as this reader flattens it.
+const OUR_SERVICE: &str = "If(HasServiceName, ServiceName, AWS::StackName)";
 const AWS_METRICS: &[(&str, &str, &str)] = &[
     ("AWS/Lambda", "Errors", "FunctionName"),
     ("AWS/Lambda", "Throttles", "FunctionName"),
     ("AWS/Lambda", "Duration", "FunctionName"),
-    ("AWS/Lambda", "AsyncEventsDropped", "FunctionName"),
+    ("AWS/Lambda", "DestinationDeliveryFailures", "FunctionName"),
+    ("AWS/Scheduler", "TargetErrorCount", "ScheduleGroup"),
+    ("AWS/Scheduler", "InvocationDroppedCount", "ScheduleGroup"),
+    (
+        "AWS/Scheduler",
+        "InvocationsFailedToBeSentToDeadLetterCount",
+        "ScheduleGroup",
+    ),
     ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName"),
 ];
 
@@ -52,6 +61,18 @@ fn check_use(place: &str, namespace: &str, name: &str, dims: &[(String, String)]
     }
 }
 
+/// A value as text: a string, or a short-form `!If` (which this reader keeps as its list).
+fn value_text(yaml: &Yaml) -> String {
+    match yaml {
+        Yaml::String(s) => s.clone(),
+        Yaml::Array(items) => {
+            let parts: Vec<String> = items.iter().map(value_text).collect();
+            format!("If({})", parts.join(", "))
+        }
+        other => panic!("unexpected dimension value {other:?}"),
+    }
+}
+
 fn dimensions(yaml: &Yaml) -> Vec<(String, String)> {
     yaml.as_vec()
         .map(|v| {
@@ -59,7 +80,7 @@ fn dimensions(yaml: &Yaml) -> Vec<(String, String)> {
                 .map(|d| {
                     (
                         d["Name"].as_str().unwrap().to_string(),
-                        d["Value"].as_str().unwrap().to_string(),
+                        value_text(&d["Value"]),
                     )
                 })
                 .collect()
@@ -75,7 +96,7 @@ fn the_function_is_configured_with_the_namespace_and_service_the_alarms_use() {
         vars["POWERTOOLS_METRICS_NAMESPACE"].as_str(),
         Some(OUR_NAMESPACE)
     );
-    assert_eq!(vars["POWERTOOLS_SERVICE_NAME"].as_str(), Some(OUR_SERVICE));
+    assert_eq!(value_text(&vars["POWERTOOLS_SERVICE_NAME"]), OUR_SERVICE);
     assert_eq!(vars["DB_SSLMODE"].as_str(), Some("require"));
     let f = &t["Resources"]["Function"];
     assert_eq!(
@@ -141,7 +162,10 @@ fn alarms_use_only_emitted_metrics_and_the_runbook_alarms_exist() {
         "Throttles",
         "Duration",
         "ApproximateNumberOfMessagesVisible",
-        "AsyncEventsDropped",
+        "DestinationDeliveryFailures",
+        "TargetErrorCount",
+        "InvocationDroppedCount",
+        "InvocationsFailedToBeSentToDeadLetterCount",
     ] {
         assert!(alarmed.contains(metric), "no alarm on {metric}");
     }
@@ -152,12 +176,14 @@ fn alarms_use_only_emitted_metrics_and_the_runbook_alarms_exist() {
 #[test]
 fn the_dashboard_shows_every_emitted_metric_and_nothing_else() {
     let t = template();
-    let body = t["Resources"]["Dashboard"]["Properties"]["DashboardBody"]
-        .as_str()
-        .unwrap();
+    // `!Sub [body, {Service: ..., Period: ...}]`: the body's variables are its own.
+    let sub = &t["Resources"]["Dashboard"]["Properties"]["DashboardBody"];
+    let body = sub[0].as_str().unwrap();
+    assert_eq!(value_text(&sub[1]["Service"]), OUR_SERVICE);
     let body = body
         .replace("${MetricsNamespace}", OUR_NAMESPACE)
-        .replace("${ServiceName}", OUR_SERVICE);
+        .replace("${Service}", OUR_SERVICE)
+        .replace("${Period}", "60");
     let body: Value = serde_json::from_str(&body).expect("the dashboard body is not JSON");
     let mut shown = BTreeSet::new();
     for widget in body["widgets"].as_array().unwrap() {
