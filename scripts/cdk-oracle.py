@@ -4,27 +4,52 @@ tests/fixtures/cdk-oracle.json (tests/it/sam.rs compares the template with it). 
     python3 -m venv /tmp/cdk && /tmp/cdk/bin/pip install aws-cdk-lib constructs
     /tmp/cdk/bin/python scripts/cdk-oracle.py > tests/fixtures/cdk-oracle.json
 
-Today: the trust policy of a schedule's execution role when the schedule is in a group of its
-own (aws_scheduler + aws_scheduler_targets). CDK refuses inline code for provided.al2023, so the
+The trust policy of a schedule's execution role when the schedule is in a group of its own
+(aws_scheduler + aws_scheduler_targets); what a function with an on-failure SQS destination and
+no retries gets (its EventInvokeConfig and the permission to send); and an alarm's action on an
+SNS topic encrypted with a key of its own (the topic and key policies CDK writes). CDK refuses inline code for provided.al2023, so the
 function is a stand-in: only the wiring around it matters."""
 import json
 
 import aws_cdk as cdk
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as actions
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_destinations as destinations
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_scheduler_targets as targets
 
 app = cdk.App()
 stack = cdk.Stack(app, "Oracle", env=cdk.Environment(account="123456789012", region="eu-west-1"))
+failed = sqs.Queue(stack, "FailedRuns")
 fn = lambda_.Function(stack, "Fn", runtime=lambda_.Runtime.PYTHON_3_12, handler="index.handler",
-                      code=lambda_.Code.from_inline("def handler(e, c): pass"))
+                      code=lambda_.Code.from_inline("def handler(e, c): pass"),
+                      retry_attempts=0, max_event_age=cdk.Duration.seconds(240),
+                      on_failure=destinations.SqsDestination(failed))
+key = kms.Key(stack, "AlarmKey")
+topic = sns.Topic(stack, "AlarmTopic", master_key=key)
+alarm = cloudwatch.Alarm(stack, "RunFailed", metric=fn.metric_errors(), threshold=1,
+                         evaluation_periods=1)
+alarm.add_alarm_action(actions.SnsAction(topic))
 group = scheduler.ScheduleGroup(stack, "Group", schedule_group_name="unreserver-oracle")
 scheduler.Schedule(stack, "Every5", schedule=scheduler.ScheduleExpression.rate(cdk.Duration.minutes(5)),
                    schedule_group=group, target=targets.LambdaInvoke(fn))
 template = app.synth().get_stack_by_name("Oracle").template
 out = {}
 for name, res in template["Resources"].items():
-    trust = res.get("Properties", {}).get("AssumeRolePolicyDocument", {})
+    props = res.get("Properties", {})
+    trust = props.get("AssumeRolePolicyDocument", {})
     if res["Type"] == "AWS::IAM::Role" and "scheduler.amazonaws.com" in json.dumps(trust):
         out["scheduler_role_trust"] = trust
+    if res["Type"] == "AWS::Lambda::EventInvokeConfig":
+        out["event_invoke_config"] = props
+    if res["Type"] == "AWS::IAM::Policy" and "sqs:SendMessage" in json.dumps(props):
+        out["function_destination_statements"] = props["PolicyDocument"]["Statement"]
+    if res["Type"] == "AWS::KMS::Key":
+        out["alarm_key_policy"] = props["KeyPolicy"]
+    if res["Type"] == "AWS::SNS::TopicPolicy":
+        out["alarm_topic_policy"] = props["PolicyDocument"]
 print(json.dumps(out, indent=1, sort_keys=True))

@@ -136,9 +136,11 @@ fn rds_ca_regions(
         DatabaseSource::Iam(iam) => vec![iam.host.clone()],
     };
     let mut regions: Vec<String> = Vec::new();
-    let own = db_region(lookup)?
-        .into_iter()
-        .chain(AWS_REGION.get(lookup).or_else(|| lookup("AWS_DEFAULT_REGION")));
+    let own = db_region(lookup)?.into_iter().chain(
+        AWS_REGION
+            .get(lookup)
+            .or_else(|| lookup("AWS_DEFAULT_REGION")),
+    );
     let found = hosts
         .iter()
         .filter_map(|h| tls::rds_region(h).map(str::to_owned));

@@ -744,3 +744,65 @@ fn the_failures_query_finds_timeouts_and_init_failures() {
         assert!(!matches(record), "the failures query takes {record}");
     }
 }
+
+/// The template against what AWS's own CDK writes for the same wiring (offline, recorded by
+/// `scripts/cdk-oracle.py` in `tests/fixtures/cdk-oracle.json`): Lambda's on-failure
+/// destination and its permission, and the key of the encrypted alarm topic — where CDK writes
+/// too little, the AWS sentence the template follows instead.
+#[test]
+fn the_wiring_matches_aws_cdk_or_the_aws_sentence_it_misses() {
+    let t = generated();
+    let oracle: Value = serde_json::from_str(include_str!("../fixtures/cdk-oracle.json")).unwrap();
+
+    // The invoke configuration: no retries, the event age, the queue on failure — as CDK.
+    let cdk = &oracle["event_invoke_config"];
+    let ours = &resource(&t, "FunctionEventInvokeConfig")["Properties"];
+    for field in ["MaximumRetryAttempts", "MaximumEventAgeInSeconds"] {
+        assert_eq!(ours[field], cdk[field], "{field}");
+    }
+    assert!(cdk["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][1] == "Arn");
+    assert_eq!(
+        ours["DestinationConfig"]["OnFailure"]["Destination"],
+        json!({"Fn::GetAtt": ["FailedRunsQueue", "Arn"]})
+    );
+
+    // The permission to deliver there: "Amazon SQS – sqs:SendMessage" (Lambda Developer Guide,
+    // execution role permissions for destinations). CDK's generic grant adds two read actions
+    // Lambda does not need; ours is the documented one, within CDK's.
+    let cdk_actions: Vec<String> = oracle["function_destination_statements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(actions)
+        .collect();
+    let role = resource(&t, "FunctionRole");
+    let ours: Vec<String> = statements(role)
+        .iter()
+        .filter(|s| s["Resource"] == json!({"Fn::GetAtt": ["FailedRunsQueue", "Arn"]}))
+        .flat_map(actions)
+        .collect();
+    assert_eq!(ours, ["sqs:SendMessage"]);
+    assert!(
+        ours.iter().all(|a| cdk_actions.contains(a)),
+        "{cdk_actions:?}"
+    );
+
+    // The alarm topic's key. CDK writes only the account's statement, and alarms could then
+    // never publish to the topic: "add the following statement to the key policy [...]
+    // cloudwatch.amazonaws.com [...] kms:Decrypt, kms:GenerateDataKey*" (Amazon SNS Developer
+    // Guide, "Enable compatibility between event sources from AWS services and encrypted
+    // topics"). Ours has CDK's statement and that one.
+    let cdk_key = oracle["alarm_key_policy"]["Statement"].as_array().unwrap();
+    assert_eq!(cdk_key.len(), 1, "CDK's key policy changed: read it again");
+    assert_eq!(cdk_key[0]["Action"], "kms:*");
+    let key = resource(&t, "AlarmKey")["Properties"]["KeyPolicy"]["Statement"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(key
+        .iter()
+        .any(|s| s["Action"] == "kms:*" && s["Effect"] == "Allow"));
+    assert!(key
+        .iter()
+        .any(|s| s["Principal"]["Service"] == "cloudwatch.amazonaws.com"));
+}
