@@ -41,9 +41,9 @@ if need_pip_tool moto_server 'moto[server]'; then
 fi
 
 started=$(date -u +%Y-%m-%dT%H:%MZ)
-# The sections other runs measure are carried over as they are: the profile's and the cold
-# start's (scripts/coldstart.sh).
-kept=$(for part in "Where the database time goes" "Cold start"; do
+# The sections other runs measure are carried over as they are: the profile's, the cold
+# start's (scripts/coldstart.sh) and reconcile's (scripts/bench-reconcile.sh).
+kept=$(for part in "Where the database time goes" "Cold start" "Reconcile"; do
   python3 scripts/lib/md-section.py get BENCHMARKS.md "$part"; echo; done)
 case " $* " in
   *" --profile "*)
@@ -65,7 +65,7 @@ results=$("$target/examples/bench" --binary "$target/unreserver" "$@")
   echo
   echo "- machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(free -g | awk '/Mem:/ {print $2}') GiB"
   echo "- PostgreSQL: $("$PG_BIN/postgres" --version | awk '{print $3}'), fsync and synchronous_commit on, shared_buffers 1GB, on this machine's disk, client over loopback TCP"
-  echo "- unreserver: release build, defaults (BATCH_SIZE $(grep -o 'DEFAULT_BATCH_SIZE: u32 = [0-9]*' src/config.rs | grep -o '[0-9]*$'), LOCK_TIMEOUT_MS 100)"
+  echo "- unreserver: release build, defaults (BATCH_SIZE $("$target/unreserver" --help | grep -o 'BATCH_SIZE \[[^]]*default [0-9]*' | grep -o '[0-9]*$'), LOCK_TIMEOUT_MS 100)"
   echo
   echo "$results"
   if [ -n "${kept//[$'\n ']/}" ]; then echo; echo "$kept"; fi

@@ -3,9 +3,8 @@
 //! and an exit code. `run` prints the run report, `status` the status, `revive` the revive
 //! outcome and `report` the release-delay report, each as one JSON object on stdout; `events`
 //! prints one event a line (or publishes them). Logs go to stderr; a failure prints one line
-//! naming the problem.
-//! Exit codes: 0 done, 1 a failure, 2 bad input (before any connection), 3 an order that cannot
-//! be revived.
+//! naming the problem. Exit codes: 0 done, 1 a failure, 2 bad input (before any connection), 3
+//! an order that cannot be revived, or counters that still disagree after `reconcile`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +14,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::action::events::{Events, EventsAnswer};
+use crate::action::reconcile::Reconcile;
 use crate::action::report::Report;
 use crate::action::revive::Revive;
 use crate::action::run::Run;
@@ -81,6 +81,20 @@ enum Command {
         /// Publish them to EVENT_BUS_NAME instead of printing them.
         #[arg(long)]
         publish: bool,
+    },
+    /// Compare every variant's and drop's reserved_quantity with its active reservations and,
+    /// with --apply, set the drifted ones right (never waiting behind a shopper). Exit 3 while
+    /// drift remains.
+    Reconcile {
+        /// Repair the counters that disagree (without it, nothing changes).
+        #[arg(long)]
+        apply: bool,
+        /// Only this variant (repeatable).
+        #[arg(long = "variant", value_name = "ID")]
+        variants: Vec<i64>,
+        /// Only this drop product (repeatable).
+        #[arg(long = "drop", value_name = "ID")]
+        drops: Vec<i64>,
     },
     /// Print the release-delay report: per UTC day, what the release expired and how late.
     Report {
@@ -175,6 +189,11 @@ fn request(command: Command) -> Result<Request> {
             publish,
         }),
         Command::Report { days } => Request::Report(Report::new("--days", Some(days))?),
+        Command::Reconcile {
+            apply,
+            variants,
+            drops,
+        } => Request::Reconcile(Reconcile::new("--variant/--drop", apply, variants, drops)?),
     })
 }
 

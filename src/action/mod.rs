@@ -7,6 +7,7 @@
 //! front-end that offers it.
 
 pub mod events;
+pub mod reconcile;
 pub mod report;
 pub mod revive;
 pub mod run;
@@ -31,6 +32,7 @@ pub enum Request {
     Revive(revive::Revive),
     Report(report::Report),
     Events(events::Events),
+    Reconcile(reconcile::Reconcile),
 }
 
 /// What an action answered.
@@ -41,6 +43,7 @@ pub enum Answer {
     Revive(crate::engine::revive::ReviveOutcome),
     Report(crate::engine::release_delay::DelayReport),
     Events(events::EventsAnswer),
+    Reconcile(Box<crate::engine::reconcile::ReconcileReport>),
 }
 
 /// An action that failed: the error, and for a run what its committed batches did.
@@ -85,6 +88,7 @@ impl Request {
             Request::Revive(_) => "revive",
             Request::Report(_) => "report",
             Request::Events(_) => "events",
+            Request::Reconcile(_) => "reconcile",
         }
     }
 
@@ -100,6 +104,9 @@ impl Request {
             Request::Revive(revive) => Ok(Answer::Revive(revive.execute(state).await?)),
             Request::Report(report) => Ok(Answer::Report(report.execute(state).await?)),
             Request::Events(events) => Ok(Answer::Events(events.execute(state).await?)),
+            Request::Reconcile(reconcile) => {
+                Ok(Answer::Reconcile(Box::new(reconcile.execute(state).await?)))
+            }
         }
     }
 }
@@ -113,16 +120,18 @@ impl Answer {
             Answer::Revive(outcome) => serde_json::to_value(outcome),
             Answer::Report(report) => serde_json::to_value(report),
             Answer::Events(events) => return events.to_json(),
+            Answer::Reconcile(report) => serde_json::to_value(report),
         };
         // Serializing these plain structs cannot fail; fall back to null regardless.
         value.unwrap_or(Value::Null)
     }
 
     /// Whether the action did what it was asked (the CLI exits 3 when not: an order that
-    /// cannot be revived).
+    /// cannot be revived, counters that still disagree).
     pub fn done(&self) -> bool {
         match self {
             Answer::Revive(outcome) => outcome.revived,
+            Answer::Reconcile(report) => !report.drift_remains(),
             _ => true,
         }
     }

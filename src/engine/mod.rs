@@ -5,6 +5,7 @@
 pub(crate) mod batch;
 pub mod counts;
 pub(crate) mod pass;
+pub(crate) mod reconcile;
 pub(crate) mod release_delay;
 pub(crate) mod report;
 pub(crate) mod revive;

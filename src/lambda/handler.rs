@@ -59,8 +59,8 @@ pub async fn handle(
     let started = Instant::now();
     let span = tracing::info_span!("action", action, request_id);
     let outcome = request.execute(state, &invocation).instrument(span).await;
-    if action == "run" {
-        emit_metrics(state, &invocation, &outcome, dry_run, started);
+    if matches!(action, "run" | "reconcile") {
+        emit_metrics(state, &invocation, action, &outcome, dry_run, started);
     }
     match outcome {
         Ok(answer) => Ok(answer.to_json()),
@@ -74,23 +74,29 @@ pub async fn handle(
     }
 }
 
-/// The run's metrics document (partial report when it failed part-way, none when it never
-/// started).
+/// The metrics document of a run (partial report when it failed part-way, none when it never
+/// started) or of a reconcile that answered (a failed one is in the log and Lambda's `Errors`).
 fn emit_metrics(
     state: &AppState,
     invocation: &Invocation<'_>,
+    action: &str,
     outcome: &std::result::Result<Answer, Failure>,
     dry_run: bool,
     started: Instant,
 ) {
-    let report = match outcome {
-        Ok(Answer::Run(report)) => Some(report.as_ref()),
-        Err(failure) => failure.report.as_deref(),
-        Ok(_) => None,
+    let (report, reconcile) = match outcome {
+        Ok(Answer::Run(report)) => (Some(report.as_ref()), None),
+        Ok(Answer::Reconcile(report)) => (None, Some(report.as_ref())),
+        Err(failure) if failure.report.is_some() => (failure.report.as_deref(), None),
+        Ok(_) | Err(_) => (None, None),
     };
+    if action == "reconcile" && outcome.is_err() {
+        return;
+    }
     metrics::emit(&metrics::document(
         &state.config.metrics,
         &Observation {
+            reconcile,
             run_id: invocation.run_id,
             report,
             failed: outcome.is_err(),

@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Map, Value};
 
 pub use crate::config::MetricsConfig;
+use crate::engine::reconcile::ReconcileReport;
 use crate::engine::report::RunReport;
 
 /// One metric: its name, unit, and its value in an invocation (None: not emitted then).
@@ -56,10 +57,10 @@ fn counted(obs: &Observation<'_>, value: impl Fn(&RunReport) -> f64) -> Option<f
 /// Every metric the function emits: one row each. `template.yaml`'s alarms and dashboard may
 /// use only these (a test checks it).
 pub const METRICS: &[Metric] = &[
-    metric("RunFailed", "Count", |o| Some(flag(o.failed))),
+    metric("RunFailed", "Count", |o| run(o).then(|| flag(o.failed))),
     metric("ColdStart", "Count", |o| Some(flag(o.cold_start))),
     metric("RunDuration", "Milliseconds", |o| {
-        Some(o.duration_ms as f64)
+        run(o).then_some(o.duration_ms as f64)
     }),
     metric("ReservationsReleased", "Count", |o| {
         reported(o, |r| r.counts.reservations_released as f64)
@@ -119,15 +120,29 @@ pub const METRICS: &[Metric] = &[
     metric("OldestDeferredAge", "Seconds", |o| {
         counted(o, |r| r.oldest_deferred_age_seconds.unwrap_or(0.0))
     }),
+    metric("CountersDrifted", "Count", |o| {
+        o.reconcile.map(|r| r.drifted as f64)
+    }),
+    metric("CountersRepaired", "Count", |o| {
+        o.reconcile.map(|r| r.repaired as f64)
+    }),
 ];
+
+/// Whether the invocation is a run (a reconcile's document carries no run metric: it must not
+/// count as a run for the alarms).
+fn run(obs: &Observation<'_>) -> bool {
+    obs.reconcile.is_none()
+}
 
 /// The dimension every document carries, and the one only dry runs add.
 pub const SERVICE_DIMENSION: &str = "service";
 pub const MODE_DIMENSION: &str = "mode";
 
-/// What one invocation contributes to the metrics.
+/// What one invocation contributes to the metrics: a run's, or a reconcile's.
 #[derive(Debug, Clone)]
 pub struct Observation<'a> {
+    /// The reconcile's answer, for a reconcile invocation (None for a run).
+    pub reconcile: Option<&'a ReconcileReport>,
     /// The run's id, a property of the document (not a dimension).
     pub run_id: &'a str,
     /// The run's report (partial when the run failed part-way); None when it never started.
@@ -245,6 +260,7 @@ mod tests {
         report.events_failed = 2;
         report.paid_after_release = 1;
         let obs = Observation {
+            reconcile: None,
             run_id: "r-1",
             report: Some(&report),
             failed: false,
@@ -259,7 +275,8 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .len(),
-            METRICS.len()
+            METRICS.len() - RECONCILE_ONLY.len(),
+            "a run's document has every metric but the reconcile's"
         );
         assert_eq!(doc["ReservationsReleased"], 5.0);
         assert_eq!(doc["CountersClamped"], 3.0);
@@ -277,11 +294,62 @@ mod tests {
         );
     }
 
+    const RECONCILE_ONLY: [&str; 2] = ["CountersDrifted", "CountersRepaired"];
+
+    #[test]
+    fn a_reconcile_document_carries_its_counts_and_no_run_metric() {
+        let report = ReconcileReport {
+            apply: true,
+            checked: 10,
+            drifted: 3,
+            repaired: 2,
+            skipped_locked: 1,
+            rows: Vec::new(),
+            paid_orders_with_active_reservations: Vec::new(),
+            cancelled_orders_with_active_reservations: Vec::new(),
+        };
+        let doc = document(
+            &config(),
+            &Observation {
+                reconcile: Some(&report),
+                run_id: "r-1",
+                report: None,
+                failed: false,
+                dry_run: false,
+                cold_start: false,
+                duration_ms: 3,
+            },
+        );
+        assert_valid_emf(&doc);
+        assert_eq!(
+            (
+                doc["CountersDrifted"].clone(),
+                doc["CountersRepaired"].clone()
+            ),
+            (json!(3.0), json!(2.0))
+        );
+        for run_only in [
+            "RunFailed",
+            "RunDuration",
+            "ReservationsReleased",
+            "BacklogRemaining",
+        ] {
+            assert!(
+                doc.get(run_only).is_none(),
+                "{run_only}: a reconcile is not a run"
+            );
+        }
+        for name in RECONCILE_ONLY {
+            assert!(METRICS.iter().any(|m| m.name == name));
+        }
+    }
+
     #[test]
     fn a_failure_still_reports_run_failed_and_a_dry_run_has_its_own_dimension() {
         let doc = document(
             &config(),
             &Observation {
+                reconcile: None,
                 run_id: "r-1",
                 report: None,
                 failed: true,
@@ -298,6 +366,7 @@ mod tests {
         let doc = document(
             &config(),
             &Observation {
+                reconcile: None,
                 run_id: "r-1",
                 report: Some(&report),
                 failed: false,

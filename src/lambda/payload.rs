@@ -8,11 +8,14 @@
 //! - `{"action": "status"}`;
 //! - `{"action": "revive", "order_id": 123}`: revive an order whose payment came late;
 //! - `{"action": "report", "days": 7}` (`days` optional): the release-delay report;
+//! - `{"action": "reconcile", "apply": false}` (`variant_ids`, `drop_ids` optional): the
+//!   counters that disagree with their reservations, repaired with `apply`;
 //! - `{}` or `null`: a run with the configured settings.
 
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::action::reconcile::Reconcile;
 use crate::action::report::Report;
 use crate::action::revive::Revive;
 use crate::action::run::Run;
@@ -27,6 +30,7 @@ enum Action {
     Status,
     Revive,
     Report,
+    Reconcile,
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +43,9 @@ struct Manual {
     max_batches: Option<u32>,
     order_id: Option<i64>,
     days: Option<u32>,
+    apply: Option<bool>,
+    variant_ids: Option<Vec<i64>>,
+    drop_ids: Option<Vec<i64>>,
 }
 
 impl Manual {
@@ -58,7 +65,14 @@ impl Manual {
         let run = self.run_field().filter(|_| action != "run");
         let order = (self.order_id.is_some() && action != "revive").then_some("order_id");
         let days = (self.days.is_some() && action != "report").then_some("days");
-        run.or(order).or(days)
+        let reconcile = [
+            ("apply", self.apply.is_some()),
+            ("variant_ids", self.variant_ids.is_some()),
+            ("drop_ids", self.drop_ids.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(name, given)| (given && action != "reconcile").then_some(name));
+        run.or(order).or(days).or(reconcile)
     }
 }
 
@@ -123,6 +137,7 @@ fn manual_request(manual: Manual) -> Result<Request> {
         Some(Action::Status) => "status",
         Some(Action::Revive) => "revive",
         Some(Action::Report) => "report",
+        Some(Action::Reconcile) => "reconcile",
         Some(Action::Run) | None => "run",
     };
     if let Some(field) = manual.foreign_field(action) {
@@ -140,6 +155,15 @@ fn manual_request(manual: Manual) -> Result<Request> {
         },
         Some(Action::Report) => Ok(Request::Report(
             Report::new("days", manual.days).map_err(payload_error)?,
+        )),
+        Some(Action::Reconcile) => Ok(Request::Reconcile(
+            Reconcile::new(
+                "variant_ids/drop_ids",
+                manual.apply.unwrap_or(false),
+                manual.variant_ids.unwrap_or_default(),
+                manual.drop_ids.unwrap_or_default(),
+            )
+            .map_err(payload_error)?,
         )),
         Some(Action::Run) | None => run_request(manual),
     }
@@ -239,6 +263,14 @@ mod tests {
             parse(&json!({"action": "report", "days": 30})).unwrap(),
             Request::Report(Report { days: 30 })
         );
+        let Request::Reconcile(r) =
+            parse(&json!({"action": "reconcile", "apply": true, "variant_ids": [3]})).unwrap()
+        else {
+            panic!("expected reconcile")
+        };
+        assert!(r.scope.apply && r.scope.variants == [3] && r.scope.drops.is_empty());
+        assert!(parse(&json!({"action": "reconcile", "drop_ids": [0]})).is_err());
+        assert!(parse(&json!({"action": "status", "apply": true})).is_err());
     }
 
     #[test]
@@ -268,6 +300,10 @@ mod tests {
             (
                 "report.json",
                 include_str!("../../infra/events/report.json"),
+            ),
+            (
+                "reconcile.json",
+                include_str!("../../infra/events/reconcile.json"),
             ),
         ] {
             let value: Value = serde_json::from_str(text).unwrap();
@@ -330,6 +366,9 @@ mod tests {
             "source",
             "order_id",
             "days",
+            "apply",
+            "variant_ids",
+            "drop_ids",
         ];
 
         fn key() -> impl Strategy<Value = String> {
@@ -396,6 +435,9 @@ mod tests {
                         prop_assert!((1..=MAX_DAYS).contains(&days));
                     }
                     Ok(Request::Events(_)) => prop_assert!(false, "events is not a payload action"),
+                    Ok(Request::Reconcile(_)) => {
+                        prop_assert_eq!(payload.get("action"), Some(&json!("reconcile")));
+                    }
                     Err(err) => {
                         prop_assert!(matches!(err, Error::Payload(_)));
                         let text = err.to_string();

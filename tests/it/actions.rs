@@ -141,6 +141,9 @@ async fn the_cli_and_the_lambda_answer_every_action_alike() {
     assert_eq!(comparable(printed.clone()), comparable(answered));
     assert_eq!(printed["revived"], true, "{printed}");
 
+    let reconciled = same(&url_a, &["reconcile"], json!({"action": "reconcile"})).await;
+    assert_eq!(reconciled["drifted"], 0, "{reconciled}");
+
     // Not revivable: the same answer, and exit code 3 on the command line.
     let unknown = (order + 1000).to_string();
     let (printed, code) = cli(&url_a, &["revive", &unknown]);

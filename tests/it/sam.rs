@@ -175,8 +175,30 @@ fn the_schedule_invokes_the_function_through_its_own_guarded_role() {
         .values()
         .filter(|r| r["Type"] == "AWS::Scheduler::Schedule")
         .collect();
-    assert_eq!(schedules.len(), 1);
-    let p = &schedules[0]["Properties"];
+    // The release's, and the nightly reconcile's (under its condition), in the same group.
+    assert_eq!(schedules.len(), 2);
+    for s in &schedules {
+        assert_eq!(
+            s["Properties"]["GroupName"],
+            json!({"Ref": "ScheduleGroup"})
+        );
+        assert_eq!(
+            s["Properties"]["Target"]["RoleArn"],
+            json!({"Fn::GetAtt": ["SchedulerRole", "Arn"]})
+        );
+    }
+    let nightly = resource(&t, "ReconcileSchedule");
+    assert_eq!(nightly["Condition"], "HasNightlyReconcile");
+    for (input, apply) in [(1, true), (2, false)] {
+        let text = nightly["Properties"]["Target"]["Input"]["Fn::If"][input]
+            .as_str()
+            .unwrap();
+        match unreserver::parse_payload(&serde_json::from_str(text).unwrap()).unwrap() {
+            unreserver::Request::Reconcile(r) => assert_eq!(r.scope.apply, apply),
+            other => panic!("{other:?}"),
+        }
+    }
+    let p = &resource(&t, "FunctionSchedule")["Properties"];
     assert_eq!(
         p["Name"]["Fn::Join"][1][0], "unreserver",
         "a name unique per stack"

@@ -123,6 +123,7 @@ mod claim;
 pub mod delay_report;
 pub mod outbox;
 mod reads;
+pub mod reconcile;
 mod release;
 pub mod revive;
 mod transaction;
