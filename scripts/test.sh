@@ -19,6 +19,7 @@ need_pip_module samtranslator aws-sam-translator
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  pgbouncer_stop
   pg_stop
 }
 trap cleanup EXIT
@@ -37,6 +38,10 @@ if grep -q -- "$role_password" "$PG_DIR/data/server.log"; then
   exit 1
 fi
 export UNRESERVER_TEST_ADMIN_URL=$PG_ADMIN_URL
+# Debian's PgBouncer in front of it, in session mode and in transaction mode.
+UNRESERVER_TEST_PGBOUNCER_SESSION_PORT=$(pgbouncer_start session)
+UNRESERVER_TEST_PGBOUNCER_TRANSACTION_PORT=$(pgbouncer_start transaction)
+export UNRESERVER_TEST_PGBOUNCER_SESSION_PORT UNRESERVER_TEST_PGBOUNCER_TRANSACTION_PORT
 export UNRESERVER_TEST_CA_CERT=$PG_CA_CERT
 export UNRESERVER_TEST_WRONG_CA_CERT=$PG_WRONG_CA_CERT
 # What SAM generates from the template, for the tests that read it.

@@ -49,6 +49,15 @@ pub enum Error {
     Tls(String),
 
     /// A statement failed.
+    /// A connection pooler in the way: one that refused a startup parameter, or one in
+    /// transaction mode (a prepared statement missing on the next server connection).
+    #[error("connection pooler in the way ({target}): {reason}: {source}")]
+    Pooler {
+        target: String,
+        reason: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error("database error during {context}: {source}")]
     Database {
         context: &'static str,
@@ -88,10 +97,38 @@ pub enum Error {
     },
 }
 
+/// Why a pooler in transaction mode cannot carry the tool's sessions.
+pub const TRANSACTION_POOLING: &str = "the connection goes through a pooler in transaction mode \
+     (PgBouncer pool_mode = transaction, or an equivalent), which hands each transaction another \
+     server connection: prepared statements and session settings do not follow; connect \
+     directly, or through a pool in session mode";
+
+/// Why a pooler refused the connection's startup parameters.
+pub const STARTUP_PARAMETER: &str = "the pooler refused a startup parameter (PgBouncer accepts \
+     only a few; remove options= from the connection string, or list the parameter in its \
+     ignore_startup_parameters)";
+
 impl Error {
     /// Wraps a database error raised while doing `context`.
+    /// A prepared statement the server does not know (SQLSTATE 26000), or one it already has
+    /// (42P05: another client's, left on a shared server connection), is read as what causes it
+    /// here: a pooler in transaction mode handing the session another server connection.
     pub fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
-        move |source| Error::Database { context, source }
+        move |source| {
+            let pooled = source.code().is_some_and(|code| {
+                *code == SqlState::INVALID_SQL_STATEMENT_NAME
+                    || *code == SqlState::DUPLICATE_PSTATEMENT
+            });
+            if pooled {
+                Error::Pooler {
+                    target: context.to_string(),
+                    reason: TRANSACTION_POOLING,
+                    source,
+                }
+            } else {
+                Error::Database { context, source }
+            }
+        }
     }
 
     /// Whether running the same thing again, unchanged, can succeed: lock and transient
@@ -104,7 +141,8 @@ impl Error {
             | Error::Tls(_)
             | Error::TlsHandshake { .. }
             | Error::Authentication { .. }
-            | Error::TooSlow { .. } => false,
+            | Error::TooSlow { .. }
+            | Error::Pooler { .. } => false,
             Error::Connect { .. } | Error::Busy { .. } | Error::Publish(_) => true,
             Error::Secret { retryable, .. } => *retryable,
             Error::Database { source, .. } => {
@@ -128,6 +166,7 @@ impl Error {
             Error::Tls(_) => "TlsSetup",
             Error::TlsHandshake { .. } => "TlsVerification",
             Error::Database { .. } => "DatabaseError",
+            Error::Pooler { .. } => "UnsupportedPooler",
             Error::TooSlow { .. } => "TooSlow",
             Error::Secret { .. } => "SecretUnavailable",
             Error::Busy { .. } => "LockBusy",

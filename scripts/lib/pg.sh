@@ -184,3 +184,63 @@ pg_stop() {
   pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
   rm -rf "$PG_DIR"
 }
+
+# pgbouncer_start MODE: Debian's PgBouncer (installed when missing, as root) in front of the
+# server pg_start started, in pool_mode MODE (session or transaction), clients trusted, server
+# logins with the passwords of the admin and the release role; round-robin over at least two
+# server connections, as a busy pool hands them out. Prints its port; pgbouncer_stop stops
+# every one started.
+pgbouncer_start() {
+  local mode=$1 port dir
+  if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "pg: pgbouncer not found; installing Debian's pgbouncer package" >&2
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >&2 \
+        || pg_die "could not install the pgbouncer package (apt-get failed)"
+    else
+      pg_die "pgbouncer missing: install Debian's 'pgbouncer' package"
+    fi
+  fi
+  local bin
+  bin=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+  port=$(pg_free_port)
+  dir="$PG_DIR/pgbouncer-$mode"
+  mkdir -p "$dir"
+  local admin_password
+  admin_password=$(cat "$PG_DIR/pwfile")
+  {
+    echo "\"postgres\" \"$admin_password\""
+    echo "\"${PGBOUNCER_ROLE:-unreserver_test}\" \"${PGBOUNCER_ROLE_PASSWORD:-unreserver-test-password}\""
+  } > "$dir/users.txt"
+  cat > "$dir/pgbouncer.ini" <<INI
+[databases]
+* = host=127.0.0.1 port=$PG_PORT
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = trust
+auth_file = $dir/users.txt
+pool_mode = $mode
+default_pool_size = 4
+min_pool_size = 2
+server_round_robin = 1
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+INI
+  if [ "$(id -u)" = 0 ]; then chown -R postgres:postgres "$dir"; fi
+  pg_as_owner "$bin" "$dir/pgbouncer.ini" >"$dir/stdout.log" 2>&1 &
+  for _ in $(seq 1 60); do
+    python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.5); sys.exit(s.connect_ex(('127.0.0.1', $port)))" 2>/dev/null && break
+    sleep 0.25
+  done
+  [ -s "$dir/pgbouncer.pid" ] || { cat "$dir/stdout.log" "$dir/pgbouncer.log" >&2 2>/dev/null; pg_die "pgbouncer ($mode) did not start"; }
+  echo "$port"
+}
+
+pgbouncer_stop() {
+  local pidfile
+  for pidfile in "${PG_DIR:-/nonexistent}"/pgbouncer-*/pgbouncer.pid; do
+    [ -s "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+  done
+}

@@ -39,21 +39,27 @@ pub fn config_from_url(setting: &str, url: &str) -> Result<Config> {
 /// Session settings every connection gets unless the connection string's `options` set them:
 /// a statement timeout for the queries outside batches (preflight, backlog, status), and a
 /// guard that ends the session if it ever sits idle inside a transaction (a stalled process
-/// must not keep holding rows shoppers need). Batches set tighter timeouts of their own.
-const SESSION_OPTIONS: &[(&str, &str)] = &[
+/// must not keep holding rows shoppers need). Batches set tighter timeouts of their own. They
+/// are set after connecting (`SET`), not sent as the `options` startup parameter, which
+/// connection poolers such as PgBouncer refuse.
+pub const SESSION_DEFAULTS: &[(&str, &str)] = &[
     ("statement_timeout", "60s"),
     ("idle_in_transaction_session_timeout", "10s"),
 ];
 
+/// The [`SESSION_DEFAULTS`] a connection still needs: those its connection string's
+/// `options` do not set.
+pub fn session_defaults(config: &Config) -> Vec<(&'static str, &'static str)> {
+    let options = config.get_options().unwrap_or_default();
+    SESSION_DEFAULTS
+        .iter()
+        .filter(|(name, _)| !options.contains(name))
+        .copied()
+        .collect()
+}
+
 /// Timeouts, keepalives and the application name, unless the connection string set them.
 pub fn apply_defaults(config: &mut Config) {
-    let mut options = config.get_options().unwrap_or_default().to_string();
-    for (name, value) in SESSION_OPTIONS {
-        if !options.contains(name) {
-            options = format!("{options} -c {name}={value}").trim().to_string();
-        }
-    }
-    config.options(options);
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
@@ -113,6 +119,15 @@ fn classify_connect_error(config: &Config, source: tokio_postgres::Error) -> Err
             user: config.get_user().unwrap_or("?").into(),
             source,
         }
+    } else if source
+        .as_db_error()
+        .is_some_and(|e| e.message().contains("unsupported startup parameter"))
+    {
+        Error::Pooler {
+            target: describe(config),
+            reason: crate::error::STARTUP_PARAMETER,
+            source,
+        }
     } else if source.to_string().contains("TLS handshake") {
         // tokio-postgres does not expose its error kinds; its TLS failures all say this.
         Error::TlsHandshake {
@@ -145,10 +160,9 @@ mod tests {
             config_from_url("DATABASE_URL", "postgres://app:s3cret@db.example:6432/shop").unwrap();
         assert_eq!(describe(&config), "app@db.example:6432/shop");
         assert_eq!(config.get_application_name(), Some(APPLICATION_NAME));
-        assert_eq!(
-            config.get_options(),
-            Some("-c statement_timeout=60s -c idle_in_transaction_session_timeout=10s")
-        );
+        // No `options` startup parameter (poolers refuse it): the defaults are SET instead.
+        assert_eq!(config.get_options(), None);
+        assert_eq!(session_defaults(&config), SESSION_DEFAULTS);
     }
 
     #[test]
@@ -158,9 +172,10 @@ mod tests {
             "postgres://app@db/shop?options=-c%20statement_timeout%3D5s",
         )
         .unwrap();
+        assert_eq!(config.get_options(), Some("-c statement_timeout=5s"));
         assert_eq!(
-            config.get_options(),
-            Some("-c statement_timeout=5s -c idle_in_transaction_session_timeout=10s")
+            session_defaults(&config),
+            [("idle_in_transaction_session_timeout", "10s")]
         );
     }
 }

@@ -30,7 +30,8 @@ impl Database {
         lock_timeout_ms: u32,
     ) -> Result<Self> {
         let client = connect::connect(config, tls).await?;
-        sql::pin_session(&client).await?;
+        sql::probe_pooling(&client).await?;
+        sql::pin_session(&client, &connect::session_defaults(config)).await?;
         let preflight = preflight::preflight(&client, lock_timeout_ms).await?;
         let statements = Statements::prepare(&client).await?;
         Ok(Database {

@@ -15,6 +15,7 @@ mod indexes;
 mod lambda;
 mod layers;
 mod least_privilege;
+mod pooler;
 mod reconcile;
 mod release_rules;
 mod revive;

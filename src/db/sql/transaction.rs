@@ -12,12 +12,38 @@ use crate::error::{Error, Result};
 pub const PIN_SESSION: &str =
     "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'";
 
-/// [`PIN_SESSION`].
-pub async fn pin_session(client: &Client) -> Result<()> {
+/// [`PIN_SESSION`], and the session defaults given (`name`, `value`: fixed settings of
+/// `connect::SESSION_DEFAULTS`, never input), in one round trip. Locks nothing.
+pub async fn pin_session(client: &Client, defaults: &[(&str, &str)]) -> Result<()> {
+    let mut statements = PIN_SESSION.to_string();
+    for (name, value) in defaults {
+        statements.push_str(&format!("; SET {name} = '{value}'"));
+    }
     client
-        .batch_execute(PIN_SESSION)
+        .batch_execute(&statements)
         .await
         .map_err(Error::db("pinning the session settings"))
+}
+
+/// A named prepared statement run three times, each in a transaction of its own: through a
+/// pooler in transaction mode the later runs usually reach another server connection, which
+/// does not know the statement (SQLSTATE 26000): the session is refused before it sets or
+/// changes anything. Locks nothing.
+pub const POOLING_PROBE: &str = "SELECT 1 AS one";
+
+/// [`POOLING_PROBE`].
+pub async fn probe_pooling(client: &Client) -> Result<()> {
+    let statement = client
+        .prepare(POOLING_PROBE)
+        .await
+        .map_err(Error::db("probing for a pooler"))?;
+    for _ in 0..3 {
+        client
+            .query(&statement, &[])
+            .await
+            .map_err(Error::db("probing for a pooler"))?;
+    }
+    Ok(())
 }
 
 /// Marks the point a batch returns to when a release step loses a lock wait or finds an order
