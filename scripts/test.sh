@@ -53,6 +53,13 @@ moto_server -H 127.0.0.1 -p "$moto_port" >"$PG_DIR/moto.log" 2>&1 &
 pids+=($!)
 wait_for_port "$moto_port" "moto_server" "$PG_DIR/moto.log"
 export UNRESERVER_TEST_AWS_ENDPOINT="http://127.0.0.1:$moto_port"
+# EventBridge's request limits, which moto does not check, enforced in front of it.
+limits_port=$(pg_free_port)
+python3 scripts/lib/eventbridge-limits.py "$limits_port" "$UNRESERVER_TEST_AWS_ENDPOINT" \
+  >"$PG_DIR/eventbridge-limits.log" 2>&1 &
+pids+=($!)
+wait_for_port "$limits_port" "the EventBridge limits stand-in" "$PG_DIR/eventbridge-limits.log"
+export UNRESERVER_TEST_EVENTBRIDGE_ENDPOINT="http://127.0.0.1:$limits_port"
 # A second moto over HTTPS, with the test CA's certificate for localhost: the function's own
 # HTTPS client (rustls on ring) against a verified endpoint.
 if [ "$PG_TLS" = 1 ]; then

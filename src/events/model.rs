@@ -45,6 +45,25 @@ struct OrderExpired<'a> {
     released_at: String,
     reservations: Vec<Reservation>,
     run_id: Option<&'a str>,
+    /// An order too large for one event (EventBridge takes at most 256 KB an entry) is
+    /// announced in parts, numbered from 1, each with some of its reservations: a consumer
+    /// merges the parts of an `order_id` (deduplicating by `order_id` and `part`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    part: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parts: Option<usize>,
+}
+
+/// The most bytes one `PutEvents` entry may hold (`Source`, `DetailType` and `Detail` in UTF-8),
+/// and the most a whole request may: EventBridge's documented limit, 256 KB.
+pub const MAX_ENTRY_BYTES: usize = 256 * 1024;
+
+impl Event {
+    /// The entry's size as EventBridge counts it ("Calculating PutEvents event entry size"):
+    /// the UTF-8 bytes of `Source`, `DetailType` and `Detail` (no `Time` or `Resources` sent).
+    pub fn entry_size(&self) -> usize {
+        self.source.len() + self.detail_type.len() + self.detail.to_string().len()
+    }
 }
 
 #[derive(Serialize)]
@@ -85,7 +104,7 @@ pub fn from_rows(rows: &[ExpiredRow], run_id: Option<&str>) -> Vec<Event> {
             .iter()
             .take_while(|r| r.order_id == Some(order_id))
             .count();
-        events.push(order_expired(&rest[..n], run_id));
+        events.extend(order_expired(&rest[..n], run_id));
         rest = &rest[n..];
     }
     events
@@ -122,23 +141,59 @@ pub fn from_batch(
     from_rows(&rows, Some(run_id))
 }
 
-fn order_expired(rows: &[ExpiredRow], run_id: Option<&str>) -> Event {
+/// The `Order Expired` event of one order, or its parts when one event would pass
+/// [`MAX_ENTRY_BYTES`]: the reservations, in their order, split so that each part fits.
+fn order_expired(rows: &[ExpiredRow], run_id: Option<&str>) -> Vec<Event> {
+    let whole = order_part(rows, run_id, None);
+    if whole.entry_size() <= MAX_ENTRY_BYTES {
+        return vec![whole];
+    }
+    // Room for a part's envelope (ids, number, time, the part fields) beside its reservations.
+    let envelope = order_part(&rows[..1], run_id, Some((1, 1))).entry_size();
+    let budget = MAX_ENTRY_BYTES - envelope;
+    let mut chunks: Vec<&[ExpiredRow]> = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, row) in rows.iter().enumerate() {
+        let one = reservation_size(row) + 1; // and its comma
+        if i > start && size + one > budget {
+            chunks.push(&rows[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += one;
+    }
+    chunks.push(&rows[start..]);
+    let parts = chunks.len();
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| order_part(chunk, run_id, Some((i + 1, parts))))
+        .collect()
+}
+
+fn reservation(r: &ExpiredRow) -> Reservation {
+    Reservation {
+        id: r.reservation_id,
+        product_variant_id: r.variant_id,
+        drop_product_id: r.drop_id,
+        quantity: r.quantity,
+    }
+}
+
+fn reservation_size(r: &ExpiredRow) -> usize {
+    serde_json::to_string(&reservation(r)).map_or(0, |s| s.len())
+}
+
+fn order_part(rows: &[ExpiredRow], run_id: Option<&str>, part: Option<(usize, usize)>) -> Event {
     let first = &rows[0];
     let order_id = first.order_id.unwrap_or_default();
     let detail = OrderExpired {
         order_id,
         order_number: first.order_number.as_deref().unwrap_or_default(),
         released_at: rfc3339(first.released_at),
-        reservations: rows
-            .iter()
-            .map(|r| Reservation {
-                id: r.reservation_id,
-                product_variant_id: r.variant_id,
-                drop_product_id: r.drop_id,
-                quantity: r.quantity,
-            })
-            .collect(),
+        reservations: rows.iter().map(reservation).collect(),
         run_id,
+        part: part.map(|(k, _)| k),
+        parts: part.map(|(_, n)| n),
     };
     Event {
         source: SOURCE,
@@ -183,6 +238,36 @@ mod tests {
             quantity,
             released_at: SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_000_000_123_456),
         }
+    }
+
+    #[test]
+    fn an_order_too_large_for_one_entry_is_announced_in_parts_that_fit() {
+        let rows: Vec<ExpiredRow> = (1..=6000).map(|i| row(i, Some(9), 1)).collect();
+        let events = from_rows(&rows, Some("run-1"));
+        assert!(events.len() >= 2, "{} parts", events.len());
+        let mut ids = Vec::new();
+        for (k, e) in events.iter().enumerate() {
+            assert!(
+                e.entry_size() <= MAX_ENTRY_BYTES,
+                "part {k}: {}",
+                e.entry_size()
+            );
+            assert!(e.entry_size() > MAX_ENTRY_BYTES / 2, "parts are filled");
+            assert_eq!(e.detail["part"], k + 1);
+            assert_eq!(e.detail["parts"], events.len());
+            assert_eq!(e.detail["order_id"], 9);
+            for r in e.detail["reservations"].as_array().unwrap() {
+                ids.push(r["id"].as_i64().unwrap());
+            }
+        }
+        assert_eq!(
+            ids,
+            (1..=6000).collect::<Vec<_>>(),
+            "every reservation once, in order"
+        );
+        // A small order has no part fields.
+        let small = from_rows(&rows[..3], None);
+        assert!(small[0].detail.get("part").is_none());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Publishing events to one EventBridge bus: `PutEvents` in chunks of 10 (the API's limit),
-//! a few chunks in flight at once; entries EventBridge refuses are tried again, twice, after a
+//! Publishing events to one EventBridge bus: `PutEvents` requests of at most 10 entries that
+//! together hold at most 256 KB (the API's limits; an order larger than one entry was split into
+//! parts by the model), a few requests in flight at once; entries EventBridge refuses are tried again, twice, after a
 //! short pause (the SDK itself retries throttling and transient call errors). What still fails
 //! is logged by order id (or hold reservation id) and counted — never an error of the run.
 
@@ -9,7 +10,7 @@ use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use super::model::{Event, Subject};
+use super::model::{Event, Subject, MAX_ENTRY_BYTES};
 
 /// Entries per `PutEvents` call: the API's maximum.
 pub const CHUNK: usize = 10;
@@ -56,11 +57,11 @@ impl Publisher {
         &self.bus
     }
 
-    /// Publishes `events`, chunks of [`CHUNK`], [`IN_FLIGHT`] calls at a time.
+    /// Publishes `events` in [`requests`], [`IN_FLIGHT`] calls at a time.
     pub async fn publish(&self, events: Vec<Event>) -> Published {
         let mut total = Published::default();
         let mut calls = JoinSet::new();
-        let mut chunks = events.chunks(CHUNK).map(<[Event]>::to_vec);
+        let mut chunks = requests(events).into_iter();
         loop {
             while calls.len() < IN_FLIGHT {
                 let Some(chunk) = chunks.next() else { break };
@@ -146,8 +147,29 @@ impl Publisher {
     }
 }
 
+/// `events` packed, in their order, into `PutEvents` requests of at most [`CHUNK`] entries and
+/// [`MAX_ENTRY_BYTES`] in all.
+pub fn requests(events: Vec<Event>) -> Vec<Vec<Event>> {
+    let mut requests: Vec<Vec<Event>> = Vec::new();
+    let mut size = 0;
+    for event in events {
+        let entry = event.entry_size();
+        match requests.last_mut() {
+            Some(last) if last.len() < CHUNK && size + entry <= MAX_ENTRY_BYTES => {
+                size += entry;
+                last.push(event);
+            }
+            _ => {
+                size = entry;
+                requests.push(vec![event]);
+            }
+        }
+    }
+    requests
+}
+
 /// Logs the events that could not be published, by order id and hold reservation id.
-fn log_failed(bus: &str, events: &[Event], error: &str) {
+pub(crate) fn log_failed(bus: &str, events: &[Event], error: &str) {
     let (mut orders, mut holds) = (Vec::new(), Vec::new());
     for event in events {
         match event.subject {

@@ -1,8 +1,9 @@
 //! Publishing in the background while the run goes on: the run hands each committed batch's
 //! events to a [`Sink`] (it never waits on EventBridge), and a task publishes them in order of
 //! arrival. When the run ends the front-end waits for the task within the time it has left;
-//! what is still unpublished then counts as failed.
+//! what is still unpublished then counts as failed and is logged by order id and hold id.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,13 +11,17 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::model::Event;
-use super::publisher::{Published, Publisher};
+use super::publisher::{log_failed, Published, Publisher};
+
+/// The batches handed over and not yet through the publisher, by arrival number.
+type Pending = Arc<Mutex<BTreeMap<u64, Vec<Event>>>>;
 
 /// Where a run puts the events of each committed batch.
 #[derive(Debug, Clone)]
 pub struct Sink {
-    tx: mpsc::UnboundedSender<Vec<Event>>,
-    queued: Arc<Mutex<u64>>,
+    tx: mpsc::UnboundedSender<(u64, Vec<Event>)>,
+    pending: Pending,
+    next: Arc<Mutex<u64>>,
 }
 
 impl Sink {
@@ -25,16 +30,16 @@ impl Sink {
         if events.is_empty() {
             return;
         }
-        let n = events.len() as u64;
-        if self.tx.send(events).is_ok() {
-            if let Ok(mut queued) = self.queued.lock() {
-                *queued += n;
-            }
-        } else {
-            tracing::error!(
-                failed = n,
-                "the event publisher has stopped: events not published"
-            );
+        let seq = self.next.lock().map_or(0, |mut n| {
+            *n += 1;
+            *n
+        });
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(seq, events.clone());
+        }
+        if self.tx.send((seq, events)).is_err() {
+            // The task is gone: these stay pending, and are named when the run finishes.
+            tracing::error!("the event publisher has stopped");
         }
     }
 }
@@ -44,34 +49,42 @@ impl Sink {
 pub struct PublishTask {
     handle: JoinHandle<()>,
     done: Arc<Mutex<Published>>,
-    queued: Arc<Mutex<u64>>,
+    pending: Pending,
+    bus: String,
 }
 
 /// Starts the publishing task; drop every clone of the [`Sink`] when the run is over, then
 /// call [`PublishTask::finish`].
 pub fn spawn(publisher: Publisher) -> (Sink, PublishTask) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Event>>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Vec<Event>)>();
     let done = Arc::new(Mutex::new(Published::default()));
-    let queued = Arc::new(Mutex::new(0));
-    let progress = Arc::clone(&done);
+    let pending: Pending = Arc::default();
+    let (progress, through) = (Arc::clone(&done), Arc::clone(&pending));
+    let bus = publisher.bus().to_string();
     let handle = tokio::spawn(async move {
-        while let Some(events) = rx.recv().await {
+        while let Some((seq, events)) = rx.recv().await {
+            // What publish could not send it logged by id already: either way it is through.
             let result = publisher.publish(events).await;
             if let Ok(mut total) = progress.lock() {
                 total.add(result);
+            }
+            if let Ok(mut pending) = through.lock() {
+                pending.remove(&seq);
             }
         }
     });
     let sink = Sink {
         tx,
-        queued: Arc::clone(&queued),
+        pending: Arc::clone(&pending),
+        next: Arc::default(),
     };
     (
         sink,
         PublishTask {
             handle,
             done,
-            queued,
+            pending,
+            bus,
         },
     )
 }
@@ -83,20 +96,24 @@ impl PublishTask {
         let PublishTask {
             mut handle,
             done,
-            queued,
+            pending,
+            bus,
         } = self;
         if tokio::time::timeout(within, &mut handle).await.is_err() {
             handle.abort();
         }
         let mut result = done.lock().map(|d| *d).unwrap_or_default();
-        let queued = queued.lock().map(|q| *q).unwrap_or_default();
-        let unsent = queued.saturating_sub(result.published + result.failed);
-        if unsent > 0 {
-            tracing::error!(
-                failed = unsent,
-                "expiry events still unpublished when the time ran out"
+        let unsent: Vec<Event> = pending
+            .lock()
+            .map(|p| p.values().flatten().cloned().collect())
+            .unwrap_or_default();
+        if !unsent.is_empty() {
+            log_failed(
+                &bus,
+                &unsent,
+                "still unpublished (or unconfirmed) when the time ran out",
             );
-            result.failed += unsent;
+            result.failed += unsent.len() as u64;
         }
         result
     }

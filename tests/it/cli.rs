@@ -323,3 +323,57 @@ async fn a_failed_publish_is_logged_by_order_id_and_the_run_still_succeeds() {
     assert!(stderr.contains(&format!("[{order}]")), "{stderr}");
     assert_eq!(t.reservation_status(r).await, "expired");
 }
+
+/// Events still unpublished when the run's time is up (a bus that never answers) are counted
+/// and named, by order id, in the log: the replay can send exactly those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_unpublished_when_the_time_runs_out_are_named_by_order_id() {
+    let t = TestDb::new().await;
+    let mut orders = Vec::new();
+    for _ in 0..3 {
+        orders.push(t.one_due_order(1).await.1);
+    }
+    // An endpoint that accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let url = t.release_url();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("EVENT_BUS_NAME", "slow-bus"),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("TIME_BUDGET_SECONDS", "1"),
+    ];
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let out = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        unreserver(&["run"], &env)
+    })
+    .await
+    .unwrap();
+    silent.abort();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report = stdout_json(&out);
+    assert_eq!(report["orders_cancelled"], 3, "{report}");
+    assert_eq!(report["events_failed"], 3, "{report}");
+    assert!(stderr.contains("still unpublished"), "{stderr}");
+    for order in orders {
+        assert!(
+            stderr.contains(&order.to_string()),
+            "order {order} not named: {stderr}"
+        );
+    }
+}

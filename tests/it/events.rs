@@ -316,3 +316,140 @@ async fn the_cli_publishes_a_window_again() {
         ]
     );
 }
+
+/// An SDK client for EventBridge through the stand-in that enforces PutEvents' limits (10
+/// entries, 256 KB a request), in front of moto.
+async fn limited_publisher(bus: String) -> Publisher {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(test_env("UNRESERVER_TEST_EVENTBRIDGE_ENDPOINT"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .load()
+        .await;
+    Publisher::new(aws_sdk_eventbridge::Client::new(&sdk), bus)
+}
+
+/// `n` due pending orders of `lines` one-unit lines each on one variant, in one statement.
+async fn orders_of(t: &TestDb, variant: i64, n: i64, lines: i64) -> Vec<i64> {
+    let c = t.connect().await;
+    let rows = c
+        .query(
+            "WITH o AS (INSERT INTO orders_order (order_number) \
+               SELECT 'BIG-' || g || '-' || $3::int8 || '-' || random() FROM generate_series(1, $1::int8) g \
+               RETURNING id), \
+             r AS (INSERT INTO orders_inventoryreservation (order_id, product_variant_id, quantity, expires_at) \
+               SELECT o.id, $3::int8, 1, now() - interval '1 minute' FROM o, generate_series(1, $2::int8)) \
+             SELECT id FROM o ORDER BY id",
+            &[&n, &lines, &variant],
+        )
+        .await
+        .unwrap();
+    c.execute(
+        "UPDATE products_productvariant SET reserved_quantity = reserved_quantity + $2::int8 \
+         WHERE id = $1",
+        &[&variant, &(n * lines)],
+    )
+    .await
+    .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// Large orders through EventBridge's limits (a stand-in enforces them in front of moto): 30
+/// small orders, 20 of 400 lines (ten of them together pass 256 KB) and one of 4,000 (one
+/// event alone would pass it). Every order is announced — the largest in parts that together
+/// hold each of its reservations once — and the replay of the window sends them all again.
+#[tokio::test]
+async fn events_of_large_orders_fit_eventbridge_limits_run_and_replay_alike() {
+    let t = TestDb::new().await;
+    let v = t.variant(0).await;
+    let mut orders = orders_of(&t, v, 30, 1).await;
+    orders.extend(orders_of(&t, v, 20, 400).await);
+    let giant = orders_of(&t, v, 1, 4000).await[0];
+    orders.push(giant);
+    let (bus, queue) = bus_to_queue().await;
+    let publisher = limited_publisher(bus.clone()).await;
+    // The stand-in refuses what EventBridge refuses: 300 KB in one request.
+    let big = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+        .event_bus_name(&bus)
+        .source("test")
+        .detail_type("big")
+        .detail(json!({"x": "y".repeat(300 * 1024)}).to_string())
+        .build();
+    let sdk_limited = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(test_env("UNRESERVER_TEST_EVENTBRIDGE_ENDPOINT"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .load()
+        .await;
+    let refused = aws_sdk_eventbridge::Client::new(&sdk_limited)
+        .put_events()
+        .entries(big)
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "the stand-in must refuse a 300 KB request"
+    );
+
+    let since = SystemTime::now() - Duration::from_secs(60);
+    let mut db = t.open().await;
+    let report = publishing_run(&mut db, RunOptions::default(), &publisher).await;
+    assert_eq!(report.counts.orders_cancelled, 51);
+    assert_eq!(report.events_failed, 0, "{report:?}");
+    let announced = |events: &[Value]| {
+        let mut lines: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+        let mut parts: BTreeMap<i64, usize> = BTreeMap::new();
+        for e in events {
+            let d = &e["detail"];
+            let order = d["order_id"].as_i64().unwrap();
+            *parts.entry(order).or_default() += 1;
+            lines.entry(order).or_default().extend(
+                d["reservations"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["id"].as_i64().unwrap()),
+            );
+        }
+        for ids in lines.values_mut() {
+            ids.sort_unstable();
+        }
+        (lines, parts)
+    };
+    let delivered = drain(&queue).await;
+    let (lines, parts) = announced(&delivered);
+    assert_eq!(
+        lines.keys().copied().collect::<Vec<_>>(),
+        orders,
+        "every order announced"
+    );
+    assert!(
+        parts[&giant] >= 2,
+        "the giant order comes in parts: {}",
+        parts[&giant]
+    );
+    let mut giant_lines = lines[&giant].clone();
+    giant_lines.sort_unstable();
+    giant_lines.dedup();
+    assert_eq!(
+        (lines[&giant].len(), giant_lines.len()),
+        (4000, 4000),
+        "each line once"
+    );
+    assert!(orders[30..50].iter().all(|o| lines[o].len() == 400));
+
+    // The replay sends the same events again, through the same limits.
+    let rows = outbox::expired_in_window(&db.client, since, None)
+        .await
+        .unwrap();
+    let replayed = publisher.publish(from_rows(&rows, None)).await;
+    assert_eq!(
+        (replayed.failed, replayed.published),
+        (0, delivered.len() as u64)
+    );
+    let (again, _) = announced(&drain(&queue).await);
+    assert!(
+        again == lines,
+        "the replay announced other reservations than the run"
+    );
+}

@@ -345,6 +345,9 @@ async fn reconcile_racing_the_shop_and_the_release_is_exact() {
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicU64::new(0)),
     );
+    // Passes are numbered as they start; `clean` is the number of the last that found every
+    // counter right under its lock (nothing drifted, nothing skipped).
+    let (started, clean) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let repairs = {
         let (t, stop, repaired, passes) = (
             t.clone(),
@@ -352,14 +355,19 @@ async fn reconcile_racing_the_shop_and_the_release_is_exact() {
             repaired.clone(),
             passes.clone(),
         );
+        let (started, clean) = (started.clone(), clean.clone());
         tokio::spawn(async move {
             let mut db = t.open().await;
             while !stop.load(Ordering::Relaxed) {
+                let number = started.fetch_add(1, Ordering::Relaxed) + 1;
                 let report = reconcile(&mut db, &settings(), &all(true))
                     .await
                     .unwrap_or_else(|e| panic!("reconcile failed: {}", e.chain()));
                 repaired.fetch_add(report.repaired, Ordering::Relaxed);
                 passes.fetch_add(1, Ordering::Relaxed);
+                if report.drifted == 0 && report.skipped_locked == 0 {
+                    clean.store(number, Ordering::Relaxed);
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
@@ -377,16 +385,20 @@ async fn reconcile_racing_the_shop_and_the_release_is_exact() {
             injected.fetch_add(1, Ordering::Relaxed);
         }
     }
-    // The repairs stop once two whole passes ran after the last drift was injected; the shop
-    // and the release go on for one more second, so that a counter a repair set wrong stays
-    // wrong (the shop only adds and subtracts) for the check.
-    let after = passes.load(Ordering::Relaxed) + 2;
-    for _ in 0..400 {
-        if passes.load(Ordering::Relaxed) >= after {
+    // The repairs stop once a pass that started after the last drift was injected found every
+    // counter right; the shop and the release go on for one more second, so that a counter a
+    // repair set wrong stays wrong (the shop only adds and subtracts) for the check.
+    let first = started.load(Ordering::Relaxed) + 1;
+    for _ in 0..600 {
+        if clean.load(Ordering::Relaxed) >= first {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(
+        clean.load(Ordering::Relaxed) >= first,
+        "no pass found the counters right after the last injected drift"
+    );
     stop_repairs.store(true, Ordering::Relaxed);
     repairs.await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
