@@ -19,6 +19,10 @@ pub struct Database {
     pub target: String,
     /// The connector a cancel request goes through (the same TLS as the connection).
     tls: MakeTlsConnector,
+    /// What opened it, to open it again ([`Database::reconnect`]); its `Debug` redacts the
+    /// password.
+    config: Config,
+    lock_timeout_ms: u32,
 }
 
 impl Database {
@@ -40,7 +44,18 @@ impl Database {
             preflight,
             target: connect::describe(config),
             tls: tls.clone(),
+            config: config.clone(),
+            lock_timeout_ms,
         })
+    }
+
+    /// Replaces the connection with a new one, checked and prepared the same way. After a cut
+    /// batch: a cancel request still on its way can only reach the old session, which is gone,
+    /// never a statement of the next batch.
+    pub async fn reconnect(&mut self) -> Result<()> {
+        let fresh = Database::open(&self.config, &self.tls, self.lock_timeout_ms).await?;
+        *self = fresh;
+        Ok(())
     }
 
     /// A handle that cancels whatever statement this connection runs when called (from

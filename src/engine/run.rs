@@ -550,21 +550,31 @@ async fn timed_batch(
     budget: Duration,
 ) -> std::result::Result<BatchOutcome, TryError> {
     let canceller = db.canceller();
-    let batch = batch::run(db, params, source, exclude);
-    tokio::pin!(batch);
-    tokio::select! {
-        result = &mut batch => return result.map_err(TryError::Other),
-        () = tokio::time::sleep(budget) => {}
-    }
-    loop {
-        canceller.cancel().await;
+    let cut = {
+        let batch = batch::run(db, params, source, exclude);
+        tokio::pin!(batch);
         tokio::select! {
-            result = &mut batch => {
-                return result.map_err(|e| if is_cancelled(&e) { TryError::Cut(e) } else { TryError::Other(e) });
-            }
-            () = tokio::time::sleep(CANCEL_REPEAT) => {}
+            result = &mut batch => return result.map_err(TryError::Other),
+            () = tokio::time::sleep(budget) => {}
         }
-    }
+        loop {
+            canceller.cancel().await;
+            tokio::select! {
+                result = &mut batch => break result,
+                () = tokio::time::sleep(CANCEL_REPEAT) => {}
+            }
+        }
+    };
+    // A cancel request sent may still be on its way: it must not reach the next batch's
+    // statements (nor, through a pooler, another client's). The next batch gets a new session.
+    db.reconnect().await.map_err(TryError::Other)?;
+    cut.map_err(|e| {
+        if is_cancelled(&e) {
+            TryError::Cut(e)
+        } else {
+            TryError::Other(e)
+        }
+    })
 }
 
 /// A statement the server cancelled by its `statement_timeout` (not our budget): too slow.
