@@ -449,8 +449,15 @@ impl<'a> Run<'a> {
             .extend(batch.deferred_holds.iter().copied());
         self.params.long_held.extend(&batch.long_held);
         log_batch(self.report.batches, &batch);
-        self.delays
-            .extend(batch.released.iter().map(|r| r.delay_seconds));
+        // Only the lines that were due themselves have a release delay: a line released with
+        // its order before its own expiry was not late.
+        self.delays.extend(
+            batch
+                .released
+                .iter()
+                .filter(|r| r.was_due)
+                .map(|r| r.delay_seconds),
+        );
         if let (Some(hook), false) = (&self.options.on_commit, self.options.dry_run) {
             (hook.0)(Committed {
                 released: &batch.released,

@@ -126,7 +126,7 @@ async fn a_negative_counter_is_repaired_where_the_schema_allows_one() {
     let v = t.variant(0).await;
     let constraint = t
         .text(
-            "SELECT conname::text FROM pg_constraint WHERE conrelid = 'products_productvariant'::regclass \
+            "SELECT conname::text FROM pg_constraint WHERE contype = 'c' AND conrelid = 'products_productvariant'::regclass \
              AND pg_get_constraintdef(oid) LIKE '%reserved_quantity%'",
         )
         .await;

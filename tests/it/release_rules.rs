@@ -341,3 +341,31 @@ async fn integer_ids_and_nullable_columns_work_the_same() {
     assert_eq!(status.due_reservations, 0);
     assert_eq!(status.missing_indexes.len(), 2);
 }
+
+/// The release delay counts only the lines that were due: a line released with its order an
+/// hour before its own expiry was not late (and must not pull the figures below zero).
+#[tokio::test]
+async fn the_release_delay_counts_only_lines_that_were_due() {
+    let t = TestDb::new().await;
+    let v = t.variant(2).await;
+    let order = t.order("pending", "pending").await;
+    t.reservation(Res::new(Some(order), v, 1, "-30 seconds"))
+        .await;
+    t.reservation(Res::new(Some(order), v, 1, "+1 hour")).await;
+    let mut db = t.open().await;
+    let report = run(&mut db, &settings(), false).await;
+    assert_eq!(report.counts.reservations_released, 2);
+    assert!(
+        report.release_delay_p95_seconds.unwrap() >= 29.0,
+        "{report:?}"
+    );
+    let days = unreserver::release_delay_report(&db, &settings(), 1)
+        .await
+        .unwrap();
+    let delay = &days.days[0].release_delay_seconds;
+    assert_eq!(days.days[0].reservations_released, 2);
+    for figure in [delay.p50, delay.p95, delay.max] {
+        let figure = figure.unwrap();
+        assert!((29.0..300.0).contains(&figure), "{delay:?}");
+    }
+}

@@ -9,7 +9,9 @@ use crate::error::Result;
 
 /// One row per UTC day of the last `$1` days (today included), newest first: reservations
 /// expired that day (by `released_at`), their units, the cart holds among them, the orders the
-/// release cancelled (`cancelled_at` = `released_at`), and the release delay — `released_at`
+/// release cancelled (`cancelled_at` = `released_at`), and the release delay of the lines that
+/// were due when released (a line released with its order before its own expiry has none) —
+/// `released_at`
 /// minus `expires_at` (legacy rows: `created_at` plus `$2` minutes) — at p50, p95 and max.
 /// Days without releases have zero counts and null delays. Reads only the window's rows
 /// through `released_at` (the BRIN index of `infra/indexes.sql`).
@@ -31,9 +33,9 @@ pub const RELEASE_DELAY_BY_DAY: &str = concat!(
     "COALESCE(sum(rel.quantity), 0)::int8 AS units_released, ",
     "count(DISTINCT rel.order_id) FILTER (WHERE rel.cancelled)::int8 AS orders_cancelled, ",
     "count(rel.day) FILTER (WHERE rel.order_id IS NULL)::int8 AS holds_released, ",
-    "percentile_cont(0.5) WITHIN GROUP (ORDER BY rel.delay) AS p50, ",
-    "percentile_cont(0.95) WITHIN GROUP (ORDER BY rel.delay) AS p95, ",
-    "max(rel.delay) AS max ",
+    "percentile_cont(0.5) WITHIN GROUP (ORDER BY rel.delay) FILTER (WHERE rel.delay >= 0) AS p50, ",
+    "percentile_cont(0.95) WITHIN GROUP (ORDER BY rel.delay) FILTER (WHERE rel.delay >= 0) AS p95, ",
+    "max(rel.delay) FILTER (WHERE rel.delay >= 0) AS max ",
     "FROM days d LEFT JOIN rel ON rel.day = d.day GROUP BY d.day ORDER BY d.day DESC"
 );
 
