@@ -20,9 +20,14 @@ pub enum CounterKind {
 
 impl CounterKind {
     pub fn as_str(self) -> &'static str {
+        self.pick("variant", "drop")
+    }
+
+    /// The variant's or the drop's form of a statement.
+    fn pick(self, variant: &'static str, drop: &'static str) -> &'static str {
         match self {
-            CounterKind::Variant => "variant",
-            CounterKind::Drop => "drop",
+            CounterKind::Variant => variant,
+            CounterKind::Drop => drop,
         }
     }
 }
@@ -89,10 +94,7 @@ pub async fn drifted(
     kind: CounterKind,
     ids: Option<&[i64]>,
 ) -> Result<Vec<CounterReading>> {
-    let statement = match kind {
-        CounterKind::Variant => DRIFTED_VARIANTS,
-        CounterKind::Drop => DRIFTED_DROPS,
-    };
+    let statement = kind.pick(DRIFTED_VARIANTS, DRIFTED_DROPS);
     fetch(client, statement, &[&ids], "reading the counters", |row| {
         Ok(CounterReading {
             id: row.try_get("id")?,
@@ -116,10 +118,7 @@ pub async fn counted(
     kind: CounterKind,
     ids: Option<&[i64]>,
 ) -> Result<Counted> {
-    let statement = match kind {
-        CounterKind::Variant => COUNT_VARIANTS,
-        CounterKind::Drop => COUNT_DROPS,
-    };
+    let statement = kind.pick(COUNT_VARIANTS, COUNT_DROPS);
     fetch_one(client, statement, &[&ids], "counting the counters", |row| {
         Ok(Counted {
             checked: row.try_get("checked")?,
@@ -182,10 +181,7 @@ pub async fn lock_counter(
     kind: CounterKind,
     id: i64,
 ) -> Result<Option<i64>> {
-    let statement = match kind {
-        CounterKind::Variant => LOCK_VARIANT_COUNTER,
-        CounterKind::Drop => LOCK_DROP_COUNTER,
-    };
+    let statement = kind.pick(LOCK_VARIANT_COUNTER, LOCK_DROP_COUNTER);
     let rows = fetch(client, statement, &[&id], "locking a counter row", |row| {
         row.try_get::<_, i64>("reserved_quantity")
     })
@@ -199,10 +195,7 @@ pub async fn active_units(
     kind: CounterKind,
     id: i64,
 ) -> Result<i64> {
-    let statement = match kind {
-        CounterKind::Variant => ACTIVE_VARIANT_UNITS,
-        CounterKind::Drop => ACTIVE_DROP_UNITS,
-    };
+    let statement = kind.pick(ACTIVE_VARIANT_UNITS, ACTIVE_DROP_UNITS);
     fetch_one(
         client,
         statement,
@@ -220,10 +213,7 @@ pub async fn set_counter(
     id: i64,
     units: i64,
 ) -> Result<()> {
-    let statement = match kind {
-        CounterKind::Variant => SET_VARIANT_COUNTER,
-        CounterKind::Drop => SET_DROP_COUNTER,
-    };
+    let statement = kind.pick(SET_VARIANT_COUNTER, SET_DROP_COUNTER);
     fetch_one(
         client,
         statement,
