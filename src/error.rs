@@ -58,6 +58,14 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// A table the tool needs is locked by another session (a migration, a `LOCK TABLE`) past
+    /// the session's `lock_timeout`: nothing was changed; the next run tries again.
+    #[error("a table is locked by another session (a migration, a LOCK TABLE) while {context}; nothing was changed, the next run tries again: {source}")]
+    TableLocked {
+        context: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error("database error during {context}: {source}")]
     Database {
         context: &'static str,
@@ -110,6 +118,19 @@ pub const STARTUP_PARAMETER: &str = "the pooler refused a startup parameter (PgB
 
 impl Error {
     /// Wraps a database error raised while doing `context`.
+    /// For the statements of opening a session (preflight, preparing), which lock no row:
+    /// waiting past the session's `lock_timeout` there means a table lock.
+    pub fn when_opening(self) -> Error {
+        match self {
+            Error::Database { context, source }
+                if source.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) =>
+            {
+                Error::TableLocked { context, source }
+            }
+            other => other,
+        }
+    }
+
     /// A prepared statement the server does not know (SQLSTATE 26000), or one it already has
     /// (42P05: another client's, left on a shared server connection), is read as what causes it
     /// here: a pooler in transaction mode handing the session another server connection.
@@ -143,7 +164,10 @@ impl Error {
             | Error::Authentication { .. }
             | Error::TooSlow { .. }
             | Error::Pooler { .. } => false,
-            Error::Connect { .. } | Error::Busy { .. } | Error::Publish(_) => true,
+            Error::Connect { .. }
+            | Error::Busy { .. }
+            | Error::Publish(_)
+            | Error::TableLocked { .. } => true,
             Error::Secret { retryable, .. } => *retryable,
             Error::Database { source, .. } => {
                 source.is_closed()
@@ -167,6 +191,7 @@ impl Error {
             Error::TlsHandshake { .. } => "TlsVerification",
             Error::Database { .. } => "DatabaseError",
             Error::Pooler { .. } => "UnsupportedPooler",
+            Error::TableLocked { .. } => "TableLocked",
             Error::TooSlow { .. } => "TooSlow",
             Error::Secret { .. } => "SecretUnavailable",
             Error::Busy { .. } => "LockBusy",

@@ -39,12 +39,15 @@ pub fn config_from_url(setting: &str, url: &str) -> Result<Config> {
 /// Session settings every connection gets unless the connection string's `options` set them:
 /// a statement timeout for the queries outside batches (preflight, backlog, status), and a
 /// guard that ends the session if it ever sits idle inside a transaction (a stalled process
-/// must not keep holding rows shoppers need). Batches set tighter timeouts of their own. They
+/// must not keep holding rows shoppers need), and a bound on waiting for a lock (a migration or a
+/// `LOCK TABLE` holding a table must not keep a run waiting: it fails `TableLocked`, and the next
+/// run tries again). Batches set tighter timeouts of their own. They
 /// are set after connecting (`SET`), not sent as the `options` startup parameter, which
 /// connection poolers such as PgBouncer refuse.
 pub const SESSION_DEFAULTS: &[(&str, &str)] = &[
     ("statement_timeout", "60s"),
     ("idle_in_transaction_session_timeout", "10s"),
+    ("lock_timeout", "2s"),
 ];
 
 /// The [`SESSION_DEFAULTS`] a connection still needs: those its connection string's
@@ -175,7 +178,10 @@ mod tests {
         assert_eq!(config.get_options(), Some("-c statement_timeout=5s"));
         assert_eq!(
             session_defaults(&config),
-            [("idle_in_transaction_session_timeout", "10s")]
+            [
+                ("idle_in_transaction_session_timeout", "10s"),
+                ("lock_timeout", "2s")
+            ]
         );
     }
 }

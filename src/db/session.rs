@@ -8,7 +8,7 @@ use tokio_postgres::{Client, Config};
 use super::connect;
 use super::preflight::{self, Preflight};
 use super::sql::{self, Statements};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// One connection, checked and prepared.
 pub struct Database {
@@ -36,8 +36,12 @@ impl Database {
         let client = connect::connect(config, tls).await?;
         sql::probe_pooling(&client).await?;
         sql::pin_session(&client, &connect::session_defaults(config)).await?;
-        let preflight = preflight::preflight(&client, lock_timeout_ms).await?;
-        let statements = Statements::prepare(&client).await?;
+        let preflight = preflight::preflight(&client, lock_timeout_ms)
+            .await
+            .map_err(Error::when_opening)?;
+        let statements = Statements::prepare(&client)
+            .await
+            .map_err(Error::when_opening)?;
         Ok(Database {
             client,
             statements,
