@@ -55,7 +55,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if name.lower() not in ("host", "content-length"):
                 request.add_header(name, value)
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with urllib.request.urlopen(request, timeout=120) as response:
                 self.reply(response.status, response.read(), response.headers.get("Content-Type"))
         except urllib.error.HTTPError as error:
             self.reply(error.code, error.read(), error.headers.get("Content-Type"))

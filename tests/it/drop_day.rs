@@ -174,62 +174,6 @@ async fn the_session_settings_of_the_role_change_nothing() {
     assert_eq!(t.reserved(v).await, 0);
 }
 
-/// Many batches cut by a 50 ms budget (`SHOP_DEADLOCK_TIMEOUT_MS` = 100): a cancel sent for a
-/// cut batch never reaches the next one — each cut batch's session is replaced — so no run
-/// fails with a statement it did not run long (`TooSlow` naming a statement that took
-/// milliseconds), and what was released is exact.
-#[tokio::test]
-async fn a_cancel_only_ever_cancels_the_batch_it_was_sent_for() {
-    let t = TestDb::new().await;
-    let c = t.connect().await;
-    let v = t.variant(0).await;
-    c.execute(
-        "WITH o AS (INSERT INTO orders_order (order_number) \
-           SELECT 'CUT-' || g || '-' || random() FROM generate_series(1, 6000) g RETURNING id) \
-         INSERT INTO orders_inventoryreservation (order_id, product_variant_id, quantity, expires_at) \
-           SELECT o.id, $1::int8, 1, now() - interval '1 minute' FROM o, generate_series(1, 3)",
-        &[&v],
-    )
-    .await
-    .unwrap();
-    c.execute(
-        "UPDATE products_productvariant SET reserved_quantity = 18000 WHERE id = $1",
-        &[&v],
-    )
-    .await
-    .unwrap();
-    let mut s = settings();
-    s.shop_deadlock_timeout_ms = Some(100);
-    s.lock_timeout_ms = 20;
-    s.batch_size = 2000;
-    let mut db = t.open_with(&s).await;
-    let (mut cuts, mut released) = (0, 0);
-    for _ in 0..8 {
-        let options = unreserver::RunOptions {
-            deadline: Some(std::time::Instant::now() + Duration::from_secs(1)),
-            ..unreserver::RunOptions::default()
-        };
-        let report = unreserver::run(&mut db, &s, &options)
-            .await
-            .unwrap_or_else(|f| panic!("a run failed: {}", f.error.chain()));
-        cuts += report.batch_retries;
-        released += report.counts.reservations_released;
-        if report.stopped_reason == unreserver::StopReason::Drained {
-            break;
-        }
-    }
-    assert!(
-        cuts >= 3,
-        "only {cuts} batches were cut: the scenario did not happen"
-    );
-    assert!(released > 0);
-    assert_eq!(
-        i64::from(t.reserved(v).await),
-        18000 - released as i64,
-        "counters exact"
-    );
-}
-
 /// The mechanism: a cancel request meant for a session that was replaced reaches nothing — a
 /// long statement on the new session runs to its end. (Without the new session, the same cancel
 /// would stop it: checked first, on the old one.)

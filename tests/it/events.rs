@@ -324,6 +324,13 @@ async fn limited_publisher(bus: String) -> Publisher {
         .region(Region::new("us-east-1"))
         .endpoint_url(test_env("UNRESERVER_TEST_EVENTBRIDGE_ENDPOINT"))
         .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        // moto is slow with 256 KB requests on a loaded machine: patience, not a limit.
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(6))
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_attempt_timeout(Duration::from_secs(60))
+                .build(),
+        )
         .load()
         .await;
     Publisher::new(aws_sdk_eventbridge::Client::new(&sdk), bus)
@@ -355,15 +362,15 @@ async fn orders_of(t: &TestDb, variant: i64, n: i64, lines: i64) -> Vec<i64> {
 }
 
 /// Large orders through EventBridge's limits (a stand-in enforces them in front of moto): 30
-/// small orders, 20 of 400 lines (ten of them together pass 256 KB) and one of 4,000 (one
-/// event alone would pass it). Every order is announced — the largest in parts that together
+/// small orders, 9 of 400 lines (nine of them with one small one pass 256 KB in one request)
+/// and one of 4,000 (one event alone would pass it). Every order is announced — the largest in parts that together
 /// hold each of its reservations once — and the replay of the window sends them all again.
 #[tokio::test]
 async fn events_of_large_orders_fit_eventbridge_limits_run_and_replay_alike() {
     let t = TestDb::new().await;
     let v = t.variant(0).await;
     let mut orders = orders_of(&t, v, 30, 1).await;
-    orders.extend(orders_of(&t, v, 20, 400).await);
+    orders.extend(orders_of(&t, v, 9, 400).await);
     let giant = orders_of(&t, v, 1, 4000).await[0];
     orders.push(giant);
     let (bus, queue) = bus_to_queue().await;
@@ -394,7 +401,7 @@ async fn events_of_large_orders_fit_eventbridge_limits_run_and_replay_alike() {
     let since = SystemTime::now() - Duration::from_secs(60);
     let mut db = t.open().await;
     let report = publishing_run(&mut db, RunOptions::default(), &publisher).await;
-    assert_eq!(report.counts.orders_cancelled, 51);
+    assert_eq!(report.counts.orders_cancelled, 40);
     assert_eq!(report.events_failed, 0, "{report:?}");
     let announced = |events: &[Value]| {
         let mut lines: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
@@ -436,7 +443,7 @@ async fn events_of_large_orders_fit_eventbridge_limits_run_and_replay_alike() {
         (4000, 4000),
         "each line once"
     );
-    assert!(orders[30..50].iter().all(|o| lines[o].len() == 400));
+    assert!(orders[30..39].iter().all(|o| lines[o].len() == 400));
 
     // The replay sends the same events again, through the same limits.
     let rows = outbox::expired_in_window(&db.client, since, None)
