@@ -7,7 +7,7 @@
 use std::time::SystemTime;
 
 use tokio_postgres::types::{FromSql, ToSql, Type};
-use unreserver::db::sql::{self, delay_report, outbox, revive, PgTimestamp};
+use unreserver::db::sql::{self, delay_report, outbox, reconcile, revive, PgTimestamp};
 
 use crate::common::TestDb;
 
@@ -80,6 +80,19 @@ fn signatures() -> Vec<Signature> {
         sig!(revive::ADD_VARIANT_UNITS, [Vec<i64>, Vec<i64>], ["id": i64]),
         sig!(revive::ADD_DROP_UNITS, [Vec<i64>, Vec<i64>], ["id": i64]),
         sig!(revive::REOPEN_ORDER, [i64], ["id": i64]),
+        sig!(reconcile::DRIFTED_VARIANTS, [Option<Vec<i64>>],
+            ["id": i64, "reserved_quantity": i64, "active_reserved": i64]),
+        sig!(reconcile::DRIFTED_DROPS, [Option<Vec<i64>>],
+            ["id": i64, "reserved_quantity": i64, "active_reserved": i64]),
+        sig!(reconcile::COUNT_VARIANTS, [Option<Vec<i64>>], ["checked": i64, "unknown": Vec<i64>]),
+        sig!(reconcile::COUNT_DROPS, [Option<Vec<i64>>], ["checked": i64, "unknown": Vec<i64>]),
+        sig!(reconcile::LOCK_VARIANT_COUNTER, [i64], ["id": i64, "reserved_quantity": i64]),
+        sig!(reconcile::LOCK_DROP_COUNTER, [i64], ["id": i64, "reserved_quantity": i64]),
+        sig!(reconcile::ACTIVE_VARIANT_UNITS, [i64], ["units": i64]),
+        sig!(reconcile::ACTIVE_DROP_UNITS, [i64], ["units": i64]),
+        sig!(reconcile::SET_VARIANT_COUNTER, [i64, i64], ["id": i64]),
+        sig!(reconcile::SET_DROP_COUNTER, [i64, i64], ["id": i64]),
+        sig!(reconcile::UNTOUCHED_ORDERS, [i64], ["id": i64, "paid": bool]),
     ]
 }
 
