@@ -127,10 +127,7 @@ impl BatchParams {
             lock_wait: Duration::from_millis(u64::from(settings.lock_timeout_ms)),
             long_held: LongHeld::default(),
             rules: rules(settings),
-            timeouts: BatchTimeouts {
-                lock_timeout: format!("{}ms", settings.lock_timeout_ms),
-                statement_timeout: format!("{}ms", settings.statement_timeout_ms),
-            },
+            timeouts: timeouts(settings),
             dry_run,
         }
     }
@@ -146,6 +143,15 @@ pub fn rules(settings: &ReleaseSettings) -> Rules {
     Rules {
         timeout_minutes: clamp_i32(settings.reservation_timeout_minutes),
         grace_minutes: clamp_i32(settings.payment_processing_grace_minutes),
+    }
+}
+
+/// The lock and statement timeouts of `settings`, as a transaction of the release (a batch, a
+/// revive, a counter repair) sets them for itself.
+pub fn timeouts(settings: &ReleaseSettings) -> BatchTimeouts {
+    BatchTimeouts {
+        lock_timeout: format!("{}ms", settings.lock_timeout_ms),
+        statement_timeout: format!("{}ms", settings.statement_timeout_ms),
     }
 }
 

@@ -10,6 +10,7 @@
 
 use serde::Serialize;
 
+use super::batch;
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::db::sql::reconcile::{self as sql, CounterKind, CounterReading};
@@ -75,10 +76,7 @@ pub async fn reconcile(
     settings: &ReleaseSettings,
     scope: &Scope,
 ) -> Result<ReconcileReport> {
-    let timeouts = BatchTimeouts {
-        lock_timeout: format!("{}ms", settings.lock_timeout_ms),
-        statement_timeout: format!("{}ms", settings.statement_timeout_ms),
-    };
+    let timeouts = batch::timeouts(settings);
     let mut report = ReconcileReport {
         apply: scope.apply,
         checked: 0,

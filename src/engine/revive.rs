@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Transaction;
 
+use super::batch;
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::db::sql::revive::{self as sql, ReleasedRow};
@@ -75,10 +76,7 @@ pub async fn revive(
     hold_minutes: u32,
     order_id: i64,
 ) -> Result<ReviveOutcome> {
-    let timeouts = BatchTimeouts {
-        lock_timeout: format!("{}ms", settings.lock_timeout_ms),
-        statement_timeout: format!("{}ms", settings.statement_timeout_ms),
-    };
+    let timeouts = batch::timeouts(settings);
     let hold = i32::try_from(hold_minutes).unwrap_or(i32::MAX);
     for attempt in 1..=settings.batch_max_attempts {
         let until = Instant::now() + Duration::from_millis(u64::from(settings.lock_timeout_ms));
