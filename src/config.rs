@@ -135,15 +135,28 @@ impl ReleaseSettings {
         batch_size: Option<(&str, u32)>,
         max_batches: Option<(&str, u32)>,
     ) -> Result<ReleaseSettings> {
-        if let Some((name, n)) = batch_size {
-            BATCH_SIZE.check(name, n)?;
+        ReleaseSettings::check_overrides(batch_size, max_batches)?;
+        if let Some((_, n)) = batch_size {
             self.batch_size = n;
         }
-        if let Some((name, n)) = max_batches {
-            MAX_BATCHES.check(name, n)?;
+        if let Some((_, n)) = max_batches {
             self.max_batches = n;
         }
         Ok(self)
+    }
+
+    /// Range-checks a front-end's overrides, each under the name the caller gave it.
+    pub fn check_overrides(
+        batch_size: Option<(&str, u32)>,
+        max_batches: Option<(&str, u32)>,
+    ) -> Result<()> {
+        if let Some((name, n)) = batch_size {
+            BATCH_SIZE.check(name, n)?;
+        }
+        if let Some((name, n)) = max_batches {
+            MAX_BATCHES.check(name, n)?;
+        }
+        Ok(())
     }
 
     /// Checks the relations between settings (each one alone is range-checked on parse).

@@ -3,12 +3,12 @@
 
 use tracing::Instrument;
 
-use crate::action::{AppState, Failure, Invocation};
+use crate::action::{open, AppState, Failure, Invocation};
+use crate::config::ReleaseSettings;
 use crate::engine::report::RunReport;
 use crate::engine::run::RunOptions;
 use crate::error::Result;
 use crate::events;
-use crate::settings::{BATCH_SIZE, MAX_BATCHES};
 use crate::telemetry::{self, RunContext};
 
 /// A run, and what it overrides of the settings.
@@ -31,12 +31,7 @@ impl Run {
         batch_size: Option<(&str, u32)>,
         max_batches: Option<(&str, u32)>,
     ) -> Result<Self> {
-        if let Some((name, n)) = batch_size {
-            BATCH_SIZE.check(name, n)?;
-        }
-        if let Some((name, n)) = max_batches {
-            MAX_BATCHES.check(name, n)?;
-        }
+        ReleaseSettings::check_overrides(batch_size, max_batches)?;
         Ok(Run {
             dry_run,
             batch_size: batch_size.map(|(_, n)| n),
@@ -70,10 +65,7 @@ impl Run {
             cold_start: invocation.cold_start,
             tls: !state.config.database.tls_disabled(),
         };
-        let mut db = state
-            .credentials
-            .open(&state.tls, settings.lock_timeout_ms)
-            .await?;
+        let mut db = open(state).await?;
         let publisher = state.publisher.as_ref();
         let grace = invocation.publish_grace;
         let outcome = events::run::run(&mut db, &settings, options, publisher, grace)
