@@ -107,7 +107,8 @@ impl Publisher {
                 pause *= 2;
             }
         }
-        log_failed(&self.bus, &pending, &last_error);
+        let subjects: Vec<Subject> = pending.iter().map(|e| e.subject).collect();
+        log_failed(&self.bus, &subjects, &last_error);
         done.failed += pending.len() as u64;
         done
     }
@@ -169,17 +170,17 @@ pub fn requests(events: Vec<Event>) -> Vec<Vec<Event>> {
 }
 
 /// Logs the events that could not be published, by order id and hold reservation id.
-pub(crate) fn log_failed(bus: &str, events: &[Event], error: &str) {
+pub(crate) fn log_failed(bus: &str, subjects: &[Subject], error: &str) {
     let (mut orders, mut holds) = (Vec::new(), Vec::new());
-    for event in events {
-        match event.subject {
+    for subject in subjects {
+        match *subject {
             Subject::Order(id) => orders.push(id),
             Subject::Hold(id) => holds.push(id),
         }
     }
     tracing::error!(
         bus,
-        failed = events.len(),
+        failed = subjects.len(),
         order_ids = ?orders,
         hold_reservation_ids = ?holds,
         error,

@@ -10,11 +10,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::model::Event;
+use super::model::{Event, Subject};
 use super::publisher::{log_failed, Published, Publisher};
 
-/// The batches handed over and not yet through the publisher, by arrival number.
-type Pending = Arc<Mutex<BTreeMap<u64, Vec<Event>>>>;
+/// What the batches handed over and not yet through the publisher are about, by arrival
+/// number: enough to name them if they never get through.
+type Pending = Arc<Mutex<BTreeMap<u64, Vec<Subject>>>>;
 
 /// Where a run puts the events of each committed batch.
 #[derive(Debug, Clone)]
@@ -35,7 +36,7 @@ impl Sink {
             *n
         });
         if let Ok(mut pending) = self.pending.lock() {
-            pending.insert(seq, events.clone());
+            pending.insert(seq, events.iter().map(|e| e.subject).collect());
         }
         if self.tx.send((seq, events)).is_err() {
             // The task is gone: these stay pending, and are named when the run finishes.
@@ -103,9 +104,9 @@ impl PublishTask {
             handle.abort();
         }
         let mut result = done.lock().map(|d| *d).unwrap_or_default();
-        let unsent: Vec<Event> = pending
+        let unsent: Vec<Subject> = pending
             .lock()
-            .map(|p| p.values().flatten().cloned().collect())
+            .map(|p| p.values().flatten().copied().collect())
             .unwrap_or_default();
         if !unsent.is_empty() {
             log_failed(
