@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::batch;
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
+use crate::db::sql::reconcile::{self, CounterKind};
 use crate::db::sql::{self, outbox};
 use crate::error::Result;
 
@@ -70,11 +71,19 @@ pub async fn status(db: &Database, settings: &ReleaseSettings) -> Result<StatusR
     })
 }
 
+/// The counters of one kind that disagree with their active reservations, read as `reconcile`
+/// reads them: how many, and the first [`DRIFT_ROWS_LISTED`].
 async fn drift(db: &Database, drops: bool) -> Result<(u64, Vec<Drift>)> {
-    let rows = sql::counter_drift(&db.client, drops, DRIFT_ROWS_LISTED).await?;
-    let total = rows.first().map_or(0, |r| r.total.max(0) as u64);
+    let kind = if drops {
+        CounterKind::Drop
+    } else {
+        CounterKind::Variant
+    };
+    let rows = reconcile::drifted(&db.client, kind, None).await?;
+    let total = rows.len() as u64;
     let listed = rows
         .iter()
+        .take(DRIFT_ROWS_LISTED as usize)
         .map(|r| Drift {
             id: r.id,
             reserved_quantity: r.reserved_quantity,

@@ -79,68 +79,6 @@ pub async fn paid_orders_with_active_reservations(
     .await
 }
 
-/// Counter rows of `$table` whose `reserved_quantity` differs from the sum of their active
-/// reservations (`$fk` is the reservation column that references them), at most $1 rows, and
-/// how many there are in all. A full read of the table and of the active reservations; locks
-/// nothing. For `status` only, never on the release path.
-macro_rules! counter_drift {
-    ($table:literal, $fk:literal) => {
-        concat!(
-            "SELECT t.id::int8 AS id, t.reserved_quantity::int8 AS reserved_quantity, ",
-            "COALESCE(a.units, 0)::int8 AS active_reserved, count(*) OVER () AS total ",
-            "FROM ",
-            $table,
-            " t LEFT JOIN (SELECT ",
-            $fk,
-            " AS id, sum(quantity) AS units FROM orders_inventoryreservation ",
-            "WHERE status = 'active' AND ",
-            $fk,
-            " IS NOT NULL GROUP BY ",
-            $fk,
-            ") a ON a.id = t.id WHERE t.reserved_quantity <> COALESCE(a.units, 0) ",
-            "ORDER BY t.id LIMIT $1::int8"
-        )
-    };
-}
-
-/// Variants whose counter disagrees with their active reservations. $1 row limit.
-pub const VARIANT_DRIFT: &str = counter_drift!("products_productvariant", "product_variant_id");
-
-/// Drop rows whose counter disagrees with their active reservations. $1 row limit.
-pub const DROP_DRIFT: &str = counter_drift!("drops_dropproduct", "drop_product_id");
-
-/// A row of [`VARIANT_DRIFT`] / [`DROP_DRIFT`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DriftRow {
-    pub id: i64,
-    pub reserved_quantity: i64,
-    pub active_reserved: i64,
-    /// How many rows drift in all (the statement lists at most its limit).
-    pub total: i64,
-}
-
-/// [`VARIANT_DRIFT`] (`drops` false) or [`DROP_DRIFT`] (`drops` true), at most `limit` rows.
-pub async fn counter_drift(
-    client: &(impl GenericClient + Sync),
-    drops: bool,
-    limit: i64,
-) -> Result<Vec<DriftRow>> {
-    let (statement, context) = if drops {
-        (DROP_DRIFT, "comparing drop counters")
-    } else {
-        (VARIANT_DRIFT, "comparing variant counters")
-    };
-    fetch(client, statement, &[&limit], context, |row| {
-        Ok(DriftRow {
-            id: row.try_get("id")?,
-            reserved_quantity: row.try_get("reserved_quantity")?,
-            active_reserved: row.try_get("active_reserved")?,
-            total: row.try_get("total")?,
-        })
-    })
-    .await
-}
-
 /// The columns that exist of the tables named in $1 (resolved through `search_path`), to check
 /// the schema before anything changes. Reads the catalog only.
 pub const TABLE_COLUMNS: &str = "SELECT t.name AS table_name, a.attname::text AS column_name, \

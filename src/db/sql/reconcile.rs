@@ -34,7 +34,8 @@ impl CounterKind {
 
 /// The counters of `$table` that disagree with the sum of their active reservations (through
 /// `$fk`), among the ids in $1 (NULL: all), by id. Reads the table and the active reservations
-/// once each; locks nothing: candidates, confirmed one by one under lock.
+/// once each; locks nothing: `status` lists them as they are, `reconcile` takes them as
+/// candidates and confirms each under its lock.
 macro_rules! drifted_counters {
     ($table:literal, $fk:literal) => {
         concat!(
