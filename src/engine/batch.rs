@@ -4,16 +4,24 @@
 //! back after reading what it would have done. Each step is one function over one statement of
 //! [`crate::db::sql`], in the order `docs/design.md`'s "How a run works" gives.
 //!
-//! A batch never waits in a lock queue: every row lock it takes is `SKIP LOCKED` or `NOWAIT`
-//! (the reservations of the orders it claimed), so it can never close a lock cycle that another
-//! backend's deadlock check would break by aborting a shopper. The release steps run after a savepoint. The hot variant and drop rows come last:
-//! those a checkout holds are tried again after 2 ms, then 4, 8, ... up to 32 (a checkout holds
-//! one for a few milliseconds) while the batch keeps what it has done, so they are held only
-//! until the commit. When a row is still held after `LOCK_TIMEOUT_MS` (or a reservation row is
-//! held), the batch rolls back to the savepoint, finds the held rows without waiting, leaves out only the
-//! orders and holds that need them (`deferred`), and redoes the steps for the rest. An order
-//! that turns out not to be due on the rows locked (it was extended after the claim) is left out
-//! the same way.
+//! A batch never waits in a lock queue while it holds a row a shopper may want: every row lock
+//! it takes is `SKIP LOCKED` or `NOWAIT`, so it can never close a lock cycle that another
+//! backend's deadlock check would break by aborting a shopper. The release steps run after a
+//! savepoint; the hot variant and drop rows come last, in one try each. When one of them (or a
+//! reservation row) is held, the batch rolls back to the savepoint — giving back every hot row
+//! it had taken — and polls for the held rows after 2 ms, then 4, 8, ... up to 32 (a checkout
+//! holds one for a few milliseconds), holding none of them between looks, so no shopper ever
+//! queues behind its polling. When a row is still held after `LOCK_TIMEOUT_MS`, the batch
+//! leaves out only the orders and holds that need it (`deferred`) and redoes the steps for the
+//! rest. An order that turns out not to be due on the rows locked (it was extended after the
+//! claim) is left out the same way.
+//!
+//! A row that is never free when polled — a queue of checkouts on a drop's hottest variant —
+//! is won by a queue batch ([`Source::Queue`]): it waits in that one row's lock queue while it
+//! holds nothing else (so it cannot be part of a lock cycle), for at most a quarter of the
+//! shop's `deadlock_timeout` (so it gives up long before any shopper's deadlock check, and
+//! within half its budget), then works only the orders that need that row, taking everything
+//! else without waiting: it joins the queue like one more short checkout.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
@@ -57,21 +65,35 @@ impl Default for Cursor {
 /// that need it, not a wait in every batch — a wait during which the batch would hold the
 /// other hot rows it has updated, and shoppers would queue behind it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LongHeld(BTreeSet<(Counter, i64)>);
+pub struct LongHeld(BTreeMap<(Counter, i64), Owners>);
+
+/// The orders and cart holds left out because they need one held row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owners {
+    pub orders: BTreeSet<i64>,
+    pub holds: BTreeSet<i64>,
+}
 
 impl LongHeld {
     fn contains(&self, counter: Counter, id: i64) -> bool {
-        self.0.contains(&(counter, id))
+        self.0.contains_key(&(counter, id))
     }
 
-    /// Adds the rows of `other`.
+    /// Adds the rows of `other`, and the orders and holds that need them.
     pub fn extend(&mut self, other: &LongHeld) {
-        self.0.extend(other.0.iter().copied());
+        for (row, owners) in &other.0 {
+            let mine = self.0.entry(*row).or_default();
+            mine.orders.extend(owners.orders.iter().copied());
+            mine.holds.extend(owners.holds.iter().copied());
+        }
     }
 
-    /// Forgets every row: the run's last try of the deferred orders polls for them again.
-    pub fn clear(&mut self) {
-        self.0.clear();
+    /// The rows, each with the orders and holds left out for it, most orders first: the rows
+    /// a queue batch waits for (see [`Source::Queue`]).
+    pub fn into_queues(self) -> Vec<((Counter, i64), Owners)> {
+        let mut rows: Vec<_> = self.0.into_iter().collect();
+        rows.sort_by_key(|(row, owners)| (std::cmp::Reverse(owners.orders.len()), *row));
+        rows
     }
 
     /// Whether every row `held` needs is a counter row known to be held for long (a held
@@ -85,11 +107,20 @@ impl LongHeld {
         })
     }
 
-    /// Adds the counter rows `held` needs.
+    /// Adds the counter rows `held` needs, with the order (or hold) that needs each.
     fn add(&mut self, held: &[HeldReservation]) {
         for h in held {
-            self.0.extend(h.variant.map(|v| (Counter::Variants, v)));
-            self.0.extend(h.drop.map(|d| (Counter::Drops, d)));
+            let rows = [
+                h.variant.map(|v| (Counter::Variants, v)),
+                h.drop.map(|d| (Counter::Drops, d)),
+            ];
+            for row in rows.into_iter().flatten() {
+                let owners = self.0.entry(row).or_default();
+                match h.order_id {
+                    Some(order) => owners.orders.insert(order),
+                    None => owners.holds.insert(h.id),
+                };
+            }
         }
     }
 }
@@ -103,6 +134,15 @@ pub enum Source<'a> {
     Deferred { orders: &'a [i64], holds: &'a [i64] },
     /// Due rows a pass read (see [`super::pass`]), when no index serves the page.
     Rows(&'a [PageRow]),
+    /// Orders and holds left out for one counter row that stayed held (a queue of checkouts
+    /// on a drop's hottest variant): the batch first waits in that row's lock queue, holding
+    /// nothing else, for at most the queue's lock timeout; once the row is its own it works
+    /// these orders, taking every other row without waiting (what is held is left out at once).
+    Queue {
+        row: (Counter, i64),
+        orders: &'a [i64],
+        holds: &'a [i64],
+    },
 }
 
 /// The parameters every batch of a run shares, converted once to the types the SQL takes.
@@ -115,6 +155,10 @@ pub struct BatchParams {
     pub lock_wait: Duration,
     /// Counter rows found held for long by earlier batches of the run (see [`LongHeld`]).
     pub long_held: LongHeld,
+    /// The timeouts of a queue batch: its `lock_timeout` (how long it waits in the row's
+    /// queue) is a quarter of the shop's `deadlock_timeout` (half the batch budget), set by
+    /// the run.
+    pub queue_timeouts: BatchTimeouts,
     rules: Rules,
     timeouts: BatchTimeouts,
     dry_run: bool,
@@ -126,6 +170,7 @@ impl BatchParams {
             page_size: i64::from(settings.batch_size),
             lock_wait: Duration::from_millis(u64::from(settings.lock_timeout_ms)),
             long_held: LongHeld::default(),
+            queue_timeouts: timeouts(settings),
             rules: rules(settings),
             timeouts: timeouts(settings),
             dry_run,
@@ -233,11 +278,45 @@ pub async fn run(
         .transaction()
         .await
         .map_err(Error::db("beginning a batch"))?;
-    st.set_batch_timeouts(&tx, &params.timeouts).await?;
     let mut out = BatchOutcome::default();
+    let mut lock_wait = params.lock_wait;
     let candidates = match source {
+        Source::Queue { row, orders, holds } => {
+            st.set_batch_timeouts(&tx, &params.queue_timeouts).await?;
+            if !queue_for(&tx, st, row, &mut out).await? {
+                out.deferred_orders.extend(orders.iter().copied());
+                out.deferred_holds.extend(holds.iter().copied());
+                finish(tx, true).await?;
+                return Ok(out);
+            }
+            lock_wait = Duration::ZERO;
+            deferred(orders, holds, exclude)
+        }
+        _ => {
+            st.set_batch_timeouts(&tx, &params.timeouts).await?;
+            candidates_of(&tx, st, params, source, exclude, &mut out).await?
+        }
+    };
+    let mut claimed = claim(&tx, st, params.rules, &candidates, &mut out).await?;
+    if !claimed.is_empty() {
+        release_claimed(&tx, st, params, lock_wait, &mut claimed, &mut out).await?;
+    }
+    finish(tx, params.dry_run).await?;
+    Ok(out)
+}
+
+/// The candidates of a batch on a page, pass rows or deferred work.
+async fn candidates_of(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    params: &BatchParams,
+    source: Source<'_>,
+    exclude: &HashSet<i64>,
+    out: &mut BatchOutcome,
+) -> Result<Candidates> {
+    Ok(match source {
         Source::Page(cursor) => {
-            let page = page(&tx, st, params, cursor).await?;
+            let page = page(tx, st, params, cursor).await?;
             out.rows_paged = page.len();
             out.next_cursor = advance(cursor, &page);
             candidates(&page, exclude)
@@ -247,21 +326,42 @@ pub async fn run(
             out.next_cursor = Cursor::default();
             candidates(rows, exclude)
         }
-        Source::Deferred { orders, holds } => Candidates {
-            orders: orders
-                .iter()
-                .filter(|o| !exclude.contains(o))
-                .copied()
-                .collect(),
-            holds: holds.to_vec(),
-        },
-    };
-    let mut claimed = claim(&tx, st, params.rules, &candidates, &mut out).await?;
-    if !claimed.is_empty() {
-        release_claimed(&tx, st, params, &mut claimed, &mut out).await?;
+        Source::Deferred { orders, holds } | Source::Queue { orders, holds, .. } => {
+            deferred(orders, holds, exclude)
+        }
+    })
+}
+
+fn deferred(orders: &[i64], holds: &[i64], exclude: &HashSet<i64>) -> Candidates {
+    Candidates {
+        orders: orders
+            .iter()
+            .filter(|o| !exclude.contains(o))
+            .copied()
+            .collect(),
+        holds: holds.to_vec(),
     }
-    finish(tx, params.dry_run).await?;
-    Ok(out)
+}
+
+/// A queue batch's first step: waits in the lock queue of `row`, holding nothing else, until it
+/// is granted or the queue's lock timeout runs out (false: the transaction must roll back; the
+/// orders stay deferred). Counts the wait.
+async fn queue_for(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    (counter, id): (Counter, i64),
+    out: &mut BatchOutcome,
+) -> Result<bool> {
+    let started = Instant::now();
+    let granted = match st.queue_for(tx, counter, id).await {
+        Ok(_) => true,
+        Err(error) if sql_state(&error) == Some(&SqlState::LOCK_NOT_AVAILABLE) => false,
+        Err(error) => return Err(error),
+    };
+    out.counts.queue_waits += 1;
+    out.counts.queue_timeouts += u64::from(!granted);
+    out.counts.queue_wait_ms += started.elapsed().as_secs_f64() * 1000.0;
+    Ok(granted)
 }
 
 /// Step 1: the next due reservations after the cursor (locks nothing).
@@ -421,17 +521,18 @@ async fn release_claimed(
     tx: &Transaction<'_>,
     st: &Statements,
     params: &BatchParams,
+    lock_wait: Duration,
     claimed: &mut Claimed,
     out: &mut BatchOutcome,
 ) -> Result<()> {
     let rules = params.rules;
     let patience = Patience {
-        until: Instant::now() + params.lock_wait,
+        until: Instant::now() + lock_wait,
         long_held: &params.long_held,
     };
     sql::savepoint(tx, false).await?;
     while !claimed.is_empty() {
-        match release_round(tx, st, rules, claimed, patience, out).await? {
+        match release_round(tx, st, rules, claimed, out).await? {
             Round::Done => return Ok(()),
             Round::NotDue { orders, holds } => {
                 sql::savepoint(tx, true).await?;
@@ -471,9 +572,7 @@ async fn wait_for_held_rows(
             poll_pause(&mut pause, &mut out.counts.held_wait_ms).await;
             continue;
         }
-        if !known {
-            out.long_held.add(&held);
-        }
+        out.long_held.add(&held);
         let (orders, holds) = owners(&held);
         tracing::debug!(
             orders = orders.len(),
@@ -510,10 +609,9 @@ async fn release_round(
     st: &Statements,
     rules: Rules,
     claimed: &Claimed,
-    patience: Patience<'_>,
     out: &mut BatchOutcome,
 ) -> Result<Round> {
-    match release_steps(tx, st, rules, claimed, patience, out).await {
+    match release_steps(tx, st, rules, claimed, out).await {
         Err(error) if sql_state(&error) == Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(Round::Held),
         other => other,
     }
@@ -524,7 +622,6 @@ async fn release_steps(
     st: &Statements,
     rules: Rules,
     claimed: &Claimed,
-    patience: Patience<'_>,
     out: &mut BatchOutcome,
 ) -> Result<Round> {
     let Released {
@@ -538,12 +635,11 @@ async fn release_steps(
     let mut done = Tally::default();
     done.add(&reservations);
     done.cancelled = cancelled;
-    let waited = &mut out.counts.held_wait_ms;
     for (counter, units) in [
         (Counter::Variants, &done.units_by_variant),
         (Counter::Drops, &done.units_by_drop),
     ] {
-        let Some(clamped) = return_units(tx, st, counter, units, patience, waited).await? else {
+        let Some(clamped) = return_units(tx, st, counter, units).await? else {
             return Ok(Round::Held);
         };
         match counter {
@@ -648,44 +744,27 @@ impl Tally {
 }
 
 /// Step 5: give the units back to one kind of counter (variants first, then drops; ascending
-/// ids, as a BTreeMap iterates): how many counters had to be clamped at zero, or None when a row
-/// was still held by another transaction at `until` (at once when every row still held is known
-/// to be held for long). Each try updates the rows that are free (`SKIP LOCKED`) and keeps them;
-/// the rows a checkout holds are tried again after 2 ms (then 4, 8, ... up to 32), without
-/// undoing the rest of the batch — the hot rows are thus held only from here to the commit.
+/// ids, as a BTreeMap iterates): how many counters had to be clamped at zero, or None when
+/// another transaction holds one of the rows. One try (`SKIP LOCKED`): a row held makes the
+/// round roll back to its savepoint, giving back every counter row it had updated, and the
+/// batch polls for the held rows holding none of them (see [`wait_for_held_rows`]) — a batch
+/// never keeps a hot row while it waits for another, so no shopper queues behind its polling.
 async fn return_units(
     tx: &Transaction<'_>,
     st: &Statements,
     counter: Counter,
     units: &BTreeMap<i64, i64>,
-    patience: Patience<'_>,
-    waited: &mut f64,
 ) -> Result<Option<u64>> {
-    let mut left: BTreeMap<i64, i64> = units.clone();
-    let mut clamped = 0;
-    let mut pause = POLL;
-    while !left.is_empty() {
-        let (ids, amounts): (Vec<i64>, Vec<i64>) = left.iter().map(|(id, n)| (*id, *n)).unzip();
-        let p = UnitsParams {
-            ids: &ids,
-            units: &amounts,
-        };
-        for row in st.return_units(tx, counter, &p).await? {
-            left.remove(&row.id);
-            clamped += u64::from(row.clamped);
-        }
-        if left.is_empty() {
-            break;
-        }
-        let known = left
-            .keys()
-            .all(|id| patience.long_held.contains(counter, *id));
-        if known || Instant::now() >= patience.until {
-            return Ok(None);
-        }
-        poll_pause(&mut pause, waited).await;
+    let (ids, amounts): (Vec<i64>, Vec<i64>) = units.iter().map(|(id, n)| (*id, *n)).unzip();
+    let p = UnitsParams {
+        ids: &ids,
+        units: &amounts,
+    };
+    let rows = st.return_units(tx, counter, &p).await?;
+    if rows.len() < ids.len() {
+        return Ok(None);
     }
-    Ok(Some(clamped))
+    Ok(Some(rows.iter().map(|row| u64::from(row.clamped)).sum()))
 }
 
 /// Step 6: commit, or in a dry run roll back.

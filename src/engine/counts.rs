@@ -41,6 +41,15 @@ counts! {
     /// milliseconds, at most `LOCK_TIMEOUT_MS` a batch). A counter row still held after that is
     /// tried once, without polling, by the later batches of the run.
     held_wait_ms: f64,
+    /// Waits in the lock queue of a counter row that stayed held through the polling (a queue
+    /// of checkouts on a hot variant), each holding nothing else, at most the queue's lock
+    /// timeout (see `engine::batch::Source::Queue`).
+    queue_waits: u64,
+    /// Of those waits, the ones that ran out before the row was granted (its orders stay
+    /// deferred).
+    queue_timeouts: u64,
+    /// Milliseconds spent in those waits.
+    queue_wait_ms: f64,
     /// Variant counters clamped at zero (they had drifted below their reservations).
     clamped_variants: u64,
     /// Drop counters clamped at zero.

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
-use super::batch::{self, BatchOutcome, BatchParams, Cursor, Source};
+use super::batch::{self, BatchOutcome, BatchParams, Cursor, LongHeld, Source};
 use super::pass::Passes;
 use super::report::{quantile, RunReport, StopReason};
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
-use crate::db::sql::{outbox, CancelledOrder, ReleasedReservation};
+use crate::db::sql::{outbox, CancelledOrder, Counter, ReleasedReservation};
 use crate::error::{is_cancelled, is_conflict, Error, Result};
 
 /// How a run is asked to go.
@@ -112,7 +112,14 @@ enum Work {
     Deferred,
     /// The next rows of the current pass (no index serves the page).
     Pass,
+    /// The orders left out for one held counter row, after waiting in its lock queue
+    /// ([`Run::queue`]).
+    Queue,
 }
+
+/// What the next queue batch works on: the row it waits for, and (a page of) the orders and
+/// holds left out for it.
+type QueueWork = ((Counter, i64), Vec<i64>, Vec<i64>);
 
 /// The state of one run between batches.
 struct Run<'a> {
@@ -138,6 +145,8 @@ struct Run<'a> {
     deferred_holds: BTreeSet<i64>,
     /// The deferred pass's work still to try: (orders, holds).
     retry_queue: (Vec<i64>, Vec<i64>),
+    /// The next queue batch's work.
+    queue: Option<QueueWork>,
     /// Consecutive cuts of a batch at the smallest page size.
     cuts_at_min: u32,
     /// The due rows read in passes, when no index serves the keyset page.
@@ -164,6 +173,7 @@ impl<'a> Run<'a> {
             deferred_orders: BTreeSet::new(),
             deferred_holds: BTreeSet::new(),
             retry_queue: (Vec::new(), Vec::new()),
+            queue: None,
             cuts_at_min: 0,
             passes: None,
         }
@@ -187,6 +197,10 @@ impl<'a> Run<'a> {
             });
         }
         self.batch_budget = Duration::from_millis((deadlock_ms / 2).max(1) as u64);
+        // A queue batch waits at most half its budget in the row's queue (a quarter of the
+        // shop's deadlock_timeout), leaving the other half for its work.
+        let queue_ms = (deadlock_ms / 4).max(1);
+        self.params.queue_timeouts.lock_timeout = format!("{queue_ms}ms");
         self.report
             .missing_indexes
             .clone_from(&db.preflight.missing_indexes);
@@ -241,12 +255,14 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Once the pages are drained: one more try of the orders and holds left out because a
-    /// row they need was held (the cursor has passed them). What is still held then is left
-    /// for the next run.
+    /// Once the pages are drained: the orders left out for a counter row that stayed held are
+    /// taken by queue batches, each waiting in that row's lock queue (see [`Source::Queue`]);
+    /// then one more try, polling again, of whatever is still deferred (the cursor has passed
+    /// it). What is still held then is left for the next run.
     async fn retry_deferred(&mut self, db: &mut Database) -> Result<StopReason> {
-        // The last try polls again for every held row, even those held for long so far.
-        self.params.long_held.clear();
+        if let Some(stop) = self.queue_batches(db).await? {
+            return Ok(stop);
+        }
         self.retry_queue = (
             self.deferred_orders.iter().copied().collect(),
             self.deferred_holds.iter().copied().collect(),
@@ -262,6 +278,52 @@ impl<'a> Run<'a> {
             self.record(batch);
         }
         Ok(StopReason::Drained)
+    }
+
+    /// One queue batch after another for each counter row the run found held for long (most
+    /// orders first), a page of its still-deferred orders at a time, until the row's orders are
+    /// done or a wait for it runs out. The run's record of held rows is emptied: the last try
+    /// polls again for every row.
+    async fn queue_batches(&mut self, db: &mut Database) -> Result<Option<StopReason>> {
+        let queues = std::mem::take(&mut self.params.long_held).into_queues();
+        for (row, owners) in queues {
+            loop {
+                let orders: Vec<i64> = owners
+                    .orders
+                    .iter()
+                    .filter(|o| self.deferred_orders.contains(o))
+                    .take(self.page_rows())
+                    .copied()
+                    .collect();
+                let holds: Vec<i64> = owners
+                    .holds
+                    .iter()
+                    .filter(|h| self.deferred_holds.contains(h))
+                    .take(self.page_rows().saturating_sub(orders.len()))
+                    .copied()
+                    .collect();
+                if orders.is_empty() && holds.is_empty() {
+                    break;
+                }
+                if let Some(stop) = self.limit_reached() {
+                    return Ok(Some(stop));
+                }
+                self.queue = Some((row, orders, holds));
+                let batch = match self.batch_with_retries(db, Work::Queue).await? {
+                    Ok(batch) => batch,
+                    Err(stop) => return Ok(Some(stop)),
+                };
+                let timed_out = batch.counts.queue_timeouts > 0;
+                let progress =
+                    !batch.released_orders.is_empty() || !batch.released_holds.is_empty();
+                self.record(batch);
+                if timed_out || !progress {
+                    break;
+                }
+            }
+        }
+        self.params.long_held = LongHeld::default();
+        Ok(None)
     }
 
     /// Time a batch is assumed to need: twice the slowest so far, at least the minimum.
@@ -300,10 +362,16 @@ impl<'a> Run<'a> {
                 (Some(passes), Work::Pass) => passes.front(self.page_rows()),
                 _ => Vec::new(),
             };
-            let source = match work {
-                Work::Page => Source::Page(&self.cursor),
-                Work::Pass => Source::Rows(&rows),
-                Work::Deferred => Source::Deferred {
+            let queue = self.queue.clone();
+            let source = match (work, &queue) {
+                (Work::Queue, Some((row, orders, holds))) => Source::Queue {
+                    row: *row,
+                    orders,
+                    holds,
+                },
+                (Work::Page | Work::Queue, _) => Source::Page(&self.cursor),
+                (Work::Pass, _) => Source::Rows(&rows),
+                (Work::Deferred, _) => Source::Deferred {
                     orders: &chunk.0,
                     holds: &chunk.1,
                 },

@@ -184,16 +184,16 @@ async fn a_held_reservation_is_never_waited_on_in_a_lock_queue() {
     let mut s = settings();
     s.lock_timeout_ms = 400;
     let mut db = t.open_with(&s).await;
+    let release_pid = backend_pid(&db.client).await;
     let release = async { run(&mut db, &s, false).await };
     let watch = async {
-        // Lock requests of anyone but the payment and this watcher that are not granted.
+        // Lock requests of the release's own session that are not granted.
         let mut waits = 0_i64;
         for _ in 0..60 {
             waits += watcher
                 .query_one(
-                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> $1 \
-                     AND pid <> pg_backend_pid()",
-                    &[&payment_pid],
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid = $1",
+                    &[&release_pid],
                 )
                 .await
                 .unwrap()
@@ -242,26 +242,30 @@ async fn a_checkout_holding_a_variant_never_waits_on_its_drop_row() {
     let mut s = settings();
     s.lock_timeout_ms = 400;
     let mut db = t.open_with(&s).await;
+    let release_pid = backend_pid(&db.client).await;
     let release = async { run(&mut db, &s, false).await };
     let shop = async {
-        // Once the batch has tried the variants, found this one held and is pausing before it
-        // tries again, the checkout goes on.
+        // Once the batch has tried the rows, found the variant held, rolled back to its
+        // savepoint and is pausing before it looks again, the checkout goes on.
+        let mut pausing = false;
         for _ in 0..400 {
             let tried: i64 = watcher
                 .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 \
                      AND state = 'idle in transaction' \
-                     AND query LIKE '%products_productvariant t WHERE t.id = ANY%SKIP LOCKED%'",
-                    &[],
+                     AND query LIKE 'ROLLBACK TO SAVEPOINT%'",
+                    &[&release_pid],
                 )
                 .await
                 .unwrap()
                 .get(0);
             if tried > 0 {
+                pausing = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        assert!(pausing, "the batch was never seen polling for the variant");
         tx.batch_execute(&format!(
             "UPDATE drops_dropproduct SET reserved_quantity = reserved_quantity + 1 WHERE id = {d}"
         ))
@@ -277,6 +281,15 @@ async fn a_checkout_holding_a_variant_never_waits_on_its_drop_row() {
     );
     assert_eq!((t.reserved(v).await, t.drop_reserved(d).await), (1, 1));
     assert_eq!(t.order_status(order).await, "cancelled");
+}
+
+/// The backend pid of `client`'s session.
+async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
 }
 
 /// Which row another session holds for a whole run.

@@ -10,6 +10,7 @@ mod events;
 mod failures;
 mod faults;
 mod handler;
+mod hot_rows;
 mod iam;
 mod indexes;
 mod lambda;

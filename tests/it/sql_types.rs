@@ -45,6 +45,8 @@ fn signatures() -> Vec<Signature> {
              "order_cancelled": bool, "cancelled_order_number": String]),
         sig!(sql::RETURN_VARIANT_UNITS, [Vec<i64>, Vec<i64>], ["id": i64, "clamped": bool]),
         sig!(sql::RETURN_DROP_UNITS, [Vec<i64>, Vec<i64>], ["id": i64, "clamped": bool]),
+        sig!(sql::QUEUE_FOR_VARIANT, [i64], ["id": i64]),
+        sig!(sql::QUEUE_FOR_DROP, [i64], ["id": i64]),
         sig!(sql::PROBE_HELD, [Vec<i64>, Vec<i64>],
             ["id": i64, "order_id": Option<i64>, "reservation_held": bool,
              "held_variant": Option<i64>, "held_drop": Option<i64>]),

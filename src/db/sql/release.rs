@@ -1,6 +1,6 @@
 //! The release steps of a batch, on the rows it claimed: expire the reservations and cancel the
 //! pending orders (`NOWAIT`), give the units back to variants then drops (`SKIP LOCKED`,
-//! polled), probe which rows another transaction holds, and the age of deferred work.
+//! all or nothing), probe which rows another transaction holds, and the age of deferred work.
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
@@ -203,7 +203,9 @@ macro_rules! return_units {
 }
 
 /// Gives the released units back to the variants. These hot rows are locked last but for the
-/// drops, so they are held only until the commit that follows.
+/// drops, so they are held only until the commit that follows. `SKIP LOCKED`: a row another
+/// transaction holds is left out of the result, and the batch rolls back to its savepoint
+/// (giving back the rows this statement took) instead of keeping them while it polls.
 ///
 /// $1 variant ids (ascending, distinct), $2 units to give back to each.
 pub const RETURN_VARIANT_UNITS: &str = return_units!("products_productvariant");
@@ -260,6 +262,51 @@ impl Statements {
         };
         let params: [&(dyn ToSql + Sync); 2] = [&p.ids, &p.units];
         fetch(client, statement, &params, context, returned_units).await
+    }
+}
+
+/// Waits in the lock queue of one variant row a queue of checkouts never leaves free, and locks
+/// it `FOR NO KEY UPDATE` (the lock the units' update takes anyway: it does not block a
+/// checkout's foreign-key check). The only statement of the release that waits for a row
+/// lock, and it runs first in its transaction, holding nothing else: the release cannot be
+/// part of a lock cycle while it waits, and the transaction's `lock_timeout` (a quarter of the
+/// shop's `deadlock_timeout`) ends the wait before any shopper's deadlock check would run. Like a checkout, it is granted the row in its turn; a
+/// holder that upgrades its own lock on the row meanwhile is not held up by it (a transaction
+/// that already holds a lock on a tuple does not queue behind waiters for it). Unprepared: a
+/// few queue batches a run.
+///
+/// $1 variant id. Returns the row's id.
+pub const QUEUE_FOR_VARIANT: &str =
+    "SELECT id::int8 AS id FROM products_productvariant WHERE id = $1::int8 FOR NO KEY UPDATE";
+
+/// [`QUEUE_FOR_VARIANT`] for a limited-drop row.
+///
+/// $1 drop product id. Returns the row's id.
+pub const QUEUE_FOR_DROP: &str =
+    "SELECT id::int8 AS id FROM drops_dropproduct WHERE id = $1::int8 FOR NO KEY UPDATE";
+
+impl Statements {
+    /// [`QUEUE_FOR_VARIANT`] or [`QUEUE_FOR_DROP`]: whether the row exists (and is now ours).
+    /// Fails with `lock_not_available` when the transaction's `lock_timeout` ran out first.
+    pub async fn queue_for(
+        &self,
+        client: &(impl GenericClient + Sync),
+        counter: Counter,
+        id: i64,
+    ) -> Result<bool> {
+        let statement = match counter {
+            Counter::Variants => QUEUE_FOR_VARIANT,
+            Counter::Drops => QUEUE_FOR_DROP,
+        };
+        let rows = fetch(
+            client,
+            statement,
+            &[&id],
+            "waiting in a hot row's lock queue",
+            |row| row.try_get::<_, i64>("id"),
+        )
+        .await?;
+        Ok(!rows.is_empty())
     }
 }
 
