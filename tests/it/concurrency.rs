@@ -168,11 +168,6 @@ async fn a_held_reservation_is_never_waited_on_in_a_lock_queue() {
     let t = TestDb::new().await;
     let (v, order, _) = t.one_due_order(1).await;
     let mut payment = t.connect().await;
-    let payment_pid: i32 = payment
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
     let tx = payment.transaction().await.unwrap();
     tx.execute(
         "UPDATE orders_inventoryreservation SET quantity = quantity WHERE order_id = $1",
