@@ -33,9 +33,9 @@ use super::counts::Counts;
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::db::sql::{
-    self, BatchTimeouts, CancelledOrder, ClaimedOrder, Counter, HeldReservation, OrdersParams,
-    PageParams, PageRow, PgTimestamp, ReleaseParams, Released, ReleasedReservation, Rules,
-    Statements, UnitsParams,
+    self, BatchTimeouts, CancelledOrder, ClaimParams, ClaimedOrder, Counter, HeldReservation,
+    OrdersParams, PageParams, PageRow, PgTimestamp, ReleaseParams, Released, ReleasedReservation,
+    Rules, Statements, UnitsParams,
 };
 use crate::error::{sql_state, Error, Result};
 
@@ -143,6 +143,38 @@ pub enum Source<'a> {
         orders: &'a [i64],
         holds: &'a [i64],
     },
+    /// One order with more active lines than a page, worked alone: its budget runs from the
+    /// moment it first locks a hot row (see [`HotPhase`]), not from its start, as expiring its
+    /// own lines holds nothing a shopper needs.
+    Alone(i64),
+}
+
+/// When the batch running now first locked a variant or drop row (the hot rows shoppers
+/// queue on): from then on, shoppers may wait on it. The run's timer reads it to give a batch
+/// of one large order its budget from that moment.
+#[derive(Debug, Clone, Default)]
+pub struct HotPhase(std::sync::Arc<tokio::sync::watch::Sender<Option<Instant>>>);
+
+impl HotPhase {
+    /// A receiver of the hot phase's start.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<Instant>> {
+        self.0.subscribe()
+    }
+
+    fn reset(&self) {
+        self.0.send_replace(None);
+    }
+
+    /// Marks now as the start, unless it started already.
+    fn start(&self) {
+        self.0.send_if_modified(|at| {
+            let first = at.is_none();
+            if first {
+                *at = Some(Instant::now());
+            }
+            first
+        });
+    }
 }
 
 /// The parameters every batch of a run shares, converted once to the types the SQL takes.
@@ -159,6 +191,8 @@ pub struct BatchParams {
     /// queue) is a quarter of the shop's `deadlock_timeout` (half the batch budget), set by
     /// the run.
     pub queue_timeouts: BatchTimeouts,
+    /// When the current batch first locked a hot row.
+    pub hot_phase: HotPhase,
     rules: Rules,
     timeouts: BatchTimeouts,
     dry_run: bool,
@@ -171,6 +205,7 @@ impl BatchParams {
             lock_wait: Duration::from_millis(u64::from(settings.lock_timeout_ms)),
             long_held: LongHeld::default(),
             queue_timeouts: timeouts(settings),
+            hot_phase: HotPhase::default(),
             rules: rules(settings),
             timeouts: timeouts(settings),
             dry_run,
@@ -225,6 +260,12 @@ pub struct BatchOutcome {
     pub deferred_holds: BTreeSet<i64>,
     /// Counter rows this batch found still held after polling for `LOCK_TIMEOUT_MS`.
     pub long_held: LongHeld,
+    /// Claimed orders with more active lines than a page, left for a batch of their own
+    /// ([`Source::Alone`]).
+    pub large_orders: Vec<i64>,
+    /// Tables another session locks (a migration, a `LOCK TABLE`), found when a row the batch
+    /// waited for turned out not to be held: the batch rolled back, and the run stops.
+    pub locked_tables: Vec<String>,
     pub units_by_variant: BTreeMap<i64, i64>,
     pub units_by_drop: BTreeMap<i64, i64>,
     /// The reservations released, as the release statement returned them: what the expiry
@@ -279,7 +320,12 @@ pub async fn run(
         .await
         .map_err(Error::db("beginning a batch"))?;
     let mut out = BatchOutcome::default();
+    params.hot_phase.reset();
     let mut lock_wait = params.lock_wait;
+    let max_lines = match source {
+        Source::Alone(_) => None,
+        _ => Some(params.page_size),
+    };
     let candidates = match source {
         Source::Queue { row, orders, holds } => {
             st.set_batch_timeouts(&tx, &params.queue_timeouts).await?;
@@ -297,9 +343,17 @@ pub async fn run(
             candidates_of(&tx, st, params, source, exclude, &mut out).await?
         }
     };
-    let mut claimed = claim(&tx, st, params.rules, &candidates, &mut out).await?;
+    let mut claimed = claim(&tx, st, params.rules, &candidates, max_lines, &mut out).await?;
     if !claimed.is_empty() {
         release_claimed(&tx, st, params, lock_wait, &mut claimed, &mut out).await?;
+    }
+    if !out.locked_tables.is_empty() {
+        finish(tx, true).await?;
+        return Ok(BatchOutcome {
+            locked_tables: out.locked_tables,
+            rows_paged: out.rows_paged,
+            ..BatchOutcome::default()
+        });
     }
     finish(tx, params.dry_run).await?;
     Ok(out)
@@ -329,6 +383,10 @@ async fn candidates_of(
         Source::Deferred { orders, holds } | Source::Queue { orders, holds, .. } => {
             deferred(orders, holds, exclude)
         }
+        Source::Alone(order) => Candidates {
+            orders: vec![order],
+            holds: Vec::new(),
+        },
     })
 }
 
@@ -414,26 +472,42 @@ fn candidates(page: &[PageRow], exclude: &HashSet<i64>) -> Candidates {
 
 /// Step 2: claim the candidate orders and holds that are still due, skipping locked ones; tell
 /// why the others were not claimed (paid anomaly, or held by a shopper).
+/// An order with more than `max_lines` active lines is not released here but named in
+/// `out.large_orders`, for a batch of its own (None: no limit, the batch is that one).
 async fn claim(
     tx: &Transaction<'_>,
     st: &Statements,
     rules: Rules,
     candidates: &Candidates,
+    max_lines: Option<i64>,
     out: &mut BatchOutcome,
 ) -> Result<Claimed> {
     let mut claimed = Claimed::default();
     if !candidates.orders.is_empty() {
-        let p = OrdersParams {
-            order_ids: &candidates.orders,
-            rules,
+        let p = ClaimParams {
+            orders: OrdersParams {
+                order_ids: &candidates.orders,
+                rules,
+            },
+            count_lines_up_to: max_lines.map_or(1, |n| n.saturating_add(1)),
         };
-        for ClaimedOrder { id, processing } in st.claim_orders(tx, &p).await? {
+        let mut large = Vec::new();
+        for ClaimedOrder {
+            id,
+            processing,
+            lines,
+        } in st.claim_orders(tx, &p).await?
+        {
             claimed.orders.push(id);
-            if processing {
+            if max_lines.is_some_and(|n| lines > n) {
+                large.push(id);
+            } else if processing {
                 claimed.processing_orders.push(id);
             }
         }
         classify_unclaimed(tx, st, rules, candidates, &claimed, out).await?;
+        claimed.orders.retain(|id| !large.contains(id));
+        out.large_orders = large;
     }
     if !candidates.holds.is_empty() {
         claimed.holds = st.claim_holds(tx, &candidates.holds, rules).await?;
@@ -532,7 +606,7 @@ async fn release_claimed(
     };
     sql::savepoint(tx, false).await?;
     while !claimed.is_empty() {
-        match release_round(tx, st, rules, claimed, out).await? {
+        match release_round(tx, st, rules, claimed, &params.hot_phase, out).await? {
             Round::Done => return Ok(()),
             Round::NotDue { orders, holds } => {
                 sql::savepoint(tx, true).await?;
@@ -541,7 +615,10 @@ async fn release_claimed(
             }
             Round::Held => {
                 sql::savepoint(tx, true).await?;
-                wait_for_held_rows(tx, st, claimed, patience, out).await?;
+                wait_for_held_rows(tx, st, claimed, patience, &params.hot_phase, out).await?;
+                if !out.locked_tables.is_empty() {
+                    return Ok(());
+                }
             }
         }
     }
@@ -558,14 +635,23 @@ async fn wait_for_held_rows(
     st: &Statements,
     claimed: &mut Claimed,
     patience: Patience<'_>,
+    hot: &HotPhase,
     out: &mut BatchOutcome,
 ) -> Result<()> {
     let mut pause = POLL;
+    let mut first = true;
     loop {
         let held = st.probe_held(tx, &claimed.orders, &claimed.holds).await?;
         if held.is_empty() {
+            if std::mem::take(&mut first) {
+                // Nothing held the moment after a round met a held row: a row lock just
+                // released — or a table lock, which no row poll will ever see.
+                out.locked_tables = st.locked_tables(tx).await?;
+            }
+            hot.start();
             return Ok(());
         }
+        first = false;
         sql::savepoint(tx, true).await?;
         let known = patience.long_held.covers(&held);
         if !known && Instant::now() < patience.until {
@@ -609,9 +695,10 @@ async fn release_round(
     st: &Statements,
     rules: Rules,
     claimed: &Claimed,
+    hot: &HotPhase,
     out: &mut BatchOutcome,
 ) -> Result<Round> {
-    match release_steps(tx, st, rules, claimed, out).await {
+    match release_steps(tx, st, rules, claimed, hot, out).await {
         Err(error) if sql_state(&error) == Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(Round::Held),
         other => other,
     }
@@ -622,6 +709,7 @@ async fn release_steps(
     st: &Statements,
     rules: Rules,
     claimed: &Claimed,
+    hot: &HotPhase,
     out: &mut BatchOutcome,
 ) -> Result<Round> {
     let Released {
@@ -635,6 +723,7 @@ async fn release_steps(
     let mut done = Tally::default();
     done.add(&reservations);
     done.cancelled = cancelled;
+    hot.start();
     for (counter, units) in [
         (Counter::Variants, &done.units_by_variant),
         (Counter::Drops, &done.units_by_drop),

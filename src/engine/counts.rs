@@ -50,6 +50,9 @@ counts! {
     queue_timeouts: u64,
     /// Milliseconds spent in those waits.
     queue_wait_ms: f64,
+    /// Orders with more active lines than a page, each released in a batch of its own whose
+    /// budget runs from its first hot-row lock.
+    large_orders: u64,
     /// Variant counters clamped at zero (they had drifted below their reservations).
     clamped_variants: u64,
     /// Drop counters clamped at zero.

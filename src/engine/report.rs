@@ -21,6 +21,9 @@ pub enum StopReason {
     /// retry; the run backed off and leaves the rest to the next run. (A row held for long costs
     /// only the orders that need it: see `deferred`. A slow statement is a failure, not this.)
     RetriesExhausted,
+    /// A table the release needs is locked by another session (a migration, a `LOCK TABLE`):
+    /// see `locked_tables`. What the batches before committed stays; the next run goes on.
+    TableLocked,
     /// A batch failed with an error that a retry cannot fix; see the error.
     Failed,
 }
@@ -32,6 +35,7 @@ impl StopReason {
             StopReason::MaxBatches => "max_batches",
             StopReason::TimeBudget => "time_budget",
             StopReason::RetriesExhausted => "retries_exhausted",
+            StopReason::TableLocked => "table_locked",
             StopReason::Failed => "failed",
         }
     }
@@ -58,6 +62,11 @@ pub struct RunReport {
     /// Seconds since the oldest of the deferred orders fell due (database clock); null when
     /// none is deferred.
     pub oldest_deferred_age_seconds: Option<f64>,
+    /// Large orders (more active lines than a page) that could not be released within their
+    /// budget even alone, or lost a lock conflict: left for the next run, which tries again.
+    pub large_orders_left: u64,
+    /// When the run stopped `table_locked`: the tables another session held locked.
+    pub locked_tables: Vec<String>,
     /// Scans of the reservation table that read the due rows in passes: 0 when an index serves
     /// the keyset page (`infra/indexes.sql`, or an equivalent).
     pub pass_scans: u32,
@@ -121,6 +130,8 @@ impl RunReport {
             batch_retries: 0,
             deferred: 0,
             oldest_deferred_age_seconds: None,
+            large_orders_left: 0,
+            locked_tables: Vec::new(),
             pass_scans: 0,
             missing_indexes: Vec::new(),
             paid_orders_with_due_reservations: 0,

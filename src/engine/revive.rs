@@ -124,6 +124,13 @@ async fn try_revive(
     let Some(status) = sql::lock_order(&tx, order_id).await? else {
         return Ok(ReviveOutcome::not(order_id, Reason::UnknownOrder));
     };
+    if status == "pending" && sql::revived_lines(&tx, order_id).await? > 0 {
+        // A retry of a revive that was done: the same answer, nothing changed.
+        return Ok(ReviveOutcome {
+            revived: true,
+            ..ReviveOutcome::not(order_id, Reason::Revived)
+        });
+    }
     let rows = sql::lock_released(&tx, order_id).await?;
     if status != "cancelled" || rows.is_empty() {
         return Ok(ReviveOutcome::not(order_id, Reason::NotCancelledByRelease));

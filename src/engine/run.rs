@@ -14,7 +14,9 @@ use super::report::{quantile, RunReport, StopReason};
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::db::sql::{outbox, CancelledOrder, Counter, ReleasedReservation};
-use crate::error::{is_cancelled, is_conflict, Error, Result};
+use tokio_postgres::error::SqlState;
+
+use crate::error::{is_cancelled, is_conflict, sql_state, Error, Result};
 
 /// How a run is asked to go.
 #[derive(Debug, Clone)]
@@ -135,8 +137,9 @@ struct Run<'a> {
     /// Release delays (seconds) of the reservations released, for `release_delay_p95_seconds`.
     delays: Vec<f64>,
     cursor: Cursor,
-    /// Dry run: orders already counted (their reservations stay active after the rollback).
-    counted_orders: HashSet<i64>,
+    /// Orders no later batch of the run may take: in a dry run those already counted (their
+    /// reservations stay active after the rollback); large orders too slow even alone.
+    excluded_orders: HashSet<i64>,
     paid_orders: HashSet<i64>,
     due_released: u64,
     /// Orders and holds left out because another transaction held a row they need, not
@@ -167,7 +170,7 @@ impl<'a> Run<'a> {
             slowest: Duration::ZERO,
             delays: Vec::new(),
             cursor: Cursor::default(),
-            counted_orders: HashSet::new(),
+            excluded_orders: HashSet::new(),
             paid_orders: HashSet::new(),
             due_released: 0,
             deferred_orders: BTreeSet::new(),
@@ -236,7 +239,9 @@ impl<'a> Run<'a> {
             self.params.page_size =
                 (self.params.page_size * 2).min(i64::from(self.settings.batch_size));
             if !empty {
-                self.record(batch);
+                if let Some(stop) = self.record(db, batch).await? {
+                    return Ok(stop);
+                }
             }
             if drained {
                 return self.retry_deferred(db).await;
@@ -275,7 +280,9 @@ impl<'a> Run<'a> {
                 Ok(batch) => batch,
                 Err(stop) => return Ok(stop),
             };
-            self.record(batch);
+            if let Some(stop) = self.record(db, batch).await? {
+                return Ok(stop);
+            }
         }
         Ok(StopReason::Drained)
     }
@@ -316,7 +323,9 @@ impl<'a> Run<'a> {
                 let timed_out = batch.counts.queue_timeouts > 0;
                 let progress =
                     !batch.released_orders.is_empty() || !batch.released_holds.is_empty();
-                self.record(batch);
+                if let Some(stop) = self.record(db, batch).await? {
+                    return Ok(Some(stop));
+                }
                 if timed_out || !progress {
                     break;
                 }
@@ -381,8 +390,8 @@ impl<'a> Run<'a> {
                 db,
                 &self.params,
                 source,
-                &self.counted_orders,
-                self.batch_budget,
+                &self.excluded_orders,
+                Budget::Whole(self.batch_budget),
             )
             .instrument(span.clone())
             .await;
@@ -394,7 +403,7 @@ impl<'a> Run<'a> {
                 }
                 Err(error) => error,
             };
-            if let Some(stop) = self.after_failed_try(error, attempt, &span).await? {
+            if let Some(stop) = self.after_failed_try(db, error, attempt, &span).await? {
                 return Ok(Err(stop));
             }
             attempt += 1;
@@ -405,12 +414,20 @@ impl<'a> Run<'a> {
     /// run's failure.
     async fn after_failed_try(
         &mut self,
+        db: &Database,
         error: TryError,
         attempt: u32,
         span: &tracing::Span,
     ) -> Result<Option<StopReason>> {
         let error = match error {
             TryError::Cut(error) => return self.after_cut(error, span).map(|()| None),
+            TryError::Other(error) if sql_state(&error) == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                let tables = db.statements.locked_tables(&db.client).await?;
+                if !tables.is_empty() {
+                    return Ok(Some(self.table_locked(tables)));
+                }
+                error
+            }
             TryError::Other(error) if is_conflict(&error) => error,
             TryError::Other(error) if is_cancelled(&error) => {
                 return Err(statement_timeout(error, self.hint()))
@@ -496,11 +513,76 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// A table the release needs is locked by another session (a migration, a `LOCK TABLE`):
+    /// no batch can get through until it is released, so the run stops; the next one goes on.
+    fn table_locked(&mut self, tables: Vec<String>) -> StopReason {
+        tracing::warn!(tables = ?tables,
+            "a table the release needs is locked by another session (a migration, a LOCK TABLE); stopping, the next run goes on");
+        self.report.locked_tables = tables;
+        StopReason::TableLocked
+    }
+
+    /// Books a batch, then works the large orders it left for batches of their own.
+    async fn record(
+        &mut self,
+        db: &mut Database,
+        batch: BatchOutcome,
+    ) -> Result<Option<StopReason>> {
+        if !batch.locked_tables.is_empty() {
+            return Ok(Some(self.table_locked(batch.locked_tables)));
+        }
+        let large = batch.large_orders.clone();
+        self.book(batch);
+        for order in large {
+            if let Some(stop) = self.limit_reached() {
+                return Ok(Some(stop));
+            }
+            self.large_order(db, order).await?;
+        }
+        Ok(None)
+    }
+
+    /// A batch of one order with more active lines than a page. Its budget runs from the
+    /// moment it first locks a hot row: expiring its own lines holds nothing a shopper needs,
+    /// and is bounded by `STATEMENT_TIMEOUT_MS`. Cut even so (or losing a lock conflict), the
+    /// order is left for the next run (`large_orders_left`) and the run goes on without it.
+    async fn large_order(&mut self, db: &mut Database, order: i64) -> Result<()> {
+        let budget = Budget::FromHotPhase {
+            hot: self.batch_budget,
+            whole: Duration::from_millis(u64::from(self.settings.statement_timeout_ms)),
+        };
+        let span = tracing::info_span!("large_order", order);
+        let tried = timed_batch(
+            db,
+            &self.params,
+            Source::Alone(order),
+            &self.excluded_orders,
+            budget,
+        )
+        .instrument(span.clone())
+        .await;
+        let error = match tried {
+            Ok(mut batch) => {
+                batch.counts.large_orders = u64::from(!batch.released_orders.is_empty());
+                self.book(batch);
+                return Ok(());
+            }
+            Err(TryError::Cut(error)) => error,
+            Err(TryError::Other(error)) if is_conflict(&error) || is_cancelled(&error) => error,
+            Err(TryError::Other(error)) => return Err(error),
+        };
+        tracing::warn!(parent: &span, order, error = %error.chain(),
+            "a large order could not be released within its budget even alone; leaving it for the next run");
+        self.report.large_orders_left += 1;
+        self.excluded_orders.insert(order);
+        Ok(())
+    }
+
     /// Adds a batch to the report and moves the cursor on.
-    fn record(&mut self, batch: BatchOutcome) {
+    fn book(&mut self, batch: BatchOutcome) {
         self.report.batches += 1;
         if self.options.dry_run {
-            self.counted_orders
+            self.excluded_orders
                 .extend(batch.released_orders.iter().copied());
         }
         self.paid_orders.extend(batch.paid_orders.iter().copied());
@@ -560,6 +642,8 @@ impl<'a> Run<'a> {
             self.report.release_delay_max_seconds = self.delays.last().copied();
         }
         let result = match outcome {
+            // A locked table cannot be read either: the backlog stays uncounted (0).
+            Ok(StopReason::TableLocked) => Ok(StopReason::TableLocked),
             Ok(reason) => self.count_backlog(db).await.map(|()| reason),
             Err(error) => Err(error),
         };
@@ -613,6 +697,29 @@ enum TryError {
     Other(Error),
 }
 
+/// How long a batch may run before it is cut.
+#[derive(Debug, Clone, Copy)]
+enum Budget {
+    /// From its start: every batch but a large order's.
+    Whole(Duration),
+    /// `hot` from the moment it first locks a hot row, and at most `whole` from its start: a
+    /// batch of one large order.
+    FromHotPhase { hot: Duration, whole: Duration },
+}
+
+impl Budget {
+    /// When a batch that started at `started` is cut, given when it first locked a hot row.
+    fn cut_at(self, started: Instant, hot_since: Option<Instant>) -> Instant {
+        match self {
+            Budget::Whole(budget) => started + budget,
+            Budget::FromHotPhase { hot, whole } => {
+                let whole = started + whole;
+                hot_since.map_or(whole, |at| (at + hot).min(whole))
+            }
+        }
+    }
+}
+
 /// Runs one batch within `budget`: past it, the statement running is cancelled (through
 /// PostgreSQL's cancel protocol), the batch rolls back, and the error says it was cut. In any
 /// lock cycle with a shopper it is thus the batch that gives up, before the shopper's
@@ -622,15 +729,21 @@ async fn timed_batch(
     params: &BatchParams,
     source: Source<'_>,
     exclude: &HashSet<i64>,
-    budget: Duration,
+    budget: Budget,
 ) -> std::result::Result<BatchOutcome, TryError> {
     let canceller = db.canceller();
+    let mut hot = params.hot_phase.subscribe();
+    let started = Instant::now();
     let cut = {
         let batch = batch::run(db, params, source, exclude);
         tokio::pin!(batch);
-        tokio::select! {
-            result = &mut batch => return result.map_err(TryError::Other),
-            () = tokio::time::sleep(budget) => {}
+        loop {
+            let cut_at = budget.cut_at(started, *hot.borrow_and_update());
+            tokio::select! {
+                result = &mut batch => return result.map_err(TryError::Other),
+                () = tokio::time::sleep_until(cut_at.into()) => break,
+                Ok(()) = hot.changed() => {}
+            }
         }
         loop {
             canceller.cancel().await;

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 pub use crate::config::MetricsConfig;
 use crate::engine::reconcile::ReconcileReport;
-use crate::engine::report::RunReport;
+use crate::engine::report::{RunReport, StopReason};
 
 /// One metric: its name, unit, and its value in an invocation (None: not emitted then).
 #[derive(Clone, Copy)]
@@ -113,6 +113,12 @@ pub const METRICS: &[Metric] = &[
     }),
     metric("DeferredOrders", "Count", |o| {
         counted(o, |r| r.deferred as f64)
+    }),
+    metric("TableLocked", "Count", |o| {
+        reported(o, |r| flag(r.stopped_reason == StopReason::TableLocked))
+    }),
+    metric("LargeOrdersLeft", "Count", |o| {
+        reported(o, |r| r.large_orders_left as f64)
     }),
     metric("PaidAfterRelease", "Count", |o| {
         counted(o, |r| r.paid_after_release as f64)

@@ -158,3 +158,57 @@ async fn a_table_lock_stops_the_run_cleanly_and_the_next_run_goes_on() {
     let report = crate::common::run(&mut db, &crate::common::settings(), false).await;
     assert_eq!(report.counts.reservations_released, 1);
 }
+
+/// A table lock taken once the run's session is open (mid-run: a non-concurrent `CREATE INDEX`
+/// takes `SHARE` on a counter table, a migration `ACCESS EXCLUSIVE` on the reservations): the
+/// run stops at once with its own reason, `table_locked`, naming the table — not `TooSlow`
+/// after polling rows nobody holds, nor retries — and changes nothing; once the lock is gone
+/// the next run releases as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_lock_met_mid_run_stops_it_with_its_own_reason() {
+    for (table, mode) in [
+        ("products_productvariant", "SHARE"),
+        ("drops_dropproduct", "SHARE"),
+        ("orders_inventoryreservation", "ACCESS EXCLUSIVE"),
+    ] {
+        let t = TestDb::new().await;
+        let v = t.variant(1).await;
+        let d = t.drop_product(v, 1).await;
+        let order = t.order("pending", "pending").await;
+        let mut r = Res::new(Some(order), v, 1, "-1 minute");
+        r.drop = Some(d);
+        let r = t.reservation(r).await;
+        let s = settings();
+        let mut db = t.open_with(&s).await;
+        let holder = t.connect().await;
+        holder
+            .batch_execute(&format!("BEGIN; LOCK TABLE {table} IN {mode} MODE"))
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let report = run(&mut db, &s, false).await;
+        let took = started.elapsed();
+        holder.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(
+            (report.stopped_reason, report.locked_tables.clone()),
+            (StopReason::TableLocked, vec![table.to_string()]),
+            "{table}: {report:?}"
+        );
+        assert_eq!(report.batch_retries, 0, "{table}: {report:?}");
+        assert!(
+            took < std::time::Duration::from_secs(1),
+            "{table}: {took:?}"
+        );
+        assert_eq!(
+            t.reservation_status(r).await,
+            "active",
+            "{table}: nothing changed"
+        );
+        let report = run(&mut db, &s, false).await;
+        assert_eq!(
+            (report.stopped_reason, report.counts.reservations_released),
+            (StopReason::Drained, 1),
+            "{table}: {report:?}"
+        );
+    }
+}

@@ -14,6 +14,7 @@ mod hot_rows;
 mod iam;
 mod indexes;
 mod lambda;
+mod large_orders;
 mod layers;
 mod least_privilege;
 mod pooler;

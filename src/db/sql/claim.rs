@@ -138,10 +138,18 @@ impl Statements {
 /// skipped, never waited on, and stays for the next run. `FOR UPDATE` rather than `FOR NO KEY
 /// UPDATE` so that an order getting a new reservation right now is skipped too.
 ///
-/// $1 candidate order ids, $2 reservation timeout minutes, $3 grace minutes.
-/// Returns id, and whether the order's payment is `processing` (its grace applies).
+/// Also counts each claimed order's active reservations, up to $4 (through the foreign-key
+/// index on `order_id`; a few rows for a common order): an order with more lines than a page
+/// is worked alone (see `engine::batch::Source::Alone`), so one very large order never makes
+/// the batch that meets it, and the others in it, too slow.
+///
+/// $1 candidate order ids, $2 reservation timeout minutes, $3 grace minutes, $4 the most
+/// lines to count. Returns id, whether the order's payment is `processing` (its grace
+/// applies), and its active lines (at most $4).
 pub const CLAIM_ORDERS: &str = concat!(
-    "SELECT o.id::int8 AS id, COALESCE(o.payment_status = 'processing', false) AS processing ",
+    "SELECT o.id::int8 AS id, COALESCE(o.payment_status = 'processing', false) AS processing, ",
+    "(SELECT count(*) FROM (SELECT 1 FROM orders_inventoryreservation r ",
+    "WHERE r.order_id = o.id AND r.status = 'active' LIMIT $4::int8) l)::int8 AS lines ",
     "FROM orders_order o ",
     "WHERE o.id = ANY($1::int8[]) AND ",
     order_is_due!("$2", "$3"),
@@ -155,12 +163,21 @@ pub struct OrdersParams<'a> {
     pub rules: Rules,
 }
 
+/// Parameters of [`CLAIM_ORDERS`]: the orders and rules, and the most lines to count.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimParams<'a> {
+    pub orders: OrdersParams<'a>,
+    pub count_lines_up_to: i64,
+}
+
 /// A row of [`CLAIM_ORDERS`]: an order this batch now holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClaimedOrder {
     pub id: i64,
     /// Its payment is `processing`: the grace applies to its reservations.
     pub processing: bool,
+    /// Its active reservations, counted up to the limit the claim was given.
+    pub lines: i64,
 }
 
 impl Statements {
@@ -168,21 +185,23 @@ impl Statements {
     pub async fn claim_orders(
         &self,
         client: &(impl GenericClient + Sync),
-        p: &OrdersParams<'_>,
+        p: &ClaimParams<'_>,
     ) -> Result<Vec<ClaimedOrder>> {
         fetch(
             client,
             &self.claim_orders,
             &[
-                &p.order_ids,
-                &p.rules.timeout_minutes,
-                &p.rules.grace_minutes,
+                &p.orders.order_ids,
+                &p.orders.rules.timeout_minutes,
+                &p.orders.rules.grace_minutes,
+                &p.count_lines_up_to,
             ],
             "claiming orders",
             |row| {
                 Ok(ClaimedOrder {
                     id: row.try_get("id")?,
                     processing: row.try_get("processing")?,
+                    lines: row.try_get("lines")?,
                 })
             },
         )

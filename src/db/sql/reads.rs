@@ -175,3 +175,34 @@ pub async fn deadlock_timeout_ms(client: &(impl GenericClient + Sync)) -> Result
     )
     .await
 }
+
+/// The release's tables another session holds with a lock that conflicts with the release's
+/// row updates (`SHARE` — a non-concurrent `CREATE INDEX` — and stronger: `ALTER TABLE`, `LOCK
+/// TABLE`, a migration). Asked only after a statement ran out of `lock_timeout` or a held row
+/// turned out not to be a row: it tells a table lock (the run stops, `table_locked`; nothing
+/// is gained by polling rows) from a row lock. Reads `pg_locks` (readable by every role);
+/// locks nothing.
+///
+/// Returns the names of the locked tables.
+pub const LOCKED_TABLES: &str = concat!(
+    "SELECT DISTINCT c.relname::text AS name FROM pg_locks l JOIN pg_class c ON c.oid = l.relation ",
+    "WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid() ",
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) ",
+    "AND l.mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock') ",
+    "AND c.relname IN ('orders_inventoryreservation', 'orders_order', ",
+    "'products_productvariant', 'drops_dropproduct') ORDER BY 1"
+);
+
+impl Statements {
+    /// [`LOCKED_TABLES`] (unprepared: asked rarely).
+    pub async fn locked_tables(&self, client: &(impl GenericClient + Sync)) -> Result<Vec<String>> {
+        fetch(
+            client,
+            LOCKED_TABLES,
+            &[],
+            "finding the tables another session locks",
+            |row| row.try_get("name"),
+        )
+        .await
+    }
+}

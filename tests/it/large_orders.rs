@@ -1,0 +1,105 @@
+//! Very large orders (a B2B restock of thousands of lines) among ordinary ones: such an order is
+//! worked in a batch of its own whose budget runs from its first hot-row lock, and every other
+//! due order is released in the same run.
+
+use unreserver::{RunReport, StopReason};
+
+use crate::common::{run, settings, TestDb};
+
+/// One due pending order of `lines` one-unit lines, each on a variant of its own (with a drop
+/// row), due two minutes ago; returns its id.
+async fn giant_order(t: &TestDb, lines: i64) -> i64 {
+    let order = t.order("pending", "pending").await;
+    t.exec(&format!(
+        "WITH v AS (INSERT INTO products_productvariant (product_id, sku, stock_quantity, reserved_quantity) \
+         SELECT 1, 'GIANT-{order}-' || g, 1000, 1 FROM generate_series(1, {lines}) g RETURNING id), \
+         d AS (INSERT INTO drops_dropproduct (drop_id, product_variant_id, drop_quantity, reserved_quantity) \
+         SELECT 1, id, 100, 1 FROM v RETURNING id, product_variant_id) \
+         INSERT INTO orders_inventoryreservation (order_id, product_variant_id, drop_product_id, quantity, status, created_at, expires_at) \
+         SELECT {order}, product_variant_id, id, 1, 'active', now() - interval '20 minutes', now() - interval '2 minutes' FROM d"
+    ))
+    .await;
+    order
+}
+
+/// A due order of `lines` lines before 300 one-line orders, released by one run with the
+/// shop's `deadlock_timeout` at `deadlock_ms`: the run's report, after checking that every
+/// one-line order was released in that run, whatever became of the large one, and that the
+/// run did not fail.
+async fn giant_among_others(lines: i64, deadlock_ms: u32) -> (TestDb, i64, RunReport) {
+    let t = TestDb::new().await;
+    let giant = giant_order(&t, lines).await;
+    let mut small = Vec::new();
+    for _ in 0..300 {
+        small.push(t.one_due_order(1).await);
+    }
+    let mut s = settings();
+    s.shop_deadlock_timeout_ms = Some(deadlock_ms);
+    let mut db = t.open_with(&s).await;
+    let report = run(&mut db, &s, false).await;
+    assert_eq!(report.stopped_reason, StopReason::Drained, "{report:?}");
+    for (v, order, _) in small {
+        assert_eq!(
+            (t.reserved(v).await, t.order_status(order).await.as_str()),
+            (0, "cancelled")
+        );
+    }
+    assert_eq!(t.drifted_counters().await, 0);
+    (t, giant, report)
+}
+
+/// A 3,000-line order due before 300 one-line orders (each line on a variant and drop of its
+/// own: 6,000 counter rows to update) with the default `deadlock_timeout` of 1 s: the large
+/// order is released in a batch of its own (its 3,000 lines took longer than a page's budget
+/// to expire, which holds nothing a shopper needs; the budget of 500 ms runs from its first
+/// hot-row lock) and the 300 others in the same run; counters exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_giant_order_is_worked_alone_and_released_with_the_others() {
+    let (t, giant, report) = giant_among_others(3000, 1000).await;
+    assert_eq!(
+        (report.counts.large_orders, report.large_orders_left),
+        (1, 0),
+        "{report:?}"
+    );
+    assert_eq!(report.counts.orders_cancelled, 301, "{report:?}");
+    assert_eq!(report.backlog_remaining, 0, "{report:?}");
+    assert_eq!(t.order_status(giant).await, "cancelled");
+    assert_eq!(
+        t.i64("SELECT count(*) FROM products_productvariant WHERE sku LIKE 'GIANT-%' AND reserved_quantity <> 0")
+            .await,
+        0
+    );
+}
+
+/// The same order with a shop whose `deadlock_timeout` is 200 ms (a budget of 100 ms: too
+/// short for its 6,000 counter rows even alone): the run does not fail — the large order is
+/// left untouched with its own count (`large_orders_left`, the `LargeOrdersLeft` metric), not
+/// `TooSlow` and no hint at indexes — and the 300 others are released in the same run; the
+/// next run does the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_giant_order_too_large_even_alone_is_left_and_never_stops_the_others() {
+    let (t, giant, report) = giant_among_others(3000, 200).await;
+    assert_eq!(
+        (report.counts.large_orders, report.large_orders_left),
+        (0, 1),
+        "{report:?}"
+    );
+    assert_eq!(report.counts.orders_cancelled, 300, "{report:?}");
+    assert_eq!(report.backlog_remaining, 3000, "{report:?}");
+    assert_eq!(t.order_status(giant).await, "pending");
+    assert_eq!(
+        t.i64("SELECT count(*) FROM products_productvariant WHERE sku LIKE 'GIANT-%' AND reserved_quantity <> 1")
+            .await,
+        0,
+        "the large order was half-released"
+    );
+    let mut s = settings();
+    s.shop_deadlock_timeout_ms = Some(200);
+    let mut db = t.open_with(&s).await;
+    let again = run(&mut db, &s, false).await;
+    assert_eq!(
+        (again.stopped_reason, again.large_orders_left),
+        (StopReason::Drained, 1),
+        "{again:?}"
+    );
+}
