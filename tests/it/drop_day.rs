@@ -105,8 +105,11 @@ async fn a_slow_batch_is_cut_at_its_budget_and_the_shopper_commits() {
     };
     let (report, waited) = tokio::join!(release, checkout);
     let waited = waited.expect("the shopper's transaction failed");
+    // The budget (500 ms) plus the cancel and the rollback; 829 ms was measured once on the
+    // 2-core CI with every test running beside it, hence the margin (the 2 s trigger is the
+    // wait the cut prevents).
     assert!(
-        waited < Duration::from_millis(800),
+        waited < Duration::from_millis(1000),
         "the shopper waited {waited:?}"
     );
     assert!(report.batch_retries >= 1, "{report:?}");
