@@ -6,6 +6,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
+use tokio_postgres::error::SqlState;
 use tracing::Instrument;
 
 use super::batch::{self, BatchOutcome, BatchParams, Cursor, LongHeld, Source};
@@ -14,8 +15,6 @@ use super::report::{quantile, RunReport, StopReason};
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::db::sql::{outbox, CancelledOrder, Counter, ReleasedReservation};
-use tokio_postgres::error::SqlState;
-
 use crate::error::{is_cancelled, is_conflict, sql_state, Error, Result};
 
 /// How a run is asked to go.
