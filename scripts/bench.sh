@@ -4,8 +4,9 @@
 # (examples/bench.rs). Writes BENCHMARKS.md. `scripts/bench.sh --million` adds N = 1,000,000.
 # Partial runs print their section instead (--events-only, --index-sets-only, --shoppers-only);
 # --batch-size N measures with another batch size in place of the shipped default;
-# --profile (each statement's database time in one drain and in the lower bound) updates its
-# own section of BENCHMARKS.md.
+# --profile (each statement's database time in one drain and in the lower bound) and --hot-rows
+# (the hottest row with a queue of checkouts; carts of several items in both lock orders
+# against a drain) update their own sections of BENCHMARKS.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -41,15 +42,21 @@ if need_pip_tool moto_server 'moto[server]'; then
 fi
 
 started=$(date -u +%Y-%m-%dT%H:%MZ)
+export BENCH_STARTED=$started
 # The sections other runs measure are carried over as they are: the profile's, the cold
-# start's (scripts/coldstart.sh) and reconcile's (scripts/bench-reconcile.sh).
-kept=$(for part in "Where the database time goes" "Cold start" "Reconcile"; do
+# start's (scripts/coldstart.sh), reconcile's (scripts/bench-reconcile.sh) and --hot-rows'.
+kept=$(for part in "Where the database time goes" "Hot rows and carts" "Cold start" "Reconcile"; do
   python3 scripts/lib/md-section.py get BENCHMARKS.md "$part"; echo; done)
 case " $* " in
   *" --profile "*)
     "$target/examples/bench" --binary "$target/unreserver" "$@" \
       | tee /dev/stderr | python3 scripts/lib/md-section.py put BENCHMARKS.md "Where the database time goes"
     echo "wrote the profile section of BENCHMARKS.md" >&2
+    exit 0 ;;
+  *" --hot-rows "*)
+    section=$("$target/examples/bench" --binary "$target/unreserver" "$@")
+    echo "$section" | tee /dev/stderr | python3 scripts/lib/md-section.py put BENCHMARKS.md "Hot rows and carts"
+    echo "wrote the hot-rows section of BENCHMARKS.md" >&2
     exit 0 ;;
   *-only\ *)
     # One part only: printed, BENCHMARKS.md left as it is.

@@ -7,14 +7,16 @@
 //! A batch never waits in a lock queue while it holds a row a shopper may want: every row lock
 //! it takes is `SKIP LOCKED` or `NOWAIT`, so it can never close a lock cycle that another
 //! backend's deadlock check would break by aborting a shopper. The release steps run after a
-//! savepoint; the hot variant and drop rows come last, in one try each. When one of them (or a
-//! reservation row) is held, the batch rolls back to the savepoint — giving back every hot row
-//! it had taken — and polls for the held rows after 2 ms, then 4, 8, ... up to 32 (a checkout
-//! holds one for a few milliseconds), holding none of them between looks, so no shopper ever
-//! queues behind its polling. When a row is still held after `LOCK_TIMEOUT_MS`, the batch
-//! leaves out only the orders and holds that need it (`deferred`) and redoes the steps for the
-//! rest. An order that turns out not to be due on the rows locked (it was extended after the
-//! claim) is left out the same way.
+//! savepoint; the hot variant and drop rows come last, all or nothing, after a second
+//! savepoint, so they are held only from their update to the commit. When one of them is held,
+//! the batch rolls back to that second savepoint — giving back every hot row it had taken,
+//! keeping the reservations it expired — and tries again after 2 ms, then 4, 8, ... up to 32
+//! (a checkout holds one for a few milliseconds), holding none of them between tries, so no
+//! shopper ever queues behind its polling. A held reservation row sends the batch back to the
+//! first savepoint, and it polls for the held rows the same way. When a row is still held
+//! after `LOCK_TIMEOUT_MS`, the batch leaves out only the orders and holds that need it
+//! (`deferred`) and redoes the steps for the rest. An order that turns out not to be due on
+//! the rows locked (it was extended after the claim) is left out the same way.
 //!
 //! A row that is never free when polled — a queue of checkouts on a drop's hottest variant —
 //! is won by a queue batch ([`Source::Queue`]): it waits in that one row's lock queue while it
@@ -554,8 +556,13 @@ async fn classify_unclaimed(
 enum Round {
     /// Everything claimed was released; the outcome is filled in.
     Done,
-    /// Another transaction holds a row the round needs: nothing of this round stays.
+    /// Another transaction holds a reservation row the round needs: nothing of this round
+    /// stays.
     Held,
+    /// Counter rows stayed held while the round tried them for `LOCK_TIMEOUT_MS` (or are
+    /// known to be held for long): the reservations that need them. Nothing of this round
+    /// stays.
+    CountersHeld(Vec<HeldReservation>),
     /// Some claimed orders (or holds) were not due on the rows locked: leave them out.
     NotDue {
         orders: BTreeSet<i64>,
@@ -606,8 +613,12 @@ async fn release_claimed(
     };
     sql::savepoint(tx, false).await?;
     while !claimed.is_empty() {
-        match release_round(tx, st, rules, claimed, &params.hot_phase, out).await? {
+        match release_round(tx, st, rules, claimed, patience, &params.hot_phase, out).await? {
             Round::Done => return Ok(()),
+            Round::CountersHeld(held) => {
+                sql::savepoint(tx, true).await?;
+                leave_out(&held, claimed, out);
+            }
             Round::NotDue { orders, holds } => {
                 sql::savepoint(tx, true).await?;
                 out.counts.no_longer_due += (orders.len() + holds.len()) as u64;
@@ -658,20 +669,26 @@ async fn wait_for_held_rows(
             poll_pause(&mut pause, &mut out.counts.held_wait_ms).await;
             continue;
         }
-        out.long_held.add(&held);
-        let (orders, holds) = owners(&held);
-        tracing::debug!(
-            orders = orders.len(),
-            holds = holds.len(),
-            "rows held by another transaction: leaving their orders for later"
-        );
-        claimed.remove(&orders, &holds);
-        out.deferred_orders.extend(orders);
-        out.deferred_holds.extend(holds);
+        leave_out(&held, claimed, out);
         if claimed.is_empty() {
             return Ok(());
         }
     }
+}
+
+/// Leaves out the orders and holds whose rows are still held (`held`), and notes the counter
+/// rows among them as held for long.
+fn leave_out(held: &[HeldReservation], claimed: &mut Claimed, out: &mut BatchOutcome) {
+    out.long_held.add(held);
+    let (orders, holds) = owners(held);
+    tracing::debug!(
+        orders = orders.len(),
+        holds = holds.len(),
+        "rows held by another transaction: leaving their orders for later"
+    );
+    claimed.remove(&orders, &holds);
+    out.deferred_orders.extend(orders);
+    out.deferred_holds.extend(holds);
 }
 
 /// The orders (and holds) the held reservations belong to.
@@ -695,10 +712,11 @@ async fn release_round(
     st: &Statements,
     rules: Rules,
     claimed: &Claimed,
+    patience: Patience<'_>,
     hot: &HotPhase,
     out: &mut BatchOutcome,
 ) -> Result<Round> {
-    match release_steps(tx, st, rules, claimed, hot, out).await {
+    match release_steps(tx, st, rules, claimed, patience, hot, out).await {
         Err(error) if sql_state(&error) == Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(Round::Held),
         other => other,
     }
@@ -709,6 +727,7 @@ async fn release_steps(
     st: &Statements,
     rules: Rules,
     claimed: &Claimed,
+    patience: Patience<'_>,
     hot: &HotPhase,
     out: &mut BatchOutcome,
 ) -> Result<Round> {
@@ -724,17 +743,13 @@ async fn release_steps(
     done.add(&reservations);
     done.cancelled = cancelled;
     hot.start();
-    for (counter, units) in [
-        (Counter::Variants, &done.units_by_variant),
-        (Counter::Drops, &done.units_by_drop),
-    ] {
-        let Some(clamped) = return_units(tx, st, counter, units).await? else {
-            return Ok(Round::Held);
-        };
-        match counter {
-            Counter::Variants => done.counts.clamped_variants = clamped,
-            Counter::Drops => done.counts.clamped_drops = clamped,
+    let waited = &mut out.counts.held_wait_ms;
+    match take_counters(tx, st, &done, &reservations, patience, waited).await? {
+        Ok((variants, drops)) => {
+            done.counts.clamped_variants = variants;
+            done.counts.clamped_drops = drops;
         }
+        Err(held) => return Ok(Round::CountersHeld(held)),
     }
     done.released = reservations;
     done.into_outcome(out);
@@ -832,18 +847,59 @@ impl Tally {
     }
 }
 
-/// Step 5: give the units back to one kind of counter (variants first, then drops; ascending
-/// ids, as a BTreeMap iterates): how many counters had to be clamped at zero, or None when
-/// another transaction holds one of the rows. One try (`SKIP LOCKED`): a row held makes the
-/// round roll back to its savepoint, giving back every counter row it had updated, and the
-/// batch polls for the held rows holding none of them (see [`wait_for_held_rows`]) — a batch
-/// never keeps a hot row while it waits for another, so no shopper queues behind its polling.
+/// Step 5: gives the units back to the variants, then the drops, all or nothing, after
+/// [`sql::COUNTERS_SAVEPOINT`], so that the hot rows are held only from these updates to the
+/// commit. Each try takes what is free (`SKIP LOCKED`); a row held makes it roll back to the
+/// counters' savepoint — giving back every counter row it took, keeping the reservations
+/// released and the orders cancelled — and try again after a pause, holding no hot row
+/// between tries, so no shopper ever queues behind the batch's polling. Returns the counters
+/// clamped at zero (variants, drops), or, when rows are still held after `LOCK_TIMEOUT_MS` (at
+/// once when they are known to be held for long), the released reservations that need them.
+async fn take_counters(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    tally: &Tally,
+    released: &[ReleasedReservation],
+    patience: Patience<'_>,
+    waited_ms: &mut f64,
+) -> Result<std::result::Result<(u64, u64), Vec<HeldReservation>>> {
+    sql::counters_savepoint(tx, false).await?;
+    let mut pause = POLL;
+    let mut polling_since = None;
+    // The time from the first try that met a held row to the last try: pauses and tries.
+    let mut count_wait = |since: Option<Instant>| {
+        *waited_ms += since.map_or(0.0, |s: Instant| s.elapsed().as_secs_f64() * 1000.0);
+    };
+    loop {
+        let variants = return_units(tx, st, Counter::Variants, &tally.units_by_variant).await?;
+        let drops = return_units(tx, st, Counter::Drops, &tally.units_by_drop).await?;
+        let (held_variants, held_drops) = match (variants, drops) {
+            (Ok(v), Ok(d)) => {
+                count_wait(polling_since);
+                return Ok(Ok((v, d)));
+            }
+            (v, d) => (v.err().unwrap_or_default(), d.err().unwrap_or_default()),
+        };
+        sql::counters_savepoint(tx, true).await?;
+        let held = needing(released, &held_variants, &held_drops);
+        if patience.long_held.covers(&held) || Instant::now() >= patience.until {
+            count_wait(polling_since);
+            return Ok(Err(held));
+        }
+        polling_since.get_or_insert_with(Instant::now);
+        poll_pause(&mut pause, &mut 0.0).await;
+    }
+}
+
+/// One kind of counter's update (ascending ids, as a `BTreeMap` iterates): how many counters
+/// had to be clamped at zero, or the ids of the rows another transaction holds (the rows that
+/// were free are updated all the same; the caller rolls them back).
 async fn return_units(
     tx: &Transaction<'_>,
     st: &Statements,
     counter: Counter,
     units: &BTreeMap<i64, i64>,
-) -> Result<Option<u64>> {
+) -> Result<std::result::Result<u64, BTreeSet<i64>>> {
     let (ids, amounts): (Vec<i64>, Vec<i64>) = units.iter().map(|(id, n)| (*id, *n)).unzip();
     let p = UnitsParams {
         ids: &ids,
@@ -851,9 +907,36 @@ async fn return_units(
     };
     let rows = st.return_units(tx, counter, &p).await?;
     if rows.len() < ids.len() {
-        return Ok(None);
+        let taken: BTreeSet<i64> = rows.iter().map(|row| row.id).collect();
+        return Ok(Err(ids
+            .into_iter()
+            .filter(|id| !taken.contains(id))
+            .collect()));
     }
-    Ok(Some(rows.iter().map(|row| u64::from(row.clamped)).sum()))
+    Ok(Ok(rows.iter().map(|row| u64::from(row.clamped)).sum()))
+}
+
+/// The released reservations that need one of the held counter rows, as the probe would
+/// report them.
+fn needing(
+    released: &[ReleasedReservation],
+    variants: &BTreeSet<i64>,
+    drops: &BTreeSet<i64>,
+) -> Vec<HeldReservation> {
+    released
+        .iter()
+        .filter_map(|r| {
+            let variant = variants.contains(&r.variant_id).then_some(r.variant_id);
+            let drop = r.drop_id.filter(|d| drops.contains(d));
+            (variant.is_some() || drop.is_some()).then_some(HeldReservation {
+                id: r.id,
+                order_id: r.order_id,
+                reservation_held: false,
+                variant,
+                drop,
+            })
+        })
+        .collect()
 }
 
 /// Step 6: commit, or in a dry run roll back.

@@ -88,6 +88,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const MIN_PAGE_SIZE: i64 = 16;
 /// How often the cancel request is sent again while a cut batch has not yet stopped.
 const CANCEL_REPEAT: Duration = Duration::from_millis(20);
+/// Orders (or holds) a queue batch works at most: it holds the hottest row from the moment it
+/// leaves the queue until it commits, and every shopper queued behind it waits that long, so
+/// it must be as short as one more checkout, not a page.
+const QUEUE_BATCH_ORDERS: usize = 100;
 
 /// Releases due reservations in batches on `db`.
 pub async fn run(
@@ -287,7 +291,7 @@ impl<'a> Run<'a> {
     }
 
     /// One queue batch after another for each counter row the run found held for long (most
-    /// orders first), a page of its still-deferred orders at a time, until the row's orders are
+    /// orders first), [`QUEUE_BATCH_ORDERS`] of its still-deferred orders at a time, until the row's orders are
     /// done or a wait for it runs out. The run's record of held rows is emptied: the last try
     /// polls again for every row.
     async fn queue_batches(&mut self, db: &mut Database) -> Result<Option<StopReason>> {
@@ -298,14 +302,14 @@ impl<'a> Run<'a> {
                     .orders
                     .iter()
                     .filter(|o| self.deferred_orders.contains(o))
-                    .take(self.page_rows())
+                    .take(QUEUE_BATCH_ORDERS)
                     .copied()
                     .collect();
                 let holds: Vec<i64> = owners
                     .holds
                     .iter()
                     .filter(|h| self.deferred_holds.contains(h))
-                    .take(self.page_rows().saturating_sub(orders.len()))
+                    .take(QUEUE_BATCH_ORDERS.saturating_sub(orders.len()))
                     .copied()
                     .collect();
                 if orders.is_empty() && holds.is_empty() {

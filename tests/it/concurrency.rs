@@ -405,11 +405,11 @@ async fn a_row_held_for_long_is_polled_for_once_not_in_every_batch() {
     assert_eq!(report.counts.reservations_released, 30, "{report:?}");
     assert_eq!(report.deferred, 30, "{report:?}");
     assert!(report.batches >= 10, "{report:?}");
-    // Polled for once in the pages (50 ms) and once in the last try (50 ms); every one of the
-    // ten or more batches polling again would make it 500 ms or more. The bound leaves room for
-    // a loaded 2-core CI, where a 50 ms poll's probes take longer.
+    // Polled for once in the pages and once in the last try (each less than 50 ms: the
+    // window starts before the release statement); every one of the ten or more batches
+    // polling again would make it 500 ms or more. The bound leaves room for a loaded 2-core CI.
     assert!(
-        (50.0..350.0).contains(&report.counts.held_wait_ms),
+        (1.0..350.0).contains(&report.counts.held_wait_ms),
         "{}",
         report.counts.held_wait_ms
     );

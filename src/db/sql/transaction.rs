@@ -67,6 +67,34 @@ pub async fn savepoint(client: &(impl GenericClient + Sync), rollback: bool) -> 
         .map_err(Error::db(context))
 }
 
+/// Marks the point a round returns to when a counter row (a variant or drop) is held: the
+/// reservations it expired and the orders it cancelled stay (with their row locks, which no
+/// checkout needs), the counter updates after it are undone, giving back every hot row they
+/// took. Nested in [`SAVEPOINT`]. Locks nothing.
+pub const COUNTERS_SAVEPOINT: &str = "SAVEPOINT unreserver_counters";
+
+/// Undoes the counter updates since [`COUNTERS_SAVEPOINT`], keeping it for the next try.
+pub const ROLLBACK_TO_COUNTERS_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT unreserver_counters";
+
+/// [`COUNTERS_SAVEPOINT`] or [`ROLLBACK_TO_COUNTERS_SAVEPOINT`].
+pub async fn counters_savepoint(
+    client: &(impl GenericClient + Sync),
+    rollback: bool,
+) -> Result<()> {
+    let (statement, context) = if rollback {
+        (
+            ROLLBACK_TO_COUNTERS_SAVEPOINT,
+            "rolling back to the counters' savepoint",
+        )
+    } else {
+        (COUNTERS_SAVEPOINT, "setting the counters' savepoint")
+    };
+    client
+        .batch_execute(statement)
+        .await
+        .map_err(Error::db(context))
+}
+
 /// Sets the batch's lock and statement timeouts for this transaction only.
 /// $1 lock_timeout, $2 statement_timeout (both like '100ms'). Locks nothing.
 pub const SET_BATCH_TIMEOUTS: &str =

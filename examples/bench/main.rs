@@ -12,20 +12,26 @@
 //!    does (and, to tell CPU contention from lock waits, checkouts on cold rows during a drain);
 //! 8. around the release: a drain publishing its expiry events (moto's EventBridge) against one
 //!    that does not, and the release-delay report and a window's events with and without the
-//!    BRIN index on `released_at` (`--events-only` runs just this).
+//!    BRIN index on `released_at` (`--events-only` runs just this);
+//! 9. hot rows and carts (`--hot-rows`, its own section): the hottest row with a queue of
+//!    checkouts, and carts of several items in both lock orders against a drain.
 //!
 //! Writes the results, the command and the machine into BENCHMARKS.md.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls};
+
+use shoppers::{Cart, Latency, PHASE, SHOPPERS};
 use unreserver::Database;
 use unreserver::RunOptions;
 use unreserver::RunReport;
 use unreserver::{ReleaseSettings, DEFAULT_BATCH_SIZE};
+
+mod carts;
+mod hot_row;
+mod shoppers;
 
 /// `--batch-size N`: the batch size the bench treats as the default (to weigh another
 /// default before shipping it); the shipped default otherwise.
@@ -138,11 +144,11 @@ impl Bench {
             admin.batch_execute(&sql).await.unwrap();
         }
         let c = connect(&url_for(&self.admin_url, name)).await;
-        c.batch_execute(include_str!("../infra/schema.sql"))
+        c.batch_execute(include_str!("../../infra/schema.sql"))
             .await
             .unwrap();
         // CREATE INDEX CONCURRENTLY runs outside a transaction: one statement at a time.
-        let indexes: String = include_str!("../infra/indexes.sql")
+        let indexes: String = include_str!("../../infra/indexes.sql")
             .lines()
             .filter(|l| !l.trim_start().starts_with("--"))
             .collect::<Vec<_>>()
@@ -454,109 +460,7 @@ impl Bench {
     }
 }
 
-/// Concurrent shoppers in the shopper phases.
-const SHOPPERS: usize = 4;
-/// Length of each shopper phase.
-const PHASE: Duration = Duration::from_secs(3);
-
-/// Checkout latencies (ms) recorded per phase; phase 0 records nothing.
-#[derive(Default)]
-struct Checkouts {
-    phase: AtomicUsize,
-    stop: AtomicBool,
-    latencies: Mutex<Vec<(usize, f64)>>,
-}
-
-/// One shopper: checkout transactions back to back, each on a random hot drop variant (or a
-/// cold variant when `cold`): lock and bump the variant's and the drop's counters, make an
-/// order, insert its reservation (due in 15 minutes), commit.
-async fn shopper(url: String, checkouts: Arc<Checkouts>, cold: bool, n: u64) {
-    let mut c = connect(&url).await;
-    let mut k = n * 1_000_000;
-    while !checkouts.stop.load(Ordering::Relaxed) {
-        k += 1;
-        let v = if cold {
-            HOT_VARIANTS + 1 + fastrand::i64(0..VARIANTS - HOT_VARIANTS)
-        } else {
-            1 + fastrand::i64(0..HOT_VARIANTS)
-        };
-        let phase = checkouts.phase.load(Ordering::Relaxed);
-        let started = Instant::now();
-        let tx = c.transaction().await.unwrap();
-        tx.execute(
-            "UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 WHERE id = $1",
-            &[&v],
-        )
-        .await
-        .unwrap();
-        let drop_id = (v <= HOT_VARIANTS).then_some(v);
-        if let Some(d) = drop_id {
-            tx.execute(
-                "UPDATE drops_dropproduct SET reserved_quantity = reserved_quantity + 1 WHERE id = $1",
-                &[&d],
-            )
-            .await
-            .unwrap();
-        }
-        tx.execute(
-            "WITH o AS (INSERT INTO orders_order (order_number) VALUES ($1) RETURNING id)
-             INSERT INTO orders_inventoryreservation (order_id, product_variant_id, drop_product_id, quantity, expires_at)
-             SELECT id, $2, $3, 1, now() + interval '15 minutes' FROM o",
-            &[&format!("S-{k}-{}", fastrand::u32(..)), &v, &drop_id],
-        )
-        .await
-        .unwrap();
-        tx.commit().await.unwrap();
-        if phase > 0 && checkouts.phase.load(Ordering::Relaxed) == phase {
-            checkouts
-                .latencies
-                .lock()
-                .unwrap()
-                .push((phase, ms(started.elapsed())));
-        }
-    }
-}
-
-/// A phase's checkout count, p50, p99 and max (ms).
-type Latency = (usize, f64, f64, f64);
-
-/// p50, p99 and max of a phase's latencies, and their count.
-fn latency_stats(checkouts: &Checkouts, phase: usize) -> Latency {
-    let mut v: Vec<f64> = checkouts
-        .latencies
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(p, _)| *p == phase)
-        .map(|(_, l)| *l)
-        .collect();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return (0, 0.0, 0.0, 0.0);
-    }
-    let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-    (v.len(), at(0.5), at(0.99), v[v.len() - 1])
-}
-
 impl Bench {
-    /// Starts `SHOPPERS` shoppers on `url`.
-    fn shoppers(
-        url: &str,
-        checkouts: &Arc<Checkouts>,
-        cold: bool,
-    ) -> Vec<tokio::task::JoinHandle<()>> {
-        (0..SHOPPERS)
-            .map(|n| {
-                tokio::spawn(shopper(
-                    url.to_string(),
-                    checkouts.clone(),
-                    cold,
-                    n as u64 + 1,
-                ))
-            })
-            .collect()
-    }
-
     /// Makes the seed's not-yet-due rows due (between phases, shoppers paused), vacuumed.
     async fn make_future_due(url: &str) {
         let c = connect(url).await;
@@ -569,28 +473,6 @@ impl Bench {
         .unwrap();
         // VACUUM cannot share a (multi-statement, so implicit) transaction.
         c.batch_execute("VACUUM ANALYZE").await.unwrap();
-    }
-
-    /// One phase: shoppers on `url` (hot or `cold` rows), their latencies recorded while
-    /// `work` runs and for `PHASE` at least, recorded under `phase`.
-    async fn phase<T, F>(url: &str, cold: bool, phase: usize, work: F) -> (Latency, T)
-    where
-        F: std::future::Future<Output = T> + Send + 'static,
-        T: Send + 'static,
-    {
-        let checkouts = Arc::new(Checkouts::default());
-        let tasks = Bench::shoppers(url, &checkouts, cold);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        checkouts.phase.store(phase, Ordering::Relaxed);
-        let work = tokio::spawn(work);
-        tokio::time::sleep(PHASE).await;
-        checkouts.phase.store(0, Ordering::Relaxed);
-        let result = work.await.unwrap();
-        checkouts.stop.store(true, Ordering::Relaxed);
-        for t in tasks {
-            t.await.unwrap();
-        }
-        (latency_stats(&checkouts, phase), result)
     }
 
     /// What the batch size costs the shoppers: for the default and two larger sizes, on a
@@ -607,19 +489,24 @@ impl Bench {
         for bs in sizes {
             eprintln!("shoppers, batch size {bs} ...");
             let url = self.copy(seed, "bench_shoppers_bs").await;
-            let (quiet, ()) = Bench::phase(&url, false, 1, async {}).await;
-            let (drain, (took, r)) =
-                Bench::phase(&url, false, 2, drain_with_batch_size(url.clone(), bs)).await;
+            let (quiet, ()) = shoppers::phase(&url, Cart::OneHot, 1, async {}).await;
+            let (drain, (took, r)) = shoppers::phase(
+                &url,
+                Cart::OneHot,
+                2,
+                drain_with_batch_size(url.clone(), bs),
+            )
+            .await;
             let _ = writeln!(
                 md,
                 "| {bs} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:+.1} | {:.2} % |",
                 ms(took),
                 r.batches,
                 r.batch_ms_p99,
-                quiet.2,
-                drain.2,
-                drain.2 / quiet.2.max(f64::EPSILON),
-                drain.3 - quiet.3,
+                quiet.p99,
+                drain.p99,
+                drain.p99 / quiet.p99.max(f64::EPSILON),
+                drain.max - quiet.max,
                 100.0 * r.deferred as f64 / r.counts.reservations_released.max(1) as f64,
             );
         }
@@ -631,15 +518,20 @@ impl Bench {
     /// this project draining while the shoppers use cold rows.
     async fn shopper_phases(&self, seed: &str) -> String {
         let url = self.copy(seed, "bench_shoppers").await;
-        let (quiet, ()) = Bench::phase(&url, false, 1, async {}).await;
+        let (quiet, ()) = shoppers::phase(&url, Cart::OneHot, 1, async {}).await;
         let (drain, (drain_took, report)) =
-            Bench::phase(&url, false, 2, drain_with_defaults(url.clone())).await;
+            shoppers::phase(&url, Cart::OneHot, 2, drain_with_defaults(url.clone())).await;
         Bench::make_future_due(&url).await;
         let (lower, lower_took) =
-            Bench::phase(&url, false, 3, lower_bound_statement(url.clone())).await;
+            shoppers::phase(&url, Cart::OneHot, 3, lower_bound_statement(url.clone())).await;
         let cold_url = self.copy(seed, "bench_shoppers_cold").await;
-        let (cold, _) =
-            Bench::phase(&cold_url, true, 4, drain_with_defaults(cold_url.clone())).await;
+        let (cold, _) = shoppers::phase(
+            &cold_url,
+            Cart::OneCold,
+            4,
+            drain_with_defaults(cold_url.clone()),
+        )
+        .await;
         shopper_table(
             &[
                 ("quiet (nothing drains), hot rows", quiet),
@@ -715,19 +607,23 @@ fn shopper_table(
         md,
         "{SHOPPERS} shoppers run checkout transactions back to back on the {HOT_VARIANTS} hot drop \
          variants the backlog is concentrated on (each: lock and bump the variant's and the \
-         drop's counters, make an order, insert its reservation, commit), in phases of {} s on \
-         one database: quiet; while this project drains 100,000 due reservations; while the one \
+         drop's counters, make an order, insert its reservation, commit), in phases on one \
+         database, each recorded for {} s or as long as its drain: quiet; while this project drains 100,000 due reservations; while the one \
          set-based statement drains 100,000 more. The last row repeats the drain with the \
          shoppers on cold variants, to separate CPU contention (2 cores) from lock waits.\n",
         PHASE.as_secs()
     );
     let _ = writeln!(md, "| phase | checkouts | p50 (ms) | p99 (ms) | max (ms) |");
     let _ = writeln!(md, "|---|---|---|---|---|");
-    for (name, (n, p50, p99, max)) in phases {
-        let _ = writeln!(md, "| {name} | {n} | {p50:.1} | {p99:.1} | {max:.1} |");
+    for (name, l) in phases {
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {:.1} | {:.1} | {:.1} |",
+            l.n, l.p50, l.p99, l.max
+        );
     }
-    let quiet = phases[0].1;
-    let drain = phases[1].1;
+    let quiet = &phases[0].1;
+    let drain = &phases[1].1;
     let deferred_pct =
         100.0 * report.deferred as f64 / report.counts.reservations_released.max(1) as f64;
     let _ = writeln!(
@@ -737,8 +633,8 @@ fn shopper_table(
          {:.0} ms), released {} reservations in {} batches (batch p99 {:.1} ms, max {:.1} ms), \
          skipped {} orders a shopper held, and left **{} deferred ({deferred_pct:.2} % of those \
          released**, target < 1 %).",
-        drain.2 / quiet.2.max(f64::EPSILON),
-        drain.3 - quiet.3,
+        drain.p99 / quiet.p99.max(f64::EPSILON),
+        drain.max - quiet.max,
         ms(drain_took),
         ms(lower_took),
         report.counts.reservations_released,
@@ -873,6 +769,23 @@ async fn main() {
             .map_or(&INDEX_SETS[0], |k| &INDEX_SETS[k.min(INDEX_SETS.len() - 1)]);
         b.index_set.set(set.1);
         println!("{}", b.profile(seed, set.0).await);
+        return;
+    }
+    if args.iter().any(|a| a == "--hot-rows") {
+        let trials = if args.iter().any(|a| a == "--carts-only") {
+            0
+        } else {
+            6
+        };
+        let hot_row = b.hot_row(trials).await;
+        let seed = "bench_seed_shoppers";
+        b.seed(seed, 100_000, 100_000).await;
+        let carts = b.carts(seed, reps_arg(&args).unwrap_or(2)).await;
+        println!(
+            "## Hot rows and carts (`scripts/bench.sh --hot-rows`, {})\n\n{}\n{carts}",
+            std::env::var("BENCH_STARTED").unwrap_or_default(),
+            hot_row.trim_start(),
+        );
         return;
     }
     if args.iter().any(|a| a == "--shoppers-only") {

@@ -1,0 +1,80 @@
+//! Carts against a large drain: for each cart shape (one item; two items locked all variants
+//! first; two items locked item by item), on a fresh copy of the shoppers' seed, the shoppers'
+//! latency while nothing drains and while this project drains 100,000 due reservations
+//! concentrated on the same hot drop rows; side by side, with the targets.
+
+use std::fmt::Write as _;
+
+use crate::shoppers::{self, Cart, PHASE, SHOPPERS};
+use crate::{drain_with_defaults, ms, Bench, HOT_VARIANTS};
+
+/// The shapes compared, in table order; one item on cold rows tells what the drain costs the
+/// shoppers in CPU (2 cores) from what it costs them in lock waits.
+const SHAPES: [Cart; 4] = [
+    Cart::OneHot,
+    Cart::TwoVariantsFirst,
+    Cart::TwoItemByItem,
+    Cart::OneCold,
+];
+
+impl Bench {
+    /// The carts section: one row per shape and repetition, each on a fresh copy of `seed`.
+    pub async fn carts(&self, seed: &str, reps: usize) -> String {
+        let mut md = String::new();
+        let _ = writeln!(
+            md,
+            "\n## Carts of several items against a drain (N = 100,000, defaults)\n\n\
+             {SHOPPERS} shoppers check out back to back on the {HOT_VARIANTS} hot drop variants the \
+             backlog is concentrated on, with carts of one item or of two distinct hot variants \
+             (taken in ascending id), locking either all variant rows first and then the drop \
+             rows, or item by item (variant, its drop, next variant, its drop). For each shape, \
+             on a fresh copy of one seed: a quiet phase of {} s, then a phase that lasts as long \
+             as this project's drain of 100,000 due reservations. {reps} interleaved \
+             repetition(s).\n",
+            PHASE.as_secs()
+        );
+        let _ = writeln!(
+            md,
+            "| cart | quiet checkouts | quiet p99 / max (ms) | drain checkouts | drain p99 / max (ms) | p99 ratio (≤ 1.5) | max over quiet (≤ +50 ms) | failed | drain (ms) | deferred (< 1 %) | queue batches | held wait (ms) |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for rep in 1..=reps {
+            for cart in SHAPES {
+                eprintln!("carts: {} (repetition {rep}) ...", cart.describe());
+                let url = self.copy(seed, "bench_carts").await;
+                let (quiet, ()) = shoppers::phase(&url, cart, 1, async {}).await;
+                let (drain, (took, r)) =
+                    shoppers::phase(&url, cart, 2, drain_with_defaults(url.clone())).await;
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {:.1} / {:.1} | {} | {:.1} / {:.1} | **{:.2}** | **{:+.1}** | {} | {:.0} | {:.2} % | {} | {:.0} |",
+                    cart.describe(),
+                    quiet.n,
+                    quiet.p99,
+                    quiet.max,
+                    drain.n,
+                    drain.p99,
+                    drain.max,
+                    drain.p99 / quiet.p99.max(f64::EPSILON),
+                    drain.max - quiet.max,
+                    quiet.failed + drain.failed,
+                    ms(took),
+                    100.0 * r.deferred as f64 / r.counts.reservations_released.max(1) as f64,
+                    r.counts.queue_waits,
+                    r.counts.held_wait_ms,
+                );
+                for failure in [&quiet.first_failure, &drain.first_failure]
+                    .into_iter()
+                    .flatten()
+                {
+                    let _ = writeln!(
+                        md,
+                        "\nfirst failed checkout ({}): {failure}\n",
+                        cart.describe()
+                    );
+                }
+            }
+        }
+        md
+    }
+}
