@@ -560,9 +560,8 @@ enum Round {
     /// stays.
     Held,
     /// Counter rows stayed held while the round tried them for `LOCK_TIMEOUT_MS` (or are
-    /// known to be held for long): the reservations that need them. Nothing of this round
-    /// stays.
-    CountersHeld(Vec<HeldReservation>),
+    /// known to be held for long). Nothing of this round stays.
+    CountersHeld(HeldCounters),
     /// Some claimed orders (or holds) were not due on the rows locked: leave them out.
     NotDue {
         orders: BTreeSet<i64>,
@@ -615,9 +614,10 @@ async fn release_claimed(
     while !claimed.is_empty() {
         match release_round(tx, st, rules, claimed, patience, &params.hot_phase, out).await? {
             Round::Done => return Ok(()),
-            Round::CountersHeld(held) => {
+            Round::CountersHeld(HeldCounters { last, always }) => {
                 sql::savepoint(tx, true).await?;
-                leave_out(&held, claimed, out);
+                out.long_held.add(&always);
+                leave_out(&last, claimed, out);
             }
             Round::NotDue { orders, holds } => {
                 sql::savepoint(tx, true).await?;
@@ -669,6 +669,7 @@ async fn wait_for_held_rows(
             poll_pause(&mut pause, &mut out.counts.held_wait_ms).await;
             continue;
         }
+        out.long_held.add(&held);
         leave_out(&held, claimed, out);
         if claimed.is_empty() {
             return Ok(());
@@ -676,10 +677,8 @@ async fn wait_for_held_rows(
     }
 }
 
-/// Leaves out the orders and holds whose rows are still held (`held`), and notes the counter
-/// rows among them as held for long.
+/// Leaves out the orders and holds whose rows are still held (`held`).
 fn leave_out(held: &[HeldReservation], claimed: &mut Claimed, out: &mut BatchOutcome) {
-    out.long_held.add(held);
     let (orders, holds) = owners(held);
     tracing::debug!(
         orders = orders.len(),
@@ -847,6 +846,16 @@ impl Tally {
     }
 }
 
+/// Counter rows a round gave up on, as the reservations that need them.
+#[derive(Debug)]
+struct HeldCounters {
+    /// Held at the last try: their orders and holds are left out of the batch.
+    last: Vec<HeldReservation>,
+    /// Held at every try: held for long (an open admin transaction, an import), not by the
+    /// checkouts of a hot row taking turns; later batches of the run do not poll for them.
+    always: Vec<HeldReservation>,
+}
+
 /// Step 5: gives the units back to the variants, then the drops, all or nothing, after
 /// [`sql::COUNTERS_SAVEPOINT`], so that the hot rows are held only from these updates to the
 /// commit. Each try takes what is free (`SKIP LOCKED`); a row held makes it roll back to the
@@ -862,10 +871,11 @@ async fn take_counters(
     released: &[ReleasedReservation],
     patience: Patience<'_>,
     waited_ms: &mut f64,
-) -> Result<std::result::Result<(u64, u64), Vec<HeldReservation>>> {
+) -> Result<std::result::Result<(u64, u64), HeldCounters>> {
     sql::counters_savepoint(tx, false).await?;
     let mut pause = POLL;
     let mut polling_since = None;
+    let mut always: Option<(BTreeSet<i64>, BTreeSet<i64>)> = None;
     // The time from the first try that met a held row to the last try: pauses and tries.
     let mut count_wait = |since: Option<Instant>| {
         *waited_ms += since.map_or(0.0, |s: Instant| s.elapsed().as_secs_f64() * 1000.0);
@@ -881,10 +891,15 @@ async fn take_counters(
             (v, d) => (v.err().unwrap_or_default(), d.err().unwrap_or_default()),
         };
         sql::counters_savepoint(tx, true).await?;
+        let (always_v, always_d) =
+            always.get_or_insert_with(|| (held_variants.clone(), held_drops.clone()));
+        always_v.retain(|v| held_variants.contains(v));
+        always_d.retain(|d| held_drops.contains(d));
         let held = needing(released, &held_variants, &held_drops);
         if patience.long_held.covers(&held) || Instant::now() >= patience.until {
             count_wait(polling_since);
-            return Ok(Err(held));
+            let always = needing(released, always_v, always_d);
+            return Ok(Err(HeldCounters { last: held, always }));
         }
         polling_since.get_or_insert_with(Instant::now);
         poll_pause(&mut pause, &mut 0.0).await;

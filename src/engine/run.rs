@@ -88,6 +88,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const MIN_PAGE_SIZE: i64 = 16;
 /// How often the cancel request is sent again while a cut batch has not yet stopped.
 const CANCEL_REPEAT: Duration = Duration::from_millis(20);
+/// Rounds of tries of the deferred work at the end of a run, at most: a hot row that checkouts
+/// take in turns is free at some tries and not others, so a round that released some is
+/// followed by another; one that released nothing ends them (the rows are held for long).
+const RETRY_ROUNDS: usize = 4;
 /// Orders (or holds) a queue batch works at most: it holds the hottest row from the moment it
 /// leaves the queue until it commits, and every shopper queued behind it waits that long, so
 /// it must be as short as one more checkout, not a page.
@@ -265,29 +269,48 @@ impl<'a> Run<'a> {
 
     /// Once the pages are drained: the orders left out for a counter row that stayed held are
     /// taken by queue batches, each waiting in that row's lock queue (see [`Source::Queue`]);
-    /// then one more try, polling again, of whatever is still deferred (the cursor has passed
-    /// it). What is still held then is left for the next run.
+    /// then more tries, polling again, of whatever is still deferred (the cursor has passed
+    /// it): round after round while a round releases some, [`RETRY_ROUNDS`] at most. What is
+    /// still held then is left for the next run.
     async fn retry_deferred(&mut self, db: &mut Database) -> Result<StopReason> {
         if let Some(stop) = self.queue_batches(db).await? {
             return Ok(stop);
         }
+        for _ in 0..RETRY_ROUNDS {
+            let before = self.deferred_orders.len() + self.deferred_holds.len();
+            if before == 0 {
+                break;
+            }
+            if let Some(stop) = self.retry_round(db).await? {
+                return Ok(stop);
+            }
+            if self.deferred_orders.len() + self.deferred_holds.len() >= before {
+                break;
+            }
+        }
+        Ok(StopReason::Drained)
+    }
+
+    /// One try of every deferred order and hold, a page at a time (each batch polling for the
+    /// rows it finds held).
+    async fn retry_round(&mut self, db: &mut Database) -> Result<Option<StopReason>> {
         self.retry_queue = (
             self.deferred_orders.iter().copied().collect(),
             self.deferred_holds.iter().copied().collect(),
         );
         while !self.retry_queue.0.is_empty() || !self.retry_queue.1.is_empty() {
             if let Some(stop) = self.limit_reached() {
-                return Ok(stop);
+                return Ok(Some(stop));
             }
             let batch = match self.batch_with_retries(db, Work::Deferred).await? {
                 Ok(batch) => batch,
-                Err(stop) => return Ok(stop),
+                Err(stop) => return Ok(Some(stop)),
             };
             if let Some(stop) = self.record(db, batch).await? {
-                return Ok(stop);
+                return Ok(Some(stop));
             }
         }
-        Ok(StopReason::Drained)
+        Ok(None)
     }
 
     /// One queue batch after another for each counter row the run found held for long (most

@@ -100,6 +100,11 @@ async fn two_runs_at_once_release_each_reservation_exactly_once() {
     let mut a = t.open_with(&s).await;
     let mut b = t.open_with(&s).await;
     let (ra, rb) = tokio::join!(run(&mut a, &s, false), run(&mut b, &s, false));
+    // The runs overlapped: each took a share of the 24 or more batches.
+    assert!(
+        ra.counts.reservations_released > 0 && rb.counts.reservations_released > 0,
+        "one run did all the work: {ra:?} {rb:?}"
+    );
     assert_eq!(
         ra.counts.reservations_released + rb.counts.reservations_released,
         total
@@ -142,13 +147,21 @@ async fn a_variant_held_briefly_by_a_checkout_is_waited_for() {
     let mut s = settings();
     s.lock_timeout_ms = 400;
     let mut db = t.open_with(&s).await;
+    let release_pid = backend_pid(&db.client).await;
+    let watcher = t.connect().await;
     let release = async { run(&mut db, &s, false).await };
     let checkout = async {
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        tx.commit().await
+        // The batch met the held row and is polling for it: only then does the checkout end.
+        let polling = until_polling(&watcher, release_pid).await;
+        (polling, tx.commit().await)
     };
-    let (report, committed) = tokio::join!(release, checkout);
+    let (report, (polling, committed)) = tokio::join!(release, checkout);
+    assert!(
+        polling,
+        "the batch never polled for the held row: {report:?}"
+    );
     committed.expect("the checkout failed");
+    assert!(report.counts.held_wait_ms > 0.0, "{report:?}");
     assert_eq!(report.counts.reservations_released, 1, "{report:?}");
     assert_eq!(
         (report.deferred, report.batch_retries),
@@ -285,6 +298,29 @@ async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
         .await
         .unwrap()
         .get(0)
+}
+
+/// Waits (up to 5 s) until the release's session `pid` is between two tries for a held counter
+/// row — idle in its transaction right after rolling back to the counters' savepoint — and
+/// says whether it was seen so.
+async fn until_polling(watcher: &tokio_postgres::Client, pid: i32) -> bool {
+    for _ in 0..2500 {
+        let polling: bool = watcher
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 \
+                   AND state = 'idle in transaction' \
+                   AND query LIKE 'ROLLBACK TO SAVEPOINT unreserver_counters%')",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if polling {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    false
 }
 
 /// Which row another session holds for a whole run.
@@ -425,10 +461,12 @@ async fn a_row_held_for_long_is_polled_for_once_not_in_every_batch() {
     assert_eq!(t.drifted_counters().await, 0);
 }
 
-/// A lock cycle with a checkout that takes variants in descending order: the batch gives up
-/// its wait first (its `lock_timeout` is well below `deadlock_timeout`), rolls back to its
-/// savepoint — letting go of the row the checkout wants — and leaves the order for the retry
-/// at the end of the run; the checkout never gets a deadlock error, and the order is released.
+/// The shape of a lock cycle: a checkout holds v2 and then asks for v1, while the batch needs
+/// both. The batch never holds v1 while it polls for v2 (each try takes the counters all or
+/// nothing and gives them back), so no cycle forms: the checkout's request for v1, made while
+/// the batch is seen polling, is granted at once (its `lock_timeout` is 100 ms; a batch that
+/// kept v1 would hold it for its whole 300 ms window), the checkout commits, and the same
+/// run then releases the order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_lock_cycle_the_batch_gives_up_not_the_checkout() {
     let t = TestDb::new().await;
@@ -443,34 +481,37 @@ async fn in_a_lock_cycle_the_batch_gives_up_not_the_checkout() {
     let mut shopper = t.connect().await;
     let tx = shopper.transaction().await.unwrap();
     // The checkout takes v2 first...
-    tx.execute(
-        "UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 WHERE id = $1",
-        &[&v2],
-    )
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = '100ms'; \
+         UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 WHERE id = {v2}"
+    ))
     .await
     .unwrap();
     let mut s = settings();
     s.lock_timeout_ms = 300;
     let mut db = t.open_with(&s).await;
+    let release_pid = backend_pid(&db.client).await;
+    let watcher = t.connect().await;
     let release = async { run(&mut db, &s, false).await };
     let checkout = async {
-        // ...then, while the batch holds v1 and waits on v2, asks for v1: a cycle.
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        tx.execute(
-            "UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 WHERE id = $1",
-            &[&v1],
-        )
-        .await?;
-        tx.commit().await
+        // ...then, once the batch is polling for v2, asks for v1.
+        let polling = until_polling(&watcher, release_pid).await;
+        let asked = tx
+            .execute(
+                "UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 WHERE id = $1",
+                &[&v1],
+            )
+            .await;
+        (polling, asked, tx.commit().await)
     };
-    let (report, checkout) = tokio::join!(release, checkout);
-    checkout.expect("the checkout failed: the release made a shopper's transaction fail");
-    let report = if report.counts.reservations_released == 2 {
-        report
-    } else {
-        // The retry at the end of the run came before the checkout's commit.
-        run(&mut db, &s, false).await
-    };
-    assert_eq!(report.counts.reservations_released, 2, "{report:?}");
+    let (report, (polling, asked, committed)) = tokio::join!(release, checkout);
+    assert!(polling, "the batch never polled for v2: {report:?}");
+    asked.expect("the checkout waited for v1: the batch kept it while polling");
+    committed.expect("the checkout failed to commit");
+    assert_eq!(
+        (report.counts.reservations_released, report.deferred),
+        (2, 0),
+        "{report:?}"
+    );
     assert_eq!((t.reserved(v1).await, t.reserved(v2).await), (1, 1));
 }

@@ -237,6 +237,61 @@ async fn gives_up_retryably_on_a_held_row_and_never_makes_the_holder_wait() {
     assert!(outcome.revived);
 }
 
+/// While revive tries again and again for a drop row a holder keeps, a shopper checks out on
+/// the order's two variants, which revive locks before the drop in each try: each of the
+/// shopper's updates is granted within 60 ms (its own `lock_timeout`), so revive never keeps
+/// them while it waits for the drop. The scenario is asserted first: revive did try (it gave
+/// up `LockBusy`) and the shopper's updates ran during those tries. A revive that kept the
+/// variants locked between its tries (LOCK_TIMEOUT_MS, 100 ms, at a time) fails it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revive_polling_for_a_held_row_keeps_no_other_row_from_a_shopper() {
+    let t = TestDb::new().await;
+    let (order, v, d, v2) = released_order(&t).await;
+    let mut holder = t.connect().await;
+    let held = holder.transaction().await.unwrap();
+    held.execute(
+        "SELECT 1 FROM drops_dropproduct WHERE id = $1 FOR UPDATE",
+        &[&d],
+    )
+    .await
+    .unwrap();
+    let reviving = Arc::new(AtomicBool::new(true));
+    let shopper = {
+        let mut c = t.connect().await;
+        let reviving = reviving.clone();
+        tokio::spawn(async move {
+            let mut granted = 0_u32;
+            while reviving.load(Ordering::Relaxed) {
+                let tx = c.transaction().await.unwrap();
+                tx.batch_execute(&format!(
+                    "SET LOCAL lock_timeout = '60ms'; \
+                     UPDATE products_productvariant SET reserved_quantity = reserved_quantity \
+                      WHERE id IN ({v}, {v2})"
+                ))
+                .await
+                .map_err(|e| format!("a shopper waited on revive: {e}"))?;
+                tx.commit().await.unwrap();
+                granted += 1;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            Ok::<u32, String>(granted)
+        })
+    };
+    let mut db = t.open().await;
+    let err = revive(&mut db, &settings(), HOLD_MINUTES, order)
+        .await
+        .unwrap_err();
+    reviving.store(false, Ordering::Relaxed);
+    assert_eq!(err.kind(), "LockBusy", "{}", err.chain());
+    let granted = shopper.await.unwrap().unwrap();
+    assert!(
+        granted > 10,
+        "the shopper hardly ran during revive: {granted}"
+    );
+    held.commit().await.unwrap();
+    assert_eq!(t.order_status(order).await, "cancelled");
+}
+
 /// Shoppers check out on four hot variants (lock the variant and drop rows, check the room,
 /// reserve, insert a reservation due in 300 ms), the release runs in a loop, and revivers try
 /// random released orders, for three seconds. Then every counter equals its active
