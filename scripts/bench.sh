@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark: starts a throwaway PostgreSQL (durable commits, as in production), builds the
 # release binaries, and measures this project against the lower bound and the per-row baseline
-# (examples/bench.rs). Writes BENCHMARKS.md. `scripts/bench.sh --million` adds N = 1,000,000.
+# (examples/bench/). Writes BENCHMARKS.md. `scripts/bench.sh --million` adds N = 1,000,000.
 # Partial runs print their section instead (--events-only, --index-sets-only, --shoppers-only);
 # --batch-size N measures with another batch size in place of the shipped default;
 # --profile (each statement's database time in one drain and in the lower bound) and --hot-rows
