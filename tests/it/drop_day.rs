@@ -63,10 +63,14 @@ async fn an_extension_committed_after_the_claim_is_respected() {
     assert_eq!(t.reserved(v).await, 1);
 }
 
-/// A batch made slow (a trigger sleeping 2 s, once) while a shopper that holds a variant the
+/// A batch made slow (a trigger sleeping 3 s, once) while a shopper that holds a variant the
 /// batch needs waits on the order the batch claimed — a lock cycle that would close late: the
-/// batch is cut at its budget (half of `deadlock_timeout`), rolls back, and is tried again with
-/// half the rows; the shopper waits less than the budget allows and commits.
+/// batch is cut at its budget (half of `deadlock_timeout`, told by `SHOP_DEADLOCK_TIMEOUT_MS`:
+/// 2 s, a budget of 1 s), rolls back, and is tried again with half the rows; the shopper, who
+/// starts waiting once the batch is seen inside the slow statement, waits about the budget and
+/// commits. The scenario is asserted first (the shopper did wait on the batch, 500 ms or more);
+/// the bound (the budget plus 450 ms for the cancel and the rollback on a loaded CI) fails a
+/// doubled budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_batch_is_cut_at_its_budget_and_the_shopper_commits() {
     let t = TestDb::new().await;
@@ -74,7 +78,7 @@ async fn a_slow_batch_is_cut_at_its_budget_and_the_shopper_commits() {
     t.exec(
         "CREATE SEQUENCE slow_tries; \
          CREATE FUNCTION slow_once() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
-           BEGIN IF nextval('slow_tries') = 1 THEN PERFORM pg_sleep(2); END IF; RETURN NEW; END $$; \
+           BEGIN IF nextval('slow_tries') = 1 THEN PERFORM pg_sleep(3); END IF; RETURN NEW; END $$; \
          CREATE TRIGGER slow_once BEFORE UPDATE ON orders_inventoryreservation \
            FOR EACH ROW EXECUTE FUNCTION slow_once()",
     )
@@ -87,29 +91,56 @@ async fn a_slow_batch_is_cut_at_its_budget_and_the_shopper_commits() {
         ))
         .await
         .unwrap();
-    let s = settings();
+    let mut s = settings();
+    s.shop_deadlock_timeout_ms = Some(2000);
+    let budget = Duration::from_millis(1000);
     let mut db = t.open_with(&s).await;
-    assert_eq!(db.preflight.deadlock_timeout_ms, 1000);
+    let release_pid: i32 = db
+        .client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let watcher = t.connect().await;
     let release = async { run(&mut db, &s, false).await };
     let checkout = async {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // The batch is inside its slow statement, holding the order.
+        let mut sleeping = false;
+        for _ in 0..1000 {
+            sleeping = watcher
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'PgSleep')",
+                    &[&release_pid],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if sleeping {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         let started = Instant::now();
         // Adds an item to the order the batch holds: the foreign-key check waits on it.
-        shopper
+        let inserted = shopper
             .batch_execute(&format!(
                 "INSERT INTO orders_inventoryreservation (order_id, product_variant_id, quantity, expires_at) \
                  VALUES ({order}, {v}, 1, now() + interval '15 minutes'); COMMIT"
             ))
             .await
-            .map(|()| started.elapsed())
+            .map(|()| started.elapsed());
+        (sleeping, inserted)
     };
-    let (report, waited) = tokio::join!(release, checkout);
+    let (report, (sleeping, waited)) = tokio::join!(release, checkout);
+    eprintln!("the shopper waited {waited:?} on a batch with a budget of {budget:?}");
+    assert!(sleeping, "the batch was never seen in its slow statement");
     let waited = waited.expect("the shopper's transaction failed");
-    // The budget (500 ms) plus the cancel and the rollback; 829 ms was measured once on the
-    // 2-core CI with every test running beside it, hence the margin (the 2 s trigger is the
-    // wait the cut prevents).
     assert!(
-        waited < Duration::from_millis(1000),
+        waited >= Duration::from_millis(500),
+        "the shopper hardly waited on the batch: {waited:?}"
+    );
+    assert!(
+        waited < budget + Duration::from_millis(450),
         "the shopper waited {waited:?}"
     );
     assert!(report.batch_retries >= 1, "{report:?}");

@@ -104,6 +104,48 @@ async fn a_statement_timeout_fails_the_run_naming_the_statement() {
     assert_eq!((t.reserved(v).await, t.drop_reserved(d).await), (0, 0));
 }
 
+/// Every batch is slow (a trigger sleeps 300 ms on each reservation it expires) against a
+/// budget of 100 ms (`SHOP_DEADLOCK_TIMEOUT_MS` 200): each batch is cut and tried again with half
+/// the rows, down to 16 or fewer; cut twice there, the run fails `TooSlow` — naming the slow
+/// statement and the budget, not retryable — and nothing changed. The scenario is asserted
+/// first: the page was halved down to the minimum (five cuts or more from 500 rows).
+#[tokio::test]
+async fn a_batch_cut_twice_at_the_smallest_size_fails_too_slow() {
+    let t = TestDb::new().await;
+    for _ in 0..3 {
+        t.one_due_order(1).await;
+    }
+    t.exec(
+        "CREATE FUNCTION always_slow() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
+           BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$; \
+         CREATE TRIGGER always_slow BEFORE UPDATE ON orders_inventoryreservation \
+           FOR EACH ROW EXECUTE FUNCTION always_slow()",
+    )
+    .await;
+    let before = t.fingerprint().await;
+    let mut s = settings();
+    s.shop_deadlock_timeout_ms = Some(200);
+    s.batch_size = 500;
+    let mut db = t.open_with(&s).await;
+    let failure = unreserver::run(&mut db, &s, &RunOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        failure.report.batch_retries >= 5,
+        "the page was not halved down to the minimum: {:?}",
+        failure.report
+    );
+    assert_eq!(failure.error.kind(), "TooSlow", "{}", failure.error.chain());
+    let text = failure.error.chain();
+    assert!(
+        text.contains("expiring reservations") && text.contains("budget of 100 ms"),
+        "{text}"
+    );
+    assert!(!failure.error.is_retryable());
+    assert_eq!(failure.report.stopped_reason, StopReason::Failed);
+    assert_eq!(t.fingerprint().await, before);
+}
+
 /// The connection is killed (`pg_terminate_backend`) while a batch is in flight: the run fails
 /// with a retryable error naming the lost connection, the batch leaves nothing behind, and a
 /// new connection completes the work.
