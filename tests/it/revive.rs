@@ -294,8 +294,9 @@ async fn a_revive_polling_for_a_held_row_keeps_no_other_row_from_a_shopper() {
 
 /// Shoppers check out on four hot variants (lock the variant and drop rows, check the room,
 /// reserve, insert a reservation due in 300 ms), the release runs in a loop, and revivers try
-/// random released orders, for three seconds. Then every counter equals its active
-/// reservations and nothing is oversold.
+/// random released orders, for three seconds, with so little stock (15 a drop) that it runs
+/// out. No checkout fails; every counter equals its active reservations and nothing is
+/// oversold. The race is asserted to have happened: checkouts, stock running out, revives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revive_racing_the_release_and_checkouts_never_oversells() {
     let t = Arc::new(TestDb::new().await);
@@ -303,12 +304,12 @@ async fn revive_racing_the_release_and_checkouts_never_oversells() {
     for _ in 0..4 {
         let v = t.variant(0).await;
         t.exec(&format!(
-            "UPDATE products_productvariant SET stock_quantity = 60 WHERE id = {v}"
+            "UPDATE products_productvariant SET stock_quantity = 20 WHERE id = {v}"
         ))
         .await;
         let d = t.drop_product(v, 0).await;
         t.exec(&format!(
-            "UPDATE drops_dropproduct SET drop_quantity = 50 WHERE id = {d}"
+            "UPDATE drops_dropproduct SET drop_quantity = 15 WHERE id = {d}"
         ))
         .await;
         variants.push((v, d));
@@ -332,15 +333,26 @@ async fn revive_racing_the_release_and_checkouts_never_oversells() {
     let variants = Arc::new(variants);
     let stop = Arc::new(AtomicBool::new(false));
     let revived = Arc::new(AtomicU64::new(0));
+    let sold_out = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
+    let mut shoppers = Vec::new();
     for _ in 0..3 {
         let (t, variants, stop) = (t.clone(), variants.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
+        let sold_out = sold_out.clone();
+        shoppers.push(tokio::spawn(async move {
             let mut c = t.connect().await;
+            let mut reserved = 0_u64;
             while !stop.load(Ordering::Relaxed) {
-                checkout(&mut c, &variants).await;
+                match checkout(&mut c, &variants).await {
+                    Ok(true) => reserved += 1,
+                    Ok(false) => {
+                        sold_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(format!("a checkout failed: {e}")),
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            Ok(reserved)
         }));
     }
     {
@@ -379,6 +391,17 @@ async fn revive_racing_the_release_and_checkouts_never_oversells() {
     for task in tasks {
         task.await.unwrap();
     }
+    let mut reserved = 0;
+    for shopper in shoppers {
+        reserved += shopper.await.unwrap().unwrap();
+    }
+    // The race happened: checkouts reserved, the stock ran out under them (so the oversell
+    // check below checks something), and orders were revived.
+    assert!(reserved > 10, "too few checkouts: {reserved}");
+    assert!(
+        sold_out.load(Ordering::Relaxed) > 0,
+        "the stock never ran out: the race did not reach the limit"
+    );
     assert!(
         revived.load(Ordering::Relaxed) > 0,
         "no order was revived: the race did not happen"
@@ -393,13 +416,15 @@ async fn revive_racing_the_release_and_checkouts_never_oversells() {
 }
 
 /// A checkout as a shop writes it: lock the variant and its drop row, check the room, reserve,
-/// insert the order and its reservation (due in 300 ms). Gives up quietly on a lock error.
-async fn checkout(c: &mut tokio_postgres::Client, variants: &[(i64, i64)]) {
+/// insert the order and its reservation (due in 300 ms). True when it reserved, false when
+/// the stock was out; any error is the shopper's failure.
+async fn checkout(
+    c: &mut tokio_postgres::Client,
+    variants: &[(i64, i64)],
+) -> Result<bool, tokio_postgres::Error> {
     let (v, d) = variants[fastrand::usize(..variants.len())];
     let qty = 1 + fastrand::i32(0..2);
-    let Ok(tx) = c.transaction().await else {
-        return;
-    };
+    let tx = c.transaction().await?;
     let room = tx
         .query_one(
             "SELECT (SELECT stock_quantity - reserved_quantity FROM products_productvariant \
@@ -408,26 +433,23 @@ async fn checkout(c: &mut tokio_postgres::Client, variants: &[(i64, i64)]) {
                      WHERE id = $2 FOR UPDATE)",
             &[&v, &d],
         )
-        .await;
-    let Ok(room) = room else { return };
+        .await?;
     let (vr, dr): (i32, i32) = (room.get(0), room.get(1));
     if vr < qty || dr < qty {
-        let _ = tx.rollback().await;
+        tx.rollback().await?;
         tokio::time::sleep(Duration::from_millis(5)).await;
-        return;
+        return Ok(false);
     }
-    let done = tx
-        .batch_execute(&format!(
+    tx.batch_execute(&format!(
             "UPDATE products_productvariant SET reserved_quantity = reserved_quantity + {qty} WHERE id = {v}; \
              UPDATE drops_dropproduct SET reserved_quantity = reserved_quantity + {qty} WHERE id = {d}; \
              WITH o AS (INSERT INTO orders_order (order_number) VALUES ('R-' || left(md5(random()::text), 24)) RETURNING id) \
              INSERT INTO orders_inventoryreservation (order_id, product_variant_id, drop_product_id, quantity, expires_at) \
              SELECT o.id, {v}, {d}, {qty}, now() + interval '300 milliseconds' FROM o"
-        ))
-        .await;
-    if done.is_ok() {
-        let _ = tx.commit().await;
-    }
+    ))
+    .await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// A revive retried after it was done (a payment webhook delivered twice, a timeout on the
