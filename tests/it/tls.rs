@@ -1,13 +1,16 @@
 //! TLS to the database for real: the test server runs with `ssl=on` and a certificate from a CA
-//! made by `scripts/test.sh`; `sslmode=require` verifies the chain and the host name.
+//! made by `scripts/test.sh`; `sslmode=require` verifies the chain and the host name; the
+//! release itself runs as its least-privilege role over such a connection.
 
 use std::path::PathBuf;
 
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config};
-use unreserver::{apply_defaults, connect, tls_certificates, tls_connector, Error, RdsCaRegions};
+use unreserver::{
+    apply_defaults, connect, tls_certificates, tls_connector, Database, Error, RdsCaRegions,
+};
 
-use crate::common::{admin_password, pg_port, test_env};
+use crate::common::{admin_password, pg_port, run, settings, test_env, TestDb, RELEASE_ROLE};
 
 fn ca() -> PathBuf {
     test_env("UNRESERVER_TEST_CA_CERT").into()
@@ -191,4 +194,42 @@ async fn without_sslmode_a_server_that_offers_no_tls_is_refused() {
         sent_in_clear.is_empty(),
         "sent in the clear: {sent_in_clear:?}"
     );
+}
+
+/// The release end to end as it runs in production: the least-privilege role of
+/// `infra/role.sql`, over TLS verified against the CA (chain and host name), releasing a due
+/// order with a drop line — every statement of a run, preflight included, on that connection.
+#[tokio::test]
+async fn the_release_runs_as_its_role_over_verified_tls() {
+    let t = TestDb::new().await;
+    let (v, order, _) = t.one_due_order(2).await;
+    let mut config = t.release_config();
+    config.host("localhost").ssl_mode(SslMode::Require);
+    let tls = tls_connector(Some(&ca()), &RdsCaRegions::All).unwrap();
+    let mut db = Database::open(&config, &tls, settings().lock_timeout_ms)
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.chain()));
+    assert!(
+        uses_tls(&db.client).await,
+        "the release connection is not TLS"
+    );
+    let role: String = db
+        .client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(role, RELEASE_ROLE);
+    let report = run(&mut db, &settings(), false).await;
+    assert_eq!(
+        (
+            report.counts.reservations_released,
+            report.counts.orders_cancelled
+        ),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_eq!(t.order_status(order).await, "cancelled");
+    assert_eq!(t.reserved(v).await, 0);
+    assert_eq!(t.drifted_counters().await, 0);
 }
