@@ -369,3 +369,60 @@ async fn the_release_delay_counts_only_lines_that_were_due() {
         assert!((29.0..300.0).contains(&figure), "{delay:?}");
     }
 }
+
+/// The report's days are UTC days, split at midnight UTC: a reservation released one second
+/// after today's midnight counts today, one released one second before it counts yesterday,
+/// and one released a second before yesterday's midnight is outside `--days 2`; each day's
+/// delay is its own line's.
+#[tokio::test]
+async fn the_report_splits_its_days_at_midnight_utc() {
+    let t = TestDb::new().await;
+    let v = t.variant(0).await;
+    for (name, released, delay) in [
+        (
+            "TODAY",
+            "date_trunc('day', now(), 'UTC') + interval '1 second'",
+            10,
+        ),
+        (
+            "YESTERDAY",
+            "date_trunc('day', now(), 'UTC') - interval '1 second'",
+            20,
+        ),
+        (
+            "BEFORE",
+            "date_trunc('day', now(), 'UTC') - interval '1 day 1 second'",
+            40,
+        ),
+    ] {
+        t.exec(&format!(
+            "WITH o AS (INSERT INTO orders_order (order_number, status, payment_status, cancelled_at) \
+               VALUES ('{name}', 'cancelled', 'pending', {released}) RETURNING id, cancelled_at) \
+             INSERT INTO orders_inventoryreservation (order_id, product_variant_id, quantity, status, \
+               created_at, expires_at, released_at) \
+             SELECT id, {v}, 1, 'expired', cancelled_at - interval '20 minutes', \
+               cancelled_at - interval '{delay} seconds', cancelled_at FROM o"
+        ))
+        .await;
+    }
+    let db = t.open().await;
+    let report = unreserver::release_delay_report(&db, &settings(), 2)
+        .await
+        .unwrap();
+    let figures: Vec<(i64, Option<f64>)> = report
+        .days
+        .iter()
+        .map(|d| (d.reservations_released, d.release_delay_seconds.max))
+        .collect();
+    assert_eq!(figures, [(1, Some(10.0)), (1, Some(20.0))], "{report:?}");
+    let today: String = t
+        .client
+        .query_one(
+            "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(report.days[0].day, today);
+}
