@@ -195,3 +195,61 @@ async fn the_revive_and_report_actions_answer_the_cli_json() {
         "InvalidPayload"
     );
 }
+
+/// More failures, each from a real cause in the database, reach Lambda with their own
+/// `errorType`: a table a migration holds (`TableLocked`), a statement slower than
+/// `STATEMENT_TIMEOUT_MS` (`TooSlow`), a database error the release cannot help (a trigger that
+/// raises: `DatabaseError`), and a revive whose row a shopper holds (`LockBusy`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_database_failure_reaches_lambda_with_its_error_type() {
+    let t = TestDb::new().await;
+    let (v, order, _) = t.one_due_order(1).await;
+    let good = state_for(t.release_url()).await;
+
+    let holder = t.connect().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE orders_inventoryreservation IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    assert_eq!(error_type(&good, json!({})).await, "TableLocked");
+    holder.batch_execute("ROLLBACK").await.unwrap();
+
+    t.exec(
+        "CREATE FUNCTION slow_release() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
+           BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$; \
+         CREATE TRIGGER slow_release BEFORE UPDATE ON orders_inventoryreservation \
+           FOR EACH ROW EXECUTE FUNCTION slow_release()",
+    )
+    .await;
+    let slow = state(&[
+        ("DATABASE_URL", t.release_url()),
+        ("STATEMENT_TIMEOUT_MS", "300".into()),
+        ("LOCK_TIMEOUT_MS", "50".into()),
+    ])
+    .await;
+    assert_eq!(error_type(&slow, json!({})).await, "TooSlow");
+
+    t.exec(
+        "CREATE OR REPLACE FUNCTION slow_release() RETURNS trigger LANGUAGE plpgsql \
+           SECURITY DEFINER AS $$ BEGIN RAISE EXCEPTION 'the shop refuses'; END $$",
+    )
+    .await;
+    assert_eq!(error_type(&good, json!({})).await, "DatabaseError");
+    t.exec("DROP TRIGGER slow_release ON orders_inventoryreservation")
+        .await;
+
+    let report = handle(&good, event(json!({}), 60_000)).await.unwrap();
+    assert_eq!(report["reservations_released"], 1, "{report}");
+    let shopper = t.connect().await;
+    shopper
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM products_productvariant WHERE id = {v} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        error_type(&good, json!({"action": "revive", "order_id": order})).await,
+        "LockBusy"
+    );
+    shopper.batch_execute("ROLLBACK").await.unwrap();
+}
