@@ -244,7 +244,13 @@ async fn each_cancelled_order_and_hold_arrives_once_and_the_database_replays_the
     // Published again from the database: each arrives once more.
     let again = publisher.publish(from_rows(&rows, None)).await;
     assert_eq!((again.published, again.failed), (3, 0));
-    assert_eq!(by_subject(&drain(&queue).await), delivered);
+    let arrived = drain(&queue).await;
+    assert_eq!(
+        arrived.len(),
+        3,
+        "each arrives once more, not twice: {arrived:#?}"
+    );
+    assert_eq!(by_subject(&arrived), delivered);
 }
 
 #[tokio::test]
@@ -308,7 +314,9 @@ async fn the_cli_publishes_a_window_again() {
     assert!(out.status.success(), "{stderr}");
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed, json!({"published": 3, "failed": 0}));
-    let keys: Vec<String> = by_subject(&drain(&queue).await).into_keys().collect();
+    let arrived = drain(&queue).await;
+    assert_eq!(arrived.len(), 3, "{arrived:#?}");
+    let keys: Vec<String> = by_subject(&arrived).into_keys().collect();
     assert_eq!(
         keys,
         [
@@ -460,5 +468,64 @@ async fn events_of_large_orders_fit_eventbridge_limits_run_and_replay_alike() {
     assert!(
         again == lines,
         "the replay announced other reservations than the run"
+    );
+}
+
+/// The stand-in's counters (`GET /limits`): requests refused, entries throttled.
+async fn stand_in_counters() -> Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let endpoint = test_env("UNRESERVER_TEST_EVENTBRIDGE_ENDPOINT");
+    let address = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /limits HTTP/1.0\r\nHost: stand-in\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap()
+}
+
+/// EventBridge refuses an entry within an accepted request (`ErrorCode` ThrottlingException,
+/// as past the account's quota; the stand-in throttles each entry whose detail holds
+/// THROTTLE-ONCE, once): the refused entry is sent again and arrives, once; the others arrive
+/// once; nothing is counted failed. The scenario is asserted first: the stand-in throttled it.
+#[tokio::test]
+async fn an_entry_eventbridge_throttles_is_sent_again_and_arrives_once() {
+    let t = TestDb::new().await;
+    let v = t.variant(0).await;
+    let throttled = t.order("pending", "pending").await;
+    t.exec(&format!(
+        "UPDATE orders_order SET order_number = 'THROTTLE-ONCE-{throttled}' WHERE id = {throttled}"
+    ))
+    .await;
+    t.reservation(Res::new(Some(throttled), v, 1, "-1 minute"))
+        .await;
+    let other = t.order("pending", "pending").await;
+    t.reservation(Res::new(Some(other), v, 1, "-1 minute"))
+        .await;
+    t.exec(&format!(
+        "UPDATE products_productvariant SET reserved_quantity = 2 WHERE id = {v}"
+    ))
+    .await;
+    let (bus, queue) = bus_to_queue().await;
+    let publisher = limited_publisher(bus).await;
+    let before = stand_in_counters().await["throttled"].as_u64().unwrap();
+    let mut db = t.open().await;
+    let report = publishing_run(&mut db, RunOptions::default(), &publisher).await;
+    let after = stand_in_counters().await["throttled"].as_u64().unwrap();
+    assert!(after > before, "the stand-in throttled nothing");
+    assert_eq!(
+        (report.events_published, report.events_failed),
+        (2, 0),
+        "{report:?}"
+    );
+    let arrived = drain(&queue).await;
+    assert_eq!(arrived.len(), 2, "{arrived:#?}");
+    let keys: Vec<String> = by_subject(&arrived).into_keys().collect();
+    assert_eq!(
+        keys,
+        [format!("order {throttled}"), format!("order {other}")]
     );
 }
