@@ -174,8 +174,10 @@ async fn a_timestamp_without_time_zone_column_is_refused() {
     assert!(text.contains("time zone"), "{text}");
 }
 
-/// The session is pinned: a role whose defaults are another `TimeZone` and `DateStyle` gets the
-/// same results (the cursor does not travel as text).
+/// The session is pinned: a role whose defaults are another `TimeZone` (UTC+14) and
+/// `DateStyle` (day first) gets the same results — the 30 due rows released through a cursor
+/// that crosses several batches (it does not travel as text), the 12 rows due within the next
+/// 14 hours left alone, and the released rows' `released_at` the database's now.
 #[tokio::test]
 async fn the_session_settings_of_the_role_change_nothing() {
     let t = TestDb::new().await;
@@ -191,21 +193,41 @@ async fn the_session_settings_of_the_role_change_nothing() {
         let expires: &'static str = Box::leak(format!("-{} seconds", 10 + i).into_boxed_str());
         t.reservation(Res::new(Some(order), v, 1, expires)).await;
     }
+    let later = t.variant(12).await;
+    for hours in 1..=12 {
+        let order = t.order("pending", "pending").await;
+        let expires: &'static str = Box::leak(format!("{hours} hours").into_boxed_str());
+        t.reservation(Res::new(Some(order), later, 1, expires))
+            .await;
+    }
     let mut s = settings();
     s.batch_size = 7;
     let mut db = t.open_with(&s).await;
-    let timezone: String = db
+    let row = db
         .client
-        .query_one("SHOW TimeZone", &[])
+        .query_one(
+            "SELECT current_setting('TimeZone'), current_setting('DateStyle')",
+            &[],
+        )
         .await
-        .unwrap()
-        .get(0);
-    assert_eq!(timezone, "UTC");
+        .unwrap();
+    let (timezone, datestyle): (String, String) = (row.get(0), row.get(1));
+    assert_eq!((timezone.as_str(), datestyle.as_str()), ("UTC", "ISO, YMD"));
     let report = unreserver::run(&mut db, &s, &RunOptions::default())
         .await
         .unwrap();
+    assert!(report.batches >= 5, "{report:?}");
     assert_eq!(report.counts.reservations_released, 30);
-    assert_eq!(t.reserved(v).await, 0);
+    assert_eq!((t.reserved(v).await, t.reserved(later).await), (0, 12));
+    assert_eq!(
+        t.i64(
+            "SELECT count(*) FROM orders_inventoryreservation WHERE status = 'expired' \
+               AND released_at NOT BETWEEN now() - interval '1 minute' AND now()"
+        )
+        .await,
+        0,
+        "released_at is not the database's now"
+    );
 }
 
 /// The mechanism: a cancel request meant for a session that was replaced reaches nothing — a
