@@ -103,6 +103,17 @@ else
     --skip iam:: --skip handler::each_failure_reaches_lambda_with_its_error_type
 fi
 
+# A cold-start smoke: the debug `bootstrap` the tests built, started against a stand-in Lambda
+# Runtime API with its secret in moto, must report ready with its figures and answer two
+# scheduled events over verified TLS (the release figures: scripts/coldstart.sh).
+if [ $# -eq 0 ] && [ "$PG_TLS" = 1 ]; then
+  echo "== cold-start smoke" >&2
+  smoke_url=$(pg_create_db coldstart_smoke)
+  psql "$smoke_url" -qX -v ON_ERROR_STOP=1 -f infra/sample-data.sql >/dev/null
+  DB_URL="$smoke_url" PG_CA_CERT="$PG_CA_CERT" python3 scripts/lib/coldstart.py \
+    "${CARGO_TARGET_DIR:-$root/target}/debug/bootstrap" --smoke
+fi
+
 # Last and alone: the test that restarts the server.
 if [ $# -eq 0 ]; then
   export UNRESERVER_TEST_PG_RESTART="$(pg_restart_command)"

@@ -1,6 +1,10 @@
 """The measuring half of scripts/coldstart.sh (read it for what is measured): moto's Secrets Manager holding the local database's
 credentials, a stand-in Lambda Runtime API serving two scheduled events per start, and the
-release `bootstrap` (argv[1]) started 20 times per case. Prints medians and maxima."""
+release `bootstrap` (argv[1]) started 20 times per case. Prints medians and maxima.
+
+With `--smoke` (scripts/test.sh, on the debug `bootstrap` the tests built): one start of the
+default case, which must log `ready for invocations` with its figures, ask for its first event
+and answer two scheduled events with run reports; prints the figures on one line."""
 import json
 import os
 import queue
@@ -15,6 +19,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 BINARY = sys.argv[1]
+SMOKE = "--smoke" in sys.argv[2:]
 DB = urllib.parse.urlparse(os.environ["DB_URL"])
 STARTS = 20
 
@@ -158,10 +163,20 @@ def measure(api, envs):
     return [[(statistics.median(col), max(col)) for col in zip(*r)] for r in rows]
 
 
+def smoke(api, endpoint):
+    """One start of the default case; fails (SystemExit, KeyError) if any part is missing."""
+    init, tls, aws, first, second = one_start(api, case_env(api, endpoint, {}))
+    print(f"cold-start smoke (debug bootstrap): ready after {init:.0f} ms (tls_ms {tls:.1f}, "
+          f"aws_ms {aws:.1f}); invocations answered in {first:.0f} ms and {second:.0f} ms")
+
+
 def main():
     api = start_runtime_api()
     moto, endpoint = start_moto()
     try:
+        if SMOKE:
+            smoke(api, endpoint)
+            return
         cases = (({"PREFETCH_CREDENTIALS": "0"}, "without the prefetch (init's own work)"),
                  ({"PREFETCH_CREDENTIALS": "0", "DB_RDS_CA_REGIONS": "all"},
                   "without the prefetch, all 87 RDS CAs (DB_RDS_CA_REGIONS=all)"),
