@@ -4,9 +4,10 @@
 # (examples/bench/). Writes BENCHMARKS.md. `scripts/bench.sh --million` adds N = 1,000,000.
 # Partial runs print their section instead (--events-only, --index-sets-only, --shoppers-only);
 # --batch-size N measures with another batch size in place of the shipped default;
-# --profile (each statement's database time in one drain and in the lower bound) and --hot-rows
+# --profile (each statement's database time in one drain and in the lower bound), --hot-rows
 # (the hottest row with a queue of checkouts; carts of several items in both lock orders
-# against a drain) update their own sections of BENCHMARKS.md.
+# against a drain) and --shoppers (the shoppers' side alone) update their own sections of
+# BENCHMARKS.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -52,6 +53,13 @@ case " $* " in
     "$target/examples/bench" --binary "$target/unreserver" "$@" \
       | tee /dev/stderr | python3 scripts/lib/md-section.py put BENCHMARKS.md "Where the database time goes"
     echo "wrote the profile section of BENCHMARKS.md" >&2
+    exit 0 ;;
+  *" --shoppers "*)
+    # The shoppers' side alone (one-item carts, the batch sizes), its own run named in it.
+    section=$("$target/examples/bench" --binary "$target/unreserver" --shoppers-only \
+      | python3 -c 'import sys; t = sys.stdin.read().lstrip("\n").split("\n", 1); print(t[0] + "\n\nMeasured by `scripts/bench.sh --shoppers` on '"$started"' (this section only).\n" + t[1])')
+    echo "$section" | tee /dev/stderr | python3 scripts/lib/md-section.py put BENCHMARKS.md "The shoppers' side"
+    echo "wrote the shoppers' section of BENCHMARKS.md" >&2
     exit 0 ;;
   *" --hot-rows "*)
     section=$("$target/examples/bench" --binary "$target/unreserver" "$@")
