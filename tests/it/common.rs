@@ -328,6 +328,30 @@ impl Res {
     }
 }
 
+/// The backend pid of `client`'s session.
+pub async fn backend_pid(client: &Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits (up to 5 s, looking every 2 ms) until `pg_stat_activity` shows the session `pid` in
+/// the state `condition` (SQL on that view's columns), and says whether it was seen so.
+pub async fn until_seen(watcher: &Client, pid: i32, condition: &str) -> bool {
+    let sql =
+        format!("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND ({condition}))");
+    for _ in 0..2500 {
+        let seen: bool = watcher.query_one(&sql, &[&pid]).await.unwrap().get(0);
+        if seen {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    false
+}
+
 /// The default settings, without a time budget.
 pub fn settings() -> ReleaseSettings {
     ReleaseSettings {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use unreserver::StopReason;
 
-use crate::common::{run, settings, Res, TestDb};
+use crate::common::{backend_pid, run, settings, until_seen, Res, TestDb};
 
 /// An order a payment holds (`FOR UPDATE`) and a cart hold a checkout holds are skipped
 /// without waiting, and reported as backlog; the rest is released.
@@ -291,36 +291,16 @@ async fn a_checkout_holding_a_variant_never_waits_on_its_drop_row() {
     assert_eq!(t.order_status(order).await, "cancelled");
 }
 
-/// The backend pid of `client`'s session.
-async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
-    client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// Waits (up to 5 s) until the release's session `pid` is between two tries for a held counter
 /// row — idle in its transaction right after rolling back to the counters' savepoint — and
 /// says whether it was seen so.
 async fn until_polling(watcher: &tokio_postgres::Client, pid: i32) -> bool {
-    for _ in 0..2500 {
-        let polling: bool = watcher
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 \
-                   AND state = 'idle in transaction' \
-                   AND query LIKE 'ROLLBACK TO SAVEPOINT unreserver_counters%')",
-                &[&pid],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if polling {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    false
+    until_seen(
+        watcher,
+        pid,
+        "state = 'idle in transaction' AND query LIKE 'ROLLBACK TO SAVEPOINT unreserver_counters%'",
+    )
+    .await
 }
 
 /// Which row another session holds for a whole run.

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use unreserver::{Database, RunOptions};
 
-use crate::common::{admin_url, connect_url, run, settings, Res, TestDb, RELEASE_ROLE};
+use crate::common::{
+    admin_url, backend_pid, connect_url, run, settings, until_seen, Res, TestDb, RELEASE_ROLE,
+};
 
 /// Waits until the release role's session of database `name` polls for a row another
 /// transaction holds (it never waits in a lock queue: it probes and rolls back to its
@@ -95,31 +97,12 @@ async fn a_slow_batch_is_cut_at_its_budget_and_the_shopper_commits() {
     s.shop_deadlock_timeout_ms = Some(2000);
     let budget = Duration::from_millis(1000);
     let mut db = t.open_with(&s).await;
-    let release_pid: i32 = db
-        .client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let release_pid = backend_pid(&db.client).await;
     let watcher = t.connect().await;
     let release = async { run(&mut db, &s, false).await };
     let checkout = async {
         // The batch is inside its slow statement, holding the order.
-        let mut sleeping = false;
-        for _ in 0..1000 {
-            sleeping = watcher
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'PgSleep')",
-                    &[&release_pid],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if sleeping {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        let sleeping = until_seen(&watcher, release_pid, "wait_event = 'PgSleep'").await;
         let started = Instant::now();
         // Adds an item to the order the batch holds: the foreign-key check waits on it.
         let inserted = shopper

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use crate::common::{run, settings, Res, TestDb};
+use crate::common::{backend_pid, run, settings, Res, TestDb};
 
 /// How a shopper's checkout takes the rows of its cart.
 #[derive(Debug, Clone, Copy)]
@@ -113,9 +113,12 @@ async fn a_multi_item_checkout_never_waits_on_a_batch_polling_for_another_row() 
             "{order:?}: {} checkouts",
             latencies.len()
         );
+        // A checkout that waited on the polling would wait for the rest of its 400 ms window
+        // (402 ms measured when a batch kept a hot row while polling); 200 ms leaves room for a
+        // loaded 2-core CI, where 115 and 119 ms were seen with the torture running beside it.
         let worst = latencies.iter().max().copied().unwrap_or_default();
         assert!(
-            worst < Duration::from_millis(100),
+            worst < Duration::from_millis(200),
             "{order:?}: a checkout waited {worst:?} on the batch's polling"
         );
         assert_eq!(report.deferred, 1, "{order:?}: {report:?}");
@@ -144,13 +147,7 @@ async fn queue_of_checkouts(
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..shoppers {
         let mut shopper = t.connect().await;
-        pids.push(
-            shopper
-                .query_one("SELECT pg_backend_pid()", &[])
-                .await
-                .unwrap()
-                .get(0),
-        );
+        pids.push(backend_pid(&shopper).await);
         let stop = stop.clone();
         set.spawn(async move {
             let mut latencies = Vec::new();
@@ -303,12 +300,7 @@ async fn a_holder_upgrading_its_lock_while_the_release_waits_is_not_held_up() {
     let mut s = settings();
     s.shop_deadlock_timeout_ms = Some(4000);
     let mut db = t.open_with(&s).await;
-    let release_pid: i32 = db
-        .client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let release_pid = backend_pid(&db.client).await;
     let watcher = t.connect().await;
     let release = async { run(&mut db, &s, false).await };
     let shop = async {
