@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use unreserver::{ReleaseSettings, RunOptions, RunReport};
 
-use crate::{connect, default_batch_size, ms, open_db, url_for, Bench, HOT_VARIANTS};
+use crate::{
+    connect, default_batch_size, ms, open_db, url_for, Bench, HOT_VARIANTS, SYNC_COUNTERS,
+};
 
 /// Shoppers queued on the hot row.
 const QUEUE: usize = 12;
@@ -86,13 +88,7 @@ async fn seed_orders(c: &Client) {
                     SELECT 'COLD-' || g, 'pending', 'pending' FROM generate_series(1, {COLD_ORDERS}) g RETURNING id, order_number)
          INSERT INTO orders_inventoryreservation (order_id, product_variant_id, quantity, status, created_at, expires_at)
          SELECT id, {HOT_VARIANTS} + substr(order_number, 6)::int8, 1, 'active', now() - interval '15 minutes', now() + interval '1 day' FROM o;
-         UPDATE products_productvariant v SET reserved_quantity = s.q
-           FROM (SELECT product_variant_id id, sum(quantity) q FROM orders_inventoryreservation GROUP BY 1) s
-          WHERE v.id = s.id;
-         UPDATE drops_dropproduct d SET reserved_quantity = s.q
-           FROM (SELECT drop_product_id id, sum(quantity) q FROM orders_inventoryreservation
-                  WHERE drop_product_id IS NOT NULL GROUP BY 1) s
-          WHERE d.id = s.id"
+         {SYNC_COUNTERS}"
     ))
     .await
     .unwrap();

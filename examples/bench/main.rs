@@ -74,6 +74,16 @@ const LOWER_BOUND: &str = "WITH due AS (
                  SELECT (SELECT count(*) FROM released) + 0 * (SELECT count(*) FROM cancelled)
                         + 0 * (SELECT count(*) FROM v) + 0 * (SELECT count(*) FROM d)";
 
+/// Sets every variant's and drop's `reserved_quantity` to the units of its reservations (the
+/// seeds insert reservations first and derive the counters).
+const SYNC_COUNTERS: &str = "UPDATE products_productvariant v SET reserved_quantity = s.q
+       FROM (SELECT product_variant_id id, sum(quantity) q FROM orders_inventoryreservation GROUP BY 1) s
+      WHERE v.id = s.id;
+     UPDATE drops_dropproduct d SET reserved_quantity = s.q
+       FROM (SELECT drop_product_id id, sum(quantity) q FROM orders_inventoryreservation
+              WHERE drop_product_id IS NOT NULL GROUP BY 1) s
+      WHERE d.id = s.id";
+
 struct Bench {
     admin_url: String,
     out: String,
@@ -181,13 +191,7 @@ impl Bench {
                       CASE WHEN is_due THEN now() - interval '20 minutes' + (k % 600) * interval '1 second'
                            ELSE now() + interval '1 day' END
                  FROM plan ORDER BY k;
-             UPDATE products_productvariant v SET reserved_quantity = s.q
-               FROM (SELECT product_variant_id id, sum(quantity) q FROM orders_inventoryreservation GROUP BY 1) s
-              WHERE v.id = s.id;
-             UPDATE drops_dropproduct d SET reserved_quantity = s.q
-               FROM (SELECT drop_product_id id, sum(quantity) q FROM orders_inventoryreservation
-                      WHERE drop_product_id IS NOT NULL GROUP BY 1) s
-              WHERE d.id = s.id;
+             {SYNC_COUNTERS};
              SELECT setval('orders_order_id_seq', (SELECT max(id) FROM orders_order));",
             total = due + future
         ))

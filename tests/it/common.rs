@@ -154,6 +154,17 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
+    /// Makes every update of a row of `table` take `seconds` (a trigger `slow` running the
+    /// function `slow()`, which a test may replace or drop).
+    pub async fn slow_updates(&self, table: &str, seconds: f64) {
+        self.exec(&format!(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
+               BEGIN PERFORM pg_sleep({seconds}); RETURN NEW; END $$; \
+             CREATE TRIGGER slow BEFORE UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION slow()"
+        ))
+        .await;
+    }
+
     pub async fn i64(&self, sql: &str) -> i64 {
         self.client
             .query_one(sql, &[])

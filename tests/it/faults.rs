@@ -32,16 +32,6 @@ async fn inject(t: &TestDb, code: &str, fail_times: i32) {
     .await;
 }
 
-/// Makes every update of a drop counter (the last statement of a batch) take `seconds`.
-async fn slow_drop_updates(t: &TestDb, seconds: u32) {
-    t.exec(&format!(
-        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
-           BEGIN PERFORM pg_sleep({seconds}); RETURN NEW; END $$; \
-         CREATE TRIGGER slow BEFORE UPDATE ON drops_dropproduct FOR EACH ROW EXECUTE FUNCTION slow()"
-    ))
-    .await;
-}
-
 /// A deadlock, a serialization failure and a lock timeout reported to a batch (injected, so
 /// that each happens for certain): the batch is rolled back whole and retried, and succeeds;
 /// a lock timeout in a release step rolls back only to the batch's savepoint, finds no row
@@ -79,7 +69,7 @@ async fn deadlock_serialization_and_lock_timeout_errors_roll_back_and_retry() {
 async fn a_statement_timeout_fails_the_run_naming_the_statement() {
     let t = TestDb::new().await;
     let (v, d) = one_due_order_with_drop(&t).await;
-    slow_drop_updates(&t, 1).await;
+    t.slow_updates("drops_dropproduct", 1.0).await;
     let before = t.fingerprint().await;
     let mut s = settings();
     s.statement_timeout_ms = 200;
@@ -115,13 +105,7 @@ async fn a_batch_cut_twice_at_the_smallest_size_fails_too_slow() {
     for _ in 0..3 {
         t.one_due_order(1).await;
     }
-    t.exec(
-        "CREATE FUNCTION always_slow() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
-           BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$; \
-         CREATE TRIGGER always_slow BEFORE UPDATE ON orders_inventoryreservation \
-           FOR EACH ROW EXECUTE FUNCTION always_slow()",
-    )
-    .await;
+    t.slow_updates("orders_inventoryreservation", 0.3).await;
     let before = t.fingerprint().await;
     let mut s = settings();
     s.shop_deadlock_timeout_ms = Some(200);
@@ -153,7 +137,7 @@ async fn a_batch_cut_twice_at_the_smallest_size_fails_too_slow() {
 async fn a_connection_killed_mid_batch_loses_nothing() {
     let t = TestDb::new().await;
     let (v, d) = one_due_order_with_drop(&t).await;
-    slow_drop_updates(&t, 2).await;
+    t.slow_updates("drops_dropproduct", 2.0).await;
     let before = t.fingerprint().await;
     let s = settings();
     let mut db = t.open_with(&s).await;

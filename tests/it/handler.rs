@@ -214,13 +214,7 @@ async fn each_database_failure_reaches_lambda_with_its_error_type() {
     assert_eq!(error_type(&good, json!({})).await, "TableLocked");
     holder.batch_execute("ROLLBACK").await.unwrap();
 
-    t.exec(
-        "CREATE FUNCTION slow_release() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
-           BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$; \
-         CREATE TRIGGER slow_release BEFORE UPDATE ON orders_inventoryreservation \
-           FOR EACH ROW EXECUTE FUNCTION slow_release()",
-    )
-    .await;
+    t.slow_updates("orders_inventoryreservation", 1.0).await;
     let slow = state(&[
         ("DATABASE_URL", t.release_url()),
         ("STATEMENT_TIMEOUT_MS", "300".into()),
@@ -230,12 +224,12 @@ async fn each_database_failure_reaches_lambda_with_its_error_type() {
     assert_eq!(error_type(&slow, json!({})).await, "TooSlow");
 
     t.exec(
-        "CREATE OR REPLACE FUNCTION slow_release() RETURNS trigger LANGUAGE plpgsql \
+        "CREATE OR REPLACE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql \
            SECURITY DEFINER AS $$ BEGIN RAISE EXCEPTION 'the shop refuses'; END $$",
     )
     .await;
     assert_eq!(error_type(&good, json!({})).await, "DatabaseError");
-    t.exec("DROP TRIGGER slow_release ON orders_inventoryreservation")
+    t.exec("DROP TRIGGER slow ON orders_inventoryreservation")
         .await;
 
     let report = handle(&good, event(json!({}), 60_000)).await.unwrap();
