@@ -1,10 +1,11 @@
 //! The `unreserver` command line, for local runs, cron hosts and Kubernetes CronJobs: a thin
 //! adapter that turns the arguments into an action's [`Request`] and its answer into stdout
-//! and an exit code. `run` prints the run report, `status` the status, `revive` the revive
-//! outcome and `report` the release-delay report, each as one JSON object on stdout; `events`
-//! prints one event a line (or publishes them). Logs go to stderr; a failure prints one line
-//! naming the problem. Exit codes: 0 done, 1 a failure, 2 bad input (before any connection), 3
-//! an order that cannot be revived, or counters that still disagree after `reconcile`.
+//! and an exit code. `run` prints the run report, `status` the status, `revive` and `release`
+//! their outcome and `report` the release-delay report, each as one JSON object on stdout;
+//! `events` prints one event a line (or publishes them). Logs go to stderr; a failure prints one
+//! line naming the problem. Exit codes: 0 done, 1 a failure, 2 bad input (before any
+//! connection), 3 an order that cannot be revived or released, or counters that still disagree
+//! after `reconcile`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::action::events::{Events, EventsAnswer};
 use crate::action::reconcile::Reconcile;
+use crate::action::release::Release;
 use crate::action::report::Report;
 use crate::action::revive::Revive;
 use crate::action::run::Run;
@@ -66,6 +68,13 @@ enum Command {
     Status,
     /// Revive an order the release cancelled, if its stock is still there (a late payment).
     Revive {
+        /// The order's id (`orders_order.id`).
+        order_id: i64,
+    },
+    /// Release one order's active reservations now, due or not (the shop's abandon or
+    /// payment-failed webhook), by the release's rules otherwise: never a paid order. Exit 3
+    /// when the order is not released (see "reason").
+    Release {
         /// The order's id (`orders_order.id`).
         order_id: i64,
     },
@@ -179,6 +188,7 @@ fn request(command: Command) -> Result<Request> {
         )?),
         Command::Status => Request::Status(Status),
         Command::Revive { order_id } => Request::Revive(Revive::new("ORDER_ID", order_id)?),
+        Command::Release { order_id } => Request::Release(Release::new("ORDER_ID", order_id)?),
         Command::Events {
             since,
             until,

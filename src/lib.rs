@@ -55,6 +55,7 @@ pub use db::iam::{auth_token as rds_iam_token, TokenTarget};
 pub use db::secrets::SecretSource;
 pub use db::session::Database;
 pub use db::tls::{certificates as tls_certificates, connector as tls_connector, RdsCaRegions};
+pub use engine::on_request::{Reason as ReleaseReason, RequestOutcome};
 pub use engine::reconcile::{reconcile, ReconcileReport, Scope as ReconcileScope};
 pub use engine::release_delay::{report as release_delay_report, DelayReport};
 pub use engine::report::{RunReport, StopReason, CONTRACT_FIELDS};

@@ -1205,9 +1205,10 @@ async fn window_reads(b: &Bench, seed: &str) -> String {
                 .unwrap();
             report_ms.push(ms(started.elapsed()));
             let started = Instant::now();
-            let window = unreserver::db::sql::outbox::expired_in_window(&db.client, since, None)
-                .await
-                .unwrap();
+            let window =
+                unreserver::db::sql::outbox::expired_in_window(&db.client, since, None, 15)
+                    .await
+                    .unwrap();
             events_ms.push(ms(started.elapsed()));
             events = window.len();
         }

@@ -50,7 +50,8 @@ impl Events {
             (publisher, publish) => publisher.as_ref().filter(|_| publish),
         };
         let db = open(state).await?;
-        let rows = outbox::expired_in_window(&db.client, self.since, self.until).await?;
+        let timeout = crate::engine::batch::rules(&state.config.release).timeout_minutes;
+        let rows = outbox::expired_in_window(&db.client, self.since, self.until, timeout).await?;
         let events = model::from_rows(&rows, None);
         let Some(publisher) = publisher else {
             return Ok(EventsAnswer::Listed(events));

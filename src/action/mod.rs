@@ -8,6 +8,7 @@
 
 pub mod events;
 pub mod reconcile;
+pub mod release;
 pub mod report;
 pub mod revive;
 pub mod run;
@@ -30,6 +31,7 @@ pub enum Request {
     Run(run::Run),
     Status(status::Status),
     Revive(revive::Revive),
+    Release(release::Release),
     Report(report::Report),
     Events(events::Events),
     Reconcile(reconcile::Reconcile),
@@ -41,6 +43,7 @@ pub enum Answer {
     Run(Box<RunReport>),
     Status(Box<crate::engine::status::StatusReport>),
     Revive(crate::engine::revive::ReviveOutcome),
+    Release(crate::engine::on_request::RequestOutcome),
     Report(crate::engine::release_delay::DelayReport),
     Events(events::EventsAnswer),
     Reconcile(Box<crate::engine::reconcile::ReconcileReport>),
@@ -86,6 +89,7 @@ impl Request {
             Request::Run(_) => "run",
             Request::Status(_) => "status",
             Request::Revive(_) => "revive",
+            Request::Release(_) => "release",
             Request::Report(_) => "report",
             Request::Events(_) => "events",
             Request::Reconcile(_) => "reconcile",
@@ -102,6 +106,9 @@ impl Request {
             Request::Run(run) => run.execute(state, invocation).await.map(Answer::Run),
             Request::Status(status) => Ok(Answer::Status(Box::new(status.execute(state).await?))),
             Request::Revive(revive) => Ok(Answer::Revive(revive.execute(state).await?)),
+            Request::Release(release) => {
+                Ok(Answer::Release(release.execute(state, invocation).await?))
+            }
             Request::Report(report) => Ok(Answer::Report(report.execute(state).await?)),
             Request::Events(events) => Ok(Answer::Events(events.execute(state).await?)),
             Request::Reconcile(reconcile) => {
@@ -118,6 +125,7 @@ impl Answer {
             Answer::Run(report) => serde_json::to_value(report),
             Answer::Status(status) => serde_json::to_value(status),
             Answer::Revive(outcome) => serde_json::to_value(outcome),
+            Answer::Release(outcome) => serde_json::to_value(outcome),
             Answer::Report(report) => serde_json::to_value(report),
             Answer::Events(events) => return events.to_json(),
             Answer::Reconcile(report) => serde_json::to_value(report),
@@ -127,10 +135,11 @@ impl Answer {
     }
 
     /// Whether the action did what it was asked (the CLI exits 3 when not: an order that
-    /// cannot be revived, counters that still disagree).
+    /// cannot be revived or released, counters that still disagree).
     pub fn done(&self) -> bool {
         match self {
             Answer::Revive(outcome) => outcome.revived,
+            Answer::Release(outcome) => outcome.released,
             Answer::Reconcile(report) => !report.drift_remains(),
             _ => true,
         }

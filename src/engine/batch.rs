@@ -149,6 +149,11 @@ pub enum Source<'a> {
     /// moment it first locks a hot row (see [`HotPhase`]), not from its start, as expiring its
     /// own lines holds nothing a shopper needs.
     Alone(i64),
+    /// One order released on request (`unreserver release`), due or not: it is locked
+    /// `NOWAIT` and judged on the locked row ([`crate::db::sql::on_request`]); a releasable
+    /// order with active reservations is released by the same steps as any batch, with no
+    /// reservation needing to be due. Its budget runs like [`Source::Alone`]'s.
+    Requested(i64),
 }
 
 /// When the batch running now first locked a variant or drop row (the hot rows shoppers
@@ -277,6 +282,22 @@ pub struct BatchOutcome {
     pub cancelled: Vec<CancelledOrder>,
     /// The cursor after this page (unchanged for a batch of deferred work).
     pub next_cursor: Cursor,
+    /// A [`Source::Requested`] batch: why the order was not released (None: it was, or it
+    /// was left out for a held row — see `deferred_orders`).
+    pub refused: Option<Refusal>,
+}
+
+/// Why an order asked for ([`Source::Requested`]) is not released, judged on its locked row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its payment is `paid`: never touched.
+    Paid,
+    /// Its status or payment is one the release rules refuse.
+    NotReleasable,
+    /// It holds no active reservation.
+    NothingActive,
+    /// There is no such order.
+    UnknownOrder,
 }
 
 /// The candidates of a batch: orders (deduplicated, ascending) and cart holds.
@@ -292,6 +313,8 @@ struct Claimed {
     orders: Vec<i64>,
     processing_orders: Vec<i64>,
     holds: Vec<i64>,
+    /// Released on request: none of their reservations needs to be due.
+    on_request: bool,
 }
 
 impl Claimed {
@@ -325,7 +348,7 @@ pub async fn run(
     params.hot_phase.reset();
     let mut lock_wait = params.lock_wait;
     let max_lines = match source {
-        Source::Alone(_) => None,
+        Source::Alone(_) | Source::Requested(_) => None,
         _ => Some(params.page_size),
     };
     let candidates = match source {
@@ -340,12 +363,37 @@ pub async fn run(
             lock_wait = Duration::ZERO;
             deferred(orders, holds, exclude)
         }
+        Source::Requested(order) => {
+            st.set_batch_timeouts(&tx, &params.timeouts).await?;
+            let claimed = match claim_requested(&tx, order).await? {
+                Ok(claimed) => claimed,
+                Err(refusal) => {
+                    out.refused = Some(refusal);
+                    finish(tx, true).await?;
+                    return Ok(out);
+                }
+            };
+            return release_and_finish(tx, st, params, lock_wait, claimed, out).await;
+        }
         _ => {
             st.set_batch_timeouts(&tx, &params.timeouts).await?;
             candidates_of(&tx, st, params, source, exclude, &mut out).await?
         }
     };
-    let mut claimed = claim(&tx, st, params.rules, &candidates, max_lines, &mut out).await?;
+    let claimed = claim(&tx, st, params.rules, &candidates, max_lines, &mut out).await?;
+    release_and_finish(tx, st, params, lock_wait, claimed, out).await
+}
+
+/// Steps 3 to 6 on what the batch claimed: release it, then commit (roll back in a dry run, or
+/// when a table turned out to be locked).
+async fn release_and_finish(
+    tx: Transaction<'_>,
+    st: &Statements,
+    params: &BatchParams,
+    lock_wait: Duration,
+    mut claimed: Claimed,
+    mut out: BatchOutcome,
+) -> Result<BatchOutcome> {
     if !claimed.is_empty() {
         release_claimed(&tx, st, params, lock_wait, &mut claimed, &mut out).await?;
     }
@@ -385,7 +433,7 @@ async fn candidates_of(
         Source::Deferred { orders, holds } | Source::Queue { orders, holds, .. } => {
             deferred(orders, holds, exclude)
         }
-        Source::Alone(order) => Candidates {
+        Source::Alone(order) | Source::Requested(order) => Candidates {
             orders: vec![order],
             holds: Vec::new(),
         },
@@ -516,6 +564,37 @@ async fn claim(
     }
     out.counts.skipped_locked += (candidates.holds.len() - claimed.holds.len()) as u64;
     Ok(claimed)
+}
+
+/// Step 2 of a [`Source::Requested`] batch: lock the order (`NOWAIT`: a shopper holding it
+/// fails the batch at once with `lock_not_available`, and the caller polls) and judge it on the
+/// locked row.
+async fn claim_requested(
+    tx: &Transaction<'_>,
+    order_id: i64,
+) -> Result<std::result::Result<Claimed, Refusal>> {
+    let Some(order) = sql::on_request::lock_requested_order(tx, order_id).await? else {
+        return Ok(Err(Refusal::UnknownOrder));
+    };
+    if order.paid {
+        return Ok(Err(Refusal::Paid));
+    }
+    if !order.releasable {
+        return Ok(Err(Refusal::NotReleasable));
+    }
+    if order.active_lines == 0 {
+        return Ok(Err(Refusal::NothingActive));
+    }
+    Ok(Ok(Claimed {
+        orders: vec![order.id],
+        processing_orders: if order.processing {
+            vec![order.id]
+        } else {
+            Vec::new()
+        },
+        holds: Vec::new(),
+        on_request: true,
+    }))
 }
 
 /// Candidates not claimed: paid (an anomaly), not due or not releasable (payment grace), or
@@ -772,8 +851,12 @@ async fn release(
     st.release_reservations(tx, &p).await
 }
 
-/// Step 4: the claimed orders none of whose locked rows is due, and the claimed holds not due.
+/// Step 4: the claimed orders none of whose locked rows is due, and the claimed holds not due
+/// (none for an order released on request: it need not be due).
 fn not_due(released: &[ReleasedReservation], claimed: &Claimed) -> (BTreeSet<i64>, BTreeSet<i64>) {
+    if claimed.on_request {
+        return (BTreeSet::new(), BTreeSet::new());
+    }
     let due_orders: BTreeSet<i64> = released
         .iter()
         .filter(|r| r.was_due)

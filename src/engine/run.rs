@@ -47,6 +47,11 @@ impl OnCommit {
     pub fn new(hook: impl Fn(Committed<'_>) + Send + Sync + 'static) -> Self {
         OnCommit(std::sync::Arc::new(hook))
     }
+
+    /// Hands a committed batch to the hook.
+    pub fn call(&self, batch: Committed<'_>) {
+        (self.0)(batch);
+    }
 }
 
 impl std::fmt::Debug for OnCommit {
@@ -189,27 +194,13 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// The batch budget from the shop's `deadlock_timeout` (the setting, else the server's),
-    /// which must leave room for `LOCK_TIMEOUT_MS`.
+    /// The batch budget from the shop's `deadlock_timeout` ([`batch_budget`]), and how the
+    /// run pages (passes when no index serves the keyset page).
     fn set_batch_budget(&mut self, db: &Database) -> Result<()> {
-        let deadlock_ms = self
-            .settings
-            .shop_deadlock_timeout_ms
-            .map_or(db.preflight.deadlock_timeout_ms, i64::from);
-        if i64::from(self.settings.lock_timeout_ms) * 2 > deadlock_ms {
-            return Err(Error::Setting {
-                name: "LOCK_TIMEOUT_MS".into(),
-                reason: format!(
-                    "{} ms must be at most half the shop's deadlock_timeout ({deadlock_ms} ms, \
-                     SHOP_DEADLOCK_TIMEOUT_MS or the server's)",
-                    self.settings.lock_timeout_ms
-                ),
-            });
-        }
-        self.batch_budget = Duration::from_millis((deadlock_ms / 2).max(1) as u64);
+        self.batch_budget = batch_budget(self.settings, db)?;
         // A queue batch waits at most half its budget in the row's queue (a quarter of the
         // shop's deadlock_timeout), leaving the other half for its work.
-        let queue_ms = (deadlock_ms / 4).max(1);
+        let queue_ms = (self.batch_budget.as_millis() / 2).max(1);
         self.params.queue_timeouts.lock_timeout = format!("{queue_ms}ms");
         self.report
             .missing_indexes
@@ -635,7 +626,7 @@ impl<'a> Run<'a> {
                 .map(|r| r.delay_seconds),
         );
         if let (Some(hook), false) = (&self.options.on_commit, self.options.dry_run) {
-            (hook.0)(Committed {
+            hook.call(Committed {
                 released: &batch.released,
                 cancelled: &batch.cancelled,
                 run_id: &self.options.run_id,
@@ -716,16 +707,35 @@ impl<'a> Run<'a> {
     }
 }
 
+/// The longest a batch may take: half the shop's `deadlock_timeout` (the setting, else the
+/// server's), which must leave room for `LOCK_TIMEOUT_MS`.
+pub(super) fn batch_budget(settings: &ReleaseSettings, db: &Database) -> Result<Duration> {
+    let deadlock_ms = settings
+        .shop_deadlock_timeout_ms
+        .map_or(db.preflight.deadlock_timeout_ms, i64::from);
+    if i64::from(settings.lock_timeout_ms) * 2 > deadlock_ms {
+        return Err(Error::Setting {
+            name: "LOCK_TIMEOUT_MS".into(),
+            reason: format!(
+                "{} ms must be at most half the shop's deadlock_timeout ({deadlock_ms} ms, \
+                 SHOP_DEADLOCK_TIMEOUT_MS or the server's)",
+                settings.lock_timeout_ms
+            ),
+        });
+    }
+    Ok(Duration::from_millis((deadlock_ms / 2).max(1) as u64))
+}
+
 /// Why a try of a batch failed: cut by its budget (the statement it was running was
 /// cancelled by us), or anything else.
-enum TryError {
+pub(super) enum TryError {
     Cut(Error),
     Other(Error),
 }
 
 /// How long a batch may run before it is cut.
 #[derive(Debug, Clone, Copy)]
-enum Budget {
+pub(super) enum Budget {
     /// From its start: every batch but a large order's.
     Whole(Duration),
     /// `hot` from the moment it first locks a hot row, and at most `whole` from its start: a
@@ -750,7 +760,7 @@ impl Budget {
 /// PostgreSQL's cancel protocol), the batch rolls back, and the error says it was cut. In any
 /// lock cycle with a shopper it is thus the batch that gives up, before the shopper's
 /// deadlock check, and no shopper waits on a batch longer than the budget.
-async fn timed_batch(
+pub(super) async fn timed_batch(
     db: &mut Database,
     params: &BatchParams,
     source: Source<'_>,
@@ -792,7 +802,7 @@ async fn timed_batch(
 }
 
 /// A statement the server cancelled by its `statement_timeout` (not our budget): too slow.
-fn statement_timeout(error: Error, hint: String) -> Error {
+pub(super) fn statement_timeout(error: Error, hint: String) -> Error {
     let what = match &error {
         Error::Database { context, .. } => *context,
         _ => "a statement",

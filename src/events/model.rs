@@ -16,6 +16,11 @@ use crate::db::sql::{CancelledOrder, ReleasedReservation};
 pub const SOURCE: &str = "unreserver";
 /// `DetailType` of the event for an order the release cancelled.
 pub const ORDER_EXPIRED: &str = "Order Expired";
+/// The `reason` of an `Order Expired` event: the release found it due.
+pub const EXPIRED: &str = "expired";
+/// The `reason` of an `Order Expired` event for an order released on request, none of whose
+/// reservations was due.
+pub const RELEASED_ON_REQUEST: &str = "released_on_request";
 /// `DetailType` of the event for a cart hold (a reservation without an order) released.
 pub const HOLD_RELEASED: &str = "Cart Hold Released";
 
@@ -43,6 +48,9 @@ struct OrderExpired<'a> {
     order_id: i64,
     order_number: &'a str,
     released_at: String,
+    /// `expired`, or `released_on_request` when none of the order's reservations was due
+    /// (`unreserver release`).
+    reason: &'static str,
     reservations: Vec<Reservation>,
     run_id: Option<&'a str>,
     /// An order too large for one event (EventBridge takes at most 256 KB an entry) is
@@ -135,6 +143,7 @@ pub fn from_batch(
             drop_id: r.drop_id,
             quantity: r.quantity,
             released_at: r.released_at,
+            due: r.delay_seconds >= 0.0,
         })
         .collect();
     rows.sort_by_key(|r| (r.order_id.is_none(), r.order_id, r.reservation_id));
@@ -144,12 +153,18 @@ pub fn from_batch(
 /// The `Order Expired` event of one order, or its parts when one event would pass
 /// [`MAX_ENTRY_BYTES`]: the reservations, in their order, split so that each part fits.
 fn order_expired(rows: &[ExpiredRow], run_id: Option<&str>) -> Vec<Event> {
-    let whole = order_part(rows, run_id, None);
+    let reason = if rows.iter().any(|r| r.due) {
+        EXPIRED
+    } else {
+        RELEASED_ON_REQUEST
+    };
+    let order_part = |rows: &[ExpiredRow], part| order_part(rows, reason, run_id, part);
+    let whole = order_part(rows, None);
     if whole.entry_size() <= MAX_ENTRY_BYTES {
         return vec![whole];
     }
     // Room for a part's envelope (ids, number, time, the part fields) beside its reservations.
-    let envelope = order_part(&rows[..1], run_id, Some((1, 1))).entry_size();
+    let envelope = order_part(&rows[..1], Some((1, 1))).entry_size();
     let budget = MAX_ENTRY_BYTES - envelope;
     let mut chunks: Vec<&[ExpiredRow]> = Vec::new();
     let (mut start, mut size) = (0, 0);
@@ -166,7 +181,7 @@ fn order_expired(rows: &[ExpiredRow], run_id: Option<&str>) -> Vec<Event> {
     chunks
         .iter()
         .enumerate()
-        .map(|(i, chunk)| order_part(chunk, run_id, Some((i + 1, parts))))
+        .map(|(i, chunk)| order_part(chunk, Some((i + 1, parts))))
         .collect()
 }
 
@@ -183,13 +198,19 @@ fn reservation_size(r: &ExpiredRow) -> usize {
     serde_json::to_string(&reservation(r)).map_or(0, |s| s.len())
 }
 
-fn order_part(rows: &[ExpiredRow], run_id: Option<&str>, part: Option<(usize, usize)>) -> Event {
+fn order_part(
+    rows: &[ExpiredRow],
+    reason: &'static str,
+    run_id: Option<&str>,
+    part: Option<(usize, usize)>,
+) -> Event {
     let first = &rows[0];
     let order_id = first.order_id.unwrap_or_default();
     let detail = OrderExpired {
         order_id,
         order_number: first.order_number.as_deref().unwrap_or_default(),
         released_at: rfc3339(first.released_at),
+        reason,
         reservations: rows.iter().map(reservation).collect(),
         run_id,
         part: part.map(|(k, _)| k),
@@ -237,6 +258,7 @@ mod tests {
             drop_id: (id % 2 == 0).then_some(100 + id),
             quantity,
             released_at: SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_000_000_123_456),
+            due: id != 4,
         }
     }
 
@@ -271,6 +293,24 @@ mod tests {
     }
 
     #[test]
+    fn an_order_none_of_whose_rows_was_due_was_released_on_request() {
+        let mut rows: Vec<ExpiredRow> = (1..=6000).map(|i| row(i, Some(9), 1)).collect();
+        rows.iter_mut().for_each(|r| r.due = false);
+        let events = from_rows(&rows, None);
+        assert!(events.len() >= 2, "in parts");
+        for e in &events {
+            assert_eq!(e.detail["reason"], RELEASED_ON_REQUEST, "every part");
+        }
+        rows[5999].due = true;
+        for e in &from_rows(&rows, None) {
+            assert_eq!(
+                e.detail["reason"], EXPIRED,
+                "one due row: the order expired"
+            );
+        }
+    }
+
+    #[test]
     fn one_event_per_order_and_per_hold_with_the_documented_detail() {
         let rows = [row(1, Some(7), 2), row(2, Some(7), 1), row(3, None, 4)];
         let events = from_rows(&rows, Some("run-1"));
@@ -280,7 +320,7 @@ mod tests {
             order,
             json!({"source": "unreserver", "detail-type": "Order Expired", "detail": {
                 "order_id": 7, "order_number": "ORD-7",
-                "released_at": "2025-11-24T16:00:00.123456Z",
+                "released_at": "2025-11-24T16:00:00.123456Z", "reason": "expired",
                 "reservations": [
                     {"id": 1, "product_variant_id": 11, "drop_product_id": null, "quantity": 2},
                     {"id": 2, "product_variant_id": 12, "drop_product_id": 102, "quantity": 1}],

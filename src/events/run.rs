@@ -2,14 +2,17 @@
 //! each committed batch hands it its events, and the run's report gets the counts once the
 //! task is done or out of time. Both front-ends run the release through here.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use super::publisher::{Published, Publisher};
 use super::{model, sink};
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
+use crate::engine::on_request::{self, RequestOutcome};
 use crate::engine::report::RunReport;
 use crate::engine::run::{self, OnCommit, RunFailure, RunOptions};
+use crate::error::Result as AppResult;
 
 /// How long the events may still take after a run without a deadline (the CLI without a time
 /// budget).
@@ -24,23 +27,18 @@ pub async fn run(
     publisher: Option<&Publisher>,
     grace: Duration,
 ) -> Result<RunReport, RunFailure> {
-    let Some(publisher) = publisher.filter(|_| !options.dry_run) else {
-        return run::run(db, settings, &options).await;
+    let publisher = publisher.filter(|_| !options.dry_run);
+    let deadline = options.deadline;
+    let wait = move || {
+        deadline.map_or(WAIT_WITHOUT_DEADLINE, |d| {
+            d.saturating_duration_since(Instant::now())
+        }) + grace
     };
-    let (events, task) = sink::spawn(publisher.clone());
-    options.on_commit = Some(OnCommit::new(move |batch| {
-        events.send(model::from_batch(
-            batch.released,
-            batch.cancelled,
-            batch.run_id,
-        ));
-    }));
-    let outcome = run::run(db, settings, &options).await;
-    options.on_commit = None;
-    let wait = options.deadline.map_or(WAIT_WITHOUT_DEADLINE, |d| {
-        d.saturating_duration_since(Instant::now())
-    }) + grace;
-    let published = task.finish(wait).await;
+    let (outcome, published) = publishing(publisher, wait, |hook| {
+        options.on_commit = hook;
+        async move { run::run(db, settings, &options).await }
+    })
+    .await;
     match outcome {
         Ok(mut report) => {
             count(&mut report, published);
@@ -51,6 +49,58 @@ pub async fn run(
             Err(failure)
         }
     }
+}
+
+/// Releases one order on request ([`on_request::release_order`]), publishing its events (for
+/// at most `wait` after the release).
+pub async fn release_order(
+    db: &mut Database,
+    settings: &ReleaseSettings,
+    order_id: i64,
+    publisher: Option<&Publisher>,
+    run_id: &str,
+    wait: Duration,
+) -> AppResult<RequestOutcome> {
+    let (outcome, published) = publishing(
+        publisher,
+        || wait,
+        |hook| async move {
+            let hook = hook.as_ref().map(|h| (h, run_id));
+            on_request::release_order(db, settings, order_id, hook).await
+        },
+    )
+    .await;
+    let mut outcome = outcome?;
+    outcome.events_published = published.published;
+    outcome.events_failed = published.failed;
+    Ok(outcome)
+}
+
+/// Runs `work` with an on-commit hook that hands each committed batch's events to a publisher
+/// task (none without a publisher), then waits for the task, `wait()` at most (measured once
+/// the work is done).
+async fn publishing<T, F, Fut>(
+    publisher: Option<&Publisher>,
+    wait: impl FnOnce() -> Duration,
+    work: F,
+) -> (T, Published)
+where
+    F: FnOnce(Option<OnCommit>) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let Some(publisher) = publisher else {
+        return (work(None).await, Published::default());
+    };
+    let (events, task) = sink::spawn(publisher.clone());
+    let hook = OnCommit::new(move |batch| {
+        events.send(model::from_batch(
+            batch.released,
+            batch.cancelled,
+            batch.run_id,
+        ));
+    });
+    let outcome = work(Some(hook)).await;
+    (outcome, task.finish(wait()).await)
 }
 
 fn count(report: &mut RunReport, published: Published) {

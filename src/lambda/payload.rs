@@ -7,6 +7,7 @@
 //!   `"action": "run"` may be given);
 //! - `{"action": "status"}`;
 //! - `{"action": "revive", "order_id": 123}`: revive an order whose payment came late;
+//! - `{"action": "release", "order_id": 123}`: release an order now, due or not;
 //! - `{"action": "report", "days": 7}` (`days` optional): the release-delay report;
 //! - `{"action": "reconcile", "apply": false}` (`variant_ids`, `drop_ids` optional): the
 //!   counters that disagree with their reservations, repaired with `apply`;
@@ -16,6 +17,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::action::reconcile::Reconcile;
+use crate::action::release::Release;
 use crate::action::report::Report;
 use crate::action::revive::Revive;
 use crate::action::run::Run;
@@ -29,6 +31,7 @@ enum Action {
     Run,
     Status,
     Revive,
+    Release,
     Report,
     Reconcile,
 }
@@ -63,7 +66,8 @@ impl Manual {
     /// Names the first field that belongs to another action than `action`.
     fn foreign_field(&self, action: &str) -> Option<&'static str> {
         let run = self.run_field().filter(|_| action != "run");
-        let order = (self.order_id.is_some() && action != "revive").then_some("order_id");
+        let takes_order = action == "revive" || action == "release";
+        let order = (self.order_id.is_some() && !takes_order).then_some("order_id");
         let days = (self.days.is_some() && action != "report").then_some("days");
         let reconcile = [
             ("apply", self.apply.is_some()),
@@ -136,6 +140,7 @@ fn manual_request(manual: Manual) -> Result<Request> {
     let action = match manual.action {
         Some(Action::Status) => "status",
         Some(Action::Revive) => "revive",
+        Some(Action::Release) => "release",
         Some(Action::Report) => "report",
         Some(Action::Reconcile) => "reconcile",
         Some(Action::Run) | None => "run",
@@ -152,6 +157,12 @@ fn manual_request(manual: Manual) -> Result<Request> {
                 Revive::new("order_id", order_id).map_err(payload_error)?,
             )),
             None => Err(Error::Payload("action revive needs field order_id".into())),
+        },
+        Some(Action::Release) => match manual.order_id {
+            Some(order_id) => Ok(Request::Release(
+                Release::new("order_id", order_id).map_err(payload_error)?,
+            )),
+            None => Err(Error::Payload("action release needs field order_id".into())),
         },
         Some(Action::Report) => Ok(Request::Report(
             Report::new("days", manual.days).map_err(payload_error)?,
@@ -255,6 +266,14 @@ mod tests {
             parse(&json!({"action": "revive", "order_id": 42})).unwrap(),
             Request::Revive(Revive { order_id: 42 })
         );
+        assert_eq!(
+            parse(&json!({"action": "release", "order_id": 42})).unwrap(),
+            Request::Release(Release { order_id: 42 })
+        );
+        assert!(parse(&json!({"action": "release"}))
+            .unwrap_err()
+            .to_string()
+            .contains("order_id"));
         assert_eq!(
             parse(&json!({"action": "report"})).unwrap(),
             Request::Report(Report { days: 7 })
@@ -428,6 +447,10 @@ mod tests {
                     }
                     Ok(Request::Revive(Revive { order_id })) => {
                         prop_assert_eq!(payload.get("action"), Some(&json!("revive")));
+                        prop_assert!(order_id > 0);
+                    }
+                    Ok(Request::Release(Release { order_id })) => {
+                        prop_assert_eq!(payload.get("action"), Some(&json!("release")));
                         prop_assert!(order_id > 0);
                     }
                     Ok(Request::Report(Report { days })) => {

@@ -379,3 +379,40 @@ async fn events_unpublished_when_the_time_runs_out_are_named_by_order_id() {
         );
     }
 }
+
+#[tokio::test]
+async fn release_answers_json_with_its_exit_codes() {
+    let t = TestDb::new().await;
+    let v = t.variant(2).await;
+    let order = t.order("pending", "pending").await;
+    t.reservation(Res::new(Some(order), v, 2, "10 minutes"))
+        .await;
+    let url = t.release_url();
+    let env = [("DATABASE_URL", url.as_str())];
+    let id = order.to_string();
+    let out = unreserver(&["release", &id], &env);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout_json(&out),
+        serde_json::json!({"order_id": order, "released": true, "reason": "released",
+            "reservations_released": 1, "units_released": 2,
+            "events_published": 0, "events_failed": 0})
+    );
+    assert_eq!(t.reserved(v).await, 0);
+    let again = unreserver(&["release", &id], &env);
+    assert_eq!(again.status.code(), Some(3));
+    assert_eq!(stdout_json(&again)["reason"], "nothing_active");
+    let unknown = unreserver(&["release", "2147483647"], &env);
+    assert_eq!(unknown.status.code(), Some(3));
+    assert_eq!(stdout_json(&unknown)["reason"], "unknown_order");
+    for bad in ["twelve", "0"] {
+        let out = unreserver(&["release", bad], &env);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(out.stdout.is_empty());
+    }
+}

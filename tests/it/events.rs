@@ -224,7 +224,7 @@ async fn each_cancelled_order_and_hold_arrives_once_and_the_database_replays_the
     );
 
     // The database is the outbox: the window gives exactly the same events.
-    let rows = outbox::expired_in_window(&db.client, since, None)
+    let rows = outbox::expired_in_window(&db.client, since, None, 15)
         .await
         .unwrap();
     let replayed: Vec<Value> = from_rows(&rows, None)
@@ -235,7 +235,7 @@ async fn each_cancelled_order_and_hold_arrives_once_and_the_database_replays_the
     assert_eq!(by_subject(&replayed), delivered);
     // A window that ends before the run holds none of them.
     assert!(
-        outbox::expired_in_window(&db.client, since, Some(since + Duration::from_secs(1)))
+        outbox::expired_in_window(&db.client, since, Some(since + Duration::from_secs(1)), 15)
             .await
             .unwrap()
             .is_empty()
@@ -456,7 +456,7 @@ async fn events_of_large_orders_fit_eventbridge_limits_run_and_replay_alike() {
     assert!(orders[30..39].iter().all(|o| lines[o].len() == 400));
 
     // The replay sends the same events again, through the same limits.
-    let rows = outbox::expired_in_window(&db.client, since, None)
+    let rows = outbox::expired_in_window(&db.client, since, None, 15)
         .await
         .unwrap();
     let replayed = publisher.publish(from_rows(&rows, None)).await;
@@ -528,4 +528,52 @@ async fn an_entry_eventbridge_throttles_is_sent_again_and_arrives_once() {
         keys,
         [format!("order {throttled}"), format!("order {other}")]
     );
+}
+
+/// An order released on request (none of its lines due) is announced with `"reason":
+/// "released_on_request"`; one the release found due, in the same window, with `"expired"`;
+/// and the database's window derives the same reasons from the rows.
+#[tokio::test]
+async fn an_order_released_on_request_says_so_live_and_in_the_replay() {
+    let t = TestDb::new().await;
+    let v = t.variant(3).await;
+    let asked = t.order("pending", "pending").await;
+    t.reservation(Res::new(Some(asked), v, 1, "10 minutes"))
+        .await;
+    t.reservation(Res::new(Some(asked), v, 1, "1 hour")).await;
+    let (expired, _) = (t.order("pending", "pending").await, ());
+    t.reservation(Res::new(Some(expired), v, 1, "-1 minute"))
+        .await;
+    let (bus, queue) = bus_to_queue().await;
+    let publisher = Publisher::new(aws_sdk_eventbridge::Client::new(&sdk().await), bus);
+    let since = SystemTime::now() - Duration::from_secs(60);
+    let mut db = t.open().await;
+    let outcome = unreserver::events::run::release_order(
+        &mut db,
+        &settings(),
+        asked,
+        Some(&publisher),
+        "on-request",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert!(outcome.released);
+    assert_eq!((outcome.events_published, outcome.events_failed), (1, 0));
+    publishing_run(&mut db, RunOptions::default(), &publisher).await;
+    let delivered = by_subject(&drain(&queue).await);
+    assert_eq!(delivered.len(), 2, "{delivered:#?}");
+    let reason = |events: &BTreeMap<String, Value>, order: i64| {
+        events[&format!("order {order}")]["detail"]["reason"].clone()
+    };
+    assert_eq!(reason(&delivered, asked), json!("released_on_request"));
+    assert_eq!(reason(&delivered, expired), json!("expired"));
+    let rows = outbox::expired_in_window(&db.client, since, None, 15)
+        .await
+        .unwrap();
+    let replayed: Vec<Value> = from_rows(&rows, None)
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap())
+        .collect();
+    assert_eq!(by_subject(&replayed), delivered);
 }

@@ -17,6 +17,7 @@ mod lambda;
 mod large_orders;
 mod layers;
 mod least_privilege;
+mod on_request;
 mod pooler;
 mod reconcile;
 mod release_rules;

@@ -7,7 +7,7 @@
 use std::time::SystemTime;
 
 use tokio_postgres::types::{FromSql, ToSql, Type};
-use unreserver::db::sql::{self, delay_report, outbox, reconcile, revive, PgTimestamp};
+use unreserver::db::sql::{self, delay_report, on_request, outbox, reconcile, revive, PgTimestamp};
 
 use crate::common::TestDb;
 
@@ -60,16 +60,20 @@ fn signatures() -> Vec<Signature> {
             ["name": String, "method": String, "columns": Vec<String>, "options": Vec<i16>,
              "predicate": Option<String>]),
         sig!(sql::DEADLOCK_TIMEOUT_MS, [], ["ms": i64]),
-        sig!(outbox::EXPIRED_IN_WINDOW, [SystemTime, Option<SystemTime>],
+        sig!(outbox::EXPIRED_IN_WINDOW, [SystemTime, Option<SystemTime>, i32],
             ["reservation_id": i64, "order_id": Option<i64>, "order_number": Option<String>,
              "variant_id": i64, "drop_id": Option<i64>, "quantity": i32,
-             "released_at": SystemTime]),
+             "released_at": SystemTime, "due": bool]),
         sig!(outbox::PAID_AFTER_RELEASE_LAST_DAY, [], ["orders": i64]),
         sig!(outbox::PAID_AFTER_RELEASE_TOTAL, [], ["orders": i64]),
         sig!(delay_report::RELEASE_DELAY_BY_DAY, [i32, i32],
             ["day": String, "reservations_released": i64, "units_released": i64,
              "orders_cancelled": i64, "holds_released": i64, "p50": Option<f64>,
              "p95": Option<f64>, "max": Option<f64>]),
+        sig!(on_request::LOCK_REQUESTED_ORDER, [i64],
+            ["id": i64, "paid": bool, "releasable": bool, "processing": bool, "active_lines": i64]),
+        sig!(on_request::LOCK_REQUESTED_ORDER, [i64],
+            ["id": i64, "paid": bool, "releasable": bool, "processing": bool, "active_lines": i64]),
         sig!(revive::LOCK_ORDER, [i64], ["id": i64, "status": String]),
         sig!(revive::LOCK_RELEASED, [i64],
             ["id": i64, "variant_id": i64, "drop_id": Option<i64>, "quantity": i32]),

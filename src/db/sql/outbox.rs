@@ -25,17 +25,26 @@ pub struct ExpiredRow {
     pub drop_id: Option<i64>,
     pub quantity: i32,
     pub released_at: SystemTime,
+    /// It was due when released (`expires_at`, or `created_at` plus the timeout, at or before
+    /// `released_at`; grace not counted). An order none of whose rows was due was released on
+    /// request.
+    pub due: bool,
 }
 
 /// The reservations the release expired in [$1, $2) (`$2` NULL: up to `now()`), for the
-/// expiry events: the rows of the orders it cancelled, and the cart holds. Ordered so that an
-/// order's rows are adjacent. Reads the window through `released_at` (the BRIN index of
-/// `infra/indexes.sql` keeps it to the window); locks nothing.
+/// expiry events: the rows of the orders it cancelled, and the cart holds, each saying whether
+/// it was due when released. Ordered so that an order's rows are adjacent. Reads the window
+/// through `released_at` (the BRIN index of `infra/indexes.sql` keeps it to the window); locks
+/// nothing.
+///
+/// $1 since, $2 until, $3 reservation timeout minutes.
 pub const EXPIRED_IN_WINDOW: &str = concat!(
     "SELECT r.id::int8 AS reservation_id, ",
     "r.order_id::int8 AS order_id, o.order_number::text AS order_number, ",
     "r.product_variant_id::int8 AS variant_id, r.drop_product_id::int8 AS drop_id, ",
-    "r.quantity::int4 AS quantity, r.released_at ",
+    "r.quantity::int4 AS quantity, r.released_at, COALESCE(",
+    due_at!("r", "$3"),
+    " <= r.released_at, true) AS due ",
     "FROM orders_inventoryreservation r LEFT JOIN orders_order o ON o.id = r.order_id ",
     "WHERE r.status = 'expired' AND r.released_at >= $1::timestamptz ",
     "AND r.released_at < COALESCE($2::timestamptz, now()) ",
@@ -49,11 +58,12 @@ pub async fn expired_in_window(
     client: &(impl GenericClient + Sync),
     since: SystemTime,
     until: Option<SystemTime>,
+    timeout_minutes: i32,
 ) -> Result<Vec<ExpiredRow>> {
     fetch(
         client,
         EXPIRED_IN_WINDOW,
-        &[&since, &until],
+        &[&since, &until, &timeout_minutes],
         "reading the expiry events of the window",
         |row| {
             Ok(ExpiredRow {
@@ -64,6 +74,7 @@ pub async fn expired_in_window(
                 drop_id: row.try_get("drop_id")?,
                 quantity: row.try_get("quantity")?,
                 released_at: row.try_get("released_at")?,
+                due: row.try_get("due")?,
             })
         },
     )

@@ -1,0 +1,174 @@
+//! Releasing one order now, on request — the shop's abandon or payment-failed webhook — whether
+//! its reservations are due or not, by the release's rules otherwise: only a `pending` or
+//! `cancelled` order whose payment is `pending`, `failed` or `processing` (a paid order never),
+//! the batch's own steps and locks (never waiting in a lock queue), the same counters, the order
+//! cancelled with `cancelled_at`, and its `Order Expired` event (through the run's on-commit
+//! hook). One batch ([`Source::Requested`]) within the batch budget, measured from its first
+//! hot row as for a large order.
+//!
+//! A row someone holds (the order itself, one of its reservations, a counter row) is polled
+//! for, like revive: the order lock every 2 ms, then 4, ... up to 32, for `LOCK_TIMEOUT_MS`
+//! (the batch polls its other rows the same way); then after a backoff, up to
+//! `BATCH_MAX_ATTEMPTS` such tries in all, and then a retryable [`Error::Busy`].
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_postgres::error::SqlState;
+
+use super::batch::{BatchOutcome, BatchParams, Refusal, Source};
+use super::run::{
+    batch_budget, statement_timeout, timed_batch, Budget, Committed, OnCommit, TryError,
+};
+use crate::config::ReleaseSettings;
+use crate::db::session::Database;
+use crate::error::{is_cancelled, sql_state, Error, Result};
+
+/// Why an order asked for was or was not released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    Released,
+    /// Its payment is `paid`: never touched.
+    Paid,
+    /// Its status or payment is one the release rules refuse (a confirmed order, a refund).
+    NotReleasable,
+    /// It holds no active reservation (released already, or never reserved).
+    NothingActive,
+    UnknownOrder,
+}
+
+impl From<Refusal> for Reason {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Paid => Reason::Paid,
+            Refusal::NotReleasable => Reason::NotReleasable,
+            Refusal::NothingActive => Reason::NothingActive,
+            Refusal::UnknownOrder => Reason::UnknownOrder,
+        }
+    }
+}
+
+/// What `release ORDER_ID` answers (the CLI prints it, the Lambda returns it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestOutcome {
+    pub order_id: i64,
+    pub released: bool,
+    pub reason: Reason,
+    pub reservations_released: u64,
+    pub units_released: u64,
+    /// Its `Order Expired` events published, and those that could not be (logged by order
+    /// id); both 0 without a bus.
+    pub events_published: u64,
+    pub events_failed: u64,
+}
+
+/// Longest pause between two tries within one attempt.
+const MAX_POLL: Duration = Duration::from_millis(32);
+
+/// Releases `order_id` now if the rules admit it; `on_commit` gets what the committed batch
+/// released (its events).
+pub async fn release_order(
+    db: &mut Database,
+    settings: &ReleaseSettings,
+    order_id: i64,
+    on_commit: Option<(&OnCommit, &str)>,
+) -> Result<RequestOutcome> {
+    let budget = Budget::FromHotPhase {
+        hot: batch_budget(settings, db)?,
+        whole: Duration::from_millis(u64::from(settings.statement_timeout_ms)),
+    };
+    let params = BatchParams::new(settings, false);
+    for attempt in 1..=settings.batch_max_attempts {
+        if let Some(batch) = attempt_release(db, &params, budget, order_id, settings).await? {
+            if let (Some((hook, run_id)), false) = (on_commit, batch.released.is_empty()) {
+                hook.call(Committed {
+                    released: &batch.released,
+                    cancelled: &batch.cancelled,
+                    run_id,
+                });
+            }
+            return Ok(outcome(order_id, &batch));
+        }
+        tracing::debug!(
+            order_id,
+            attempt,
+            "release on request: a row stayed held; backing off"
+        );
+        if attempt < settings.batch_max_attempts {
+            let step = u64::from(settings.retry_backoff_ms) << attempt.min(10);
+            tokio::time::sleep(Duration::from_millis(step)).await;
+        }
+    }
+    Err(Error::Busy {
+        what: "releasing the order on request",
+        why: format!(
+            "order {order_id} or a row it needs stayed locked by another transaction through \
+             {} tries; try again shortly",
+            settings.batch_max_attempts
+        ),
+    })
+}
+
+/// One attempt: batches until one is not stopped by a held row, polling for `LOCK_TIMEOUT_MS`;
+/// None when a row stayed held that long.
+async fn attempt_release(
+    db: &mut Database,
+    params: &BatchParams,
+    budget: Budget,
+    order_id: i64,
+    settings: &ReleaseSettings,
+) -> Result<Option<BatchOutcome>> {
+    let until = Instant::now() + Duration::from_millis(u64::from(settings.lock_timeout_ms));
+    let mut pause = Duration::from_millis(2);
+    let none = HashSet::new();
+    loop {
+        let held = match timed_batch(db, params, Source::Requested(order_id), &none, budget).await {
+            Ok(batch) if !batch.locked_tables.is_empty() => {
+                return Err(Error::Busy {
+                    what: "releasing the order on request",
+                    why: format!(
+                        "tables {} are locked by another session (a migration, a LOCK TABLE); \
+                         nothing was changed, try again once it is done",
+                        batch.locked_tables.join(", ")
+                    ),
+                })
+            }
+            // The batch polled for its reservation and counter rows already.
+            Ok(batch) if !batch.deferred_orders.is_empty() => return Ok(None),
+            Ok(batch) => return Ok(Some(batch)),
+            Err(TryError::Other(e)) if sql_state(&e) == Some(&SqlState::LOCK_NOT_AVAILABLE) => e,
+            Err(TryError::Cut(e)) => {
+                return Err(Error::TooSlow {
+                    what: "releasing the order on request",
+                    why: format!("it took longer than its budget even alone: {}", e.chain()),
+                    hint: String::new(),
+                })
+            }
+            Err(TryError::Other(e)) if is_cancelled(&e) => {
+                return Err(statement_timeout(e, String::new()))
+            }
+            Err(TryError::Other(e)) => return Err(e),
+        };
+        if Instant::now() >= until {
+            tracing::debug!(order_id, error = %held.chain(), "the order stayed held");
+            return Ok(None);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_POLL);
+    }
+}
+
+fn outcome(order_id: i64, batch: &BatchOutcome) -> RequestOutcome {
+    let reason = batch.refused.map_or(Reason::Released, Reason::from);
+    RequestOutcome {
+        order_id,
+        released: reason == Reason::Released,
+        reason,
+        reservations_released: batch.counts.reservations_released,
+        units_released: batch.counts.units_released,
+        events_published: 0,
+        events_failed: 0,
+    }
+}

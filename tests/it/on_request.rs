@@ -1,0 +1,230 @@
+//! Releasing one order on request (`unreserver release`, the Lambda's `release` action), as
+//! the least-privilege role: an order not yet due is released at once, with its counters and
+//! its cancellation, by the release's rules otherwise (a paid order never, an order the rules
+//! refuse never); a held row is polled for without keeping any other row from a shopper, then
+//! given up retryably.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use unreserver::events::run::release_order;
+use unreserver::{Database, ReleaseReason, RequestOutcome};
+
+use crate::common::{run, settings, Res, TestDb};
+
+async fn release(db: &mut Database, order: i64) -> unreserver::Result<RequestOutcome> {
+    release_order(db, &settings(), order, None, "test", Duration::from_secs(1)).await
+}
+
+/// A pending order with a drop line of 3 due in ten minutes and a plain line of 2 due in an
+/// hour: (order, variant, drop, second variant).
+async fn order_not_yet_due(t: &TestDb, payment: &str) -> (i64, i64, i64, i64) {
+    let (v, v2) = (t.variant(3).await, t.variant(2).await);
+    let d = t.drop_product(v, 3).await;
+    let order = t.order("pending", payment).await;
+    t.reservation(Res {
+        drop: Some(d),
+        ..Res::new(Some(order), v, 3, "10 minutes")
+    })
+    .await;
+    t.reservation(Res::new(Some(order), v2, 2, "1 hour")).await;
+    (order, v, d, v2)
+}
+
+#[tokio::test]
+async fn an_order_not_yet_due_is_released_now_with_its_counters_and_cancellation() {
+    let t = TestDb::new().await;
+    let (order, v, d, v2) = order_not_yet_due(&t, "failed").await;
+    // Another order on the same rows, not asked for, stays.
+    let other = t.order("pending", "pending").await;
+    t.exec(&format!(
+        "UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 WHERE id = {v}"
+    ))
+    .await;
+    let kept = t
+        .reservation(Res::new(Some(other), v, 1, "10 minutes"))
+        .await;
+    let mut db = t.open().await;
+    // A run releases nothing: nothing is due.
+    assert_eq!(
+        run(&mut db, &settings(), false)
+            .await
+            .counts
+            .reservations_released,
+        0
+    );
+
+    let outcome = release(&mut db, order).await.unwrap();
+    assert_eq!(
+        outcome,
+        RequestOutcome {
+            order_id: order,
+            released: true,
+            reason: ReleaseReason::Released,
+            reservations_released: 2,
+            units_released: 5,
+            events_published: 0,
+            events_failed: 0,
+        }
+    );
+    assert_eq!(
+        (
+            t.reserved(v).await,
+            t.drop_reserved(d).await,
+            t.reserved(v2).await
+        ),
+        (1, 0, 0)
+    );
+    assert_eq!(t.order_status(order).await, "cancelled");
+    assert_eq!(
+        t.i64(&format!(
+            "SELECT count(*) FROM orders_inventoryreservation r JOIN orders_order o \
+             ON o.id = r.order_id WHERE o.id = {order} AND r.status = 'expired' \
+             AND r.released_at = o.cancelled_at"
+        ))
+        .await,
+        2,
+        "cancelled_at is the released_at of its lines, as for an expired order"
+    );
+    assert_eq!(t.reservation_status(kept).await, "active");
+    assert_eq!(t.drifted_counters().await, 0);
+
+    // Asked again (a webhook delivered twice): nothing active, nothing changes.
+    let again = release(&mut db, order).await.unwrap();
+    assert_eq!(
+        (again.released, again.reason),
+        (false, ReleaseReason::NothingActive)
+    );
+    assert_eq!(t.reserved(v).await, 1);
+}
+
+#[tokio::test]
+async fn a_paid_order_or_one_the_rules_refuse_is_never_touched() {
+    let t = TestDb::new().await;
+    let (paid, ..) = order_not_yet_due(&t, "paid").await;
+    let (refunded, ..) = order_not_yet_due(&t, "refunded").await;
+    let (confirmed, ..) = order_not_yet_due(&t, "pending").await;
+    t.exec(&format!(
+        "UPDATE orders_order SET status = 'confirmed' WHERE id = {confirmed}"
+    ))
+    .await;
+    let empty = t.order("pending", "pending").await;
+    let before = t.fingerprint().await;
+    let mut db = t.open().await;
+    for (order, reason) in [
+        (paid, ReleaseReason::Paid),
+        (refunded, ReleaseReason::NotReleasable),
+        (confirmed, ReleaseReason::NotReleasable),
+        (empty, ReleaseReason::NothingActive),
+        (i64::from(i32::MAX), ReleaseReason::UnknownOrder),
+    ] {
+        let outcome = release(&mut db, order).await.unwrap();
+        assert_eq!(
+            (outcome.released, outcome.reason),
+            (false, reason),
+            "order {order}"
+        );
+        assert_eq!(outcome.reservations_released, 0);
+    }
+    assert_eq!(t.fingerprint().await, before, "nothing changed");
+}
+
+/// A shopper paying holds the order row: the release polls for it (`NOWAIT`, never in its lock
+/// queue) and releases it once the shopper commits, within `LOCK_TIMEOUT_MS`; held for longer
+/// than every try, it gives up with a retryable `LockBusy` and nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_order_is_polled_for_then_given_up_retryably() {
+    let t = TestDb::new().await;
+    let (order, v, ..) = order_not_yet_due(&t, "pending").await;
+    let mut holder = t.connect().await;
+    let pid = crate::common::backend_pid(&holder).await;
+    let held = holder.transaction().await.unwrap();
+    held.execute(
+        "SELECT 1 FROM orders_order WHERE id = $1 FOR UPDATE",
+        &[&order],
+    )
+    .await
+    .unwrap();
+    let mut db = t.open().await;
+    let started = Instant::now();
+    let err = release(&mut db, order).await.unwrap_err();
+    assert_eq!(err.kind(), "LockBusy", "{}", err.chain());
+    assert!(err.is_retryable());
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "it polled for LOCK_TIMEOUT_MS at least: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(t.order_status(order).await, "pending");
+    assert_eq!(t.reserved(v).await, 3);
+
+    // Held briefly: the polling wins once the holder commits.
+    let mut db = t.open().await;
+    let releaser = crate::common::backend_pid(&db.client).await;
+    let releasing = tokio::spawn(async move { release(&mut db, order).await });
+    let watcher = t.connect().await;
+    let polling = "query LIKE '%FOR UPDATE OF o NOWAIT%'";
+    assert!(
+        crate::common::until_seen(&watcher, releaser, polling).await,
+        "the release never tried the held order"
+    );
+    assert!(crate::common::until_seen(&watcher, pid, "state = 'idle in transaction'").await);
+    held.commit().await.unwrap();
+    let outcome = releasing.await.unwrap().unwrap();
+    assert_eq!(outcome.reason, ReleaseReason::Released);
+    assert_eq!(t.order_status(order).await, "cancelled");
+}
+
+/// While the release polls for a drop row a holder keeps, a shopper checks out on the order's
+/// two variants, which the release takes before the drop in each try: each of the shopper's
+/// updates is granted within 60 ms (its own `lock_timeout`), so the release never keeps them
+/// while it waits for the drop. The scenario is asserted first: the release did try (it gave
+/// up `LockBusy`) and the shopper's updates ran during those tries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_polling_for_a_held_row_keeps_no_other_row_from_a_shopper() {
+    let t = TestDb::new().await;
+    let (order, v, d, v2) = order_not_yet_due(&t, "pending").await;
+    let mut holder = t.connect().await;
+    let held = holder.transaction().await.unwrap();
+    held.execute(
+        "SELECT 1 FROM drops_dropproduct WHERE id = $1 FOR UPDATE",
+        &[&d],
+    )
+    .await
+    .unwrap();
+    let releasing = Arc::new(AtomicBool::new(true));
+    let shopper = {
+        let mut c = t.connect().await;
+        let releasing = releasing.clone();
+        tokio::spawn(async move {
+            let mut granted = 0_u32;
+            while releasing.load(Ordering::Relaxed) {
+                let tx = c.transaction().await.unwrap();
+                tx.batch_execute(&format!(
+                    "SET LOCAL lock_timeout = '60ms'; \
+                     UPDATE products_productvariant SET reserved_quantity = reserved_quantity \
+                      WHERE id IN ({v}, {v2})"
+                ))
+                .await
+                .map_err(|e| format!("a shopper waited on the release: {e}"))?;
+                tx.commit().await.unwrap();
+                granted += 1;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            Ok::<u32, String>(granted)
+        })
+    };
+    let mut db = t.open().await;
+    let err = release(&mut db, order).await.unwrap_err();
+    releasing.store(false, Ordering::Relaxed);
+    assert_eq!(err.kind(), "LockBusy", "{}", err.chain());
+    let granted = shopper.await.unwrap().unwrap();
+    assert!(
+        granted > 10,
+        "the shopper hardly ran during the release: {granted}"
+    );
+    held.commit().await.unwrap();
+    assert_eq!(t.order_status(order).await, "pending");
+    assert_eq!(t.reserved(v).await, 3);
+}
