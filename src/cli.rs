@@ -15,6 +15,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::action::events::{Events, EventsAnswer};
+use crate::action::follow::Follow;
 use crate::action::reconcile::Reconcile;
 use crate::action::release::Release;
 use crate::action::report::Report;
@@ -63,6 +64,14 @@ enum Command {
         /// Overrides MAX_BATCHES for this run.
         #[arg(long)]
         max_batches: Option<u32>,
+    },
+    /// Keep releasing as reservations fall due (sleeping until the next one, looking again
+    /// every second), until --for runs out or SIGTERM/SIGINT (the batch in flight finishes);
+    /// then print the run report, summed over the passes.
+    Follow {
+        /// Follow this many seconds (1 to 900); without it, until a signal.
+        #[arg(long = "for", value_name = "SECONDS")]
+        for_seconds: Option<u32>,
     },
     /// Print the backlog, anomalies and counter drift.
     Status,
@@ -186,6 +195,9 @@ fn request(command: Command) -> Result<Request> {
             batch_size.map(|n| ("--batch-size", n)),
             max_batches.map(|n| ("--max-batches", n)),
         )?),
+        Command::Follow { for_seconds } => {
+            Request::Follow(Follow::new("cli", "--for", for_seconds)?)
+        }
         Command::Status => Request::Status(Status),
         Command::Revive { order_id } => Request::Revive(Revive::new("ORDER_ID", order_id)?),
         Command::Release { order_id } => Request::Release(Release::new("ORDER_ID", order_id)?),
@@ -215,12 +227,14 @@ async fn execute(cli: Cli) -> Result<Output> {
     let deadline = config.release.time_budget.map(|b| Instant::now() + b);
     let state = AppState::from_config(config).await?;
     let run_id = new_run_id();
+    let stop = matches!(request, Request::Run(_) | Request::Follow(_)).then(stop_on_signal);
     let invocation = Invocation {
         request_id: "",
         cold_start: false,
         run_id: &run_id,
         deadline,
         publish_grace: PUBLISH_GRACE,
+        stop,
     };
     let answer = request
         .execute(&state, &invocation)
@@ -230,6 +244,31 @@ async fn execute(cli: Cli) -> Result<Output> {
         text: text(&answer),
         code: if answer.done() { 0 } else { 3 },
     })
+}
+
+/// A stop flag raised by the first SIGTERM or SIGINT (the run finishes the batch in flight,
+/// then prints its report); a second one ends the process at once (exit 130).
+fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        for n in 0..2 {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if n == 0 {
+                tracing::warn!("asked to stop: finishing the batch in flight");
+                tx.send_replace(true);
+            }
+        }
+        std::process::exit(130);
+    });
+    rx
 }
 
 /// What the CLI prints of an answer: one JSON object, or one event a line.

@@ -7,6 +7,7 @@
 //! front-end that offers it.
 
 pub mod events;
+pub mod follow;
 pub mod reconcile;
 pub mod release;
 pub mod report;
@@ -29,6 +30,7 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Run(run::Run),
+    Follow(follow::Follow),
     Status(status::Status),
     Revive(revive::Revive),
     Release(release::Release),
@@ -80,6 +82,9 @@ pub struct Invocation<'a> {
     pub deadline: Option<Instant>,
     /// How long a run's events may still take after the deadline.
     pub publish_grace: Duration,
+    /// Set to true when the process is asked to stop (SIGTERM, SIGINT): a run or follow
+    /// finishes the batch in flight and starts no other. None in Lambda.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Request {
@@ -87,6 +92,7 @@ impl Request {
     pub fn name(&self) -> &'static str {
         match self {
             Request::Run(_) => "run",
+            Request::Follow(_) => "follow",
             Request::Status(_) => "status",
             Request::Revive(_) => "revive",
             Request::Release(_) => "release",
@@ -104,6 +110,7 @@ impl Request {
     ) -> std::result::Result<Answer, Failure> {
         match self {
             Request::Run(run) => run.execute(state, invocation).await.map(Answer::Run),
+            Request::Follow(follow) => follow.execute(state, invocation).await.map(Answer::Run),
             Request::Status(status) => Ok(Answer::Status(Box::new(status.execute(state).await?))),
             Request::Revive(revive) => Ok(Answer::Revive(revive.execute(state).await?)),
             Request::Release(release) => {

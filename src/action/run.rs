@@ -55,6 +55,7 @@ impl Run {
             dry_run: self.dry_run,
             deadline: invocation.deadline,
             run_id: invocation.run_id.to_string(),
+            stop: invocation.stop.clone(),
             ..RunOptions::default()
         };
         let ctx = RunContext {

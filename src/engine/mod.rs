@@ -4,6 +4,7 @@
 
 pub(crate) mod batch;
 pub mod counts;
+pub(crate) mod follow;
 pub(crate) mod on_request;
 pub(crate) mod pass;
 pub(crate) mod reconcile;

@@ -24,6 +24,9 @@ pub enum StopReason {
     /// A table the release needs is locked by another session (a migration, a `LOCK TABLE`):
     /// see `locked_tables`. What the batches before committed stays; the next run goes on.
     TableLocked,
+    /// Asked to stop (SIGTERM or SIGINT while `unreserver follow` runs): the batch in flight
+    /// finished, no other started.
+    Stopped,
     /// A batch failed with an error that a retry cannot fix; see the error.
     Failed,
 }
@@ -36,6 +39,7 @@ impl StopReason {
             StopReason::TimeBudget => "time_budget",
             StopReason::RetriesExhausted => "retries_exhausted",
             StopReason::TableLocked => "table_locked",
+            StopReason::Stopped => "stopped",
             StopReason::Failed => "failed",
         }
     }
@@ -104,6 +108,26 @@ pub struct RunReport {
     /// Dry run only: per drop product id, the units a real run would give back.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub units_by_drop: Option<BTreeMap<i64, i64>>,
+    /// Follow mode only: its passes and wake-ups; the rest of the report sums the passes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub follow: Option<FollowStats>,
+    /// The release delays (seconds, sorted) and batch durations (ms) the quantiles above are
+    /// taken from, kept so that the reports of follow mode's passes sum exactly.
+    #[serde(skip)]
+    pub delays: Vec<f64>,
+    #[serde(skip)]
+    pub batch_durations_ms: Vec<f64>,
+}
+
+/// What follow mode did between its passes.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct FollowStats {
+    /// Release passes (each a run over what was due then).
+    pub passes: u64,
+    /// Times it looked when the next reservation falls due (one index lookup each).
+    pub wakeups: u64,
+    /// Why it ended: `time` (its `--for` or the invocation's deadline), or `signal`.
+    pub ended: &'static str,
 }
 
 /// The fields of the run report that other tools rely on (the CLI's contract); the report has
@@ -149,7 +173,47 @@ impl RunReport {
             batch_ms_max: 0.0,
             units_by_variant: dry_run.then(BTreeMap::new),
             units_by_drop: dry_run.then(BTreeMap::new),
+            follow: None,
+            delays: Vec::new(),
+            batch_durations_ms: Vec::new(),
         }
+    }
+
+    /// The quantiles of the release delays and batch durations, from the samples kept.
+    pub fn set_quantiles(&mut self) {
+        self.batch_durations_ms.sort_by(f64::total_cmp);
+        self.batch_ms_p50 = quantile(&self.batch_durations_ms, 0.5);
+        self.batch_ms_p99 = quantile(&self.batch_durations_ms, 0.99);
+        self.batch_ms_max = self.batch_durations_ms.last().copied().unwrap_or(0.0);
+        self.delays.sort_by(f64::total_cmp);
+        if !self.delays.is_empty() {
+            self.release_delay_p95_seconds = Some(quantile(&self.delays, 0.95));
+            self.release_delay_max_seconds = self.delays.last().copied();
+        }
+    }
+
+    /// Adds a later pass of follow mode: what was done is summed, what is left (the backlog,
+    /// deferred work, why it stopped) is the later pass's.
+    pub fn absorb(&mut self, pass: RunReport) {
+        self.counts += pass.counts;
+        self.batches += pass.batches;
+        self.batch_retries += pass.batch_retries;
+        self.pass_scans += pass.pass_scans;
+        self.events_published += pass.events_published;
+        self.events_failed += pass.events_failed;
+        self.delays.extend(pass.delays);
+        self.batch_durations_ms.extend(pass.batch_durations_ms);
+        self.set_quantiles();
+        self.deferred = pass.deferred;
+        self.oldest_deferred_age_seconds = pass.oldest_deferred_age_seconds;
+        self.large_orders_left = pass.large_orders_left;
+        self.locked_tables = pass.locked_tables;
+        self.missing_indexes = pass.missing_indexes;
+        self.paid_orders_with_due_reservations = pass.paid_orders_with_due_reservations;
+        self.stopped_reason = pass.stopped_reason;
+        self.backlog_remaining = pass.backlog_remaining;
+        self.oldest_due_age_seconds = pass.oldest_due_age_seconds;
+        self.paid_after_release = pass.paid_after_release;
     }
 }
 

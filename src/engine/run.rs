@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::batch::{self, BatchOutcome, BatchParams, Cursor, LongHeld, Source};
 use super::pass::Passes;
-use super::report::{quantile, RunReport, StopReason};
+use super::report::{RunReport, StopReason};
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::db::sql::{outbox, CancelledOrder, Counter, ReleasedReservation};
@@ -29,6 +29,9 @@ pub struct RunOptions {
     /// Called after each committed batch with what it released (never in a dry run): the
     /// events layer composes and publishes the expiry events there.
     pub on_commit: Option<OnCommit>,
+    /// Set to true, the run finishes the batch in flight and starts no other
+    /// ([`StopReason::Stopped`]): follow mode's SIGTERM or SIGINT.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// What a committed batch released, as the on-commit hook sees it.
@@ -67,6 +70,7 @@ impl Default for RunOptions {
             deadline: None,
             run_id: new_run_id(),
             on_commit: None,
+            stop: None,
         }
     }
 }
@@ -247,9 +251,16 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// `MAX_BATCHES` ran, or the deadline leaves no time for another batch.
+    /// Asked to stop, `MAX_BATCHES` ran, or the deadline leaves no time for another batch.
     fn limit_reached(&self) -> Option<StopReason> {
-        if self.report.batches >= self.settings.max_batches {
+        if self
+            .options
+            .stop
+            .as_ref()
+            .is_some_and(|stop| *stop.borrow())
+        {
+            Some(StopReason::Stopped)
+        } else if self.report.batches >= self.settings.max_batches {
             Some(StopReason::MaxBatches)
         } else if past(self.options.deadline, self.allowance()) {
             Some(StopReason::TimeBudget)
@@ -649,15 +660,9 @@ impl<'a> Run<'a> {
         self.report.paid_orders_with_due_reservations = self.paid_orders.len() as u64;
         self.report.deferred = (self.deferred_orders.len() + self.deferred_holds.len()) as u64;
         self.report.pass_scans = self.passes.as_ref().map_or(0, |p| p.scans);
-        self.durations.sort_by(f64::total_cmp);
-        self.report.batch_ms_p50 = quantile(&self.durations, 0.5);
-        self.report.batch_ms_p99 = quantile(&self.durations, 0.99);
-        self.report.batch_ms_max = self.durations.last().copied().unwrap_or(0.0);
-        self.delays.sort_by(f64::total_cmp);
-        if !self.delays.is_empty() {
-            self.report.release_delay_p95_seconds = Some(quantile(&self.delays, 0.95));
-            self.report.release_delay_max_seconds = self.delays.last().copied();
-        }
+        self.report.batch_durations_ms = std::mem::take(&mut self.durations);
+        self.report.delays = std::mem::take(&mut self.delays);
+        self.report.set_quantiles();
         let result = match outcome {
             // A locked table cannot be read either: the backlog stays uncounted (0).
             Ok(StopReason::TableLocked) => Ok(StopReason::TableLocked),

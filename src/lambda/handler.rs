@@ -53,13 +53,14 @@ pub async fn handle(
         run_id: &run_id,
         deadline: deadline(event.context.deadline, state.config.lambda.deadline_margin),
         publish_grace: state.config.lambda.deadline_margin / 2,
+        stop: None,
     };
     let action = request.name();
     let dry_run = matches!(&request, Request::Run(run) if run.dry_run);
     let started = Instant::now();
     let span = tracing::info_span!("action", action, request_id);
     let outcome = request.execute(state, &invocation).instrument(span).await;
-    if matches!(action, "run" | "reconcile") {
+    if matches!(action, "run" | "follow" | "reconcile") {
         emit_metrics(state, &invocation, action, &outcome, dry_run, started);
     }
     match outcome {

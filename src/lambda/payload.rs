@@ -5,6 +5,8 @@
 //!   envelope (`detail-type: Scheduled Event`);
 //! - a manual run: `{"dry_run": true, "batch_size": 50, "max_batches": 10}` (all optional;
 //!   `"action": "run"` may be given);
+//! - `{"action": "follow", "seconds": 60}`: release as reservations fall due for that long
+//!   (`seconds` optional, 60 by default; never past the deadline less its margin);
 //! - `{"action": "status"}`;
 //! - `{"action": "revive", "order_id": 123}`: revive an order whose payment came late;
 //! - `{"action": "release", "order_id": 123}`: release an order now, due or not;
@@ -16,6 +18,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::action::follow::Follow;
 use crate::action::reconcile::Reconcile;
 use crate::action::release::Release;
 use crate::action::report::Report;
@@ -29,6 +32,7 @@ use crate::error::{Error, Result};
 #[serde(rename_all = "snake_case")]
 enum Action {
     Run,
+    Follow,
     Status,
     Revive,
     Release,
@@ -45,6 +49,7 @@ struct Manual {
     batch_size: Option<u32>,
     max_batches: Option<u32>,
     order_id: Option<i64>,
+    seconds: Option<u32>,
     days: Option<u32>,
     apply: Option<bool>,
     variant_ids: Option<Vec<i64>>,
@@ -69,6 +74,7 @@ impl Manual {
         let takes_order = action == "revive" || action == "release";
         let order = (self.order_id.is_some() && !takes_order).then_some("order_id");
         let days = (self.days.is_some() && action != "report").then_some("days");
+        let seconds = (self.seconds.is_some() && action != "follow").then_some("seconds");
         let reconcile = [
             ("apply", self.apply.is_some()),
             ("variant_ids", self.variant_ids.is_some()),
@@ -76,7 +82,7 @@ impl Manual {
         ]
         .into_iter()
         .find_map(|(name, given)| (given && action != "reconcile").then_some(name));
-        run.or(order).or(days).or(reconcile)
+        run.or(order).or(days).or(seconds).or(reconcile)
     }
 }
 
@@ -99,6 +105,8 @@ struct ScheduledEvent {
 }
 
 const MAX_SOURCE_LEN: usize = 64;
+/// How long a `follow` payload without `seconds` follows: the schedule's minute.
+const DEFAULT_FOLLOW_SECONDS: u32 = 60;
 
 /// Parses a payload into a request.
 pub fn parse(payload: &Value) -> Result<Request> {
@@ -139,6 +147,7 @@ fn manual_request(manual: Manual) -> Result<Request> {
     }
     let action = match manual.action {
         Some(Action::Status) => "status",
+        Some(Action::Follow) => "follow",
         Some(Action::Revive) => "revive",
         Some(Action::Release) => "release",
         Some(Action::Report) => "report",
@@ -152,6 +161,14 @@ fn manual_request(manual: Manual) -> Result<Request> {
     }
     match manual.action {
         Some(Action::Status) => Ok(Request::Status(Status)),
+        Some(Action::Follow) => Ok(Request::Follow(
+            Follow::new(
+                manual.source.as_deref().unwrap_or("manual"),
+                "seconds",
+                Some(manual.seconds.unwrap_or(DEFAULT_FOLLOW_SECONDS)),
+            )
+            .map_err(payload_error)?,
+        )),
         Some(Action::Revive) => match manual.order_id {
             Some(order_id) => Ok(Request::Revive(
                 Revive::new("order_id", order_id).map_err(payload_error)?,
@@ -266,6 +283,30 @@ mod tests {
             parse(&json!({"action": "revive", "order_id": 42})).unwrap(),
             Request::Revive(Revive { order_id: 42 })
         );
+        assert_eq!(
+            parse(&json!({"action": "follow", "seconds": 60, "source": "schedule"})).unwrap(),
+            Request::Follow(Follow {
+                seconds: Some(60),
+                source: "schedule".into()
+            })
+        );
+        assert_eq!(
+            parse(&json!({"action": "follow"})).unwrap(),
+            Request::Follow(Follow {
+                seconds: Some(60),
+                source: "manual".into()
+            })
+        );
+        for bad in [
+            json!({"action": "follow", "seconds": 0}),
+            json!({"action": "follow", "seconds": 901}),
+            json!({"action": "status", "seconds": 5}),
+        ] {
+            assert!(
+                parse(&bad).unwrap_err().to_string().contains("seconds"),
+                "{bad}"
+            );
+        }
         assert_eq!(
             parse(&json!({"action": "release", "order_id": 42})).unwrap(),
             Request::Release(Release { order_id: 42 })
@@ -384,6 +425,7 @@ mod tests {
             "action",
             "source",
             "order_id",
+            "seconds",
             "days",
             "apply",
             "variant_ids",
@@ -441,6 +483,10 @@ mod tests {
                             prop_assert!(map.keys().all(|k| KNOWN.contains(&k.as_str()))
                                 || map.contains_key("detail-type"));
                         }
+                    }
+                    Ok(Request::Follow(Follow { seconds, .. })) => {
+                        prop_assert_eq!(payload.get("action"), Some(&json!("follow")));
+                        prop_assert!(seconds.is_some_and(|s| (1..=900).contains(&s)));
                     }
                     Ok(Request::Status(_)) => {
                         prop_assert_eq!(payload.get("action"), Some(&json!("status")));

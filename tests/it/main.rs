@@ -9,6 +9,7 @@ mod drop_day;
 mod events;
 mod failures;
 mod faults;
+mod follow;
 mod handler;
 mod hot_rows;
 mod iam;

@@ -7,7 +7,9 @@
 use std::time::SystemTime;
 
 use tokio_postgres::types::{FromSql, ToSql, Type};
-use unreserver::db::sql::{self, delay_report, on_request, outbox, reconcile, revive, PgTimestamp};
+use unreserver::db::sql::{
+    self, delay_report, follow, on_request, outbox, reconcile, revive, PgTimestamp,
+};
 
 use crate::common::TestDb;
 
@@ -70,6 +72,8 @@ fn signatures() -> Vec<Signature> {
             ["day": String, "reservations_released": i64, "units_released": i64,
              "orders_cancelled": i64, "holds_released": i64, "p50": Option<f64>,
              "p95": Option<f64>, "max": Option<f64>]),
+        sig!(follow::NEXT_DUE, [PgTimestamp, i32, i32],
+            ["checked_at": PgTimestamp, "wait_seconds": Option<f64>]),
         sig!(on_request::LOCK_REQUESTED_ORDER, [i64],
             ["id": i64, "paid": bool, "releasable": bool, "processing": bool, "active_lines": i64]),
         sig!(on_request::LOCK_REQUESTED_ORDER, [i64],

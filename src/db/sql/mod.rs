@@ -121,6 +121,7 @@ impl Statements {
 mod rules;
 mod claim;
 pub mod delay_report;
+pub mod follow;
 pub mod on_request;
 pub mod outbox;
 mod reads;

@@ -1,0 +1,161 @@
+//! `follow`: release as reservations fall due, for a while — pass after pass, sleeping until
+//! the next reservation falls due (see [`crate::engine::follow`]) — and answer with the passes'
+//! reports summed, as `run` does (one summary line, one metrics document). It ends when its
+//! seconds are up (never past the invocation's deadline) or when asked to stop (SIGTERM or
+//! SIGINT on the command line): the batch in flight finishes, no other starts.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::action::{open, AppState, Failure, Invocation};
+use crate::engine::follow::{Follower, Next};
+use crate::engine::report::{FollowStats, RunReport};
+use crate::engine::run::RunOptions;
+use crate::error::{Error, Result};
+use crate::events;
+use crate::telemetry::{self, RunContext};
+
+/// The longest a follow may be asked to last, in seconds (a Lambda function's longest timeout).
+pub const MAX_SECONDS: u32 = 900;
+/// Following with no end: until a signal.
+const FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// How long to follow, and who asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Follow {
+    /// None: until a signal (the command line without `--for`).
+    pub seconds: Option<u32>,
+    pub source: String,
+}
+
+impl Follow {
+    /// The input, checked: `field` is the name the front-end gave the seconds.
+    pub fn new(source: &str, field: &str, seconds: Option<u32>) -> Result<Self> {
+        if seconds.is_some_and(|s| s == 0 || s > MAX_SECONDS) {
+            return Err(Error::Setting {
+                name: field.into(),
+                reason: format!("must be 1 to {MAX_SECONDS} seconds"),
+            });
+        }
+        Ok(Follow {
+            seconds,
+            source: source.into(),
+        })
+    }
+
+    pub async fn execute(
+        self,
+        state: &AppState,
+        invocation: &Invocation<'_>,
+    ) -> std::result::Result<Box<RunReport>, Failure> {
+        let ctx = RunContext {
+            request_id: invocation.request_id,
+            run_id: invocation.run_id,
+            source: &self.source,
+            dry_run: false,
+            cold_start: invocation.cold_start,
+            tls: !state.config.database.tls_disabled(),
+        };
+        let outcome = self
+            .passes(state, invocation)
+            .instrument(telemetry::run_span(&ctx))
+            .await;
+        match outcome {
+            Ok(report) => {
+                telemetry::log_run(&ctx, Some(&report), None);
+                Ok(Box::new(report))
+            }
+            Err((error, report)) => {
+                telemetry::log_run(&ctx, Some(&report), Some(&error));
+                Err(Failure {
+                    error,
+                    report: Some(Box::new(report)),
+                })
+            }
+        }
+    }
+
+    /// Pass after pass until the time is up or a stop is asked; the summed report, or the
+    /// error with what the passes before it did.
+    async fn passes(
+        &self,
+        state: &AppState,
+        invocation: &Invocation<'_>,
+    ) -> std::result::Result<RunReport, (Error, RunReport)> {
+        let started = Instant::now();
+        let end = started
+            + self
+                .seconds
+                .map_or(FOREVER, |s| Duration::from_secs(u64::from(s)));
+        let until = invocation.deadline.map_or(end, |d| d.min(end));
+        let settings = &state.config.release;
+        let mut total = RunReport::new(false);
+        total.run_id = invocation.run_id.to_string();
+        let mut stop = invocation.stop.clone();
+        let mut follower = Follower::new(settings, until);
+        let mut ended = "time";
+        let result = async {
+            let mut db = open(state).await?;
+            loop {
+                if stop.as_ref().is_some_and(|s| *s.borrow()) {
+                    ended = "signal";
+                    return Ok(());
+                }
+                match follower.next(&db).await? {
+                    Next::Done => return Ok(()),
+                    Next::Sleep(pause) => sleep_or_stop(pause, stop.as_mut()).await,
+                    Next::Pass => {
+                        let options = RunOptions {
+                            deadline: invocation.deadline,
+                            run_id: invocation.run_id.to_string(),
+                            stop: stop.clone(),
+                            ..RunOptions::default()
+                        };
+                        let publisher = state.publisher.as_ref();
+                        let grace = invocation.publish_grace;
+                        match events::run::run(&mut db, settings, options, publisher, grace).await {
+                            Ok(report) => {
+                                follower.passed(&report);
+                                total.absorb(report);
+                            }
+                            Err(failure) => {
+                                total.absorb(*failure.report);
+                                return Err(failure.error);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        .await;
+        let (passes, wakeups) = follower.counts();
+        total.follow = Some(FollowStats {
+            passes,
+            wakeups,
+            ended,
+        });
+        total.duration_ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(()) => Ok(total),
+            Err(error) => {
+                total.stopped_reason = crate::engine::report::StopReason::Failed;
+                Err((error, total))
+            }
+        }
+    }
+}
+
+/// Sleeps `pause`, or less if a stop is asked meanwhile.
+async fn sleep_or_stop(pause: Duration, stop: Option<&mut watch::Receiver<bool>>) {
+    match stop {
+        Some(stop) => {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        None => tokio::time::sleep(pause).await,
+    }
+}
