@@ -90,11 +90,10 @@ impl Follow {
                 .seconds
                 .map_or(FOREVER, |s| Duration::from_secs(u64::from(s)));
         let until = invocation.deadline.map_or(end, |d| d.min(end));
-        let settings = &state.config.release;
         let mut total = RunReport::new(false);
         total.run_id = invocation.run_id.to_string();
         let mut stop = invocation.stop.clone();
-        let mut follower = Follower::new(settings, until);
+        let mut follower = Follower::new(&state.config.release, until);
         let mut ended = "time";
         let result = async {
             let mut db = open(state).await?;
@@ -107,15 +106,8 @@ impl Follow {
                     Next::Done => return Ok(()),
                     Next::Sleep(pause) => sleep_or_stop(pause, stop.as_mut()).await,
                     Next::Pass => {
-                        let options = RunOptions {
-                            deadline: invocation.deadline,
-                            run_id: invocation.run_id.to_string(),
-                            stop: stop.clone(),
-                            ..RunOptions::default()
-                        };
-                        let publisher = state.publisher.as_ref();
-                        let grace = invocation.publish_grace;
-                        match events::run::run(&mut db, settings, options, publisher, grace).await {
+                        let report = pass(&mut db, state, invocation, stop.clone()).await;
+                        match report {
                             Ok(report) => {
                                 follower.passed(&report);
                                 total.absorb(report);
@@ -145,6 +137,23 @@ impl Follow {
             }
         }
     }
+}
+
+/// One pass: a run over what is due now, its events published.
+async fn pass(
+    db: &mut crate::db::session::Database,
+    state: &AppState,
+    invocation: &Invocation<'_>,
+    stop: Option<watch::Receiver<bool>>,
+) -> std::result::Result<RunReport, crate::engine::run::RunFailure> {
+    let options = RunOptions {
+        deadline: invocation.deadline,
+        run_id: invocation.run_id.to_string(),
+        stop,
+        ..RunOptions::default()
+    };
+    let (publisher, grace) = (state.publisher.as_ref(), invocation.publish_grace);
+    events::run::run(db, &state.config.release, options, publisher, grace).await
 }
 
 /// Sleeps `pause`, or less if a stop is asked meanwhile.

@@ -263,26 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn accepts_the_documented_payloads() {
-        assert_eq!(run(json!({"source": "schedule"})).source, "schedule");
-        assert!(!run(json!({"source": "schedule"})).dry_run);
-        let r = run(json!({"dry_run": true, "batch_size": 50, "max_batches": 3}));
-        assert_eq!(
-            (r.dry_run, r.batch_size, r.max_batches),
-            (true, Some(50), Some(3))
-        );
-        assert_eq!(r.source, "manual");
-        assert_eq!(run(json!({})).source, "manual");
-        assert_eq!(run(Value::Null).source, "manual");
-        assert!(!run(json!({"action": "run", "dry_run": false})).dry_run);
-        assert_eq!(
-            parse(&json!({"action": "status"})).unwrap(),
-            Request::Status(Status)
-        );
-        assert_eq!(
-            parse(&json!({"action": "revive", "order_id": 42})).unwrap(),
-            Request::Revive(Revive { order_id: 42 })
-        );
+    fn accepts_the_follow_and_release_payloads() {
         assert_eq!(
             parse(&json!({"action": "follow", "seconds": 60, "source": "schedule"})).unwrap(),
             Request::Follow(Follow {
@@ -315,6 +296,29 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("order_id"));
+    }
+
+    #[test]
+    fn accepts_the_documented_payloads() {
+        assert_eq!(run(json!({"source": "schedule"})).source, "schedule");
+        assert!(!run(json!({"source": "schedule"})).dry_run);
+        let r = run(json!({"dry_run": true, "batch_size": 50, "max_batches": 3}));
+        assert_eq!(
+            (r.dry_run, r.batch_size, r.max_batches),
+            (true, Some(50), Some(3))
+        );
+        assert_eq!(r.source, "manual");
+        assert_eq!(run(json!({})).source, "manual");
+        assert_eq!(run(Value::Null).source, "manual");
+        assert!(!run(json!({"action": "run", "dry_run": false})).dry_run);
+        assert_eq!(
+            parse(&json!({"action": "status"})).unwrap(),
+            Request::Status(Status)
+        );
+        assert_eq!(
+            parse(&json!({"action": "revive", "order_id": 42})).unwrap(),
+            Request::Revive(Revive { order_id: 42 })
+        );
         assert_eq!(
             parse(&json!({"action": "report"})).unwrap(),
             Request::Report(Report { days: 7 })

@@ -156,7 +156,7 @@ async fn sigterm_ends_follow_after_the_batch_in_flight() {
     assert_eq!(report["follow"]["ended"], "signal");
     let released = report["reservations_released"].as_u64().unwrap();
     assert_eq!(released % 3, 0, "whole batches only: {report}");
-    assert!(released >= 3 && released < 39, "{report}");
+    assert!((3..39).contains(&released), "{report}");
     assert_eq!(
         t.i64("SELECT count(*) FROM orders_inventoryreservation WHERE status = 'expired'")
             .await as u64,
