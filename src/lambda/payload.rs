@@ -369,6 +369,14 @@ mod tests {
                 "reconcile.json",
                 include_str!("../../infra/events/reconcile.json"),
             ),
+            (
+                "follow.json",
+                include_str!("../../infra/events/follow.json"),
+            ),
+            (
+                "release.json",
+                include_str!("../../infra/events/release.json"),
+            ),
         ] {
             let value: Value = serde_json::from_str(text).unwrap();
             parse(&value).unwrap_or_else(|e| panic!("{file}: {e}"));

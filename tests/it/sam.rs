@@ -205,7 +205,7 @@ fn the_schedule_invokes_the_function_through_its_own_guarded_role() {
     );
     assert_eq!(
         p["ScheduleExpression"],
-        json!({"Fn::FindInMap": ["RunInterval", {"Ref": "RunIntervalMinutes"}, "Expression"]})
+        json!({"Fn::FindInMap": ["ScheduleRate", {"Ref": "ReleaseMode"}, {"Ref": "RunIntervalMinutes"}]})
     );
     let target = &p["Target"];
     assert_eq!(target["Arn"], json!({"Fn::GetAtt": ["Function", "Arn"]}));
@@ -217,8 +217,10 @@ fn the_schedule_invokes_the_function_through_its_own_guarded_role() {
         target["DeadLetterConfig"]["Arn"],
         json!({"Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"]})
     );
-    let input: Value = serde_json::from_str(target["Input"].as_str().unwrap()).unwrap();
-    unreserver::parse_payload(&input).unwrap();
+    for branch in [1, 2] {
+        let text = target["Input"]["Fn::If"][branch].as_str().unwrap();
+        unreserver::parse_payload(&serde_json::from_str(text).unwrap()).unwrap();
+    }
 
     // The schedule is in the stack's own group, and the role trusts that group only: "The
     // value of aws:SourceArn must be your EventBridge Scheduler schedule group ARN [...] Do not
@@ -329,6 +331,52 @@ fn logs_and_metrics_survive_the_log_levels_the_template_allows() {
     }
 }
 
+/// In follow mode the schedule's input is a follow of 60 s, which the function accepts, within
+/// a 75 s timeout that leaves the deadline margin; the duration alarm sits between the two.
+#[test]
+fn follow_mode_invokes_every_minute_to_follow_for_sixty_seconds() {
+    let t = generated();
+    assert_eq!(
+        t["Conditions"]["IsFollow"],
+        json!({"Fn::Equals": [{"Ref": "ReleaseMode"}, "follow"]})
+    );
+    let p = &resource(&t, "FunctionSchedule")["Properties"];
+    let input = &p["Target"]["Input"]["Fn::If"];
+    assert_eq!(input[0], "IsFollow");
+    let follow: Value = serde_json::from_str(input[1].as_str().unwrap()).unwrap();
+    let seconds = match unreserver::parse_payload(&follow).unwrap() {
+        unreserver::Request::Follow(f) => {
+            assert_eq!(f.source, "schedule");
+            f.seconds.unwrap()
+        }
+        other => panic!("{other:?}"),
+    };
+    let interval: Value = serde_json::from_str(input[2].as_str().unwrap()).unwrap();
+    assert!(matches!(
+        unreserver::parse_payload(&interval).unwrap(),
+        unreserver::Request::Run(_)
+    ));
+    let f = &resource(&t, "Function")["Properties"];
+    assert_eq!(f["Timeout"], json!({"Fn::If": ["IsFollow", 75, 120]}));
+    let margin = unreserver::config::LambdaConfig::from_lookup(&|_| None)
+        .unwrap()
+        .deadline_margin
+        .as_secs();
+    assert!(
+        u64::from(seconds) + margin <= 75,
+        "{seconds} s + {margin} s margin"
+    );
+    let alarm = &resource(&t, "DurationNearTimeoutAlarm")["Properties"];
+    let threshold = &alarm["Threshold"]["Fn::If"];
+    assert_eq!(threshold[0], "IsFollow");
+    let follow_ms = threshold[1].as_i64().unwrap();
+    assert!(
+        follow_ms > i64::from(seconds) * 1000 && follow_ms < 75_000,
+        "above a normal follow, below the timeout: {follow_ms}"
+    );
+    assert_eq!(threshold[2], 96000);
+}
+
 /// Every alarm's period, in each of its metrics, in the resolved form it takes for one
 /// interval.
 fn alarm_periods(t: &Value) -> Vec<(String, Value)> {
@@ -357,8 +405,8 @@ fn every_alarm_follows_the_run_interval() {
         .as_array()
         .unwrap();
     assert!(allowed.contains(&json!("1")), "the 1-minute interval");
-    let interval =
-        json!({"Fn::FindInMap": ["RunInterval", {"Ref": "RunIntervalMinutes"}, "Seconds"]});
+    let interval = json!({"Fn::FindInMap":
+        ["AlarmPeriod", {"Ref": "ReleaseMode"}, {"Ref": "RunIntervalMinutes"}]});
     let periods = alarm_periods(&t);
     assert!(periods.len() >= 15, "{periods:?}");
     for (name, period) in &periods {
@@ -370,15 +418,25 @@ fn every_alarm_follows_the_run_interval() {
     for minutes in allowed {
         let minutes = minutes.as_str().unwrap();
         let n: i64 = minutes.parse().unwrap();
-        let entry = &t["Mappings"]["RunInterval"][minutes];
-        assert_eq!(entry["Seconds"].as_i64(), Some(n * 60), "{minutes}");
+        let (period, rate) = (
+            &t["Mappings"]["AlarmPeriod"],
+            &t["Mappings"]["ScheduleRate"],
+        );
+        assert_eq!(
+            period["interval"][minutes].as_i64(),
+            Some(n * 60),
+            "{minutes}"
+        );
         // Scheduler's rate syntax: "rate(1 minute)", "rate(5 minutes)".
         let unit = if n == 1 { "minute" } else { "minutes" };
         assert_eq!(
-            entry["Expression"],
+            rate["interval"][minutes],
             format!("rate({n} {unit})"),
             "{minutes}"
         );
+        // Follow mode: an invocation every minute, whatever the interval.
+        assert_eq!(period["follow"][minutes].as_i64(), Some(60), "{minutes}");
+        assert_eq!(rate["follow"][minutes], "rate(1 minute)", "{minutes}");
         for (name, r) in t["Resources"].as_object().unwrap() {
             if r["Type"] != "AWS::CloudWatch::Alarm" {
                 continue;

@@ -112,12 +112,18 @@ fn the_function_is_configured_with_the_namespace_and_service_the_alarms_use() {
     );
     let schedule = &f["Properties"]["Events"]["Schedule"];
     assert_eq!(schedule["Type"].as_str(), Some("ScheduleV2"));
-    let input: Value =
-        serde_json::from_str(schedule["Properties"]["Input"].as_str().unwrap()).unwrap();
-    let sample: Value =
-        serde_json::from_str(include_str!("../../infra/events/schedule.json")).unwrap();
-    assert_eq!(input, sample, "the schedule's input is the sample payload");
-    unreserver::parse_payload(&input).unwrap();
+    // !If [IsFollow, follow, interval]: each branch is its sample payload.
+    let branches = &schedule["Properties"]["Input"];
+    assert_eq!(branches[0].as_str(), Some("IsFollow"));
+    for (branch, sample) in [
+        (2, include_str!("../../infra/events/schedule.json")),
+        (1, include_str!("../../infra/events/follow.json")),
+    ] {
+        let input: Value = serde_json::from_str(branches[branch].as_str().unwrap()).unwrap();
+        let sample: Value = serde_json::from_str(sample).unwrap();
+        assert_eq!(input, sample, "the schedule's input is the sample payload");
+        unreserver::parse_payload(&input).unwrap();
+    }
 }
 
 #[test]
