@@ -10,10 +10,10 @@ pub use crate::db::settings::{DatabaseConfig, DatabaseSource, IamSettings, Secre
 use crate::error::{Error, Result};
 use crate::settings::{
     self, Setting, BATCH_MAX_ATTEMPTS, BATCH_SIZE, DEADLINE_MARGIN_MS, EVENT_BUS_NAME,
-    LOCK_TIMEOUT_MS, MAX_BATCHES, PASS_SIZE, PAYMENT_PROCESSING_GRACE_MINUTES,
-    POWERTOOLS_METRICS_NAMESPACE, POWERTOOLS_SERVICE_NAME, PREFETCH_CREDENTIALS,
-    RESERVATION_TIMEOUT_MINUTES, RETRY_BACKOFF_MS, REVIVE_HOLD_MINUTES, SHOP_DEADLOCK_TIMEOUT_MS,
-    STATEMENT_TIMEOUT_MS, TIME_BUDGET_SECONDS,
+    EXPIRY_WARNING_SECONDS, LOCK_TIMEOUT_MS, MAX_BATCHES, PASS_SIZE,
+    PAYMENT_PROCESSING_GRACE_MINUTES, POWERTOOLS_METRICS_NAMESPACE, POWERTOOLS_SERVICE_NAME,
+    PREFETCH_CREDENTIALS, RESERVATION_TIMEOUT_MINUTES, RETRY_BACKOFF_MS, REVIVE_HOLD_MINUTES,
+    RUN_INTERVAL_SECONDS, SHOP_DEADLOCK_TIMEOUT_MS, STATEMENT_TIMEOUT_MS, TIME_BUDGET_SECONDS,
 };
 pub use crate::settings::{check_range, SETTINGS};
 
@@ -197,17 +197,28 @@ impl LambdaConfig {
 }
 
 /// Where expiry events go.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventsConfig {
     /// `EVENT_BUS_NAME`: the EventBridge bus (name or ARN) each run publishes its expiry events
     /// to; unset, no events are published.
     pub bus_name: Option<String>,
+    /// `EXPIRY_WARNING_SECONDS` (0: None): the lead time of the `Order Expiring Soon` events.
+    pub warning_lead: Option<Duration>,
+    /// `RUN_INTERVAL_SECONDS` (300): the time between two scheduled runs.
+    pub run_interval: Duration,
 }
 
 impl EventsConfig {
     pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let lead = EXPIRY_WARNING_SECONDS.number(lookup)?;
+        let interval = RUN_INTERVAL_SECONDS.number(lookup)?;
+        let timing = EventsConfig {
+            bus_name: None,
+            warning_lead: (lead > 0).then(|| Duration::from_secs(lead.into())),
+            run_interval: Duration::from_secs(interval.into()),
+        };
         let Some(bus) = EVENT_BUS_NAME.get(lookup) else {
-            return Ok(EventsConfig::default());
+            return Ok(timing);
         };
         let ok = bus.len() <= 1600
             && bus
@@ -221,6 +232,7 @@ impl EventsConfig {
         }
         Ok(EventsConfig {
             bus_name: Some(bus),
+            ..timing
         })
     }
 }

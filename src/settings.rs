@@ -245,6 +245,22 @@ pub const EVENT_BUS_NAME: Setting = text(
     Both,
     "EventBridge bus (name or ARN) the expiry events go to; unset: none are published.",
 );
+pub const EXPIRY_WARNING_SECONDS: Setting = number(
+    "EXPIRY_WARNING_SECONDS",
+    (0, 86_400),
+    0,
+    "seconds",
+    Both,
+    "Lead time of the Order Expiring Soon events: each run publishes one per pending order whose earliest active reservation falls due within this plus RUN_INTERVAL_SECONDS; 0: none.",
+);
+pub const RUN_INTERVAL_SECONDS: Setting = number(
+    "RUN_INTERVAL_SECONDS",
+    (60, 86_400),
+    300,
+    "seconds",
+    Both,
+    "Time between two scheduled runs (the template sets it): how far beyond their lead time the expiry warnings look, so that none falls between two runs.",
+);
 pub const POWERTOOLS_METRICS_NAMESPACE: Setting = text(
     "POWERTOOLS_METRICS_NAMESPACE",
     "Unreserver",
@@ -311,6 +327,8 @@ pub const SETTINGS: &[Setting] = &[
     DB_RDS_CA_REGIONS,
     AWS_REGION,
     EVENT_BUS_NAME,
+    EXPIRY_WARNING_SECONDS,
+    RUN_INTERVAL_SECONDS,
     POWERTOOLS_METRICS_NAMESPACE,
     POWERTOOLS_SERVICE_NAME,
     DEADLINE_MARGIN_MS,

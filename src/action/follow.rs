@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::action::{open, AppState, Failure, Invocation};
-use crate::engine::follow::{Follower, Next};
+use crate::engine::follow::{Follower, Next, WARNING_TICK};
 use crate::engine::report::{FollowStats, RunReport};
 use crate::engine::run::RunOptions;
 use crate::error::{Error, Result};
@@ -97,10 +97,15 @@ impl Follow {
         let mut ended = "time";
         let result = async {
             let mut db = open(state).await?;
+            let mut warned: Option<Instant> = None;
             loop {
                 if stop.as_ref().is_some_and(|s| *s.borrow()) {
                     ended = "signal";
                     return Ok(());
+                }
+                if warned.is_none_or(|at| at.elapsed() >= WARNING_TICK) {
+                    warned = Some(Instant::now());
+                    warn(&db, state, invocation, &mut total).await;
                 }
                 match follower.next(&db).await? {
                     Next::Done => return Ok(()),
@@ -136,6 +141,19 @@ impl Follow {
                 Err((error, total))
             }
         }
+    }
+}
+
+/// The expiry warnings of the next [`WARNING_TICK`] beyond their lead time, when configured.
+async fn warn(
+    db: &crate::db::session::Database,
+    state: &AppState,
+    invocation: &Invocation<'_>,
+    total: &mut RunReport,
+) {
+    if let (Some(publisher), Some(lead)) = (&state.publisher, state.config.events.warning_lead) {
+        let window = lead + WARNING_TICK;
+        events::warnings::publish(db, publisher, window, invocation.run_id, total).await;
     }
 }
 

@@ -69,9 +69,23 @@ impl Run {
         let mut db = open(state).await?;
         let publisher = state.publisher.as_ref();
         let grace = invocation.publish_grace;
-        let outcome = events::run::run(&mut db, &settings, options, publisher, grace)
-            .instrument(telemetry::run_span(&ctx))
-            .await;
+        let span = telemetry::run_span(&ctx);
+        let outcome = async {
+            let mut outcome = events::run::run(&mut db, &settings, options, publisher, grace).await;
+            if let (Some(publisher), Some(lead), false) =
+                (publisher, state.config.events.warning_lead, self.dry_run)
+            {
+                let window = lead + state.config.events.run_interval;
+                let report = match &mut outcome {
+                    Ok(report) => report,
+                    Err(failure) => failure.report.as_mut(),
+                };
+                events::warnings::publish(&db, publisher, window, invocation.run_id, report).await;
+            }
+            outcome
+        }
+        .instrument(span)
+        .await;
         match outcome {
             Ok(report) => {
                 telemetry::log_run(&ctx, Some(&report), None);

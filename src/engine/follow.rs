@@ -21,6 +21,9 @@ use crate::error::Result;
 pub const REREAD: Duration = Duration::from_secs(1);
 /// How long after a pass that left deferred work (or backed off) the next pass tries it again.
 pub const RETRY_DEFERRED: Duration = Duration::from_secs(5);
+/// How often follow mode publishes the expiry warnings (each looks this far beyond the lead
+/// time, so that none falls between two checks).
+pub const WARNING_TICK: Duration = Duration::from_secs(30);
 /// Added to each sleep until a due time: the wake-up finds the row due on the database clock.
 const PAST_DUE: Duration = Duration::from_millis(5);
 

@@ -96,6 +96,9 @@ pub struct RunReport {
     /// order id); both 0 without a bus.
     pub events_published: u64,
     pub events_failed: u64,
+    /// `Order Expiring Soon` events published (with `EXPIRY_WARNING_SECONDS`; counted in
+    /// `events_published` too).
+    pub expiry_warnings: u64,
     pub duration_ms: u64,
     /// Median and 99th percentile of the batch transactions' durations: how long a batch
     /// holds the rows it locks.
@@ -167,6 +170,7 @@ impl RunReport {
             paid_after_release: 0,
             events_published: 0,
             events_failed: 0,
+            expiry_warnings: 0,
             duration_ms: 0,
             batch_ms_p50: 0.0,
             batch_ms_p99: 0.0,
@@ -201,6 +205,7 @@ impl RunReport {
         self.pass_scans += pass.pass_scans;
         self.events_published += pass.events_published;
         self.events_failed += pass.events_failed;
+        self.expiry_warnings += pass.expiry_warnings;
         self.delays.extend(pass.delays);
         self.batch_durations_ms.extend(pass.batch_durations_ms);
         self.set_quantiles();

@@ -8,6 +8,7 @@ pub mod model;
 pub mod publisher;
 pub mod run;
 pub mod sink;
+pub mod warnings;
 
 pub use model::Event;
 pub use publisher::{Published, Publisher};

@@ -10,12 +10,15 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::db::sql::outbox::ExpiredRow;
+use crate::db::sql::warnings::ExpiringRow;
 use crate::db::sql::{CancelledOrder, ReleasedReservation};
 
 /// `Source` of every event.
 pub const SOURCE: &str = "unreserver";
 /// `DetailType` of the event for an order the release cancelled.
 pub const ORDER_EXPIRED: &str = "Order Expired";
+/// `DetailType` of the warning for a pending order whose hold runs out soon.
+pub const ORDER_EXPIRING_SOON: &str = "Order Expiring Soon";
 /// The `reason` of an `Order Expired` event: the release found it due.
 pub const EXPIRED: &str = "expired";
 /// The `reason` of an `Order Expired` event for an order released on request, none of whose
@@ -158,31 +161,102 @@ fn order_expired(rows: &[ExpiredRow], run_id: Option<&str>) -> Vec<Event> {
     } else {
         RELEASED_ON_REQUEST
     };
-    let order_part = |rows: &[ExpiredRow], part| order_part(rows, reason, run_id, part);
-    let whole = order_part(rows, None);
+    in_parts(rows, reservation_size, |rows, part| {
+        order_part(rows, reason, run_id, part)
+    })
+}
+
+/// One event of `rows` made by `make`, or when it would pass [`MAX_ENTRY_BYTES`], its parts
+/// (`make` given the part's number and the count): the rows, in their order, split so that each
+/// part fits. `size` is a row's share of the detail.
+fn in_parts<R>(
+    rows: &[R],
+    size: impl Fn(&R) -> usize,
+    make: impl Fn(&[R], Option<(usize, usize)>) -> Event,
+) -> Vec<Event> {
+    let whole = make(rows, None);
     if whole.entry_size() <= MAX_ENTRY_BYTES {
         return vec![whole];
     }
-    // Room for a part's envelope (ids, number, time, the part fields) beside its reservations.
-    let envelope = order_part(&rows[..1], Some((1, 1))).entry_size();
+    // Room for a part's envelope (ids, number, time, the part fields) beside its rows.
+    let envelope = make(&rows[..1], Some((1, 1))).entry_size();
     let budget = MAX_ENTRY_BYTES - envelope;
-    let mut chunks: Vec<&[ExpiredRow]> = Vec::new();
-    let (mut start, mut size) = (0, 0);
+    let mut chunks: Vec<&[R]> = Vec::new();
+    let (mut start, mut used) = (0, 0);
     for (i, row) in rows.iter().enumerate() {
-        let one = reservation_size(row) + 1; // and its comma
-        if i > start && size + one > budget {
+        let one = size(row) + 1; // and its comma
+        if i > start && used + one > budget {
             chunks.push(&rows[start..i]);
-            (start, size) = (i, 0);
+            (start, used) = (i, 0);
         }
-        size += one;
+        used += one;
     }
     chunks.push(&rows[start..]);
     let parts = chunks.len();
     chunks
         .iter()
         .enumerate()
-        .map(|(i, chunk)| order_part(chunk, Some((i + 1, parts))))
+        .map(|(i, chunk)| make(chunk, Some((i + 1, parts))))
         .collect()
+}
+
+/// The `Order Expiring Soon` events of `rows` (an order's rows adjacent, as
+/// [`crate::db::sql::warnings::EXPIRING_SOON`] gives them): one per order, in parts when too
+/// large for one entry.
+pub fn expiring_soon(rows: &[ExpiringRow], run_id: &str) -> Vec<Event> {
+    let mut events = Vec::new();
+    for order in rows.chunk_by(|a, b| a.order_id == b.order_id) {
+        let size = |r: &ExpiringRow| {
+            serde_json::to_string(&expiring_reservation(r)).map_or(0, |s| s.len())
+        };
+        events.extend(in_parts(order, size, |rows, part| {
+            expiring_part(rows, run_id, part)
+        }));
+    }
+    events
+}
+
+#[derive(Serialize)]
+struct OrderExpiringSoon<'a> {
+    order_id: i64,
+    order_number: &'a str,
+    /// When the order's earliest active reservation falls due: with `order_id`, what a
+    /// consumer deduplicates by (an extended hold warns again, for its new expiry).
+    expires_at: String,
+    reservations: Vec<Reservation>,
+    run_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    part: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parts: Option<usize>,
+}
+
+fn expiring_reservation(r: &ExpiringRow) -> Reservation {
+    Reservation {
+        id: r.reservation_id,
+        product_variant_id: r.variant_id,
+        drop_product_id: r.drop_id,
+        quantity: r.quantity,
+    }
+}
+
+fn expiring_part(rows: &[ExpiringRow], run_id: &str, part: Option<(usize, usize)>) -> Event {
+    let first = &rows[0];
+    let detail = OrderExpiringSoon {
+        order_id: first.order_id,
+        order_number: first.order_number.as_deref().unwrap_or_default(),
+        expires_at: rfc3339(first.expires_at),
+        reservations: rows.iter().map(expiring_reservation).collect(),
+        run_id,
+        part: part.map(|(k, _)| k),
+        parts: part.map(|(_, n)| n),
+    };
+    Event {
+        source: SOURCE,
+        detail_type: ORDER_EXPIRING_SOON,
+        detail: serde_json::to_value(detail).unwrap_or(Value::Null),
+        subject: Subject::Order(first.order_id),
+    }
 }
 
 fn reservation(r: &ExpiredRow) -> Reservation {

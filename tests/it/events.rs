@@ -577,3 +577,122 @@ async fn an_order_released_on_request_says_so_live_and_in_the_replay() {
         .collect();
     assert_eq!(by_subject(&replayed), delivered);
 }
+
+/// `unreserver run` (or `--dry-run`) publishing to `bus`, with expiry warnings 180 s ahead and a
+/// run every minute: its report.
+fn cli_run(t: &TestDb, bus: &str, dry_run: bool) -> Value {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_unreserver"));
+    cmd.arg("run");
+    if dry_run {
+        cmd.arg("--dry-run");
+    }
+    let out = cmd
+        .env("DATABASE_URL", t.release_url())
+        .env("EVENT_BUS_NAME", bus)
+        .env("EXPIRY_WARNING_SECONDS", "180")
+        .env("RUN_INTERVAL_SECONDS", "60")
+        .env("AWS_ENDPOINT_URL", test_env("UNRESERVER_TEST_AWS_ENDPOINT"))
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// With `EXPIRY_WARNING_SECONDS` 180 and a run a minute, a run warns every pending, unpaid
+/// order whose earliest active reservation falls due within 240 s — including one already
+/// inside its lead time (the run came late) — with that reservation's `expires_at` and the
+/// order's lines; not an order due later, a paid or cancelled one, nor one the run released. A
+/// dry run publishes nothing; an extended hold is warned again for its new expiry.
+#[tokio::test]
+async fn orders_whose_hold_runs_out_soon_are_warned_once_a_run() {
+    let t = TestDb::new().await;
+    let v = t.variant(9).await;
+    let order = |status: &'static str, payment: &'static str| t.order(status, payment);
+    let (soon, late_run, later, paid, cancelled, due) = (
+        order("pending", "pending").await,
+        order("pending", "failed").await,
+        order("pending", "pending").await,
+        order("pending", "paid").await,
+        order("cancelled", "pending").await,
+        order("pending", "pending").await,
+    );
+    let first = t
+        .reservation(Res::new(Some(soon), v, 1, "120 seconds"))
+        .await;
+    t.reservation(Res::new(Some(soon), v, 1, "10 minutes"))
+        .await;
+    t.reservation(Res::new(Some(late_run), v, 1, "30 seconds"))
+        .await;
+    t.reservation(Res::new(Some(later), v, 1, "10 minutes"))
+        .await;
+    t.reservation(Res::new(Some(paid), v, 1, "60 seconds"))
+        .await;
+    t.reservation(Res::new(Some(cancelled), v, 1, "60 seconds"))
+        .await;
+    t.reservation(Res::new(Some(due), v, 1, "-1 minute")).await;
+    t.reservation(Res::new(Some(due), v, 1, "60 seconds")).await;
+    let (bus, queue) = bus_to_queue().await;
+
+    let dry = cli_run(&t, &bus, true);
+    assert_eq!(dry["expiry_warnings"], 0);
+    let report = cli_run(&t, &bus, false);
+    assert_eq!(report["orders_cancelled"], 1, "{report}");
+    assert_eq!(report["expiry_warnings"], 2, "{report}");
+    let arrived = drain(&queue).await;
+    let warnings: BTreeMap<i64, Value> = arrived
+        .iter()
+        .filter(|e| e["detail-type"] == "Order Expiring Soon")
+        .map(|e| {
+            (
+                e["detail"]["order_id"].as_i64().unwrap(),
+                e["detail"].clone(),
+            )
+        })
+        .collect();
+    let warned: Vec<i64> = warnings.keys().copied().collect();
+    assert_eq!(warned, [soon, late_run], "{arrived:#?}");
+    let expires_at = |id: i64| {
+        format!(
+            "SELECT to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+             FROM orders_inventoryreservation WHERE id = {id}"
+        )
+    };
+    assert_eq!(
+        warnings[&soon]["expires_at"],
+        json!(t.text(&expires_at(first)).await)
+    );
+    assert_eq!(warnings[&soon]["reservations"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        warnings[&soon]["order_number"].as_str().map(str::is_empty),
+        Some(false)
+    );
+
+    // The shopper extends the hold: the next run warns again, for the new expiry.
+    t.exec(&format!(
+        "UPDATE orders_inventoryreservation SET expires_at = expires_at + interval '60 seconds' \
+         WHERE id = {first}"
+    ))
+    .await;
+    assert_eq!(cli_run(&t, &bus, false)["expiry_warnings"], 2);
+    let again: Vec<Value> = drain(&queue)
+        .await
+        .into_iter()
+        .filter(|e| e["detail"]["order_id"] == json!(soon))
+        .collect();
+    assert_eq!(again.len(), 1, "{again:#?}");
+    assert_eq!(
+        again[0]["detail"]["expires_at"],
+        json!(t.text(&expires_at(first)).await)
+    );
+    assert_ne!(
+        again[0]["detail"]["expires_at"],
+        warnings[&soon]["expires_at"]
+    );
+}

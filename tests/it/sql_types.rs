@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use tokio_postgres::types::{FromSql, ToSql, Type};
 use unreserver::db::sql::{
-    self, delay_report, follow, on_request, outbox, reconcile, revive, PgTimestamp,
+    self, delay_report, follow, on_request, outbox, reconcile, revive, warnings, PgTimestamp,
 };
 
 use crate::common::TestDb;
@@ -74,6 +74,9 @@ fn signatures() -> Vec<Signature> {
              "p95": Option<f64>, "max": Option<f64>]),
         sig!(follow::NEXT_DUE, [PgTimestamp, i32, i32],
             ["checked_at": PgTimestamp, "wait_seconds": Option<f64>]),
+        sig!(warnings::EXPIRING_SOON, [f64],
+            ["order_id": i64, "order_number": Option<String>, "expires_at": SystemTime,
+             "reservation_id": i64, "variant_id": i64, "drop_id": Option<i64>, "quantity": i32]),
         sig!(on_request::LOCK_REQUESTED_ORDER, [i64],
             ["id": i64, "paid": bool, "releasable": bool, "processing": bool, "active_lines": i64]),
         sig!(on_request::LOCK_REQUESTED_ORDER, [i64],

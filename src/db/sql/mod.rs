@@ -129,6 +129,7 @@ pub mod reconcile;
 mod release;
 pub mod revive;
 mod transaction;
+pub mod warnings;
 
 pub use claim::*;
 pub use reads::*;
