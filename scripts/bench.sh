@@ -6,8 +6,8 @@
 # --batch-size N measures with another batch size in place of the shipped default;
 # --profile (each statement's database time in one drain and in the lower bound), --hot-rows
 # (the hottest row with a queue of checkouts; carts of several items in both lock orders
-# against a drain) and --shoppers (the shoppers' side alone) update their own sections of
-# BENCHMARKS.md.
+# against a drain), --shoppers (the shoppers' side alone) and --follow (follow mode's release
+# delays and idle cost) update their own sections of BENCHMARKS.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -46,7 +46,7 @@ started=$(date -u +%Y-%m-%dT%H:%MZ)
 export BENCH_STARTED=$started
 # The sections other runs measure are carried over as they are: the profile's, the cold
 # start's (scripts/coldstart.sh), reconcile's (scripts/bench-reconcile.sh) and --hot-rows'.
-kept=$(for part in "Where the database time goes" "Hot rows and carts" "Cold start" "Reconcile"; do
+kept=$(for part in "Where the database time goes" "Hot rows and carts" "Follow mode" "Cold start" "Reconcile"; do
   python3 scripts/lib/md-section.py get BENCHMARKS.md "$part"; echo; done)
 case " $* " in
   *" --profile "*)
@@ -60,6 +60,11 @@ case " $* " in
       | python3 -c 'import sys; t = sys.stdin.read().lstrip("\n").split("\n", 1); print(t[0] + "\n\nMeasured by `scripts/bench.sh --shoppers` on '"$started"' (this section only).\n" + t[1])')
     echo "$section" | tee /dev/stderr | python3 scripts/lib/md-section.py put BENCHMARKS.md "The shoppers' side"
     echo "wrote the shoppers' section of BENCHMARKS.md" >&2
+    exit 0 ;;
+  *" --follow "*)
+    section=$("$target/examples/bench" --binary "$target/unreserver" "$@")
+    echo "$section" | tee /dev/stderr | python3 scripts/lib/md-section.py put BENCHMARKS.md "Follow mode"
+    echo "wrote the follow-mode section of BENCHMARKS.md" >&2
     exit 0 ;;
   *" --hot-rows "*)
     section=$("$target/examples/bench" --binary "$target/unreserver" "$@")

@@ -13,7 +13,9 @@
 //! 8. around the release: a drain publishing its expiry events (moto's EventBridge) against one
 //!    that does not, and the release-delay report and a window's events with and without the
 //!    BRIN index on `released_at` (`--events-only` runs just this);
-//! 9. hot rows and carts (`--hot-rows`, its own section): the hottest row with a queue of
+//! 9. follow mode (`--follow`, its own section): release delays while `unreserver follow`
+//!    runs, wake-ups, the cost of an idle wake-up.
+//! 10. hot rows and carts (`--hot-rows`, its own section): the hottest row with a queue of
 //!    checkouts, and carts of several items in both lock orders against a drain.
 //!
 //! Writes the results, the command and the machine into BENCHMARKS.md.
@@ -30,6 +32,7 @@ use unreserver::RunReport;
 use unreserver::{ReleaseSettings, DEFAULT_BATCH_SIZE};
 
 mod carts;
+mod follow;
 mod hot_row;
 mod shoppers;
 
@@ -789,6 +792,16 @@ async fn main() {
             "## Hot rows and carts (`scripts/bench.sh --hot-rows`, {})\n\n{}\n{carts}",
             std::env::var("BENCH_STARTED").unwrap_or_default(),
             hot_row.trim_start(),
+        );
+        return;
+    }
+    if args.iter().any(|a| a == "--follow") {
+        println!(
+            "## Follow mode (`scripts/bench.sh --follow`, {})\n{}",
+            std::env::var("BENCH_STARTED").unwrap_or_default(),
+            b.follow(&binary)
+                .await
+                .trim_start_matches("\n## Follow mode\n")
         );
         return;
     }
