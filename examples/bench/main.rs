@@ -16,7 +16,7 @@
 //! 9. follow mode (`--follow`, its own section): release delays while `unreserver follow`
 //!    runs, wake-ups, the cost of an idle wake-up.
 //! 10. hot rows and carts (`--hot-rows`, its own section): the hottest row with a queue of
-//!    checkouts, and carts of several items in both lock orders against a drain.
+//!     checkouts, and carts of several items in both lock orders against a drain.
 //!
 //! Writes the results, the command and the machine into BENCHMARKS.md.
 
