@@ -168,7 +168,7 @@ impl HotPhase {
         self.0.subscribe()
     }
 
-    fn reset(&self) {
+    pub(super) fn reset(&self) {
         self.0.send_replace(None);
     }
 

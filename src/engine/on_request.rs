@@ -9,7 +9,9 @@
 //! A row someone holds (the order itself, one of its reservations, a counter row) is polled
 //! for, like revive: the order lock every 2 ms, then 4, ... up to 32, for `LOCK_TIMEOUT_MS`
 //! (the batch polls its other rows the same way); then after a backoff, up to
-//! `BATCH_MAX_ATTEMPTS` such tries in all, and then a retryable [`Error::Busy`].
+//! `BATCH_MAX_ATTEMPTS` such tries in all, and then a retryable [`Error::Busy`]. A try cut by
+//! its budget (a loaded server) is tried again the same way; cut every time, it is
+//! [`Error::TooSlow`].
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -80,46 +82,76 @@ pub async fn release_order(
         whole: Duration::from_millis(u64::from(settings.statement_timeout_ms)),
     };
     let params = BatchParams::new(settings, false);
+    let mut cut = None;
     for attempt in 1..=settings.batch_max_attempts {
-        if let Some(batch) = attempt_release(db, &params, budget, order_id, settings).await? {
-            if let (Some((hook, run_id)), false) = (on_commit, batch.released.is_empty()) {
-                hook.call(Committed {
-                    released: &batch.released,
-                    cancelled: &batch.cancelled,
-                    run_id,
-                });
+        match attempt_release(db, &params, budget, order_id, settings).await? {
+            Attempt::Done(batch) => {
+                if let (Some((hook, run_id)), false) = (on_commit, batch.released.is_empty()) {
+                    hook.call(Committed {
+                        released: &batch.released,
+                        cancelled: &batch.cancelled,
+                        run_id,
+                    });
+                }
+                return Ok(outcome(order_id, &batch));
             }
-            return Ok(outcome(order_id, &batch));
+            Attempt::Held => cut = None,
+            Attempt::Cut(error) => cut = Some(error),
         }
         tracing::debug!(
             order_id,
             attempt,
-            "release on request: a row stayed held; backing off"
+            cut = cut.is_some(),
+            "release on request: backing off"
         );
         if attempt < settings.batch_max_attempts {
             let step = u64::from(settings.retry_backoff_ms) << attempt.min(10);
             tokio::time::sleep(Duration::from_millis(step)).await;
         }
     }
-    Err(Error::Busy {
-        what: "releasing the order on request",
-        why: format!(
-            "order {order_id} or a row it needs stayed locked by another transaction through \
-             {} tries; try again shortly",
-            settings.batch_max_attempts
-        ),
-    })
+    Err(given_up(order_id, settings, cut))
 }
 
-/// One attempt: batches until one is not stopped by a held row, polling for `LOCK_TIMEOUT_MS`;
-/// None when a row stayed held that long.
+/// The error after every attempt failed: the last one cut by its budget, or a row held.
+fn given_up(order_id: i64, settings: &ReleaseSettings, cut: Option<Error>) -> Error {
+    match cut {
+        Some(error) => Error::TooSlow {
+            what: "releasing the order on request",
+            why: format!(
+                "every try took longer than its budget (half the shop's deadlock_timeout from \
+                 its first hot row): {}",
+                error.chain()
+            ),
+            hint: String::new(),
+        },
+        None => Error::Busy {
+            what: "releasing the order on request",
+            why: format!(
+                "order {order_id} or a row it needs stayed locked by another transaction \
+                 through {} tries; try again shortly",
+                settings.batch_max_attempts
+            ),
+        },
+    }
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Done(BatchOutcome),
+    /// A row stayed held for `LOCK_TIMEOUT_MS`.
+    Held,
+    /// The batch outlived its budget (under load, or behind a slow trigger): rolled back.
+    Cut(Error),
+}
+
+/// One attempt: batches until one is not stopped by a held row, polling for `LOCK_TIMEOUT_MS`.
 async fn attempt_release(
     db: &mut Database,
     params: &BatchParams,
     budget: Budget,
     order_id: i64,
     settings: &ReleaseSettings,
-) -> Result<Option<BatchOutcome>> {
+) -> Result<Attempt> {
     let until = Instant::now() + Duration::from_millis(u64::from(settings.lock_timeout_ms));
     let mut pause = Duration::from_millis(2);
     let none = HashSet::new();
@@ -136,16 +168,10 @@ async fn attempt_release(
                 })
             }
             // The batch polled for its reservation and counter rows already.
-            Ok(batch) if !batch.deferred_orders.is_empty() => return Ok(None),
-            Ok(batch) => return Ok(Some(batch)),
+            Ok(batch) if !batch.deferred_orders.is_empty() => return Ok(Attempt::Held),
+            Ok(batch) => return Ok(Attempt::Done(batch)),
             Err(TryError::Other(e)) if sql_state(&e) == Some(&SqlState::LOCK_NOT_AVAILABLE) => e,
-            Err(TryError::Cut(e)) => {
-                return Err(Error::TooSlow {
-                    what: "releasing the order on request",
-                    why: format!("it took longer than its budget even alone: {}", e.chain()),
-                    hint: String::new(),
-                })
-            }
+            Err(TryError::Cut(e)) => return Ok(Attempt::Cut(e)),
             Err(TryError::Other(e)) if is_cancelled(&e) => {
                 return Err(statement_timeout(e, String::new()))
             }
@@ -153,7 +179,7 @@ async fn attempt_release(
         };
         if Instant::now() >= until {
             tracing::debug!(order_id, error = %held.chain(), "the order stayed held");
-            return Ok(None);
+            return Ok(Attempt::Held);
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(MAX_POLL);

@@ -773,6 +773,10 @@ pub(super) async fn timed_batch(
     budget: Budget,
 ) -> std::result::Result<BatchOutcome, TryError> {
     let canceller = db.canceller();
+    // The hot phase of an earlier batch must not set this one's timer: read before the batch
+    // resets it, it could lie past the budget already (a release on request tries again after
+    // a backoff) and cut the batch at once.
+    params.hot_phase.reset();
     let mut hot = params.hot_phase.subscribe();
     let started = Instant::now();
     let cut = {

@@ -1,6 +1,7 @@
 //! The two front-ends are adapters of one action layer: for every action both offer, the CLI's
 //! stdout and the Lambda handler's response are the same JSON (the run id and timings aside),
-//! and a revive that cannot be done is exit code 3 on the command line.
+//! and a revive that cannot be done is exit code 3 on the command line. (`events` is the CLI's
+//! alone.)
 
 use std::process::Command;
 
@@ -143,6 +144,25 @@ async fn the_cli_and_the_lambda_answer_every_action_alike() {
 
     let reconciled = same(&url_a, &["reconcile"], json!({"action": "reconcile"})).await;
     assert_eq!(reconciled["drifted"], 0, "{reconciled}");
+
+    // The order not yet due, released on request on each twin.
+    let later = (order + 2).to_string();
+    let (printed, code) = cli(&url_a, &["release", &later]);
+    assert_eq!(code, 0, "{printed}");
+    let answered = lambda(&url_b, json!({"action": "release", "order_id": order + 2})).await;
+    assert_eq!(comparable(printed.clone()), comparable(answered));
+    assert_eq!(printed["units_released"], 2, "{printed}");
+
+    // A follow of a second: the summed report, its wake-ups aside (a matter of timing).
+    let (mut printed, code) = cli(&url_a, &["follow", "--for", "1"]);
+    assert_eq!(code, 0, "{printed}");
+    let mut answered = lambda(&url_b, json!({"action": "follow", "seconds": 1})).await;
+    for value in [&mut printed, &mut answered] {
+        value["follow"]["wakeups"] = Value::Null;
+        value["follow"]["passes"] = Value::Null;
+    }
+    assert_eq!(comparable(printed.clone()), comparable(answered));
+    assert_eq!(printed["follow"]["ended"], "time", "{printed}");
 
     // Not revivable: the same answer, and exit code 3 on the command line.
     let unknown = (order + 1000).to_string();

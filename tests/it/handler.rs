@@ -247,3 +247,56 @@ async fn each_database_failure_reaches_lambda_with_its_error_type() {
     );
     shopper.batch_execute("ROLLBACK").await.unwrap();
 }
+
+/// The Lambda's `release` action answers as the CLI does; its `follow` action follows for its
+/// seconds, releasing what falls due meanwhile, but never past the invocation's deadline less
+/// the margin.
+#[tokio::test]
+async fn the_follow_and_release_actions_answer_in_lambda() {
+    let t = TestDb::new().await;
+    let v = t.variant(2).await;
+    let asked = t.order("pending", "pending").await;
+    t.reservation(crate::common::Res::new(Some(asked), v, 1, "10 minutes"))
+        .await;
+    let falling = t.order("pending", "pending").await;
+    t.reservation(crate::common::Res::new(Some(falling), v, 1, "1 second"))
+        .await;
+    let state = state_for(t.release_url()).await;
+    let released = handle(
+        &state,
+        event(json!({"action": "release", "order_id": asked}), 60_000),
+    )
+    .await
+    .unwrap();
+    assert_eq!(released["reason"], "released", "{released}");
+    assert_eq!(released["reservations_released"], 1);
+
+    let followed = handle(
+        &state,
+        event(json!({"action": "follow", "seconds": 3}), 60_000),
+    )
+    .await
+    .unwrap();
+    assert_eq!(followed["reservations_released"], 1, "{followed}");
+    assert_eq!(followed["follow"]["ended"], "time");
+    assert!(
+        followed["follow"]["passes"].as_u64().unwrap() >= 2,
+        "{followed}"
+    );
+    let ms = followed["duration_ms"].as_u64().unwrap();
+    assert!((3000..4500).contains(&ms), "followed its 3 s: {ms} ms");
+    assert_eq!(t.reserved(v).await, 0);
+
+    // 1.5 s to the deadline, a margin of a third of it: it stops after about 1 s.
+    let cut = handle(
+        &state,
+        event(json!({"action": "follow", "seconds": 60}), 1_500),
+    )
+    .await
+    .unwrap();
+    let ms = cut["duration_ms"].as_u64().unwrap();
+    assert!(
+        ms < 1_400,
+        "never past the deadline less the margin: {ms} ms"
+    );
+}

@@ -104,3 +104,44 @@ async fn a_giant_order_too_large_even_alone_is_left_and_never_stops_the_others()
         "{again:?}"
     );
 }
+
+/// The batch that meets the large order first releases ordinary orders due before it, taking
+/// hot rows: the large order's own batch must still get its whole budget from its own first
+/// hot row, not from the batch before (whose hot phase, left over, made its timer fire at once
+/// and cancel its statements: the order was left, `large_orders_left` 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_order_after_a_batch_that_took_hot_rows_gets_its_own_budget() {
+    let t = TestDb::new().await;
+    let mut small = Vec::new();
+    for _ in 0..20 {
+        let (v, order, r) = t.one_due_order(1).await;
+        t.exec(&format!(
+            "UPDATE orders_inventoryreservation SET expires_at = now() - interval '3 minutes' \
+             WHERE id = {r}"
+        ))
+        .await;
+        small.push((v, order));
+    }
+    let giant = giant_order(&t, 1000).await;
+    let s = settings();
+    let mut db = t.open_with(&s).await;
+    let report = run(&mut db, &s, false).await;
+    assert!(report.batches >= 2, "{report:?}");
+    assert_eq!(
+        (
+            report.counts.large_orders,
+            report.large_orders_left,
+            report.batch_retries
+        ),
+        (1, 0, 0),
+        "{report:?}"
+    );
+    assert_eq!(t.order_status(giant).await, "cancelled");
+    for (v, order) in small {
+        assert_eq!(
+            (t.reserved(v).await, t.order_status(order).await.as_str()),
+            (0, "cancelled")
+        );
+    }
+    assert_eq!(t.drifted_counters().await, 0);
+}

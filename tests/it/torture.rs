@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
+use unreserver::events::run::release_order;
 use unreserver::ReleaseSettings;
 use unreserver::RunOptions;
 
@@ -512,12 +513,77 @@ async fn torture_under_live_shop_traffic() {
         }));
     }
 
+    // The shop's abandon webhook: random pending orders released on request, due or not.
+    let requested = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let gave_up = Arc::new(AtomicU64::new(0));
+    {
+        let mut db = t.open_with(&s).await;
+        stats
+            .release_pids
+            .lock()
+            .unwrap()
+            .insert(backend_pid(&db.client).await);
+        let picker = t.connect().await;
+        // Two tries, not five, before LockBusy: the import and the checkouts hold the hot rows
+        // most of the time, and a request given up after five takes two seconds.
+        let s = ReleaseSettings {
+            batch_max_attempts: 2,
+            ..s.clone()
+        };
+        let (stop, released, requested) = (stop.clone(), released.clone(), requested.clone());
+        let gave_up = gave_up.clone();
+        releasers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let row = picker
+                    .query_opt(
+                        "SELECT id FROM orders_order WHERE status = 'pending' \
+                         ORDER BY random() LIMIT 1",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                if let Some(row) = row {
+                    let order: i64 = row.get(0);
+                    let wait = Duration::from_secs(1);
+                    match release_order(&mut db, &s, order, None, "torture", wait).await {
+                        Ok(outcome) => {
+                            released.fetch_add(outcome.reservations_released, Ordering::Relaxed);
+                            if outcome.released {
+                                requested.lock().unwrap().push(order);
+                            }
+                        }
+                        // A row held through every try: the order stays as it was (checked
+                        // below: counters, nothing half-done); the webhook tries again later.
+                        Err(e) if e.kind() == "LockBusy" => {
+                            eprintln!("torture: release on request of {order}: {}", e.chain());
+                            gave_up.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => panic!("a release on request failed: {}", e.chain()),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
     for task in shop.into_iter().chain(releasers) {
         task.await.expect("a worker panicked");
     }
+    let requested: Vec<i64> = requested.lock().unwrap().clone();
+    eprintln!(
+        "torture: {} orders released on request, {} requests given up (LockBusy)",
+        requested.len(),
+        gave_up.load(Ordering::Relaxed)
+    );
+    // The scenario happened: orders released on request beside the runs.
+    assert!(
+        requested.len() >= 3,
+        "too few orders released on request: {}",
+        requested.len()
+    );
     // Everything reserved is due by now; a final run takes the rest.
     tokio::time::sleep(Duration::from_millis(MAX_EXPIRY_MS as u64 + 100)).await;
     let mut db = t.open_with(&s).await;
@@ -613,13 +679,16 @@ async fn torture_under_live_shop_traffic() {
                WHERE r.status = 'converted' AND o.payment_status <> 'paid'").await,
         0
     );
-    // Nothing released that was not due: each expired reservation's order (or the hold itself)
-    // had a reservation due when it was released — legacy rows by `created_at` plus the
-    // timeout, orders in `processing` only after their grace; its order is cancelled.
+    // Nothing released that was not due, unless released on request: each expired
+    // reservation's order (or the hold itself) had a reservation due when it was released —
+    // legacy rows by `created_at` plus the timeout, orders in `processing` only after their
+    // grace — or the shop asked for that order; its order is cancelled.
+    let requested = format!("{requested:?}").replace('[', "{").replace(']', "}");
     assert_eq!(
         t.i64(&format!(
             "SELECT count(*) FROM orders_inventoryreservation r LEFT JOIN orders_order o ON o.id = r.order_id \
-             WHERE r.status = 'expired' AND NOT EXISTS \
+             WHERE r.status = 'expired' AND (r.order_id IS NULL OR r.order_id <> ALL ('{requested}'::int8[])) \
+             AND NOT EXISTS \
                (SELECT 1 FROM orders_inventoryreservation s WHERE (s.order_id = r.order_id OR s.id = r.id) \
                  AND COALESCE(s.expires_at, s.created_at + interval '{TIMEOUT_MINUTES} minutes') \
                    + CASE WHEN o.payment_status = 'processing' THEN interval '{GRACE_MINUTES} minutes' \
