@@ -137,7 +137,7 @@ fn given_up(order_id: i64, settings: &ReleaseSettings, cut: Option<Error>) -> Er
 
 /// How one attempt ended.
 enum Attempt {
-    Done(BatchOutcome),
+    Done(Box<BatchOutcome>),
     /// A row stayed held for `LOCK_TIMEOUT_MS`.
     Held,
     /// The batch outlived its budget (under load, or behind a slow trigger): rolled back.
@@ -169,7 +169,7 @@ async fn attempt_release(
             }
             // The batch polled for its reservation and counter rows already.
             Ok(batch) if !batch.deferred_orders.is_empty() => return Ok(Attempt::Held),
-            Ok(batch) => return Ok(Attempt::Done(batch)),
+            Ok(batch) => return Ok(Attempt::Done(Box::new(batch))),
             Err(TryError::Other(e)) if sql_state(&e) == Some(&SqlState::LOCK_NOT_AVAILABLE) => e,
             Err(TryError::Cut(e)) => return Ok(Attempt::Cut(e)),
             Err(TryError::Other(e)) if is_cancelled(&e) => {
