@@ -518,11 +518,8 @@ async fn torture_under_live_shop_traffic() {
     let gave_up = Arc::new(AtomicU64::new(0));
     {
         let mut db = t.open_with(&s).await;
-        stats
-            .release_pids
-            .lock()
-            .unwrap()
-            .insert(backend_pid(&db.client).await);
+        let pid = backend_pid(&db.client).await;
+        stats.release_pids.lock().unwrap().insert(pid);
         let picker = t.connect().await;
         // Two tries, not five, before LockBusy: the import and the checkouts hold the hot rows
         // most of the time, and a request given up after five takes two seconds.
