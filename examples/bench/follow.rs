@@ -25,6 +25,33 @@ fn at(v: &[f64], q: f64) -> f64 {
     v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
+/// AWS Lambda's published price of compute on arm64, first tier (US East, N. Virginia): $ a
+/// GB-second; and of requests: $ a million. The monthly free tier: GB-seconds.
+const ARM_GB_SECOND: f64 = 0.000_013_333_4;
+const REQUESTS_MILLION: f64 = 0.20;
+const FREE_GB_SECONDS: f64 = 400_000.0;
+/// The template's memory (MB) and follow mode's invocations in 30 days (one a minute).
+const MEMORY_MB: f64 = 256.0;
+const INVOCATIONS: f64 = 60.0 * 24.0 * 30.0;
+
+/// What `ReleaseMode=follow` costs a month in Lambda, each invocation lasting what the idle
+/// follow measured here (its 60 s, plus connecting).
+fn lambda_cost(duration_ms: Option<f64>) -> String {
+    let seconds = duration_ms.unwrap_or(f64::NAN) / 1000.0;
+    let gb_seconds = INVOCATIONS * seconds * MEMORY_MB / 1024.0;
+    let compute = gb_seconds * ARM_GB_SECOND;
+    let requests = INVOCATIONS / 1e6 * REQUESTS_MILLION;
+    let beyond_free = (gb_seconds - FREE_GB_SECONDS).max(0.0) * ARM_GB_SECOND;
+    format!(
+        "\nIn Lambda (`ReleaseMode=follow`, the template's {MEMORY_MB:.0} MB on arm64): \
+         {INVOCATIONS:.0} invocations a month of {seconds:.1} s each (the idle follow above) are \
+         {gb_seconds:.0} GB-s: ${compute:.2} of compute at AWS's published ${ARM_GB_SECOND} a \
+         GB-s (first tier, US East) and ${requests:.2} of requests (${REQUESTS_MILLION} a \
+         million); ${beyond_free:.2} beyond the monthly free tier of {FREE_GB_SECONDS:.0} GB-s \
+         when nothing else uses it.\n"
+    )
+}
+
 /// Runs `unreserver follow --for FOLLOW_SECONDS` on `url`; its report.
 fn follow(binary: &str, url: &str) -> std::process::Child {
     Command::new(binary)
