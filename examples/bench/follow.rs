@@ -145,6 +145,7 @@ impl Bench {
                 .idle_lookup(&c, idle["follow"]["wakeups"].as_f64())
                 .await,
         );
+        md.push_str(&lambda_cost(idle["duration_ms"].as_f64()));
         md
     }
 
