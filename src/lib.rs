@@ -49,7 +49,7 @@ pub mod telemetry;
 
 pub use action::{AppState, Request};
 pub use config::{Config, ReleaseSettings, DEFAULT_BATCH_SIZE};
-pub use db::connect::{apply_defaults, config_from_url, connect};
+pub use db::connect::{apply_defaults, config_from_url, connect, APPLICATION_NAME};
 pub use db::credentials::{CredentialSource, IamSource};
 pub use db::iam::{auth_token as rds_iam_token, TokenTarget};
 pub use db::secrets::SecretSource;

@@ -2,7 +2,9 @@
 //! that `scripts/test.sh` loads with `infra/schema.sql` and `infra/indexes.sql`, on the
 //! throwaway PostgreSQL server that script starts; and helpers to seed and inspect it.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_postgres::{Client, Config, NoTls};
 use unreserver::Database;
@@ -122,7 +124,10 @@ impl TestDb {
 
     pub async fn open_with(&self, settings: &ReleaseSettings) -> Database {
         let tls = unreserver::tls_connector(None, &unreserver::RdsCaRegions::All).unwrap();
-        Database::open(&self.release_config(), &tls, settings.lock_timeout_ms)
+        // As the front-ends connect: `application_name` and the connection's timeouts.
+        let mut config = self.release_config();
+        unreserver::apply_defaults(&mut config);
+        Database::open(&config, &tls, settings.lock_timeout_ms)
             .await
             .unwrap_or_else(|e| panic!("cannot open the release connection: {}", e.chain()))
     }
@@ -380,4 +385,30 @@ pub async fn run(db: &mut Database, settings: &ReleaseSettings, dry_run: bool) -
     unreserver::run(db, settings, &options)
         .await
         .unwrap_or_else(|f| panic!("run failed: {}", f.error.chain()))
+}
+
+/// Until `stop`, every 5 ms: the longest any shop session of this database has been waiting
+/// for a lock a release session holds or is queued ahead for (`pg_locks.waitstart`,
+/// `pg_blocking_pids`; the release's sessions by their `application_name`, so that a session
+/// that replaced a cut one counts too), in seconds, and how many looks saw such a wait.
+pub async fn longest_wait_on_the_release(c: Client, stop: Arc<AtomicBool>) -> (f64, u64) {
+    let sql = format!(
+        "WITH rel AS (SELECT array_agg(pid) AS pids FROM pg_stat_activity \
+           WHERE datname = current_database() AND application_name = '{}') \
+         SELECT COALESCE(max(EXTRACT(EPOCH FROM clock_timestamp() - l.waitstart)), 0)::float8, \
+                count(*)::int8 \
+           FROM pg_locks l, rel \
+          WHERE NOT l.granted AND l.waitstart IS NOT NULL AND NOT l.pid = ANY(rel.pids) \
+            AND l.pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database()) \
+            AND pg_blocking_pids(l.pid) && rel.pids",
+        unreserver::APPLICATION_NAME
+    );
+    let (mut longest, mut seen) = (0.0_f64, 0_u64);
+    while !stop.load(Ordering::Relaxed) {
+        let row = c.query_one(&sql, &[]).await.unwrap();
+        longest = longest.max(row.get(0));
+        seen += u64::from(row.get::<_, i64>(1) > 0);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (longest, seen)
 }

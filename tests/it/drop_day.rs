@@ -2,12 +2,15 @@
 //! locked, a batch that never outlives half of `deadlock_timeout`, and a schema whose time
 //! columns the tool cannot interpret refused. (Rows held for a whole run: `concurrency.rs`.)
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use unreserver::{Database, RunOptions};
 
 use crate::common::{
-    admin_url, backend_pid, connect_url, run, settings, until_seen, Res, TestDb, RELEASE_ROLE,
+    admin_url, backend_pid, connect_url, longest_wait_on_the_release, run, settings, until_seen,
+    Res, TestDb, RELEASE_ROLE,
 };
 
 /// Waits until the release role's session of database `name` polls for a row another
@@ -114,8 +117,17 @@ async fn a_slow_batch_is_cut_at_its_budget_and_the_shopper_commits() {
             .map(|()| started.elapsed());
         (sleeping, inserted)
     };
+    // The torture's watcher of waits on the release, shown here to see this one.
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = tokio::spawn(longest_wait_on_the_release(t.connect().await, stop.clone()));
     let (report, (sleeping, waited)) = tokio::join!(release, checkout);
+    stop.store(true, Ordering::Relaxed);
+    let (longest, _) = seen.await.unwrap();
     eprintln!("the shopper waited {waited:?} on a batch with a budget of {budget:?}");
+    assert!(
+        (0.5..1.45).contains(&longest),
+        "the watcher saw a wait of {longest:.3} s, the shopper waited {waited:?}"
+    );
     assert!(sleeping, "the batch was never seen in its slow statement");
     let waited = waited.expect("the shopper's transaction failed");
     assert!(
