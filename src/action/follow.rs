@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::action::{open, AppState, Failure, Invocation};
+use crate::action::{open, run_context, summarized, AppState, Failure, Invocation};
 use crate::engine::follow::{Follower, Next, WARNING_TICK};
 use crate::engine::report::{FollowStats, RunReport};
-use crate::engine::run::RunOptions;
+use crate::engine::run::{RunFailure, RunOptions};
 use crate::error::{Error, Result};
 use crate::events;
-use crate::telemetry::{self, RunContext};
+use crate::telemetry;
 
 /// The longest a follow may be asked to last, in seconds (a Lambda function's longest timeout).
 pub const MAX_SECONDS: u32 = 900;
@@ -50,31 +50,19 @@ impl Follow {
         state: &AppState,
         invocation: &Invocation<'_>,
     ) -> std::result::Result<Box<RunReport>, Failure> {
-        let ctx = RunContext {
-            request_id: invocation.request_id,
-            run_id: invocation.run_id,
-            source: &self.source,
-            dry_run: false,
-            cold_start: invocation.cold_start,
-            tls: !state.config.database.tls_disabled(),
-        };
+        let ctx = run_context(state, invocation, &self.source, false);
         let outcome = self
             .passes(state, invocation)
             .instrument(telemetry::run_span(&ctx))
             .await;
-        match outcome {
-            Ok(report) => {
-                telemetry::log_run(&ctx, Some(&report), None);
-                Ok(Box::new(report))
-            }
-            Err((error, report)) => {
-                telemetry::log_run(&ctx, Some(&report), Some(&error));
-                Err(Failure {
-                    error,
-                    report: Some(Box::new(report)),
-                })
-            }
-        }
+        summarized(&ctx, outcome)
+    }
+
+    /// When following ends: its seconds after `started`, never past the invocation's deadline.
+    fn until(&self, started: Instant, invocation: &Invocation<'_>) -> Instant {
+        let seconds = self.seconds.map(|s| Duration::from_secs(u64::from(s)));
+        let end = started + seconds.unwrap_or(FOREVER);
+        invocation.deadline.map_or(end, |d| d.min(end))
     }
 
     /// Pass after pass until the time is up or a stop is asked; the summed report, or the
@@ -83,13 +71,9 @@ impl Follow {
         &self,
         state: &AppState,
         invocation: &Invocation<'_>,
-    ) -> std::result::Result<RunReport, (Error, RunReport)> {
+    ) -> std::result::Result<RunReport, RunFailure> {
         let started = Instant::now();
-        let end = started
-            + self
-                .seconds
-                .map_or(FOREVER, |s| Duration::from_secs(u64::from(s)));
-        let until = invocation.deadline.map_or(end, |d| d.min(end));
+        let until = self.until(started, invocation);
         let mut total = RunReport::new(false);
         total.run_id = invocation.run_id.to_string();
         let mut stop = invocation.stop.clone();
@@ -138,7 +122,10 @@ impl Follow {
             Ok(()) => Ok(total),
             Err(error) => {
                 total.stopped_reason = crate::engine::report::StopReason::Failed;
-                Err((error, total))
+                Err(RunFailure {
+                    error,
+                    report: Box::new(total),
+                })
             }
         }
     }

@@ -153,6 +153,44 @@ impl Answer {
     }
 }
 
+/// The context of a run's (or follow's) span and summary line.
+fn run_context<'a>(
+    state: &AppState,
+    invocation: &Invocation<'a>,
+    source: &'a str,
+    dry_run: bool,
+) -> crate::telemetry::RunContext<'a> {
+    crate::telemetry::RunContext {
+        request_id: invocation.request_id,
+        run_id: invocation.run_id,
+        source,
+        dry_run,
+        cold_start: invocation.cold_start,
+        tls: !state.config.database.tls_disabled(),
+    }
+}
+
+/// Logs a run's summary line (with its error, if it failed part-way) and turns its outcome
+/// into the action's.
+fn summarized(
+    ctx: &crate::telemetry::RunContext<'_>,
+    outcome: std::result::Result<RunReport, crate::engine::run::RunFailure>,
+) -> std::result::Result<Box<RunReport>, Failure> {
+    match outcome {
+        Ok(report) => {
+            crate::telemetry::log_run(ctx, Some(&report), None);
+            Ok(Box::new(report))
+        }
+        Err(failure) => {
+            crate::telemetry::log_run(ctx, Some(&failure.report), Some(&failure.error));
+            Err(Failure {
+                error: failure.error,
+                report: Some(failure.report),
+            })
+        }
+    }
+}
+
 /// Opens a checked connection with the state's credentials.
 async fn open(state: &AppState) -> Result<Database> {
     state

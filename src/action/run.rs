@@ -3,13 +3,13 @@
 
 use tracing::Instrument;
 
-use crate::action::{open, AppState, Failure, Invocation};
+use crate::action::{open, run_context, summarized, AppState, Failure, Invocation};
 use crate::config::ReleaseSettings;
 use crate::engine::report::RunReport;
 use crate::engine::run::RunOptions;
 use crate::error::Result;
 use crate::events;
-use crate::telemetry::{self, RunContext};
+use crate::telemetry;
 
 /// A run, and what it overrides of the settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,14 +58,7 @@ impl Run {
             stop: invocation.stop.clone(),
             ..RunOptions::default()
         };
-        let ctx = RunContext {
-            request_id: invocation.request_id,
-            run_id: invocation.run_id,
-            source: &self.source,
-            dry_run: self.dry_run,
-            cold_start: invocation.cold_start,
-            tls: !state.config.database.tls_disabled(),
-        };
+        let ctx = run_context(state, invocation, &self.source, self.dry_run);
         let mut db = open(state).await?;
         let publisher = state.publisher.as_ref();
         let grace = invocation.publish_grace;
@@ -86,18 +79,6 @@ impl Run {
         }
         .instrument(span)
         .await;
-        match outcome {
-            Ok(report) => {
-                telemetry::log_run(&ctx, Some(&report), None);
-                Ok(Box::new(report))
-            }
-            Err(failure) => {
-                telemetry::log_run(&ctx, Some(&failure.report), Some(&failure.error));
-                Err(Failure {
-                    error: failure.error,
-                    report: Some(failure.report),
-                })
-            }
-        }
+        summarized(&ctx, outcome)
     }
 }

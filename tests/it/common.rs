@@ -412,3 +412,32 @@ pub async fn longest_wait_on_the_release(c: Client, stop: Arc<AtomicBool>) -> (f
     }
     (longest, seen)
 }
+
+/// A shopper checking out on the variants `variants` again and again while `running`: each
+/// time one transaction updating them with its own `lock_timeout` of 60 ms, then 3 ms apart.
+/// Ends with how many checkouts were granted, or the first that was not (it waited on
+/// something, e.g. the release, longer than 60 ms).
+pub fn shopper_taking_turns(
+    mut c: Client,
+    variants: [i64; 2],
+    running: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Result<u32, String>> {
+    let [v, v2] = variants;
+    tokio::spawn(async move {
+        let mut granted = 0_u32;
+        while running.load(Ordering::Relaxed) {
+            let tx = c.transaction().await.unwrap();
+            tx.batch_execute(&format!(
+                "SET LOCAL lock_timeout = '60ms'; \
+                 UPDATE products_productvariant SET reserved_quantity = reserved_quantity \
+                  WHERE id IN ({v}, {v2})"
+            ))
+            .await
+            .map_err(|e| format!("a shopper waited: {e}"))?;
+            tx.commit().await.unwrap();
+            granted += 1;
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        Ok(granted)
+    })
+}

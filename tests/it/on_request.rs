@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use unreserver::events::run::release_order;
 use unreserver::{Database, ReleaseReason, RequestOutcome};
 
-use crate::common::{run, settings, Res, TestDb};
+use crate::common::{run, settings, shopper_taking_turns, Res, TestDb};
 
 async fn release(db: &mut Database, order: i64) -> unreserver::Result<RequestOutcome> {
     release_order(db, &settings(), order, None, "test", Duration::from_secs(1)).await
@@ -194,27 +194,7 @@ async fn a_release_polling_for_a_held_row_keeps_no_other_row_from_a_shopper() {
     .await
     .unwrap();
     let releasing = Arc::new(AtomicBool::new(true));
-    let shopper = {
-        let mut c = t.connect().await;
-        let releasing = releasing.clone();
-        tokio::spawn(async move {
-            let mut granted = 0_u32;
-            while releasing.load(Ordering::Relaxed) {
-                let tx = c.transaction().await.unwrap();
-                tx.batch_execute(&format!(
-                    "SET LOCAL lock_timeout = '60ms'; \
-                     UPDATE products_productvariant SET reserved_quantity = reserved_quantity \
-                      WHERE id IN ({v}, {v2})"
-                ))
-                .await
-                .map_err(|e| format!("a shopper waited on the release: {e}"))?;
-                tx.commit().await.unwrap();
-                granted += 1;
-                tokio::time::sleep(Duration::from_millis(3)).await;
-            }
-            Ok::<u32, String>(granted)
-        })
-    };
+    let shopper = shopper_taking_turns(t.connect().await, [v, v2], releasing.clone());
     let mut db = t.open().await;
     let err = release(&mut db, order).await.unwrap_err();
     releasing.store(false, Ordering::Relaxed);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use unreserver::{revive, Error, ReviveReason};
 
-use crate::common::{run, settings, Res, TestDb};
+use crate::common::{run, settings, shopper_taking_turns, Res, TestDb};
 
 const HOLD_MINUTES: u32 = 15;
 
@@ -256,27 +256,7 @@ async fn a_revive_polling_for_a_held_row_keeps_no_other_row_from_a_shopper() {
     .await
     .unwrap();
     let reviving = Arc::new(AtomicBool::new(true));
-    let shopper = {
-        let mut c = t.connect().await;
-        let reviving = reviving.clone();
-        tokio::spawn(async move {
-            let mut granted = 0_u32;
-            while reviving.load(Ordering::Relaxed) {
-                let tx = c.transaction().await.unwrap();
-                tx.batch_execute(&format!(
-                    "SET LOCAL lock_timeout = '60ms'; \
-                     UPDATE products_productvariant SET reserved_quantity = reserved_quantity \
-                      WHERE id IN ({v}, {v2})"
-                ))
-                .await
-                .map_err(|e| format!("a shopper waited on revive: {e}"))?;
-                tx.commit().await.unwrap();
-                granted += 1;
-                tokio::time::sleep(Duration::from_millis(3)).await;
-            }
-            Ok::<u32, String>(granted)
-        })
-    };
+    let shopper = shopper_taking_turns(t.connect().await, [v, v2], reviving.clone());
     let mut db = t.open().await;
     let err = revive(&mut db, &settings(), HOLD_MINUTES, order)
         .await
