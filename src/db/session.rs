@@ -23,6 +23,8 @@ pub struct Database {
     /// password.
     config: Config,
     lock_timeout_ms: u32,
+    /// The session's backend pid, for [`Canceller`]'s fallback.
+    pid: i32,
 }
 
 impl Database {
@@ -42,6 +44,7 @@ impl Database {
         let statements = Statements::prepare(&client)
             .await
             .map_err(Error::when_opening)?;
+        let pid = sql::backend_pid(&client).await?;
         Ok(Database {
             client,
             statements,
@@ -50,6 +53,7 @@ impl Database {
             tls: tls.clone(),
             config: config.clone(),
             lock_timeout_ms,
+            pid,
         })
     }
 
@@ -68,6 +72,9 @@ impl Database {
         Canceller {
             token: self.client.cancel_token(),
             tls: self.tls.clone(),
+            config: self.config.clone(),
+            pid: self.pid,
+            side: None,
         }
     }
 
@@ -78,18 +85,47 @@ impl Database {
 }
 
 /// Cancels the statement a connection is running, through a separate connection, as
-/// PostgreSQL's cancel protocol works.
+/// PostgreSQL's cancel protocol works — or, when that connection is refused (a proxy or pooler
+/// that does not forward cancel requests), through a session of its own with
+/// `pg_cancel_backend` ([`sql::CANCEL_BACKEND`]), so that a cut batch still stops at once
+/// instead of at the statement timeout.
 pub struct Canceller {
     token: tokio_postgres::CancelToken,
     tls: MakeTlsConnector,
+    config: Config,
+    pid: i32,
+    /// The session the fallback cancels through, opened at its first use.
+    side: Option<Client>,
 }
 
 impl Canceller {
-    /// Sends the cancel request; a failure to send it is logged, not raised (the statement
-    /// timeout still bounds the statement).
-    pub async fn cancel(&self) {
-        if let Err(error) = self.token.cancel_query(self.tls.clone()).await {
-            tracing::warn!(error = %error, "could not send the cancel request");
+    /// Sends the cancel request; when it cannot be sent, cancels through SQL. A failure of both
+    /// is logged, not raised (the statement timeout still bounds the statement).
+    pub async fn cancel(&mut self) {
+        let Err(error) = self.token.cancel_query(self.tls.clone()).await else {
+            return;
+        };
+        tracing::warn!(error = %error, "could not send the cancel request; cancelling through SQL");
+        self.cancel_through_sql().await;
+    }
+
+    /// Cancels through a session of its own with `pg_cancel_backend`: for a cancel request
+    /// that was sent but never reached the server (a proxy that drops it looks, to the sender,
+    /// like a server that took it). A failure is logged, not raised.
+    pub async fn cancel_through_sql(&mut self) {
+        if self.side.is_none() {
+            match connect::connect(&self.config, &self.tls).await {
+                Ok(client) => self.side = Some(client),
+                Err(error) => {
+                    tracing::warn!(error = %error.chain(), "could not connect to cancel through SQL");
+                    return;
+                }
+            }
+        }
+        if let Some(client) = &self.side {
+            if let Err(error) = sql::cancel_backend(client, self.pid).await {
+                tracing::warn!(error = %error.chain(), "could not cancel through SQL");
+            }
         }
     }
 }

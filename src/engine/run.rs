@@ -97,6 +97,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const MIN_PAGE_SIZE: i64 = 16;
 /// How often the cancel request is sent again while a cut batch has not yet stopped.
 const CANCEL_REPEAT: Duration = Duration::from_millis(20);
+/// Cancel requests sent before cancelling through SQL (`pg_cancel_backend`).
+const CANCEL_REQUESTS: u32 = 3;
 /// Rounds of tries of the deferred work at the end of a run, at most: a hot row that checkouts
 /// take in turns is free at some tries and not others, so a round that released some is
 /// followed by another; one that released nothing ends them (the rows are held for long).
@@ -772,7 +774,7 @@ pub(super) async fn timed_batch(
     exclude: &HashSet<i64>,
     budget: Budget,
 ) -> std::result::Result<BatchOutcome, TryError> {
-    let canceller = db.canceller();
+    let mut canceller = db.canceller();
     // The hot phase of an earlier batch must not set this one's timer: read before the batch
     // resets it, it could lie past the budget already (a release on request tries again after
     // a backoff) and cut the batch at once.
@@ -790,8 +792,16 @@ pub(super) async fn timed_batch(
                 Ok(()) = hot.changed() => {}
             }
         }
+        let mut sent = 0_u32;
         loop {
-            canceller.cancel().await;
+            // A cancel request that has not stopped the batch after a few repeats may never
+            // have reached the server (a proxy that drops it): cancel through SQL instead.
+            if sent < CANCEL_REQUESTS {
+                canceller.cancel().await;
+            } else {
+                canceller.cancel_through_sql().await;
+            }
+            sent += 1;
             tokio::select! {
                 result = &mut batch => break result,
                 () = tokio::time::sleep(CANCEL_REPEAT) => {}

@@ -234,7 +234,7 @@ async fn a_late_cancel_cannot_reach_the_session_that_replaced_its_own() {
     let mut db = t.open().await;
     let sleep = "SELECT pg_sleep(0.3)";
     // The cancel reaches the session it was made for.
-    let canceller = db.canceller();
+    let mut canceller = db.canceller();
     let late = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(100)).await;
         canceller.cancel().await;
@@ -246,7 +246,7 @@ async fn a_late_cancel_cannot_reach_the_session_that_replaced_its_own() {
     );
     late.await.unwrap();
     // Made before the session is replaced, it reaches nothing after.
-    let canceller = db.canceller();
+    let mut canceller = db.canceller();
     db.reconnect().await.unwrap();
     let late = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -257,4 +257,111 @@ async fn a_late_cancel_cannot_reach_the_session_that_replaced_its_own() {
         .await
         .expect("the cancel of the replaced session stopped the new one");
     late.await.unwrap();
+}
+
+/// A TCP proxy in front of the test server that forwards every connection but a cancel request
+/// (a proxy or pooler that does not pass them on): its port, and how many it dropped.
+async fn proxy_refusing_cancels() -> (u16, Arc<std::sync::atomic::AtomicU32>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// The protocol's CancelRequest: length 16, code 80877102.
+    const CANCEL: [u8; 8] = [0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dropped = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = dropped.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut head = [0_u8; 8];
+                if client.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                if head == CANCEL {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let addr = format!("127.0.0.1:{}", crate::common::pg_port());
+                let Ok(mut server) = tokio::net::TcpStream::connect(addr).await else {
+                    return;
+                };
+                if server.write_all(&head).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    (port, dropped)
+}
+
+/// Behind a proxy that drops cancel requests, a batch cut by its budget still stops at once:
+/// the release cancels it through SQL (`pg_cancel_backend` from a session of its own), and the
+/// shopper waiting on it commits within the budget and a little, not at the end of the batch's
+/// 3 s statement. The scenario is asserted: the proxy dropped the cancel requests. Without the
+/// fallback the shopper waited the whole 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_batch_stops_even_when_the_cancel_request_is_dropped() {
+    let t = TestDb::new().await;
+    let (v, order, _) = t.one_due_order(1).await;
+    t.exec(
+        "CREATE SEQUENCE slow_tries; \
+         CREATE FUNCTION slow_once() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
+           BEGIN IF nextval('slow_tries') = 1 THEN PERFORM pg_sleep(3); END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER slow_once BEFORE UPDATE ON orders_inventoryreservation \
+           FOR EACH ROW EXECUTE FUNCTION slow_once()",
+    )
+    .await;
+    let (port, dropped) = proxy_refusing_cancels().await;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user(RELEASE_ROLE)
+        .password(crate::common::RELEASE_PASSWORD)
+        .dbname(&t.name)
+        .ssl_mode(tokio_postgres::config::SslMode::Disable);
+    unreserver::apply_defaults(&mut config);
+    let mut s = settings();
+    s.shop_deadlock_timeout_ms = Some(2000);
+    let budget = Duration::from_millis(1000);
+    let tls = unreserver::tls_connector(None, &unreserver::RdsCaRegions::All).unwrap();
+    let mut db = Database::open(&config, &tls, s.lock_timeout_ms)
+        .await
+        .unwrap();
+    let release_pid = backend_pid(&db.client).await;
+    let shopper = t.connect().await;
+    shopper
+        .batch_execute(&format!(
+            "BEGIN; UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 \
+             WHERE id = {v}"
+        ))
+        .await
+        .unwrap();
+    let watcher = t.connect().await;
+    let release = async { run(&mut db, &s, false).await };
+    let checkout = async {
+        let sleeping = until_seen(&watcher, release_pid, "wait_event = 'PgSleep'").await;
+        let started = Instant::now();
+        let inserted = shopper
+            .batch_execute(&format!(
+                "INSERT INTO orders_inventoryreservation (order_id, product_variant_id, quantity, expires_at) \
+                 VALUES ({order}, {v}, 1, now() + interval '15 minutes'); COMMIT"
+            ))
+            .await
+            .map(|()| started.elapsed());
+        (sleeping, inserted)
+    };
+    let (report, (sleeping, waited)) = tokio::join!(release, checkout);
+    assert!(sleeping, "the batch was never seen in its slow statement");
+    assert!(
+        dropped.load(Ordering::Relaxed) > 0,
+        "no cancel request went through the proxy"
+    );
+    let waited = waited.expect("the shopper's transaction failed");
+    assert!(
+        waited < budget + Duration::from_millis(450),
+        "the shopper waited {waited:?}: the cut batch ran on"
+    );
+    assert!(report.batch_retries >= 1, "{report:?}");
+    assert_eq!(t.drifted_counters().await, 0);
 }

@@ -50,6 +50,8 @@ fn signatures() -> Vec<Signature> {
         sig!(sql::QUEUE_FOR_VARIANT, [i64], ["id": i64]),
         sig!(sql::QUEUE_FOR_DROP, [i64], ["id": i64]),
         sig!(sql::LOCKED_TABLES, [], ["name": String]),
+        sig!(sql::BACKEND_PID, [], ["pid": i32]),
+        sig!(sql::CANCEL_BACKEND, [i32], ["cancelled": bool]),
         sig!(sql::PROBE_HELD, [Vec<i64>, Vec<i64>],
             ["id": i64, "order_id": Option<i64>, "reservation_held": bool,
              "held_variant": Option<i64>, "held_drop": Option<i64>]),

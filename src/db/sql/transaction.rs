@@ -25,6 +25,43 @@ pub async fn pin_session(client: &Client, defaults: &[(&str, &str)]) -> Result<(
         .map_err(Error::db("pinning the session settings"))
 }
 
+/// The session's backend process id: what [`CANCEL_BACKEND`] names when the cancel protocol
+/// cannot reach the server. Locks nothing.
+pub const BACKEND_PID: &str = "SELECT pg_backend_pid() AS pid";
+
+/// [`BACKEND_PID`].
+pub async fn backend_pid(client: &Client) -> Result<i32> {
+    super::fetch_one(
+        client,
+        BACKEND_PID,
+        &[],
+        "reading the session's backend pid",
+        |row| row.try_get("pid"),
+    )
+    .await
+}
+
+/// Cancels the statement backend $1 is running, from another session of the same role (a
+/// role may cancel its own backends: "the calling role is a member of the role whose backend
+/// is being canceled"): the way to cut a batch when the cancel protocol's own connection is
+/// refused (a proxy that does not forward cancel requests). Locks nothing; whether the signal
+/// was sent.
+///
+/// $1 backend pid.
+pub const CANCEL_BACKEND: &str = "SELECT pg_cancel_backend($1::int4) AS cancelled";
+
+/// [`CANCEL_BACKEND`].
+pub async fn cancel_backend(client: &Client, pid: i32) -> Result<bool> {
+    super::fetch_one(
+        client,
+        CANCEL_BACKEND,
+        &[&pid],
+        "cancelling a batch through SQL",
+        |row| row.try_get("cancelled"),
+    )
+    .await
+}
+
 /// A named prepared statement run three times, each in a transaction of its own: through a
 /// pooler in transaction mode the later runs usually reach another server connection, which
 /// does not know the statement (SQLSTATE 26000): the session is refused before it sets or
