@@ -387,30 +387,40 @@ pub async fn run(db: &mut Database, settings: &ReleaseSettings, dry_run: bool) -
         .unwrap_or_else(|f| panic!("run failed: {}", f.error.chain()))
 }
 
-/// Until `stop`, every 5 ms: the longest any shop session of this database has been waiting
-/// for a lock a release session holds or is queued ahead for (`pg_locks.waitstart`,
-/// `pg_blocking_pids`; the release's sessions by their `application_name`, so that a session
-/// that replaced a cut one counts too), in seconds, and how many looks saw such a wait.
+/// Until `stop`, every 5 ms: the longest any shop session of this database was seen waiting
+/// for a lock that only release sessions block (they hold it or are queued ahead for it:
+/// `pg_blocking_pids` within the release's sessions, found by their `application_name`, so
+/// that a session that replaced a cut one counts too) — measured from the first look that saw
+/// that wait (`pid`, `waitstart`) blocked by the release alone, so a shopper queued behind a
+/// shop transaction and the release counts only from when the shop's lock was gone — in
+/// seconds; and how many looks saw such a wait.
 pub async fn longest_wait_on_the_release(c: Client, stop: Arc<AtomicBool>) -> (f64, u64) {
     let sql = format!(
         "WITH rel AS (SELECT array_agg(pid) AS pids FROM pg_stat_activity \
            WHERE datname = current_database() AND application_name = '{}') \
-         SELECT COALESCE(max(EXTRACT(EPOCH FROM clock_timestamp() - l.waitstart)), 0)::float8, \
-                count(*)::int8 \
+         SELECT l.pid, l.waitstart::text AS since \
            FROM pg_locks l, rel \
           WHERE NOT l.granted AND l.waitstart IS NOT NULL AND NOT l.pid = ANY(rel.pids) \
             AND l.pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database()) \
-            AND pg_blocking_pids(l.pid) && rel.pids",
+            AND cardinality(pg_blocking_pids(l.pid)) > 0 \
+            AND pg_blocking_pids(l.pid) <@ rel.pids",
         unreserver::APPLICATION_NAME
     );
-    let (mut longest, mut seen) = (0.0_f64, 0_u64);
+    let mut first_seen = std::collections::HashMap::<(i32, String), std::time::Instant>::new();
+    let (mut longest, mut seen) = (Duration::ZERO, 0_u64);
     while !stop.load(Ordering::Relaxed) {
-        let row = c.query_one(&sql, &[]).await.unwrap();
-        longest = longest.max(row.get(0));
-        seen += u64::from(row.get::<_, i64>(1) > 0);
+        let rows = c.query(&sql, &[]).await.unwrap();
+        let now = std::time::Instant::now();
+        let waiting: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        first_seen.retain(|key, _| waiting.contains(key));
+        for key in waiting {
+            let since = *first_seen.entry(key).or_insert(now);
+            longest = longest.max(now - since);
+        }
+        seen += u64::from(!rows.is_empty());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    (longest, seen)
+    (longest.as_secs_f64(), seen)
 }
 
 /// A shopper checking out on the variants `variants` again and again while `running`: each

@@ -5,6 +5,7 @@ mod batching;
 mod cli;
 mod common;
 mod concurrency;
+mod docs;
 mod drop_day;
 mod events;
 mod failures;

@@ -671,9 +671,11 @@ async fn torture_under_live_shop_traffic() {
     // none was seen waiting on the release longer than its batch budget (half the server's 1 s
     // `deadlock_timeout`), plus room for the cancel to land on this loaded machine: the shop's
     // own 5 s `lock_timeout` could not tell.
-    // The watcher saw shoppers waiting on the release (queue batches, hot rows held to the
-    // commit: 134 looks, the longest 233 ms, in one run here); that it sees such a wait at all
-    // is shown in `drop_day::a_slow_batch_is_cut_at_its_budget_and_the_shopper_commits`.
+    // The watcher saw shoppers waiting on the release alone (queue batches, hot rows held to
+    // the commit); that it sees such a wait at all is shown in
+    // `drop_day::a_slow_batch_is_cut_at_its_budget_and_the_shopper_commits`. (Counted from
+    // the whole wait, a shopper queued behind the import and a queue batch looked like one
+    // that waited 993 ms on the release.)
     assert!(
         waits_seen > 0,
         "the watcher never saw a shopper waiting on the release"
