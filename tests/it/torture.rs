@@ -483,6 +483,7 @@ async fn torture_under_live_shop_traffic() {
     let skipped = Arc::new(AtomicU64::new(0));
     let deferred = Arc::new(AtomicU64::new(0));
     let clamped = Arc::new(AtomicU64::new(0));
+    let extended = Arc::new(AtomicU64::new(0));
     let mut releasers = Vec::new();
     for _ in 0..3 {
         let mut db = t.open_with(&s).await;
@@ -490,7 +491,7 @@ async fn torture_under_live_shop_traffic() {
         stats.release_pids.lock().unwrap().insert(pid);
         let (stop, released, runs, s) = (stop.clone(), released.clone(), runs.clone(), s.clone());
         let (retries, skipped, deferred) = (retries.clone(), skipped.clone(), deferred.clone());
-        let clamped = clamped.clone();
+        let (clamped, extended) = (clamped.clone(), extended.clone());
         releasers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let report = unreserver::run(&mut db, &s, &RunOptions::default())
@@ -504,6 +505,7 @@ async fn torture_under_live_shop_traffic() {
                     eprintln!("slow batch: {report:?}");
                 }
                 deferred.fetch_add(report.deferred, Ordering::Relaxed);
+                extended.fetch_add(report.counts.no_longer_due, Ordering::Relaxed);
                 clamped.fetch_add(
                     report.counts.clamped_variants + report.counts.clamped_drops,
                     Ordering::Relaxed,
@@ -615,7 +617,7 @@ async fn torture_under_live_shop_traffic() {
     eprintln!(
         "torture: {:.1} s, {} release runs, {released} reservations released of {total} made, \
          {} batch retries after lock conflicts, {} claims skipped because another transaction (a shopper or another run) held the row, \
-         {} orders left deferred at the end of a run; \
+         {} orders left deferred at the end of a run, {} claimed orders found extended on the rows locked (left out); \
          shop: {} checkouts, {} payments to processing, {} conversions, {} cancellations, \
          {} items added to pending orders, {} checkouts resumed, {} cart holds converted, {} one-second import holds; \
          shop transactions failed by deadlock or lock timeout: {} (and {} deadlocks between two shop transactions)",
@@ -624,6 +626,7 @@ async fn torture_under_live_shop_traffic() {
         retries.load(Ordering::Relaxed),
         skipped.load(Ordering::Relaxed),
         deferred.load(Ordering::Relaxed),
+        extended.load(Ordering::Relaxed),
         stats.checkouts.load(Ordering::Relaxed),
         stats.payments.load(Ordering::Relaxed),
         stats.conversions.load(Ordering::Relaxed),
@@ -687,6 +690,9 @@ async fn torture_under_live_shop_traffic() {
     );
     assert_eq!(stats.lock_failures.load(Ordering::Relaxed), 0);
     assert_eq!(stats.other_failures.load(Ordering::Relaxed), 0);
+    // The extension race (a checkout resumed between a batch's claim and its release
+    // statement) is counted in the summary above: 0 to 5 a run here, too rare under load to
+    // require; `drop_day::an_extension_committed_after_the_claim_is_respected` makes it happen.
     // Nothing counted twice: the reports add up to the rows marked expired.
     assert_eq!(released, expired);
     // Every counter equals the sum of its active reservations, and nothing had to be clamped
