@@ -95,6 +95,17 @@ async fn each_failure_reaches_lambda_with_its_error_type() {
         error_type(&good, json!({"action": "dance"})).await,
         "InvalidPayload"
     );
+    // A setting the server makes wrong: LOCK_TIMEOUT_MS above half its deadlock_timeout (1 s).
+    let unsafe_wait = state(&[
+        ("DATABASE_URL", t.release_url()),
+        ("LOCK_TIMEOUT_MS", "600".into()),
+    ])
+    .await;
+    assert_eq!(error_type(&unsafe_wait, json!({})).await, "InvalidSetting");
+    assert_eq!(
+        error_type(&unsafe_wait, json!({"action": "release", "order_id": 1})).await,
+        "InvalidSetting"
+    );
 
     let port = pg_port();
     let closed = state_for(format!(
