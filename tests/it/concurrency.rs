@@ -227,8 +227,10 @@ async fn a_held_reservation_is_never_waited_on_in_a_lock_queue() {
 /// variant, then drop) while a batch that needs both gives units back: the batch takes no drop
 /// row before it has every variant it needs, so the checkout gets its drop at once (it would
 /// fail here after 100 ms of waiting, its own `lock_timeout`) and commits; the batch then gets
-/// the variant and releases the order. Were the drop taken first, the checkout would wait on it
-/// until the batch gave up polling for the variant.
+/// the variant and releases the order. Were the drop kept while the batch polls for the
+/// variant (a failed try not rolled back), the checkout would wait on it until the batch gave
+/// up polling. (Taking the drops first no longer fails it: each failed try gives back what it
+/// took, so the drop is held only for the few milliseconds of a try.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkout_holding_a_variant_never_waits_on_its_drop_row() {
     let t = TestDb::new().await;
@@ -322,7 +324,8 @@ async fn a_row_held_for_the_whole_run_costs_only_the_orders_that_need_it() {
         let hot = t.variant(1).await;
         let hot_drop = t.drop_product(hot, 1).await;
         let stuck = t.order("pending", "pending").await;
-        let mut r = Res::new(Some(stuck), hot, 1, "-1 minute");
+        // Due first: it shares its batch with four of the free orders.
+        let mut r = Res::new(Some(stuck), hot, 1, "-150 seconds");
         r.drop = Some(hot_drop);
         let stuck_res = t.reservation(r).await;
         let other = t.variant(20).await;
@@ -367,7 +370,7 @@ async fn a_row_held_for_the_whole_run_costs_only_the_orders_that_need_it() {
         assert_eq!(report.deferred, 1, "{held:?}");
         assert_eq!(report.backlog_remaining, 1, "{held:?}");
         let age = report.oldest_deferred_age_seconds.unwrap();
-        assert!((55.0..120.0).contains(&age), "{held:?}: {age}");
+        assert!((145.0..210.0).contains(&age), "{held:?}: {age}");
         assert_eq!(t.order_snapshot(stuck).await, before, "{held:?}");
         assert_eq!(t.reserved(other).await, 0, "{held:?}");
 

@@ -139,6 +139,12 @@ async fn a_slow_batch_is_cut_at_its_budget_and_the_shopper_commits() {
         "the shopper waited {waited:?}"
     );
     assert!(report.batch_retries >= 1, "{report:?}");
+    // The cut batch's session was replaced: a late cancel meant for it reaches nothing.
+    assert_ne!(
+        backend_pid(&db.client).await,
+        release_pid,
+        "the run went on in the session of the batch it cut"
+    );
     let report2 = run(&mut db, &s, false).await;
     assert_eq!(
         report.counts.reservations_released + report2.counts.reservations_released,
