@@ -2,8 +2,6 @@
 //! payment-failed webhook calls it — by the release's rules otherwise, publishing its
 //! `Order Expired` event (`"reason": "released_on_request"`).
 
-use std::time::Duration;
-
 use crate::action::{open, AppState, Invocation};
 use crate::engine::on_request::RequestOutcome;
 use crate::error::{Error, Result};
@@ -15,9 +13,6 @@ pub struct Release {
     /// `orders_order.id`, positive.
     pub order_id: i64,
 }
-
-/// How long the order's events may take after its release.
-const EVENTS_WAIT: Duration = Duration::from_secs(10);
 
 impl Release {
     /// The input, checked: `field` is the name the front-end gave the order id.
@@ -44,7 +39,7 @@ impl Release {
             order_id,
             state.publisher.as_ref(),
             invocation.run_id,
-            EVENTS_WAIT.min(invocation.publish_grace.max(Duration::from_secs(1)) * 2),
+            (invocation.deadline, invocation.publish_grace),
         )
         .await?;
         tracing::info!(order_id, released = outcome.released, reason = ?outcome.reason,

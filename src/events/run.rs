@@ -28,12 +28,7 @@ pub async fn run(
     grace: Duration,
 ) -> Result<RunReport, RunFailure> {
     let publisher = publisher.filter(|_| !options.dry_run);
-    let deadline = options.deadline;
-    let wait = move || {
-        deadline.map_or(WAIT_WITHOUT_DEADLINE, |d| {
-            d.saturating_duration_since(Instant::now())
-        }) + grace
-    };
+    let wait = events_wait(options.deadline, grace);
     let (outcome, published) = publishing(publisher, wait, |hook| {
         options.on_commit = hook;
         async move { run::run(db, settings, &options).await }
@@ -51,29 +46,36 @@ pub async fn run(
     }
 }
 
-/// Releases one order on request ([`on_request::release_order`]), publishing its events (for
-/// at most `wait` after the release).
+/// Releases one order on request ([`on_request::release_order`]), publishing its events,
+/// waiting for them as a run does (until `deadline` plus `grace`).
 pub async fn release_order(
     db: &mut Database,
     settings: &ReleaseSettings,
     order_id: i64,
     publisher: Option<&Publisher>,
     run_id: &str,
-    wait: Duration,
+    (deadline, grace): (Option<Instant>, Duration),
 ) -> AppResult<RequestOutcome> {
-    let (outcome, published) = publishing(
-        publisher,
-        || wait,
-        |hook| async move {
+    let (outcome, published) =
+        publishing(publisher, events_wait(deadline, grace), |hook| async move {
             let hook = hook.as_ref().map(|h| (h, run_id));
             on_request::release_order(db, settings, order_id, hook).await
-        },
-    )
-    .await;
+        })
+        .await;
     let mut outcome = outcome?;
     outcome.events_published = published.published;
     outcome.events_failed = published.failed;
     Ok(outcome)
+}
+
+/// How long the events may still take once the work is done: until the deadline, plus the
+/// grace ([`WAIT_WITHOUT_DEADLINE`] without one).
+fn events_wait(deadline: Option<Instant>, grace: Duration) -> impl FnOnce() -> Duration {
+    move || {
+        deadline.map_or(WAIT_WITHOUT_DEADLINE, |d| {
+            d.saturating_duration_since(Instant::now())
+        }) + grace
+    }
 }
 
 /// Runs `work` with an on-commit hook that hands each committed batch's events to a publisher

@@ -554,7 +554,7 @@ async fn an_order_released_on_request_says_so_live_and_in_the_replay() {
         asked,
         Some(&publisher),
         "on-request",
-        Duration::from_secs(30),
+        (None, Duration::from_secs(30)),
     )
     .await
     .unwrap();

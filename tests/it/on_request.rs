@@ -14,7 +14,15 @@ use unreserver::{Database, ReleaseReason, RequestOutcome};
 use crate::common::{run, settings, shopper_taking_turns, Res, TestDb};
 
 async fn release(db: &mut Database, order: i64) -> unreserver::Result<RequestOutcome> {
-    release_order(db, &settings(), order, None, "test", Duration::from_secs(1)).await
+    release_order(
+        db,
+        &settings(),
+        order,
+        None,
+        "test",
+        (None, Duration::from_secs(1)),
+    )
+    .await
 }
 
 /// A pending order with a drop line of 3 due in ten minutes and a plain line of 2 due in an

@@ -543,7 +543,7 @@ async fn torture_under_live_shop_traffic() {
                     .unwrap();
                 if let Some(row) = row {
                     let order: i64 = row.get(0);
-                    let wait = Duration::from_secs(1);
+                    let wait = (None, Duration::from_secs(1));
                     match release_order(&mut db, &s, order, None, "torture", wait).await {
                         Ok(outcome) => {
                             released.fetch_add(outcome.reservations_released, Ordering::Relaxed);
