@@ -153,6 +153,17 @@ impl Answer {
     }
 }
 
+/// An order id given as input (`field` names it), checked: positive.
+fn order_id(field: &str, order_id: i64) -> Result<i64> {
+    if order_id <= 0 {
+        return Err(Error::Setting {
+            name: field.into(),
+            reason: "must be a positive order id".into(),
+        });
+    }
+    Ok(order_id)
+}
+
 /// The context of a run's (or follow's) span and summary line.
 fn run_context<'a>(
     state: &AppState,

@@ -4,7 +4,7 @@
 
 use crate::action::{open, AppState, Invocation};
 use crate::engine::on_request::RequestOutcome;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::events;
 
 /// The order to release.
@@ -17,13 +17,9 @@ pub struct Release {
 impl Release {
     /// The input, checked: `field` is the name the front-end gave the order id.
     pub fn new(field: &str, order_id: i64) -> Result<Self> {
-        if order_id <= 0 {
-            return Err(Error::Setting {
-                name: field.into(),
-                reason: "must be a positive order id".into(),
-            });
-        }
-        Ok(Release { order_id })
+        Ok(Release {
+            order_id: super::order_id(field, order_id)?,
+        })
     }
 
     pub async fn execute(

@@ -3,7 +3,7 @@
 
 use crate::action::{open, AppState};
 use crate::engine::revive::{revive, ReviveOutcome};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The order to revive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,13 +15,9 @@ pub struct Revive {
 impl Revive {
     /// The input, checked: `field` is the name the front-end gave the order id.
     pub fn new(field: &str, order_id: i64) -> Result<Self> {
-        if order_id <= 0 {
-            return Err(Error::Setting {
-                name: field.into(),
-                reason: "must be a positive order id".into(),
-            });
-        }
-        Ok(Revive { order_id })
+        Ok(Revive {
+            order_id: super::order_id(field, order_id)?,
+        })
     }
 
     pub async fn execute(self, state: &AppState) -> Result<ReviveOutcome> {

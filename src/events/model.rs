@@ -206,10 +206,7 @@ fn in_parts<R>(
 pub fn expiring_soon(rows: &[ExpiringRow], run_id: &str) -> Vec<Event> {
     let mut events = Vec::new();
     for order in rows.chunk_by(|a, b| a.order_id == b.order_id) {
-        let size = |r: &ExpiringRow| {
-            serde_json::to_string(&expiring_reservation(r)).map_or(0, |s| s.len())
-        };
-        events.extend(in_parts(order, size, |rows, part| {
+        events.extend(in_parts(order, reservation_size, |rows, part| {
             expiring_part(rows, run_id, part)
         }));
     }
@@ -231,45 +228,58 @@ struct OrderExpiringSoon<'a> {
     parts: Option<usize>,
 }
 
-fn expiring_reservation(r: &ExpiringRow) -> Reservation {
-    Reservation {
-        id: r.reservation_id,
-        product_variant_id: r.variant_id,
-        drop_product_id: r.drop_id,
-        quantity: r.quantity,
-    }
-}
-
 fn expiring_part(rows: &[ExpiringRow], run_id: &str, part: Option<(usize, usize)>) -> Event {
     let first = &rows[0];
     let detail = OrderExpiringSoon {
         order_id: first.order_id,
         order_number: first.order_number.as_deref().unwrap_or_default(),
         expires_at: rfc3339(first.expires_at),
-        reservations: rows.iter().map(expiring_reservation).collect(),
+        reservations: rows.iter().map(Reservation::from).collect(),
         run_id,
         part: part.map(|(k, _)| k),
         parts: part.map(|(_, n)| n),
     };
+    order_event(ORDER_EXPIRING_SOON, detail, first.order_id)
+}
+
+impl From<&ExpiredRow> for Reservation {
+    fn from(r: &ExpiredRow) -> Self {
+        Reservation {
+            id: r.reservation_id,
+            product_variant_id: r.variant_id,
+            drop_product_id: r.drop_id,
+            quantity: r.quantity,
+        }
+    }
+}
+
+impl From<&ExpiringRow> for Reservation {
+    fn from(r: &ExpiringRow) -> Self {
+        Reservation {
+            id: r.reservation_id,
+            product_variant_id: r.variant_id,
+            drop_product_id: r.drop_id,
+            quantity: r.quantity,
+        }
+    }
+}
+
+/// A row's share of an event's detail: its reservation as JSON.
+fn reservation_size<R>(r: &R) -> usize
+where
+    for<'a> Reservation: From<&'a R>,
+{
+    serde_json::to_string(&Reservation::from(r)).map_or(0, |s| s.len())
+}
+
+/// An event about an order, with `detail`.
+fn order_event(detail_type: &'static str, detail: impl Serialize, order_id: i64) -> Event {
     Event {
         source: SOURCE,
-        detail_type: ORDER_EXPIRING_SOON,
+        detail_type,
         detail: serde_json::to_value(detail).unwrap_or(Value::Null),
-        subject: Subject::Order(first.order_id),
+        subject: Subject::Order(order_id),
     }
-}
-
-fn reservation(r: &ExpiredRow) -> Reservation {
-    Reservation {
-        id: r.reservation_id,
-        product_variant_id: r.variant_id,
-        drop_product_id: r.drop_id,
-        quantity: r.quantity,
-    }
-}
-
-fn reservation_size(r: &ExpiredRow) -> usize {
-    serde_json::to_string(&reservation(r)).map_or(0, |s| s.len())
 }
 
 fn order_part(
@@ -285,17 +295,12 @@ fn order_part(
         order_number: first.order_number.as_deref().unwrap_or_default(),
         released_at: rfc3339(first.released_at),
         reason,
-        reservations: rows.iter().map(reservation).collect(),
+        reservations: rows.iter().map(Reservation::from).collect(),
         run_id,
         part: part.map(|(k, _)| k),
         parts: part.map(|(_, n)| n),
     };
-    Event {
-        source: SOURCE,
-        detail_type: ORDER_EXPIRED,
-        detail: serde_json::to_value(detail).unwrap_or(Value::Null),
-        subject: Subject::Order(order_id),
-    }
+    order_event(ORDER_EXPIRED, detail, order_id)
 }
 
 fn hold_released(row: &ExpiredRow, run_id: Option<&str>) -> Event {

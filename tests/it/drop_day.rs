@@ -80,22 +80,8 @@ async fn an_extension_committed_after_the_claim_is_respected() {
 async fn a_slow_batch_is_cut_at_its_budget_and_the_shopper_commits() {
     let t = TestDb::new().await;
     let (v, order, _) = t.one_due_order(1).await;
-    t.exec(
-        "CREATE SEQUENCE slow_tries; \
-         CREATE FUNCTION slow_once() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
-           BEGIN IF nextval('slow_tries') = 1 THEN PERFORM pg_sleep(3); END IF; RETURN NEW; END $$; \
-         CREATE TRIGGER slow_once BEFORE UPDATE ON orders_inventoryreservation \
-           FOR EACH ROW EXECUTE FUNCTION slow_once()",
-    )
-    .await;
-    let shopper = t.connect().await;
-    shopper
-        .batch_execute(&format!(
-            "BEGIN; UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 \
-             WHERE id = {v}"
-        ))
-        .await
-        .unwrap();
+    slow_first_reservation_update(&t).await;
+    let shopper = shopper_holding(&t, v).await;
     let mut s = settings();
     s.shop_deadlock_timeout_ms = Some(2000);
     let budget = Duration::from_millis(1000);
@@ -103,20 +89,7 @@ async fn a_slow_batch_is_cut_at_its_budget_and_the_shopper_commits() {
     let release_pid = backend_pid(&db.client).await;
     let watcher = t.connect().await;
     let release = async { run(&mut db, &s, false).await };
-    let checkout = async {
-        // The batch is inside its slow statement, holding the order.
-        let sleeping = until_seen(&watcher, release_pid, "wait_event = 'PgSleep'").await;
-        let started = Instant::now();
-        // Adds an item to the order the batch holds: the foreign-key check waits on it.
-        let inserted = shopper
-            .batch_execute(&format!(
-                "INSERT INTO orders_inventoryreservation (order_id, product_variant_id, quantity, expires_at) \
-                 VALUES ({order}, {v}, 1, now() + interval '15 minutes'); COMMIT"
-            ))
-            .await
-            .map(|()| started.elapsed());
-        (sleeping, inserted)
-    };
+    let checkout = add_item_once_the_batch_sleeps(&shopper, &watcher, release_pid, (order, v));
     // The torture's watcher of waits on the release, shown here to see this one.
     let stop = Arc::new(AtomicBool::new(false));
     let seen = tokio::spawn(longest_wait_on_the_release(t.connect().await, stop.clone()));
@@ -309,14 +282,7 @@ async fn proxy_refusing_cancels() -> (u16, Arc<std::sync::atomic::AtomicU32>) {
 async fn a_cut_batch_stops_even_when_the_cancel_request_is_dropped() {
     let t = TestDb::new().await;
     let (v, order, _) = t.one_due_order(1).await;
-    t.exec(
-        "CREATE SEQUENCE slow_tries; \
-         CREATE FUNCTION slow_once() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
-           BEGIN IF nextval('slow_tries') = 1 THEN PERFORM pg_sleep(3); END IF; RETURN NEW; END $$; \
-         CREATE TRIGGER slow_once BEFORE UPDATE ON orders_inventoryreservation \
-           FOR EACH ROW EXECUTE FUNCTION slow_once()",
-    )
-    .await;
+    slow_first_reservation_update(&t).await;
     let (port, dropped) = proxy_refusing_cancels().await;
     let mut config = tokio_postgres::Config::new();
     config
@@ -335,28 +301,10 @@ async fn a_cut_batch_stops_even_when_the_cancel_request_is_dropped() {
         .await
         .unwrap();
     let release_pid = backend_pid(&db.client).await;
-    let shopper = t.connect().await;
-    shopper
-        .batch_execute(&format!(
-            "BEGIN; UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 \
-             WHERE id = {v}"
-        ))
-        .await
-        .unwrap();
+    let shopper = shopper_holding(&t, v).await;
     let watcher = t.connect().await;
     let release = async { run(&mut db, &s, false).await };
-    let checkout = async {
-        let sleeping = until_seen(&watcher, release_pid, "wait_event = 'PgSleep'").await;
-        let started = Instant::now();
-        let inserted = shopper
-            .batch_execute(&format!(
-                "INSERT INTO orders_inventoryreservation (order_id, product_variant_id, quantity, expires_at) \
-                 VALUES ({order}, {v}, 1, now() + interval '15 minutes'); COMMIT"
-            ))
-            .await
-            .map(|()| started.elapsed());
-        (sleeping, inserted)
-    };
+    let checkout = add_item_once_the_batch_sleeps(&shopper, &watcher, release_pid, (order, v));
     let (report, (sleeping, waited)) = tokio::join!(release, checkout);
     assert!(sleeping, "the batch was never seen in its slow statement");
     assert!(
@@ -370,4 +318,50 @@ async fn a_cut_batch_stops_even_when_the_cancel_request_is_dropped() {
     );
     assert!(report.batch_retries >= 1, "{report:?}");
     assert_eq!(t.drifted_counters().await, 0);
+}
+
+/// Makes the first update of a reservation take 3 s (a trigger sleeping once).
+async fn slow_first_reservation_update(t: &TestDb) {
+    t.exec(
+        "CREATE SEQUENCE slow_tries; \
+         CREATE FUNCTION slow_once() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
+           BEGIN IF nextval('slow_tries') = 1 THEN PERFORM pg_sleep(3); END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER slow_once BEFORE UPDATE ON orders_inventoryreservation \
+           FOR EACH ROW EXECUTE FUNCTION slow_once()",
+    )
+    .await;
+}
+
+/// A shopper's session in a checkout that holds variant `v`.
+async fn shopper_holding(t: &TestDb, v: i64) -> tokio_postgres::Client {
+    let shopper = t.connect().await;
+    shopper
+        .batch_execute(&format!(
+            "BEGIN; UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 \
+             WHERE id = {v}"
+        ))
+        .await
+        .unwrap();
+    shopper
+}
+
+/// Once the batch (`release_pid`) is seen inside its slow statement, holding the order, the
+/// shopper adds an item of variant `v` to that order — the foreign-key check waits on the
+/// batch — and commits: whether the batch was seen sleeping, and how long the insert took.
+async fn add_item_once_the_batch_sleeps(
+    shopper: &tokio_postgres::Client,
+    watcher: &tokio_postgres::Client,
+    release_pid: i32,
+    (order, v): (i64, i64),
+) -> (bool, Result<Duration, tokio_postgres::Error>) {
+    let sleeping = until_seen(watcher, release_pid, "wait_event = 'PgSleep'").await;
+    let started = Instant::now();
+    let inserted = shopper
+        .batch_execute(&format!(
+            "INSERT INTO orders_inventoryreservation (order_id, product_variant_id, quantity, expires_at) \
+             VALUES ({order}, {v}, 1, now() + interval '15 minutes'); COMMIT"
+        ))
+        .await
+        .map(|()| started.elapsed());
+    (sleeping, inserted)
 }
