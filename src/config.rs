@@ -8,14 +8,15 @@ use std::time::Duration;
 
 pub use crate::db::settings::{DatabaseConfig, DatabaseSource, IamSettings, SecretSettings};
 use crate::error::{Error, Result};
-use crate::settings::{
-    self, Setting, BATCH_MAX_ATTEMPTS, BATCH_SIZE, DEADLINE_MARGIN_MS, EVENT_BUS_NAME,
-    EXPIRY_WARNING_SECONDS, LOCK_TIMEOUT_MS, MAX_BATCHES, PASS_SIZE,
-    PAYMENT_PROCESSING_GRACE_MINUTES, POWERTOOLS_METRICS_NAMESPACE, POWERTOOLS_SERVICE_NAME,
-    PREFETCH_CREDENTIALS, RESERVATION_TIMEOUT_MINUTES, RETRY_BACKOFF_MS, REVIVE_HOLD_MINUTES,
-    RUN_INTERVAL_SECONDS, SHOP_DEADLOCK_TIMEOUT_MS, STATEMENT_TIMEOUT_MS, TIME_BUDGET_SECONDS,
-};
 pub use crate::settings::{check_range, SETTINGS};
+use crate::settings::{
+    Setting, BATCH_MAX_ATTEMPTS, BATCH_SIZE, BATCH_SIZE_MAX, BATCH_SIZE_MIN, BATCH_TARGET_MS,
+    DEADLINE_MARGIN_MS, EVENT_BUS_NAME, EXPIRY_WARNING_SECONDS, LOCK_TIMEOUT_MS, MAX_BATCHES,
+    PASS_SIZE, PAYMENT_PROCESSING_GRACE_MINUTES, POWERTOOLS_METRICS_NAMESPACE,
+    POWERTOOLS_SERVICE_NAME, PREFETCH_CREDENTIALS, RESERVATION_TIMEOUT_MINUTES, RETRY_BACKOFF_MS,
+    REVIVE_HOLD_MINUTES, RUN_INTERVAL_SECONDS, SHOP_DEADLOCK_TIMEOUT_MS, STATEMENT_TIMEOUT_MS,
+    TIME_BUDGET_SECONDS, WORKERS,
+};
 
 /// Everything a front-end needs, read once at start.
 #[derive(Debug, Clone)]
@@ -52,8 +53,16 @@ impl Config {
 /// How a run releases: batch shape, time rules, and how long it may wait on a lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReleaseSettings {
-    /// Due reservations paged per batch transaction.
-    pub batch_size: u32,
+    /// `BATCH_SIZE`: due reservations paged per batch transaction, pinned; None: adaptive (see
+    /// `engine::controller`).
+    pub batch_size: Option<u32>,
+    /// `BATCH_SIZE_MIN`, `BATCH_SIZE_MAX`: the adaptive batch's bounds (rows).
+    pub batch_size_min: u32,
+    pub batch_size_max: u32,
+    /// `BATCH_TARGET_MS`: the time an adaptive batch is sized to take while nothing competes.
+    pub batch_target_ms: u32,
+    /// `WORKERS`: connections one run drains with at once while nothing competes.
+    pub workers: u32,
     /// Batches after which a run stops even if more is due.
     pub max_batches: u32,
     /// Age after which a legacy reservation (NULL `expires_at`) is due.
@@ -80,14 +89,15 @@ pub struct ReleaseSettings {
     pub pass_size: u32,
 }
 
-/// Default due reservations per batch, chosen from the benchmark (see BENCHMARKS.md).
-pub const DEFAULT_BATCH_SIZE: u32 = settings::BATCH_SIZE.default_number();
-
 impl Default for ReleaseSettings {
     fn default() -> Self {
         let n = |s: Setting| s.default_number();
         ReleaseSettings {
-            batch_size: n(BATCH_SIZE),
+            batch_size: None,
+            batch_size_min: n(BATCH_SIZE_MIN),
+            batch_size_max: n(BATCH_SIZE_MAX),
+            batch_target_ms: n(BATCH_TARGET_MS),
+            workers: n(WORKERS),
             max_batches: n(MAX_BATCHES),
             reservation_timeout_minutes: n(RESERVATION_TIMEOUT_MINUTES),
             payment_processing_grace_minutes: n(PAYMENT_PROCESSING_GRACE_MINUTES),
@@ -111,7 +121,11 @@ impl ReleaseSettings {
     /// Reads the release settings through `lookup`; unset names keep their defaults.
     pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<ReleaseSettings> {
         let settings = ReleaseSettings {
-            batch_size: BATCH_SIZE.number(lookup)?,
+            batch_size: BATCH_SIZE.optional_number(lookup)?,
+            batch_size_min: BATCH_SIZE_MIN.number(lookup)?,
+            batch_size_max: BATCH_SIZE_MAX.number(lookup)?,
+            batch_target_ms: BATCH_TARGET_MS.number(lookup)?,
+            workers: WORKERS.number(lookup)?,
             max_batches: MAX_BATCHES.number(lookup)?,
             reservation_timeout_minutes: RESERVATION_TIMEOUT_MINUTES.number(lookup)?,
             payment_processing_grace_minutes: PAYMENT_PROCESSING_GRACE_MINUTES.number(lookup)?,
@@ -137,7 +151,7 @@ impl ReleaseSettings {
     ) -> Result<ReleaseSettings> {
         ReleaseSettings::check_overrides(batch_size, max_batches)?;
         if let Some((_, n)) = batch_size {
-            self.batch_size = n;
+            self.batch_size = Some(n);
         }
         if let Some((_, n)) = max_batches {
             self.max_batches = n;
@@ -161,7 +175,18 @@ impl ReleaseSettings {
 
     /// Checks the relations between settings (each one alone is range-checked on parse).
     pub fn validate(&self) -> Result<()> {
-        BATCH_SIZE.check(BATCH_SIZE.name, self.batch_size)?;
+        if let Some(n) = self.batch_size {
+            BATCH_SIZE.check(BATCH_SIZE.name, n)?;
+        }
+        if self.batch_size_min > self.batch_size_max {
+            return Err(Error::Setting {
+                name: BATCH_SIZE_MIN.name.into(),
+                reason: format!(
+                    "{} must be at most BATCH_SIZE_MAX ({})",
+                    self.batch_size_min, self.batch_size_max
+                ),
+            });
+        }
         MAX_BATCHES.check(MAX_BATCHES.name, self.max_batches)?;
         if self.lock_timeout_ms >= self.statement_timeout_ms {
             return Err(Error::Setting {
@@ -341,7 +366,7 @@ mod tests {
             ("TIME_BUDGET_SECONDS", "0"),
         ]))
         .unwrap();
-        assert_eq!(s.batch_size, 50);
+        assert_eq!(s.batch_size, Some(50));
         assert_eq!(s.max_batches, 3);
         assert_eq!(s.reservation_timeout_minutes, 30);
         assert_eq!(s.payment_processing_grace_minutes, 0);
@@ -503,7 +528,7 @@ mod tests {
         let s = ReleaseSettings::default()
             .with_overrides(Some(("--batch-size", 7)), None)
             .unwrap();
-        assert_eq!(s.batch_size, 7);
+        assert_eq!(s.batch_size, Some(7));
         let err = ReleaseSettings::default()
             .with_overrides(None, Some(("max_batches", 0)))
             .unwrap_err();

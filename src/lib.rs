@@ -48,7 +48,7 @@ pub mod settings;
 pub mod telemetry;
 
 pub use action::{AppState, Request};
-pub use config::{Config, ReleaseSettings, DEFAULT_BATCH_SIZE};
+pub use config::{Config, ReleaseSettings};
 pub use db::connect::{apply_defaults, config_from_url, connect, APPLICATION_NAME};
 pub use db::credentials::{CredentialSource, IamSource};
 pub use db::iam::{auth_token as rds_iam_token, TokenTarget};

@@ -18,6 +18,8 @@ pub enum Kind {
     },
     /// Free text, checked where it is used; `default` empty means unset.
     Text { default: &'static str },
+    /// A whole number in `min..=max`, or unset (what unset means, the doc says).
+    OptionalNumber { min: u32, max: u32 },
 }
 
 /// Which front-ends read a setting.
@@ -71,6 +73,22 @@ const fn number(
     }
 }
 
+const fn optional_number(
+    name: &'static str,
+    (min, max): (u32, u32),
+    unit: &'static str,
+    read_by: ReadBy,
+    doc: &'static str,
+) -> Setting {
+    Setting {
+        name,
+        kind: Kind::OptionalNumber { min, max },
+        unit,
+        read_by,
+        doc,
+    }
+}
+
 const fn text(
     name: &'static str,
     default: &'static str,
@@ -105,8 +123,22 @@ const fn choice(
 use ReadBy::{Both, Cli, Lambda};
 
 // The release.
-pub const BATCH_SIZE: Setting = number("BATCH_SIZE", (1, 10_000), 500, "reservations", Both,
-    "Due reservations paged per batch transaction; their orders and cart holds are claimed together (500 chosen from the benchmark).");
+pub const BATCH_SIZE: Setting = optional_number("BATCH_SIZE", (1, 10_000), "reservations", Both,
+    "Pins the due reservations paged per batch transaction (their orders and cart holds are claimed together); unset: adaptive, each batch sized by the controller between BATCH_SIZE_MIN and BATCH_SIZE_MAX.");
+pub const BATCH_SIZE_MIN: Setting = number("BATCH_SIZE_MIN", (1, 10_000), 100, "reservations", Both,
+    "Adaptive batches: the size a batch starts at, and falls back to at once when shoppers compete for its rows (chosen from the benchmark).");
+pub const BATCH_SIZE_MAX: Setting = number(
+    "BATCH_SIZE_MAX",
+    (1, 10_000),
+    4_000,
+    "reservations",
+    Both,
+    "Adaptive batches: the largest a batch may grow while nothing is in its way.",
+);
+pub const BATCH_TARGET_MS: Setting = number("BATCH_TARGET_MS", (10, 5_000), 150, "ms", Both,
+    "Adaptive batches: the time a batch is sized to take while nothing is in its way (below half the shop's deadlock_timeout, or it is capped there).");
+pub const WORKERS: Setting = number("WORKERS", (1, 16), 2, "connections", Both,
+    "Connections one run drains with at once while nothing competes (one as soon as shoppers do), within the database's free connections less a reserve.");
 pub const MAX_BATCHES: Setting = number(
     "MAX_BATCHES",
     (1, 1_000_000),
@@ -301,6 +333,10 @@ pub const LOG_FORMAT: Setting = choice("LOG_FORMAT", &["json", "text"], "", Both
 /// The table, in the order the documentation lists it.
 pub const SETTINGS: &[Setting] = &[
     BATCH_SIZE,
+    BATCH_SIZE_MIN,
+    BATCH_SIZE_MAX,
+    BATCH_TARGET_MS,
+    WORKERS,
     MAX_BATCHES,
     RESERVATION_TIMEOUT_MINUTES,
     PAYMENT_PROCESSING_GRACE_MINUTES,
@@ -341,7 +377,7 @@ impl Setting {
     /// The range of a number (`(0, 0)` for any other kind).
     pub const fn range(&self) -> (u32, u32) {
         match self.kind {
-            Kind::Number { min, max, .. } => (min, max),
+            Kind::Number { min, max, .. } | Kind::OptionalNumber { min, max } => (min, max),
             _ => (0, 0),
         }
     }
@@ -359,6 +395,7 @@ impl Setting {
         match self.kind {
             Kind::Number { default, .. } => default.to_string(),
             Kind::Choice { default, .. } | Kind::Text { default } => default.to_string(),
+            Kind::OptionalNumber { .. } => String::new(),
         }
     }
 
@@ -373,6 +410,14 @@ impl Setting {
         parse_u32(lookup, self.name, self.default_number(), min, max)
     }
 
+    /// The whole number `lookup` gives, within the range; None when unset or blank.
+    pub fn optional_number(&self, lookup: &impl Fn(&str) -> Option<String>) -> Result<Option<u32>> {
+        if self.get(lookup).is_none() {
+            return Ok(None);
+        }
+        self.number(lookup).map(Some)
+    }
+
     /// Checks an override given under another name (a flag, a payload field) against this
     /// setting's range.
     pub fn check(&self, name: &str, value: u32) -> Result<()> {
@@ -383,7 +428,9 @@ impl Setting {
     /// What the value may be, for the documentation.
     pub fn allowed(&self) -> String {
         match self.kind {
-            Kind::Number { min, max, .. } => format!("{min} to {max}"),
+            Kind::Number { min, max, .. } | Kind::OptionalNumber { min, max } => {
+                format!("{min} to {max}")
+            }
             Kind::Choice { values, .. } => values.join(", "),
             Kind::Text { .. } => "text".into(),
         }
@@ -511,9 +558,11 @@ mod tests {
     #[test]
     fn a_number_is_read_within_its_range() {
         let lookup = |v: &'static str| move |_: &str| Some(v.to_string());
-        assert_eq!(BATCH_SIZE.number(&lookup("50")).unwrap(), 50);
-        assert_eq!(BATCH_SIZE.number(&lookup(" ")).unwrap(), 500);
-        assert!(BATCH_SIZE.number(&lookup("10001")).is_err());
+        assert_eq!(BATCH_SIZE.optional_number(&lookup("50")).unwrap(), Some(50));
+        assert_eq!(BATCH_SIZE.optional_number(&lookup(" ")).unwrap(), None);
+        assert!(BATCH_SIZE.optional_number(&lookup("10001")).is_err());
+        assert!(BATCH_SIZE.optional_number(&lookup("0")).is_err());
+        assert_eq!(WORKERS.number(&lookup(" ")).unwrap(), 2);
         assert!(BATCH_SIZE
             .check("--batch-size", 0)
             .unwrap_err()

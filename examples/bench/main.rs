@@ -27,21 +27,26 @@ use tokio_postgres::{Client, NoTls};
 
 use shoppers::{Cart, Latency, PHASE, SHOPPERS};
 use unreserver::Database;
+use unreserver::ReleaseSettings;
 use unreserver::RunOptions;
 use unreserver::RunReport;
-use unreserver::{ReleaseSettings, DEFAULT_BATCH_SIZE};
 
 mod carts;
 mod follow;
 mod hot_row;
 mod shoppers;
 
-/// `--batch-size N`: the batch size the bench treats as the default (to weigh another
-/// default before shipping it); the shipped default otherwise.
+/// `--batch-size N`: a pinned batch size the bench treats as the default (to weigh it against
+/// the shipped adaptive batches); unset: the shipped defaults (adaptive).
 static BATCH_SIZE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
-fn default_batch_size() -> u32 {
-    *BATCH_SIZE.get().unwrap_or(&DEFAULT_BATCH_SIZE)
+fn default_batch_size() -> Option<u32> {
+    BATCH_SIZE.get().copied()
+}
+
+/// A batch size as the tables show it.
+fn size_label(size: Option<u32>) -> String {
+    size.map_or_else(|| "adaptive".to_string(), |n| n.to_string())
 }
 
 const VARIANTS: i64 = 2_000;
@@ -252,7 +257,7 @@ impl Bench {
     async fn project(
         &self,
         seed: &str,
-        batch_size: u32,
+        batch_size: Option<u32>,
         runs: usize,
     ) -> (Duration, Vec<RunReport>) {
         let url = self.copy(seed, "bench_run").await;
@@ -490,11 +495,11 @@ impl Bench {
              | batch size | drain (ms) | batches | batch p99 (ms) | quiet p99 (ms) | drain p99 (ms) | p99 ratio (≤ 1.5) | max over quiet (≤ +50 ms) | deferred (< 1 %) |\n\
              |---|---|---|---|---|---|---|---|---|\n",
         );
-        let mut sizes = vec![default_batch_size(), 1000, 2000];
-        sizes.sort_unstable();
+        let mut sizes = vec![default_batch_size(), Some(500), Some(1000), Some(2000)];
         sizes.dedup();
         for bs in sizes {
-            eprintln!("shoppers, batch size {bs} ...");
+            let label = size_label(bs);
+            eprintln!("shoppers, batch size {label} ...");
             let url = self.copy(seed, "bench_shoppers_bs").await;
             let (quiet, ()) = shoppers::phase(&url, Cart::OneHot, 1, async {}).await;
             let (drain, (took, r)) = shoppers::phase(
@@ -506,7 +511,7 @@ impl Bench {
             .await;
             let _ = writeln!(
                 md,
-                "| {bs} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:+.1} | {:.2} % |",
+                "| {label} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:+.1} | {:.2} % |",
                 ms(took),
                 r.batches,
                 r.batch_ms_p99,
@@ -578,7 +583,7 @@ async fn drain_with_defaults(url: String) -> (Duration, RunReport) {
 }
 
 /// This project's drain of `url` with the shipped defaults but `batch_size`.
-async fn drain_with_batch_size(url: String, batch_size: u32) -> (Duration, RunReport) {
+async fn drain_with_batch_size(url: String, batch_size: Option<u32>) -> (Duration, RunReport) {
     let settings = ReleaseSettings {
         batch_size,
         ..drain_settings()
@@ -872,7 +877,7 @@ async fn main() {
         let _ = writeln!(
             md,
             "| {n} | **this project (defaults)**, median of {reps} | {} | {:.0} | {:.0} | **{:.2}** | {:.1} | {:.1} |",
-            default_batch_size(),
+            size_label(default_batch_size()),
             ms(*took),
             rate(due, *took),
             took.as_secs_f64() / lower.as_secs_f64(),
@@ -905,7 +910,7 @@ async fn main() {
         if n == 100_000 && !quick {
             for bs in [50, 100, 250, 1000, 2000] {
                 eprintln!("N={n}: project, batch size {bs} ...");
-                let (took, reports) = b.project(&seed, bs, 1).await;
+                let (took, reports) = b.project(&seed, Some(bs), 1).await;
                 assert_eq!(released(&reports), due);
                 let r = &reports[0];
                 let _ = writeln!(
@@ -1057,8 +1062,13 @@ async fn main() {
         .replace("$2::int8", "0::int8")
         .replace("$3::timestamptz", "'-infinity'::timestamptz")
         .replace("$4::int8", "0::int8")
-        .replace("$5::int8", &format!("{}::int8", default_batch_size()))
-        .replace("$6::int4", "15::int4");
+        .replace(
+            "$5::int8",
+            &format!("{}::int8", default_batch_size().unwrap_or(100)),
+        )
+        .replace("$6::int4", "15::int4")
+        .replace("$7::int8", "1::int8")
+        .replace("$8::int8", "0::int8");
     let backlog_sql = unreserver::db::sql::BACKLOG
         .replace("$1::int4", "15::int4")
         .replace("$2::int4", "15::int4");

@@ -61,9 +61,14 @@ impl Database {
     /// batch: a cancel request still on its way can only reach the old session, which is gone,
     /// never a statement of the next batch.
     pub async fn reconnect(&mut self) -> Result<()> {
-        let fresh = Database::open(&self.config, &self.tls, self.lock_timeout_ms).await?;
-        *self = fresh;
+        *self = self.sibling().await?;
         Ok(())
+    }
+
+    /// Another connection to the same database, checked and prepared the same way: a worker
+    /// of a run.
+    pub async fn sibling(&self) -> Result<Database> {
+        Database::open(&self.config, &self.tls, self.lock_timeout_ms).await
     }
 
     /// A handle that cancels whatever statement this connection runs when called (from

@@ -37,7 +37,7 @@ use crate::db::session::Database;
 use crate::db::sql::{
     self, BatchTimeouts, CancelledOrder, ClaimParams, ClaimedOrder, Counter, HeldReservation,
     OrdersParams, PageParams, PageRow, PgTimestamp, ReleaseParams, Released, ReleasedReservation,
-    Rules, Statements, UnitsParams,
+    Rules, Share, Statements, UnitsParams,
 };
 use crate::error::{sql_state, Error, Result};
 
@@ -77,6 +77,10 @@ pub struct Owners {
 }
 
 impl LongHeld {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     fn contains(&self, counter: Counter, id: i64) -> bool {
         self.0.contains_key(&(counter, id))
     }
@@ -200,6 +204,10 @@ pub struct BatchParams {
     pub queue_timeouts: BatchTimeouts,
     /// When the current batch first locked a hot row.
     pub hot_phase: HotPhase,
+    /// The share of the due rows this worker pages ([`Share::ALL`] for a run of one worker).
+    pub share: Share,
+    /// Shared by the workers of one run (None: one worker): see [`HotTurn`].
+    pub hot_turn: Option<HotTurn>,
     rules: Rules,
     timeouts: BatchTimeouts,
     dry_run: bool,
@@ -208,11 +216,13 @@ pub struct BatchParams {
 impl BatchParams {
     pub fn new(settings: &ReleaseSettings, dry_run: bool) -> Self {
         BatchParams {
-            page_size: i64::from(settings.batch_size),
+            page_size: i64::from(settings.batch_size.unwrap_or(settings.batch_size_min)),
             lock_wait: Duration::from_millis(u64::from(settings.lock_timeout_ms)),
             long_held: LongHeld::default(),
             queue_timeouts: timeouts(settings),
             hot_phase: HotPhase::default(),
+            share: Share::ALL,
+            hot_turn: None,
             rules: rules(settings),
             timeouts: timeouts(settings),
             dry_run,
@@ -222,6 +232,51 @@ impl BatchParams {
     /// The rule parameters of the statements.
     pub fn rules(&self) -> Rules {
         self.rules
+    }
+
+    /// The parameters of another worker of the same run: its own share and hot phase, the
+    /// hot turn shared, nothing learnt yet of held rows.
+    pub fn for_worker(&self, share: Share, hot_turn: HotTurn) -> Self {
+        BatchParams {
+            share,
+            hot_turn: Some(hot_turn),
+            hot_phase: HotPhase::default(),
+            long_held: LongHeld::default(),
+            ..self.clone()
+        }
+    }
+}
+
+/// The turn the workers of one run take to hold hot rows: a worker takes it before it locks a
+/// variant or drop row and keeps it until its batch commits (giving it back whenever it rolls
+/// those rows back to poll), so two workers never hold counter rows at once. A worker thus
+/// never finds a counter row held by another worker of its run — a row it finds held is a
+/// shopper's, and the controller and the deferred work see only shoppers — while the rest of
+/// the batches (paging, claiming, expiring, cancelling: most of the work) runs in parallel.
+#[derive(Debug, Clone, Default)]
+pub struct HotTurn(std::sync::Arc<tokio::sync::Mutex<()>>);
+
+/// One batch's hold on the run's [`HotTurn`] (nothing to take with one worker).
+struct Turn {
+    turn: Option<HotTurn>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Turn {
+    fn new(turn: Option<HotTurn>) -> Self {
+        Turn { turn, held: None }
+    }
+
+    /// Waits for the turn, unless this batch has it already.
+    async fn take(&mut self) {
+        if let (Some(turn), None) = (&self.turn, &self.held) {
+            self.held = Some(turn.0.clone().lock_owned().await);
+        }
+    }
+
+    /// Gives the turn back: the batch rolled back every hot row it held.
+    fn give_back(&mut self) {
+        self.held = None;
     }
 }
 
@@ -394,8 +449,22 @@ async fn release_and_finish(
     mut claimed: Claimed,
     mut out: BatchOutcome,
 ) -> Result<BatchOutcome> {
+    let mut turn = Turn::new(params.hot_turn.clone());
     if !claimed.is_empty() {
-        release_claimed(&tx, st, params, lock_wait, &mut claimed, &mut out).await?;
+        release_claimed(
+            &tx,
+            st,
+            params,
+            lock_wait,
+            &mut claimed,
+            &mut turn,
+            &mut out,
+        )
+        .await?;
+    }
+    if out.counts.reservations_released > 0 {
+        // Holding its hot rows: is a shopper waiting for one? (see `engine::controller`)
+        out.counts.shoppers_waiting = st.waiting_behind(&tx).await?.max(0) as u64;
     }
     if !out.locked_tables.is_empty() {
         finish(tx, true).await?;
@@ -406,6 +475,7 @@ async fn release_and_finish(
         });
     }
     finish(tx, params.dry_run).await?;
+    drop(turn);
     Ok(out)
 }
 
@@ -484,6 +554,7 @@ async fn page(
         legacy_after: cursor.legacy,
         limit: params.page_size,
         rules: params.rules,
+        share: params.share,
     };
     st.page(tx, &p).await
 }
@@ -669,6 +740,8 @@ struct Patience<'a> {
     until: Instant,
     /// Counter rows known to be held for long: tried once, never polled for.
     long_held: &'a LongHeld,
+    /// When the batch first locked a hot row.
+    hot: &'a HotPhase,
 }
 
 /// Steps 3 to 5 after a savepoint, in rounds. The release never waits in a lock queue (every
@@ -682,30 +755,35 @@ async fn release_claimed(
     params: &BatchParams,
     lock_wait: Duration,
     claimed: &mut Claimed,
+    turn: &mut Turn,
     out: &mut BatchOutcome,
 ) -> Result<()> {
     let rules = params.rules;
     let patience = Patience {
         until: Instant::now() + lock_wait,
         long_held: &params.long_held,
+        hot: &params.hot_phase,
     };
     sql::savepoint(tx, false).await?;
     while !claimed.is_empty() {
-        match release_round(tx, st, rules, claimed, patience, &params.hot_phase, out).await? {
+        let round = release_round(tx, st, rules, claimed, patience, turn, out).await?;
+        if !matches!(round, Round::Done) {
+            // Every round below rolls back to the savepoint: no hot row stays held.
+            sql::savepoint(tx, true).await?;
+            turn.give_back();
+        }
+        match round {
             Round::Done => return Ok(()),
             Round::CountersHeld(HeldCounters { last, always }) => {
-                sql::savepoint(tx, true).await?;
                 out.long_held.add(&always);
                 leave_out(&last, claimed, out);
             }
             Round::NotDue { orders, holds } => {
-                sql::savepoint(tx, true).await?;
                 out.counts.no_longer_due += (orders.len() + holds.len()) as u64;
                 claimed.remove(&orders, &holds);
             }
             Round::Held => {
-                sql::savepoint(tx, true).await?;
-                wait_for_held_rows(tx, st, claimed, patience, &params.hot_phase, out).await?;
+                wait_for_held_rows(tx, st, claimed, patience, turn, out).await?;
                 if !out.locked_tables.is_empty() {
                     return Ok(());
                 }
@@ -725,12 +803,14 @@ async fn wait_for_held_rows(
     st: &Statements,
     claimed: &mut Claimed,
     patience: Patience<'_>,
-    hot: &HotPhase,
+    turn: &mut Turn,
     out: &mut BatchOutcome,
 ) -> Result<()> {
     let mut pause = POLL;
     let mut first = true;
     loop {
+        // The probe locks the counter rows it finds free.
+        turn.take().await;
         let held = st.probe_held(tx, &claimed.orders, &claimed.holds).await?;
         if held.is_empty() {
             if std::mem::take(&mut first) {
@@ -738,11 +818,12 @@ async fn wait_for_held_rows(
                 // released — or a table lock, which no row poll will ever see.
                 out.locked_tables = st.locked_tables(tx).await?;
             }
-            hot.start();
+            patience.hot.start();
             return Ok(());
         }
         first = false;
         sql::savepoint(tx, true).await?;
+        turn.give_back();
         let known = patience.long_held.covers(&held);
         if !known && Instant::now() < patience.until {
             poll_pause(&mut pause, &mut out.counts.held_wait_ms).await;
@@ -791,10 +872,10 @@ async fn release_round(
     rules: Rules,
     claimed: &Claimed,
     patience: Patience<'_>,
-    hot: &HotPhase,
+    turn: &mut Turn,
     out: &mut BatchOutcome,
 ) -> Result<Round> {
-    match release_steps(tx, st, rules, claimed, patience, hot, out).await {
+    match release_steps(tx, st, rules, claimed, patience, turn, out).await {
         Err(error) if sql_state(&error) == Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(Round::Held),
         other => other,
     }
@@ -806,7 +887,7 @@ async fn release_steps(
     rules: Rules,
     claimed: &Claimed,
     patience: Patience<'_>,
-    hot: &HotPhase,
+    turn: &mut Turn,
     out: &mut BatchOutcome,
 ) -> Result<Round> {
     let Released {
@@ -820,9 +901,8 @@ async fn release_steps(
     let mut done = Tally::default();
     done.add(&reservations);
     done.cancelled = cancelled;
-    hot.start();
     let waited = &mut out.counts.held_wait_ms;
-    match take_counters(tx, st, &done, &reservations, patience, waited).await? {
+    match take_counters(tx, st, &done, &reservations, patience, turn, waited).await? {
         Ok((variants, drops)) => {
             done.counts.clamped_variants = variants;
             done.counts.clamped_drops = drops;
@@ -953,6 +1033,7 @@ async fn take_counters(
     tally: &Tally,
     released: &[ReleasedReservation],
     patience: Patience<'_>,
+    turn: &mut Turn,
     waited_ms: &mut f64,
 ) -> Result<std::result::Result<(u64, u64), HeldCounters>> {
     sql::counters_savepoint(tx, false).await?;
@@ -964,6 +1045,8 @@ async fn take_counters(
         *waited_ms += since.map_or(0.0, |s: Instant| s.elapsed().as_secs_f64() * 1000.0);
     };
     loop {
+        turn.take().await;
+        patience.hot.start();
         let variants = return_units(tx, st, Counter::Variants, &tally.units_by_variant).await?;
         let drops = return_units(tx, st, Counter::Drops, &tally.units_by_drop).await?;
         let (held_variants, held_drops) = match (variants, drops) {
@@ -974,6 +1057,7 @@ async fn take_counters(
             (v, d) => (v.err().unwrap_or_default(), d.err().unwrap_or_default()),
         };
         sql::counters_savepoint(tx, true).await?;
+        turn.give_back();
         let (always_v, always_d) =
             always.get_or_insert_with(|| (held_variants.clone(), held_drops.clone()));
         always_v.retain(|v| held_variants.contains(v));

@@ -41,6 +41,10 @@ counts! {
     /// milliseconds, at most `LOCK_TIMEOUT_MS` a batch). A counter row still held after that is
     /// tried once, without polling, by the later batches of the run.
     held_wait_ms: f64,
+    /// Sessions found waiting behind a batch's hot rows just before it committed (a checkout
+    /// queued on a variant or drop row the batch had updated): with the rows found held, the
+    /// signal that shoppers compete (see `engine::controller`).
+    shoppers_waiting: u64,
     /// Waits in the lock queue of a counter row that stayed held through the polling (a queue
     /// of checkouts on a hot variant), each holding nothing else, at most the queue's lock
     /// timeout (see `engine::batch::Source::Queue`).

@@ -3,6 +3,7 @@
 //! It works on a checked [`crate::db::session::Database`] and knows nothing of the front-ends.
 
 pub(crate) mod batch;
+pub mod controller;
 pub mod counts;
 pub(crate) mod follow;
 pub(crate) mod on_request;

@@ -12,7 +12,7 @@ use std::collections::{HashSet, VecDeque};
 
 use super::batch::{self, Cursor};
 use crate::db::session::Database;
-use crate::db::sql::{PageParams, PageRow, Rules};
+use crate::db::sql::{PageParams, PageRow, Rules, Share};
 use crate::error::Result;
 
 /// The rows of the current pass not yet worked through.
@@ -44,6 +44,7 @@ impl Passes {
         db: &Database,
         cursor: &mut Cursor,
         rules: Rules,
+        share: Share,
     ) -> Result<bool> {
         if !self.rows.is_empty() {
             return Ok(true);
@@ -56,6 +57,7 @@ impl Passes {
             legacy_after: cursor.legacy,
             limit: self.size,
             rules,
+            share,
         };
         // Outside any batch transaction: a read that locks nothing, bounded by the session's
         // statement timeout rather than a batch's.

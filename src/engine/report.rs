@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+pub use super::controller::ControllerStats;
 pub use super::counts::Counts;
 
 /// Why a run stopped.
@@ -111,6 +112,8 @@ pub struct RunReport {
     /// Dry run only: per drop product id, the units a real run would give back.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub units_by_drop: Option<BTreeMap<i64, i64>>,
+    /// What the batch controller did: batch sizes, workers, why it shrank.
+    pub controller: ControllerStats,
     /// Follow mode only: its passes and wake-ups; the rest of the report sums the passes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub follow: Option<FollowStats>,
@@ -177,6 +180,7 @@ impl RunReport {
             batch_ms_max: 0.0,
             units_by_variant: dry_run.then(BTreeMap::new),
             units_by_drop: dry_run.then(BTreeMap::new),
+            controller: ControllerStats::default(),
             follow: None,
             delays: Vec::new(),
             batch_durations_ms: Vec::new(),
@@ -206,6 +210,7 @@ impl RunReport {
         self.events_published += pass.events_published;
         self.events_failed += pass.events_failed;
         self.expiry_warnings += pass.expiry_warnings;
+        self.controller.absorb(&pass.controller);
         self.delays.extend(pass.delays);
         self.batch_durations_ms.extend(pass.batch_durations_ms);
         self.set_quantiles();

@@ -4,17 +4,21 @@
 //! transactions apart from what each does, and one result struct per run.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
 use tracing::Instrument;
 
-use super::batch::{self, BatchOutcome, BatchParams, Cursor, LongHeld, Source};
+use super::batch::{self, BatchOutcome, BatchParams, Cursor, HotTurn, LongHeld, Source};
+use super::controller::{self, Controller};
 use super::pass::Passes;
 use super::report::{RunReport, StopReason};
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
-use crate::db::sql::{outbox, CancelledOrder, Counter, ReleasedReservation};
+use crate::db::sql::{
+    contention, outbox, CancelledOrder, Counter, PageRow, ReleasedReservation, Share,
+};
 use crate::error::{is_cancelled, is_conflict, sql_state, Error, Result};
 
 /// How a run is asked to go.
@@ -107,20 +111,85 @@ const RETRY_ROUNDS: usize = 4;
 /// leaves the queue until it commits, and every shopper queued behind it waits that long, so
 /// it must be as short as one more checkout, not a page.
 const QUEUE_BATCH_ORDERS: usize = 100;
+/// Connections a run leaves free for the shop when it opens workers.
+const RESERVED_CONNECTIONS: i64 = 10;
 
-/// Releases due reservations in batches on `db`.
+/// Releases due reservations in batches on `db` (and, while nothing competes and the backlog
+/// is more than a page, on up to `WORKERS` connections at once: see [`Run::spread`]).
 pub async fn run(
     db: &mut Database,
     settings: &ReleaseSettings,
     options: &RunOptions,
 ) -> std::result::Result<RunReport, RunFailure> {
     let started = Instant::now();
-    let mut run = Run::new(settings, options);
-    let outcome = match run.set_batch_budget(db) {
-        Ok(()) => run.batches(db).await,
+    let budget = batch_budget(settings, db);
+    let shared = Shared::new(settings, *budget.as_ref().unwrap_or(&MIN_BATCH_ALLOWANCE));
+    let mut run = Run::new(settings, options, &shared);
+    let outcome = match budget {
+        Ok(budget) => {
+            run.set_batch_budget(db, budget);
+            run.drain(db).await
+        }
         Err(error) => Err(error),
     };
     run.finish(db, outcome, started).await
+}
+
+/// What the workers of one run share: the controller, the count of batches, and the gate a
+/// batch passes — one permit while nobody competes (the workers batch at once), every permit
+/// while shoppers do (one batch at a time).
+struct Shared {
+    controller: std::sync::Mutex<Controller>,
+    batches: AtomicU32,
+    workers: AtomicU32,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Shared {
+    fn new(settings: &ReleaseSettings, budget: Duration) -> Self {
+        Shared {
+            controller: std::sync::Mutex::new(Controller::new(settings, budget)),
+            batches: AtomicU32::new(0),
+            workers: AtomicU32::new(1),
+            gate: tokio::sync::Semaphore::new(1),
+        }
+    }
+
+    /// The controller (a poisoned lock cannot happen: no code panics while holding it; were
+    /// it to, its state is still whole).
+    fn controller(&self) -> std::sync::MutexGuard<'_, Controller> {
+        self.controller
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds `n` workers.
+    fn add_workers(&self, n: u32) {
+        let workers = self.workers.fetch_add(n, Ordering::SeqCst) + n;
+        self.gate.add_permits(n as usize);
+        self.controller().stats.workers = workers;
+    }
+
+    /// Waits until a batch may run: alone while shoppers compete, beside the other workers'
+    /// while nobody does.
+    async fn pass_gate(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let permits = if self.controller().parallel() {
+            1
+        } else {
+            self.workers.load(Ordering::SeqCst)
+        };
+        self.gate.acquire_many(permits).await.ok()
+    }
+}
+
+/// How a worker's paging ended.
+enum Paging {
+    /// Nothing more is due in its share after the cursor.
+    Drained,
+    /// It must stop (a limit, a locked table, retries exhausted).
+    Stopped(StopReason),
+    /// A full page went by while nobody competed: more workers may join ([`Run::spread`]).
+    Spread,
 }
 
 /// What the next batch works on.
@@ -141,10 +210,11 @@ enum Work {
 /// holds left out for it.
 type QueueWork = ((Counter, i64), Vec<i64>, Vec<i64>);
 
-/// The state of one run between batches.
+/// The state of one run (or of one worker of it) between batches.
 struct Run<'a> {
     settings: &'a ReleaseSettings,
     options: &'a RunOptions,
+    shared: &'a Shared,
     params: BatchParams,
     /// The longest a batch may take: half the shop's `deadlock_timeout`.
     batch_budget: Duration,
@@ -172,15 +242,18 @@ struct Run<'a> {
     cuts_at_min: u32,
     /// The due rows read in passes, when no index serves the keyset page.
     passes: Option<Passes>,
+    /// Pass scans of the run's other workers.
+    worker_scans: u32,
 }
 
 impl<'a> Run<'a> {
-    fn new(settings: &'a ReleaseSettings, options: &'a RunOptions) -> Self {
+    fn new(settings: &'a ReleaseSettings, options: &'a RunOptions, shared: &'a Shared) -> Self {
         let mut report = RunReport::new(options.dry_run);
         report.run_id.clone_from(&options.run_id);
         Run {
             settings,
             options,
+            shared,
             params: BatchParams::new(settings, options.dry_run),
             batch_budget: Duration::ZERO,
             report,
@@ -197,13 +270,14 @@ impl<'a> Run<'a> {
             queue: None,
             cuts_at_min: 0,
             passes: None,
+            worker_scans: 0,
         }
     }
 
-    /// The batch budget from the shop's `deadlock_timeout` ([`batch_budget`]), and how the
-    /// run pages (passes when no index serves the keyset page).
-    fn set_batch_budget(&mut self, db: &Database) -> Result<()> {
-        self.batch_budget = batch_budget(self.settings, db)?;
+    /// The batch budget (see [`batch_budget`]), and how the run pages (passes when no index
+    /// serves the keyset page).
+    fn set_batch_budget(&mut self, db: &Database, budget: Duration) {
+        self.batch_budget = budget;
         // A queue batch waits at most half its budget in the row's queue (a quarter of the
         // shop's deadlock_timeout), leaving the other half for its work.
         let queue_ms = (self.batch_budget.as_millis() / 2).max(1);
@@ -214,61 +288,224 @@ impl<'a> Run<'a> {
         if !db.preflight.expiry_index {
             self.passes = Some(Passes::new(self.settings.pass_size));
         }
-        Ok(())
     }
 
-    /// Runs batches until a stop reason; an error a retry cannot fix ends the loop.
-    async fn batches(&mut self, db: &mut Database) -> Result<StopReason> {
+    /// The pages (spread over workers once the backlog proves larger than a page), then the
+    /// deferred work; an error a retry cannot fix ends it.
+    async fn drain(&mut self, db: &mut Database) -> Result<StopReason> {
+        let spread = self.settings.workers > 1;
+        match self.pages(db, spread).await? {
+            Paging::Stopped(stop) => return Ok(stop),
+            Paging::Drained => {}
+            Paging::Spread => {
+                if let Some(stop) = self.spread(db).await? {
+                    return Ok(stop);
+                }
+            }
+        }
+        self.retry_deferred(db).await
+    }
+
+    /// Pages through this worker's share until it is drained or a stop reason; with `spread`,
+    /// returns [`Paging::Spread`] after a full page while nobody competes.
+    async fn pages(&mut self, db: &mut Database, spread: bool) -> Result<Paging> {
         loop {
-            if let Some(stop) = self.limit_reached() {
-                return Ok(stop);
+            if let Some(stop) = self.start_batch() {
+                return Ok(Paging::Stopped(stop));
             }
             let work = match self.passes.as_mut() {
                 None => Work::Page,
                 Some(passes) => {
                     let rules = self.params.rules();
-                    if !passes.refill(db, &mut self.cursor, rules).await? {
-                        return self.retry_deferred(db).await;
+                    if !passes
+                        .refill(db, &mut self.cursor, rules, self.params.share)
+                        .await?
+                    {
+                        return Ok(Paging::Drained);
                     }
                     Work::Pass
                 }
             };
             let batch = match self.batch_with_retries(db, work).await? {
                 Ok(batch) => batch,
-                Err(stop) => return Ok(stop),
+                Err(stop) => return Ok(Paging::Stopped(stop)),
             };
             let drained = work == Work::Page && (batch.rows_paged as i64) < self.params.page_size;
-            let empty = batch.rows_paged == 0;
-            // A batch that fit its budget lets the page grow back towards BATCH_SIZE.
-            self.params.page_size =
-                (self.params.page_size * 2).min(i64::from(self.settings.batch_size));
-            if !empty {
+            if batch.rows_paged > 0 {
                 if let Some(stop) = self.record(db, batch).await? {
-                    return Ok(stop);
+                    return Ok(Paging::Stopped(stop));
                 }
             }
             if drained {
-                return self.retry_deferred(db).await;
+                return Ok(Paging::Drained);
+            }
+            if spread && self.shared.controller().parallel() {
+                return Ok(Paging::Spread);
             }
         }
     }
 
-    /// Asked to stop, `MAX_BATCHES` ran, or the deadline leaves no time for another batch.
-    fn limit_reached(&self) -> Option<StopReason> {
+    /// Opens up to `WORKERS` - 1 more connections (as many as the server has free beyond
+    /// [`RESERVED_CONNECTIONS`]) and pages with all of them at once, each its own share of the
+    /// orders after the cursor (what came before was this worker's), taking turns only to
+    /// hold hot rows ([`HotTurn`]); then takes their reports and deferred work back. Without a
+    /// connection to spare it goes on alone.
+    async fn spread(&mut self, db: &mut Database) -> Result<Option<StopReason>> {
+        let mut extra = self.open_workers(db).await;
+        if extra.is_empty() {
+            return Ok(match self.pages(db, false).await? {
+                Paging::Stopped(stop) => Some(stop),
+                Paging::Drained | Paging::Spread => None,
+            });
+        }
+        let of = extra.len() as i64 + 1;
+        let turn = HotTurn::default();
+        let mut others: Vec<Run<'a>> = (1..of)
+            .map(|index| self.fork(Share { index, of }, turn.clone()))
+            .collect();
+        let long_held = std::mem::take(&mut self.params.long_held);
+        self.params = self.params.for_worker(Share { index: 0, of }, turn);
+        self.params.long_held = long_held;
+        self.shared.add_workers(extra.len() as u32);
+        tracing::debug!(workers = of, "draining with more connections");
+        let mine = self.pages(db, false);
+        let theirs = others
+            .iter_mut()
+            .zip(extra.iter_mut())
+            .map(|(run, db)| run.pages(db, false));
+        let (mine, theirs) = tokio::join!(mine, futures_util::future::join_all(theirs));
+        self.params.share = Share::ALL;
+        self.params.hot_turn = None;
+        let mut stop = None;
+        let mut failure = None;
+        for (result, other) in std::iter::once(mine)
+            .chain(theirs)
+            .zip(std::iter::once(None).chain(others.into_iter().map(Some)))
+        {
+            if let Some(other) = other {
+                self.absorb(other);
+            }
+            match result {
+                Ok(Paging::Stopped(reason)) => stop = stop.or(Some(reason)),
+                Ok(Paging::Drained | Paging::Spread) => {}
+                Err(error) => failure = failure.or(Some(error)),
+            }
+        }
+        failure.map_or(Ok(stop), Err)
+    }
+
+    /// The extra connections a spread run may use: `WORKERS` - 1 at most, within the server's
+    /// free connections less [`RESERVED_CONNECTIONS`]; one that fails to open is logged and
+    /// the run goes on with fewer.
+    async fn open_workers(&self, db: &Database) -> Vec<Database> {
+        let free = match contention::free_connections(&db.client).await {
+            Ok(free) => free,
+            Err(error) => {
+                tracing::warn!(error = %error.chain(), "could not count the free connections; draining alone");
+                return Vec::new();
+            }
+        };
+        let want = i64::from(self.settings.workers - 1).min(free - RESERVED_CONNECTIONS);
+        let opened = futures_util::future::join_all((0..want.max(0)).map(|_| db.sibling())).await;
+        opened
+            .into_iter()
+            .filter_map(|opened| {
+                opened
+                    .map_err(|error| {
+                        tracing::warn!(error = %error.chain(), "could not open a worker's connection; draining with fewer");
+                    })
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// Another worker of this run, starting at this one's cursor with its own share.
+    fn fork(&self, share: Share, turn: HotTurn) -> Run<'a> {
+        let mut run = Run::new(self.settings, self.options, self.shared);
+        run.params = self.params.for_worker(share, turn);
+        run.batch_budget = self.batch_budget;
+        run.cursor = self.cursor;
+        run.slowest = self.slowest;
+        // Orders this worker counted (a dry run), left for later (too large) or deferred: the
+        // others must not take them again when a later line of theirs comes up in a share.
+        run.excluded_orders = self
+            .excluded_orders
+            .iter()
+            .chain(&self.deferred_orders)
+            .copied()
+            .collect();
+        run.passes = self
+            .passes
+            .as_ref()
+            .map(|_| Passes::new(self.settings.pass_size));
+        run
+    }
+
+    /// Takes back what another worker did and left.
+    fn absorb(&mut self, other: Run<'_>) {
+        let Run {
+            report,
+            durations,
+            slowest,
+            delays,
+            excluded_orders,
+            paid_orders,
+            due_released,
+            deferred_orders,
+            deferred_holds,
+            params,
+            passes,
+            ..
+        } = other;
+        self.report.counts += report.counts;
+        self.report.batches += report.batches;
+        self.report.batch_retries += report.batch_retries;
+        self.report.large_orders_left += report.large_orders_left;
+        if self.report.locked_tables.is_empty() {
+            self.report.locked_tables = report.locked_tables;
+        }
+        merge_units(&mut self.report.units_by_variant, report.units_by_variant);
+        merge_units(&mut self.report.units_by_drop, report.units_by_drop);
+        self.durations.extend(durations);
+        self.slowest = self.slowest.max(slowest);
+        self.delays.extend(delays);
+        let deferred = &self.deferred_orders;
+        let excluded: Vec<i64> = excluded_orders
+            .into_iter()
+            .filter(|order| !deferred.contains(order))
+            .collect();
+        self.excluded_orders.extend(excluded);
+        self.paid_orders.extend(paid_orders);
+        self.due_released += due_released;
+        self.deferred_orders.extend(deferred_orders);
+        self.deferred_holds.extend(deferred_holds);
+        self.params.long_held.extend(&params.long_held);
+        self.worker_scans += passes.map_or(0, |p| p.scans);
+    }
+
+    /// Whether another batch may start: not when asked to stop, when `MAX_BATCHES` batches of
+    /// the run (all workers') have started, or when the deadline leaves no time for it. A
+    /// batch that may start is counted at once, so workers never start more than the limit.
+    fn start_batch(&self) -> Option<StopReason> {
         if self
             .options
             .stop
             .as_ref()
             .is_some_and(|stop| *stop.borrow())
         {
-            Some(StopReason::Stopped)
-        } else if self.report.batches >= self.settings.max_batches {
-            Some(StopReason::MaxBatches)
-        } else if past(self.options.deadline, self.allowance()) {
-            Some(StopReason::TimeBudget)
-        } else {
-            None
+            return Some(StopReason::Stopped);
         }
+        if past(self.options.deadline, self.allowance()) {
+            return Some(StopReason::TimeBudget);
+        }
+        let max = self.settings.max_batches;
+        let counted = self
+            .shared
+            .batches
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            });
+        counted.err().map(|_| StopReason::MaxBatches)
     }
 
     /// Once the pages are drained: the orders left out for a counter row that stayed held are
@@ -303,7 +540,7 @@ impl<'a> Run<'a> {
             self.deferred_holds.iter().copied().collect(),
         );
         while !self.retry_queue.0.is_empty() || !self.retry_queue.1.is_empty() {
-            if let Some(stop) = self.limit_reached() {
+            if let Some(stop) = self.start_batch() {
                 return Ok(Some(stop));
             }
             let batch = match self.batch_with_retries(db, Work::Deferred).await? {
@@ -342,7 +579,7 @@ impl<'a> Run<'a> {
                 if orders.is_empty() && holds.is_empty() {
                     break;
                 }
-                if let Some(stop) = self.limit_reached() {
+                if let Some(stop) = self.start_batch() {
                     return Ok(Some(stop));
                 }
                 self.queue = Some((row, orders, holds));
@@ -392,10 +629,11 @@ impl<'a> Run<'a> {
         db: &mut Database,
         work: Work,
     ) -> Result<std::result::Result<BatchOutcome, StopReason>> {
-        let number = self.report.batches + 1;
+        let number = self.shared.batches.load(Ordering::SeqCst);
         let mut attempt = 1;
         loop {
             let span = tracing::info_span!("batch", number, attempt);
+            self.params.page_size = i64::from(self.shared.controller().size());
             let chunk = self.retry_chunk();
             let rows = match (&self.passes, work) {
                 (Some(passes), Work::Pass) => passes.front(self.page_rows()),
@@ -415,6 +653,7 @@ impl<'a> Run<'a> {
                     holds: &chunk.1,
                 },
             };
+            let gate = self.shared.pass_gate().await;
             let started = Instant::now();
             let tried = timed_batch(
                 db,
@@ -425,10 +664,10 @@ impl<'a> Run<'a> {
             )
             .instrument(span.clone())
             .await;
+            drop(gate);
             let error = match tried {
                 Ok(batch) => {
-                    let done = (rows.len(), batch.released_orders.as_slice());
-                    self.succeeded(started.elapsed(), work, &chunk, done);
+                    self.succeeded(started.elapsed(), work, &chunk, &rows, &batch);
                     return Ok(Ok(batch));
                 }
                 Err(error) => error,
@@ -486,8 +725,11 @@ impl<'a> Run<'a> {
             Error::Database { context, .. } => *context,
             _ => "a batch",
         };
-        let at_min =
-            self.params.page_size <= MIN_PAGE_SIZE.min(i64::from(self.settings.batch_size));
+        let floor = self
+            .settings
+            .batch_size
+            .unwrap_or(self.settings.batch_size_min);
+        let at_min = self.params.page_size <= MIN_PAGE_SIZE.min(i64::from(floor));
         self.cuts_at_min = if at_min { self.cuts_at_min + 1 } else { 0 };
         if self.cuts_at_min >= 2 {
             return Err(Error::TooSlow {
@@ -501,7 +743,7 @@ impl<'a> Run<'a> {
                 hint: self.hint(),
             });
         }
-        self.params.page_size = (self.params.page_size / 2).max(1);
+        self.params.page_size = i64::from(self.shared.controller().cut());
         self.report.batch_retries += 1;
         tracing::warn!(parent: span, during = what, page_size = self.params.page_size,
             budget_ms = self.batch_budget.as_millis() as u64,
@@ -522,15 +764,23 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Books a batch that committed: `done` is the pass rows it worked through and the orders
-    /// it released.
+    /// Books a batch that committed (`rows`: the pass rows it worked through), and tells the
+    /// controller what it met.
     fn succeeded(
         &mut self,
         took: Duration,
         work: Work,
         chunk: &(Vec<i64>, Vec<i64>),
-        done: (usize, &[i64]),
+        rows: &[PageRow],
+        batch: &BatchOutcome,
     ) {
+        let worked = match batch.rows_paged {
+            0 => batch.counts.reservations_released as usize,
+            paged => paged,
+        };
+        let met = controller::met_shoppers(batch);
+        self.shared.controller().observe(worked, took, met);
+        let done = (rows.len(), batch.released_orders.as_slice());
         self.cuts_at_min = 0;
         self.slowest = self.slowest.max(took);
         self.durations.push(took.as_secs_f64() * 1000.0);
@@ -564,7 +814,7 @@ impl<'a> Run<'a> {
         let large = batch.large_orders.clone();
         self.book(batch);
         for order in large {
-            if let Some(stop) = self.limit_reached() {
+            if let Some(stop) = self.start_batch() {
                 return Ok(Some(stop));
             }
             self.large_order(db, order).await?;
@@ -582,6 +832,7 @@ impl<'a> Run<'a> {
             whole: Duration::from_millis(u64::from(self.settings.statement_timeout_ms)),
         };
         let span = tracing::info_span!("large_order", order);
+        let gate = self.shared.pass_gate().await;
         let tried = timed_batch(
             db,
             &self.params,
@@ -591,6 +842,7 @@ impl<'a> Run<'a> {
         )
         .instrument(span.clone())
         .await;
+        drop(gate);
         let error = match tried {
             Ok(mut batch) => {
                 batch.counts.large_orders = u64::from(!batch.released_orders.is_empty());
@@ -661,7 +913,8 @@ impl<'a> Run<'a> {
     ) -> std::result::Result<RunReport, RunFailure> {
         self.report.paid_orders_with_due_reservations = self.paid_orders.len() as u64;
         self.report.deferred = (self.deferred_orders.len() + self.deferred_holds.len()) as u64;
-        self.report.pass_scans = self.passes.as_ref().map_or(0, |p| p.scans);
+        self.report.pass_scans = self.passes.as_ref().map_or(0, |p| p.scans) + self.worker_scans;
+        self.report.controller = self.shared.controller().stats.clone();
         self.report.batch_durations_ms = std::mem::take(&mut self.durations);
         self.report.delays = std::mem::take(&mut self.delays);
         self.report.set_quantiles();
@@ -864,6 +1117,18 @@ fn log_batch(number: u32, batch: &BatchOutcome) {
         clamped_drops = batch.counts.clamped_drops,
         "batch done"
     );
+}
+
+/// Adds the units of `more` to `into` (both present in a dry run only).
+fn merge_units(
+    into: &mut Option<std::collections::BTreeMap<i64, i64>>,
+    more: Option<std::collections::BTreeMap<i64, i64>>,
+) {
+    if let (Some(into), Some(more)) = (into.as_mut(), more) {
+        for (id, units) in more {
+            *into.entry(id).or_default() += units;
+        }
+    }
 }
 
 fn add_batch(report: &mut RunReport, batch: BatchOutcome) {

@@ -91,6 +91,17 @@ pub const METRICS: &[Metric] = &[
     metric("BatchDurationP99", "Milliseconds", |o| {
         reported(o, |r| r.batch_ms_p99)
     }),
+    // What the batch controller did: the largest batch, the connections it drained with, and
+    // the batches that met shoppers (run one at a time at the floor).
+    metric("BatchSizeMax", "Count", |o| {
+        reported(o, |r| f64::from(r.controller.batch_rows_max))
+    }),
+    metric("Workers", "Count", |o| {
+        reported(o, |r| f64::from(r.controller.workers))
+    }),
+    metric("ContendedBatches", "Count", |o| {
+        reported(o, |r| f64::from(r.controller.contended_batches))
+    }),
     metric("MissingIndexes", "Count", |o| {
         reported(o, |r| r.missing_indexes.len() as f64)
     }),

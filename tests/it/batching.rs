@@ -22,7 +22,7 @@ async fn batch_size_plus_one_due_orders_take_exactly_two_batches() {
     let v = t.variant(11).await;
     due_orders(&t, v, 11).await;
     let mut s = settings();
-    s.batch_size = 10;
+    s.batch_size = Some(10);
     let mut db = t.open_with(&s).await;
     let report = run(&mut db, &s, false).await;
     assert_eq!(report.batches, 2);
@@ -50,8 +50,10 @@ async fn max_batches_stops_the_run_and_reports_the_backlog() {
     let v = t.variant(25).await;
     due_orders(&t, v, 25).await;
     let mut s = settings();
-    s.batch_size = 10;
+    s.batch_size = Some(10);
     s.max_batches = 2;
+    // One worker: two batches of ten (with two, the second would page one worker's share).
+    s.workers = 1;
     let mut db = t.open_with(&s).await;
     let report = run(&mut db, &s, false).await;
     assert_eq!(report.stopped_reason, StopReason::MaxBatches);
@@ -108,7 +110,7 @@ async fn dry_run_reports_what_the_real_run_does_and_changes_nothing() {
     )
     .await;
     let mut s = settings();
-    s.batch_size = 7;
+    s.batch_size = Some(7);
     let mut db = t.open_with(&s).await;
     let before = t.fingerprint().await;
     let counters_before = (
@@ -164,7 +166,7 @@ async fn paid_anomalies_are_paged_past_not_rescanned() {
     t.reservation(Res::new(Some(order), v, 1, "-1 minute"))
         .await;
     let mut s = settings();
-    s.batch_size = 10;
+    s.batch_size = Some(10);
     let mut db = t.open_with(&s).await;
     let report = run(&mut db, &s, false).await;
     assert_eq!(report.counts.reservations_released, 1);

@@ -96,7 +96,7 @@ async fn two_runs_at_once_release_each_reservation_exactly_once() {
         .i64("SELECT count(*) FROM orders_inventoryreservation")
         .await as u64;
     let mut s = settings();
-    s.batch_size = 25;
+    s.batch_size = Some(25);
     let mut a = t.open_with(&s).await;
     let mut b = t.open_with(&s).await;
     let (ra, rb) = tokio::join!(run(&mut a, &s, false), run(&mut b, &s, false));
@@ -355,7 +355,7 @@ async fn a_row_held_for_the_whole_run_costs_only_the_orders_that_need_it() {
         let before = t.order_snapshot(stuck).await;
         let mut s = settings();
         s.lock_timeout_ms = 30;
-        s.batch_size = 5;
+        s.batch_size = Some(5);
         let mut db = t.open_with(&s).await;
         let report = run(&mut db, &s, false).await;
         assert_eq!(
@@ -418,7 +418,7 @@ async fn a_row_held_for_long_is_polled_for_once_not_in_every_batch() {
         .unwrap();
     let mut s = settings();
     s.lock_timeout_ms = 50;
-    s.batch_size = 6;
+    s.batch_size = Some(6);
     let mut db = t.open_with(&s).await;
     let report = run(&mut db, &s, false).await;
     assert_eq!(report.counts.reservations_released, 30, "{report:?}");

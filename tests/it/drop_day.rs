@@ -175,7 +175,7 @@ async fn the_session_settings_of_the_role_change_nothing() {
             .await;
     }
     let mut s = settings();
-    s.batch_size = 7;
+    s.batch_size = Some(7);
     let mut db = t.open_with(&s).await;
     let row = db
         .client

@@ -30,7 +30,7 @@ async fn a_failed_batch_leaves_its_rows_unchanged() {
     )
     .await;
     let mut s = settings();
-    s.batch_size = 1;
+    s.batch_size = Some(1);
     let mut db = t.open_with(&s).await;
     let second_before = t.order_snapshot(second).await;
     let options = RunOptions::default();

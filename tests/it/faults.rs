@@ -109,7 +109,7 @@ async fn a_batch_cut_twice_at_the_smallest_size_fails_too_slow() {
     let before = t.fingerprint().await;
     let mut s = settings();
     s.shop_deadlock_timeout_ms = Some(200);
-    s.batch_size = 500;
+    s.batch_size = Some(500);
     let mut db = t.open_with(&s).await;
     let failure = unreserver::run(&mut db, &s, &RunOptions::default())
         .await
@@ -206,7 +206,7 @@ async fn a_deadline_during_a_large_backlog_stops_between_batches() {
     ))
     .await;
     let mut s = settings();
-    s.batch_size = 10;
+    s.batch_size = Some(10);
     let mut db = t.open_with(&s).await;
     let deadline = Instant::now() + Duration::from_millis(400);
     let options = RunOptions {
@@ -252,7 +252,7 @@ async fn the_server_restarted_between_runs() {
     ))
     .await;
     let mut s = settings();
-    s.batch_size = 1;
+    s.batch_size = Some(1);
     s.max_batches = 1;
     let mut db = t.open_with(&s).await;
     assert_eq!(

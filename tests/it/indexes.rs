@@ -58,11 +58,12 @@ async fn seed(t: &TestDb) -> i64 {
 }
 
 /// The defaults with batches of 20 and passes of at most 100 rows, so a small seed takes several
-/// of each.
+/// of each; one worker, so that the scans can be counted (each worker scans its own share).
 fn small_passes() -> unreserver::ReleaseSettings {
     let mut s = settings();
-    s.batch_size = 20;
+    s.batch_size = Some(20);
     s.pass_size = 100;
+    s.workers = 1;
     s
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests against a real PostgreSQL server started by `scripts/test.sh`.
 
 mod actions;
+mod adaptive;
 mod batching;
 mod cli;
 mod common;

@@ -94,6 +94,26 @@ fn check_parameter(var: &str, s: &Setting, name: &str, p: &Yaml) {
                 "{place}: Default {default} is not {d}"
             );
         }
+        Kind::OptionalNumber { min, max } => {
+            // A Number parameter cannot be empty: a String whose pattern accepts exactly the
+            // empty string (unset) and the whole numbers of the range.
+            assert_eq!(p["Type"].as_str(), Some("String"), "{place}: Type");
+            assert_eq!(default, "", "{place}: Default must be empty (unset)");
+            let pattern = p["AllowedPattern"].as_str().expect("an AllowedPattern");
+            let re = regex::Regex::new(&format!("^(?:{pattern})$")).unwrap();
+            for n in [min, max, (min + max) / 2, min + 1, max - 1] {
+                assert!(re.is_match(&n.to_string()), "{place}: {n} refused");
+            }
+            assert!(re.is_match(""), "{place}: empty refused");
+            for bad in ["0", &(max + 1).to_string(), "01", "-1", "1.5", " 5"] {
+                if bad.parse::<u32>().is_ok_and(|n| (min..=max).contains(&n))
+                    && !bad.starts_with('0')
+                {
+                    continue;
+                }
+                assert!(!re.is_match(bad), "{place}: {bad:?} accepted");
+            }
+        }
         Kind::Text { default: d } => {
             assert!(
                 d.is_empty() || default == d,

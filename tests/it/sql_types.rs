@@ -8,7 +8,8 @@ use std::time::SystemTime;
 
 use tokio_postgres::types::{FromSql, ToSql, Type};
 use unreserver::db::sql::{
-    self, delay_report, follow, on_request, outbox, reconcile, revive, warnings, PgTimestamp,
+    self, contention, delay_report, follow, on_request, outbox, reconcile, revive, warnings,
+    PgTimestamp,
 };
 
 use crate::common::TestDb;
@@ -36,7 +37,7 @@ macro_rules! sig {
 fn signatures() -> Vec<Signature> {
     vec![
         sig!(sql::SET_BATCH_TIMEOUTS, [String, String], ["set_config": String, "set_config": String]),
-        sig!(sql::PAGE, [PgTimestamp, i64, PgTimestamp, i64, i64, i32],
+        sig!(sql::PAGE, [PgTimestamp, i64, PgTimestamp, i64, i64, i32, i64, i64],
             ["id": i64, "order_id": Option<i64>, "due_key": PgTimestamp, "legacy": bool]),
         sig!(sql::CLAIM_ORDERS, [Vec<i64>, i32, i32, i64], ["id": i64, "processing": bool, "lines": i64]),
         sig!(sql::CLASSIFY_UNCLAIMED, [Vec<i64>, i32, i32], ["id": i64, "paid": bool, "due": bool]),
@@ -50,6 +51,8 @@ fn signatures() -> Vec<Signature> {
         sig!(sql::QUEUE_FOR_VARIANT, [i64], ["id": i64]),
         sig!(sql::QUEUE_FOR_DROP, [i64], ["id": i64]),
         sig!(sql::LOCKED_TABLES, [], ["name": String]),
+        sig!(contention::WAITING_BEHIND, [], ["waiting": i64]),
+        sig!(contention::FREE_CONNECTIONS, [], ["free": i64]),
         sig!(sql::BACKEND_PID, [], ["pid": i32]),
         sig!(sql::CANCEL_BACKEND, [i32], ["cancelled": bool]),
         sig!(sql::PROBE_HELD, [Vec<i64>, Vec<i64>],

@@ -472,7 +472,7 @@ async fn torture_under_live_shop_traffic() {
     }
 
     let s = ReleaseSettings {
-        batch_size: 25,
+        batch_size: Some(25),
         payment_processing_grace_minutes: GRACE_MINUTES,
         reservation_timeout_minutes: TIMEOUT_MINUTES,
         ..settings()

@@ -21,8 +21,13 @@ use crate::error::Result;
 /// The cursor travels as a binary `timestamptz` ([`PgTimestamp`]), never as text, so it does
 /// not depend on the session's `DateStyle` or `TimeZone`.
 ///
+/// A run's workers page at once, each its own share of the orders and holds ($7/$8, see
+/// [`Share`]): the share is a filter, not a key of the index, so each worker reads past the
+/// others' rows in the index (cheap index entries) and never claims them.
+///
 /// $1/$2 cursor (expires_at, id) of the expiring rows, $3/$4 cursor (created_at, id) of the
-/// legacy rows, $5 page size, $6 reservation timeout minutes.
+/// legacy rows, $5 page size, $6 reservation timeout minutes, $7 workers, $8 this worker's
+/// share (0-based).
 /// Returns per row: id, order_id, cursor key, legacy.
 pub const PAGE: &str = concat!(
     "SELECT id::int8 AS id, order_id::int8 AS order_id, due_key, legacy FROM (",
@@ -30,6 +35,7 @@ pub const PAGE: &str = concat!(
     "FROM orders_inventoryreservation r ",
     "WHERE r.status = 'active' AND r.expires_at <= now() ",
     "AND (r.expires_at, r.id) > ($1::timestamptz, $2::int8) ",
+    "AND mod(coalesce(r.order_id, r.id)::int8, $7::int8) = $8::int8 ",
     "ORDER BY r.expires_at, r.id LIMIT $5::int8) ",
     "UNION ALL ",
     "(SELECT r.id, r.order_id, r.created_at, true ",
@@ -37,6 +43,7 @@ pub const PAGE: &str = concat!(
     "WHERE r.status = 'active' AND r.expires_at IS NULL ",
     "AND r.created_at <= now() - make_interval(mins => $6::int4) ",
     "AND (r.created_at, r.id) > ($3::timestamptz, $4::int8) ",
+    "AND mod(coalesce(r.order_id, r.id)::int8, $7::int8) = $8::int8 ",
     "ORDER BY r.created_at, r.id LIMIT $5::int8)) p ",
     "ORDER BY legacy, due_key, id LIMIT $5::int8"
 );
@@ -87,6 +94,21 @@ pub struct PageParams {
     pub legacy_after: (PgTimestamp, i64),
     pub limit: i64,
     pub rules: Rules,
+    pub share: Share,
+}
+
+/// The share of the due rows one worker of a run pages: the orders (and cart holds) whose id
+/// modulo `of` is `index`, so that no two workers ever claim the same order, hold or
+/// reservation. One worker: `{ index: 0, of: 1 }`, every row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub index: i64,
+    pub of: i64,
+}
+
+impl Share {
+    /// Every row: a run with one worker.
+    pub const ALL: Share = Share { index: 0, of: 1 };
 }
 
 /// A row of [`PAGE`]: a due reservation proposed to the batch.
@@ -117,6 +139,8 @@ impl Statements {
                 &p.legacy_after.1,
                 &p.limit,
                 &p.rules.timeout_minutes,
+                &p.share.of,
+                &p.share.index,
             ],
             "paging due reservations",
             |row| {

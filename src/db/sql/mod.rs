@@ -6,7 +6,7 @@
 //!
 //! Split by job: `rules` (the rules of release as SQL fragments — what is releasable, due, in
 //! grace, cancelled by the release — shared by every statement so that none can disagree),
-//! `transaction` (session, timeouts, savepoint), `claim` (the page and the claims), `release`
+//! `transaction` (session, timeouts, savepoint), `claim` (the page and the claims), `contention` (what the batch controller reads of the shop's sessions), `release`
 //! (the release steps), `reads` (backlog, drift, catalog), and the statements around the
 //! release: `outbox`, `revive`, `delay_report`. Every time comparison is against the database
 //! clock (`now()`, the batch transaction's start), never the client's.
@@ -90,6 +90,7 @@ pub struct Statements {
     probe_held: Statement,
     deferred_age: Statement,
     backlog: Statement,
+    waiting_behind: Statement,
 }
 
 impl Statements {
@@ -113,6 +114,7 @@ impl Statements {
             probe_held: prepare(PROBE_HELD).await?,
             deferred_age: prepare(DEFERRED_AGE).await?,
             backlog: prepare(BACKLOG).await?,
+            waiting_behind: prepare(WAITING_BEHIND).await?,
         })
     }
 }
@@ -120,6 +122,7 @@ impl Statements {
 #[macro_use]
 mod rules;
 mod claim;
+pub mod contention;
 pub mod delay_report;
 pub mod follow;
 pub mod on_request;
@@ -132,6 +135,7 @@ mod transaction;
 pub mod warnings;
 
 pub use claim::*;
+pub use contention::WAITING_BEHIND;
 pub use reads::*;
 pub use release::*;
 pub use transaction::*;

@@ -1,0 +1,328 @@
+//! The batch controller: how many rows the next batch takes, and whether a run's workers may
+//! batch at once. Modeled on pt-online-schema-change's `--chunk-time` (each chunk sized from
+//! the rows per second the last ones measured, to take a target time) with the reflex of
+//! river's maintenance services (shrink at once when something is in the way):
+//!
+//! - while nothing competes, each batch is sized to take `BATCH_TARGET_MS` at the rate the
+//!   batches measured (a moving average), at most twice and at least half the last size, within
+//!   `BATCH_SIZE_MIN..=BATCH_SIZE_MAX`, and every worker of the run batches at once;
+//! - the first sign of a shopper — a row the batch needed found held (a skipped order, a poll,
+//!   a deferred order, a queue wait) or a session found waiting behind the batch's hot rows
+//!   just before it committed — drops the size to `BATCH_SIZE_MIN` and the run to one batch at
+//!   a time; it grows again only after [`CALM_BATCHES`] batches in a row met nobody (the
+//!   signals are samples: one quiet batch does not mean the shoppers left);
+//! - a batch cut by its time budget halves the size.
+//!
+//! A pinned `BATCH_SIZE` keeps the size (halved after a cut, then doubled back) and still lets
+//! the workers fall back to one at a time when shoppers compete.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::batch::BatchOutcome;
+use crate::config::ReleaseSettings;
+
+/// Batches in a row that must meet nobody before a batch may grow (or the workers batch at
+/// once) again after a sign of shoppers.
+pub const CALM_BATCHES: u32 = 3;
+/// Weight of the newest batch in the moving average of rows per millisecond.
+const RATE_WEIGHT: f64 = 0.5;
+
+/// What the controller did over a run, in its report.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ControllerStats {
+    /// `adaptive`, or `pinned` (BATCH_SIZE set).
+    pub mode: &'static str,
+    /// The smallest, largest and last batch size (rows paged) the run used.
+    pub batch_rows_min: u32,
+    pub batch_rows_max: u32,
+    pub batch_rows_last: u32,
+    /// Connections the run drained with (1 when it never had more than a page to do, or the
+    /// server had no connection to spare).
+    pub workers: u32,
+    /// Times the size was cut because shoppers competed for the batch's rows (to
+    /// `BATCH_SIZE_MIN`, workers one at a time), because a batch was cut by its time budget
+    /// (halved), or because batches ran longer than the target (sized down to it).
+    pub shrinks_for_shoppers: u32,
+    pub shrinks_for_cuts: u32,
+    pub shrinks_for_time: u32,
+    /// Batches run while shoppers competed (one at a time, at the floor).
+    pub contended_batches: u32,
+    /// Batch sizes over the run, for the benchmark's plot: (ms since the run started, rows the
+    /// next batch takes, workers allowed to batch at once).
+    #[serde(skip)]
+    pub timeline: Vec<(f64, u32, u32)>,
+}
+
+impl ControllerStats {
+    /// Adds the stats of a later pass of follow mode.
+    pub fn absorb(&mut self, later: &ControllerStats) {
+        if later.batch_rows_max > 0 {
+            self.batch_rows_min = match self.batch_rows_min {
+                0 => later.batch_rows_min,
+                n => n.min(later.batch_rows_min),
+            };
+            self.batch_rows_max = self.batch_rows_max.max(later.batch_rows_max);
+            self.batch_rows_last = later.batch_rows_last;
+        }
+        self.workers = self.workers.max(later.workers);
+        self.shrinks_for_shoppers += later.shrinks_for_shoppers;
+        self.shrinks_for_cuts += later.shrinks_for_cuts;
+        self.shrinks_for_time += later.shrinks_for_time;
+        self.contended_batches += later.contended_batches;
+    }
+}
+
+/// Whether a batch met a shopper: any row it needed found held, or any session waiting behind
+/// its hot rows. Every shopper on a row the batch needs trips one of these: it either holds the
+/// row when the batch takes it, or waits for it while the batch holds it.
+pub fn met_shoppers(batch: &BatchOutcome) -> bool {
+    let c = &batch.counts;
+    c.skipped_locked > 0
+        || c.held_wait_ms > 0.0
+        || c.queue_waits > 0
+        || c.shoppers_waiting > 0
+        || !batch.deferred_orders.is_empty()
+        || !batch.deferred_holds.is_empty()
+        || !batch.long_held.is_empty()
+}
+
+/// The size of the next batch and the run's concurrency.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    pinned: Option<u32>,
+    min: u32,
+    max: u32,
+    target_ms: f64,
+    size: u32,
+    /// Batches in a row that met nobody.
+    calm: u32,
+    /// Rows per millisecond, moving average.
+    rate: Option<f64>,
+    started: Instant,
+    pub stats: ControllerStats,
+}
+
+impl Controller {
+    /// A controller for a run whose batches may take `budget` at most: the target is kept to a
+    /// third of it, so that a batch sized for it is not cut.
+    pub fn new(settings: &ReleaseSettings, budget: Duration) -> Self {
+        let budget_ms = budget.as_secs_f64() * 1000.0;
+        let target_ms = f64::from(settings.batch_target_ms).min(budget_ms / 3.0);
+        let min = settings.batch_size_min.min(settings.batch_size_max).max(1);
+        let size = settings.batch_size.unwrap_or(min);
+        Controller {
+            pinned: settings.batch_size,
+            min,
+            max: settings.batch_size_max.max(min),
+            target_ms: target_ms.max(1.0),
+            size,
+            calm: CALM_BATCHES,
+            rate: None,
+            started: Instant::now(),
+            stats: ControllerStats {
+                mode: if settings.batch_size.is_some() {
+                    "pinned"
+                } else {
+                    "adaptive"
+                },
+                workers: 1,
+                ..ControllerStats::default()
+            },
+        }
+    }
+
+    /// Rows the next batch pages.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// Whether the run's workers may batch at once: nobody competed for a while.
+    pub fn parallel(&self) -> bool {
+        self.calm >= CALM_BATCHES
+    }
+
+    /// Books a batch that committed: `rows` paged (or worked), in `took`, meeting shoppers or
+    /// not. Returns the size of the next batch.
+    pub fn observe(&mut self, rows: usize, took: Duration, met_shoppers: bool) -> u32 {
+        self.record_size();
+        let ms = took.as_secs_f64() * 1000.0;
+        if rows > 0 && ms > 0.0 {
+            let rate = rows as f64 / ms;
+            self.rate = Some(
+                self.rate
+                    .map_or(rate, |r| r * (1.0 - RATE_WEIGHT) + rate * RATE_WEIGHT),
+            );
+        }
+        if met_shoppers {
+            self.stats.contended_batches += 1;
+            self.calm = 0;
+            if self.pinned.is_none() && self.size > self.min {
+                self.stats.shrinks_for_shoppers += 1;
+                self.size = self.min;
+            }
+        } else {
+            self.calm = self.calm.saturating_add(1);
+            if self.calm >= CALM_BATCHES {
+                self.size = self.next_size();
+            }
+        }
+        self.sample();
+        self.size
+    }
+
+    /// Books a batch cut by its time budget: the size is halved. Returns it.
+    pub fn cut(&mut self) -> u32 {
+        self.stats.shrinks_for_cuts += 1;
+        self.calm = 0;
+        self.size = (self.size / 2).max(1);
+        self.sample();
+        self.size
+    }
+
+    /// The size of a quiet batch: a pinned size grows back to itself; an adaptive one is sized
+    /// to the target at the measured rate, within half and twice the last and the bounds.
+    fn next_size(&mut self) -> u32 {
+        if let Some(pinned) = self.pinned {
+            return self.size.saturating_mul(2).min(pinned);
+        }
+        let Some(rate) = self.rate else {
+            return self.size;
+        };
+        let ideal = (rate * self.target_ms)
+            .round()
+            .clamp(1.0, f64::from(u32::MAX)) as u32;
+        let next = ideal
+            .clamp(self.size / 2, self.size.saturating_mul(2))
+            .clamp(self.min, self.max);
+        if next < self.size {
+            self.stats.shrinks_for_time += 1;
+        }
+        next
+    }
+
+    fn record_size(&mut self) {
+        let s = &mut self.stats;
+        s.batch_rows_min = match s.batch_rows_min {
+            0 => self.size,
+            n => n.min(self.size),
+        };
+        s.batch_rows_max = s.batch_rows_max.max(self.size);
+        s.batch_rows_last = self.size;
+    }
+
+    fn sample(&mut self) {
+        let at = self.started.elapsed().as_secs_f64() * 1000.0;
+        let workers = if self.parallel() {
+            self.stats.workers
+        } else {
+            1
+        };
+        self.stats.timeline.push((at, self.size, workers));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pinned: Option<u32>) -> ReleaseSettings {
+        ReleaseSettings {
+            batch_size: pinned,
+            batch_size_min: 100,
+            batch_size_max: 4000,
+            batch_target_ms: 150,
+            ..ReleaseSettings::default()
+        }
+    }
+
+    const BUDGET: Duration = Duration::from_millis(500);
+
+    #[test]
+    fn a_quiet_drain_grows_towards_the_target_at_most_doubling() {
+        let mut c = Controller::new(&settings(None), BUDGET);
+        assert_eq!(c.size(), 100);
+        // 10 rows a millisecond: the target of 150 ms wants 1500 rows.
+        let mut sizes = Vec::new();
+        for _ in 0..6 {
+            let rows = c.size() as usize;
+            sizes.push(c.observe(rows, Duration::from_millis(rows as u64 / 10), false));
+        }
+        assert_eq!(sizes, vec![200, 400, 800, 1500, 1500, 1500]);
+        assert!(c.parallel());
+    }
+
+    #[test]
+    fn the_first_shopper_drops_to_the_floor_and_one_worker_until_calm() {
+        let mut c = Controller::new(&settings(None), BUDGET);
+        for _ in 0..5 {
+            let rows = c.size() as usize;
+            c.observe(rows, Duration::from_millis(rows as u64 / 10), false);
+        }
+        assert_eq!(c.size(), 1500);
+        assert_eq!(c.observe(1500, Duration::from_millis(150), true), 100);
+        assert!(!c.parallel());
+        assert_eq!(c.stats.shrinks_for_shoppers, 1);
+        // Still at the floor while fewer than CALM_BATCHES quiet batches followed.
+        for _ in 0..CALM_BATCHES - 1 {
+            assert_eq!(c.observe(100, Duration::from_millis(10), false), 100);
+            assert!(!c.parallel());
+        }
+        assert_eq!(c.observe(100, Duration::from_millis(10), false), 200);
+        assert!(c.parallel());
+        // A shopper again: back to the floor at once, counted once more.
+        assert_eq!(c.observe(200, Duration::from_millis(20), true), 100);
+        assert_eq!(c.stats.shrinks_for_shoppers, 2);
+        assert_eq!(c.stats.contended_batches, 2);
+    }
+
+    #[test]
+    fn slow_batches_shrink_by_half_at_most_and_never_below_the_floor() {
+        let mut c = Controller::new(&settings(None), BUDGET);
+        for _ in 0..6 {
+            let rows = c.size() as usize;
+            c.observe(rows, Duration::from_millis(rows as u64 / 10), false);
+        }
+        assert_eq!(c.size(), 1500);
+        // Suddenly 1 row a millisecond: the average halves the rate first.
+        let next = c.observe(1500, Duration::from_millis(1500), false);
+        assert!((750..1500).contains(&next), "{next}");
+        assert!(c.stats.shrinks_for_time >= 1);
+        for _ in 0..20 {
+            let rows = c.size() as usize;
+            c.observe(rows, Duration::from_millis(rows as u64 * 10), false);
+        }
+        assert_eq!(c.size(), 100);
+    }
+
+    #[test]
+    fn a_cut_halves_the_size_and_the_target_fits_the_budget() {
+        let mut c = Controller::new(&settings(None), Duration::from_millis(60));
+        // Target 150 ms capped at a third of a 60 ms budget: 20 ms, at 10 rows/ms 200 rows.
+        for _ in 0..8 {
+            let rows = c.size() as usize;
+            c.observe(rows, Duration::from_millis(rows as u64 / 10), false);
+        }
+        assert_eq!(c.size(), 200);
+        assert_eq!(c.cut(), 100);
+        assert_eq!(c.stats.shrinks_for_cuts, 1);
+        assert!(!c.parallel());
+    }
+
+    #[test]
+    fn a_pinned_size_stays_but_workers_still_fall_back() {
+        let mut c = Controller::new(&settings(Some(500)), BUDGET);
+        assert_eq!(c.size(), 500);
+        assert_eq!(c.observe(500, Duration::from_millis(5), false), 500);
+        assert_eq!(c.observe(500, Duration::from_millis(5), true), 500);
+        assert!(!c.parallel());
+        assert_eq!(c.cut(), 250);
+        for _ in 0..CALM_BATCHES {
+            c.observe(250, Duration::from_millis(5), false);
+        }
+        assert_eq!(c.size(), 500);
+        assert_eq!(c.stats.shrinks_for_shoppers, 0);
+        assert_eq!(c.stats.mode, "pinned");
+    }
+}

@@ -1,0 +1,219 @@
+//! Adaptive batches and a run's workers: a quiet backlog is drained by several connections that
+//! never take each other for shoppers, the first shopper on the backlog's rows drops the batch
+//! to its floor and the run to one batch at a time, and a run opens no more connections than
+//! the server (or its role) can spare.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use unreserver::Database;
+use unreserver::{ReleaseSettings, StopReason};
+
+use crate::common::{run, settings, TestDb};
+
+/// `orders` due orders of one or two lines on the four `variants` (the first two also in a
+/// drop each), every counter equal to its active reservations: (variants, drops, reservations).
+async fn backlog(t: &TestDb, orders: i64) -> (Vec<i64>, Vec<i64>, u64) {
+    let mut variants = Vec::new();
+    for _ in 0..4 {
+        variants.push(t.variant(0).await);
+    }
+    let drops = vec![
+        t.drop_product(variants[0], 0).await,
+        t.drop_product(variants[1], 0).await,
+    ];
+    t.client
+        .execute(
+            "WITH o AS (INSERT INTO orders_order (order_number) \
+                 SELECT 'A-' || g FROM generate_series(1, $3::int8) g RETURNING id) \
+             INSERT INTO orders_inventoryreservation \
+                 (order_id, product_variant_id, drop_product_id, quantity, expires_at) \
+             SELECT o.id, ($1::int8[])[1 + (o.id + g) % 4], \
+                    CASE (o.id + g) % 4 WHEN 0 THEN ($2::int8[])[1] WHEN 1 THEN ($2::int8[])[2] END, \
+                    1, now() - interval '1 minute' \
+               FROM o, generate_series(1, 1 + (o.id % 2)::int) g",
+            &[&variants, &drops, &orders],
+        )
+        .await
+        .unwrap();
+    t.exec(
+        "UPDATE products_productvariant v SET reserved_quantity = COALESCE((SELECT sum(quantity) \
+           FROM orders_inventoryreservation r WHERE r.product_variant_id = v.id), 0); \
+         UPDATE drops_dropproduct d SET reserved_quantity = COALESCE((SELECT sum(quantity) \
+           FROM orders_inventoryreservation r WHERE r.drop_product_id = d.id), 0)",
+    )
+    .await;
+    let total = t
+        .i64("SELECT count(*) FROM orders_inventoryreservation")
+        .await as u64;
+    (variants, drops, total)
+}
+
+/// The defaults, with a floor small enough for a test backlog to take many batches.
+fn adaptive() -> ReleaseSettings {
+    ReleaseSettings {
+        batch_size_min: 50,
+        ..settings()
+    }
+}
+
+/// Every counter back to zero, every reservation released once, every order cancelled once.
+async fn all_released_once(t: &TestDb, variants: &[i64], drops: &[i64], total: u64) {
+    for &v in variants {
+        assert_eq!(t.reserved(v).await, 0, "variant {v}");
+    }
+    for &d in drops {
+        assert_eq!(t.drop_reserved(d).await, 0, "drop {d}");
+    }
+    assert_eq!(
+        t.i64("SELECT count(*) FROM orders_inventoryreservation WHERE status = 'expired'")
+            .await as u64,
+        total
+    );
+    assert_eq!(t.drifted_counters().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_backlog_drains_with_two_workers_that_never_take_each_other_for_shoppers() {
+    let t = TestDb::new().await;
+    let (variants, drops, total) = backlog(&t, 3000).await;
+    let s = adaptive();
+    let mut db = t.open_with(&s).await;
+    let r = run(&mut db, &s, false).await;
+    assert_eq!(r.stopped_reason, StopReason::Drained);
+    assert_eq!(r.counts.reservations_released, total);
+    assert_eq!(r.counts.orders_cancelled, 3000);
+    all_released_once(&t, &variants, &drops, total).await;
+    let c = &r.controller;
+    assert_eq!((c.mode, c.workers), ("adaptive", 2), "{c:?}");
+    // Both workers updated the same four variant and two drop rows, batch after batch: had
+    // one ever found the other's rows held, it would have polled or left orders out.
+    assert_eq!(
+        (
+            r.counts.skipped_locked,
+            r.counts.held_wait_ms,
+            r.counts.shoppers_waiting,
+            r.deferred,
+            c.contended_batches,
+            c.shrinks_for_shoppers
+        ),
+        (0, 0.0, 0, 0, 0, 0),
+        "{r:?}"
+    );
+    // It grew from its floor while nothing was in the way.
+    assert_eq!(c.batch_rows_min, 50);
+    assert!(c.batch_rows_max >= 200, "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shopper_on_the_backlogs_rows_drops_the_batch_to_its_floor_and_the_run_to_one_worker() {
+    let t = TestDb::new().await;
+    let (variants, drops, total) = backlog(&t, 3000).await;
+    let s = adaptive();
+    let running = Arc::new(AtomicBool::new(true));
+    // A checkout queueing on the hottest variant again and again: it holds the row 5 ms and
+    // comes back 2 ms later, so the batches meet it holding the row or waiting for it.
+    let shopper = {
+        let mut c = t.connect().await;
+        let running = running.clone();
+        let v = variants[0];
+        tokio::spawn(async move {
+            let mut checkouts = 0_u32;
+            while running.load(Ordering::Relaxed) {
+                let tx = c.transaction().await.unwrap();
+                tx.execute(
+                    "UPDATE products_productvariant SET reserved_quantity = reserved_quantity \
+                     WHERE id = $1",
+                    &[&v],
+                )
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                tx.commit().await.unwrap();
+                checkouts += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            checkouts
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut db = t.open_with(&s).await;
+    let r = run(&mut db, &s, false).await;
+    running.store(false, Ordering::Relaxed);
+    assert!(shopper.await.unwrap() > 0);
+    let c = &r.controller;
+    assert!(c.contended_batches > 0, "the shopper went unseen: {r:?}");
+    // The shopper never left: once it was seen, the batches stayed near their floor.
+    let grown = c.timeline.iter().filter(|(_, size, _)| *size > 100).count();
+    assert!(
+        grown * 4 < c.timeline.len(),
+        "the batch kept growing while the shopper checked out: {:?}",
+        c.timeline
+    );
+    // The other orders did not wait for it: everything not on the shopper's row was released.
+    let left = t
+        .i64("SELECT count(*) FROM orders_inventoryreservation WHERE status = 'active'")
+        .await as u64;
+    assert_eq!(r.counts.reservations_released + left, total);
+    let mut s2 = s.clone();
+    s2.workers = 1;
+    let r2 = run(&mut db, &s2, false).await;
+    assert_eq!(
+        r.counts.reservations_released + r2.counts.reservations_released,
+        total
+    );
+    all_released_once(&t, &variants, &drops, total).await;
+}
+
+/// A role of its own, allowed `limit` connections, that may release.
+async fn role_with_limit(t: &TestDb, limit: i32) -> tokio_postgres::Config {
+    let role = t.role("limited").await;
+    t.exec(&format!("ALTER ROLE {role} CONNECTION LIMIT {limit}"))
+        .await;
+    let mut config = t.config();
+    config.user(&role).password("limited");
+    unreserver::apply_defaults(&mut config);
+    config
+}
+
+async fn open_as(config: &tokio_postgres::Config, s: &ReleaseSettings) -> Database {
+    let tls = unreserver::tls_connector(None, &unreserver::RdsCaRegions::All).unwrap();
+    Database::open(config, &tls, s.lock_timeout_ms)
+        .await
+        .unwrap_or_else(|e| panic!("cannot open: {}", e.chain()))
+}
+
+#[tokio::test]
+async fn a_run_opens_no_worker_the_database_cannot_spare() {
+    // Ten connections stay free for the shop: a role allowed eleven, one of them the run's
+    // own, has none to spare; a role allowed twelve has one.
+    for (limit, workers) in [(11, 1), (12, 2)] {
+        let t = TestDb::new().await;
+        let (variants, drops, total) = backlog(&t, 1000).await;
+        let s = adaptive();
+        let config = role_with_limit(&t, limit).await;
+        let mut db = open_as(&config, &s).await;
+        let r = run(&mut db, &s, false).await;
+        assert_eq!(r.controller.workers, workers, "limit {limit}: {r:?}");
+        assert_eq!(r.counts.reservations_released, total);
+        all_released_once(&t, &variants, &drops, total).await;
+    }
+}
+
+#[tokio::test]
+async fn a_pinned_batch_size_is_kept_and_named() {
+    let t = TestDb::new().await;
+    let (_, _, total) = backlog(&t, 600).await;
+    let mut s = adaptive();
+    s.batch_size = Some(70);
+    s.workers = 1;
+    let mut db = t.open_with(&s).await;
+    let r = run(&mut db, &s, false).await;
+    assert_eq!(r.counts.reservations_released, total);
+    let c = &r.controller;
+    assert_eq!(
+        (c.mode, c.batch_rows_min, c.batch_rows_max, c.workers),
+        ("pinned", 70, 70, 1)
+    );
+}
