@@ -6,8 +6,10 @@
 # --batch-size N measures with another batch size in place of the shipped default;
 # --profile (each statement's database time in one drain and in the lower bound), --hot-rows
 # (the hottest row with a queue of checkouts; carts of several items in both lock orders
-# against a drain), --shoppers (the shoppers' side alone) and --follow (follow mode's release
-# delays and idle cost) update their own sections of BENCHMARKS.md.
+# against a drain), --shoppers (the shoppers' side alone), --follow (follow mode's release
+# delays and idle cost) and --adaptive (adaptive batches and workers: the quiet shop by index
+# set, the busy shop by cart, the controller over time; with --million also N = 1,000,000)
+# update their own sections of BENCHMARKS.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -46,7 +48,7 @@ started=$(date -u +%Y-%m-%dT%H:%MZ)
 export BENCH_STARTED=$started
 # The sections other runs measure are carried over as they are: the profile's, the cold
 # start's (scripts/coldstart.sh), reconcile's (scripts/bench-reconcile.sh) and --hot-rows'.
-kept=$(for part in "Where the database time goes" "Hot rows and carts" "Follow mode" "Cold start" "Reconcile"; do
+kept=$(for part in "Adaptive batches and workers" "Where the database time goes" "Hot rows and carts" "Follow mode" "Cold start" "Reconcile"; do
   python3 scripts/lib/md-section.py get BENCHMARKS.md "$part"; echo; done)
 case " $* " in
   *" --profile "*)
@@ -65,6 +67,11 @@ case " $* " in
     section=$("$target/examples/bench" --binary "$target/unreserver" "$@")
     echo "$section" | tee /dev/stderr | python3 scripts/lib/md-section.py put BENCHMARKS.md "Follow mode"
     echo "wrote the follow-mode section of BENCHMARKS.md" >&2
+    exit 0 ;;
+  *" --adaptive "*)
+    section=$("$target/examples/bench" --binary "$target/unreserver" "$@")
+    echo "$section" | tee /dev/stderr | python3 scripts/lib/md-section.py put BENCHMARKS.md "Adaptive batches and workers"
+    echo "wrote the adaptive section of BENCHMARKS.md" >&2
     exit 0 ;;
   *" --hot-rows "*)
     section=$("$target/examples/bench" --binary "$target/unreserver" "$@")
@@ -85,7 +92,7 @@ results=$("$target/examples/bench" --binary "$target/unreserver" "$@")
   echo
   echo "- machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(free -g | awk '/Mem:/ {print $2}') GiB"
   echo "- PostgreSQL: $("$PG_BIN/postgres" --version | awk '{print $3}'), fsync and synchronous_commit on, shared_buffers 1GB, on this machine's disk, client over loopback TCP"
-  echo "- unreserver: release build, defaults (BATCH_SIZE $("$target/unreserver" --help | grep -o 'BATCH_SIZE \[[^]]*default [0-9]*' | grep -o '[0-9]*$'), LOCK_TIMEOUT_MS 100)"
+  echo "- unreserver: release build, defaults (adaptive batches of BATCH_SIZE_MIN to BATCH_SIZE_MAX rows, WORKERS 2, LOCK_TIMEOUT_MS 100)"
   echo
   echo "$results"
   if [ -n "${kept//[$'\n ']/}" ]; then echo; echo "$kept"; fi

@@ -31,6 +31,7 @@ use unreserver::ReleaseSettings;
 use unreserver::RunOptions;
 use unreserver::RunReport;
 
+mod adaptive;
 mod carts;
 mod follow;
 mod hot_row;
@@ -797,6 +798,26 @@ async fn main() {
             "## Hot rows and carts (`scripts/bench.sh --hot-rows`, {})\n\n{}\n{carts}",
             std::env::var("BENCH_STARTED").unwrap_or_default(),
             hot_row.trim_start(),
+        );
+        return;
+    }
+    if args.iter().any(|a| a == "--adaptive") {
+        let seed = "bench_seed_100000";
+        b.seed(seed, 100_000, FUTURE_RESERVATIONS).await;
+        let million = if million {
+            b.seed("bench_seed_1000000", 1_000_000, FUTURE_RESERVATIONS)
+                .await;
+            Some("bench_seed_1000000")
+        } else {
+            None
+        };
+        println!(
+            "## Adaptive batches and workers (`scripts/bench.sh --adaptive{}`, {})
+{}",
+            if million.is_some() { " --million" } else { "" },
+            std::env::var("BENCH_STARTED").unwrap_or_default(),
+            b.adaptive(seed, reps_arg(&args).unwrap_or(3), million)
+                .await
         );
         return;
     }
