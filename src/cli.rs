@@ -58,7 +58,7 @@ enum Command {
         /// Run every statement, roll each batch back, and report what would happen.
         #[arg(long)]
         dry_run: bool,
-        /// Overrides BATCH_SIZE for this run.
+        /// Pins the batch size for this run (as BATCH_SIZE does); unset: adaptive batches.
         #[arg(long)]
         batch_size: Option<u32>,
         /// Overrides MAX_BATCHES for this run.

@@ -311,6 +311,32 @@ mod tests {
     }
 
     #[test]
+    fn every_sign_of_a_shopper_alone_is_one() {
+        use crate::engine::counts::Counts;
+        assert!(!met_shoppers(&BatchOutcome::default()));
+        let with = |counts: Counts| BatchOutcome {
+            counts,
+            ..BatchOutcome::default()
+        };
+        for batch in [
+            with(Counts { skipped_locked: 1, ..Counts::default() }),
+            with(Counts { held_wait_ms: 2.0, ..Counts::default() }),
+            with(Counts { queue_waits: 1, ..Counts::default() }),
+            with(Counts { shoppers_waiting: 1, ..Counts::default() }),
+            BatchOutcome {
+                deferred_orders: [7].into(),
+                ..BatchOutcome::default()
+            },
+            BatchOutcome {
+                deferred_holds: [7].into(),
+                ..BatchOutcome::default()
+            },
+        ] {
+            assert!(met_shoppers(&batch), "{batch:?}");
+        }
+    }
+
+    #[test]
     fn a_pinned_size_stays_but_workers_still_fall_back() {
         let mut c = Controller::new(&settings(Some(500)), BUDGET);
         assert_eq!(c.size(), 500);
