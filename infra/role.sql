@@ -47,8 +47,10 @@ SELECT format('GRANT SELECT (id, order_id, product_variant_id, drop_product_id, 
 -- order_number and cancelled_at.
 SELECT format('GRANT SELECT (id, order_number, status, payment_status, cancelled_at), '
               'UPDATE (status, cancelled_at, updated_at) ON orders_order TO %I', :'role') \gexec
--- Counters: give units back; revive reads the stock columns to check there is room.
-SELECT format('GRANT SELECT (id, stock_quantity, reserved_quantity), '
+-- Counters: give units back; revive reads the stock columns to check there is room. xmin (a
+-- system column, granted like any other): which transaction wrote a counter row last, the sign
+-- that a checkout updated it between two batches (docs/design.md, "Batch size and workers").
+SELECT format('GRANT SELECT (id, stock_quantity, reserved_quantity, xmin), '
               'UPDATE (reserved_quantity, updated_at) ON products_productvariant TO %I', :'role') \gexec
-SELECT format('GRANT SELECT (id, drop_quantity, reserved_quantity, sold_quantity), '
+SELECT format('GRANT SELECT (id, drop_quantity, reserved_quantity, sold_quantity, xmin), '
               'UPDATE (reserved_quantity, updated_at) ON drops_dropproduct TO %I', :'role') \gexec

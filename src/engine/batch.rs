@@ -37,7 +37,7 @@ use crate::db::session::Database;
 use crate::db::sql::{
     self, BatchTimeouts, CancelledOrder, ClaimParams, ClaimedOrder, Counter, HeldReservation,
     OrdersParams, PageParams, PageRow, PgTimestamp, ReleaseParams, Released, ReleasedReservation,
-    Rules, Share, Statements, UnitsParams,
+    ReturnedUnits, Rules, Share, Statements, UnitsParams,
 };
 use crate::error::{sql_state, Error, Result};
 
@@ -208,6 +208,8 @@ pub struct BatchParams {
     pub share: Share,
     /// Shared by the workers of one run (None: one worker): see [`HotTurn`].
     pub hot_turn: Option<HotTurn>,
+    /// Who last wrote each counter row the run updated (shared by its workers).
+    pub counter_writers: CounterWriters,
     rules: Rules,
     timeouts: BatchTimeouts,
     dry_run: bool,
@@ -223,6 +225,7 @@ impl BatchParams {
             hot_phase: HotPhase::default(),
             share: Share::ALL,
             hot_turn: None,
+            counter_writers: CounterWriters::default(),
             rules: rules(settings),
             timeouts: timeouts(settings),
             dry_run,
@@ -335,6 +338,8 @@ pub struct BatchOutcome {
     pub released: Vec<ReleasedReservation>,
     /// The orders cancelled (pending orders whose reservations were released).
     pub cancelled: Vec<CancelledOrder>,
+    /// The counter rows this batch updated, each with the (sub)transaction that wrote it.
+    pub counter_writes: Vec<((Counter, i64), i64)>,
     /// The cursor after this page (unchanged for a batch of deferred work).
     pub next_cursor: Cursor,
     /// A [`Source::Requested`] batch: why the order was not released (None: it was, or it
@@ -475,6 +480,10 @@ async fn release_and_finish(
         });
     }
     finish(tx, params.dry_run).await?;
+    if !params.dry_run {
+        // Before the turn goes to another worker, which may update these rows next.
+        params.counter_writers.record(&out.counter_writes);
+    }
     drop(turn);
     Ok(out)
 }
@@ -742,6 +751,8 @@ struct Patience<'a> {
     long_held: &'a LongHeld,
     /// When the batch first locked a hot row.
     hot: &'a HotPhase,
+    /// Who last wrote the counter rows, as far as the run knows.
+    writers: &'a CounterWriters,
 }
 
 /// Steps 3 to 5 after a savepoint, in rounds. The release never waits in a lock queue (every
@@ -763,6 +774,7 @@ async fn release_claimed(
         until: Instant::now() + lock_wait,
         long_held: &params.long_held,
         hot: &params.hot_phase,
+        writers: &params.counter_writers,
     };
     sql::savepoint(tx, false).await?;
     while !claimed.is_empty() {
@@ -903,9 +915,11 @@ async fn release_steps(
     done.cancelled = cancelled;
     let waited = &mut out.counts.held_wait_ms;
     match take_counters(tx, st, &done, &reservations, patience, turn, waited).await? {
-        Ok((variants, drops)) => {
-            done.counts.clamped_variants = variants;
-            done.counts.clamped_drops = drops;
+        Ok(written) => {
+            done.counts.clamped_variants = Written::clamped(&written.variants);
+            done.counts.clamped_drops = Written::clamped(&written.drops);
+            done.counts.counters_written_by_others = patience.writers.written_by_others(&written);
+            out.counter_writes = written.rows().map(|(c, r)| ((c, r.id), r.writer)).collect();
         }
         Err(held) => return Ok(Round::CountersHeld(held)),
     }
@@ -1035,7 +1049,7 @@ async fn take_counters(
     patience: Patience<'_>,
     turn: &mut Turn,
     waited_ms: &mut f64,
-) -> Result<std::result::Result<(u64, u64), HeldCounters>> {
+) -> Result<std::result::Result<Written, HeldCounters>> {
     sql::counters_savepoint(tx, false).await?;
     let mut pause = POLL;
     let mut polling_since = None;
@@ -1052,7 +1066,7 @@ async fn take_counters(
         let (held_variants, held_drops) = match (variants, drops) {
             (Ok(v), Ok(d)) => {
                 count_wait(polling_since);
-                return Ok(Ok((v, d)));
+                return Ok(Ok(Written::new(v, d)));
             }
             (v, d) => (v.err().unwrap_or_default(), d.err().unwrap_or_default()),
         };
@@ -1073,15 +1087,15 @@ async fn take_counters(
     }
 }
 
-/// One kind of counter's update (ascending ids, as a `BTreeMap` iterates): how many counters
-/// had to be clamped at zero, or the ids of the rows another transaction holds (the rows that
+/// One kind of counter's update (ascending ids, as a `BTreeMap` iterates): the rows updated, or
+/// the ids of the rows another transaction holds (the rows that
 /// were free are updated all the same; the caller rolls them back).
 async fn return_units(
     tx: &Transaction<'_>,
     st: &Statements,
     counter: Counter,
     units: &BTreeMap<i64, i64>,
-) -> Result<std::result::Result<u64, BTreeSet<i64>>> {
+) -> Result<std::result::Result<Vec<ReturnedUnits>, BTreeSet<i64>>> {
     let (ids, amounts): (Vec<i64>, Vec<i64>) = units.iter().map(|(id, n)| (*id, *n)).unzip();
     let p = UnitsParams {
         ids: &ids,
@@ -1095,7 +1109,62 @@ async fn return_units(
             .filter(|id| !taken.contains(id))
             .collect()));
     }
-    Ok(Ok(rows.iter().map(|row| u64::from(row.clamped)).sum()))
+    Ok(Ok(rows))
+}
+
+/// The counter rows a batch updated.
+#[derive(Debug, Default)]
+struct Written {
+    variants: Vec<ReturnedUnits>,
+    drops: Vec<ReturnedUnits>,
+}
+
+impl Written {
+    fn new(variants: Vec<ReturnedUnits>, drops: Vec<ReturnedUnits>) -> Self {
+        Written { variants, drops }
+    }
+
+    fn rows(&self) -> impl Iterator<Item = (Counter, &ReturnedUnits)> {
+        let variants = self.variants.iter().map(|r| (Counter::Variants, r));
+        variants.chain(self.drops.iter().map(|r| (Counter::Drops, r)))
+    }
+
+    fn clamped(rows: &[ReturnedUnits]) -> u64 {
+        rows.iter().map(|r| u64::from(r.clamped)).sum()
+    }
+}
+
+/// The transaction that last wrote each counter row a run's batches updated (its subtransaction
+/// `xmin`), shared by the run's workers and kept after each commit: a batch that finds a row
+/// last written by another transaction knows a checkout updated it in between (see
+/// `engine::controller`).
+#[derive(Debug, Clone, Default)]
+pub struct CounterWriters(std::sync::Arc<std::sync::Mutex<BTreeMap<(Counter, i64), i64>>>);
+
+impl CounterWriters {
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Counter, i64), i64>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many of the rows `written` updated were written last by another transaction since
+    /// this run wrote them (a row the run never wrote tells nothing).
+    fn written_by_others(&self, written: &Written) -> u64 {
+        let map = self.map();
+        written
+            .rows()
+            .filter(|(counter, r)| {
+                map.get(&(*counter, r.id))
+                    .is_some_and(|&ours| ours != r.previous_writer)
+            })
+            .count() as u64
+    }
+
+    /// Keeps what a committed batch wrote.
+    fn record(&self, writes: &[((Counter, i64), i64)]) {
+        self.map().extend(writes.iter().copied());
+    }
 }
 
 /// The released reservations that need one of the held counter rows, as the probe would

@@ -9,8 +9,8 @@
 //! - the first sign of a shopper — a row the batch needed found held (a skipped order, a poll,
 //!   a deferred order, a queue wait) or a session found waiting behind the batch's hot rows
 //!   just before it committed — drops the size to `BATCH_SIZE_MIN` and the run to one batch at
-//!   a time; it grows again only after [`CALM_BATCHES`] batches in a row met nobody (the
-//!   signals are samples: one quiet batch does not mean the shoppers left);
+//!   a time; it grows again only after [`CALM_BATCHES`] batches in a row and [`CALM_TIME`] met
+//!   nobody (one quiet batch does not mean the shoppers left);
 //! - a batch cut by its time budget halves the size.
 //!
 //! A pinned `BATCH_SIZE` keeps the size (halved after a cut, then doubled back) and still lets
@@ -26,6 +26,9 @@ use crate::config::ReleaseSettings;
 /// Batches in a row that must meet nobody before a batch may grow (or the workers batch at
 /// once) again after a sign of shoppers.
 pub const CALM_BATCHES: u32 = 3;
+/// And the time since the last sign: shoppers checking out now and then may give none for a
+/// few batches, not for a second.
+pub const CALM_TIME: Duration = Duration::from_secs(1);
 /// Weight of the newest batch in the moving average of rows per millisecond.
 const RATE_WEIGHT: f64 = 0.5;
 
@@ -83,6 +86,7 @@ pub fn met_shoppers(batch: &BatchOutcome) -> bool {
         || c.held_wait_ms > 0.0
         || c.queue_waits > 0
         || c.shoppers_waiting > 0
+        || c.counters_written_by_others > 0
         || !batch.deferred_orders.is_empty()
         || !batch.deferred_holds.is_empty()
         || !batch.long_held.is_empty()
@@ -98,6 +102,9 @@ pub struct Controller {
     size: u32,
     /// Batches in a row that met nobody.
     calm: u32,
+    /// When a batch last met a shopper (or was cut).
+    last_sign: Option<Instant>,
+    calm_time: Duration,
     /// Rows per millisecond, moving average.
     rate: Option<f64>,
     started: Instant,
@@ -119,6 +126,8 @@ impl Controller {
             target_ms: target_ms.max(1.0),
             size,
             calm: CALM_BATCHES,
+            last_sign: None,
+            calm_time: CALM_TIME,
             rate: None,
             started: Instant::now(),
             stats: ControllerStats {
@@ -138,9 +147,13 @@ impl Controller {
         self.size
     }
 
-    /// Whether the run's workers may batch at once: nobody competed for a while.
+    /// Whether the run's workers may batch at once (and a batch grow): nobody competed for
+    /// [`CALM_BATCHES`] batches and [`CALM_TIME`].
     pub fn parallel(&self) -> bool {
         self.calm >= CALM_BATCHES
+            && self
+                .last_sign
+                .is_none_or(|at| at.elapsed() >= self.calm_time)
     }
 
     /// Books a batch that committed: `rows` paged (or worked), in `took`, meeting shoppers or
@@ -158,13 +171,14 @@ impl Controller {
         if met_shoppers {
             self.stats.contended_batches += 1;
             self.calm = 0;
+            self.last_sign = Some(Instant::now());
             if self.pinned.is_none() && self.size > self.min {
                 self.stats.shrinks_for_shoppers += 1;
                 self.size = self.min;
             }
         } else {
             self.calm = self.calm.saturating_add(1);
-            if self.calm >= CALM_BATCHES {
+            if self.parallel() {
                 self.size = self.next_size();
             }
         }
@@ -176,6 +190,7 @@ impl Controller {
     pub fn cut(&mut self) -> u32 {
         self.stats.shrinks_for_cuts += 1;
         self.calm = 0;
+        self.last_sign = Some(Instant::now());
         self.size = (self.size / 2).max(1);
         self.sample();
         self.size
@@ -239,9 +254,17 @@ mod tests {
 
     const BUDGET: Duration = Duration::from_millis(500);
 
+    /// A controller whose calm needs batches only (no wall-clock wait in a unit test).
+    fn controller(pinned: Option<u32>, budget: Duration) -> Controller {
+        Controller {
+            calm_time: Duration::ZERO,
+            ..Controller::new(&settings(pinned), budget)
+        }
+    }
+
     #[test]
     fn a_quiet_drain_grows_towards_the_target_at_most_doubling() {
-        let mut c = Controller::new(&settings(None), BUDGET);
+        let mut c = controller(None, BUDGET);
         assert_eq!(c.size(), 100);
         // 10 rows a millisecond: the target of 150 ms wants 1500 rows.
         let mut sizes = Vec::new();
@@ -255,7 +278,7 @@ mod tests {
 
     #[test]
     fn the_first_shopper_drops_to_the_floor_and_one_worker_until_calm() {
-        let mut c = Controller::new(&settings(None), BUDGET);
+        let mut c = controller(None, BUDGET);
         for _ in 0..5 {
             let rows = c.size() as usize;
             c.observe(rows, Duration::from_millis(rows as u64 / 10), false);
@@ -279,7 +302,7 @@ mod tests {
 
     #[test]
     fn slow_batches_shrink_by_half_at_most_and_never_below_the_floor() {
-        let mut c = Controller::new(&settings(None), BUDGET);
+        let mut c = controller(None, BUDGET);
         for _ in 0..6 {
             let rows = c.size() as usize;
             c.observe(rows, Duration::from_millis(rows as u64 / 10), false);
@@ -298,7 +321,7 @@ mod tests {
 
     #[test]
     fn a_cut_halves_the_size_and_the_target_fits_the_budget() {
-        let mut c = Controller::new(&settings(None), Duration::from_millis(60));
+        let mut c = controller(None, Duration::from_millis(60));
         // Target 150 ms capped at a third of a 60 ms budget: 20 ms, at 10 rows/ms 200 rows.
         for _ in 0..8 {
             let rows = c.size() as usize;
@@ -311,6 +334,17 @@ mod tests {
     }
 
     #[test]
+    fn a_second_without_shoppers_is_needed_as_well_as_quiet_batches() {
+        let mut c = Controller::new(&settings(None), BUDGET);
+        assert!(c.parallel(), "nobody seen yet");
+        c.observe(100, Duration::from_millis(10), true);
+        for _ in 0..10 {
+            assert_eq!(c.observe(100, Duration::from_millis(10), false), 100);
+        }
+        assert!(!c.parallel());
+    }
+
+    #[test]
     fn every_sign_of_a_shopper_alone_is_one() {
         use crate::engine::counts::Counts;
         assert!(!met_shoppers(&BatchOutcome::default()));
@@ -319,10 +353,26 @@ mod tests {
             ..BatchOutcome::default()
         };
         for batch in [
-            with(Counts { skipped_locked: 1, ..Counts::default() }),
-            with(Counts { held_wait_ms: 2.0, ..Counts::default() }),
-            with(Counts { queue_waits: 1, ..Counts::default() }),
-            with(Counts { shoppers_waiting: 1, ..Counts::default() }),
+            with(Counts {
+                skipped_locked: 1,
+                ..Counts::default()
+            }),
+            with(Counts {
+                held_wait_ms: 2.0,
+                ..Counts::default()
+            }),
+            with(Counts {
+                queue_waits: 1,
+                ..Counts::default()
+            }),
+            with(Counts {
+                shoppers_waiting: 1,
+                ..Counts::default()
+            }),
+            with(Counts {
+                counters_written_by_others: 1,
+                ..Counts::default()
+            }),
             BatchOutcome {
                 deferred_orders: [7].into(),
                 ..BatchOutcome::default()
@@ -338,7 +388,7 @@ mod tests {
 
     #[test]
     fn a_pinned_size_stays_but_workers_still_fall_back() {
-        let mut c = Controller::new(&settings(Some(500)), BUDGET);
+        let mut c = controller(Some(500), BUDGET);
         assert_eq!(c.size(), 500);
         assert_eq!(c.observe(500, Duration::from_millis(5), false), 500);
         assert_eq!(c.observe(500, Duration::from_millis(5), true), 500);

@@ -45,6 +45,10 @@ counts! {
     /// queued on a variant or drop row the batch had updated): with the rows found held, the
     /// signal that shoppers compete (see `engine::controller`).
     shoppers_waiting: u64,
+    /// Counter rows a batch updated that another transaction had updated since the run last
+    /// wrote them (a checkout on a hot row in between): the sign of a shopper every checkout
+    /// gives, whenever it ran (see `engine::controller`).
+    counters_written_by_others: u64,
     /// Waits in the lock queue of a counter row that stayed held through the polling (a queue
     /// of checkouts on a hot variant), each holding nothing else, at most the queue's lock
     /// timeout (see `engine::batch::Source::Queue`).

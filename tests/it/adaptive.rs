@@ -252,3 +252,50 @@ async fn a_checkout_waiting_behind_the_batchs_rows_is_counted() {
     tx.rollback().await.unwrap();
     assert_eq!(checkout.await.unwrap(), 1);
 }
+
+/// A checkout that updates a hot counter between two batches and never holds it when a batch
+/// takes it (its transaction lasts well under a millisecond) still tells the controller that
+/// shoppers compete: the row's last writer is not the run's own last write of it. The batches
+/// stay at the floor, one worker, as long as it checks out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_between_two_batches_is_seen_on_the_counter_it_wrote() {
+    let t = TestDb::new().await;
+    let (variants, drops, total) = backlog(&t, 3000).await;
+    let running = Arc::new(AtomicBool::new(true));
+    let shopper = {
+        let c = t.connect().await;
+        let running = running.clone();
+        let v = variants[2];
+        tokio::spawn(async move {
+            let mut checkouts = 0_u32;
+            while running.load(Ordering::Relaxed) {
+                c.execute(
+                    "UPDATE products_productvariant SET reserved_quantity = reserved_quantity \
+                     WHERE id = $1",
+                    &[&v],
+                )
+                .await
+                .unwrap();
+                checkouts += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            checkouts
+        })
+    };
+    let s = adaptive();
+    let mut db = t.open_with(&s).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let r = run(&mut db, &s, false).await;
+    running.store(false, Ordering::Relaxed);
+    assert!(shopper.await.unwrap() > 10);
+    assert!(r.counts.counters_written_by_others > 0, "{r:?}");
+    let c = &r.controller;
+    assert!(c.contended_batches > 0, "{c:?}");
+    // It grew at most once, before the shopper's first update was seen: after that it stays.
+    assert!(
+        c.batch_rows_max <= 100,
+        "grew while the shopper checked out: {c:?}"
+    );
+    assert_eq!(r.counts.reservations_released, total);
+    all_released_once(&t, &variants, &drops, total).await;
+}

@@ -181,6 +181,12 @@ impl Statements {
 /// savepoint and leaves out the orders that need them. The locked version is the latest one, so
 /// `l.reserved_quantity` is the value the update subtracts from.
 ///
+/// Each row also says which transaction wrote it last before this one (`previous_writer`, the
+/// locked version's `xmin`) and which writes it now (`writer`: this batch's subtransaction, the
+/// counters' savepoint): a previous writer that is not the run's own last write of the row
+/// means a checkout (or anything else) updated the counter since — the sign of a shopper that
+/// every checkout on the row gives, whenever it ran (see `engine::controller`).
+///
 /// One statement per kind, variants first and every one of them updated before any drop row is
 /// locked: the order the shop's checkout locks them in. A batch that took a drop while a
 /// checkout held its variant would have that checkout wait on the drop until the batch gave up
@@ -190,14 +196,15 @@ macro_rules! return_units {
     ($table:literal) => {
         concat!(
             "WITH released(id, units) AS (SELECT * FROM unnest($1::int8[], $2::int8[])), ",
-            "locked AS (SELECT t.id, t.reserved_quantity FROM ",
+            "locked AS (SELECT t.id, t.reserved_quantity, t.xmin::text::int8 AS before_xmin FROM ",
             $table,
             " t WHERE t.id = ANY($1::int8[]) ORDER BY t.id FOR NO KEY UPDATE SKIP LOCKED) ",
             "UPDATE ",
             $table,
             " t SET reserved_quantity = GREATEST(l.reserved_quantity - rel.units, 0), ",
             "updated_at = now() FROM locked l JOIN released rel ON rel.id = l.id ",
-            "WHERE t.id = l.id RETURNING t.id::int8 AS id, COALESCE(l.reserved_quantity < rel.units, false) AS clamped"
+            "WHERE t.id = l.id RETURNING t.id::int8 AS id, COALESCE(l.reserved_quantity < rel.units, false) AS clamped, ",
+            "l.before_xmin AS previous_writer, t.xmin::text::int8 AS writer"
         )
     };
 }
@@ -230,12 +237,18 @@ pub struct ReturnedUnits {
     pub id: i64,
     /// The counter had drifted below what its reservations held and was clamped at zero.
     pub clamped: bool,
+    /// The transaction that wrote the row before this update (its `xmin`, as a number), and
+    /// the one that writes it now.
+    pub previous_writer: i64,
+    pub writer: i64,
 }
 
 fn returned_units(row: &Row) -> std::result::Result<ReturnedUnits, tokio_postgres::Error> {
     Ok(ReturnedUnits {
         id: row.try_get("id")?,
         clamped: row.try_get("clamped")?,
+        previous_writer: row.try_get("previous_writer")?,
+        writer: row.try_get("writer")?,
     })
 }
 
