@@ -60,7 +60,7 @@ pub use engine::reconcile::{reconcile, ReconcileReport, Scope as ReconcileScope}
 pub use engine::release_delay::{report as release_delay_report, DelayReport};
 pub use engine::report::{RunReport, StopReason, CONTRACT_FIELDS};
 pub use engine::revive::{revive, Reason as ReviveReason, ReviveOutcome};
-pub use engine::run::{run, RunFailure, RunOptions};
+pub use engine::run::{run, OnCommit, RunFailure, RunOptions};
 pub use engine::status::{status, StatusReport};
 pub use error::{Error, Result};
 pub use lambda::handler::{handle, HandlerError};

@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use unreserver::Database;
-use unreserver::{ReleaseSettings, StopReason};
+use unreserver::{Database, OnCommit, ReleaseSettings, RunOptions, StopReason};
 
 use crate::common::{run, settings, TestDb};
 
@@ -253,22 +252,28 @@ async fn a_checkout_waiting_behind_the_batchs_rows_is_counted() {
     assert_eq!(checkout.await.unwrap(), 1);
 }
 
-/// A checkout that updates a hot counter between two batches and never holds it when a batch
-/// takes it (its transaction lasts well under a millisecond) still tells the controller that
-/// shoppers compete: the row's last writer is not the run's own last write of it. The batches
-/// stay at the floor, one worker, as long as it checks out.
+/// A checkout that updates a hot counter strictly between two batches — after one commits,
+/// before the next begins, so it never holds a row a batch takes nor waits behind one — still
+/// tells the controller that shoppers compete: the row's last writer is not the run's own last
+/// write of it. The batches stay at the floor as long as it checks out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkout_between_two_batches_is_seen_on_the_counter_it_wrote() {
     let t = TestDb::new().await;
-    let (variants, drops, total) = backlog(&t, 3000).await;
-    let running = Arc::new(AtomicBool::new(true));
-    let shopper = {
-        let c = t.connect().await;
-        let running = running.clone();
-        let v = variants[2];
-        tokio::spawn(async move {
+    let (variants, drops, total) = backlog(&t, 2000).await;
+    // The checkout runs on a thread of its own; each commit hook waits for it to finish.
+    let (go, gone) = std::sync::mpsc::channel::<()>();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let url = t.url.clone();
+    let v = variants[2];
+    let checkout = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let c = crate::common::connect_url(&url).await;
             let mut checkouts = 0_u32;
-            while running.load(Ordering::Relaxed) {
+            while gone.recv().is_ok() {
                 c.execute(
                     "UPDATE products_productvariant SET reserved_quantity = reserved_quantity \
                      WHERE id = $1",
@@ -277,21 +282,34 @@ async fn a_checkout_between_two_batches_is_seen_on_the_counter_it_wrote() {
                 .await
                 .unwrap();
                 checkouts += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                done.send(()).unwrap();
             }
             checkouts
         })
+    });
+    let hook = std::sync::Mutex::new((go, finished));
+    let options = RunOptions {
+        deadline: None,
+        on_commit: Some(OnCommit::new(move |_| {
+            let pair = hook.lock().unwrap();
+            pair.0.send(()).unwrap();
+            pair.1.recv().unwrap();
+        })),
+        ..RunOptions::default()
     };
-    let s = adaptive();
+    let mut s = adaptive();
+    s.workers = 1;
     let mut db = t.open_with(&s).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let r = run(&mut db, &s, false).await;
-    running.store(false, Ordering::Relaxed);
-    assert!(shopper.await.unwrap() > 10);
+    let r = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(unreserver::run(&mut db, &s, &options))
+    })
+    .unwrap_or_else(|f| panic!("{}", f.error.chain()));
+    drop(options);
+    assert!(checkout.join().unwrap() >= 2);
     assert!(r.counts.counters_written_by_others > 0, "{r:?}");
     let c = &r.controller;
-    assert!(c.contended_batches > 0, "{c:?}");
-    // It grew at most once, before the shopper's first update was seen: after that it stays.
+    // The first batch wrote the row first; every later one found the checkout's write.
+    assert!(c.contended_batches + 2 >= r.batches, "{c:?}");
     assert!(
         c.batch_rows_max <= 100,
         "grew while the shopper checked out: {c:?}"
