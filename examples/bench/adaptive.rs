@@ -50,8 +50,20 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 impl Bench {
     /// The whole section.
-    pub async fn adaptive(&self, seed: &str, reps: usize, million: Option<&str>) -> String {
+    /// `busy_only`: the busy shop and the controller over time alone (to weigh a change).
+    pub async fn adaptive(
+        &self,
+        seed: &str,
+        reps: usize,
+        million: Option<&str>,
+        busy_only: bool,
+    ) -> String {
         let mut md = String::new();
+        if busy_only {
+            md.push_str(&self.busy_shop(seed).await);
+            md.push_str(&self.controller_over_time(seed).await);
+            return md;
+        }
         md.push_str(&self.quiet_shop(seed, reps).await);
         if let Some(big) = million {
             md.push_str(&self.quiet_million(big).await);

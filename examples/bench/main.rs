@@ -816,8 +816,13 @@ async fn main() {
 {}",
             if million.is_some() { " --million" } else { "" },
             std::env::var("BENCH_STARTED").unwrap_or_default(),
-            b.adaptive(seed, reps_arg(&args).unwrap_or(3), million)
-                .await
+            b.adaptive(
+                seed,
+                reps_arg(&args).unwrap_or(3),
+                million,
+                args.iter().any(|a| a == "--busy-only")
+            )
+            .await
         );
         return;
     }
