@@ -158,7 +158,7 @@ pub fn log_run(ctx: &RunContext<'_>, report: Option<&RunReport>, error: Option<&
                 shrinks_for_shoppers = r.controller.shrinks_for_shoppers,
                 shrinks_for_cuts = r.controller.shrinks_for_cuts,
                 shrinks_for_time = r.controller.shrinks_for_time,
-                shoppers_waiting = r.counts.shoppers_waiting,
+                counters_written_by_others = r.counts.counters_written_by_others,
                 duration_ms = r.duration_ms,
                 cold_start = ctx.cold_start,
                 tls = ctx.tls,

@@ -467,10 +467,6 @@ async fn release_and_finish(
         )
         .await?;
     }
-    if out.counts.reservations_released > 0 {
-        // Holding its hot rows: is a shopper waiting for one? (see `engine::controller`)
-        out.counts.shoppers_waiting = st.waiting_behind(&tx).await?.max(0) as u64;
-    }
     if !out.locked_tables.is_empty() {
         finish(tx, true).await?;
         return Ok(BatchOutcome {

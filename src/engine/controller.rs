@@ -85,7 +85,6 @@ pub fn met_shoppers(batch: &BatchOutcome) -> bool {
     c.skipped_locked > 0
         || c.held_wait_ms > 0.0
         || c.queue_waits > 0
-        || c.shoppers_waiting > 0
         || c.counters_written_by_others > 0
         || !batch.deferred_orders.is_empty()
         || !batch.deferred_holds.is_empty()
@@ -363,10 +362,6 @@ mod tests {
             }),
             with(Counts {
                 queue_waits: 1,
-                ..Counts::default()
-            }),
-            with(Counts {
-                shoppers_waiting: 1,
                 ..Counts::default()
             }),
             with(Counts {

@@ -41,10 +41,6 @@ counts! {
     /// milliseconds, at most `LOCK_TIMEOUT_MS` a batch). A counter row still held after that is
     /// tried once, without polling, by the later batches of the run.
     held_wait_ms: f64,
-    /// Sessions found waiting behind a batch's hot rows just before it committed (a checkout
-    /// queued on a variant or drop row the batch had updated): with the rows found held, the
-    /// signal that shoppers compete (see `engine::controller`).
-    shoppers_waiting: u64,
     /// Counter rows a batch updated that another transaction had updated since the run last
     /// wrote them (a checkout on a hot row in between): the sign of a shopper every checkout
     /// gives, whenever it ran (see `engine::controller`).

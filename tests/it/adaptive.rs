@@ -92,7 +92,7 @@ async fn a_quiet_backlog_drains_with_two_workers_that_never_take_each_other_for_
         (
             r.counts.skipped_locked,
             r.counts.held_wait_ms,
-            r.counts.shoppers_waiting,
+            r.counts.counters_written_by_others,
             r.deferred,
             c.contended_batches,
             c.shrinks_for_shoppers
@@ -215,41 +215,6 @@ async fn a_pinned_batch_size_is_kept_and_named() {
         (c.mode, c.batch_rows_min, c.batch_rows_max, c.workers),
         ("pinned", 70, 70, 1)
     );
-}
-
-/// The sign a shopper gives that never holds a row when the batch takes it: it waits behind the
-/// batch's hot rows. Counted on `pg_locks` while the batch holds them, also when they were
-/// taken after a savepoint (a subtransaction's lock, as the counter updates are).
-#[tokio::test]
-async fn a_checkout_waiting_behind_the_batchs_rows_is_counted() {
-    let t = TestDb::new().await;
-    let v = t.variant(5).await;
-    let mut db = t.open().await;
-    let tx = db.client.transaction().await.unwrap();
-    tx.batch_execute(&format!(
-        "SAVEPOINT counters; \
-         UPDATE products_productvariant SET reserved_quantity = reserved_quantity WHERE id = {v}"
-    ))
-    .await
-    .unwrap();
-    assert_eq!(db.statements.waiting_behind(&tx).await.unwrap(), 0);
-    let shopper = t.connect().await;
-    let pid = crate::common::backend_pid(&shopper).await;
-    let checkout = tokio::spawn(async move {
-        shopper
-            .execute(
-                "UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 \
-                 WHERE id = $1",
-                &[&v],
-            )
-            .await
-            .unwrap()
-    });
-    let watcher = t.connect().await;
-    assert!(crate::common::until_seen(&watcher, pid, "wait_event_type = 'Lock'").await);
-    assert_eq!(db.statements.waiting_behind(&tx).await.unwrap(), 1);
-    tx.rollback().await.unwrap();
-    assert_eq!(checkout.await.unwrap(), 1);
 }
 
 /// A checkout that updates a hot counter strictly between two batches — after one commits,

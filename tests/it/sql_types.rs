@@ -51,7 +51,6 @@ fn signatures() -> Vec<Signature> {
         sig!(sql::QUEUE_FOR_VARIANT, [i64], ["id": i64]),
         sig!(sql::QUEUE_FOR_DROP, [i64], ["id": i64]),
         sig!(sql::LOCKED_TABLES, [], ["name": String]),
-        sig!(contention::WAITING_BEHIND, [], ["waiting": i64]),
         sig!(contention::FREE_CONNECTIONS, [], ["free": i64]),
         sig!(sql::BACKEND_PID, [], ["pid": i32]),
         sig!(sql::CANCEL_BACKEND, [i32], ["cancelled": bool]),

@@ -90,7 +90,6 @@ pub struct Statements {
     probe_held: Statement,
     deferred_age: Statement,
     backlog: Statement,
-    waiting_behind: Statement,
 }
 
 impl Statements {
@@ -114,7 +113,6 @@ impl Statements {
             probe_held: prepare(PROBE_HELD).await?,
             deferred_age: prepare(DEFERRED_AGE).await?,
             backlog: prepare(BACKLOG).await?,
-            waiting_behind: prepare(WAITING_BEHIND).await?,
         })
     }
 }
@@ -135,7 +133,6 @@ mod transaction;
 pub mod warnings;
 
 pub use claim::*;
-pub use contention::WAITING_BEHIND;
 pub use reads::*;
 pub use release::*;
 pub use transaction::*;
