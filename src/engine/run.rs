@@ -111,6 +111,8 @@ const RETRY_ROUNDS: usize = 4;
 /// leaves the queue until it commits, and every shopper queued behind it waits that long, so
 /// it must be as short as one more checkout, not a page.
 const QUEUE_BATCH_ORDERS: usize = 100;
+/// Longest rest between two batches while shoppers compete.
+const MAX_REST: Duration = Duration::from_millis(100);
 /// Connections a run leaves free for the shop when it opens workers.
 const RESERVED_CONNECTIONS: i64 = 10;
 
@@ -667,7 +669,9 @@ impl<'a> Run<'a> {
             drop(gate);
             let error = match tried {
                 Ok(batch) => {
-                    self.succeeded(started.elapsed(), work, &chunk, &rows, &batch);
+                    let took = started.elapsed();
+                    self.succeeded(took, work, &chunk, &rows, &batch);
+                    self.rest(took).await;
                     return Ok(Ok(batch));
                 }
                 Err(error) => error,
@@ -676,6 +680,15 @@ impl<'a> Run<'a> {
                 return Ok(Err(stop));
             }
             attempt += 1;
+        }
+    }
+
+    /// While shoppers compete, rests as long as the batch took (at most [`MAX_REST`]) before
+    /// the next: the release then takes at most half of the time on the hot rows and of a
+    /// core, and the checkouts the rest. Nothing while nobody competes.
+    async fn rest(&self, took: Duration) {
+        if !self.shared.controller().parallel() {
+            tokio::time::sleep(took.min(MAX_REST)).await;
         }
     }
 
