@@ -113,6 +113,8 @@ const RETRY_ROUNDS: usize = 4;
 const QUEUE_BATCH_ORDERS: usize = 100;
 /// Longest rest between two batches while shoppers compete.
 const MAX_REST: Duration = Duration::from_millis(100);
+/// Longest a run waits for a worker's connection to be open, checked and prepared.
+const WORKER_OPEN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections a run leaves free for the shop when it opens workers.
 const RESERVED_CONNECTIONS: i64 = 10;
 
@@ -408,15 +410,23 @@ impl<'a> Run<'a> {
             }
         };
         let want = i64::from(self.settings.workers - 1).min(free - RESERVED_CONNECTIONS);
-        let opened = futures_util::future::join_all((0..want.max(0)).map(|_| db.sibling())).await;
+        // A pooler (PgBouncer) accepts the connection at once and may hold its first statement
+        // until a server connection is free: a worker that is not ready soon is not waited for.
+        let open = || tokio::time::timeout(WORKER_OPEN_TIMEOUT, db.sibling());
+        let opened = futures_util::future::join_all((0..want.max(0)).map(|_| open())).await;
         opened
             .into_iter()
-            .filter_map(|opened| {
-                opened
-                    .map_err(|error| {
-                        tracing::warn!(error = %error.chain(), "could not open a worker's connection; draining with fewer");
-                    })
-                    .ok()
+            .filter_map(|opened| match opened {
+                Ok(Ok(worker)) => Some(worker),
+                Ok(Err(error)) => {
+                    tracing::warn!(error = %error.chain(), "could not open a worker's connection; draining with fewer");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(timeout_ms = WORKER_OPEN_TIMEOUT.as_millis() as u64,
+                        "a worker's connection was not ready in time (a full pool?); draining with fewer");
+                    None
+                }
             })
             .collect()
     }
