@@ -57,6 +57,7 @@ impl Bench {
         reps: usize,
         million: Option<&str>,
         busy_only: bool,
+        binary: &str,
     ) -> String {
         let mut md = String::new();
         if busy_only {
@@ -68,6 +69,7 @@ impl Bench {
         if let Some(big) = million {
             md.push_str(&self.quiet_million(big).await);
         }
+        md.push_str(&self.memory(binary, seed, million).await);
         md.push_str(&self.busy_shop(seed).await);
         md.push_str(&self.controller_over_time(seed).await);
         md
@@ -150,6 +152,26 @@ impl Bench {
             r.controller.workers,
             wal / due.max(1),
         )
+    }
+
+    /// Peak RSS of `unreserver run` with the defaults draining `seed` (and `million`).
+    async fn memory(&self, binary: &str, seed: &str, million: Option<&str>) -> String {
+        let mut md = String::from("\nPeak RSS of `unreserver run` with the defaults (GNU time):");
+        for seed in std::iter::once(seed).chain(million) {
+            eprintln!("adaptive, memory: {seed} ...");
+            let (kib, out) = self.peak_rss(seed, binary).await;
+            let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+            let _ = write!(
+                md,
+                " {:.1} MiB releasing {} reservations with {} workers;",
+                kib as f64 / 1024.0,
+                report["reservations_released"],
+                report["controller"]["workers"],
+            );
+        }
+        md.pop();
+        md.push_str(".\n");
+        md
     }
 
     /// Shoppers on the backlog's hot rows during the drain, for each cart shape: the defaults,

@@ -23,7 +23,7 @@ impl Bench {
         let mut md = String::new();
         let _ = writeln!(
             md,
-            "\n## Carts of several items against a drain (N = 100,000, defaults)\n\n\
+            "\n### Carts of several items against a drain (N = 100,000, defaults)\n\n\
              {SHOPPERS} shoppers check out back to back on the {HOT_VARIANTS} hot drop variants the \
              backlog is concentrated on, with carts of one item or of two distinct hot variants \
              (taken in ascending id), locking either all variant rows first and then the drop \

@@ -217,7 +217,7 @@ impl Bench {
         let mut md = String::new();
         let _ = writeln!(
             md,
-            "\n## The hottest row with a queue of checkouts\n\n\
+            "\n### The hottest row with a queue of checkouts\n\n\
              {QUEUE} shoppers check out back to back on one drop variant (each: lock the variant, \
              then its drop row, make an order and its reservation, hold {} ms, commit), so the \
              row is never free for more than an instant. {HOT_ORDERS} one-line orders on that \

@@ -820,7 +820,8 @@ async fn main() {
                 seed,
                 reps_arg(&args).unwrap_or(3),
                 million,
-                args.iter().any(|a| a == "--busy-only")
+                args.iter().any(|a| a == "--busy-only"),
+                &binary,
             )
             .await
         );
