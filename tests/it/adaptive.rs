@@ -282,3 +282,20 @@ async fn a_checkout_between_two_batches_is_seen_on_the_counter_it_wrote() {
     assert_eq!(r.counts.reservations_released, total);
     all_released_once(&t, &variants, &drops, total).await;
 }
+
+/// `MAX_BATCHES` counts the batches of every worker: two workers stop at the limit together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_batches_counts_every_workers_batches() {
+    let t = TestDb::new().await;
+    let (_, _, total) = backlog(&t, 3000).await;
+    let mut s = adaptive();
+    s.max_batches = 4;
+    let mut db = t.open_with(&s).await;
+    let r = run(&mut db, &s, false).await;
+    assert_eq!(r.stopped_reason, StopReason::MaxBatches, "{r:?}");
+    assert_eq!((r.batches, r.controller.workers), (4, 2), "{r:?}");
+    let left = t
+        .i64("SELECT count(*) FROM orders_inventoryreservation WHERE status = 'active'")
+        .await as u64;
+    assert_eq!(r.counts.reservations_released + left, total);
+}
