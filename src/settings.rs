@@ -136,7 +136,7 @@ pub const BATCH_SIZE_MAX: Setting = number(
     "Adaptive batches: the largest a batch may grow while nothing is in its way.",
 );
 pub const BATCH_TARGET_MS: Setting = number("BATCH_TARGET_MS", (10, 5_000), 150, "ms", Both,
-    "Adaptive batches: the time a batch is sized to take while nothing is in its way (below half the shop's deadlock_timeout, or it is capped there).");
+    "Adaptive batches: the time a batch is sized to take while nothing is in its way (at most a third of the batch budget, which is half the shop's deadlock_timeout).");
 pub const WORKERS: Setting = number("WORKERS", (1, 16), 2, "connections", Both,
     "Connections one run drains with at once while nothing competes (one as soon as shoppers do), within the database's free connections less a reserve.");
 pub const MAX_BATCHES: Setting = number(
