@@ -11,7 +11,8 @@ use unreserver::{ReleaseSettings, RunOptions, RunReport};
 
 use crate::shoppers::{self, Cart, PHASE, SHOPPERS};
 use crate::{
-    connect, drain_settings, ms, open_db, released, wal_position, Bench, HOT_VARIANTS, INDEX_SETS,
+    connect, deferred_pct, drain_settings, ms, open_db, released, wal_position, Bench,
+    HOT_VARIANTS, INDEX_SETS,
 };
 
 /// The contenders of the quiet shop, beside the lower bound.
@@ -219,7 +220,7 @@ impl Bench {
                     busy.max,
                     busy.p99 / quiet.p99.max(f64::EPSILON),
                     busy.max - quiet.max,
-                    100.0 * r.deferred as f64 / r.counts.reservations_released.max(1) as f64,
+                    deferred_pct(&r),
                     quiet.failed + busy.failed,
                     ms(took),
                     took.as_secs_f64() / lower.as_secs_f64(),

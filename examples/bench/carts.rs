@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use crate::shoppers::{self, Cart, PHASE, SHOPPERS};
-use crate::{drain_with_defaults, ms, Bench, HOT_VARIANTS};
+use crate::{deferred_pct, drain_with_defaults, ms, Bench, HOT_VARIANTS};
 
 /// The shapes compared, in table order; one item on cold rows tells what the drain costs the
 /// shoppers in CPU (2 cores) from what it costs them in lock waits.
@@ -59,7 +59,7 @@ impl Bench {
                     drain.max - quiet.max,
                     quiet.failed + drain.failed,
                     ms(took),
-                    100.0 * r.deferred as f64 / r.counts.reservations_released.max(1) as f64,
+                    deferred_pct(&r),
                     r.counts.queue_waits,
                     r.counts.held_wait_ms,
                 );

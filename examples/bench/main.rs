@@ -520,7 +520,7 @@ impl Bench {
                 drain.p99,
                 drain.p99 / quiet.p99.max(f64::EPSILON),
                 drain.max - quiet.max,
-                100.0 * r.deferred as f64 / r.counts.reservations_released.max(1) as f64,
+                deferred_pct(&r),
             );
         }
         md
@@ -637,8 +637,7 @@ fn shopper_table(
     }
     let quiet = &phases[0].1;
     let drain = &phases[1].1;
-    let deferred_pct =
-        100.0 * report.deferred as f64 / report.counts.reservations_released.max(1) as f64;
+    let deferred_pct = deferred_pct(report);
     let _ = writeln!(
         md,
         "\nDuring this project's drain: p99 **{:.2}×** the quiet p99 (target ≤ 1.5), max **{:+.1} ms** \
@@ -723,6 +722,11 @@ fn rate(n: i64, d: Duration) -> f64 {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// The orders and holds a run left deferred, in percent of the reservations it released.
+fn deferred_pct(report: &RunReport) -> f64 {
+    100.0 * report.deferred as f64 / report.counts.reservations_released.max(1) as f64
 }
 
 fn released(reports: &[RunReport]) -> i64 {

@@ -3,7 +3,7 @@
 //! to a shopper's transaction. Modeled on river's job cleaner: a loop of small bounded
 //! transactions apart from what each does, and one result struct per run.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -1142,11 +1142,8 @@ fn log_batch(number: u32, batch: &BatchOutcome) {
     );
 }
 
-/// Adds the units of `more` to `into` (both present in a dry run only).
-fn merge_units(
-    into: &mut Option<std::collections::BTreeMap<i64, i64>>,
-    more: Option<std::collections::BTreeMap<i64, i64>>,
-) {
+/// Adds the units of `more` to `into`, when the report keeps them (a dry run only).
+fn merge_units(into: &mut Option<BTreeMap<i64, i64>>, more: Option<BTreeMap<i64, i64>>) {
     if let (Some(into), Some(more)) = (into.as_mut(), more) {
         for (id, units) in more {
             *into.entry(id).or_default() += units;
@@ -1156,16 +1153,8 @@ fn merge_units(
 
 fn add_batch(report: &mut RunReport, batch: BatchOutcome) {
     report.counts += batch.counts;
-    if let Some(map) = report.units_by_variant.as_mut() {
-        for (id, units) in batch.units_by_variant {
-            *map.entry(id).or_default() += units;
-        }
-    }
-    if let Some(map) = report.units_by_drop.as_mut() {
-        for (id, units) in batch.units_by_drop {
-            *map.entry(id).or_default() += units;
-        }
-    }
+    merge_units(&mut report.units_by_variant, Some(batch.units_by_variant));
+    merge_units(&mut report.units_by_drop, Some(batch.units_by_drop));
 }
 
 #[cfg(test)]
