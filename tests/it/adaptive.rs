@@ -49,6 +49,51 @@ async fn backlog(t: &TestDb, orders: i64) -> (Vec<i64>, Vec<i64>, u64) {
     (variants, drops, total)
 }
 
+/// The worker that owns an id is one rule (`owned_by_share!`): every id is in one share,
+/// negative and zero included. Orders with ids from 0 down to -1,999 and cart holds with
+/// negative ids, drained by two workers: every one is released (with the rule as `mod`
+/// alone, odd negative ids were in no worker's share and the run still said `drained`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_every_id_negative_and_zero_included() {
+    let t = TestDb::new().await;
+    let variant = t.variant(0).await;
+    t.client
+        .execute(
+            "WITH o AS (INSERT INTO orders_order (id, order_number)                  SELECT -g, 'N-' || g FROM generate_series(0, 1999) g RETURNING id)              INSERT INTO orders_inventoryreservation                  (order_id, product_variant_id, quantity, expires_at)              SELECT o.id, $1, 1, now() - interval '1 minute' FROM o",
+            &[&variant],
+        )
+        .await
+        .unwrap();
+    t.client
+        .execute(
+            "INSERT INTO orders_inventoryreservation                  (id, product_variant_id, quantity, expires_at)              SELECT -g, $1, 1, now() - interval '1 minute' FROM generate_series(1, 101) g",
+            &[&variant],
+        )
+        .await
+        .unwrap();
+    t.exec(
+        "UPDATE products_productvariant v SET reserved_quantity = (SELECT sum(quantity)            FROM orders_inventoryreservation r WHERE r.product_variant_id = v.id)",
+    )
+    .await;
+    let s = adaptive();
+    let mut db = t.open_with(&s).await;
+    let r = run(&mut db, &s, false).await;
+    assert_eq!(r.controller.workers, 2, "{r:?}");
+    assert_eq!(r.stopped_reason, StopReason::Drained);
+    assert_eq!(
+        (r.counts.orders_cancelled, r.counts.holds_released),
+        (2000, 101),
+        "{r:?}"
+    );
+    assert_eq!(r.backlog_remaining, 0, "{r:?}");
+    assert_eq!(t.reserved(variant).await, 0);
+    assert_eq!(
+        t.i64("SELECT count(*) FROM orders_inventoryreservation WHERE status = 'active'")
+            .await,
+        0
+    );
+}
+
 /// The defaults, with a floor small enough for a test backlog to take many batches.
 fn adaptive() -> ReleaseSettings {
     ReleaseSettings {

@@ -35,7 +35,9 @@ pub const PAGE: &str = concat!(
     "FROM orders_inventoryreservation r ",
     "WHERE r.status = 'active' AND r.expires_at <= now() ",
     "AND (r.expires_at, r.id) > ($1::timestamptz, $2::int8) ",
-    "AND mod(coalesce(r.order_id, r.id)::int8, $7::int8) = $8::int8 ",
+    "AND ",
+    owned_by_share!("coalesce(r.order_id, r.id)", "$7", "$8"),
+    " ",
     "ORDER BY r.expires_at, r.id LIMIT $5::int8) ",
     "UNION ALL ",
     "(SELECT r.id, r.order_id, r.created_at, true ",
@@ -43,7 +45,9 @@ pub const PAGE: &str = concat!(
     "WHERE r.status = 'active' AND r.expires_at IS NULL ",
     "AND r.created_at <= now() - make_interval(mins => $6::int4) ",
     "AND (r.created_at, r.id) > ($3::timestamptz, $4::int8) ",
-    "AND mod(coalesce(r.order_id, r.id)::int8, $7::int8) = $8::int8 ",
+    "AND ",
+    owned_by_share!("coalesce(r.order_id, r.id)", "$7", "$8"),
+    " ",
     "ORDER BY r.created_at, r.id LIMIT $5::int8)) p ",
     "ORDER BY legacy, due_key, id LIMIT $5::int8"
 );
@@ -98,8 +102,9 @@ pub struct PageParams {
 }
 
 /// The share of the due rows one worker of a run pages: the orders (and cart holds) whose id
-/// modulo `of` is `index`, so that no two workers ever claim the same order, hold or
-/// reservation. One worker: `{ index: 0, of: 1 }`, every row.
+/// modulo `of` is `index` (the rule `owned_by_share!` of `rules.rs`, which counts negative ids
+/// too), so that no two workers ever claim the same order, hold or reservation, and every one
+/// is some worker's. One worker: `{ index: 0, of: 1 }`, every row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Share {
     pub index: i64,

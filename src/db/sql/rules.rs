@@ -95,3 +95,27 @@ macro_rules! order_is_due {
         )
     };
 }
+
+/// Which worker of a run owns the row whose owning id is `$id` (an order's id, or a cart
+/// hold's own id): the one whose share index (parameter `$index`) is that id modulo the
+/// number of workers (parameter `$of`), counted from zero for every id — negative and zero
+/// included (PostgreSQL's `mod` takes the dividend's sign, so it is brought back into
+/// `0..of`). One share per id, every id in one share: no two workers claim the same order,
+/// and none is left to nobody.
+macro_rules! owned_by_share {
+    ($id:literal, $of:literal, $index:literal) => {
+        concat!(
+            "mod(mod(",
+            $id,
+            "::int8, ",
+            $of,
+            "::int8) + ",
+            $of,
+            "::int8, ",
+            $of,
+            "::int8) = ",
+            $index,
+            "::int8"
+        )
+    };
+}
