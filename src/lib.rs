@@ -11,7 +11,8 @@
 //!   rotation), `preflight` (schema, `deadlock_timeout`, indexes), `session` (a checked, prepared
 //!   connection) and [`db::sql`] (every statement of the release with what it locks and why, and
 //!   its typed wrapper; `outbox`, `revive` and `delay_report` hold the statements around it).
-//! - `engine`: the release — `run` (the batch loop, retries, stop reasons), `batch` (one batch
+//! - `engine`: the release — `run` (the batch loop, retries, workers, deferred work, the
+//!   ledger), `budget` (a batch's time budget and its cut), `hooks`, `batch` (one batch
 //!   transaction, step by step), `report` (the run report) and `status`; around it, `revive`
 //!   (an order whose payment came late) and `release_delay` (the per-day report).
 //! - [`events`]: the expiry events — `model` (the events, from batch or replayed rows),
@@ -55,12 +56,13 @@ pub use db::iam::{auth_token as rds_iam_token, TokenTarget};
 pub use db::secrets::SecretSource;
 pub use db::session::Database;
 pub use db::tls::{certificates as tls_certificates, connector as tls_connector, RdsCaRegions};
+pub use engine::hooks::OnCommit;
 pub use engine::on_request::{Reason as ReleaseReason, RequestOutcome};
 pub use engine::reconcile::{reconcile, ReconcileReport, Scope as ReconcileScope};
 pub use engine::release_delay::{report as release_delay_report, DelayReport};
 pub use engine::report::{RunReport, StopReason, CONTRACT_FIELDS};
 pub use engine::revive::{revive, Reason as ReviveReason, ReviveOutcome};
-pub use engine::run::{run, OnCommit, RunFailure, RunOptions};
+pub use engine::run::{run, RunFailure, RunOptions};
 pub use engine::status::{status, StatusReport};
 pub use error::{Error, Result};
 pub use lambda::handler::{handle, HandlerError};

@@ -3,9 +3,11 @@
 //! It works on a checked [`crate::db::session::Database`] and knows nothing of the front-ends.
 
 pub(crate) mod batch;
+pub(crate) mod budget;
 pub mod controller;
 pub mod counts;
 pub(crate) mod follow;
+pub(crate) mod hooks;
 pub(crate) mod on_request;
 pub(crate) mod pass;
 pub(crate) mod reconcile;

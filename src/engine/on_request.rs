@@ -20,9 +20,8 @@ use serde::Serialize;
 use tokio_postgres::error::SqlState;
 
 use super::batch::{BatchOutcome, BatchParams, Refusal, Source};
-use super::run::{
-    batch_budget, statement_timeout, timed_batch, Budget, Committed, OnCommit, TryError,
-};
+use super::budget::{batch_budget, statement_timeout, timed_batch, Budget, TryError};
+use super::hooks::{Committed, OnCommit};
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::error::{is_cancelled, sql_state, Error, Result};

@@ -203,16 +203,11 @@ impl RunReport {
     /// Adds a later pass of follow mode: what was done is summed, what is left (the backlog,
     /// deferred work, why it stopped) is the later pass's.
     pub fn absorb(&mut self, pass: RunReport) {
-        self.counts += pass.counts;
-        self.batches += pass.batches;
-        self.batch_retries += pass.batch_retries;
-        self.pass_scans += pass.pass_scans;
+        self.add_work(&pass);
         self.events_published += pass.events_published;
         self.events_failed += pass.events_failed;
         self.expiry_warnings += pass.expiry_warnings;
         self.controller.absorb(&pass.controller);
-        self.delays.extend(pass.delays);
-        self.batch_durations_ms.extend(pass.batch_durations_ms);
         self.set_quantiles();
         self.deferred = pass.deferred;
         self.oldest_deferred_age_seconds = pass.oldest_deferred_age_seconds;
@@ -224,6 +219,37 @@ impl RunReport {
         self.backlog_remaining = pass.backlog_remaining;
         self.oldest_due_age_seconds = pass.oldest_due_age_seconds;
         self.paid_after_release = pass.paid_after_release;
+    }
+}
+
+impl RunReport {
+    /// Adds the work `other` did — counts, batches, retries, pass scans, units, release
+    /// delays and batch durations — the one place that sums them, for a run's workers and for
+    /// follow mode's passes alike (what each left behind is merged by its caller).
+    pub fn add_work(&mut self, other: &RunReport) {
+        self.counts += other.counts;
+        self.batches += other.batches;
+        self.batch_retries += other.batch_retries;
+        self.pass_scans += other.pass_scans;
+        if let (Some(variants), Some(drops)) = (&other.units_by_variant, &other.units_by_drop) {
+            self.add_units(variants, drops);
+        }
+        self.delays.extend(&other.delays);
+        self.batch_durations_ms.extend(&other.batch_durations_ms);
+    }
+
+    /// Adds units given back per variant and per drop, when the report keeps them (a dry run).
+    pub fn add_units(&mut self, variants: &BTreeMap<i64, i64>, drops: &BTreeMap<i64, i64>) {
+        for (into, more) in [
+            (&mut self.units_by_variant, variants),
+            (&mut self.units_by_drop, drops),
+        ] {
+            if let Some(into) = into.as_mut() {
+                for (id, units) in more {
+                    *into.entry(*id).or_default() += units;
+                }
+            }
+        }
     }
 }
 

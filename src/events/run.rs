@@ -9,9 +9,10 @@ use super::publisher::{Published, Publisher};
 use super::{model, sink};
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
+use crate::engine::hooks::OnCommit;
 use crate::engine::on_request::{self, RequestOutcome};
 use crate::engine::report::RunReport;
-use crate::engine::run::{self, OnCommit, RunFailure, RunOptions};
+use crate::engine::run::{self, RunFailure, RunOptions};
 use crate::error::Result as AppResult;
 
 /// How long the events may still take after a run without a deadline (the CLI without a time

@@ -1,0 +1,231 @@
+//! One batch of a run, tried again after a lock conflict (with jittered backoff) or a cut (with
+//! half the rows), and what the controller learns from it.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::error::SqlState;
+use tracing::Instrument;
+
+use super::*;
+use crate::db::session::Database;
+use crate::db::sql::PageRow;
+use crate::engine::batch::{BatchOutcome, Source};
+use crate::engine::budget::{statement_timeout, timed_batch, Budget, TryError};
+use crate::engine::controller::{self};
+use crate::engine::report::StopReason;
+use crate::error::{is_cancelled, is_conflict, sql_state, Error, Result};
+
+impl<'a> Run<'a> {
+    /// One batch, tried again after each lock conflict and, with half the rows, after each
+    /// cut by the batch budget; `Err(stop)` when the run must stop instead (retries exhausted,
+    /// or no time left for another try).
+    pub(super) async fn batch_with_retries(
+        &mut self,
+        db: &mut Database,
+        work: Work,
+    ) -> Result<std::result::Result<BatchOutcome, StopReason>> {
+        let number = self.shared.batches.load(Ordering::SeqCst);
+        let mut attempt = 1;
+        loop {
+            let span = tracing::info_span!("batch", number, attempt);
+            self.params.page_size = i64::from(self.shared.controller().size());
+            let chunk = self.retry_chunk();
+            let rows = match (&self.passes, work) {
+                (Some(passes), Work::Pass) => passes.front(self.page_rows()),
+                _ => Vec::new(),
+            };
+            let queue = self.queue.clone();
+            let source = match (work, &queue) {
+                (Work::Queue, Some((row, orders, holds))) => Source::Queue {
+                    row: *row,
+                    orders,
+                    holds,
+                },
+                (Work::Page | Work::Queue, _) => Source::Page(&self.cursor),
+                (Work::Pass, _) => Source::Rows(&rows),
+                (Work::Deferred, _) => Source::Deferred {
+                    orders: &chunk.0,
+                    holds: &chunk.1,
+                },
+            };
+            let gate = self.shared.pass_gate().await;
+            let started = Instant::now();
+            let tried = timed_batch(
+                db,
+                &self.params,
+                source,
+                &self.books.excluded_orders,
+                Budget::Whole(self.batch_budget),
+            )
+            .instrument(span.clone())
+            .await;
+            drop(gate);
+            let error = match tried {
+                Ok(batch) => {
+                    let took = started.elapsed();
+                    self.succeeded(took, work, &chunk, &rows, &batch);
+                    self.rest(took).await;
+                    return Ok(Ok(batch));
+                }
+                Err(error) => error,
+            };
+            if let Some(stop) = self.after_failed_try(db, error, attempt, &span).await? {
+                return Ok(Err(stop));
+            }
+            attempt += 1;
+        }
+    }
+
+    /// While shoppers compete, rests as long as the batch took (at most [`MAX_REST`]) before
+    /// the next: the release then takes at most half of the time on the hot rows and of a
+    /// core, and the checkouts the rest. Nothing while nobody competes.
+    pub(super) async fn rest(&self, took: Duration) {
+        if !self.shared.controller().parallel() {
+            tokio::time::sleep(took.min(MAX_REST)).await;
+        }
+    }
+
+    /// Decides what follows a failed try: another try (None, after a pause), a stop, or the
+    /// run's failure.
+    pub(super) async fn after_failed_try(
+        &mut self,
+        db: &Database,
+        error: TryError,
+        attempt: u32,
+        span: &tracing::Span,
+    ) -> Result<Option<StopReason>> {
+        let error = match error {
+            TryError::Cut(error) => return self.after_cut(error, span).map(|()| None),
+            TryError::Other(error) if sql_state(&error) == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                let tables = db.statements.locked_tables(&db.client).await?;
+                if !tables.is_empty() {
+                    return Ok(Some(self.table_locked(tables)));
+                }
+                error
+            }
+            TryError::Other(error) if is_conflict(&error) => error,
+            TryError::Other(error) if is_cancelled(&error) => {
+                return Err(statement_timeout(error, self.hint()))
+            }
+            TryError::Other(error) => return Err(error),
+        };
+        tracing::debug!(parent: span, error = %error.chain(), "batch rolled back, retrying");
+        if attempt >= self.settings.batch_max_attempts {
+            tracing::warn!(parent: span, attempts = attempt, error = %error.chain(),
+                "batch kept losing lock conflicts; leaving the rest to the next run");
+            return Ok(Some(StopReason::RetriesExhausted));
+        }
+        let pause = backoff(self.settings.retry_backoff_ms, attempt);
+        if past(self.options.deadline, pause + self.allowance()) {
+            return Ok(Some(StopReason::TimeBudget));
+        }
+        self.books.report.batch_retries += 1;
+        tokio::time::sleep(pause).await;
+        Ok(None)
+    }
+
+    /// A batch cut by its budget: tried again at once with half the rows, unless it was small
+    /// already twice in a row — then it is too slow, a failure.
+    pub(super) fn after_cut(&mut self, error: Error, span: &tracing::Span) -> Result<()> {
+        let what = match &error {
+            Error::Database { context, .. } => *context,
+            _ => "a batch",
+        };
+        let floor = self
+            .settings
+            .batch_size
+            .unwrap_or(self.settings.batch_size_min);
+        let at_min = self.params.page_size <= MIN_PAGE_SIZE.min(i64::from(floor));
+        self.cuts_at_min = if at_min { self.cuts_at_min + 1 } else { 0 };
+        if self.cuts_at_min >= 2 {
+            return Err(Error::TooSlow {
+                what,
+                why: format!(
+                    "a batch of {} rows still took longer than its budget of {} ms (half the \
+                     shop's deadlock_timeout)",
+                    self.params.page_size,
+                    self.batch_budget.as_millis()
+                ),
+                hint: self.hint(),
+            });
+        }
+        self.params.page_size = i64::from(self.shared.controller().cut());
+        self.books.report.batch_retries += 1;
+        tracing::warn!(parent: span, during = what, page_size = self.params.page_size,
+            budget_ms = self.batch_budget.as_millis() as u64,
+            "batch cut by its time budget; trying again with half the rows");
+        Ok(())
+    }
+
+    /// What may make a slow batch fast: the recommended indexes that are missing.
+    pub(super) fn hint(&self) -> String {
+        let missing = &self.books.report.missing_indexes;
+        if missing.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; the recommended indexes {} are missing: create them with infra/indexes.sql",
+                missing.join(", ")
+            )
+        }
+    }
+
+    /// Books a batch that committed (`rows`: the pass rows it worked through), and tells the
+    /// controller what it met.
+    pub(super) fn succeeded(
+        &mut self,
+        took: Duration,
+        work: Work,
+        chunk: &(Vec<i64>, Vec<i64>),
+        rows: &[PageRow],
+        batch: &BatchOutcome,
+    ) {
+        let worked = match batch.rows_paged {
+            0 => batch.counts.reservations_released as usize,
+            paged => paged,
+        };
+        let met = controller::met_shoppers(batch);
+        self.shared.controller().observe(worked, took, met);
+        let done = (rows.len(), batch.released_orders.as_slice());
+        self.cuts_at_min = 0;
+        self.books.slowest = self.books.slowest.max(took);
+        self.books
+            .report
+            .batch_durations_ms
+            .push(took.as_secs_f64() * 1000.0);
+        if work == Work::Deferred {
+            self.retry_queue.0.drain(..chunk.0.len());
+            self.retry_queue.1.drain(..chunk.1.len());
+        }
+        if let (Some(passes), Work::Pass) = (self.passes.as_mut(), work) {
+            passes.consume(done.0, done.1);
+        }
+    }
+}
+
+/// Exponential backoff with equal jitter: half the step fixed, half random.
+pub(super) fn backoff(base_ms: u32, attempt: u32) -> Duration {
+    let step = Duration::from_millis(u64::from(base_ms))
+        .saturating_mul(1u32 << attempt.min(16).saturating_sub(1))
+        .min(MAX_BACKOFF);
+    let half = step / 2;
+    half + half.mul_f64(fastrand::f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        for attempt in 1..=20 {
+            let step = Duration::from_millis(50 * (1u64 << (attempt - 1).min(15))).min(MAX_BACKOFF);
+            let pause = backoff(50, attempt);
+            assert!(
+                pause >= step / 2 && pause <= step,
+                "attempt {attempt}: {pause:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! A run's books: each batch booked into the report and the run's memory, and large orders
+//! worked in batches of their own.
+
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use super::*;
+use crate::db::session::Database;
+use crate::engine::batch::{BatchOutcome, Source};
+use crate::engine::budget::{timed_batch, Budget, TryError};
+use crate::engine::report::{RunReport, StopReason};
+use crate::error::{is_cancelled, is_conflict, Result};
+
+impl<'a> Run<'a> {
+    /// A table the release needs is locked by another session (a migration, a `LOCK TABLE`):
+    /// no batch can get through until it is released, so the run stops; the next one goes on.
+    pub(super) fn table_locked(&mut self, tables: Vec<String>) -> StopReason {
+        tracing::warn!(tables = ?tables,
+            "a table the release needs is locked by another session (a migration, a LOCK TABLE); stopping, the next run goes on");
+        self.books.report.locked_tables = tables;
+        StopReason::TableLocked
+    }
+
+    /// Books a batch, then works the large orders it left for batches of their own.
+    pub(super) async fn record(
+        &mut self,
+        db: &mut Database,
+        batch: BatchOutcome,
+    ) -> Result<Option<StopReason>> {
+        if !batch.locked_tables.is_empty() {
+            return Ok(Some(self.table_locked(batch.locked_tables)));
+        }
+        let large = batch.large_orders.clone();
+        self.book(batch);
+        for order in large {
+            if let Some(stop) = self.start_batch() {
+                return Ok(Some(stop));
+            }
+            self.large_order(db, order).await?;
+        }
+        Ok(None)
+    }
+
+    /// A batch of one order with more active lines than a page. Its budget runs from the
+    /// moment it first locks a hot row: expiring its own lines holds nothing a shopper needs,
+    /// and is bounded by `STATEMENT_TIMEOUT_MS`. Cut even so (or losing a lock conflict), the
+    /// order is left for the next run (`large_orders_left`) and the run goes on without it.
+    pub(super) async fn large_order(&mut self, db: &mut Database, order: i64) -> Result<()> {
+        let budget = Budget::FromHotPhase {
+            hot: self.batch_budget,
+            whole: Duration::from_millis(u64::from(self.settings.statement_timeout_ms)),
+        };
+        let span = tracing::info_span!("large_order", order);
+        let gate = self.shared.pass_gate().await;
+        let tried = timed_batch(
+            db,
+            &self.params,
+            Source::Alone(order),
+            &self.books.excluded_orders,
+            budget,
+        )
+        .instrument(span.clone())
+        .await;
+        drop(gate);
+        let error = match tried {
+            Ok(mut batch) => {
+                batch.counts.large_orders = u64::from(!batch.released_orders.is_empty());
+                self.book(batch);
+                return Ok(());
+            }
+            Err(TryError::Cut(error)) => error,
+            Err(TryError::Other(error)) if is_conflict(&error) || is_cancelled(&error) => error,
+            Err(TryError::Other(error)) => return Err(error),
+        };
+        tracing::warn!(parent: &span, order, error = %error.chain(),
+            "a large order could not be released within its budget even alone; leaving it for the next run");
+        self.books.report.large_orders_left += 1;
+        self.books.excluded_orders.insert(order);
+        Ok(())
+    }
+
+    /// Books a batch, hands it to the on-commit hook, and moves the cursor on.
+    pub(super) fn book(&mut self, batch: BatchOutcome) {
+        self.params.long_held.extend(&batch.long_held);
+        if let (Some(hook), false) = (&self.options.on_commit, self.options.dry_run) {
+            hook.call(Committed {
+                released: &batch.released,
+                cancelled: &batch.cancelled,
+                run_id: &self.options.run_id,
+            });
+        }
+        if batch.rows_paged > 0 && self.passes.is_none() {
+            self.cursor = batch.next_cursor;
+        }
+        self.books.book(batch, self.options.dry_run);
+    }
+}
+
+pub(super) fn log_batch(number: u32, batch: &BatchOutcome) {
+    tracing::debug!(
+        batch = number,
+        rows_paged = batch.rows_paged,
+        reservations_released = batch.counts.reservations_released,
+        units_released = batch.counts.units_released,
+        orders_cancelled = batch.counts.orders_cancelled,
+        skipped_locked = batch.counts.skipped_locked,
+        deferred_orders = batch.deferred_orders.len(),
+        deferred_holds = batch.deferred_holds.len(),
+        no_longer_due = batch.counts.no_longer_due,
+        clamped_variants = batch.counts.clamped_variants,
+        clamped_drops = batch.counts.clamped_drops,
+        "batch done"
+    );
+}
+
+/// A run's books (or one worker's, merged into the run's when the workers are done): the
+/// report of what its batches did, and what the run remembers of the orders they met. Each
+/// batch is booked here, and one worker's books merge into another's here, so no field is
+/// summed in two places.
+#[derive(Debug)]
+pub(super) struct Ledger {
+    /// What the batches did: counts, batches, retries, units, delays and batch durations.
+    pub(super) report: RunReport,
+    /// The longest batch so far.
+    pub(super) slowest: Duration,
+    /// Orders no later batch of the run may take: in a dry run those already counted (their
+    /// reservations stay active after the rollback); large orders too slow even alone.
+    pub(super) excluded_orders: HashSet<i64>,
+    /// Paid orders met that still hold due reservations.
+    pub(super) paid_orders: HashSet<i64>,
+    /// Reservations released that were due themselves.
+    pub(super) due_released: u64,
+    /// Orders and holds left out because another transaction held a row they need, not
+    /// released since.
+    pub(super) deferred_orders: BTreeSet<i64>,
+    pub(super) deferred_holds: BTreeSet<i64>,
+}
+
+impl Ledger {
+    pub(super) fn new(options: &RunOptions) -> Self {
+        let mut report = RunReport::new(options.dry_run);
+        report.run_id.clone_from(&options.run_id);
+        Ledger {
+            report,
+            slowest: Duration::ZERO,
+            excluded_orders: HashSet::new(),
+            paid_orders: HashSet::new(),
+            due_released: 0,
+            deferred_orders: BTreeSet::new(),
+            deferred_holds: BTreeSet::new(),
+        }
+    }
+
+    /// The books a new worker starts with: the orders it must not take again (those this one
+    /// counted in a dry run, left for later as too large, or deferred) and the slowest batch.
+    pub(super) fn for_worker(&self, options: &RunOptions) -> Self {
+        let mut books = Ledger::new(options);
+        books.slowest = self.slowest;
+        books.excluded_orders = self
+            .excluded_orders
+            .iter()
+            .chain(&self.deferred_orders)
+            .copied()
+            .collect();
+        books
+    }
+
+    /// Books one batch (committed, or rolled back in a dry run).
+    pub(super) fn book(&mut self, batch: BatchOutcome, dry_run: bool) {
+        self.report.batches += 1;
+        if dry_run {
+            self.excluded_orders
+                .extend(batch.released_orders.iter().copied());
+        }
+        self.paid_orders.extend(batch.paid_orders.iter().copied());
+        self.due_released += batch.due_reservations_released;
+        for id in &batch.released_orders {
+            self.deferred_orders.remove(id);
+        }
+        for id in &batch.released_holds {
+            self.deferred_holds.remove(id);
+        }
+        self.deferred_orders
+            .extend(batch.deferred_orders.iter().copied());
+        self.deferred_holds
+            .extend(batch.deferred_holds.iter().copied());
+        log_batch(self.report.batches, &batch);
+        // Only the lines that were due themselves have a release delay: a line released with
+        // its order before its own expiry was not late.
+        self.report.delays.extend(
+            batch
+                .released
+                .iter()
+                .filter(|r| r.was_due)
+                .map(|r| r.delay_seconds),
+        );
+        self.report.counts += batch.counts;
+        self.report
+            .add_units(&batch.units_by_variant, &batch.units_by_drop);
+    }
+
+    /// Takes in another worker's books: what it did is summed (one place, shared with follow
+    /// mode's passes: [`RunReport::add_work`]); what it left is added to what this one left.
+    pub(super) fn merge(&mut self, other: Ledger) {
+        self.report.add_work(&other.report);
+        self.report.large_orders_left += other.report.large_orders_left;
+        if self.report.locked_tables.is_empty() {
+            self.report.locked_tables = other.report.locked_tables;
+        }
+        self.slowest = self.slowest.max(other.slowest);
+        let deferred = &self.deferred_orders;
+        let excluded: Vec<i64> = other
+            .excluded_orders
+            .into_iter()
+            .filter(|order| !deferred.contains(order))
+            .collect();
+        self.excluded_orders.extend(excluded);
+        self.paid_orders.extend(other.paid_orders);
+        self.due_released += other.due_released;
+        self.deferred_orders.extend(other.deferred_orders);
+        self.deferred_holds.extend(other.deferred_holds);
+    }
+}
