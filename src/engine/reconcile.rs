@@ -5,9 +5,9 @@
 //! waiting (`SKIP LOCKED`: a row a shopper holds is skipped, polled for by the one retry policy
 //! — 2 ms, then 4, ... up to 32, jittered, for `LOCK_TIMEOUT_MS`, holding no row between tries
 //! — and reported when still held), and sums the row's active reservations in a statement that
-//! starts after the lock was granted. One row a transaction: no lock cycle can form; variants come before drops, as in
-//! the shop's lock order. Also listed, never touched: paid orders and orders the shop cancelled
-//! itself that still hold active reservations.
+//! starts after the lock was granted. One row a transaction: no lock cycle can form; variants
+//! come before drops, as in the shop's lock order. Also listed, never touched: paid orders and
+//! orders the shop cancelled itself that still hold active reservations.
 
 use std::time::Duration;
 

@@ -74,7 +74,7 @@ impl RetryPolicy {
 
     /// The pauses of a wait that ends `patience` from now.
     pub fn within(self, patience: Duration) -> Poller {
-        self.until(Instant::now().checked_add(patience))
+        self.until(Some(later(Instant::now(), patience)))
     }
 }
 
@@ -202,9 +202,16 @@ impl Tries {
         );
         self.attempt += 1;
         // The next attempt polls for its whole patience once the backoff is over.
-        self.poll = RetryPolicy::POLL.until((now + pause).checked_add(self.retry.patience));
+        self.poll =
+            RetryPolicy::POLL.until(Some(later(now, pause.saturating_add(self.retry.patience))));
         Some(pause)
     }
+}
+
+/// `by` after `now`; `now` itself if that is past what an [`Instant`] holds (a wait over at
+/// once, never one without end).
+fn later(now: Instant, by: Duration) -> Instant {
+    now.checked_add(by).unwrap_or(now)
 }
 
 /// Sleeps `pause`, if any, and says whether there was one.
