@@ -1,5 +1,6 @@
-//! The release engine: the run loop, one batch and its steps, the run report, and the status;
-//! around the release, reviving an order whose payment came late and the release-delay report.
+//! The release engine: the run loop, one batch and its steps, the retry policy, the run report,
+//! and the status; around the release, reviving an order whose payment came late and the
+//! release-delay report.
 //! It works on a checked [`crate::db::session::Database`] and knows nothing of the front-ends.
 
 pub(crate) mod batch;
@@ -13,6 +14,7 @@ pub(crate) mod pass;
 pub(crate) mod reconcile;
 pub(crate) mod release_delay;
 pub(crate) mod report;
+pub(crate) mod retry;
 pub(crate) mod revive;
 pub(crate) mod run;
 pub(crate) mod status;

@@ -6,15 +6,18 @@
 //! hook). One batch ([`Source::Requested`]) within the batch budget, measured from its first
 //! hot row as for a large order.
 //!
-//! A row someone holds (the order itself, one of its reservations, a counter row) is polled
-//! for, like revive: the order lock every 2 ms, then 4, ... up to 32, for `LOCK_TIMEOUT_MS`
-//! (the batch polls its other rows the same way); then after a backoff, up to
-//! `BATCH_MAX_ATTEMPTS` such tries in all, and then a retryable [`Error::Busy`]. A try cut by
-//! its budget (a loaded server) is tried again the same way; cut every time, it is
-//! [`Error::TooSlow`].
+//! A row someone holds (the order itself, one of its reservations, a counter row) ends the try:
+//! the batch, which polls for no row here, leaves the order out and ends its transaction, so
+//! that nothing — the order row least of all (a shopper adding an item locks it) — is kept
+//! while the release waits. It tries again by the one retry policy, like revive
+//! ([`super::retry::HeldRowRetry`]): after 2 ms, then 4, ... up to 32 (jittered), for
+//! `LOCK_TIMEOUT_MS`; then after a backoff, up to `BATCH_MAX_ATTEMPTS` such attempts in all, and
+//! then a retryable [`Error::Busy`]. Each try locks the order again and judges it on the rows
+//! it locked. A try cut by its budget (a loaded server) ends its attempt the same way; cut
+//! every time, it is [`Error::TooSlow`].
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio_postgres::error::SqlState;
@@ -22,6 +25,7 @@ use tokio_postgres::error::SqlState;
 use super::batch::{BatchOutcome, BatchParams, Refusal, Source};
 use super::budget::{batch_budget, statement_timeout, timed_batch, Budget, TryError};
 use super::hooks::{Committed, OnCommit};
+use super::retry::HeldRowRetry;
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::error::{is_cancelled, sql_state, Error, Result};
@@ -65,9 +69,6 @@ pub struct RequestOutcome {
     pub events_failed: u64,
 }
 
-/// Longest pause between two tries within one attempt.
-const MAX_POLL: Duration = Duration::from_millis(32);
-
 /// Releases `order_id` now if the rules admit it; `on_commit` gets what the committed batch
 /// released (its events).
 pub async fn release_order(
@@ -80,11 +81,14 @@ pub async fn release_order(
         hot: batch_budget(settings, db)?,
         whole: Duration::from_millis(u64::from(settings.statement_timeout_ms)),
     };
-    let params = BatchParams::new(settings, false);
-    let mut cut = None;
-    for attempt in 1..=settings.batch_max_attempts {
-        match attempt_release(db, &params, budget, order_id, settings).await? {
-            Attempt::Done(batch) => {
+    let mut params = BatchParams::new(settings, false);
+    // One try each: a batch that meets a held row leaves the order out and ends its
+    // transaction; this caller polls, holding nothing.
+    params.lock_wait = Duration::ZERO;
+    let mut tries = HeldRowRetry::of(settings).start();
+    loop {
+        let (next, cut) = match try_release(db, &params, budget, order_id).await? {
+            Try::Done(batch) => {
                 if let (Some((hook, run_id)), false) = (on_commit, batch.released.is_empty()) {
                     hook.call(Committed {
                         released: &batch.released,
@@ -94,21 +98,13 @@ pub async fn release_order(
                 }
                 return Ok(outcome(order_id, &batch));
             }
-            Attempt::Held => cut = None,
-            Attempt::Cut(error) => cut = Some(error),
-        }
-        tracing::debug!(
-            order_id,
-            attempt,
-            cut = cut.is_some(),
-            "release on request: backing off"
-        );
-        if attempt < settings.batch_max_attempts {
-            let step = u64::from(settings.retry_backoff_ms) << attempt.min(10);
-            tokio::time::sleep(Duration::from_millis(step)).await;
+            Try::Held => (tries.after_held().await, None),
+            Try::Cut(error) => (tries.back_off().await, Some(error)),
+        };
+        if !next {
+            return Err(given_up(order_id, settings, cut));
         }
     }
-    Err(given_up(order_id, settings, cut))
 }
 
 /// The error after every attempt failed: the last one cut by its budget, or a row held.
@@ -134,54 +130,45 @@ fn given_up(order_id: i64, settings: &ReleaseSettings, cut: Option<Error>) -> Er
     }
 }
 
-/// How one attempt ended.
-enum Attempt {
+/// How one try ended.
+enum Try {
     Done(Box<BatchOutcome>),
-    /// A row stayed held for `LOCK_TIMEOUT_MS`.
+    /// A row was held (the order itself, one of its reservations, a counter row): nothing
+    /// was changed, and the try's transaction is over.
     Held,
     /// The batch outlived its budget (under load, or behind a slow trigger): rolled back.
     Cut(Error),
 }
 
-/// One attempt: batches until one is not stopped by a held row, polling for `LOCK_TIMEOUT_MS`.
-async fn attempt_release(
+/// One try: one batch on the order, which locks it (`NOWAIT`), judges it on the locked row and
+/// releases it — or, meeting a held row, leaves it out and ends its transaction.
+async fn try_release(
     db: &mut Database,
     params: &BatchParams,
     budget: Budget,
     order_id: i64,
-    settings: &ReleaseSettings,
-) -> Result<Attempt> {
-    let until = Instant::now() + Duration::from_millis(u64::from(settings.lock_timeout_ms));
-    let mut pause = Duration::from_millis(2);
+) -> Result<Try> {
     let none = HashSet::new();
-    loop {
-        let held = match timed_batch(db, params, Source::Requested(order_id), &none, budget).await {
-            Ok(batch) if !batch.locked_tables.is_empty() => {
-                return Err(Error::Busy {
-                    what: "releasing the order on request",
-                    why: format!(
-                        "tables {} are locked by another session (a migration, a LOCK TABLE); \
-                         nothing was changed, try again once it is done",
-                        batch.locked_tables.join(", ")
-                    ),
-                })
-            }
-            // The batch polled for its reservation and counter rows already.
-            Ok(batch) if !batch.deferred_orders.is_empty() => return Ok(Attempt::Held),
-            Ok(batch) => return Ok(Attempt::Done(Box::new(batch))),
-            Err(TryError::Other(e)) if sql_state(&e) == Some(&SqlState::LOCK_NOT_AVAILABLE) => e,
-            Err(TryError::Cut(e)) => return Ok(Attempt::Cut(e)),
-            Err(TryError::Other(e)) if is_cancelled(&e) => {
-                return Err(statement_timeout(e, String::new()))
-            }
-            Err(TryError::Other(e)) => return Err(e),
-        };
-        if Instant::now() >= until {
-            tracing::debug!(order_id, error = %held.chain(), "the order stayed held");
-            return Ok(Attempt::Held);
+    match timed_batch(db, params, Source::Requested(order_id), &none, budget).await {
+        Ok(batch) if !batch.locked_tables.is_empty() => Err(Error::Busy {
+            what: "releasing the order on request",
+            why: format!(
+                "tables {} are locked by another session (a migration, a LOCK TABLE); \
+                 nothing was changed, try again once it is done",
+                batch.locked_tables.join(", ")
+            ),
+        }),
+        // A reservation or counter row was held: the order was left out, nothing changed.
+        Ok(batch) if !batch.deferred_orders.is_empty() => Ok(Try::Held),
+        Ok(batch) => Ok(Try::Done(Box::new(batch))),
+        // The order row was held (`NOWAIT`): the batch rolled back.
+        Err(TryError::Other(e)) if sql_state(&e) == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+            tracing::debug!(order_id, error = %e.chain(), "the order is held");
+            Ok(Try::Held)
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(MAX_POLL);
+        Err(TryError::Cut(e)) => Ok(Try::Cut(e)),
+        Err(TryError::Other(e)) if is_cancelled(&e) => Err(statement_timeout(e, String::new())),
+        Err(TryError::Other(e)) => Err(e),
     }
 }
 

@@ -2,15 +2,19 @@
 //! the sum of their active reservations and, asked to, sets them right — exactly, under live
 //! traffic. The candidates come from one read of each table (no lock); each is then confirmed,
 //! and repaired, in a short transaction of its own that locks only that counter row, without
-//! waiting (`SKIP LOCKED`: a row a shopper holds is skipped, tried once more at the end, and
-//! reported), and sums the row's active reservations in a statement that starts after the lock
-//! was granted. One row a transaction: no lock cycle can form; variants come before drops, as in
-//! the shop's lock order. Also listed, never touched: paid orders and orders the shop cancelled
-//! itself that still hold active reservations.
+//! waiting (`SKIP LOCKED`: a row a shopper holds is skipped, polled for by the one retry policy
+//! — 2 ms, then 4, ... up to 32, jittered, for `LOCK_TIMEOUT_MS`, holding no row between tries
+//! — and reported when still held), and sums the row's active reservations in a statement that
+//! starts after the lock was granted. One row a transaction: no lock cycle can form; variants
+//! come before drops, as in the shop's lock order. Also listed, never touched: paid orders and
+//! orders the shop cancelled itself that still hold active reservations.
+
+use std::time::Duration;
 
 use serde::Serialize;
 
 use super::batch;
+use super::retry::RetryPolicy;
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::db::sql::reconcile::{self as sql, CounterKind, CounterReading};
@@ -41,7 +45,8 @@ pub struct CounterRow {
     /// `reserved_quantity - active_reserved`.
     pub delta: i64,
     pub repaired: bool,
-    /// Another transaction held the row through both tries: its reading is the unlocked one.
+    /// Another transaction held the row at every try (`LOCK_TIMEOUT_MS` of polling): its
+    /// reading is the unlocked one.
     pub skipped_locked: bool,
 }
 
@@ -77,6 +82,7 @@ pub async fn reconcile(
     scope: &Scope,
 ) -> Result<ReconcileReport> {
     let timeouts = batch::timeouts(settings);
+    let patience = Duration::from_millis(u64::from(settings.lock_timeout_ms));
     let mut report = ReconcileReport {
         apply: scope.apply,
         checked: 0,
@@ -97,15 +103,23 @@ pub async fn reconcile(
                 held.push(reading);
             }
         }
-        // One more try of the rows that were held; then report them as skipped.
-        for reading in held {
-            if let Some(reading) =
-                repair(db, &timeouts, kind, reading, scope.apply, &mut report).await?
-            {
-                report.rows.push(row(kind, reading, false, true));
-                report.drifted += 1;
-                report.skipped_locked += 1;
+        // The rows that were held are polled for; those still held then are reported skipped.
+        let mut poll = RetryPolicy::POLL.within(patience);
+        while !held.is_empty() && poll.pause().await {
+            let mut still = Vec::new();
+            for reading in held {
+                if let Some(reading) =
+                    repair(db, &timeouts, kind, reading, scope.apply, &mut report).await?
+                {
+                    still.push(reading);
+                }
             }
+            held = still;
+        }
+        for reading in held {
+            report.rows.push(row(kind, reading, false, true));
+            report.drifted += 1;
+            report.skipped_locked += 1;
         }
     }
     untouched(db, &mut report).await?;

@@ -5,19 +5,21 @@
 //! set the order back to `pending`. Otherwise nothing changes.
 //!
 //! Revive never waits in a lock queue (every lock is `NOWAIT`, see [`crate::db::sql::revive`]):
-//! a row a shopper holds rolls the transaction back, and revive tries again after 2 ms, then 4,
-//! ... up to 32, for up to `LOCK_TIMEOUT_MS`; then after a backoff, up to `BATCH_MAX_ATTEMPTS`
-//! such tries in all, and then it fails with a retryable [`Error::Busy`]. In a lock cycle with
-//! a shopper it is thus always revive that gives up.
+//! a row a shopper holds fails the try, whose transaction is rolled back before anything else —
+//! revive keeps no row, the order's least, while it waits — and revive tries again by the one
+//! retry policy ([`super::retry::HeldRowRetry`]): after 2 ms, then 4, ... up to 32 (jittered),
+//! for up to `LOCK_TIMEOUT_MS`; then after a backoff, up to `BATCH_MAX_ATTEMPTS` such attempts
+//! in all, and then it fails with a retryable [`Error::Busy`]. Each try decides on the rows it
+//! locked itself. In a lock cycle with a shopper it is thus always revive that gives up.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Transaction;
 
 use super::batch;
+use super::retry::HeldRowRetry;
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::db::sql::revive::{self as sql, ReleasedRow};
@@ -66,9 +68,6 @@ impl ReviveOutcome {
     }
 }
 
-/// Longest pause between two tries within one attempt.
-const MAX_POLL: Duration = Duration::from_millis(32);
-
 /// Revives `order_id` if the release cancelled it and the stock is still there.
 pub async fn revive(
     db: &mut Database,
@@ -78,24 +77,17 @@ pub async fn revive(
 ) -> Result<ReviveOutcome> {
     let timeouts = batch::timeouts(settings);
     let hold = i32::try_from(hold_minutes).unwrap_or(i32::MAX);
-    for attempt in 1..=settings.batch_max_attempts {
-        let until = Instant::now() + Duration::from_millis(u64::from(settings.lock_timeout_ms));
-        let mut pause = Duration::from_millis(2);
-        loop {
-            match try_revive(db, &timeouts, hold, order_id).await {
-                Err(e) if sql_state(&e) == Some(&SqlState::LOCK_NOT_AVAILABLE) => {}
-                done => return done,
+    let mut tries = HeldRowRetry::of(settings).start();
+    loop {
+        match try_revive(db, &timeouts, hold, order_id).await {
+            Err(e) if sql_state(&e) == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                tracing::debug!(order_id, attempt = tries.attempt(), error = %e.chain(),
+                    "revive: a row is held");
             }
-            if Instant::now() >= until {
-                break;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(MAX_POLL);
+            done => return done,
         }
-        tracing::debug!(order_id, attempt, "revive: a row stayed held; backing off");
-        if attempt < settings.batch_max_attempts {
-            let step = u64::from(settings.retry_backoff_ms) << attempt.min(10);
-            tokio::time::sleep(Duration::from_millis(step)).await;
+        if !tries.after_held().await {
+            break;
         }
     }
     Err(Error::Busy {
@@ -108,7 +100,9 @@ pub async fn revive(
     })
 }
 
-/// One revive transaction; a held row fails it with `55P03` (rolled back on drop).
+/// One revive transaction: committed when it revived the order, otherwise rolled back — a held
+/// row fails it with `55P03` — before the caller goes on, so that no row is kept while it
+/// waits to try again.
 async fn try_revive(
     db: &mut Database,
     timeouts: &BatchTimeouts,
@@ -120,39 +114,78 @@ async fn try_revive(
         .transaction()
         .await
         .map_err(Error::db("beginning the revive"))?;
-    db.statements.set_batch_timeouts(&tx, timeouts).await?;
-    let Some(status) = sql::lock_order(&tx, order_id).await? else {
-        return Ok(ReviveOutcome::not(order_id, Reason::UnknownOrder));
+    let decided = match db.statements.set_batch_timeouts(&tx, timeouts).await {
+        Ok(()) => decide(&tx, hold_minutes, order_id).await,
+        Err(e) => Err(e),
     };
-    if status == "pending" && sql::revived_lines(&tx, order_id).await? > 0 {
+    match decided {
+        Ok(Decided::Revive) => {
+            tx.commit()
+                .await
+                .map_err(Error::db("committing the revive"))?;
+            Ok(ReviveOutcome {
+                order_id,
+                revived: true,
+                reason: Reason::Revived,
+                short: Vec::new(),
+            })
+        }
+        Ok(Decided::Answer(outcome)) => {
+            tx.rollback()
+                .await
+                .map_err(Error::db("ending the revive"))?;
+            Ok(outcome)
+        }
+        Err(e) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::debug!(error = %rollback, "rolling back the failed revive");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What one revive transaction decided, on the rows it locked.
+enum Decided {
+    /// The order is revived: commit.
+    Revive,
+    /// Nothing to change: this answer.
+    Answer(ReviveOutcome),
+}
+
+/// Locks the order, its released reservations and counter rows (`NOWAIT`), decides on them,
+/// and when everything has room, revives the order (not yet committed).
+async fn decide(tx: &Transaction<'_>, hold_minutes: i32, order_id: i64) -> Result<Decided> {
+    let Some(status) = sql::lock_order(tx, order_id).await? else {
+        return Ok(Decided::Answer(ReviveOutcome::not(
+            order_id,
+            Reason::UnknownOrder,
+        )));
+    };
+    if status == "pending" && sql::revived_lines(tx, order_id).await? > 0 {
         // A retry of a revive that was done: the same answer, nothing changed.
-        return Ok(ReviveOutcome {
+        return Ok(Decided::Answer(ReviveOutcome {
             revived: true,
             ..ReviveOutcome::not(order_id, Reason::Revived)
-        });
+        }));
     }
-    let rows = sql::lock_released(&tx, order_id).await?;
+    let rows = sql::lock_released(tx, order_id).await?;
     if status != "cancelled" || rows.is_empty() {
-        return Ok(ReviveOutcome::not(order_id, Reason::NotCancelledByRelease));
+        return Ok(Decided::Answer(ReviveOutcome::not(
+            order_id,
+            Reason::NotCancelledByRelease,
+        )));
     }
     let need = Need::of(&rows);
-    let short = shortages(&tx, &need).await?;
+    let short = shortages(tx, &need).await?;
     if !short.is_empty() {
-        return Ok(ReviveOutcome {
+        return Ok(Decided::Answer(ReviveOutcome {
             short,
             ..ReviveOutcome::not(order_id, Reason::StockShort)
-        });
+        }));
     }
-    apply(&tx, need, hold_minutes, order_id).await?;
-    tx.commit()
-        .await
-        .map_err(Error::db("committing the revive"))?;
-    Ok(ReviveOutcome {
-        order_id,
-        revived: true,
-        reason: Reason::Revived,
-        short: Vec::new(),
-    })
+    apply(tx, need, hold_minutes, order_id).await?;
+    Ok(Decided::Revive)
 }
 
 /// What the order needs of each counter row, summed over its released reservations.

@@ -216,3 +216,98 @@ async fn a_release_polling_for_a_held_row_keeps_no_other_row_from_a_shopper() {
     assert_eq!(t.order_status(order).await, "pending");
     assert_eq!(t.reserved(v).await, 3);
 }
+
+/// A shopper holds a variant of the order (a checkout of their own) while the order is released
+/// on request; meanwhile a second shopper adds an item to that order, locking the order row
+/// with a 100 ms `lock_timeout` of their own, as the shop does. Between its tries the release
+/// keeps no row (each try rolls back, or commits nothing, before it pauses), so the second
+/// shopper is granted the order at once. Once the variant is free the release, judging the
+/// order on the rows it locked in its last try, releases the added item too. A release that
+/// polled inside its transaction kept the order row (`LOCK_TIMEOUT_MS`, 400 ms here) and the
+/// shopper failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_polling_for_a_held_variant_keeps_no_order_row_from_a_shopper() {
+    let t = TestDb::new().await;
+    let (order, v, d, v2) = order_not_yet_due(&t, "pending").await;
+    let mut holder = t.connect().await;
+    let held = holder.transaction().await.unwrap();
+    held.execute(
+        "SELECT 1 FROM products_productvariant WHERE id = $1 FOR UPDATE",
+        &[&v],
+    )
+    .await
+    .unwrap();
+    let mut s = settings();
+    s.lock_timeout_ms = 400;
+    let mut db = t.open_with(&s).await;
+    let releaser = crate::common::backend_pid(&db.client).await;
+    db.client.batch_execute("SELECT 'ready'").await.unwrap();
+    let (watcher, mut shopper) = (t.connect().await, t.connect().await);
+    let releasing = tokio::spawn(async move {
+        release_order(
+            &mut db,
+            &s,
+            order,
+            None,
+            "test",
+            (None, Duration::from_secs(1)),
+        )
+        .await
+    });
+    // Polling for the variant: between two tries (the last one committed nothing), or, as a
+    // release that polls inside its transaction, rolled back to the counters' savepoint.
+    let polling = "(state = 'idle' AND query = 'COMMIT') OR (state = 'idle in transaction' \
+                   AND query LIKE 'ROLLBACK TO SAVEPOINT unreserver_counters%')";
+    assert!(
+        crate::common::until_seen(&watcher, releaser, polling).await,
+        "the release never polled for the held variant"
+    );
+    let adding = shopper.transaction().await.unwrap();
+    adding
+        .batch_execute("SET LOCAL lock_timeout = '100ms'")
+        .await
+        .unwrap();
+    let locked = adding
+        .query(
+            "SELECT id FROM orders_order WHERE id = $1 FOR UPDATE",
+            &[&order],
+        )
+        .await;
+    assert!(
+        locked.is_ok(),
+        "the shopper waited on the release for the order row: {locked:?}"
+    );
+    adding
+        .batch_execute(&format!(
+            "UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 \
+              WHERE id = {v2}; \
+             INSERT INTO orders_inventoryreservation \
+              (order_id, product_variant_id, quantity, expires_at) \
+              VALUES ({order}, {v2}, 1, now() + interval '1 hour'); \
+             UPDATE orders_order SET updated_at = now() WHERE id = {order}"
+        ))
+        .await
+        .unwrap();
+    adding.commit().await.unwrap();
+    held.commit().await.unwrap();
+    let outcome = releasing.await.unwrap().unwrap();
+    assert_eq!(
+        (
+            outcome.reason,
+            outcome.reservations_released,
+            outcome.units_released
+        ),
+        (ReleaseReason::Released, 3, 6),
+        "the item added while it polled is released too"
+    );
+    assert_eq!(t.order_status(order).await, "cancelled");
+    assert_eq!(
+        (
+            t.reserved(v).await,
+            t.drop_reserved(d).await,
+            t.reserved(v2).await
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!(t.drifted_counters().await, 0);
+}

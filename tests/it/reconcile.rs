@@ -187,6 +187,52 @@ async fn a_held_row_is_skipped_and_untouched_orders_are_listed() {
     assert_eq!(t.order_status(paid).await, "confirmed", "never touched");
 }
 
+/// A counter row a checkout holds for a moment is polled for (`LOCK_TIMEOUT_MS`, without
+/// waiting on it) and repaired in the same call once the checkout commits, not reported as
+/// skipped. A reconcile that tried a held row only once more, at once, skipped it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_held_for_a_moment_is_polled_for_and_repaired() {
+    let t = TestDb::new().await;
+    let v = t.variant(4).await;
+    let mut holder = t.connect().await;
+    let held = holder.transaction().await.unwrap();
+    held.execute(
+        "SELECT 1 FROM products_productvariant WHERE id = $1 FOR UPDATE",
+        &[&v],
+    )
+    .await
+    .unwrap();
+    let mut s = settings();
+    s.lock_timeout_ms = 400;
+    let mut db = t.open_with(&s).await;
+    let reconciler = crate::common::backend_pid(&db.client).await;
+    db.client.batch_execute("SELECT 'ready'").await.unwrap();
+    let scope = ReconcileScope {
+        variants: vec![v],
+        ..all(true)
+    };
+    let watcher = t.connect().await;
+    let reconciling = tokio::spawn(async move { reconcile(&mut db, &s, &scope).await });
+    // Polling for the row: between two tries, the last one rolled back.
+    assert!(
+        crate::common::until_seen(
+            &watcher,
+            reconciler,
+            "state = 'idle' AND query = 'ROLLBACK'"
+        )
+        .await,
+        "reconcile never polled for the held row"
+    );
+    held.commit().await.unwrap();
+    let report = reconciling.await.unwrap().unwrap();
+    assert_eq!(
+        (report.skipped_locked, report.repaired, report.drifted),
+        (0, 1, 1),
+        "{report:?}"
+    );
+    assert_eq!(t.reserved(v).await, 0);
+}
+
 const VARIANTS: i64 = 6;
 
 /// A checkout of one or two items, in one of the shop's lock orders: every variant first (the

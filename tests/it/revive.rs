@@ -467,3 +467,72 @@ async fn a_retried_revive_answers_revived_and_changes_nothing() {
     assert_eq!((t.reserved(v).await, t.reserved(v2).await), (0, 0));
     assert_eq!(t.order_status(order).await, "cancelled");
 }
+
+/// A shopper holds a variant of the order while revive tries it; meanwhile the shop updates the
+/// order row (locking it with a 100 ms `lock_timeout` of its own). Between its tries revive
+/// keeps no row (each try rolls back before it pauses), so the shop is granted the order at
+/// once; once the variant is free, revive revives the order, judged on the rows it locked in
+/// its last try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revive_polling_for_a_held_variant_keeps_no_order_row_from_the_shop() {
+    let t = TestDb::new().await;
+    let (order, v, d, v2) = released_order(&t).await;
+    let mut holder = t.connect().await;
+    let held = holder.transaction().await.unwrap();
+    held.execute(
+        "SELECT 1 FROM products_productvariant WHERE id = $1 FOR UPDATE",
+        &[&v],
+    )
+    .await
+    .unwrap();
+    let mut s = settings();
+    s.lock_timeout_ms = 400;
+    let mut db = t.open_with(&s).await;
+    let reviver = crate::common::backend_pid(&db.client).await;
+    db.client.batch_execute("SELECT 'ready'").await.unwrap();
+    let (watcher, mut shop) = (t.connect().await, t.connect().await);
+    let reviving = tokio::spawn(async move { revive(&mut db, &s, HOLD_MINUTES, order).await });
+    // Polling for the variant: between two tries, the last one rolled back.
+    assert!(
+        crate::common::until_seen(&watcher, reviver, "state = 'idle' AND query = 'ROLLBACK'").await,
+        "revive never polled for the held variant"
+    );
+    let updating = shop.transaction().await.unwrap();
+    updating
+        .batch_execute("SET LOCAL lock_timeout = '100ms'")
+        .await
+        .unwrap();
+    let locked = updating
+        .query(
+            "SELECT id FROM orders_order WHERE id = $1 FOR UPDATE",
+            &[&order],
+        )
+        .await;
+    assert!(
+        locked.is_ok(),
+        "the shop waited on revive for the order row: {locked:?}"
+    );
+    updating
+        .execute(
+            "UPDATE orders_order SET updated_at = now() WHERE id = $1",
+            &[&order],
+        )
+        .await
+        .unwrap();
+    updating.commit().await.unwrap();
+    held.commit().await.unwrap();
+    let outcome = reviving.await.unwrap().unwrap();
+    assert_eq!(
+        (outcome.revived, outcome.reason),
+        (true, ReviveReason::Revived)
+    );
+    assert_eq!(t.order_status(order).await, "pending");
+    assert_eq!(
+        (
+            t.reserved(v).await,
+            t.drop_reserved(d).await,
+            t.reserved(v2).await
+        ),
+        (3, 3, 2)
+    );
+}

@@ -2,26 +2,14 @@
 //! polling for held counter rows without holding any between tries.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::*;
 use crate::db::sql::{
     self, Counter, HeldReservation, ReleasedReservation, ReturnedUnits, UnitsParams,
 };
+use crate::engine::retry::RetryPolicy;
 use crate::error::Result;
-
-/// The first pause before a batch looks again for rows another transaction holds (a checkout
-/// holds a hot row for a few milliseconds); each further pause doubles, up to [`MAX_POLL`], so
-/// a row held for long costs a few looks, not hundreds.
-pub(super) const POLL: Duration = Duration::from_millis(2);
-pub(super) const MAX_POLL: Duration = Duration::from_millis(32);
-
-/// Sleeps `pause`, adds it to `waited_ms`, then doubles it (up to [`MAX_POLL`]) for the next time.
-pub(super) async fn poll_pause(pause: &mut Duration, waited_ms: &mut f64) {
-    tokio::time::sleep(*pause).await;
-    *waited_ms += pause.as_secs_f64() * 1000.0;
-    *pause = (*pause * 2).min(MAX_POLL);
-}
 
 /// Counter rows a round gave up on, as the reservations that need them.
 #[derive(Debug)]
@@ -50,7 +38,7 @@ pub(super) async fn take_counters(
     waited_ms: &mut f64,
 ) -> Result<std::result::Result<Written, HeldCounters>> {
     sql::counters_savepoint(cx.tx, false).await?;
-    let mut pause = POLL;
+    let mut poller = RetryPolicy::POLL.until(Some(patience.until));
     let mut polling_since = None;
     let mut always: Option<(BTreeSet<i64>, BTreeSet<i64>)> = None;
     // The time from the first try that met a held row to the last try: pauses and tries.
@@ -76,13 +64,19 @@ pub(super) async fn take_counters(
         always_v.retain(|v| held_variants.contains(v));
         always_d.retain(|d| held_drops.contains(d));
         let held = needing(released, &held_variants, &held_drops);
-        if patience.long_held.covers(&held) || Instant::now() >= patience.until {
+        // Rows known to be held for long are not polled for; the others until the patience
+        // runs out (the one retry policy: 2 ms doubling to 32, jittered, cut at the deadline).
+        let pause = match patience.long_held.covers(&held) {
+            true => None,
+            false => poller.next_pause(),
+        };
+        let Some(pause) = pause else {
             count_wait(polling_since);
             let always = needing(released, always_v, always_d);
             return Ok(Err(HeldCounters { last: held, always }));
-        }
+        };
         polling_since.get_or_insert_with(Instant::now);
-        poll_pause(&mut pause, &mut 0.0).await;
+        tokio::time::sleep(pause).await;
     }
 }
 

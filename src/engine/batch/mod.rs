@@ -11,7 +11,8 @@
 //! savepoint, so they are held only from their update to the commit. When one of them is held,
 //! the batch rolls back to that second savepoint — giving back every hot row it had taken,
 //! keeping the reservations it expired — and tries again after 2 ms, then 4, 8, ... up to 32
-//! (a checkout holds one for a few milliseconds), holding none of them between tries, so no
+//! (jittered: the one retry policy, [`crate::engine::retry`]; a checkout holds a hot row for a
+//! few milliseconds), holding none of them between tries, so no
 //! shopper ever queues behind its polling. A held reservation row sends the batch back to the
 //! first savepoint, and it polls for the held rows the same way. When a row is still held
 //! after `LOCK_TIMEOUT_MS`, the batch leaves out only the orders and holds that need it

@@ -10,6 +10,7 @@ use super::*;
 use crate::db::sql::{
     self, CancelledOrder, HeldReservation, ReleaseParams, Released, ReleasedReservation,
 };
+use crate::engine::retry::RetryPolicy;
 use crate::error::{sql_state, Result};
 
 /// How one round of the release steps ended.
@@ -102,7 +103,7 @@ pub(super) async fn wait_for_held_rows(
     turn: &mut Turn,
     out: &mut BatchOutcome,
 ) -> Result<()> {
-    let mut pause = POLL;
+    let mut poller = RetryPolicy::POLL.until(Some(patience.until));
     let mut first = true;
     loop {
         // The probe locks the counter rows it finds free.
@@ -124,9 +125,15 @@ pub(super) async fn wait_for_held_rows(
         sql::savepoint(cx.tx, true).await?;
         turn.give_back();
         let known = patience.long_held.covers(&held);
-        if !known && Instant::now() < patience.until {
-            poll_pause(&mut pause, &mut out.counts.held_wait_ms).await;
-            continue;
+        // Rows known to be held for long are not polled for; the others until the patience
+        // runs out (the one retry policy: 2 ms doubling to 32, jittered, cut at the deadline).
+        if !known {
+            let before = poller.waited();
+            let again = poller.pause().await;
+            out.counts.held_wait_ms += (poller.waited() - before).as_secs_f64() * 1000.0;
+            if again {
+                continue;
+            }
         }
         out.long_held.add(&held);
         leave_out(&held, claimed, out);

@@ -14,6 +14,7 @@ use crate::engine::batch::{BatchOutcome, Source};
 use crate::engine::budget::{statement_timeout, timed_batch, Budget, TryError};
 use crate::engine::controller::{self};
 use crate::engine::report::StopReason;
+use crate::engine::retry::RetryPolicy;
 use crate::error::{is_cancelled, is_conflict, sql_state, Error, Result};
 
 impl<'a> Run<'a> {
@@ -116,7 +117,7 @@ impl<'a> Run<'a> {
                 "batch kept losing lock conflicts; leaving the rest to the next run");
             return Ok(Some(StopReason::RetriesExhausted));
         }
-        let pause = backoff(self.settings.retry_backoff_ms, attempt);
+        let pause = RetryPolicy::backoff(self.settings.retry_backoff_ms).pause(attempt);
         if past(self.options.deadline, pause + self.allowance()) {
             return Ok(Some(StopReason::TimeBudget));
         }
@@ -200,32 +201,6 @@ impl<'a> Run<'a> {
         }
         if let (Some(passes), Work::Pass) = (self.passes.as_mut(), work) {
             passes.consume(done.0, done.1);
-        }
-    }
-}
-
-/// Exponential backoff with equal jitter: half the step fixed, half random.
-pub(super) fn backoff(base_ms: u32, attempt: u32) -> Duration {
-    let step = Duration::from_millis(u64::from(base_ms))
-        .saturating_mul(1u32 << attempt.min(16).saturating_sub(1))
-        .min(MAX_BACKOFF);
-    let half = step / 2;
-    half + half.mul_f64(fastrand::f64())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_is_capped() {
-        for attempt in 1..=20 {
-            let step = Duration::from_millis(50 * (1u64 << (attempt - 1).min(15))).min(MAX_BACKOFF);
-            let pause = backoff(50, attempt);
-            assert!(
-                pause >= step / 2 && pause <= step,
-                "attempt {attempt}: {pause:?}"
-            );
         }
     }
 }

@@ -70,8 +70,6 @@ use workers::*;
 
 /// Least time a batch is assumed to need when checking the deadline.
 const MIN_BATCH_ALLOWANCE: Duration = Duration::from_millis(250);
-/// Longest pause between tries of a batch.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// A batch cut by its time budget at this page size or smaller is too slow: a failure.
 const MIN_PAGE_SIZE: i64 = 16;
 /// Rounds of tries of the deferred work at the end of a run, at most: a hot row that checkouts
