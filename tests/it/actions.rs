@@ -3,43 +3,20 @@
 //! and a revive that cannot be done is exit code 3 on the command line. (`events` is the CLI's
 //! alone.)
 
-use std::process::Command;
-
-use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{json, Value};
-use unreserver::{handle, AppState, Config};
 
-use crate::common::{Res, TestDb};
+use crate::app::TestApp;
+use crate::common::Res;
 
-/// What the CLI prints for `args` against `url`, and its exit code.
-fn cli(url: &str, args: &[&str]) -> (Value, i32) {
-    let out = Command::new(env!("CARGO_BIN_EXE_unreserver"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .env_remove("DB_SECRET_ID")
-        .env_remove("EVENT_BUS_NAME")
-        .env_remove("BATCH_SIZE")
-        .env_remove("MAX_BATCHES")
-        .output()
-        .expect("cannot start unreserver");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!(
-            "{args:?}: stdout is not JSON ({e}): {text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (value, out.status.code().unwrap_or(-1))
+/// What the CLI prints for `args`, and its exit code.
+async fn cli(app: &TestApp, args: &[&str]) -> (Value, i32) {
+    let out = app.cli(args).await;
+    (out.json().clone(), out.code.unwrap_or(-1))
 }
 
-/// What the Lambda handler answers to `payload` against `url`.
-async fn lambda(url: &str, payload: Value) -> Value {
-    let config = Config::from_lookup(|name| (name == "DATABASE_URL").then(|| url.to_string()))
-        .expect("config");
-    let state = AppState::from_config(config).await.expect("state");
-    let mut context = Context::default();
-    context.request_id = "req-parity".into();
-    match handle(&state, LambdaEvent::new(payload.clone(), context)).await {
+/// What the Lambda handler answers to `payload`.
+async fn lambda(app: &TestApp, payload: Value) -> Value {
+    match app.lambda(payload.clone()).await {
         Ok(value) => value,
         Err(error) => panic!("{payload}: {error:?}"),
     }
@@ -73,8 +50,8 @@ fn comparable(mut value: Value) -> Value {
 }
 
 /// Two due orders on one variant, one not yet due; the same ids in every fresh database.
-async fn seeded() -> (TestDb, i64) {
-    let t = TestDb::new().await;
+async fn seeded() -> (TestApp, i64) {
+    let t = TestApp::spawn().await;
     let v = t.variant(4).await;
     let mut first = 0;
     for (i, expires) in ["-2 minutes", "-1 minute", "+1 hour"]
@@ -91,10 +68,10 @@ async fn seeded() -> (TestDb, i64) {
     (t, first)
 }
 
-async fn same(url: &str, args: &[&str], payload: Value) -> Value {
-    let (printed, code) = cli(url, args);
+async fn same(app: &TestApp, args: &[&str], payload: Value) -> Value {
+    let (printed, code) = cli(app, args).await;
     assert_eq!(code, 0, "{args:?}: {printed}");
-    let answered = lambda(url, payload).await;
+    let answered = lambda(app, payload).await;
     assert_eq!(
         comparable(printed.clone()),
         comparable(answered),
@@ -108,12 +85,11 @@ async fn the_cli_and_the_lambda_answer_every_action_alike() {
     let (a, order) = seeded().await;
     let (b, order_b) = seeded().await;
     assert_eq!(order, order_b, "the two databases must give the same ids");
-    let (url_a, url_b) = (a.release_url(), b.release_url());
 
-    let status = same(&url_a, &["status"], json!({"action": "status"})).await;
+    let status = same(&a, &["status"], json!({"action": "status"})).await;
     assert_eq!(status["due_reservations"], 2);
     let dry = same(
-        &url_a,
+        &a,
         &["run", "--dry-run", "--batch-size", "1"],
         json!({"dry_run": true, "batch_size": 1}),
     )
@@ -121,14 +97,14 @@ async fn the_cli_and_the_lambda_answer_every_action_alike() {
     assert_eq!(dry["reservations_released"], 2);
 
     // A real run changes the rows: the CLI runs on one database, the Lambda on its twin.
-    let (printed, code) = cli(&url_a, &["run", "--max-batches", "5"]);
+    let (printed, code) = cli(&a, &["run", "--max-batches", "5"]).await;
     assert_eq!(code, 0, "{printed}");
-    let answered = lambda(&url_b, json!({"max_batches": 5})).await;
+    let answered = lambda(&b, json!({"max_batches": 5})).await;
     assert_eq!(comparable(printed.clone()), comparable(answered));
     assert_eq!(printed["orders_cancelled"], 2);
 
     let report = same(
-        &url_a,
+        &a,
         &["report", "--days", "2"],
         json!({"action": "report", "days": 2}),
     )
@@ -136,27 +112,27 @@ async fn the_cli_and_the_lambda_answer_every_action_alike() {
     assert_eq!(report["days"][0]["reservations_released"], 2, "{report}");
 
     let id = order.to_string();
-    let (printed, code) = cli(&url_a, &["revive", &id]);
+    let (printed, code) = cli(&a, &["revive", &id]).await;
     assert_eq!(code, 0, "{printed}");
-    let answered = lambda(&url_b, json!({"action": "revive", "order_id": order})).await;
+    let answered = lambda(&b, json!({"action": "revive", "order_id": order})).await;
     assert_eq!(comparable(printed.clone()), comparable(answered));
     assert_eq!(printed["revived"], true, "{printed}");
 
-    let reconciled = same(&url_a, &["reconcile"], json!({"action": "reconcile"})).await;
+    let reconciled = same(&a, &["reconcile"], json!({"action": "reconcile"})).await;
     assert_eq!(reconciled["drifted"], 0, "{reconciled}");
 
     // The order not yet due, released on request on each twin.
     let later = (order + 2).to_string();
-    let (printed, code) = cli(&url_a, &["release", &later]);
+    let (printed, code) = cli(&a, &["release", &later]).await;
     assert_eq!(code, 0, "{printed}");
-    let answered = lambda(&url_b, json!({"action": "release", "order_id": order + 2})).await;
+    let answered = lambda(&b, json!({"action": "release", "order_id": order + 2})).await;
     assert_eq!(comparable(printed.clone()), comparable(answered));
     assert_eq!(printed["units_released"], 2, "{printed}");
 
     // A follow of a second: the summed report, its wake-ups aside (a matter of timing).
-    let (mut printed, code) = cli(&url_a, &["follow", "--for", "1"]);
+    let (mut printed, code) = cli(&a, &["follow", "--for", "1"]).await;
     assert_eq!(code, 0, "{printed}");
-    let mut answered = lambda(&url_b, json!({"action": "follow", "seconds": 1})).await;
+    let mut answered = lambda(&b, json!({"action": "follow", "seconds": 1})).await;
     for value in [&mut printed, &mut answered] {
         value["follow"]["wakeups"] = Value::Null;
         value["follow"]["passes"] = Value::Null;
@@ -166,13 +142,9 @@ async fn the_cli_and_the_lambda_answer_every_action_alike() {
 
     // Not revivable: the same answer, and exit code 3 on the command line.
     let unknown = (order + 1000).to_string();
-    let (printed, code) = cli(&url_a, &["revive", &unknown]);
+    let (printed, code) = cli(&a, &["revive", &unknown]).await;
     assert_eq!(code, 3, "{printed}");
-    let answered = lambda(
-        &url_a,
-        json!({"action": "revive", "order_id": order + 1000}),
-    )
-    .await;
+    let answered = lambda(&a, json!({"action": "revive", "order_id": order + 1000})).await;
     assert_eq!(comparable(printed.clone()), comparable(answered));
     assert_eq!(printed["revived"], false);
 }

@@ -1,54 +1,21 @@
 //! The `unreserver` command line as other tools use it: JSON on stdout, exit codes, and a
 //! one-line error naming the problem.
 
-use std::process::{Command, Output};
-
-use crate::common::{Res, TestDb};
-
-fn unreserver(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_unreserver"));
-    cmd.args(args);
-    for var in [
-        "DATABASE_URL",
-        "BATCH_SIZE",
-        "MAX_BATCHES",
-        "RUST_LOG",
-        "LOG_FORMAT",
-        "DB_CA_BUNDLE",
-        "EVENT_BUS_NAME",
-    ] {
-        cmd.env_remove(var);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("cannot start unreserver")
-}
-
-fn stdout_json(out: &Output) -> serde_json::Value {
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not one JSON object ({e}): {text}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
+use crate::app::{Front, TestApp};
+use crate::common::Res;
 
 #[tokio::test]
 async fn run_and_status_print_their_json_contracts() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let v = t.variant(3).await;
     for _ in 0..3 {
         let order = t.order("pending", "pending").await;
         t.reservation(Res::new(Some(order), v, 1, "-1 minute"))
             .await;
     }
-    let url = t.release_url();
-    let env = [("DATABASE_URL", url.as_str())];
-    let status = unreserver(&["status"], &env);
-    assert!(status.status.success());
-    let status = stdout_json(&status);
+    let status = t.cli(&["status"]).await;
+    assert!(status.success());
+    let status = status.json();
     for key in [
         "due_reservations",
         "oldest_due_age_seconds",
@@ -59,17 +26,19 @@ async fn run_and_status_print_their_json_contracts() {
     }
     assert_eq!(status["due_reservations"], 3);
 
-    let dry = unreserver(&["run", "--dry-run", "--batch-size", "2"], &env);
-    assert!(dry.status.success());
-    let dry = stdout_json(&dry);
+    let dry = t.cli(&["run", "--dry-run", "--batch-size", "2"]).await;
+    assert!(dry.success());
+    let dry = dry.json();
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["reservations_released"], 3);
     assert_eq!(dry["units_by_variant"][v.to_string()], 3);
     assert_eq!(t.reserved(v).await, 3);
 
-    let out = unreserver(&["run", "--batch-size", "2", "--max-batches", "1"], &env);
-    assert!(out.status.success());
-    let report = stdout_json(&out);
+    let out = t
+        .cli(&["run", "--batch-size", "2", "--max-batches", "1"])
+        .await;
+    assert!(out.success());
+    let report = out.json();
     for key in unreserver::CONTRACT_FIELDS {
         assert!(report.get(key).is_some(), "report lacks {key}");
     }
@@ -79,8 +48,8 @@ async fn run_and_status_print_their_json_contracts() {
     assert_eq!(t.reserved(v).await, 1);
 }
 
-#[test]
-fn a_bad_setting_is_named_before_connecting() {
+#[tokio::test]
+async fn a_bad_setting_is_named_before_connecting() {
     for (env, args, named) in [
         (vec![("BATCH_SIZE", "lots")], vec!["run"], "BATCH_SIZE"),
         (vec![("MAX_BATCHES", "0")], vec!["run"], "MAX_BATCHES"),
@@ -91,32 +60,34 @@ fn a_bad_setting_is_named_before_connecting() {
             "LOCK_TIMEOUT_MS",
         ),
     ] {
-        let mut env = env;
         // A port nothing listens on: the error must come before any connection attempt.
-        env.push(("DATABASE_URL", "postgres://u:hunter2@127.0.0.1:1/db"));
-        let out = unreserver(&args, &env);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{named}: {stderr}");
+        let mut front = Front::new().with("DATABASE_URL", "postgres://u:hunter2@127.0.0.1:1/db");
+        for (name, value) in env {
+            front = front.with(name, value);
+        }
+        let out = front.cli(&args).await;
+        let stderr = &out.stderr;
+        assert_eq!(out.code, Some(2), "{named}: {stderr}");
         assert!(stderr.contains(named), "{named}: {stderr}");
         assert!(stderr.contains("InvalidSetting"), "{stderr}");
         assert!(out.stdout.is_empty());
     }
-    let out = unreserver(&["run"], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("DATABASE_URL"));
+    let out = Front::new().cli(&["run"]).await;
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("DATABASE_URL"));
 }
 
-#[test]
-fn an_unreachable_database_is_named_without_the_password() {
-    let out = unreserver(
-        &["run"],
-        &[(
+#[tokio::test]
+async fn an_unreachable_database_is_named_without_the_password() {
+    let out = Front::new()
+        .with(
             "DATABASE_URL",
             "postgres://app:hunter2@127.0.0.1:1/shop?connect_timeout=2",
-        )],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+        )
+        .cli(&["run"])
+        .await;
+    let stderr = &out.stderr;
+    assert_eq!(out.code, Some(1), "{stderr}");
     assert!(
         stderr.contains("database unreachable (app@127.0.0.1:1/shop)"),
         "{stderr}"
@@ -127,65 +98,51 @@ fn an_unreachable_database_is_named_without_the_password() {
 
 #[tokio::test]
 async fn a_missing_column_fails_the_command_naming_it() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     t.exec("ALTER TABLE orders_inventoryreservation DROP COLUMN released_at")
         .await;
-    let out = unreserver(&["run"], &[("DATABASE_URL", t.release_url().as_str())]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let out = t.cli(&["run"]).await;
+    let stderr = &out.stderr;
+    assert_eq!(out.code, Some(1), "{stderr}");
     assert!(
         stderr.contains("orders_inventoryreservation.released_at"),
         "{stderr}"
     );
 }
 
-fn aws_env() -> Vec<(&'static str, String)> {
-    vec![
-        (
-            "AWS_ENDPOINT_URL",
-            crate::common::test_env("UNRESERVER_TEST_AWS_ENDPOINT"),
-        ),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ACCESS_KEY_ID", "test".into()),
-        ("AWS_SECRET_ACCESS_KEY", "test".into()),
-    ]
-}
-
 #[tokio::test]
 async fn revive_answers_json_with_its_exit_codes() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let (v, order, _) = t.one_due_order(2).await;
-    let url = t.release_url();
-    let env = [("DATABASE_URL", url.as_str())];
-    assert!(unreserver(&["run"], &env).status.success());
+    assert!(t.cli(&["run"]).await.success());
     assert_eq!(t.reserved(v).await, 0);
 
     let id = order.to_string();
-    let out = unreserver(&["revive", &id], &env);
-    assert_eq!(out.status.code(), Some(0));
+    let out = t.cli(&["revive", &id]).await;
+    assert_eq!(out.code, Some(0));
     assert_eq!(
-        stdout_json(&out),
-        serde_json::json!({"order_id": order, "revived": true, "reason": "revived", "short": []})
+        out.json(),
+        &serde_json::json!({"order_id": order, "revived": true, "reason": "revived", "short": []})
     );
     assert_eq!(t.reserved(v).await, 2);
     assert_eq!(t.order_status(order).await, "pending");
 
     // A retry of a done revive gives the same answer.
-    let again = unreserver(&["revive", &id], &env);
-    assert_eq!(again.status.code(), Some(0));
-    assert_eq!(stdout_json(&again)["reason"], "revived");
+    let again = t.cli(&["revive", &id]).await;
+    assert_eq!(again.code, Some(0));
+    assert_eq!(again.json()["reason"], "revived");
     assert_eq!(t.reserved(v).await, 2);
-    let unknown = unreserver(&["revive", "2147483647"], &env);
-    assert_eq!(unknown.status.code(), Some(3));
-    assert_eq!(stdout_json(&unknown)["reason"], "unknown_order");
-    let bad = unreserver(&["revive", "twelve"], &env);
-    assert_eq!(bad.status.code(), Some(2));
+    let unknown = t.cli(&["revive", "2147483647"]).await;
+    assert_eq!(unknown.code, Some(3));
+    assert_eq!(unknown.json()["reason"], "unknown_order");
+    let bad = t.cli(&["revive", "twelve"]).await;
+    assert_eq!(bad.code, Some(2));
     assert!(bad.stdout.is_empty());
 }
 
 #[tokio::test]
 async fn events_replays_the_window_and_report_counts_the_day() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let v = t.variant(4).await;
     let orders = [
         t.order("pending", "pending").await,
@@ -198,24 +155,15 @@ async fn events_replays_the_window_and_report_counts_the_day() {
     t.reservation(Res::new(Some(orders[1]), v, 1, "-2 minutes"))
         .await;
     let hold = t.reservation(Res::new(None, v, 1, "-3 minutes")).await;
-    let url = t.release_url();
-    let env = [("DATABASE_URL", url.as_str())];
     let since = humantime::format_rfc3339(
         std::time::SystemTime::now() - std::time::Duration::from_secs(60),
     )
     .to_string();
-    assert!(unreserver(&["run"], &env).status.success());
+    assert!(t.cli(&["run"]).await.success());
 
-    let out = unreserver(&["events", "--since", &since], &env);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let out = t.cli(&["events", "--since", &since]).await;
+    assert!(out.success(), "{}", out.stderr);
+    let lines: Vec<serde_json::Value> = out.json_lines();
     let subjects: Vec<(String, i64)> = lines
         .iter()
         .map(|e| {
@@ -241,15 +189,15 @@ async fn events_replays_the_window_and_report_counts_the_day() {
         .iter()
         .all(|e| e["source"] == "unreserver" && e["detail"]["run_id"].is_null()));
 
-    let bad = unreserver(&["events", "--since", "yesterday-ish"], &env);
-    assert_eq!(bad.status.code(), Some(2));
-    let no_bus = unreserver(&["events", "--since", &since, "--publish"], &env);
-    assert_eq!(no_bus.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&no_bus.stderr).contains("EVENT_BUS_NAME"));
+    let bad = t.cli(&["events", "--since", "yesterday-ish"]).await;
+    assert_eq!(bad.code, Some(2));
+    let no_bus = t.cli(&["events", "--since", &since, "--publish"]).await;
+    assert_eq!(no_bus.code, Some(2));
+    assert!(no_bus.stderr.contains("EVENT_BUS_NAME"));
 
-    let report = unreserver(&["report", "--days", "2"], &env);
-    assert!(report.status.success());
-    let report = stdout_json(&report);
+    let report = t.cli(&["report", "--days", "2"]).await;
+    assert!(report.success());
+    let report = report.json();
     let days = report["days"].as_array().unwrap();
     assert_eq!(days.len(), 2);
     let today = &days[0];
@@ -280,19 +228,16 @@ async fn events_replays_the_window_and_report_counts_the_day() {
     assert!((175.0..200.0).contains(&max), "{delay}");
     assert_eq!(days[1]["reservations_released"], 0);
     assert!(days[1]["release_delay_seconds"]["p95"].is_null());
-    assert_eq!(
-        unreserver(&["report", "--days", "0"], &env).status.code(),
-        Some(2)
-    );
+    assert_eq!(t.cli(&["report", "--days", "0"]).await.code, Some(2));
 
     // A revived order is no longer among the window's events.
-    let revived = unreserver(&["revive", &orders[0].to_string()], &env);
-    assert_eq!(revived.status.code(), Some(0));
-    let out = unreserver(&["events", "--since", &since], &env);
-    let left: Vec<i64> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+    let revived = t.cli(&["revive", &orders[0].to_string()]).await;
+    assert_eq!(revived.code, Some(0));
+    let out = t.cli(&["events", "--since", &since]).await;
+    let left: Vec<i64> = out
+        .json_lines()
+        .iter()
+        .map(|e| {
             let d = &e["detail"];
             d.get("order_id")
                 .unwrap_or(&d["reservation_id"])
@@ -306,17 +251,16 @@ async fn events_replays_the_window_and_report_counts_the_day() {
 
 #[tokio::test]
 async fn a_failed_publish_is_logged_by_order_id_and_the_run_still_succeeds() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let (_, order, r) = t.one_due_order(1).await;
-    let url = t.release_url();
-    let mut env: Vec<(&str, String)> = aws_env();
-    env.push(("DATABASE_URL", url));
-    env.push(("EVENT_BUS_NAME", "no-such-bus".into()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let out = unreserver(&["run"], &env);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let report = stdout_json(&out);
+    let out = t
+        .with_aws()
+        .with("EVENT_BUS_NAME", "no-such-bus")
+        .cli(&["run"])
+        .await;
+    let stderr = &out.stderr;
+    assert!(out.success(), "{stderr}");
+    let report = out.json();
     assert_eq!(
         (&report["events_published"], &report["events_failed"]),
         (&serde_json::json!(0), &serde_json::json!(1))
@@ -330,7 +274,7 @@ async fn a_failed_publish_is_logged_by_order_id_and_the_run_still_succeeds() {
 /// and named, by order id, in the log: the replay can send exactly those.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_unpublished_when_the_time_runs_out_are_named_by_order_id() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let mut orders = Vec::new();
     for _ in 0..3 {
         orders.push(t.one_due_order(1).await.1);
@@ -344,31 +288,17 @@ async fn events_unpublished_when_the_time_runs_out_are_named_by_order_id() {
             held.push(socket);
         }
     });
-    let url = t.release_url();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let env = [
-        ("DATABASE_URL", url.as_str()),
-        ("EVENT_BUS_NAME", "slow-bus"),
-        ("AWS_ENDPOINT_URL", endpoint.as_str()),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("TIME_BUDGET_SECONDS", "3"),
-    ];
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let out = tokio::task::spawn_blocking(move || {
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        unreserver(&["run"], &env)
-    })
-    .await
-    .unwrap();
+    let out = t
+        .with_aws()
+        .with("EVENT_BUS_NAME", "slow-bus")
+        .with("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .with("TIME_BUDGET_SECONDS", "3")
+        .cli(&["run"])
+        .await;
     silent.abort();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let report = stdout_json(&out);
+    let stderr = &out.stderr;
+    assert!(out.success(), "{stderr}");
+    let report = out.json();
     assert_eq!(report["orders_cancelled"], 3, "{report}");
     assert_eq!(report["events_failed"], 3, "{report}");
     assert!(stderr.contains("still unpublished"), "{stderr}");
@@ -382,37 +312,30 @@ async fn events_unpublished_when_the_time_runs_out_are_named_by_order_id() {
 
 #[tokio::test]
 async fn release_answers_json_with_its_exit_codes() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let v = t.variant(2).await;
     let order = t.order("pending", "pending").await;
     t.reservation(Res::new(Some(order), v, 2, "10 minutes"))
         .await;
-    let url = t.release_url();
-    let env = [("DATABASE_URL", url.as_str())];
     let id = order.to_string();
-    let out = unreserver(&["release", &id], &env);
+    let out = t.cli(&["release", &id]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        stdout_json(&out),
-        serde_json::json!({"order_id": order, "released": true, "reason": "released",
+        out.json(),
+        &serde_json::json!({"order_id": order, "released": true, "reason": "released",
             "reservations_released": 1, "units_released": 2,
             "events_published": 0, "events_failed": 0})
     );
     assert_eq!(t.reserved(v).await, 0);
-    let again = unreserver(&["release", &id], &env);
-    assert_eq!(again.status.code(), Some(3));
-    assert_eq!(stdout_json(&again)["reason"], "nothing_active");
-    let unknown = unreserver(&["release", "2147483647"], &env);
-    assert_eq!(unknown.status.code(), Some(3));
-    assert_eq!(stdout_json(&unknown)["reason"], "unknown_order");
+    let again = t.cli(&["release", &id]).await;
+    assert_eq!(again.code, Some(3));
+    assert_eq!(again.json()["reason"], "nothing_active");
+    let unknown = t.cli(&["release", "2147483647"]).await;
+    assert_eq!(unknown.code, Some(3));
+    assert_eq!(unknown.json()["reason"], "unknown_order");
     for bad in ["twelve", "0"] {
-        let out = unreserver(&["release", bad], &env);
-        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let out = t.cli(&["release", bad]).await;
+        assert_eq!(out.code, Some(2), "{bad}");
         assert!(out.stdout.is_empty());
     }
 }

@@ -13,6 +13,7 @@ use unreserver::events::model::from_rows;
 use unreserver::events::{run::run as run_publishing, Publisher};
 use unreserver::RunOptions;
 
+use crate::app::TestApp;
 use crate::common::{settings, test_env, Res, TestDb};
 
 async fn sdk() -> aws_config::SdkConfig {
@@ -291,7 +292,7 @@ async fn a_dry_run_publishes_nothing() {
 /// `unreserver events --since T --publish` sends the window's events again, each once.
 #[tokio::test]
 async fn the_cli_publishes_a_window_again() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let (a, b, hold) = shop(&t).await;
     let since = humantime::format_rfc3339(SystemTime::now() - Duration::from_secs(60)).to_string();
     let mut db = t.open().await;
@@ -300,20 +301,15 @@ async fn the_cli_publishes_a_window_again() {
         .unwrap_or_else(|f| panic!("{}", f.error.chain()));
     assert_eq!(report.events_published, 0, "no bus: nothing published");
     let (bus, queue) = bus_to_queue().await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_unreserver"))
-        .args(["events", "--since", &since, "--publish"])
-        .env("DATABASE_URL", t.release_url())
-        .env("EVENT_BUS_NAME", &bus)
-        .env("AWS_ENDPOINT_URL", test_env("UNRESERVER_TEST_AWS_ENDPOINT"))
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(printed, json!({"published": 3, "failed": 0}));
+    let out = t
+        .with_aws()
+        .with("EVENT_BUS_NAME", &bus)
+        .cli(&["events", "--since", &since, "--publish"])
+        .await;
+    let stderr = &out.stderr;
+    assert!(out.success(), "{stderr}");
+    let printed = out.json();
+    assert_eq!(printed, &json!({"published": 3, "failed": 0}));
     let arrived = drain(&queue).await;
     assert_eq!(arrived.len(), 3, "{arrived:#?}");
     let keys: Vec<String> = by_subject(&arrived).into_keys().collect();
@@ -580,29 +576,21 @@ async fn an_order_released_on_request_says_so_live_and_in_the_replay() {
 
 /// `unreserver run` (or `--dry-run`) publishing to `bus`, with expiry warnings 180 s ahead and a
 /// run every minute: its report.
-fn cli_run(t: &TestDb, bus: &str, dry_run: bool) -> Value {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_unreserver"));
-    cmd.arg("run");
-    if dry_run {
-        cmd.arg("--dry-run");
-    }
-    let out = cmd
-        .env("DATABASE_URL", t.release_url())
-        .env("EVENT_BUS_NAME", bus)
-        .env("EXPIRY_WARNING_SECONDS", "180")
-        .env("RUN_INTERVAL_SECONDS", "60")
-        .env("AWS_ENDPOINT_URL", test_env("UNRESERVER_TEST_AWS_ENDPOINT"))
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+async fn cli_run(t: &TestApp, bus: &str, dry_run: bool) -> Value {
+    let args: &[&str] = if dry_run {
+        &["run", "--dry-run"]
+    } else {
+        &["run"]
+    };
+    let out = t
+        .with_aws()
+        .with("EVENT_BUS_NAME", bus)
+        .with("EXPIRY_WARNING_SECONDS", "180")
+        .with("RUN_INTERVAL_SECONDS", "60")
+        .cli(args)
+        .await;
+    assert!(out.success(), "{}", out.stderr);
+    out.json().clone()
 }
 
 /// With `EXPIRY_WARNING_SECONDS` 180 and a run a minute, a run warns every pending, unpaid
@@ -612,7 +600,7 @@ fn cli_run(t: &TestDb, bus: &str, dry_run: bool) -> Value {
 /// dry run publishes nothing; an extended hold is warned again for its new expiry.
 #[tokio::test]
 async fn orders_whose_hold_runs_out_soon_are_warned_once_a_run() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let v = t.variant(9).await;
     let order = |status: &'static str, payment: &'static str| t.order(status, payment);
     let (soon, late_run, later, paid, cancelled, due) = (
@@ -640,9 +628,9 @@ async fn orders_whose_hold_runs_out_soon_are_warned_once_a_run() {
     t.reservation(Res::new(Some(due), v, 1, "60 seconds")).await;
     let (bus, queue) = bus_to_queue().await;
 
-    let dry = cli_run(&t, &bus, true);
+    let dry = cli_run(&t, &bus, true).await;
     assert_eq!(dry["expiry_warnings"], 0);
-    let report = cli_run(&t, &bus, false);
+    let report = cli_run(&t, &bus, false).await;
     assert_eq!(report["orders_cancelled"], 1, "{report}");
     assert_eq!(report["expiry_warnings"], 2, "{report}");
     let arrived = drain(&queue).await;
@@ -680,7 +668,7 @@ async fn orders_whose_hold_runs_out_soon_are_warned_once_a_run() {
          WHERE id = {first}"
     ))
     .await;
-    assert_eq!(cli_run(&t, &bus, false)["expiry_warnings"], 2);
+    assert_eq!(cli_run(&t, &bus, false).await["expiry_warnings"], 2);
     let again: Vec<Value> = drain(&queue)
         .await
         .into_iter()

@@ -125,27 +125,17 @@ async fn a_lock_timeout_near_deadlock_timeout_is_refused() {
 /// changing nothing, and the next run, once the lock is gone, releases as usual.
 #[tokio::test]
 async fn a_table_lock_stops_the_run_cleanly_and_the_next_run_goes_on() {
-    let t = TestDb::new().await;
+    let t = crate::app::TestApp::spawn().await;
     let (_, _, r) = t.one_due_order(1).await;
     let holder = t.connect().await;
     holder
         .batch_execute("BEGIN; LOCK TABLE orders_inventoryreservation IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    let url = t.release_url();
     let started = std::time::Instant::now();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_unreserver"))
-            .arg("run")
-            .env("DATABASE_URL", url)
-            .env_remove("DB_SECRET_ID")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let out = t.cli(&["run"]).await;
+    let stderr = &out.stderr;
+    assert_eq!(out.code, Some(1), "{stderr}");
     assert!(stderr.contains("[TableLocked]"), "{stderr}");
     assert!(
         started.elapsed() < std::time::Duration::from_secs(10),

@@ -4,46 +4,22 @@
 //! make it spin, and SIGTERM ends it after the batch in flight with the summed report. The
 //! delays asserted here are correctness bounds; the figures are in BENCHMARKS.md.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{Res, TestDb};
+use crate::app::{RunningCli, TestApp};
+use crate::common::Res;
 
-fn follow(url: &str, args: &[&str], extra: &[(&str, &str)]) -> std::process::Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_unreserver"));
-    cmd.arg("follow").args(args);
-    for var in [
-        "BATCH_SIZE",
-        "MAX_BATCHES",
-        "EVENT_BUS_NAME",
-        "TIME_BUDGET_SECONDS",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("DATABASE_URL", url)
-        .envs(extra.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd.spawn().unwrap()
-}
-
-fn report(child: std::process::Child) -> (Option<i32>, Value) {
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not one JSON object ({e}): {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code(), value)
+/// Its exit code and the report it printed.
+async fn report(child: RunningCli) -> (Option<i32>, Value) {
+    let out = child.wait().await;
+    (out.code, out.json().clone())
 }
 
 #[tokio::test]
 async fn reservations_falling_due_one_after_another_are_released_within_seconds() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let v = t.variant(0).await;
     let mut orders = Vec::new();
     for k in 0..8 {
@@ -70,14 +46,14 @@ async fn reservations_falling_due_one_after_another_are_released_within_seconds(
     .await;
 
     // Shortened after the last of the others fell due: follow sleeps towards the hour then.
-    let child = follow(&t.release_url(), &["--for", "8"], &[]);
+    let child = t.start_cli(&["follow", "--for", "8"]);
     tokio::time::sleep(Duration::from_millis(5500)).await;
     t.exec(&format!(
         "UPDATE orders_inventoryreservation SET expires_at = now() + interval '1 second' \
          WHERE id = {line}"
     ))
     .await;
-    let (code, report) = report(child);
+    let (code, report) = report(child).await;
     assert_eq!(code, Some(0), "{report}");
     assert_eq!(report["reservations_released"], 9, "{report}");
     assert_eq!(report["follow"]["ended"], "time");
@@ -87,14 +63,20 @@ async fn reservations_falling_due_one_after_another_are_released_within_seconds(
              ORDER BY expires_at) FROM orders_inventoryreservation WHERE status = 'expired'",
         )
         .await;
-    let max = t
-        .text(
+    let (min, max) = (
+        t.text(
+            "SELECT min(EXTRACT(EPOCH FROM released_at - expires_at))::text \
+             FROM orders_inventoryreservation WHERE status = 'expired'",
+        )
+        .await,
+        t.text(
             "SELECT max(EXTRACT(EPOCH FROM released_at - expires_at))::text \
              FROM orders_inventoryreservation WHERE status = 'expired'",
         )
-        .await;
-    let max: f64 = max.parse().unwrap();
-    assert!(max >= 0.0, "nothing released before it was due: {delays}");
+        .await,
+    );
+    let (min, max): (f64, f64) = (min.parse().unwrap(), max.parse().unwrap());
+    assert!(min >= 0.0, "nothing released before it was due: {delays}");
     assert!(
         max < 2.0,
         "each released within 2 s of its due time: {delays}"
@@ -118,7 +100,7 @@ async fn reservations_falling_due_one_after_another_are_released_within_seconds(
 /// commits, no other starts, and the summed report says `stopped`.
 #[tokio::test]
 async fn sigterm_ends_follow_after_the_batch_in_flight() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let v = t.variant(40).await;
     for _ in 0..40 {
         let order = t.order("pending", "pending").await;
@@ -126,7 +108,7 @@ async fn sigterm_ends_follow_after_the_batch_in_flight() {
             .await;
     }
     t.slow_updates("orders_order", 0.1).await;
-    let child = follow(&t.release_url(), &[], &[("BATCH_SIZE", "3")]);
+    let child = t.with("BATCH_SIZE", "3").start_cli(&["follow"]);
     let watcher = t.connect().await;
     let mut seen = false;
     for _ in 0..2500 {
@@ -145,12 +127,8 @@ async fn sigterm_ends_follow_after_the_batch_in_flight() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert!(seen, "no batch was ever in flight");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let (code, report) = report(child);
+    child.terminate();
+    let (code, report) = report(child).await;
     assert_eq!(code, Some(0), "{report}");
     assert_eq!(report["stopped_reason"], "stopped", "{report}");
     assert_eq!(report["follow"]["ended"], "signal");

@@ -1,47 +1,17 @@
-//! The Lambda handler driven in-process, `handle(&state, LambdaEvent::new(payload, context))`,
-//! against a test database: the status action, the deadline margin, and the `errorType` each
-//! failure reaches Lambda with. (The end-to-end path under `cargo lambda` is in `lambda.rs`.)
+//! The Lambda handler driven in-process through the test app (`handle` on the `AppState` its
+//! environment builds), against a test database: the status action, the deadline margin, and
+//! the `errorType` each failure reaches Lambda with. (The end-to-end path under `cargo lambda` is in `lambda.rs`.)
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use lambda_runtime::{Context, Diagnostic, LambdaEvent};
 use serde_json::{json, Value};
-use unreserver::{handle, AppState, Config};
 
+use crate::app::{Front, TestApp};
 use crate::common::{pg_port, TestDb, RELEASE_PASSWORD, RELEASE_ROLE};
 
-/// The state a function with these environment variables builds.
-async fn state(vars: &[(&str, String)]) -> AppState {
-    let vars: Vec<(String, String)> = vars
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    let config =
-        Config::from_lookup(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
-            .unwrap();
-    AppState::from_config(config).await.unwrap()
-}
-
-async fn state_for(url: String) -> AppState {
-    state(&[("DATABASE_URL", url)]).await
-}
-
-/// An invocation whose deadline is `deadline_in_ms` from now (0: none).
-fn event(payload: Value, deadline_in_ms: u64) -> LambdaEvent<Value> {
-    let mut context = Context::default();
-    context.request_id = "req-in-process".into();
-    if deadline_in_ms > 0 {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-        context.deadline = now.as_millis() as u64 + deadline_in_ms;
-    }
-    LambdaEvent::new(payload, context)
-}
-
 /// The `errorType` of a failed invocation.
-async fn error_type(state: &AppState, payload: Value) -> String {
-    match handle(state, event(payload, 60_000)).await {
+async fn error_type(front: &Front, payload: Value) -> String {
+    match front.lambda(payload).await {
         Ok(value) => panic!("expected an error, got {value}"),
-        Err(error) => Diagnostic::from(error).error_type,
+        Err(error) => error.error_type().to_string(),
     }
 }
 
@@ -51,12 +21,9 @@ async fn one_due_reservation(t: &TestDb) {
 
 #[tokio::test]
 async fn the_status_action_reads_the_backlog() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     one_due_reservation(&t).await;
-    let state = state_for(t.release_url()).await;
-    let status = handle(&state, event(json!({"action": "status"}), 60_000))
-        .await
-        .unwrap();
+    let status = t.lambda(json!({"action": "status"})).await.unwrap();
     assert_eq!(status["due_reservations"], 1);
     assert_eq!(status["missing_indexes"], json!([]));
     assert!(status.get("reservations_released").is_none(), "{status}");
@@ -64,20 +31,18 @@ async fn the_status_action_reads_the_backlog() {
 
 #[tokio::test]
 async fn no_batch_starts_inside_the_deadline_margin() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     one_due_reservation(&t).await;
-    let state = state_for(t.release_url()).await;
     // 300 ms left: less the margin (capped at a third), too little for one batch.
-    let report = handle(&state, event(json!({"source": "schedule"}), 300))
+    let report = t
+        .lambda_within(json!({"source": "schedule"}), 300)
         .await
         .unwrap();
     assert_eq!(report["stopped_reason"], "time_budget", "{report}");
     assert_eq!(report["reservations_released"], 0);
     assert_eq!(report["backlog_remaining"], 1);
     // A minute left: the run drains.
-    let report = handle(&state, event(json!({"source": "schedule"}), 60_000))
-        .await
-        .unwrap();
+    let report = t.lambda(json!({"source": "schedule"})).await.unwrap();
     assert_eq!(report["stopped_reason"], "drained", "{report}");
     assert_eq!(report["reservations_released"], 1);
     assert!(uuid::Uuid::parse_str(report["run_id"].as_str().unwrap()).is_ok());
@@ -85,22 +50,18 @@ async fn no_batch_starts_inside_the_deadline_margin() {
 
 #[tokio::test]
 async fn each_failure_reaches_lambda_with_its_error_type() {
-    let t = TestDb::new().await;
-    let good = state_for(t.release_url()).await;
+    let t = TestApp::spawn().await;
+    let good = t.front();
     assert_eq!(
-        error_type(&good, json!({"batch_size": "x"})).await,
+        error_type(good, json!({"batch_size": "x"})).await,
         "InvalidPayload"
     );
     assert_eq!(
-        error_type(&good, json!({"action": "dance"})).await,
+        error_type(good, json!({"action": "dance"})).await,
         "InvalidPayload"
     );
     // A setting the server makes wrong: LOCK_TIMEOUT_MS above half its deadlock_timeout (1 s).
-    let unsafe_wait = state(&[
-        ("DATABASE_URL", t.release_url()),
-        ("LOCK_TIMEOUT_MS", "600".into()),
-    ])
-    .await;
+    let unsafe_wait = t.with("LOCK_TIMEOUT_MS", "600");
     assert_eq!(error_type(&unsafe_wait, json!({})).await, "InvalidSetting");
     assert_eq!(
         error_type(&unsafe_wait, json!({"action": "release", "order_id": 1})).await,
@@ -108,18 +69,17 @@ async fn each_failure_reaches_lambda_with_its_error_type() {
     );
 
     let port = pg_port();
-    let closed = state_for(format!(
-        "postgres://u:p@127.0.0.1:1/{}?sslmode=disable",
-        t.name
-    ))
-    .await;
+    let closed = t.with(
+        "DATABASE_URL",
+        format!("postgres://u:p@127.0.0.1:1/{}?sslmode=disable", t.name),
+    );
     assert_eq!(error_type(&closed, json!({})).await, "DatabaseUnreachable");
 
     let wrong = format!(
         "postgres://{RELEASE_ROLE}:wrong@127.0.0.1:{port}/{}?sslmode=disable",
         t.name
     );
-    let wrong = state_for(wrong).await;
+    let wrong = t.with("DATABASE_URL", wrong);
     assert_eq!(
         error_type(&wrong, json!({})).await,
         "DatabaseAuthentication"
@@ -130,34 +90,29 @@ async fn each_failure_reaches_lambda_with_its_error_type() {
         "postgres://{RELEASE_ROLE}:{RELEASE_PASSWORD}@localhost:{port}/{}",
         t.name
     );
-    let untrusted = state(&[
-        ("DATABASE_URL", untrusted),
-        ("DB_SSLMODE", "require".into()),
-    ])
-    .await;
+    let untrusted = t
+        .with("DATABASE_URL", untrusted)
+        .with("DB_SSLMODE", "require");
     assert_eq!(error_type(&untrusted, json!({})).await, "TlsVerification");
 
     t.exec("ALTER TABLE orders_order DROP COLUMN cancelled_at")
         .await;
     assert_eq!(
-        error_type(&good, json!({"action": "status"})).await,
+        error_type(good, json!({"action": "status"})).await,
         "SchemaMismatch"
     );
     assert_eq!(
-        error_type(&good, json!({"dry_run": true})).await,
+        error_type(good, json!({"dry_run": true})).await,
         "SchemaMismatch"
     );
 }
 
 #[tokio::test]
 async fn a_bad_ca_bundle_fails_the_init_naming_it() {
-    let config = Config::from_lookup(|name| match name {
-        "DATABASE_URL" => Some("postgres://u:p@localhost/db".into()),
-        "DB_CA_BUNDLE" => Some("/nonexistent/ca.pem".into()),
-        _ => None,
-    })
-    .unwrap();
-    let err = match AppState::from_config(config).await {
+    let front = Front::new()
+        .with("DATABASE_URL", "postgres://u:p@localhost/db")
+        .with("DB_CA_BUNDLE", "/nonexistent/ca.pem");
+    let err = match front.lambda_init().await {
         Ok(_) => panic!("a missing CA bundle was accepted"),
         Err(err) => err,
     };
@@ -167,42 +122,35 @@ async fn a_bad_ca_bundle_fails_the_init_naming_it() {
 
 #[tokio::test]
 async fn the_revive_and_report_actions_answer_the_cli_json() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let (v, order, _) = t.one_due_order(2).await;
-    let state = state_for(t.release_url()).await;
-    let run = handle(&state, event(json!({}), 60_000)).await.unwrap();
+    let run = t.lambda(json!({})).await.unwrap();
     assert_eq!(run["orders_cancelled"], 1);
     let p95 = run["release_delay_p95_seconds"].as_f64().unwrap();
     assert!((55.0..120.0).contains(&p95), "{run}");
     assert_eq!(run["paid_after_release"], 0);
 
-    let revived = handle(
-        &state,
-        event(json!({"action": "revive", "order_id": order}), 60_000),
-    )
-    .await
-    .unwrap();
+    let revived = t
+        .lambda(json!({"action": "revive", "order_id": order}))
+        .await
+        .unwrap();
     assert_eq!(
         revived,
         json!({"order_id": order, "revived": true, "reason": "revived", "short": []})
     );
     assert_eq!(t.reserved(v).await, 2);
     // A retry of a done revive gives the same answer; not revivable is an answer too.
-    let again = handle(
-        &state,
-        event(json!({"action": "revive", "order_id": order}), 60_000),
-    )
-    .await
-    .unwrap();
+    let again = t
+        .lambda(json!({"action": "revive", "order_id": order}))
+        .await
+        .unwrap();
     assert_eq!(again["reason"], "revived");
     assert_eq!(t.reserved(v).await, 2);
 
-    let report = handle(&state, event(json!({"action": "report"}), 60_000))
-        .await
-        .unwrap();
+    let report = t.lambda(json!({"action": "report"})).await.unwrap();
     assert_eq!(report["days"].as_array().unwrap().len(), 7);
     assert_eq!(
-        error_type(&state, json!({"action": "revive"})).await,
+        error_type(t.front(), json!({"action": "revive"})).await,
         "InvalidPayload"
     );
 }
@@ -213,25 +161,22 @@ async fn the_revive_and_report_actions_answer_the_cli_json() {
 /// raises: `DatabaseError`), and a revive whose row a shopper holds (`LockBusy`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_database_failure_reaches_lambda_with_its_error_type() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let (v, order, _) = t.one_due_order(1).await;
-    let good = state_for(t.release_url()).await;
+    let good = t.front();
 
     let holder = t.connect().await;
     holder
         .batch_execute("BEGIN; LOCK TABLE orders_inventoryreservation IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    assert_eq!(error_type(&good, json!({})).await, "TableLocked");
+    assert_eq!(error_type(good, json!({})).await, "TableLocked");
     holder.batch_execute("ROLLBACK").await.unwrap();
 
     t.slow_updates("orders_inventoryreservation", 1.0).await;
-    let slow = state(&[
-        ("DATABASE_URL", t.release_url()),
-        ("STATEMENT_TIMEOUT_MS", "300".into()),
-        ("LOCK_TIMEOUT_MS", "50".into()),
-    ])
-    .await;
+    let slow = t
+        .with("STATEMENT_TIMEOUT_MS", "300")
+        .with("LOCK_TIMEOUT_MS", "50");
     assert_eq!(error_type(&slow, json!({})).await, "TooSlow");
 
     t.exec(
@@ -239,11 +184,11 @@ async fn each_database_failure_reaches_lambda_with_its_error_type() {
            SECURITY DEFINER AS $$ BEGIN RAISE EXCEPTION 'the shop refuses'; END $$",
     )
     .await;
-    assert_eq!(error_type(&good, json!({})).await, "DatabaseError");
+    assert_eq!(error_type(good, json!({})).await, "DatabaseError");
     t.exec("DROP TRIGGER slow ON orders_inventoryreservation")
         .await;
 
-    let report = handle(&good, event(json!({}), 60_000)).await.unwrap();
+    let report = good.lambda(json!({})).await.unwrap();
     assert_eq!(report["reservations_released"], 1, "{report}");
     let shopper = t.connect().await;
     shopper
@@ -253,7 +198,7 @@ async fn each_database_failure_reaches_lambda_with_its_error_type() {
         .await
         .unwrap();
     assert_eq!(
-        error_type(&good, json!({"action": "revive", "order_id": order})).await,
+        error_type(good, json!({"action": "revive", "order_id": order})).await,
         "LockBusy"
     );
     shopper.batch_execute("ROLLBACK").await.unwrap();
@@ -264,18 +209,15 @@ async fn each_database_failure_reaches_lambda_with_its_error_type() {
 /// the margin.
 #[tokio::test]
 async fn the_follow_and_release_actions_answer_in_lambda() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let v = t.variant(2).await;
     let asked = t.order("pending", "pending").await;
     t.reservation(crate::common::Res::new(Some(asked), v, 1, "10 minutes"))
         .await;
-    let state = state_for(t.release_url()).await;
-    let released = handle(
-        &state,
-        event(json!({"action": "release", "order_id": asked}), 60_000),
-    )
-    .await
-    .unwrap();
+    let released = t
+        .lambda(json!({"action": "release", "order_id": asked}))
+        .await
+        .unwrap();
     assert_eq!(released["reason"], "released", "{released}");
     assert_eq!(released["reservations_released"], 1);
 
@@ -285,12 +227,10 @@ async fn the_follow_and_release_actions_answer_in_lambda() {
     let falling = t.order("pending", "pending").await;
     t.reservation(crate::common::Res::new(Some(falling), v, 1, "2 seconds"))
         .await;
-    let followed = handle(
-        &state,
-        event(json!({"action": "follow", "seconds": 3}), 60_000),
-    )
-    .await
-    .unwrap();
+    let followed = t
+        .lambda(json!({"action": "follow", "seconds": 3}))
+        .await
+        .unwrap();
     assert_eq!(followed["reservations_released"], 1, "{followed}");
     assert_eq!(followed["follow"]["ended"], "time");
     assert!(
@@ -302,12 +242,10 @@ async fn the_follow_and_release_actions_answer_in_lambda() {
     assert_eq!(t.reserved(v).await, 0);
 
     // 1.5 s to the deadline, a margin of a third of it: it stops after about 1 s.
-    let cut = handle(
-        &state,
-        event(json!({"action": "follow", "seconds": 60}), 1_500),
-    )
-    .await
-    .unwrap();
+    let cut = t
+        .lambda_within(json!({"action": "follow", "seconds": 60}), 1_500)
+        .await
+        .unwrap();
     let ms = cut["duration_ms"].as_u64().unwrap();
     assert!(
         ms < 1_400,

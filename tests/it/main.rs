@@ -2,6 +2,7 @@
 
 mod actions;
 mod adaptive;
+mod app;
 mod batching;
 mod cli;
 mod common;

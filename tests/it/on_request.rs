@@ -6,23 +6,23 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use unreserver::events::run::release_order;
-use unreserver::{Database, ReleaseReason, RequestOutcome};
+use serde_json::{json, Value};
 
+use crate::app::{front_door_session, Front, LambdaError, TestApp};
 use crate::common::{run, settings, shopper_taking_turns, Res, TestDb};
 
-async fn release(db: &mut Database, order: i64) -> unreserver::Result<RequestOutcome> {
-    release_order(
-        db,
-        &settings(),
-        order,
-        None,
-        "test",
-        (None, Duration::from_secs(1)),
-    )
-    .await
+/// The Lambda's `release` action on `order`: its answer, or its error.
+async fn release(front: &Front, order: i64) -> Result<Value, LambdaError> {
+    front
+        .lambda(json!({"action": "release", "order_id": order}))
+        .await
+}
+
+/// Whether it was released, and why (or why not).
+fn released_and_reason(outcome: &Value) -> (Value, Value) {
+    (outcome["released"].clone(), outcome["reason"].clone())
 }
 
 /// A pending order with a drop line of 3 due in ten minutes and a plain line of 2 due in an
@@ -42,7 +42,7 @@ async fn order_not_yet_due(t: &TestDb, payment: &str) -> (i64, i64, i64, i64) {
 
 #[tokio::test]
 async fn an_order_not_yet_due_is_released_now_with_its_counters_and_cancellation() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let (order, v, d, v2) = order_not_yet_due(&t, "failed").await;
     // Another order on the same rows, not asked for, stays.
     let other = t.order("pending", "pending").await;
@@ -63,18 +63,18 @@ async fn an_order_not_yet_due_is_released_now_with_its_counters_and_cancellation
         0
     );
 
-    let outcome = release(&mut db, order).await.unwrap();
+    let outcome = release(t.front(), order).await.unwrap();
     assert_eq!(
         outcome,
-        RequestOutcome {
-            order_id: order,
-            released: true,
-            reason: ReleaseReason::Released,
-            reservations_released: 2,
-            units_released: 5,
-            events_published: 0,
-            events_failed: 0,
-        }
+        json!({
+            "order_id": order,
+            "released": true,
+            "reason": "released",
+            "reservations_released": 2,
+            "units_released": 5,
+            "events_published": 0,
+            "events_failed": 0,
+        })
     );
     assert_eq!(
         (
@@ -99,17 +99,17 @@ async fn an_order_not_yet_due_is_released_now_with_its_counters_and_cancellation
     assert_eq!(t.drifted_counters().await, 0);
 
     // Asked again (a webhook delivered twice): nothing active, nothing changes.
-    let again = release(&mut db, order).await.unwrap();
+    let again = release(t.front(), order).await.unwrap();
     assert_eq!(
-        (again.released, again.reason),
-        (false, ReleaseReason::NothingActive)
+        released_and_reason(&again),
+        (json!(false), json!("nothing_active"))
     );
     assert_eq!(t.reserved(v).await, 1);
 }
 
 #[tokio::test]
 async fn a_paid_order_or_one_the_rules_refuse_is_never_touched() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let (paid, ..) = order_not_yet_due(&t, "paid").await;
     let (refunded, ..) = order_not_yet_due(&t, "refunded").await;
     let (confirmed, ..) = order_not_yet_due(&t, "pending").await;
@@ -119,21 +119,20 @@ async fn a_paid_order_or_one_the_rules_refuse_is_never_touched() {
     .await;
     let empty = t.order("pending", "pending").await;
     let before = t.fingerprint().await;
-    let mut db = t.open().await;
     for (order, reason) in [
-        (paid, ReleaseReason::Paid),
-        (refunded, ReleaseReason::NotReleasable),
-        (confirmed, ReleaseReason::NotReleasable),
-        (empty, ReleaseReason::NothingActive),
-        (i64::from(i32::MAX), ReleaseReason::UnknownOrder),
+        (paid, "paid"),
+        (refunded, "not_releasable"),
+        (confirmed, "not_releasable"),
+        (empty, "nothing_active"),
+        (i64::from(i32::MAX), "unknown_order"),
     ] {
-        let outcome = release(&mut db, order).await.unwrap();
+        let outcome = release(t.front(), order).await.unwrap();
         assert_eq!(
-            (outcome.released, outcome.reason),
-            (false, reason),
+            released_and_reason(&outcome),
+            (json!(false), json!(reason)),
             "order {order}"
         );
-        assert_eq!(outcome.reservations_released, 0);
+        assert_eq!(outcome["reservations_released"], 0);
     }
     assert_eq!(t.fingerprint().await, before, "nothing changed");
 }
@@ -143,7 +142,7 @@ async fn a_paid_order_or_one_the_rules_refuse_is_never_touched() {
 /// than every try, it gives up with a retryable `LockBusy` and nothing changed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_order_is_polled_for_then_given_up_retryably() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let (order, v, ..) = order_not_yet_due(&t, "pending").await;
     let mut holder = t.connect().await;
     let pid = crate::common::backend_pid(&holder).await;
@@ -154,11 +153,10 @@ async fn a_held_order_is_polled_for_then_given_up_retryably() {
     )
     .await
     .unwrap();
-    let mut db = t.open().await;
     let started = Instant::now();
-    let err = release(&mut db, order).await.unwrap_err();
-    assert_eq!(err.kind(), "LockBusy", "{}", err.chain());
-    assert!(err.is_retryable());
+    let err = release(t.front(), order).await.unwrap_err();
+    assert_eq!(err.error_type(), "LockBusy", "{err:?}");
+    assert!(err.retryable);
     assert!(
         started.elapsed() >= Duration::from_millis(100),
         "it polled for LOCK_TIMEOUT_MS at least: {:?}",
@@ -168,19 +166,20 @@ async fn a_held_order_is_polled_for_then_given_up_retryably() {
     assert_eq!(t.reserved(v).await, 3);
 
     // Held briefly: the polling wins once the holder commits.
-    let mut db = t.open().await;
-    let releaser = crate::common::backend_pid(&db.client).await;
-    let releasing = tokio::spawn(async move { release(&mut db, order).await });
+    let (front, since) = (t.front().clone(), SystemTime::now());
+    let releasing = tokio::spawn(async move { release(&front, order).await });
     let watcher = t.connect().await;
     let polling = "query LIKE '%FOR UPDATE OF o NOWAIT%'";
     assert!(
-        crate::common::until_seen(&watcher, releaser, polling).await,
+        front_door_session(&watcher, &t.name, since, polling)
+            .await
+            .is_some(),
         "the release never tried the held order"
     );
     assert!(crate::common::until_seen(&watcher, pid, "state = 'idle in transaction'").await);
     held.commit().await.unwrap();
     let outcome = releasing.await.unwrap().unwrap();
-    assert_eq!(outcome.reason, ReleaseReason::Released);
+    assert_eq!(outcome["reason"], "released");
     assert_eq!(t.order_status(order).await, "cancelled");
 }
 
@@ -191,7 +190,7 @@ async fn a_held_order_is_polled_for_then_given_up_retryably() {
 /// up `LockBusy`) and the shopper's updates ran during those tries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_polling_for_a_held_row_keeps_no_other_row_from_a_shopper() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let (order, v, d, v2) = order_not_yet_due(&t, "pending").await;
     let mut holder = t.connect().await;
     let held = holder.transaction().await.unwrap();
@@ -203,10 +202,9 @@ async fn a_release_polling_for_a_held_row_keeps_no_other_row_from_a_shopper() {
     .unwrap();
     let releasing = Arc::new(AtomicBool::new(true));
     let shopper = shopper_taking_turns(t.connect().await, [v, v2], releasing.clone());
-    let mut db = t.open().await;
-    let err = release(&mut db, order).await.unwrap_err();
+    let err = release(t.front(), order).await.unwrap_err();
     releasing.store(false, Ordering::Relaxed);
-    assert_eq!(err.kind(), "LockBusy", "{}", err.chain());
+    assert_eq!(err.error_type(), "LockBusy", "{err:?}");
     let granted = shopper.await.unwrap().unwrap();
     assert!(
         granted > 10,
@@ -227,7 +225,7 @@ async fn a_release_polling_for_a_held_row_keeps_no_other_row_from_a_shopper() {
 /// shopper failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_polling_for_a_held_variant_keeps_no_order_row_from_a_shopper() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let (order, v, d, v2) = order_not_yet_due(&t, "pending").await;
     let mut holder = t.connect().await;
     let held = holder.transaction().await.unwrap();
@@ -237,29 +235,18 @@ async fn a_release_polling_for_a_held_variant_keeps_no_order_row_from_a_shopper(
     )
     .await
     .unwrap();
-    let mut s = settings();
-    s.lock_timeout_ms = 400;
-    let mut db = t.open_with(&s).await;
-    let releaser = crate::common::backend_pid(&db.client).await;
-    db.client.batch_execute("SELECT 'ready'").await.unwrap();
+    let front = t.with("LOCK_TIMEOUT_MS", "400");
     let (watcher, mut shopper) = (t.connect().await, t.connect().await);
-    let releasing = tokio::spawn(async move {
-        release_order(
-            &mut db,
-            &s,
-            order,
-            None,
-            "test",
-            (None, Duration::from_secs(1)),
-        )
-        .await
-    });
+    let since = SystemTime::now();
+    let releasing = tokio::spawn(async move { release(&front, order).await });
     // Polling for the variant: between two tries (the last one committed nothing), or, as a
     // release that polls inside its transaction, rolled back to the counters' savepoint.
     let polling = "(state = 'idle' AND query = 'COMMIT') OR (state = 'idle in transaction' \
                    AND query LIKE 'ROLLBACK TO SAVEPOINT unreserver_counters%')";
     assert!(
-        crate::common::until_seen(&watcher, releaser, polling).await,
+        front_door_session(&watcher, &t.name, since, polling)
+            .await
+            .is_some(),
         "the release never polled for the held variant"
     );
     let adding = shopper.transaction().await.unwrap();
@@ -293,11 +280,11 @@ async fn a_release_polling_for_a_held_variant_keeps_no_order_row_from_a_shopper(
     let outcome = releasing.await.unwrap().unwrap();
     assert_eq!(
         (
-            outcome.reason,
-            outcome.reservations_released,
-            outcome.units_released
+            outcome["reason"].clone(),
+            outcome["reservations_released"].clone(),
+            outcome["units_released"].clone()
         ),
-        (ReleaseReason::Released, 3, 6),
+        (json!("released"), json!(3), json!(6)),
         "the item added while it polled is released too"
     );
     assert_eq!(t.order_status(order).await, "cancelled");

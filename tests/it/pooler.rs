@@ -7,8 +7,7 @@
 //! to use session mode); a startup parameter the
 //! pooler refuses is named as that, not as an unreachable database.
 
-use std::process::{Command, Output};
-
+use crate::app::{Front, TestApp};
 use crate::common::{test_env, Res, TestDb, RELEASE_PASSWORD, RELEASE_ROLE};
 
 fn through(port_var: &str, t: &TestDb, query: &str) -> String {
@@ -19,14 +18,9 @@ fn through(port_var: &str, t: &TestDb, query: &str) -> String {
     )
 }
 
-fn unreserver(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_unreserver"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .env_remove("DB_SECRET_ID")
-        .env_remove("EVENT_BUS_NAME")
-        .output()
-        .unwrap()
+/// The front doors of `t` with `DATABASE_URL` through the pooler at `port_var`.
+fn through_pooler(port_var: &str, t: &TestApp, query: &str) -> Front {
+    t.with("DATABASE_URL", through(port_var, t, query))
 }
 
 async fn due_orders(t: &TestDb, n: usize) -> i64 {
@@ -41,9 +35,9 @@ async fn due_orders(t: &TestDb, n: usize) -> i64 {
 
 #[tokio::test]
 async fn every_command_works_through_pgbouncer_in_session_mode() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let v = due_orders(&t, 3).await;
-    let url = through("UNRESERVER_TEST_PGBOUNCER_SESSION_PORT", &t, "");
+    let pooled = through_pooler("UNRESERVER_TEST_PGBOUNCER_SESSION_PORT", &t, "");
     for args in [
         &["status"][..],
         &["run", "--dry-run"],
@@ -51,17 +45,13 @@ async fn every_command_works_through_pgbouncer_in_session_mode() {
         &["reconcile"],
         &["report"],
     ] {
-        let out = unreserver(&url, args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = pooled.cli(args).await;
+        assert!(out.success(), "{args:?}: {}", out.stderr);
     }
     assert_eq!(t.reserved(v).await, 0, "the run released the due orders");
     // The session settings were SET on the session: the batches' own and the defaults.
-    let out = unreserver(&url, &["status"]);
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = pooled.cli(&["status"]).await;
+    let status = out.json();
     assert_eq!(status["due_reservations"], 0, "{status}");
 }
 
@@ -86,15 +76,16 @@ async fn warm(url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_pooling_is_refused_before_anything_changes() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     due_orders(&t, 3).await;
     let before = t.fingerprint().await;
-    let url = through("UNRESERVER_TEST_PGBOUNCER_TRANSACTION_PORT", &t, "");
+    let pooled = through_pooler("UNRESERVER_TEST_PGBOUNCER_TRANSACTION_PORT", &t, "");
+    let url = pooled.var("DATABASE_URL").unwrap_or_default().to_string();
     for args in [&["run"][..], &["reconcile", "--apply"], &["status"]] {
         warm(&url).await;
-        let out = unreserver(&url, args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        let out = pooled.cli(args).await;
+        let stderr = &out.stderr;
+        assert_eq!(out.code, Some(1), "{args:?}: {stderr}");
         assert!(
             stderr.contains("[UnsupportedPooler]") && stderr.contains("transaction mode"),
             "{args:?}: {stderr}"
@@ -105,15 +96,16 @@ async fn transaction_pooling_is_refused_before_anything_changes() {
 
 #[tokio::test]
 async fn a_startup_parameter_the_pooler_refuses_is_named() {
-    let t = TestDb::new().await;
-    let url = through(
+    let t = TestApp::spawn().await;
+    let out = through_pooler(
         "UNRESERVER_TEST_PGBOUNCER_SESSION_PORT",
         &t,
         "&options=-c%20statement_timeout%3D5s",
-    );
-    let out = unreserver(&url, &["status"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    )
+    .cli(&["status"])
+    .await;
+    let stderr = &out.stderr;
+    assert_eq!(out.code, Some(1), "{stderr}");
     assert!(
         stderr.contains("[UnsupportedPooler]") && stderr.contains("startup parameter"),
         "{stderr}"

@@ -1,7 +1,6 @@
 //! `reconcile`: drifted stock counters found and set right, as the least-privilege role, exactly
 //! under live traffic, never waiting behind a shopper.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,20 +8,13 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use unreserver::{reconcile, ReconcileReport, ReconcileScope};
 
+use crate::app::TestApp;
 use crate::common::{settings, Res, TestDb};
 
-fn cli(t: &TestDb, args: &[&str]) -> (Value, i32) {
-    let out = Command::new(env!("CARGO_BIN_EXE_unreserver"))
-        .arg("reconcile")
-        .args(args)
-        .env("DATABASE_URL", t.release_url())
-        .env_remove("DB_SECRET_ID")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let value = serde_json::from_str(text.trim())
-        .unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
-    (value, out.status.code().unwrap_or(-1))
+/// What `unreserver reconcile ARGS` printed, and its exit code.
+async fn cli(t: &TestApp, args: &[&str]) -> (Value, i32) {
+    let out = t.cli(&[&["reconcile"], args].concat()).await;
+    (out.json().clone(), out.code.unwrap_or(-1))
 }
 
 async fn apply(t: &TestDb, scope: ReconcileScope) -> ReconcileReport {
@@ -44,7 +36,7 @@ fn all(apply: bool) -> ReconcileScope {
 /// (exit 3) and changes nothing; `--apply` sets each right (exit 0); then nothing is left.
 #[tokio::test]
 async fn each_kind_of_drift_is_listed_then_repaired() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let bumped = t.variant(5).await; // 5 counted, none reserved
     let deleted = t.variant(3).await; // 3 counted, 2 reserved: one reservation deleted
     let twice = t.variant(1).await; // 1 counted, 3 reserved: 2 units given back twice
@@ -62,7 +54,7 @@ async fn each_kind_of_drift_is_listed_then_repaired() {
     .await;
     let before = t.fingerprint().await;
 
-    let (dry, code) = cli(&t, &[]);
+    let (dry, code) = cli(&t, &[]).await;
     assert_eq!(code, 3, "{dry}");
     assert_eq!(t.fingerprint().await, before, "a dry run changes nothing");
     assert_eq!(
@@ -83,13 +75,13 @@ async fn each_kind_of_drift_is_listed_then_repaired() {
     assert_eq!(delta("drop", drop), Some(-3));
     assert_eq!(delta("variant", fine), None);
 
-    let (applied, code) = cli(&t, &["--apply"]);
+    let (applied, code) = cli(&t, &["--apply"]).await;
     assert_eq!(code, 0, "{applied}");
     assert_eq!(applied["repaired"], 4, "{applied}");
     assert_eq!(t.drifted_counters().await, 0);
     assert_eq!((t.reserved(bumped).await, t.reserved(twice).await), (0, 3));
     assert_eq!(t.drop_reserved(drop).await, 3);
-    let (again, code) = cli(&t, &[]);
+    let (again, code) = cli(&t, &[]).await;
     assert_eq!((code, again["drifted"].clone()), (0, json!(0)), "{again}");
 
     // Named rows only; an unknown id is bad input.
@@ -97,25 +89,16 @@ async fn each_kind_of_drift_is_listed_then_repaired() {
         "UPDATE products_productvariant SET reserved_quantity = 9 WHERE id IN ({bumped}, {fine})"
     ))
     .await;
-    let (named, code) = cli(&t, &["--apply", "--variant", &bumped.to_string()]);
+    let (named, code) = cli(&t, &["--apply", "--variant", &bumped.to_string()]).await;
     assert_eq!(
         (code, named["checked"].clone(), named["repaired"].clone()),
         (0, json!(1), json!(1)),
         "{named}"
     );
     assert_eq!(t.reserved(fine).await, 9, "a row not named is left alone");
-    let out = Command::new(env!("CARGO_BIN_EXE_unreserver"))
-        .args(["reconcile", "--variant", "999999"])
-        .env("DATABASE_URL", t.release_url())
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("999999"));
+    let out = t.cli(&["reconcile", "--variant", "999999"]).await;
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("999999"));
 }
 
 /// Without the reference schema's `CHECK (reserved_quantity >= 0)`, a counter can go negative:

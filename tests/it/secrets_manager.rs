@@ -11,6 +11,7 @@ use tokio_postgres::config::SslMode;
 use unreserver::config::SecretSettings;
 use unreserver::{tls_connector, CredentialSource, Error, RdsCaRegions, SecretSource};
 
+use crate::app::TestApp;
 use crate::common::{pg_port, run, settings, test_env, Res, TestDb};
 
 pub async fn client_for(endpoint: &str) -> aws_sdk_secretsmanager::Client {
@@ -267,7 +268,7 @@ async fn the_secret_is_read_over_verified_https() {
     let Ok(endpoint) = std::env::var("UNRESERVER_TEST_AWS_TLS_ENDPOINT") else {
         panic!("UNRESERVER_TEST_AWS_TLS_ENDPOINT unset: run scripts/test.sh");
     };
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let role = t.role("over-https").await;
     let id = unique("https");
     let secret = json!({"username": role, "password": "over-https", "host": "localhost",
@@ -279,32 +280,25 @@ async fn the_secret_is_read_over_verified_https() {
     )
     .await;
     let ca = test_env("UNRESERVER_TEST_CA_CERT");
-    let status = |cert_file: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_unreserver"))
-            .arg("status")
-            .env_remove("DATABASE_URL")
-            .envs([
-                ("DB_SECRET_ID", id.as_str()),
-                ("DB_CA_BUNDLE", ca.as_str()),
-                ("AWS_ENDPOINT_URL", endpoint.as_str()),
-                ("AWS_REGION", "us-east-1"),
-                ("AWS_ACCESS_KEY_ID", "test"),
-                ("AWS_SECRET_ACCESS_KEY", "test"),
-                ("SSL_CERT_FILE", cert_file),
-            ])
-            .output()
-            .unwrap()
-    };
-    let out = status(&ca);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let through_the_secret = t
+        .with_aws()
+        .without("DATABASE_URL")
+        .with("DB_SECRET_ID", &id)
+        .with("DB_CA_BUNDLE", &ca)
+        .with("AWS_ENDPOINT_URL", endpoint);
+    let trusting = |cert_file: &str| through_the_secret.with("SSL_CERT_FILE", cert_file);
+    let out = trusting(&ca).cli(&["status"]).await;
+    let stderr = &out.stderr;
+    assert!(out.success(), "{stderr}");
+    let report = out.json();
     assert_eq!(report["due_reservations"], 0, "{report}");
     assert_eq!(report["missing_indexes"], json!([]), "{report}");
     // The same with a store that holds only an unrelated CA: the endpoint is not trusted.
-    let out = status(&test_env("UNRESERVER_TEST_WRONG_CA_CERT"));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let out = trusting(&test_env("UNRESERVER_TEST_WRONG_CA_CERT"))
+        .cli(&["status"])
+        .await;
+    let stderr = &out.stderr;
+    assert_eq!(out.code, Some(1), "{stderr}");
     assert!(
         stderr.contains("[SecretUnavailable]") && stderr.contains("UnknownIssuer"),
         "{stderr}"
@@ -317,7 +311,7 @@ async fn the_secret_is_read_over_verified_https() {
 /// `TlsVerification`, and the error names the way out.
 #[tokio::test]
 async fn a_ca_held_in_a_secret_is_trusted_without_a_rebuild() {
-    let t = TestDb::new().await;
+    let t = TestApp::spawn().await;
     let client = client().await;
     let id = unique("ca-bundle");
     let pem = std::fs::read_to_string(test_env("UNRESERVER_TEST_CA_CERT")).unwrap();
@@ -329,38 +323,24 @@ async fn a_ca_held_in_a_secret_is_trusted_without_a_rebuild() {
         pg_port(),
         t.name
     );
-    let endpoint = test_env("UNRESERVER_TEST_AWS_ENDPOINT");
-    let status = |ca_secret: Option<&str>| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_unreserver"));
-        cmd.arg("status")
-            .env_remove("DB_SECRET_ID")
-            .env_remove("DB_CA_BUNDLE")
-            .env_remove("DB_CA_SECRET_ID")
-            .envs([
-                ("DATABASE_URL", url.as_str()),
-                ("AWS_ENDPOINT_URL", endpoint.as_str()),
-                ("AWS_REGION", "us-east-1"),
-                ("AWS_ACCESS_KEY_ID", "test"),
-                ("AWS_SECRET_ACCESS_KEY", "test"),
-            ]);
-        if let Some(id) = ca_secret {
-            cmd.env("DB_CA_SECRET_ID", id);
-        }
-        cmd.output().unwrap()
+    let over_tls = t.with_aws().with("DATABASE_URL", url);
+    let status = |ca_secret: Option<&str>| match ca_secret {
+        Some(id) => over_tls.with("DB_CA_SECRET_ID", id),
+        None => over_tls.clone(),
     };
-    let out = status(Some(&id));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = status(Some(&id)).cli(&["status"]).await;
+    let stderr = &out.stderr;
+    assert!(out.success(), "{stderr}");
+    let report = out.json();
     assert_eq!(report["due_reservations"], 0, "{report}");
     assert!(
         !stderr.contains("BEGIN CERTIFICATE"),
         "the PEM is not logged: {stderr}"
     );
 
-    let out = status(None);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let out = status(None).cli(&["status"]).await;
+    let stderr = &out.stderr;
+    assert_eq!(out.code, Some(1), "{stderr}");
     assert!(
         stderr.contains("[TlsVerification]") && stderr.contains("DB_CA_SECRET_ID"),
         "{stderr}"
@@ -369,8 +349,8 @@ async fn a_ca_held_in_a_secret_is_trusted_without_a_rebuild() {
     // A secret that holds no certificate fails at start, naming the secret.
     let junk = unique("ca-junk");
     put_secret(&client, &junk, "not a certificate").await;
-    let out = status(Some(&junk));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let out = status(Some(&junk)).cli(&["status"]).await;
+    let stderr = &out.stderr;
+    assert_eq!(out.code, Some(1), "{stderr}");
     assert!(stderr.contains(&junk), "{stderr}");
 }

@@ -3,7 +3,6 @@
 //! settings of the table, through parameters that allow exactly what the function accepts.
 
 use std::path::Path;
-use std::process::Command;
 
 use unreserver::settings::{Kind, Setting, SETTINGS};
 use yaml_rust2::{Yaml, YamlLoader};
@@ -27,13 +26,10 @@ fn the_configuration_page_is_generated_from_the_table() {
     );
 }
 
-#[test]
-fn help_lists_every_setting_the_command_line_reads() {
-    let out = Command::new(env!("CARGO_BIN_EXE_unreserver"))
-        .arg("--help")
-        .output()
-        .unwrap();
-    let help = String::from_utf8_lossy(&out.stdout);
+#[tokio::test]
+async fn help_lists_every_setting_the_command_line_reads() {
+    let out = crate::app::Front::new().cli(&["--help"]).await;
+    let help = &out.stdout;
     for s in SETTINGS
         .iter()
         .filter(|s| s.read_by != unreserver::settings::ReadBy::Lambda)
