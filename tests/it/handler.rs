@@ -2,6 +2,8 @@
 //! environment builds), against a test database: the status action, the deadline margin, and
 //! the `errorType` each failure reaches Lambda with. (The end-to-end path under `cargo lambda` is in `lambda.rs`.)
 
+use std::time::{Duration, SystemTime};
+
 use serde_json::{json, Value};
 
 use crate::app::{Front, TestApp};
@@ -204,10 +206,43 @@ async fn each_database_failure_reaches_lambda_with_its_error_type() {
     shopper.batch_execute("ROLLBACK").await.unwrap();
 }
 
+/// Waits (up to 5 s, looking every 2 ms) until the follow on database `name` (the first
+/// front-door session started after `since`) has looked for the next due row after its first
+/// pass: a look seen after a statement of a pass, or after an earlier look. Its first pass is
+/// over then.
+async fn until_the_first_pass_is_over(
+    watcher: &tokio_postgres::Client,
+    name: &str,
+    since: SystemTime,
+) -> bool {
+    let sql = "SELECT query = $4 AS looking, query_start FROM pg_stat_activity \
+               WHERE datname = $1 AND application_name = $2 AND backend_start > $3 \
+               AND query_start IS NOT NULL ORDER BY backend_start LIMIT 1";
+    let look = unreserver::db::sql::follow::NEXT_DUE;
+    let (mut first_look, mut passing) = (None::<SystemTime>, false);
+    for _ in 0..2500 {
+        let rows = watcher
+            .query(sql, &[&name, &unreserver::APPLICATION_NAME, &since, &look])
+            .await
+            .unwrap();
+        if let Some(row) = rows.first() {
+            let (looking, started): (bool, SystemTime) = (row.get(0), row.get(1));
+            match (looking, first_look) {
+                (true, Some(first)) if passing || started > first => return true,
+                (true, None) => first_look = Some(started),
+                (false, Some(_)) => passing = true,
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    false
+}
+
 /// The Lambda's `release` action answers as the CLI does; its `follow` action follows for its
 /// seconds, releasing what falls due meanwhile, but never past the invocation's deadline less
 /// the margin.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_follow_and_release_actions_answer_in_lambda() {
     let t = TestApp::spawn().await;
     let v = t.variant(2).await;
@@ -221,16 +256,31 @@ async fn the_follow_and_release_actions_answer_in_lambda() {
     assert_eq!(released["reason"], "released", "{released}");
     assert_eq!(released["reservations_released"], 1);
 
-    // Due 2 s after it is written, just before the follow starts: not due at its first pass
-    // even when a loaded machine takes a second to start it (the first pass would release it
-    // and the follow would never have to wake for it).
+    // Due in an hour when the follow starts; once its first pass is seen over, brought forward
+    // to fall due 200 ms later, while it sleeps: the follow must wake for it, whatever the
+    // machine's load made of its start (a row already due at the first pass would be released
+    // by it, and the follow would never have to wake).
     let falling = t.order("pending", "pending").await;
-    t.reservation(crate::common::Res::new(Some(falling), v, 1, "2 seconds"))
+    let line = t
+        .reservation(crate::common::Res::new(Some(falling), v, 1, "1 hour"))
         .await;
-    let followed = t
-        .lambda(json!({"action": "follow", "seconds": 3}))
-        .await
-        .unwrap();
+    let (front, since) = (t.front().clone(), SystemTime::now());
+    let following = tokio::spawn(async move {
+        front
+            .lambda(json!({"action": "follow", "seconds": 3}))
+            .await
+    });
+    let watcher = t.connect().await;
+    assert!(
+        until_the_first_pass_is_over(&watcher, &t.name, since).await,
+        "the follow never looked again after its first pass"
+    );
+    t.exec(&format!(
+        "UPDATE orders_inventoryreservation \
+         SET expires_at = now() + interval '200 milliseconds' WHERE id = {line}"
+    ))
+    .await;
+    let followed = following.await.unwrap().unwrap();
     assert_eq!(followed["reservations_released"], 1, "{followed}");
     assert_eq!(followed["follow"]["ended"], "time");
     assert!(
