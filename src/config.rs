@@ -3,20 +3,21 @@
 //! lookup (the environment, or the CLI's flags over it). Every value is checked against its
 //! range before any connection is made, and every error names its setting. The groups are
 //! declared with their settings, once, in the settings table (`crate::settings`); here are the
-//! rules across settings, each group's [`Validate`]. Secrets are held as `SecretString`s or
+//! rules across settings, each group's [`Validate`], and what the rest of the process derives
+//! from them (a batch's budget). Secrets are held as `SecretString`s or
 //! in a [`tokio_postgres::Config`], whose `Debug` redacts the password.
 
 use std::time::Duration;
 
 pub use crate::db::settings::{DatabaseConfig, DatabaseSource, IamSettings, SecretSettings};
 use crate::error::{Error, Result};
+use crate::settings::{
+    check_lock_timeout, Setting, BATCH_SIZE, BATCH_SIZE_MIN, EVENT_BUS_NAME, LOCK_TIMEOUT_MS,
+    MAX_BATCHES, POWERTOOLS_METRICS_NAMESPACE, POWERTOOLS_SERVICE_NAME, SHOP_DEADLOCK_TIMEOUT_MS,
+};
 pub use crate::settings::{
     check_range, EventsConfig, LambdaConfig, MetricsConfig, ReleaseSettings, ReviveSettings,
     Validate, SETTINGS,
-};
-use crate::settings::{
-    Setting, BATCH_SIZE, BATCH_SIZE_MIN, EVENT_BUS_NAME, LOCK_TIMEOUT_MS, MAX_BATCHES,
-    POWERTOOLS_METRICS_NAMESPACE, POWERTOOLS_SERVICE_NAME,
 };
 
 /// Everything a front-end needs, read once at start.
@@ -98,6 +99,32 @@ impl ReleaseSettings {
     pub fn retry_backoff(&self) -> Duration {
         Duration::from_millis(self.retry_backoff_ms.into())
     }
+
+    /// The shop's `deadlock_timeout` (ms): `SHOP_DEADLOCK_TIMEOUT_MS` when set, else the
+    /// server's (`server_ms`, which the preflight read).
+    pub fn deadlock_timeout_ms(&self, server_ms: i64) -> i64 {
+        self.shop_deadlock_timeout_ms.map_or(server_ms, i64::from)
+    }
+
+    /// `LOCK_TIMEOUT_MS` against the shop's `deadlock_timeout` (see
+    /// [`ReleaseSettings::deadlock_timeout_ms`]), after connecting: the rule
+    /// [`check_lock_timeout`].
+    pub fn check_lock_timeout(&self, server_deadlock_timeout_ms: i64) -> Result<()> {
+        let whose = match self.shop_deadlock_timeout_ms {
+            Some(_) => SHOP_DEADLOCK_TIMEOUT_MS.name,
+            None => "the server's",
+        };
+        let deadlock_ms = self.deadlock_timeout_ms(server_deadlock_timeout_ms);
+        check_lock_timeout(self.lock_timeout_ms, deadlock_ms, whose)
+    }
+
+    /// The longest a batch may take: half the shop's `deadlock_timeout`, which must leave room
+    /// for `LOCK_TIMEOUT_MS` ([`ReleaseSettings::check_lock_timeout`]).
+    pub fn batch_budget(&self, server_deadlock_timeout_ms: i64) -> Result<Duration> {
+        self.check_lock_timeout(server_deadlock_timeout_ms)?;
+        let deadlock_ms = self.deadlock_timeout_ms(server_deadlock_timeout_ms);
+        Ok(Duration::from_millis((deadlock_ms / 2).max(1) as u64))
+    }
 }
 
 /// Every rule across the release's settings (each one alone is range-checked on parse).
@@ -124,6 +151,10 @@ impl Validate for ReleaseSettings {
                     self.lock_timeout_ms, self.statement_timeout_ms
                 ),
             });
+        }
+        if let Some(shop_ms) = self.shop_deadlock_timeout_ms {
+            let whose = SHOP_DEADLOCK_TIMEOUT_MS.name;
+            check_lock_timeout(self.lock_timeout_ms, shop_ms.into(), whose)?;
         }
         Ok(())
     }
@@ -393,6 +424,37 @@ mod tests {
             .with_overrides(None, Some(("max_batches", 0)))
             .unwrap_err();
         assert!(err.to_string().contains("max_batches"), "{err}");
+    }
+
+    #[test]
+    fn lock_timeout_must_leave_room_in_the_shops_deadlock_timeout() {
+        let err = ReleaseSettings::from_lookup(&lookup(&[
+            ("LOCK_TIMEOUT_MS", "300"),
+            ("SHOP_DEADLOCK_TIMEOUT_MS", "500"),
+        ]))
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::Setting { name, .. } if name == "LOCK_TIMEOUT_MS"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("SHOP_DEADLOCK_TIMEOUT_MS"),
+            "{err}"
+        );
+        let fits = ReleaseSettings::from_lookup(&lookup(&[
+            ("LOCK_TIMEOUT_MS", "250"),
+            ("SHOP_DEADLOCK_TIMEOUT_MS", "500"),
+        ]))
+        .unwrap();
+        assert_eq!(fits.batch_budget(1000).unwrap(), Duration::from_millis(250));
+        // After connecting, against the server's value when the shop's is not set.
+        let server = ReleaseSettings {
+            lock_timeout_ms: 600,
+            ..ReleaseSettings::default()
+        };
+        let err = server.check_lock_timeout(1000).unwrap_err();
+        assert!(err.to_string().contains("the server's"), "{err}");
+        assert_eq!(server.batch_budget(2000).unwrap(), Duration::from_secs(1));
     }
 
     #[test]

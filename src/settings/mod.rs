@@ -241,6 +241,30 @@ pub fn markdown() -> String {
     out
 }
 
+/// `LOCK_TIMEOUT_MS` (`lock_timeout_ms`) must be at most half the shop's `deadlock_timeout`
+/// (`deadlock_timeout_ms`, `whose`: `SHOP_DEADLOCK_TIMEOUT_MS` or the server's): in a lock
+/// cycle with a shopper, the batch must give up well before the shopper's backend runs the
+/// deadlock check and aborts the shopper. The one copy of the rule: the configuration checks
+/// `SHOP_DEADLOCK_TIMEOUT_MS` with it before connecting, the preflight the server's value
+/// after, and a run the value it budgets its batches from.
+pub fn check_lock_timeout(
+    lock_timeout_ms: u32,
+    deadlock_timeout_ms: i64,
+    whose: &str,
+) -> Result<()> {
+    if i64::from(lock_timeout_ms) * 2 <= deadlock_timeout_ms {
+        return Ok(());
+    }
+    Err(Error::Setting {
+        name: LOCK_TIMEOUT_MS.name.into(),
+        reason: format!(
+            "{lock_timeout_ms} ms must be at most half the shop's deadlock_timeout \
+             ({deadlock_timeout_ms} ms, {whose}), so that the release, not a shopper, gives up \
+             first in a lock cycle"
+        ),
+    })
+}
+
 /// Reads setting `name` through `lookup` as a whole number in `min..=max`; unset or empty
 /// keeps `default`. Errors name the setting.
 pub fn parse_u32(
@@ -358,5 +382,17 @@ mod tests {
         assert_eq!(Unit::Seconds.duration(2), Duration::from_secs(2));
         assert_eq!(Unit::Minutes.duration(2), Duration::from_secs(120));
         assert!(!Unit::Count("rows").is_time());
+    }
+
+    #[test]
+    fn the_lock_timeout_is_at_most_half_the_deadlock_timeout() {
+        assert!(check_lock_timeout(500, 1000, "the server's").is_ok());
+        let err = check_lock_timeout(501, 1000, "SHOP_DEADLOCK_TIMEOUT_MS").unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(&err, Error::Setting { name, .. } if name == "LOCK_TIMEOUT_MS"));
+        assert!(
+            text.contains("deadlock_timeout (1000 ms, SHOP_DEADLOCK_TIMEOUT_MS)"),
+            "{text}"
+        );
     }
 }
