@@ -12,8 +12,9 @@ use std::time::Duration;
 pub use crate::db::settings::{DatabaseConfig, DatabaseSource, IamSettings, SecretSettings};
 use crate::error::{Error, Result};
 use crate::settings::{
-    check_lock_timeout, Setting, BATCH_SIZE, BATCH_SIZE_MIN, EVENT_BUS_NAME, LOCK_TIMEOUT_MS,
-    MAX_BATCHES, POWERTOOLS_METRICS_NAMESPACE, POWERTOOLS_SERVICE_NAME, SHOP_DEADLOCK_TIMEOUT_MS,
+    check_lock_timeout, Setting, BATCH_SIZE, BATCH_SIZE_MIN, EVENT_BUS_NAME,
+    EXPIRY_WARNING_SECONDS, LOCK_TIMEOUT_MS, MAX_BATCHES, POWERTOOLS_METRICS_NAMESPACE,
+    POWERTOOLS_SERVICE_NAME, SHOP_DEADLOCK_TIMEOUT_MS,
 };
 pub use crate::settings::{
     check_range, EventsConfig, LambdaConfig, MetricsConfig, ReleaseSettings, ReviveSettings,
@@ -160,7 +161,7 @@ impl Validate for ReleaseSettings {
     }
 }
 
-/// The bus is a name or an ARN.
+/// The bus is a name or an ARN; the expiry warnings are events, so they need a bus.
 impl Validate for EventsConfig {
     fn validate(&self) -> Result<()> {
         if let Some(bus) = &self.bus_name {
@@ -175,6 +176,16 @@ impl Validate for EventsConfig {
                         .into(),
                 });
             }
+        }
+        if let (Some(lead), None) = (self.warning_lead, &self.bus_name) {
+            return Err(Error::Setting {
+                name: EXPIRY_WARNING_SECONDS.name.into(),
+                reason: format!(
+                    "is {} seconds, but EVENT_BUS_NAME is not set: the warnings are events on \
+                     that bus (set EVENT_BUS_NAME, or EXPIRY_WARNING_SECONDS to 0)",
+                    lead.as_secs()
+                ),
+            });
         }
         Ok(())
     }
@@ -455,6 +466,25 @@ mod tests {
         let err = server.check_lock_timeout(1000).unwrap_err();
         assert!(err.to_string().contains("the server's"), "{err}");
         assert_eq!(server.batch_budget(2000).unwrap(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn expiry_warnings_without_a_bus_are_refused_naming_both() {
+        let err =
+            Config::from_lookup(lookup(&[URL, ("EXPIRY_WARNING_SECONDS", "180")])).unwrap_err();
+        assert!(
+            matches!(&err, Error::Setting { name, .. } if name == "EXPIRY_WARNING_SECONDS"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("EVENT_BUS_NAME"), "{err}");
+        let events = EventsConfig::from_lookup(&lookup(&[
+            ("EXPIRY_WARNING_SECONDS", "180"),
+            ("EVENT_BUS_NAME", "shop-events"),
+        ]))
+        .unwrap();
+        assert_eq!(events.warning_lead, Some(Duration::from_secs(180)));
+        let none = EventsConfig::from_lookup(&lookup(&[("EXPIRY_WARNING_SECONDS", "0")])).unwrap();
+        assert_eq!((none.warning_lead, none.bus_name), (None, None));
     }
 
     #[test]
