@@ -4,7 +4,7 @@
 //! range before any connection is made, and every error names its setting. The groups are
 //! declared with their settings, once, in the settings table (`crate::settings`); here are the
 //! rules across settings, each group's [`Validate`], and what the rest of the process derives
-//! from them (a batch's budget). Secrets are held as `SecretString`s or
+//! from them (the first batch's size, a batch's budget). Secrets are held as `SecretString`s or
 //! in a [`tokio_postgres::Config`], whose `Debug` redacts the password.
 
 use std::time::Duration;
@@ -84,6 +84,23 @@ impl ReleaseSettings {
             MAX_BATCHES.check(name, n)?;
         }
         Ok(())
+    }
+
+    /// The smallest batch (rows): `BATCH_SIZE_MIN`, at least 1 and at most `BATCH_SIZE_MAX`.
+    /// Adaptive batches start there and fall back to it when shoppers compete.
+    pub fn batch_floor(&self) -> u32 {
+        self.batch_size_min.min(self.batch_size_max).max(1)
+    }
+
+    /// The largest adaptive batch (rows): `BATCH_SIZE_MAX`, at least the floor.
+    pub fn batch_ceiling(&self) -> u32 {
+        self.batch_size_max.max(self.batch_floor())
+    }
+
+    /// The rows the first batch of a run pages: `BATCH_SIZE` when it pins the size, else the
+    /// adaptive floor.
+    pub fn initial_batch_size(&self) -> u32 {
+        self.batch_size.unwrap_or(self.batch_floor())
     }
 
     /// `LOCK_TIMEOUT_MS` as a time.
@@ -506,5 +523,23 @@ mod tests {
         let lambda = LambdaConfig::from_lookup(&lookup(&[("PREFETCH_CREDENTIALS", "0")])).unwrap();
         assert!(!lambda.prefetch_credentials);
         assert_eq!(ReviveSettings::default().hold_minutes, 15);
+    }
+
+    #[test]
+    fn the_first_batch_is_the_pinned_size_or_the_adaptive_floor() {
+        let adaptive = ReleaseSettings::default();
+        assert_eq!(adaptive.initial_batch_size(), 100);
+        let pinned = ReleaseSettings {
+            batch_size: Some(7),
+            ..ReleaseSettings::default()
+        };
+        assert_eq!(pinned.initial_batch_size(), 7);
+        // Not validated (a test's struct): the floor stays within 1..=BATCH_SIZE_MAX.
+        let odd = ReleaseSettings {
+            batch_size_min: 500,
+            batch_size_max: 50,
+            ..ReleaseSettings::default()
+        };
+        assert_eq!((odd.initial_batch_size(), odd.batch_ceiling()), (50, 50));
     }
 }
