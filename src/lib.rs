@@ -27,8 +27,9 @@
 //! - [`cli`]: the `unreserver` command line. It and the Lambda handler live in the library, not
 //!   in `src/bin`, so that tests can drive them in-process; `src/bin` holds only the two thin
 //!   `main`s (`unreserver`, `bootstrap`).
-//! - [`settings`]: the table of every setting (name, range, default, unit, doc): it drives
-//!   parsing, `--help` and `docs/configuration.md`.
+//! - [`settings`]: the table of every setting, each declared once (name, range, default, unit,
+//!   doc, and the field of its group, with its typed parse): it drives parsing, `--help` and
+//!   `docs/configuration.md`.
 //! - [`telemetry`]: logging set-up, the run span and the run's summary line.
 //! - [`error`]: typed errors that say whether a retry can help.
 //!

@@ -106,6 +106,37 @@ fn a_bad_setting_is_named_before_connecting() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("DATABASE_URL"));
 }
 
+/// Settings each within range but wrong together are refused before connecting, naming both:
+/// expiry warnings without a bus to publish them on (they used to do nothing, silently), and a
+/// lock timeout that does not fit in half the shop's `deadlock_timeout` (found only after
+/// connecting, before).
+#[test]
+fn settings_wrong_together_are_named_before_connecting() {
+    for (env, named) in [
+        (
+            vec![("EXPIRY_WARNING_SECONDS", "60")],
+            ["EXPIRY_WARNING_SECONDS", "EVENT_BUS_NAME"],
+        ),
+        (
+            vec![
+                ("LOCK_TIMEOUT_MS", "300"),
+                ("SHOP_DEADLOCK_TIMEOUT_MS", "500"),
+            ],
+            ["LOCK_TIMEOUT_MS", "SHOP_DEADLOCK_TIMEOUT_MS"],
+        ),
+    ] {
+        let mut env = env;
+        env.push(("DATABASE_URL", "postgres://u:hunter2@127.0.0.1:1/db"));
+        let out = unreserver(&["run"], &env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{named:?}: {stderr}");
+        assert!(stderr.contains("InvalidSetting"), "{stderr}");
+        for name in named {
+            assert!(stderr.contains(name), "{name}: {stderr}");
+        }
+    }
+}
+
 #[test]
 fn an_unreachable_database_is_named_without_the_password() {
     let out = unreserver(

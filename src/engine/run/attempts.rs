@@ -133,10 +133,7 @@ impl<'a> Run<'a> {
             Error::Database { context, .. } => *context,
             _ => "a batch",
         };
-        let floor = self
-            .settings
-            .batch_size
-            .unwrap_or(self.settings.batch_size_min);
+        let floor = self.settings.initial_batch_size();
         let at_min = self.params.page_size <= MIN_PAGE_SIZE.min(i64::from(floor));
         self.cuts_at_min = if at_min { self.cuts_at_min + 1 } else { 0 };
         if self.cuts_at_min >= 2 {
