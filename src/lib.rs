@@ -30,7 +30,8 @@
 //! - [`settings`]: the table of every setting, each declared once (name, range, default, unit,
 //!   doc, and the field of its group, with its typed parse): it drives parsing, `--help` and
 //!   `docs/configuration.md`.
-//! - [`telemetry`]: logging set-up, the run span and the run's summary line.
+//! - [`telemetry`]: logging set-up, the run span and the run's summary line; `metrics`, every
+//!   metric as one backend-neutral row (name, unit, kind, help) the EMF document is written from.
 //! - [`error`]: typed errors that say whether a retry can help.
 //!
 //! Modules are private; what the binaries, tests and benchmark need is re-exported below.
