@@ -13,8 +13,8 @@ use crate::action::{
     open, run_context, summarized, Action, AppState, Failure, Front, Invocation, Metrics, Source,
 };
 use crate::engine::follow::{Follower, Next, WARNING_TICK};
-use crate::engine::report::{FollowStats, RunReport};
 use crate::engine::run::{RunFailure, RunOptions};
+use crate::engine::run_report::{FollowStats, RunReport};
 use crate::error::{Error, Result};
 use crate::events;
 use crate::telemetry;
@@ -130,10 +130,10 @@ impl Follow {
                         match report {
                             Ok(report) => {
                                 follower.passed(&report);
-                                total.absorb(report);
+                                total.add_pass(report);
                             }
                             Err(failure) => {
-                                total.absorb(*failure.report);
+                                total.add_pass(*failure.report);
                                 return Err(failure.error);
                             }
                         }
@@ -152,7 +152,7 @@ impl Follow {
         match result {
             Ok(()) => Ok(total),
             Err(error) => {
-                total.stopped_reason = crate::engine::report::StopReason::Failed;
+                total.stopped_reason = crate::engine::run_report::StopReason::Failed;
                 Err(RunFailure {
                     error,
                     report: Box::new(total),
@@ -189,7 +189,7 @@ async fn pass(
         ..RunOptions::default()
     };
     let (publisher, grace) = (state.publisher.as_ref(), invocation.publish_grace);
-    events::run::run(db, &state.config.release, options, publisher, grace).await
+    events::run::run_publishing(db, &state.config.release, options, publisher, grace).await
 }
 
 /// Sleeps `pause`, or less if a stop is asked meanwhile.

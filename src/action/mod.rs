@@ -27,7 +27,7 @@ pub use state::{AppState, InitTimings};
 
 use crate::db::session::Database;
 use crate::engine::reconcile::ReconcileReport;
-use crate::engine::report::RunReport;
+use crate::engine::run_report::RunReport;
 use crate::error::{Error, Result};
 
 /// Which front-end gave an input: its checks name each field as that front-end spells it (a

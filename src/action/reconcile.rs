@@ -45,7 +45,9 @@ impl Action for Reconcile {
         let ids = self.variant_ids.iter().chain(&self.drop_ids);
         if let Some(bad) = ids.copied().find(|id| *id <= 0) {
             return Err(Error::Setting {
-                name: front.name("--variant/--drop", "variant_ids/drop_ids").into(),
+                name: front
+                    .name("--variant/--drop", "variant_ids/drop_ids")
+                    .into(),
                 reason: format!("{bad} is not a positive id"),
             });
         }

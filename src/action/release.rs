@@ -3,7 +3,7 @@
 //! `Order Expired` event (`"reason": "released_on_request"`).
 
 use crate::action::{open, Action, AppState, Failure, Front, Invocation, Reply, Source};
-use crate::engine::on_request::RequestOutcome;
+use crate::engine::on_request::OnRequestOutcome;
 use crate::error::Result;
 use crate::events;
 
@@ -27,7 +27,7 @@ pub struct Release {
 
 impl Action for Release {
     const NAME: &'static str = "release";
-    type Answer = RequestOutcome;
+    type Answer = OnRequestOutcome;
 
     fn check(self, front: Front) -> Result<Self> {
         super::order_id(front.name("ORDER_ID", "order_id"), self.order_id)?;
@@ -35,7 +35,7 @@ impl Action for Release {
     }
 }
 
-impl Reply for RequestOutcome {
+impl Reply for OnRequestOutcome {
     fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }
@@ -50,10 +50,10 @@ impl Release {
         self,
         state: &AppState,
         invocation: &Invocation<'_>,
-    ) -> std::result::Result<RequestOutcome, Failure> {
+    ) -> std::result::Result<OnRequestOutcome, Failure> {
         let mut db = open(state).await?;
         let order_id = self.order_id;
-        let outcome = events::run::release_order(
+        let outcome = events::run::release_on_request(
             &mut db,
             &state.config.release,
             order_id,

@@ -4,12 +4,12 @@
 use tracing::Instrument;
 
 use crate::action::{
-    open, run_context, summarized, Action, AppState, Failure, Front, Invocation, Metrics,
-    Observed, Reply, Source,
+    open, run_context, summarized, Action, AppState, Failure, Front, Invocation, Metrics, Observed,
+    Reply, Source,
 };
 use crate::config::ReleaseSettings;
-use crate::engine::report::RunReport;
 use crate::engine::run::RunOptions;
+use crate::engine::run_report::RunReport;
 use crate::error::Result;
 use crate::events;
 use crate::telemetry;
@@ -100,7 +100,8 @@ impl Run {
         let grace = invocation.publish_grace;
         let span = telemetry::run_span(&ctx);
         let outcome = async {
-            let mut outcome = events::run::run(&mut db, &settings, options, publisher, grace).await;
+            let mut outcome =
+                events::run::run_publishing(&mut db, &settings, options, publisher, grace).await;
             if let (Some(publisher), Some(lead), false) =
                 (publisher, state.config.events.warning_lead, self.dry_run)
             {

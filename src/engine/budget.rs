@@ -70,7 +70,7 @@ pub(super) async fn timed_batch(
     let mut hot = params.hot_phase.subscribe();
     let started = Instant::now();
     let cut = {
-        let batch = batch::run(db, params, source, exclude);
+        let batch = batch::release_batch(db, params, source, exclude);
         tokio::pin!(batch);
         loop {
             let cut_at = budget.cut_at(started, *hot.borrow_and_update());

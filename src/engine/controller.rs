@@ -60,7 +60,7 @@ pub struct ControllerStats {
 
 impl ControllerStats {
     /// Adds the stats of a later pass of follow mode.
-    pub fn absorb(&mut self, later: &ControllerStats) {
+    pub fn add_pass(&mut self, later: &ControllerStats) {
         if later.batch_rows_max > 0 {
             self.batch_rows_min = match self.batch_rows_min {
                 0 => later.batch_rows_min,

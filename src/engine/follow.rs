@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use super::batch;
-use super::report::{RunReport, StopReason};
+use super::run_report::{RunReport, StopReason};
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::db::sql::follow::next_due;

@@ -11,7 +11,7 @@ use super::model;
 use super::publisher::{Published, Publisher};
 use crate::db::session::Database;
 use crate::db::sql::warnings::expiring_soon;
-use crate::engine::report::RunReport;
+use crate::engine::run_report::RunReport;
 
 /// Publishes the warnings of orders whose hold runs out within `window`, and counts them in
 /// `report` (`expiry_warnings`, and `events_published` / `events_failed`). A failed read is

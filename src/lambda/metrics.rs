@@ -68,7 +68,7 @@ pub fn emit(doc: &Value) {
 mod tests {
     use super::*;
     use crate::engine::reconcile::ReconcileReport;
-    use crate::engine::report::RunReport;
+    use crate::engine::run_report::RunReport;
 
     fn config() -> MetricsConfig {
         MetricsConfig::from_lookup(&|_: &str| None).unwrap()

@@ -4,7 +4,7 @@
 //! backend (Prometheus, OpenTelemetry) reads the same rows. Adding a metric is one row.
 
 use crate::engine::reconcile::ReconcileReport;
-use crate::engine::report::{RunReport, StopReason};
+use crate::engine::run_report::{RunReport, StopReason};
 
 /// The unit of a metric's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

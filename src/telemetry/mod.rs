@@ -11,7 +11,7 @@ pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::engine::report::RunReport;
+use crate::engine::run_report::RunReport;
 use crate::error::Error;
 use crate::settings::{LOG_FORMAT, RUST_LOG};
 

@@ -10,7 +10,7 @@ use aws_sdk_eventbridge::config::{Credentials, Region};
 use serde_json::{json, Value};
 use unreserver::db::sql::outbox;
 use unreserver::events::model::from_rows;
-use unreserver::events::{run::run as run_publishing, Publisher};
+use unreserver::events::{run::run_publishing, Publisher};
 use unreserver::RunOptions;
 
 use crate::common::{settings, test_env, Res, TestDb};
@@ -548,7 +548,7 @@ async fn an_order_released_on_request_says_so_live_and_in_the_replay() {
     let publisher = Publisher::new(aws_sdk_eventbridge::Client::new(&sdk().await), bus);
     let since = SystemTime::now() - Duration::from_secs(60);
     let mut db = t.open().await;
-    let outcome = unreserver::events::run::release_order(
+    let outcome = unreserver::events::run::release_on_request(
         &mut db,
         &settings(),
         asked,

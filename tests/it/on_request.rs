@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use unreserver::events::run::release_order;
-use unreserver::{Database, ReleaseReason, RequestOutcome};
+use unreserver::events::run::release_on_request;
+use unreserver::{Database, OnRequestOutcome, OnRequestReason};
 
 use crate::common::{run, settings, shopper_taking_turns, Res, TestDb};
 
-async fn release(db: &mut Database, order: i64) -> unreserver::Result<RequestOutcome> {
-    release_order(
+async fn release(db: &mut Database, order: i64) -> unreserver::Result<OnRequestOutcome> {
+    release_on_request(
         db,
         &settings(),
         order,
@@ -66,10 +66,10 @@ async fn an_order_not_yet_due_is_released_now_with_its_counters_and_cancellation
     let outcome = release(&mut db, order).await.unwrap();
     assert_eq!(
         outcome,
-        RequestOutcome {
+        OnRequestOutcome {
             order_id: order,
             released: true,
-            reason: ReleaseReason::Released,
+            reason: OnRequestReason::Released,
             reservations_released: 2,
             units_released: 5,
             events_published: 0,
@@ -102,7 +102,7 @@ async fn an_order_not_yet_due_is_released_now_with_its_counters_and_cancellation
     let again = release(&mut db, order).await.unwrap();
     assert_eq!(
         (again.released, again.reason),
-        (false, ReleaseReason::NothingActive)
+        (false, OnRequestReason::NothingActive)
     );
     assert_eq!(t.reserved(v).await, 1);
 }
@@ -121,11 +121,11 @@ async fn a_paid_order_or_one_the_rules_refuse_is_never_touched() {
     let before = t.fingerprint().await;
     let mut db = t.open().await;
     for (order, reason) in [
-        (paid, ReleaseReason::Paid),
-        (refunded, ReleaseReason::NotReleasable),
-        (confirmed, ReleaseReason::NotReleasable),
-        (empty, ReleaseReason::NothingActive),
-        (i64::from(i32::MAX), ReleaseReason::UnknownOrder),
+        (paid, OnRequestReason::Paid),
+        (refunded, OnRequestReason::NotReleasable),
+        (confirmed, OnRequestReason::NotReleasable),
+        (empty, OnRequestReason::NothingActive),
+        (i64::from(i32::MAX), OnRequestReason::UnknownOrder),
     ] {
         let outcome = release(&mut db, order).await.unwrap();
         assert_eq!(
@@ -180,7 +180,7 @@ async fn a_held_order_is_polled_for_then_given_up_retryably() {
     assert!(crate::common::until_seen(&watcher, pid, "state = 'idle in transaction'").await);
     held.commit().await.unwrap();
     let outcome = releasing.await.unwrap().unwrap();
-    assert_eq!(outcome.reason, ReleaseReason::Released);
+    assert_eq!(outcome.reason, OnRequestReason::Released);
     assert_eq!(t.order_status(order).await, "cancelled");
 }
 
@@ -244,7 +244,7 @@ async fn a_release_polling_for_a_held_variant_keeps_no_order_row_from_a_shopper(
     db.client.batch_execute("SELECT 'ready'").await.unwrap();
     let (watcher, mut shopper) = (t.connect().await, t.connect().await);
     let releasing = tokio::spawn(async move {
-        release_order(
+        release_on_request(
             &mut db,
             &s,
             order,
@@ -297,7 +297,7 @@ async fn a_release_polling_for_a_held_variant_keeps_no_order_row_from_a_shopper(
             outcome.reservations_released,
             outcome.units_released
         ),
-        (ReleaseReason::Released, 3, 6),
+        (OnRequestReason::Released, 3, 6),
         "the item added while it polled is released too"
     );
     assert_eq!(t.order_status(order).await, "cancelled");

@@ -13,8 +13,8 @@ use crate::db::sql::PageRow;
 use crate::engine::batch::{BatchOutcome, Source};
 use crate::engine::budget::{statement_timeout, timed_batch, Budget, TryError};
 use crate::engine::controller::{self};
-use crate::engine::report::StopReason;
 use crate::engine::retry::RetryPolicy;
+use crate::engine::run_report::StopReason;
 use crate::error::{is_cancelled, is_conflict, sql_state, Error, Result};
 
 impl<'a> Run<'a> {
