@@ -217,7 +217,7 @@ pub type Answer = Box<dyn Reply>;
 
 /// Deserializes an input with the path of the offending field in the error (a payload's
 /// fields, each action's own: unknown ones are refused).
-fn strict<T: DeserializeOwned>(fields: &Value) -> Result<T> {
+pub(crate) fn strict<T: DeserializeOwned>(fields: &Value) -> Result<T> {
     serde_path_to_error::deserialize(fields).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::action::run::Run;
-use crate::action::{Request, MAX_SOURCE_LEN};
+use crate::action::{strict, Request, MAX_SOURCE_LEN};
 use crate::error::{Error, Result};
 
 /// The EventBridge "Scheduled Event" envelope (EventBridge rules and the default Scheduler
@@ -75,19 +75,6 @@ fn route(payload: &Value) -> Result<Request> {
         Error::Payload(text) if text.starts_with("field action") => Error::Payload(text),
         Error::Payload(text) => Error::Payload(format!("action {action}: {text}")),
         other => other,
-    })
-}
-
-/// Deserializes with the path of the offending field in the error.
-fn strict<T: for<'de> Deserialize<'de>>(payload: &Value) -> Result<T> {
-    serde_path_to_error::deserialize(payload).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        if path.is_empty() || path == "." {
-            Error::Payload(inner)
-        } else {
-            Error::Payload(format!("field {path}: {inner}"))
-        }
     })
 }
 
