@@ -101,7 +101,13 @@ async fn execute(cli: Cli) -> Result<Output> {
     let request = cli.command.into_request()?;
     // One command, one connection: nothing to gain from fetching the credentials ahead.
     config.lambda.prefetch_credentials = false;
-    let deadline = config.release.time_budget.map(|b| Instant::now() + b);
+    // TIME_BUDGET_SECONDS bounds a command that runs once; a follower runs until its --for or
+    // a signal (on a host or in a container, until SIGTERM).
+    let budget = config.release.time_budget;
+    let deadline = match request {
+        Request::Follow(_) => None,
+        _ => budget.map(|b| Instant::now() + b),
+    };
     let state = AppState::from_config(config).await?;
     let run_id = new_run_id();
     let stop = matches!(request, Request::Run(_) | Request::Follow(_)).then(stop_on_signal);

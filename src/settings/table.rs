@@ -56,8 +56,8 @@ settings! {
         /// Base of the jittered exponential backoff between tries of a batch (or of a revive).
         RETRY_BACKOFF_MS: number(1..=10_000, 50, Ms), Both
             => retry_backoff_ms: u32;
-        /// Longest a CLI run may take; 0 for none. The Lambda function takes its deadline less
-        /// DEADLINE_MARGIN_MS instead.
+        /// Longest a CLI command may take (`follow` runs until its --for or a signal instead); 0
+        /// for none. The Lambda function takes its deadline less DEADLINE_MARGIN_MS instead.
         TIME_BUDGET_SECONDS: number(0..=86_400, 240, Seconds), Cli
             => time_budget: Option<Duration>;
         /// The lowest deadlock_timeout the shop's own sessions set, when below the server's; 0 for

@@ -447,3 +447,21 @@ async fn release_answers_json_with_its_exit_codes() {
         assert!(out.stdout.is_empty());
     }
 }
+
+/// `TIME_BUDGET_SECONDS` bounds a command that runs once, never a follower: `follow --for 3`
+/// with a budget of 1 s follows its 3 s (it ended at the budget, after 1 s, when the budget
+/// bounded it too; without `--for` it would stop after the default 240 s).
+#[tokio::test]
+async fn a_follower_runs_for_its_seconds_whatever_the_time_budget() {
+    let t = TestDb::new().await;
+    let url = t.release_url();
+    let out = unreserver(
+        &["follow", "--for", "3"],
+        &[("DATABASE_URL", url.as_str()), ("TIME_BUDGET_SECONDS", "1")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report = stdout_json(&out);
+    assert_eq!(report["follow"]["ended"], "time", "{report}");
+    let ms = report["duration_ms"].as_u64().unwrap_or(0);
+    assert!(ms >= 3000, "followed {ms} ms of its 3 s: {report}");
+}
