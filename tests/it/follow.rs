@@ -529,3 +529,58 @@ async fn every_time_the_shop_can_store_is_handled_by_follow_status_report_and_wa
         "the warning states the line due in a minute"
     );
 }
+
+/// Follow mode's look, read directly: it counts the reservations due by the rule (a paid
+/// order's and a payment in grace are not), and the next instant the clock makes one due is the
+/// earliest of every kind — here the end of the grace of a legacy line (once missed: it then
+/// said the end of the dated line's grace, 440 seconds later).
+#[tokio::test]
+async fn the_look_counts_what_is_due_and_finds_every_kind_of_next_due_instant() {
+    use unreserver::db::sql::{follow::next_due, Rules};
+    let t = TestDb::new().await;
+    let v = t.variant(0).await;
+    let (paid, paying, paying_legacy, later, due) = (
+        t.order("pending", "paid").await,
+        t.order("pending", "processing").await,
+        t.order("pending", "processing").await,
+        t.order("pending", "pending").await,
+        t.order("pending", "pending").await,
+    );
+    t.reservation(Res::new(Some(paid), v, 1, "-1 hour")).await;
+    // Grace of 10 minutes: ends in 540 s; the legacy line's (created 25 minutes less 100 s
+    // ago) in 100 s.
+    t.reservation(Res::new(Some(paying), v, 1, "-1 minute"))
+        .await;
+    t.reservation(Res {
+        created: "-1400 seconds",
+        expires: None,
+        ..Res::new(Some(paying_legacy), v, 1, "0 seconds")
+    })
+    .await;
+    t.reservation(Res::new(Some(later), v, 1, "1 hour")).await;
+    let rules = Rules {
+        timeout_minutes: 15,
+        grace_minutes: 10,
+    };
+    let client = t.connect().await;
+    let first = next_due(&client, unreserver::db::sql::PgTimestamp::MIN, rules, 10)
+        .await
+        .unwrap();
+    assert_eq!(first.due, 0, "nothing is due by the rule");
+    let look = next_due(&client, first.checked_at, rules, 10)
+        .await
+        .unwrap();
+    let wait = look.wait_seconds.unwrap();
+    assert!(
+        (95.0..=100.0).contains(&wait),
+        "the legacy line's grace ends first: {wait}"
+    );
+    t.reservation(Res::new(Some(due), v, 1, "-1 second")).await;
+    t.reservation(Res::new(None, v, 1, "-1 second")).await;
+    let look = next_due(&client, first.checked_at, rules, 10)
+        .await
+        .unwrap();
+    assert_eq!(look.due, 2, "a due order's line and a cart hold");
+    let look = next_due(&client, first.checked_at, rules, 1).await.unwrap();
+    assert_eq!(look.due, 1, "counted up to what was asked");
+}
