@@ -4,8 +4,9 @@
 //! panic). No caller passes `$n` by position or reads a column by index. A test prepares every
 //! statement and checks it against the wrapper's types (`tests/it/sql_types.rs`).
 //!
-//! Split by job: `rules` (the rules of release as SQL fragments — what is releasable, due, in
-//! grace, cancelled by the release — shared by every statement so that none can disagree),
+//! Split by job: `rules` (the rules of release as SQL fragments — what is releasable, when a
+//! reservation is due and when next the clock makes one due, how long it has been, what the
+//! release cancelled — shared by every statement so that none can disagree),
 //! `transaction` (session, timeouts, savepoint), `claim` (the page and the claims), `contention` (what the batch controller reads of the shop's sessions), `release`
 //! (the release steps), `reads` (backlog, drift, catalog), and the statements around the
 //! release: `outbox`, `revive`, `delay_report`. Every time comparison is against the database
