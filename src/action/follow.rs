@@ -171,7 +171,8 @@ async fn warn(
 ) {
     if let (Some(publisher), Some(lead)) = (&state.publisher, state.config.events.warning_lead) {
         let window = lead + WARNING_TICK;
-        events::warnings::publish(db, publisher, window, invocation.run_id, total).await;
+        let rules = crate::engine::batch::rules(&state.config.release);
+        events::warnings::publish(db, publisher, window, rules, invocation.run_id, total).await;
     }
 }
 

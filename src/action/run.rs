@@ -110,7 +110,9 @@ impl Run {
                     Ok(report) => report,
                     Err(failure) => failure.report.as_mut(),
                 };
-                events::warnings::publish(&db, publisher, window, invocation.run_id, report).await;
+                let rules = crate::engine::batch::rules(&settings);
+                let run_id = invocation.run_id;
+                events::warnings::publish(&db, publisher, window, rules, run_id, report).await;
             }
             outcome
         }
