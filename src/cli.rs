@@ -9,22 +9,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::action::events::{Events, EventsAnswer};
-use crate::action::follow::Follow;
-use crate::action::reconcile::Reconcile;
-use crate::action::release::Release;
-use crate::action::report::Report;
-use crate::action::revive::Revive;
-use crate::action::run::Run;
-use crate::action::status::Status;
-use crate::action::{Answer, AppState, Invocation, Request};
+use crate::action::{AppState, Command, Invocation, Request};
 use crate::config::Config;
-use crate::engine::release_delay::MAX_DAYS;
 use crate::engine::run::new_run_id;
 use crate::error::{Error, Result};
 use crate::settings;
@@ -51,87 +42,10 @@ pub struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Release due reservations and print the run report.
-    Run {
-        /// Run every statement, roll each batch back, and report what would happen.
-        #[arg(long)]
-        dry_run: bool,
-        /// Pins the batch size for this run (as BATCH_SIZE does); unset: adaptive batches.
-        #[arg(long)]
-        batch_size: Option<u32>,
-        /// Overrides MAX_BATCHES for this run.
-        #[arg(long)]
-        max_batches: Option<u32>,
-    },
-    /// Keep releasing as reservations fall due (sleeping until the next one, looking again
-    /// every second), until --for runs out or SIGTERM/SIGINT (the batch in flight finishes);
-    /// then print the run report, summed over the passes.
-    Follow {
-        /// Follow this many seconds (1 to 900); without it, until a signal.
-        #[arg(long = "for", value_name = "SECONDS")]
-        for_seconds: Option<u32>,
-    },
-    /// Print the backlog, anomalies and counter drift.
-    Status,
-    /// Revive an order the release cancelled, if its stock is still there (a late payment).
-    Revive {
-        /// The order's id (`orders_order.id`).
-        order_id: i64,
-    },
-    /// Release one order's active reservations now, due or not (the shop's abandon or
-    /// payment-failed webhook), by the release's rules otherwise: never a paid order. Exit 3
-    /// when the order is not released (see "reason").
-    Release {
-        /// The order's id (`orders_order.id`).
-        order_id: i64,
-    },
-    /// Print the expiry events of a window as the database holds them now, one JSON object a
-    /// line, or publish them again to EVENT_BUS_NAME.
-    Events {
-        /// Start of the window (RFC 3339, e.g. 2026-11-25T10:00:00Z), included.
-        #[arg(long, value_parser = parse_time)]
-        since: SystemTime,
-        /// End of the window, excluded (default: now, on the database clock).
-        #[arg(long, value_parser = parse_time)]
-        until: Option<SystemTime>,
-        /// Publish them to EVENT_BUS_NAME instead of printing them.
-        #[arg(long)]
-        publish: bool,
-    },
-    /// Compare every variant's and drop's reserved_quantity with its active reservations and,
-    /// with --apply, set the drifted ones right (never waiting behind a shopper). Exit 3 while
-    /// drift remains.
-    Reconcile {
-        /// Repair the counters that disagree (without it, nothing changes).
-        #[arg(long)]
-        apply: bool,
-        /// Only this variant (repeatable).
-        #[arg(long = "variant", value_name = "ID")]
-        variants: Vec<i64>,
-        /// Only this drop product (repeatable).
-        #[arg(long = "drop", value_name = "ID")]
-        drops: Vec<i64>,
-    },
-    /// Print the release-delay report: per UTC day, what the release expired and how late.
-    Report {
-        /// Days to cover, today (UTC) included.
-        #[arg(long, default_value_t = 7,
-              value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_DAYS)))]
-        days: u32,
-    },
-}
-
 /// What a command printed and the exit code it ends with.
 struct Output {
     text: String,
     code: u8,
-}
-
-fn parse_time(value: &str) -> std::result::Result<SystemTime, String> {
-    humantime::parse_rfc3339_weak(value)
-        .map_err(|e| format!("{e}: expected RFC 3339, e.g. 2026-11-25T10:00:00Z"))
 }
 
 /// Parses the arguments, runs the command, and returns the process exit code.
@@ -182,49 +96,18 @@ fn config(cli: &Cli) -> Result<Config> {
     })
 }
 
-/// The action the arguments ask for, its input checked under the flags' names.
-fn request(command: Command) -> Result<Request> {
-    Ok(match command {
-        Command::Run {
-            dry_run,
-            batch_size,
-            max_batches,
-        } => Request::Run(Run::new(
-            "cli",
-            dry_run,
-            batch_size.map(|n| ("--batch-size", n)),
-            max_batches.map(|n| ("--max-batches", n)),
-        )?),
-        Command::Follow { for_seconds } => {
-            Request::Follow(Follow::new("cli", "--for", for_seconds)?)
-        }
-        Command::Status => Request::Status(Status),
-        Command::Revive { order_id } => Request::Revive(Revive::new("ORDER_ID", order_id)?),
-        Command::Release { order_id } => Request::Release(Release::new("ORDER_ID", order_id)?),
-        Command::Events {
-            since,
-            until,
-            publish,
-        } => Request::Events(Events {
-            since,
-            until,
-            publish,
-        }),
-        Command::Report { days } => Request::Report(Report::new("--days", Some(days))?),
-        Command::Reconcile {
-            apply,
-            variants,
-            drops,
-        } => Request::Reconcile(Reconcile::new("--variant/--drop", apply, variants, drops)?),
-    })
-}
-
 async fn execute(cli: Cli) -> Result<Output> {
     let mut config = config(&cli)?;
-    let request = request(cli.command)?;
+    let request = cli.command.into_request()?;
     // One command, one connection: nothing to gain from fetching the credentials ahead.
     config.lambda.prefetch_credentials = false;
-    let deadline = config.release.time_budget.map(|b| Instant::now() + b);
+    // TIME_BUDGET_SECONDS bounds a command that runs once; a follower runs until its --for or
+    // a signal (on a host or in a container, until SIGTERM).
+    let budget = config.release.time_budget;
+    let deadline = match request {
+        Request::Follow(_) => None,
+        _ => budget.map(|b| Instant::now() + b),
+    };
     let state = AppState::from_config(config).await?;
     let run_id = new_run_id();
     let stop = matches!(request, Request::Run(_) | Request::Follow(_)).then(stop_on_signal);
@@ -241,7 +124,7 @@ async fn execute(cli: Cli) -> Result<Output> {
         .await
         .map_err(|failure| failure.error)?;
     Ok(Output {
-        text: text(&answer),
+        text: answer.to_text(),
         code: if answer.done() { 0 } else { 3 },
     })
 }
@@ -269,20 +152,4 @@ fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
         std::process::exit(130);
     });
     rx
-}
-
-/// What the CLI prints of an answer: one JSON object, or one event a line.
-fn text(answer: &Answer) -> String {
-    match answer {
-        Answer::Events(EventsAnswer::Listed(events)) => {
-            let lines: Vec<String> = events.iter().map(to_json).collect();
-            lines.join("\n")
-        }
-        other => other.to_json().to_string(),
-    }
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> String {
-    // Serializing these plain structs cannot fail; fall back to an empty object regardless.
-    serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
 }

@@ -1,21 +1,24 @@
-//! The one configuration tree of the process — release, database, Lambda and metrics settings —
-//! read by one function ([`Config::from_lookup`]) from one name → value lookup (the environment,
-//! or the CLI's flags over it). Every value is checked against its range before any connection
-//! is made, and every error names its setting. Secrets are held as `SecretString`s or in a
-//! [`tokio_postgres::Config`], whose `Debug` redacts the password.
+//! The one configuration tree of the process — release, database, Lambda, metrics, events and
+//! revive settings — read by one function ([`Config::from_lookup`]) from one name → value
+//! lookup (the environment, or the CLI's flags over it). Every value is checked against its
+//! range before any connection is made, and every error names its setting. The groups are
+//! declared with their settings, once, in the settings table (`crate::settings`); here are the
+//! rules across settings, each group's [`Validate`], and what the rest of the process derives
+//! from them (the first batch's size, a batch's budget). Secrets are held as `SecretString`s or
+//! in a [`tokio_postgres::Config`], whose `Debug` redacts the password.
 
 use std::time::Duration;
 
 pub use crate::db::settings::{DatabaseConfig, DatabaseSource, IamSettings, SecretSettings};
 use crate::error::{Error, Result};
-pub use crate::settings::{check_range, SETTINGS};
 use crate::settings::{
-    Setting, BATCH_MAX_ATTEMPTS, BATCH_SIZE, BATCH_SIZE_MAX, BATCH_SIZE_MIN, BATCH_TARGET_MS,
-    DEADLINE_MARGIN_MS, EVENT_BUS_NAME, EXPIRY_WARNING_SECONDS, LOCK_TIMEOUT_MS, MAX_BATCHES,
-    PASS_SIZE, PAYMENT_PROCESSING_GRACE_MINUTES, POWERTOOLS_METRICS_NAMESPACE,
-    POWERTOOLS_SERVICE_NAME, PREFETCH_CREDENTIALS, RESERVATION_TIMEOUT_MINUTES, RETRY_BACKOFF_MS,
-    REVIVE_HOLD_MINUTES, RUN_INTERVAL_SECONDS, SHOP_DEADLOCK_TIMEOUT_MS, STATEMENT_TIMEOUT_MS,
-    TIME_BUDGET_SECONDS, WORKERS,
+    check_lock_timeout, Setting, BATCH_SIZE, BATCH_SIZE_MIN, EVENT_BUS_NAME,
+    EXPIRY_WARNING_SECONDS, LOCK_TIMEOUT_MS, MAX_BATCHES, POWERTOOLS_METRICS_NAMESPACE,
+    POWERTOOLS_SERVICE_NAME, SHOP_DEADLOCK_TIMEOUT_MS,
+};
+pub use crate::settings::{
+    check_range, EventsConfig, LambdaConfig, MetricsConfig, ReleaseSettings, ReviveSettings,
+    Validate, SETTINGS,
 };
 
 /// Everything a front-end needs, read once at start.
@@ -36,7 +39,8 @@ impl Config {
     }
 
     /// Reads the whole tree through `lookup` (name → value); unset or empty names keep their
-    /// defaults. Fails on the first bad value, naming it.
+    /// defaults. Each group is checked with its rules as it is read. Fails on the first bad
+    /// value, naming it.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config> {
         let lookup = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         Ok(Config {
@@ -50,98 +54,7 @@ impl Config {
     }
 }
 
-/// How a run releases: batch shape, time rules, and how long it may wait on a lock.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReleaseSettings {
-    /// `BATCH_SIZE`: due reservations paged per batch transaction, pinned; None: adaptive (see
-    /// `engine::controller`).
-    pub batch_size: Option<u32>,
-    /// `BATCH_SIZE_MIN`, `BATCH_SIZE_MAX`: the adaptive batch's bounds (rows).
-    pub batch_size_min: u32,
-    pub batch_size_max: u32,
-    /// `BATCH_TARGET_MS`: the time an adaptive batch is sized to take while nothing competes.
-    pub batch_target_ms: u32,
-    /// `WORKERS`: connections one run drains with at once while nothing competes.
-    pub workers: u32,
-    /// Batches after which a run stops even if more is due.
-    pub max_batches: u32,
-    /// Age after which a legacy reservation (NULL `expires_at`) is due.
-    pub reservation_timeout_minutes: u32,
-    /// Extra time an order whose payment is `processing` gets before it is due.
-    pub payment_processing_grace_minutes: u32,
-    /// `lock_timeout` of a batch: the longest a batch waits on one row lock held by a shopper.
-    pub lock_timeout_ms: u32,
-    /// `statement_timeout` of a batch's statements.
-    pub statement_timeout_ms: u32,
-    /// Tries of one batch on lock timeout, deadlock or serialization failure before the run
-    /// stops and leaves the rest for the next run.
-    pub batch_max_attempts: u32,
-    /// Base of the jittered exponential backoff between tries of a batch.
-    pub retry_backoff_ms: u32,
-    /// Longest a run may take (CLI). The Lambda front-end derives it from the deadline instead.
-    pub time_budget: Option<Duration>,
-    /// `SHOP_DEADLOCK_TIMEOUT_MS`: the lowest `deadlock_timeout` the shop's own sessions use,
-    /// when they set one below the server's (which the preflight reads; None: use that). A
-    /// batch never outlives half of it, and `LOCK_TIMEOUT_MS` must be at most half of it.
-    pub shop_deadlock_timeout_ms: Option<u32>,
-    /// `PASS_SIZE`: due rows one pass reads when no index serves the keyset page (see
-    /// `engine::pass`): about 40 bytes of memory each.
-    pub pass_size: u32,
-}
-
-impl Default for ReleaseSettings {
-    fn default() -> Self {
-        let n = |s: Setting| s.default_number();
-        ReleaseSettings {
-            batch_size: None,
-            batch_size_min: n(BATCH_SIZE_MIN),
-            batch_size_max: n(BATCH_SIZE_MAX),
-            batch_target_ms: n(BATCH_TARGET_MS),
-            workers: n(WORKERS),
-            max_batches: n(MAX_BATCHES),
-            reservation_timeout_minutes: n(RESERVATION_TIMEOUT_MINUTES),
-            payment_processing_grace_minutes: n(PAYMENT_PROCESSING_GRACE_MINUTES),
-            lock_timeout_ms: n(LOCK_TIMEOUT_MS),
-            statement_timeout_ms: n(STATEMENT_TIMEOUT_MS),
-            batch_max_attempts: n(BATCH_MAX_ATTEMPTS),
-            retry_backoff_ms: n(RETRY_BACKOFF_MS),
-            time_budget: seconds(n(TIME_BUDGET_SECONDS)),
-            shop_deadlock_timeout_ms: Some(n(SHOP_DEADLOCK_TIMEOUT_MS)).filter(|&ms| ms > 0),
-            pass_size: n(PASS_SIZE),
-        }
-    }
-}
-
-/// 0 means none.
-fn seconds(n: u32) -> Option<Duration> {
-    (n > 0).then(|| Duration::from_secs(u64::from(n)))
-}
-
 impl ReleaseSettings {
-    /// Reads the release settings through `lookup`; unset names keep their defaults.
-    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<ReleaseSettings> {
-        let settings = ReleaseSettings {
-            batch_size: BATCH_SIZE.optional_number(lookup)?,
-            batch_size_min: BATCH_SIZE_MIN.number(lookup)?,
-            batch_size_max: BATCH_SIZE_MAX.number(lookup)?,
-            batch_target_ms: BATCH_TARGET_MS.number(lookup)?,
-            workers: WORKERS.number(lookup)?,
-            max_batches: MAX_BATCHES.number(lookup)?,
-            reservation_timeout_minutes: RESERVATION_TIMEOUT_MINUTES.number(lookup)?,
-            payment_processing_grace_minutes: PAYMENT_PROCESSING_GRACE_MINUTES.number(lookup)?,
-            lock_timeout_ms: LOCK_TIMEOUT_MS.number(lookup)?,
-            statement_timeout_ms: STATEMENT_TIMEOUT_MS.number(lookup)?,
-            batch_max_attempts: BATCH_MAX_ATTEMPTS.number(lookup)?,
-            retry_backoff_ms: RETRY_BACKOFF_MS.number(lookup)?,
-            time_budget: seconds(TIME_BUDGET_SECONDS.number(lookup)?),
-            shop_deadlock_timeout_ms: Some(SHOP_DEADLOCK_TIMEOUT_MS.number(lookup)?)
-                .filter(|&ms| ms > 0),
-            pass_size: PASS_SIZE.number(lookup)?,
-        };
-        settings.validate()?;
-        Ok(settings)
-    }
-
     /// Applies a front-end's overrides (a flag, a payload field), each range-checked under the
     /// name the caller gave it.
     pub fn with_overrides(
@@ -173,8 +86,68 @@ impl ReleaseSettings {
         Ok(())
     }
 
-    /// Checks the relations between settings (each one alone is range-checked on parse).
-    pub fn validate(&self) -> Result<()> {
+    /// The smallest batch (rows): `BATCH_SIZE_MIN`, at least 1 and at most `BATCH_SIZE_MAX`.
+    /// Adaptive batches start there and fall back to it when shoppers compete.
+    pub fn batch_floor(&self) -> u32 {
+        self.batch_size_min.min(self.batch_size_max).max(1)
+    }
+
+    /// The largest adaptive batch (rows): `BATCH_SIZE_MAX`, at least the floor.
+    pub fn batch_ceiling(&self) -> u32 {
+        self.batch_size_max.max(self.batch_floor())
+    }
+
+    /// The rows the first batch of a run pages: `BATCH_SIZE` when it pins the size, else the
+    /// adaptive floor.
+    pub fn initial_batch_size(&self) -> u32 {
+        self.batch_size.unwrap_or(self.batch_floor())
+    }
+
+    /// `LOCK_TIMEOUT_MS` as a time.
+    pub fn lock_timeout(&self) -> Duration {
+        Duration::from_millis(self.lock_timeout_ms.into())
+    }
+
+    /// `STATEMENT_TIMEOUT_MS` as a time.
+    pub fn statement_timeout(&self) -> Duration {
+        Duration::from_millis(self.statement_timeout_ms.into())
+    }
+
+    /// `RETRY_BACKOFF_MS` as a time.
+    pub fn retry_backoff(&self) -> Duration {
+        Duration::from_millis(self.retry_backoff_ms.into())
+    }
+
+    /// The shop's `deadlock_timeout` (ms): `SHOP_DEADLOCK_TIMEOUT_MS` when set, else the
+    /// server's (`server_ms`, which the preflight read).
+    pub fn deadlock_timeout_ms(&self, server_ms: i64) -> i64 {
+        self.shop_deadlock_timeout_ms.map_or(server_ms, i64::from)
+    }
+
+    /// `LOCK_TIMEOUT_MS` against the shop's `deadlock_timeout` (see
+    /// [`ReleaseSettings::deadlock_timeout_ms`]), after connecting: the rule
+    /// [`check_lock_timeout`].
+    pub fn check_lock_timeout(&self, server_deadlock_timeout_ms: i64) -> Result<()> {
+        let whose = match self.shop_deadlock_timeout_ms {
+            Some(_) => SHOP_DEADLOCK_TIMEOUT_MS.name,
+            None => "the server's",
+        };
+        let deadlock_ms = self.deadlock_timeout_ms(server_deadlock_timeout_ms);
+        check_lock_timeout(self.lock_timeout_ms, deadlock_ms, whose)
+    }
+
+    /// The longest a batch may take: half the shop's `deadlock_timeout`, which must leave room
+    /// for `LOCK_TIMEOUT_MS` ([`ReleaseSettings::check_lock_timeout`]).
+    pub fn batch_budget(&self, server_deadlock_timeout_ms: i64) -> Result<Duration> {
+        self.check_lock_timeout(server_deadlock_timeout_ms)?;
+        let deadlock_ms = self.deadlock_timeout_ms(server_deadlock_timeout_ms);
+        Ok(Duration::from_millis((deadlock_ms / 2).max(1) as u64))
+    }
+}
+
+/// Every rule across the release's settings (each one alone is range-checked on parse).
+impl Validate for ReleaseSettings {
+    fn validate(&self) -> Result<()> {
         if let Some(n) = self.batch_size {
             BATCH_SIZE.check(BATCH_SIZE.name, n)?;
         }
@@ -197,128 +170,74 @@ impl ReleaseSettings {
                 ),
             });
         }
+        if let Some(shop_ms) = self.shop_deadlock_timeout_ms {
+            let whose = SHOP_DEADLOCK_TIMEOUT_MS.name;
+            check_lock_timeout(self.lock_timeout_ms, shop_ms.into(), whose)?;
+        }
         Ok(())
     }
 }
 
-/// What only the Lambda front-end uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LambdaConfig {
-    /// `DEADLINE_MARGIN_MS` (5000): time kept free before the invocation's deadline.
-    pub deadline_margin: Duration,
-    /// `PREFETCH_CREDENTIALS` (1): fetch the database credentials during init.
-    pub prefetch_credentials: bool,
-}
-
-impl LambdaConfig {
-    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<LambdaConfig> {
-        let margin_ms = DEADLINE_MARGIN_MS.number(lookup)?;
-        let prefetch = PREFETCH_CREDENTIALS.number(lookup)?;
-        Ok(LambdaConfig {
-            deadline_margin: Duration::from_millis(margin_ms.into()),
-            prefetch_credentials: prefetch == 1,
-        })
-    }
-}
-
-/// Where expiry events go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventsConfig {
-    /// `EVENT_BUS_NAME`: the EventBridge bus (name or ARN) each run publishes its expiry events
-    /// to; unset, no events are published.
-    pub bus_name: Option<String>,
-    /// `EXPIRY_WARNING_SECONDS` (0: None): the lead time of the `Order Expiring Soon` events.
-    pub warning_lead: Option<Duration>,
-    /// `RUN_INTERVAL_SECONDS` (300): the time between two scheduled runs.
-    pub run_interval: Duration,
-}
-
-impl EventsConfig {
-    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let lead = EXPIRY_WARNING_SECONDS.number(lookup)?;
-        let interval = RUN_INTERVAL_SECONDS.number(lookup)?;
-        let timing = EventsConfig {
-            bus_name: None,
-            warning_lead: (lead > 0).then(|| Duration::from_secs(lead.into())),
-            run_interval: Duration::from_secs(interval.into()),
-        };
-        let Some(bus) = EVENT_BUS_NAME.get(lookup) else {
-            return Ok(timing);
-        };
-        let ok = bus.len() <= 1600
-            && bus
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c));
-        if !ok {
+/// The bus is a name or an ARN; the expiry warnings are events, so they need a bus.
+impl Validate for EventsConfig {
+    fn validate(&self) -> Result<()> {
+        if let Some(bus) = &self.bus_name {
+            let ok = bus.len() <= 1600
+                && bus
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c));
+            if !ok {
+                return Err(Error::Setting {
+                    name: EVENT_BUS_NAME.name.into(),
+                    reason: "must be an event bus name or ARN (letters, digits and . _ - / :)"
+                        .into(),
+                });
+            }
+        }
+        if let (Some(lead), None) = (self.warning_lead, &self.bus_name) {
             return Err(Error::Setting {
-                name: EVENT_BUS_NAME.name.into(),
-                reason: "must be an event bus name or ARN (letters, digits and . _ - / :)".into(),
+                name: EXPIRY_WARNING_SECONDS.name.into(),
+                reason: format!(
+                    "is {} seconds, but EVENT_BUS_NAME is not set: the warnings are events on \
+                     that bus (set EVENT_BUS_NAME, or EXPIRY_WARNING_SECONDS to 0)",
+                    lead.as_secs()
+                ),
             });
         }
-        Ok(EventsConfig {
-            bus_name: Some(bus),
-            ..timing
-        })
+        Ok(())
     }
 }
 
-/// How a late payment revives an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReviveSettings {
-    /// `REVIVE_HOLD_MINUTES` (15): how long the revived reservations hold the stock again.
-    pub hold_minutes: u32,
-}
-
-impl ReviveSettings {
-    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self> {
-        Ok(ReviveSettings {
-            hold_minutes: REVIVE_HOLD_MINUTES.number(lookup)?,
-        })
-    }
-}
-
-/// The CloudWatch namespace and service dimension of the metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetricsConfig {
-    pub namespace: String,
-    pub service: String,
-}
-
-impl MetricsConfig {
-    /// `POWERTOOLS_METRICS_NAMESPACE` (default `Unreserver`) and `POWERTOOLS_SERVICE_NAME`
-    /// (default `unreserver`).
-    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let namespace = metric_name(lookup, POWERTOOLS_METRICS_NAMESPACE, 255)?;
-        if namespace.starts_with("AWS/") {
+/// The namespace and the service dimension are names CloudWatch accepts.
+impl Validate for MetricsConfig {
+    fn validate(&self) -> Result<()> {
+        metric_name(&self.namespace, POWERTOOLS_METRICS_NAMESPACE, 255)?;
+        if self.namespace.starts_with("AWS/") {
             return Err(Error::Setting {
                 name: POWERTOOLS_METRICS_NAMESPACE.name.into(),
                 reason: "namespaces starting with AWS/ are reserved for AWS services".into(),
             });
         }
-        let service = metric_name(lookup, POWERTOOLS_SERVICE_NAME, 250)?;
-        Ok(MetricsConfig { namespace, service })
+        metric_name(&self.service, POWERTOOLS_SERVICE_NAME, 250)
     }
 }
 
-fn metric_name(
-    lookup: &impl Fn(&str) -> Option<String>,
-    setting: Setting,
-    max: usize,
-) -> Result<String> {
-    let name = setting.name;
-    let value = setting
-        .get(lookup)
-        .unwrap_or_else(|| setting.default_text());
+impl Validate for LambdaConfig {}
+
+impl Validate for ReviveSettings {}
+
+/// `value` of `setting`: 1 to `max` of A-Z a-z 0-9 . _ - / # :, not starting with a colon.
+fn metric_name(value: &str, setting: Setting, max: usize) -> Result<()> {
     let ok = value.len() <= max
         && value
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-/#:".contains(c))
         && !value.starts_with(':');
     if ok {
-        Ok(value)
+        Ok(())
     } else {
         Err(Error::Setting {
-            name: name.into(),
+            name: setting.name.into(),
             reason: format!("must be 1 to {max} characters of A-Z a-z 0-9 . _ - / # :"),
         })
     }
@@ -533,5 +452,94 @@ mod tests {
             .with_overrides(None, Some(("max_batches", 0)))
             .unwrap_err();
         assert!(err.to_string().contains("max_batches"), "{err}");
+    }
+
+    #[test]
+    fn lock_timeout_must_leave_room_in_the_shops_deadlock_timeout() {
+        let err = ReleaseSettings::from_lookup(&lookup(&[
+            ("LOCK_TIMEOUT_MS", "300"),
+            ("SHOP_DEADLOCK_TIMEOUT_MS", "500"),
+        ]))
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::Setting { name, .. } if name == "LOCK_TIMEOUT_MS"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("SHOP_DEADLOCK_TIMEOUT_MS"),
+            "{err}"
+        );
+        let fits = ReleaseSettings::from_lookup(&lookup(&[
+            ("LOCK_TIMEOUT_MS", "250"),
+            ("SHOP_DEADLOCK_TIMEOUT_MS", "500"),
+        ]))
+        .unwrap();
+        assert_eq!(fits.batch_budget(1000).unwrap(), Duration::from_millis(250));
+        // After connecting, against the server's value when the shop's is not set.
+        let server = ReleaseSettings {
+            lock_timeout_ms: 600,
+            ..ReleaseSettings::default()
+        };
+        let err = server.check_lock_timeout(1000).unwrap_err();
+        assert!(err.to_string().contains("the server's"), "{err}");
+        assert_eq!(server.batch_budget(2000).unwrap(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn expiry_warnings_without_a_bus_are_refused_naming_both() {
+        let err =
+            Config::from_lookup(lookup(&[URL, ("EXPIRY_WARNING_SECONDS", "180")])).unwrap_err();
+        assert!(
+            matches!(&err, Error::Setting { name, .. } if name == "EXPIRY_WARNING_SECONDS"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("EVENT_BUS_NAME"), "{err}");
+        let events = EventsConfig::from_lookup(&lookup(&[
+            ("EXPIRY_WARNING_SECONDS", "180"),
+            ("EVENT_BUS_NAME", "shop-events"),
+        ]))
+        .unwrap();
+        assert_eq!(events.warning_lead, Some(Duration::from_secs(180)));
+        let none = EventsConfig::from_lookup(&lookup(&[("EXPIRY_WARNING_SECONDS", "0")])).unwrap();
+        assert_eq!((none.warning_lead, none.bus_name), (None, None));
+    }
+
+    #[test]
+    fn times_are_read_in_their_units() {
+        let s = ReleaseSettings::default();
+        assert_eq!(s.batch_target, Duration::from_millis(150));
+        assert_eq!(s.time_budget, Some(Duration::from_secs(240)));
+        assert_eq!(s.shop_deadlock_timeout_ms, None);
+        assert_eq!(s.lock_timeout(), Duration::from_millis(100));
+        let s = ReleaseSettings::from_lookup(&lookup(&[
+            ("BATCH_TARGET_MS", "40"),
+            ("SHOP_DEADLOCK_TIMEOUT_MS", "2000"),
+        ]))
+        .unwrap();
+        assert_eq!(s.batch_target, Duration::from_millis(40));
+        assert_eq!(s.shop_deadlock_timeout_ms, Some(2000));
+        let events = EventsConfig::default();
+        assert_eq!(events.run_interval, Duration::from_secs(300));
+        let lambda = LambdaConfig::from_lookup(&lookup(&[("PREFETCH_CREDENTIALS", "0")])).unwrap();
+        assert!(!lambda.prefetch_credentials);
+        assert_eq!(ReviveSettings::default().hold_minutes, 15);
+    }
+
+    #[test]
+    fn the_first_batch_is_the_pinned_size_or_the_adaptive_floor() {
+        let adaptive = ReleaseSettings::default();
+        assert_eq!(adaptive.initial_batch_size(), 100);
+        let pinned = ReleaseSettings {
+            batch_size: Some(7),
+            ..ReleaseSettings::default()
+        };
+        assert_eq!(pinned.initial_batch_size(), 7);
+        // Not validated (a test's struct): the floor stays within 1..=BATCH_SIZE_MAX.
+        let odd = ReleaseSettings {
+            batch_size_min: 500,
+            batch_size_max: 50,
+            ..ReleaseSettings::default()
+        };
+        assert_eq!((odd.initial_batch_size(), odd.batch_ceiling()), (50, 50));
     }
 }

@@ -13,7 +13,7 @@
 //!   its typed wrapper; `outbox`, `revive` and `delay_report` hold the statements around it).
 //! - `engine`: the release — `run` (the batch loop, retries, workers, deferred work, the
 //!   ledger), `budget` (a batch's time budget and its cut), `hooks`, `batch` (one batch
-//!   transaction, step by step), `report` (the run report) and `status`; around it, `revive`
+//!   transaction, step by step), `run_report` (the run report) and `status`; around it, `revive`
 //!   (an order whose payment came late) and `release_delay` (the per-day report).
 //! - [`events`]: the expiry events — `model` (the events, from batch or replayed rows),
 //!   `publisher` (EventBridge `PutEvents`, chunked, retried) and `sink` (publishing in the
@@ -27,9 +27,11 @@
 //! - [`cli`]: the `unreserver` command line. It and the Lambda handler live in the library, not
 //!   in `src/bin`, so that tests can drive them in-process; `src/bin` holds only the two thin
 //!   `main`s (`unreserver`, `bootstrap`).
-//! - [`settings`]: the table of every setting (name, range, default, unit, doc): it drives
-//!   parsing, `--help` and `docs/configuration.md`.
-//! - [`telemetry`]: logging set-up, the run span and the run's summary line.
+//! - [`settings`]: the table of every setting, each declared once (name, range, default, unit,
+//!   doc, and the field of its group, with its typed parse): it drives parsing, `--help` and
+//!   `docs/configuration.md`.
+//! - [`telemetry`]: logging set-up, the run span and the run's summary line; `metrics`, every
+//!   metric as one backend-neutral row (name, unit, kind, help) the EMF document is written from.
 //! - [`error`]: typed errors that say whether a retry can help.
 //!
 //! Modules are private; what the binaries, tests and benchmark need is re-exported below.
@@ -57,12 +59,12 @@ pub use db::secrets::SecretSource;
 pub use db::session::Database;
 pub use db::tls::{certificates as tls_certificates, connector as tls_connector, RdsCaRegions};
 pub use engine::hooks::OnCommit;
-pub use engine::on_request::{Reason as ReleaseReason, RequestOutcome};
+pub use engine::on_request::{OnRequestOutcome, Reason as OnRequestReason};
 pub use engine::reconcile::{reconcile, ReconcileReport, Scope as ReconcileScope};
 pub use engine::release_delay::{report as release_delay_report, DelayReport};
-pub use engine::report::{RunReport, StopReason, CONTRACT_FIELDS};
 pub use engine::revive::{revive, Reason as ReviveReason, ReviveOutcome};
 pub use engine::run::{run, RunFailure, RunOptions};
+pub use engine::run_report::{RunReport, StopReason, CONTRACT_FIELDS};
 pub use engine::status::{status, StatusReport};
 pub use error::{Error, Result};
 pub use lambda::handler::{handle, HandlerError};

@@ -1200,7 +1200,7 @@ async fn drain_publishing(
     let settings = drain_settings();
     let mut db = open_db(&url, &settings).await;
     let started = Instant::now();
-    let report = unreserver::events::run::run(
+    let report = unreserver::events::run::run_publishing(
         &mut db,
         &settings,
         RunOptions::default(),

@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::action::{open, run_context, summarized, AppState, Failure, Invocation};
+use crate::action::{
+    open, run_context, summarized, Action, AppState, Failure, Front, Invocation, Metrics, Source,
+};
 use crate::engine::follow::{Follower, Next, WARNING_TICK};
-use crate::engine::report::{FollowStats, RunReport};
 use crate::engine::run::{RunFailure, RunOptions};
+use crate::engine::run_report::{FollowStats, RunReport};
 use crate::error::{Error, Result};
 use crate::events;
 use crate::telemetry;
@@ -22,35 +24,64 @@ pub const MAX_SECONDS: u32 = 900;
 /// Following with no end: until a signal.
 const FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-/// How long to follow, and who asked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Keep releasing as reservations fall due (sleeping until the next one, looking again
+/// every second), until --for runs out or SIGTERM/SIGINT (the batch in flight finishes);
+/// then print the run report, summed over the passes.
+///
+/// How long to follow, and who asked: `unreserver follow [--for SECONDS]` (without it, until
+/// a signal), or the payload `{"action": "follow", "seconds": 60}` (`seconds` optional, 60 by
+/// default: the schedule's minute; never past the invocation's deadline less its margin).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Follow {
-    /// None: until a signal (the command line without `--for`).
+    /// Follow this many seconds (1 to 900); without it, until a signal.
+    #[arg(long = "for", value_name = "SECONDS")]
     pub seconds: Option<u32>,
-    pub source: String,
+    /// Who asked.
+    #[arg(skip)]
+    pub source: Option<Source>,
 }
 
-impl Follow {
-    /// The input, checked: `field` is the name the front-end gave the seconds.
-    pub fn new(source: &str, field: &str, seconds: Option<u32>) -> Result<Self> {
+/// How long a `follow` payload without `seconds` follows: the schedule's minute.
+pub const DEFAULT_PAYLOAD_SECONDS: u32 = 60;
+
+impl Action for Follow {
+    const NAME: &'static str = "follow";
+    const METRICS: Metrics = Metrics::Run;
+    type Answer = RunReport;
+
+    /// The seconds range-checked under the name the front-end gave them; a payload without
+    /// them follows [`DEFAULT_PAYLOAD_SECONDS`].
+    fn check(self, front: Front) -> Result<Self> {
+        let seconds = match front {
+            Front::Payload => Some(self.seconds.unwrap_or(DEFAULT_PAYLOAD_SECONDS)),
+            Front::Cli => self.seconds,
+        };
         if seconds.is_some_and(|s| s == 0 || s > MAX_SECONDS) {
             return Err(Error::Setting {
-                name: field.into(),
+                name: front.name("--for", "seconds").into(),
                 reason: format!("must be 1 to {MAX_SECONDS} seconds"),
             });
         }
         Ok(Follow {
             seconds,
-            source: source.into(),
+            source: Some(Source::or_default(self.source, front)),
         })
+    }
+}
+
+impl Follow {
+    /// Who asked.
+    pub fn source(&self) -> &str {
+        self.source.as_ref().map_or("manual", |s| s.0.as_str())
     }
 
     pub async fn execute(
         self,
         state: &AppState,
         invocation: &Invocation<'_>,
-    ) -> std::result::Result<Box<RunReport>, Failure> {
-        let ctx = run_context(state, invocation, &self.source, false);
+    ) -> std::result::Result<RunReport, Failure> {
+        let ctx = run_context(state, invocation, self.source(), false);
         let outcome = self
             .passes(state, invocation)
             .instrument(telemetry::run_span(&ctx))
@@ -99,10 +130,10 @@ impl Follow {
                         match report {
                             Ok(report) => {
                                 follower.passed(&report);
-                                total.absorb(report);
+                                total.add_pass(report);
                             }
                             Err(failure) => {
-                                total.absorb(*failure.report);
+                                total.add_pass(*failure.report);
                                 return Err(failure.error);
                             }
                         }
@@ -121,7 +152,7 @@ impl Follow {
         match result {
             Ok(()) => Ok(total),
             Err(error) => {
-                total.stopped_reason = crate::engine::report::StopReason::Failed;
+                total.stopped_reason = crate::engine::run_report::StopReason::Failed;
                 Err(RunFailure {
                     error,
                     report: Box::new(total),
@@ -140,7 +171,8 @@ async fn warn(
 ) {
     if let (Some(publisher), Some(lead)) = (&state.publisher, state.config.events.warning_lead) {
         let window = lead + WARNING_TICK;
-        events::warnings::publish(db, publisher, window, invocation.run_id, total).await;
+        let rules = crate::engine::batch::rules(&state.config.release);
+        events::warnings::publish(db, publisher, window, rules, invocation.run_id, total).await;
     }
 }
 
@@ -158,7 +190,7 @@ async fn pass(
         ..RunOptions::default()
     };
     let (publisher, grace) = (state.publisher.as_ref(), invocation.publish_grace);
-    events::run::run(db, &state.config.release, options, publisher, grace).await
+    events::run::run_publishing(db, &state.config.release, options, publisher, grace).await
 }
 
 /// Sleeps `pause`, or less if a stop is asked meanwhile.

@@ -3,41 +3,77 @@
 
 use tracing::Instrument;
 
-use crate::action::{open, run_context, summarized, AppState, Failure, Invocation};
+use crate::action::{
+    open, run_context, summarized, Action, AppState, Failure, Front, Invocation, Metrics, Observed,
+    Reply, Source,
+};
 use crate::config::ReleaseSettings;
-use crate::engine::report::RunReport;
 use crate::engine::run::RunOptions;
+use crate::engine::run_report::RunReport;
 use crate::error::Result;
 use crate::events;
 use crate::telemetry;
 
-/// A run, and what it overrides of the settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Release due reservations and print the run report.
+///
+/// A run, and what it overrides of the settings: `unreserver run [--dry-run] [--batch-size N]
+/// [--max-batches N]`, or the payload `{"dry_run": true, "batch_size": 50, "max_batches": 10,
+/// "source": "..."}` (every field optional; the schedule's `{"source": "schedule"}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Run {
     /// Run every statement, roll each batch back, and report what would happen.
+    #[arg(long)]
+    #[serde(default)]
     pub dry_run: bool,
+    /// Pins the batch size for this run (as BATCH_SIZE does); unset: adaptive batches.
+    #[arg(long)]
     pub batch_size: Option<u32>,
+    /// Overrides MAX_BATCHES for this run.
+    #[arg(long)]
     pub max_batches: Option<u32>,
     /// Who asked: "schedule", "manual", "cli", or what the payload's `source` said.
-    pub source: String,
+    #[arg(skip)]
+    pub source: Option<Source>,
+}
+
+impl Action for Run {
+    const NAME: &'static str = "run";
+    const METRICS: Metrics = Metrics::Run;
+    type Answer = RunReport;
+
+    /// Each override range-checked under the name the front-end gave it.
+    fn check(self, front: Front) -> Result<Self> {
+        ReleaseSettings::check_overrides(
+            self.batch_size
+                .map(|n| (front.name("--batch-size", "batch_size"), n)),
+            self.max_batches
+                .map(|n| (front.name("--max-batches", "max_batches"), n)),
+        )?;
+        Ok(Run {
+            source: Some(Source::or_default(self.source, front)),
+            ..self
+        })
+    }
+
+    fn dry_run(&self) -> bool {
+        self.dry_run
+    }
 }
 
 impl Run {
-    /// A run with these overrides, each range-checked under the name the front-end gave it
-    /// (a flag, a payload field).
-    pub fn new(
-        source: &str,
-        dry_run: bool,
-        batch_size: Option<(&str, u32)>,
-        max_batches: Option<(&str, u32)>,
-    ) -> Result<Self> {
-        ReleaseSettings::check_overrides(batch_size, max_batches)?;
-        Ok(Run {
-            dry_run,
-            batch_size: batch_size.map(|(_, n)| n),
-            max_batches: max_batches.map(|(_, n)| n),
-            source: source.into(),
-        })
+    /// The run the schedule asks for (its `{"source": "schedule"}`, or an EventBridge
+    /// "Scheduled Event"), or a payload of none (`null`): the configured settings.
+    pub fn scheduled(source: &str) -> Self {
+        Run {
+            source: Some(Source(source.into())),
+            ..Run::default()
+        }
+    }
+
+    /// Who asked.
+    pub fn source(&self) -> &str {
+        self.source.as_ref().map_or("manual", |s| s.0.as_str())
     }
 
     /// Opens the connection and runs the release with its events; the run logs its summary
@@ -46,7 +82,7 @@ impl Run {
         self,
         state: &AppState,
         invocation: &Invocation<'_>,
-    ) -> std::result::Result<Box<RunReport>, Failure> {
+    ) -> std::result::Result<RunReport, Failure> {
         let settings = state.config.release.clone().with_overrides(
             self.batch_size.map(|n| ("batch_size", n)),
             self.max_batches.map(|n| ("max_batches", n)),
@@ -58,13 +94,14 @@ impl Run {
             stop: invocation.stop.clone(),
             ..RunOptions::default()
         };
-        let ctx = run_context(state, invocation, &self.source, self.dry_run);
+        let ctx = run_context(state, invocation, self.source(), self.dry_run);
         let mut db = open(state).await?;
         let publisher = state.publisher.as_ref();
         let grace = invocation.publish_grace;
         let span = telemetry::run_span(&ctx);
         let outcome = async {
-            let mut outcome = events::run::run(&mut db, &settings, options, publisher, grace).await;
+            let mut outcome =
+                events::run::run_publishing(&mut db, &settings, options, publisher, grace).await;
             if let (Some(publisher), Some(lead), false) =
                 (publisher, state.config.events.warning_lead, self.dry_run)
             {
@@ -73,12 +110,25 @@ impl Run {
                     Ok(report) => report,
                     Err(failure) => failure.report.as_mut(),
                 };
-                events::warnings::publish(&db, publisher, window, invocation.run_id, report).await;
+                let rules = crate::engine::batch::rules(&settings);
+                let run_id = invocation.run_id;
+                events::warnings::publish(&db, publisher, window, rules, run_id, report).await;
             }
             outcome
         }
         .instrument(span)
         .await;
         summarized(&ctx, outcome)
+    }
+}
+
+impl Reply for RunReport {
+    fn to_json(&self) -> serde_json::Value {
+        // Serializing the report cannot fail; fall back to null regardless.
+        serde_json::to_value(self).unwrap_or_default()
+    }
+
+    fn observed(&self) -> Observed<'_> {
+        Observed::Run(self)
     }
 }

@@ -6,6 +6,7 @@ use tokio_postgres::Client;
 
 use super::sql;
 use crate::error::{Error, Result};
+use crate::settings::check_lock_timeout;
 
 /// The tables and columns the release reads or writes, and nothing more.
 pub const REQUIRED_COLUMNS: &[(&str, &[&str])] = &[
@@ -154,7 +155,7 @@ pub struct Preflight {
 pub async fn preflight(client: &Client, lock_timeout_ms: u32) -> Result<Preflight> {
     check_columns(client).await?;
     let deadlock_timeout_ms = sql::deadlock_timeout_ms(client).await?;
-    check_lock_timeout(lock_timeout_ms, deadlock_timeout_ms)?;
+    check_lock_timeout(lock_timeout_ms, deadlock_timeout_ms, "the server's")?;
     let indexes = sql::reservation_indexes(client).await?;
     let missing_indexes = missing_indexes(&indexes);
     Ok(Preflight {
@@ -208,22 +209,6 @@ fn check_time_columns(present: &[sql::TableColumn]) -> Result<()> {
          (timestamptz, as Django stores them with USE_TZ = True)",
         wrong.join(", ")
     )))
-}
-
-/// In a lock cycle with a shopper, the batch must give up well before the shopper's backend
-/// runs the deadlock check (after `deadlock_timeout`) and aborts the shopper.
-fn check_lock_timeout(lock_timeout_ms: u32, deadlock_timeout_ms: i64) -> Result<()> {
-    if i64::from(lock_timeout_ms) * 2 <= deadlock_timeout_ms {
-        return Ok(());
-    }
-    Err(Error::Setting {
-        name: "LOCK_TIMEOUT_MS".into(),
-        reason: format!(
-            "{lock_timeout_ms} ms must be at most half the server's deadlock_timeout \
-             ({deadlock_timeout_ms} ms), so that the release, not a shopper, gives up \
-             first in a lock cycle"
-        ),
-    })
 }
 
 /// The recommended indexes no present index serves, with a warning (and the command that

@@ -18,20 +18,7 @@ const CANCEL_REQUESTS: u32 = 3;
 /// The longest a batch may take: half the shop's `deadlock_timeout` (the setting, else the
 /// server's), which must leave room for `LOCK_TIMEOUT_MS`.
 pub(super) fn batch_budget(settings: &ReleaseSettings, db: &Database) -> Result<Duration> {
-    let deadlock_ms = settings
-        .shop_deadlock_timeout_ms
-        .map_or(db.preflight.deadlock_timeout_ms, i64::from);
-    if i64::from(settings.lock_timeout_ms) * 2 > deadlock_ms {
-        return Err(Error::Setting {
-            name: "LOCK_TIMEOUT_MS".into(),
-            reason: format!(
-                "{} ms must be at most half the shop's deadlock_timeout ({deadlock_ms} ms, \
-                 SHOP_DEADLOCK_TIMEOUT_MS or the server's)",
-                settings.lock_timeout_ms
-            ),
-        });
-    }
-    Ok(Duration::from_millis((deadlock_ms / 2).max(1) as u64))
+    settings.batch_budget(db.preflight.deadlock_timeout_ms)
 }
 
 /// Why a try of a batch failed: cut by its budget (the statement it was running was
@@ -83,7 +70,7 @@ pub(super) async fn timed_batch(
     let mut hot = params.hot_phase.subscribe();
     let started = Instant::now();
     let cut = {
-        let batch = batch::run(db, params, source, exclude);
+        let batch = batch::release_batch(db, params, source, exclude);
         tokio::pin!(batch);
         loop {
             let cut_at = budget.cut_at(started, *hot.borrow_and_update());

@@ -60,7 +60,7 @@ pub struct ControllerStats {
 
 impl ControllerStats {
     /// Adds the stats of a later pass of follow mode.
-    pub fn absorb(&mut self, later: &ControllerStats) {
+    pub fn add_pass(&mut self, later: &ControllerStats) {
         if later.batch_rows_max > 0 {
             self.batch_rows_min = match self.batch_rows_min {
                 0 => later.batch_rows_min,
@@ -115,15 +115,13 @@ impl Controller {
     /// third of it, so that a batch sized for it is not cut.
     pub fn new(settings: &ReleaseSettings, budget: Duration) -> Self {
         let budget_ms = budget.as_secs_f64() * 1000.0;
-        let target_ms = f64::from(settings.batch_target_ms).min(budget_ms / 3.0);
-        let min = settings.batch_size_min.min(settings.batch_size_max).max(1);
-        let size = settings.batch_size.unwrap_or(min);
+        let target_ms = (settings.batch_target.as_secs_f64() * 1000.0).min(budget_ms / 3.0);
         Controller {
             pinned: settings.batch_size,
-            min,
-            max: settings.batch_size_max.max(min),
+            min: settings.batch_floor(),
+            max: settings.batch_ceiling(),
             target_ms: target_ms.max(1.0),
-            size,
+            size: settings.initial_batch_size(),
             calm: CALM_BATCHES,
             last_sign: None,
             calm_time: CALM_TIME,
@@ -246,7 +244,7 @@ mod tests {
             batch_size: pinned,
             batch_size_min: 100,
             batch_size_max: 4000,
-            batch_target_ms: 150,
+            batch_target: Duration::from_millis(150),
             ..ReleaseSettings::default()
         }
     }

@@ -3,7 +3,7 @@
 //! `cancelled` order whose payment is `pending`, `failed` or `processing` (a paid order never),
 //! the batch's own steps and locks (never waiting in a lock queue), the same counters, the order
 //! cancelled with `cancelled_at`, and its `Order Expired` event (through the run's on-commit
-//! hook). One batch ([`Source::Requested`]) within the batch budget, measured from its first
+//! hook). One batch ([`Source::OnRequest`]) within the batch budget, measured from its first
 //! hot row as for a large order.
 //!
 //! A row someone holds (the order itself, one of its reservations, a counter row) ends the try:
@@ -57,7 +57,7 @@ impl From<Refusal> for Reason {
 
 /// What `release ORDER_ID` answers (the CLI prints it, the Lambda returns it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RequestOutcome {
+pub struct OnRequestOutcome {
     pub order_id: i64,
     pub released: bool,
     pub reason: Reason,
@@ -71,12 +71,12 @@ pub struct RequestOutcome {
 
 /// Releases `order_id` now if the rules admit it; `on_commit` gets what the committed batch
 /// released (its events).
-pub async fn release_order(
+pub async fn release_on_request(
     db: &mut Database,
     settings: &ReleaseSettings,
     order_id: i64,
     on_commit: Option<(&OnCommit, &str)>,
-) -> Result<RequestOutcome> {
+) -> Result<OnRequestOutcome> {
     let budget = Budget::FromHotPhase {
         hot: batch_budget(settings, db)?,
         whole: Duration::from_millis(u64::from(settings.statement_timeout_ms)),
@@ -149,7 +149,7 @@ async fn try_release(
     order_id: i64,
 ) -> Result<Try> {
     let none = HashSet::new();
-    match timed_batch(db, params, Source::Requested(order_id), &none, budget).await {
+    match timed_batch(db, params, Source::OnRequest(order_id), &none, budget).await {
         Ok(batch) if !batch.locked_tables.is_empty() => Err(Error::Busy {
             what: "releasing the order on request",
             why: format!(
@@ -172,9 +172,9 @@ async fn try_release(
     }
 }
 
-fn outcome(order_id: i64, batch: &BatchOutcome) -> RequestOutcome {
+fn outcome(order_id: i64, batch: &BatchOutcome) -> OnRequestOutcome {
     let reason = batch.refused.map_or(Reason::Released, Reason::from);
-    RequestOutcome {
+    OnRequestOutcome {
         order_id,
         released: reason == Reason::Released,
         reason,

@@ -1,12 +1,12 @@
 //! Reading the due rows in passes, when no index serves the keyset page (a shop that has not
-//! applied `infra/indexes.sql`, nor an equivalent index). Paging then would read and sort all
-//! the remaining due rows again for every batch; instead each pass is one scan of the
-//! reservation table that yields up to `PASS_SIZE` (50,000) due rows in due order, kept in
-//! memory (about 40 bytes a row: 2 MB by default) and worked through in batches of
-//! `BATCH_SIZE`. The
-//! batches re-check every rule under lock, so a row that changed since the scan is simply not
-//! released; rows that fall due during the run are taken by a later pass or the next run. Rows
-//! of an order a batch released are dropped from the pass: the release took them along.
+//! applied `infra/indexes.sql`, nor an equivalent index). Paging then would read and sort all the
+//! remaining due rows again for every batch; instead each pass is one scan of the reservation table
+//! that yields up to `PASS_SIZE` (50,000) due rows in due order, kept in memory (about 40 bytes a
+//! row: 2 MB by default) and worked through in batches, as large as the controller sizes them (or
+//! `BATCH_SIZE` when set). The batches re-check every rule under lock, so a row that changed since
+//! the scan is simply not released; rows that fall due during the run are taken by a later pass or
+//! the next run. Rows of an order a batch released are dropped from the pass: the release took them
+//! along.
 
 use std::collections::{HashSet, VecDeque};
 

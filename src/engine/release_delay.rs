@@ -1,9 +1,10 @@
 //! The release-delay report (`unreserver report`, `{"action": "report"}`): per UTC day, what
 //! the release expired and how long after it fell due, from the shop's own rows.
 //!
-//! The delay is `released_at` minus `expires_at` (legacy rows: `created_at` plus
-//! `RESERVATION_TIMEOUT_MINUTES`). The grace an order with a `processing` payment had is not
-//! recorded anywhere, so it is not subtracted: such an order's delay includes its grace.
+//! The delay is `released_at` minus when the line fell due by the release's rule: `expires_at`
+//! (legacy rows: `created_at` plus `RESERVATION_TIMEOUT_MINUTES`; a line due since `-infinity`:
+//! its `created_at`). The grace an order with a `processing` payment had is not recorded
+//! anywhere, so it is not subtracted: such an order's delay includes its grace.
 
 use serde::Serialize;
 

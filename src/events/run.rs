@@ -10,9 +10,9 @@ use super::{model, sink};
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::engine::hooks::OnCommit;
-use crate::engine::on_request::{self, RequestOutcome};
-use crate::engine::report::RunReport;
+use crate::engine::on_request::{self, OnRequestOutcome};
 use crate::engine::run::{self, RunFailure, RunOptions};
+use crate::engine::run_report::RunReport;
 use crate::error::Result as AppResult;
 
 /// How long the events may still take after a run without a deadline (the CLI without a time
@@ -21,7 +21,7 @@ const WAIT_WITHOUT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Runs the release on `db`; with a `publisher` (and not a dry run), publishes each committed
 /// batch's events, waiting for them at the end until the run's deadline plus `grace` at most.
-pub async fn run(
+pub async fn run_publishing(
     db: &mut Database,
     settings: &ReleaseSettings,
     mut options: RunOptions,
@@ -47,20 +47,20 @@ pub async fn run(
     }
 }
 
-/// Releases one order on request ([`on_request::release_order`]), publishing its events,
+/// Releases one order on request ([`on_request::release_on_request`]), publishing its events,
 /// waiting for them as a run does (until `deadline` plus `grace`).
-pub async fn release_order(
+pub async fn release_on_request(
     db: &mut Database,
     settings: &ReleaseSettings,
     order_id: i64,
     publisher: Option<&Publisher>,
     run_id: &str,
     (deadline, grace): (Option<Instant>, Duration),
-) -> AppResult<RequestOutcome> {
+) -> AppResult<OnRequestOutcome> {
     let (outcome, published) =
         publishing(publisher, events_wait(deadline, grace), |hook| async move {
             let hook = hook.as_ref().map(|h| (h, run_id));
-            on_request::release_order(db, settings, order_id, hook).await
+            on_request::release_on_request(db, settings, order_id, hook).await
         })
         .await;
     let mut outcome = outcome?;

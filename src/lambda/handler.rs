@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::metrics::{self, Observation};
 use super::payload;
-use crate::action::{Answer, AppState, Failure, Invocation, Request};
+use crate::action::{Answer, AppState, Failure, Invocation, Metrics, Observed};
 use crate::engine::run::new_run_id;
 use crate::error::Error;
 
@@ -56,13 +56,12 @@ pub async fn handle(
         stop: None,
     };
     let action = request.name();
-    let dry_run = matches!(&request, Request::Run(run) if run.dry_run);
+    let dry_run = request.dry_run();
+    let metrics = request.metrics();
     let started = Instant::now();
     let span = tracing::info_span!("action", action, request_id);
     let outcome = request.execute(state, &invocation).instrument(span).await;
-    if matches!(action, "run" | "follow" | "reconcile") {
-        emit_metrics(state, &invocation, action, &outcome, dry_run, started);
-    }
+    emit_metrics(state, &invocation, metrics, &outcome, dry_run, started);
     match outcome {
         Ok(answer) => Ok(answer.to_json()),
         Err(failure) => {
@@ -80,20 +79,22 @@ pub async fn handle(
 fn emit_metrics(
     state: &AppState,
     invocation: &Invocation<'_>,
-    action: &str,
+    metrics: Metrics,
     outcome: &std::result::Result<Answer, Failure>,
     dry_run: bool,
     started: Instant,
 ) {
-    let (report, reconcile) = match outcome {
-        Ok(Answer::Run(report)) => (Some(report.as_ref()), None),
-        Ok(Answer::Reconcile(report)) => (None, Some(report.as_ref())),
-        Err(failure) if failure.report.is_some() => (failure.report.as_deref(), None),
-        Ok(_) | Err(_) => (None, None),
-    };
-    if action == "reconcile" && outcome.is_err() {
+    if metrics == Metrics::None || (metrics == Metrics::Reconcile && outcome.is_err()) {
         return;
     }
+    let (report, reconcile) = match outcome {
+        Ok(answer) => match answer.observed() {
+            Observed::Run(report) => (Some(report), None),
+            Observed::Reconcile(report) => (None, Some(report)),
+            Observed::Nothing => (None, None),
+        },
+        Err(failure) => (failure.report.as_deref(), None),
+    };
     metrics::emit(&metrics::document(
         &state.config.metrics,
         &Observation {

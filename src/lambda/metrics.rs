@@ -11,172 +11,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Map, Value};
 
 pub use crate::config::MetricsConfig;
-use crate::engine::reconcile::ReconcileReport;
-use crate::engine::report::{RunReport, StopReason};
-
-/// One metric: its name, unit, and its value in an invocation (None: not emitted then).
-#[derive(Clone, Copy)]
-pub struct Metric {
-    pub name: &'static str,
-    pub unit: &'static str,
-    value: fn(&Observation<'_>) -> Option<f64>,
-}
-
-impl std::fmt::Debug for Metric {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.name, self.unit)
-    }
-}
-
-const fn metric(
-    name: &'static str,
-    unit: &'static str,
-    value: fn(&Observation<'_>) -> Option<f64>,
-) -> Metric {
-    Metric { name, unit, value }
-}
-
-fn flag(on: bool) -> f64 {
-    if on {
-        1.0
-    } else {
-        0.0
-    }
-}
-
-/// A value of the run's report, when the run started.
-fn reported(obs: &Observation<'_>, value: impl Fn(&RunReport) -> f64) -> Option<f64> {
-    obs.report.map(value)
-}
-
-/// A value the run counts at its end: known only when it got there (not failed).
-fn counted(obs: &Observation<'_>, value: impl Fn(&RunReport) -> f64) -> Option<f64> {
-    obs.report.filter(|_| !obs.failed).map(value)
-}
-
-/// Every metric the function emits: one row each. `template.yaml`'s alarms and dashboard may
-/// use only these (a test checks it).
-pub const METRICS: &[Metric] = &[
-    metric("RunFailed", "Count", |o| run(o).then(|| flag(o.failed))),
-    metric("ColdStart", "Count", |o| Some(flag(o.cold_start))),
-    metric("RunDuration", "Milliseconds", |o| {
-        run(o).then_some(o.duration_ms as f64)
-    }),
-    metric("ReservationsReleased", "Count", |o| {
-        reported(o, |r| r.counts.reservations_released as f64)
-    }),
-    metric("UnitsReleased", "Count", |o| {
-        reported(o, |r| r.counts.units_released as f64)
-    }),
-    metric("OrdersCancelled", "Count", |o| {
-        reported(o, |r| r.counts.orders_cancelled as f64)
-    }),
-    metric("Batches", "Count", |o| {
-        reported(o, |r| f64::from(r.batches))
-    }),
-    metric("BatchRetries", "Count", |o| {
-        reported(o, |r| f64::from(r.batch_retries))
-    }),
-    metric("SkippedLocked", "Count", |o| {
-        reported(o, |r| r.counts.skipped_locked as f64)
-    }),
-    metric("CountersClamped", "Count", |o| {
-        reported(o, |r| {
-            (r.counts.clamped_variants + r.counts.clamped_drops) as f64
-        })
-    }),
-    metric("PaidOrdersWithDueReservations", "Count", |o| {
-        reported(o, |r| r.paid_orders_with_due_reservations as f64)
-    }),
-    metric("BatchDurationP99", "Milliseconds", |o| {
-        reported(o, |r| r.batch_ms_p99)
-    }),
-    // What the batch controller did: the largest batch, the connections it drained with, and
-    // the batches that met shoppers (run one at a time at the floor).
-    metric("BatchSizeMax", "Count", |o| {
-        reported(o, |r| f64::from(r.controller.batch_rows_max))
-    }),
-    metric("Workers", "Count", |o| {
-        reported(o, |r| f64::from(r.controller.workers))
-    }),
-    metric("ContendedBatches", "Count", |o| {
-        reported(o, |r| f64::from(r.controller.contended_batches))
-    }),
-    metric("MissingIndexes", "Count", |o| {
-        reported(o, |r| r.missing_indexes.len() as f64)
-    }),
-    metric("EventsPublished", "Count", |o| {
-        reported(o, |r| r.events_published as f64)
-    }),
-    metric("EventsFailed", "Count", |o| {
-        reported(o, |r| r.events_failed as f64)
-    }),
-    // Only a run that released something has a release delay.
-    metric("ReleaseDelayP95", "Seconds", |o| {
-        o.report.and_then(|r| r.release_delay_p95_seconds)
-    }),
-    // The backlog is known only when the run got to count it.
-    metric("BacklogRemaining", "Count", |o| {
-        counted(o, |r| r.backlog_remaining as f64)
-    }),
-    metric("OldestDueReservationAge", "Seconds", |o| {
-        counted(o, |r| r.oldest_due_age_seconds.unwrap_or(0.0))
-    }),
-    metric("DeferredOrders", "Count", |o| {
-        counted(o, |r| r.deferred as f64)
-    }),
-    metric("TableLocked", "Count", |o| {
-        reported(o, |r| flag(r.stopped_reason == StopReason::TableLocked))
-    }),
-    metric("LargeOrdersLeft", "Count", |o| {
-        reported(o, |r| r.large_orders_left as f64)
-    }),
-    metric("PaidAfterRelease", "Count", |o| {
-        counted(o, |r| r.paid_after_release as f64)
-    }),
-    metric("OldestDeferredAge", "Seconds", |o| {
-        counted(o, |r| r.oldest_deferred_age_seconds.unwrap_or(0.0))
-    }),
-    metric("CountersDrifted", "Count", |o| {
-        o.reconcile.map(|r| r.drifted as f64)
-    }),
-    metric("CountersRepaired", "Count", |o| {
-        o.reconcile.map(|r| r.repaired as f64)
-    }),
-];
-
-/// Whether the invocation is a run (a reconcile's document carries no run metric: it must not
-/// count as a run for the alarms).
-fn run(obs: &Observation<'_>) -> bool {
-    obs.reconcile.is_none()
-}
+pub use crate::telemetry::metrics::{values, Observation, METRICS};
 
 /// The dimension every document carries, and the one only dry runs add.
 pub const SERVICE_DIMENSION: &str = "service";
 pub const MODE_DIMENSION: &str = "mode";
-
-/// What one invocation contributes to the metrics: a run's, or a reconcile's.
-#[derive(Debug, Clone)]
-pub struct Observation<'a> {
-    /// The reconcile's answer, for a reconcile invocation (None for a run).
-    pub reconcile: Option<&'a ReconcileReport>,
-    /// The run's id, a property of the document (not a dimension).
-    pub run_id: &'a str,
-    /// The run's report (partial when the run failed part-way); None when it never started.
-    pub report: Option<&'a RunReport>,
-    pub failed: bool,
-    pub dry_run: bool,
-    pub cold_start: bool,
-    pub duration_ms: u64,
-}
-
-/// The metric values of one invocation, with their units.
-fn values(obs: &Observation<'_>) -> Vec<(&'static Metric, f64)> {
-    METRICS
-        .iter()
-        .filter_map(|m| (m.value)(obs).map(|v| (m, v)))
-        .collect()
-}
 
 /// The EMF document for one invocation.
 pub fn document(config: &MetricsConfig, obs: &Observation<'_>) -> Value {
@@ -188,7 +27,7 @@ pub fn document(config: &MetricsConfig, obs: &Observation<'_>) -> Value {
     };
     let definitions: Vec<Value> = values
         .iter()
-        .map(|(m, _)| json!({"Name": m.name, "Unit": m.unit}))
+        .map(|(m, _)| json!({"Name": m.name, "Unit": m.unit.cloudwatch()}))
         .collect();
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -228,6 +67,8 @@ pub fn emit(doc: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::reconcile::ReconcileReport;
+    use crate::engine::run_report::RunReport;
 
     fn config() -> MetricsConfig {
         MetricsConfig::from_lookup(&|_: &str| None).unwrap()

@@ -1,90 +1,16 @@
 //! The invocation payloads the Lambda function accepts, parsed strictly: an unknown field or a
-//! wrong type is an error that names it.
-//!
-//! - the schedule's fixed input `{"source": "schedule"}`, or an EventBridge "Scheduled Event"
-//!   envelope (`detail-type: Scheduled Event`);
-//! - a manual run: `{"dry_run": true, "batch_size": 50, "max_batches": 10}` (all optional;
-//!   `"action": "run"` may be given);
-//! - `{"action": "follow", "seconds": 60}`: release as reservations fall due for that long
-//!   (`seconds` optional, 60 by default; never past the deadline less its margin);
-//! - `{"action": "status"}`;
-//! - `{"action": "revive", "order_id": 123}`: revive an order whose payment came late;
-//! - `{"action": "release", "order_id": 123}`: release an order now, due or not;
-//! - `{"action": "report", "days": 7}` (`days` optional): the release-delay report;
-//! - `{"action": "reconcile", "apply": false}` (`variant_ids`, `drop_ids` optional): the
-//!   counters that disagree with their reservations, repaired with `apply`;
-//! - `{}` or `null`: a run with the configured settings.
+//! wrong type is an error that names it. This module only routes: the payload's `action` field
+//! (`run` when absent) picks the action, whose own input type (`crate::action`, each module
+//! documents its payload) takes the other fields. Before that, two payloads are runs with the
+//! configured settings: an EventBridge "Scheduled Event" envelope (`detail-type: Scheduled
+//! Event`, source `schedule`) and `null` (source `manual`); `{}` is a run too.
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::action::follow::Follow;
-use crate::action::reconcile::Reconcile;
-use crate::action::release::Release;
-use crate::action::report::Report;
-use crate::action::revive::Revive;
 use crate::action::run::Run;
-use crate::action::status::Status;
-use crate::action::Request;
+use crate::action::{strict, Request, MAX_SOURCE_LEN};
 use crate::error::{Error, Result};
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Action {
-    Run,
-    Follow,
-    Status,
-    Revive,
-    Release,
-    Report,
-    Reconcile,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Manual {
-    action: Option<Action>,
-    source: Option<String>,
-    dry_run: Option<bool>,
-    batch_size: Option<u32>,
-    max_batches: Option<u32>,
-    order_id: Option<i64>,
-    seconds: Option<u32>,
-    days: Option<u32>,
-    apply: Option<bool>,
-    variant_ids: Option<Vec<i64>>,
-    drop_ids: Option<Vec<i64>>,
-}
-
-impl Manual {
-    /// Names the first run field given (for an action that takes none).
-    fn run_field(&self) -> Option<&'static str> {
-        [
-            ("dry_run", self.dry_run.is_some()),
-            ("batch_size", self.batch_size.is_some()),
-            ("max_batches", self.max_batches.is_some()),
-        ]
-        .into_iter()
-        .find_map(|(name, given)| given.then_some(name))
-    }
-
-    /// Names the first field that belongs to another action than `action`.
-    fn foreign_field(&self, action: &str) -> Option<&'static str> {
-        let run = self.run_field().filter(|_| action != "run");
-        let takes_order = action == "revive" || action == "release";
-        let order = (self.order_id.is_some() && !takes_order).then_some("order_id");
-        let days = (self.days.is_some() && action != "report").then_some("days");
-        let seconds = (self.seconds.is_some() && action != "follow").then_some("seconds");
-        let reconcile = [
-            ("apply", self.apply.is_some()),
-            ("variant_ids", self.variant_ids.is_some()),
-            ("drop_ids", self.drop_ids.is_some()),
-        ]
-        .into_iter()
-        .find_map(|(name, given)| (given && action != "reconcile").then_some(name));
-        run.or(order).or(days).or(seconds).or(reconcile)
-    }
-}
 
 /// The EventBridge "Scheduled Event" envelope (EventBridge rules and the default Scheduler
 /// target input).
@@ -104,14 +30,10 @@ struct ScheduledEvent {
     detail: Option<Value>,
 }
 
-const MAX_SOURCE_LEN: usize = 64;
-/// How long a `follow` payload without `seconds` follows: the schedule's minute.
-const DEFAULT_FOLLOW_SECONDS: u32 = 60;
-
 /// Parses a payload into a request.
 pub fn parse(payload: &Value) -> Result<Request> {
     match payload {
-        Value::Null => return Ok(Request::Run(manual_run())),
+        Value::Null => return Ok(Request::Run(Run::scheduled("manual"))),
         Value::Object(map) if map.contains_key("detail-type") => {
             let event: ScheduledEvent = strict(payload)?;
             if event.detail_type != "Scheduled Event" {
@@ -120,10 +42,7 @@ pub fn parse(payload: &Value) -> Result<Request> {
                     truncate(&event.detail_type)
                 )));
             }
-            return Ok(Request::Run(Run {
-                source: "schedule".into(),
-                ..Run::default()
-            }));
+            return Ok(Request::Run(Run::scheduled("schedule")));
         }
         Value::Object(_) => {}
         other => {
@@ -133,105 +52,30 @@ pub fn parse(payload: &Value) -> Result<Request> {
             )))
         }
     }
-    manual_request(strict(payload)?)
+    route(payload)
 }
 
-/// A manual payload's request, each field checked against its action and range.
-fn manual_request(manual: Manual) -> Result<Request> {
-    if let Some(source) = &manual.source {
-        if source.is_empty() || source.len() > MAX_SOURCE_LEN {
+/// A payload of some action: its `action` field (a run without one) picks the action, whose
+/// own input type takes the other fields ([`Request::from_payload`]); a range error names the
+/// payload's field.
+fn route(payload: &Value) -> Result<Request> {
+    let mut fields = payload.clone();
+    let action = match fields.as_object_mut().and_then(|map| map.remove("action")) {
+        None => "run".to_string(),
+        Some(Value::String(name)) => name,
+        Some(other) => {
             return Err(Error::Payload(format!(
-                "field source must be 1 to {MAX_SOURCE_LEN} characters"
-            )));
+                "field action: expected the name of an action, got {}",
+                kind(&other)
+            )))
         }
-    }
-    let action = match manual.action {
-        Some(Action::Status) => "status",
-        Some(Action::Follow) => "follow",
-        Some(Action::Revive) => "revive",
-        Some(Action::Release) => "release",
-        Some(Action::Report) => "report",
-        Some(Action::Reconcile) => "reconcile",
-        Some(Action::Run) | None => "run",
     };
-    if let Some(field) = manual.foreign_field(action) {
-        return Err(Error::Payload(format!(
-            "action {action} takes no field {field}"
-        )));
-    }
-    match manual.action {
-        Some(Action::Status) => Ok(Request::Status(Status)),
-        Some(Action::Follow) => Ok(Request::Follow(
-            Follow::new(
-                manual.source.as_deref().unwrap_or("manual"),
-                "seconds",
-                Some(manual.seconds.unwrap_or(DEFAULT_FOLLOW_SECONDS)),
-            )
-            .map_err(payload_error)?,
-        )),
-        Some(Action::Revive) => match manual.order_id {
-            Some(order_id) => Ok(Request::Revive(
-                Revive::new("order_id", order_id).map_err(payload_error)?,
-            )),
-            None => Err(Error::Payload("action revive needs field order_id".into())),
-        },
-        Some(Action::Release) => match manual.order_id {
-            Some(order_id) => Ok(Request::Release(
-                Release::new("order_id", order_id).map_err(payload_error)?,
-            )),
-            None => Err(Error::Payload("action release needs field order_id".into())),
-        },
-        Some(Action::Report) => Ok(Request::Report(
-            Report::new("days", manual.days).map_err(payload_error)?,
-        )),
-        Some(Action::Reconcile) => Ok(Request::Reconcile(
-            Reconcile::new(
-                "variant_ids/drop_ids",
-                manual.apply.unwrap_or(false),
-                manual.variant_ids.unwrap_or_default(),
-                manual.drop_ids.unwrap_or_default(),
-            )
-            .map_err(payload_error)?,
-        )),
-        Some(Action::Run) | None => run_request(manual),
-    }
-}
-
-fn run_request(manual: Manual) -> Result<Request> {
-    let run = Run::new(
-        manual.source.as_deref().unwrap_or("manual"),
-        manual.dry_run.unwrap_or(false),
-        manual.batch_size.map(|n| ("batch_size", n)),
-        manual.max_batches.map(|n| ("max_batches", n)),
-    );
-    Ok(Request::Run(run.map_err(payload_error)?))
-}
-
-fn manual_run() -> Run {
-    Run {
-        source: "manual".into(),
-        ..Run::default()
-    }
-}
-
-/// Deserializes with the path of the offending field in the error.
-fn strict<T: for<'de> Deserialize<'de>>(payload: &Value) -> Result<T> {
-    serde_path_to_error::deserialize(payload).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        if path.is_empty() || path == "." {
-            Error::Payload(inner)
-        } else {
-            Error::Payload(format!("field {path}: {inner}"))
-        }
-    })
-}
-
-fn payload_error(e: Error) -> Error {
-    match e {
+    Request::from_payload(&action, &fields).map_err(|error| match error {
         Error::Setting { name, reason } => Error::Payload(format!("field {name}: {reason}")),
+        Error::Payload(text) if text.starts_with("field action") => Error::Payload(text),
+        Error::Payload(text) => Error::Payload(format!("action {action}: {text}")),
         other => other,
-    }
+    })
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -254,6 +98,16 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::action::follow::Follow;
+    use crate::action::release::Release;
+    use crate::action::report::Report;
+    use crate::action::revive::Revive;
+    use crate::action::status::Status;
+    use crate::action::Source;
+
+    fn source(s: &str) -> Option<Source> {
+        Some(Source(s.into()))
+    }
 
     fn run(p: Value) -> Run {
         match parse(&p).unwrap() {
@@ -268,14 +122,14 @@ mod tests {
             parse(&json!({"action": "follow", "seconds": 60, "source": "schedule"})).unwrap(),
             Request::Follow(Follow {
                 seconds: Some(60),
-                source: "schedule".into()
+                source: source("schedule")
             })
         );
         assert_eq!(
             parse(&json!({"action": "follow"})).unwrap(),
             Request::Follow(Follow {
                 seconds: Some(60),
-                source: "manual".into()
+                source: source("manual")
             })
         );
         for bad in [
@@ -290,7 +144,10 @@ mod tests {
         }
         assert_eq!(
             parse(&json!({"action": "release", "order_id": 42})).unwrap(),
-            Request::Release(Release { order_id: 42 })
+            Request::Release(Release {
+                order_id: 42,
+                source: None
+            })
         );
         assert!(parse(&json!({"action": "release"}))
             .unwrap_err()
@@ -300,39 +157,48 @@ mod tests {
 
     #[test]
     fn accepts_the_documented_payloads() {
-        assert_eq!(run(json!({"source": "schedule"})).source, "schedule");
+        assert_eq!(run(json!({"source": "schedule"})).source(), "schedule");
         assert!(!run(json!({"source": "schedule"})).dry_run);
         let r = run(json!({"dry_run": true, "batch_size": 50, "max_batches": 3}));
         assert_eq!(
             (r.dry_run, r.batch_size, r.max_batches),
             (true, Some(50), Some(3))
         );
-        assert_eq!(r.source, "manual");
-        assert_eq!(run(json!({})).source, "manual");
-        assert_eq!(run(Value::Null).source, "manual");
+        assert_eq!(r.source(), "manual");
+        assert_eq!(run(json!({})).source(), "manual");
+        assert_eq!(run(Value::Null).source(), "manual");
         assert!(!run(json!({"action": "run", "dry_run": false})).dry_run);
         assert_eq!(
             parse(&json!({"action": "status"})).unwrap(),
-            Request::Status(Status)
+            Request::Status(Status::default())
         );
         assert_eq!(
             parse(&json!({"action": "revive", "order_id": 42})).unwrap(),
-            Request::Revive(Revive { order_id: 42 })
+            Request::Revive(Revive {
+                order_id: 42,
+                source: None
+            })
         );
         assert_eq!(
             parse(&json!({"action": "report"})).unwrap(),
-            Request::Report(Report { days: 7 })
+            Request::Report(Report {
+                days: 7,
+                source: None
+            })
         );
         assert_eq!(
             parse(&json!({"action": "report", "days": 30})).unwrap(),
-            Request::Report(Report { days: 30 })
+            Request::Report(Report {
+                days: 30,
+                source: None
+            })
         );
         let Request::Reconcile(r) =
             parse(&json!({"action": "reconcile", "apply": true, "variant_ids": [3]})).unwrap()
         else {
             panic!("expected reconcile")
         };
-        assert!(r.scope.apply && r.scope.variants == [3] && r.scope.drops.is_empty());
+        assert!(r.apply && r.variant_ids == [3] && r.drop_ids.is_empty());
         assert!(parse(&json!({"action": "reconcile", "drop_ids": [0]})).is_err());
         assert!(parse(&json!({"action": "status", "apply": true})).is_err());
     }
@@ -428,6 +294,10 @@ mod tests {
         use serde_json::{json, Map, Value};
 
         use super::super::*;
+        use crate::action::follow::Follow;
+        use crate::action::release::Release;
+        use crate::action::report::Report;
+        use crate::action::revive::Revive;
         use crate::engine::release_delay::MAX_DAYS;
 
         const KNOWN: &[&str] = &[
@@ -490,7 +360,7 @@ mod tests {
                     Ok(Request::Run(run)) => {
                         prop_assert!(run.batch_size.is_none_or(|n| (1..=10_000).contains(&n)));
                         prop_assert!(run.max_batches.is_none_or(|n| (1..=1_000_000).contains(&n)));
-                        prop_assert!(!run.source.is_empty() && run.source.len() <= 64);
+                        prop_assert!(!run.source().is_empty() && run.source().len() <= 64);
                         if let Value::Object(map) = &payload {
                             prop_assert!(map.keys().all(|k| KNOWN.contains(&k.as_str()))
                                 || map.contains_key("detail-type"));
@@ -503,15 +373,15 @@ mod tests {
                     Ok(Request::Status(_)) => {
                         prop_assert_eq!(payload.get("action"), Some(&json!("status")));
                     }
-                    Ok(Request::Revive(Revive { order_id })) => {
+                    Ok(Request::Revive(Revive { order_id, .. })) => {
                         prop_assert_eq!(payload.get("action"), Some(&json!("revive")));
                         prop_assert!(order_id > 0);
                     }
-                    Ok(Request::Release(Release { order_id })) => {
+                    Ok(Request::Release(Release { order_id, .. })) => {
                         prop_assert_eq!(payload.get("action"), Some(&json!("release")));
                         prop_assert!(order_id > 0);
                     }
-                    Ok(Request::Report(Report { days })) => {
+                    Ok(Request::Report(Report { days, .. })) => {
                         prop_assert_eq!(payload.get("action"), Some(&json!("report")));
                         prop_assert!((1..=MAX_DAYS).contains(&days));
                     }
@@ -547,7 +417,7 @@ mod tests {
                     dry_run: dry_run.unwrap_or(false),
                     batch_size,
                     max_batches,
-                    source: "manual".into(),
+                    source: Some(crate::action::Source("manual".into())),
                 })));
             }
         }

@@ -69,11 +69,6 @@ impl TestApp {
         self.front.cli(args).await
     }
 
-    /// `unreserver ARGS` started, to be signalled and waited for.
-    pub fn start_cli(&self, args: &[&str]) -> RunningCli {
-        self.front.start_cli(args)
-    }
-
     /// The Lambda handler's answer to `payload`, with a minute to its deadline.
     pub async fn lambda(&self, payload: Value) -> Result<Value, LambdaError> {
         self.front.lambda(payload).await

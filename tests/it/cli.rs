@@ -77,6 +77,39 @@ async fn a_bad_setting_is_named_before_connecting() {
     assert!(out.stderr.contains("DATABASE_URL"));
 }
 
+/// Settings each within range but wrong together are refused before connecting, naming both:
+/// expiry warnings without a bus to publish them on (they used to do nothing, silently), and a
+/// lock timeout that does not fit in half the shop's `deadlock_timeout` (found only after
+/// connecting, before).
+#[tokio::test]
+async fn settings_wrong_together_are_named_before_connecting() {
+    for (env, named) in [
+        (
+            vec![("EXPIRY_WARNING_SECONDS", "60")],
+            ["EXPIRY_WARNING_SECONDS", "EVENT_BUS_NAME"],
+        ),
+        (
+            vec![
+                ("LOCK_TIMEOUT_MS", "300"),
+                ("SHOP_DEADLOCK_TIMEOUT_MS", "500"),
+            ],
+            ["LOCK_TIMEOUT_MS", "SHOP_DEADLOCK_TIMEOUT_MS"],
+        ),
+    ] {
+        let mut front = Front::new().with("DATABASE_URL", "postgres://u:hunter2@127.0.0.1:1/db");
+        for (name, value) in env {
+            front = front.with(name, value);
+        }
+        let out = front.cli(&["run"]).await;
+        let stderr = &out.stderr;
+        assert_eq!(out.code, Some(2), "{named:?}: {stderr}");
+        assert!(stderr.contains("InvalidSetting"), "{stderr}");
+        for name in named {
+            assert!(stderr.contains(name), "{name}: {stderr}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_unreachable_database_is_named_without_the_password() {
     let out = Front::new()
@@ -338,4 +371,21 @@ async fn release_answers_json_with_its_exit_codes() {
         assert_eq!(out.code, Some(2), "{bad}");
         assert!(out.stdout.is_empty());
     }
+}
+
+/// `TIME_BUDGET_SECONDS` bounds a command that runs once, never a follower: `follow --for 3`
+/// with a budget of 1 s follows its 3 s (it ended at the budget, after 1 s, when the budget
+/// bounded it too; without `--for` it would stop after the default 240 s).
+#[tokio::test]
+async fn a_follower_runs_for_its_seconds_whatever_the_time_budget() {
+    let t = TestApp::spawn().await;
+    let out = t
+        .with("TIME_BUDGET_SECONDS", "1")
+        .cli(&["follow", "--for", "3"])
+        .await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let report = out.json();
+    assert_eq!(report["follow"]["ended"], "time", "{report}");
+    let ms = report["duration_ms"].as_u64().unwrap_or(0);
+    assert!(ms >= 3000, "followed {ms} ms of its 3 s: {report}");
 }

@@ -10,7 +10,7 @@ use aws_sdk_eventbridge::config::{Credentials, Region};
 use serde_json::{json, Value};
 use unreserver::db::sql::outbox;
 use unreserver::events::model::from_rows;
-use unreserver::events::{run::run as run_publishing, Publisher};
+use unreserver::events::{run::run_publishing, Publisher};
 use unreserver::RunOptions;
 
 use crate::app::TestApp;
@@ -544,7 +544,7 @@ async fn an_order_released_on_request_says_so_live_and_in_the_replay() {
     let publisher = Publisher::new(aws_sdk_eventbridge::Client::new(&sdk().await), bus);
     let since = SystemTime::now() - Duration::from_secs(60);
     let mut db = t.open().await;
-    let outcome = unreserver::events::run::release_order(
+    let outcome = unreserver::events::run::release_on_request(
         &mut db,
         &settings(),
         asked,
@@ -682,5 +682,67 @@ async fn orders_whose_hold_runs_out_soon_are_warned_once_a_run() {
     assert_ne!(
         again[0]["detail"]["expires_at"],
         warnings[&soon]["expires_at"]
+    );
+}
+
+/// The warnings apply the release's due rule: an order whose only line is a legacy row (NULL
+/// `expires_at`, due at `created_at` plus the timeout) is warned, and an order mixing a legacy
+/// line and a dated one is warned for the earliest of the two (they once skipped legacy lines:
+/// the first order was never warned, the second for its later, dated line).
+#[tokio::test]
+async fn legacy_and_mixed_orders_are_warned_for_their_earliest_due_instant() {
+    let t = TestApp::spawn().await;
+    let v = t.variant(3).await;
+    let (legacy, mixed) = (
+        t.order("pending", "pending").await,
+        t.order("pending", "pending").await,
+    );
+    let legacy_res = |order: i64, created: &'static str| Res {
+        created,
+        expires: None,
+        ..Res::new(Some(order), v, 1, "0 seconds")
+    };
+    // With the default timeout of 15 minutes: due in 60 s, in 120 s; the dated line in 200 s.
+    let only = t.reservation(legacy_res(legacy, "-840 seconds")).await;
+    let earliest = t.reservation(legacy_res(mixed, "-780 seconds")).await;
+    t.reservation(Res::new(Some(mixed), v, 1, "200 seconds"))
+        .await;
+    let (bus, queue) = bus_to_queue().await;
+
+    let report = cli_run(&t, &bus, false).await;
+    assert_eq!(report["expiry_warnings"], 2, "{report}");
+    let arrived = drain(&queue).await;
+    let warnings: BTreeMap<i64, Value> = arrived
+        .iter()
+        .filter(|e| e["detail-type"] == "Order Expiring Soon")
+        .map(|e| {
+            (
+                e["detail"]["order_id"].as_i64().unwrap(),
+                e["detail"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        warnings.keys().copied().collect::<Vec<_>>(),
+        [legacy, mixed],
+        "{arrived:#?}"
+    );
+    let due_at = |id: i64| {
+        format!(
+            "SELECT to_char((created_at + interval '15 minutes') AT TIME ZONE 'UTC', \
+             'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM orders_inventoryreservation WHERE id = {id}"
+        )
+    };
+    assert_eq!(
+        warnings[&legacy]["expires_at"],
+        json!(t.text(&due_at(only)).await)
+    );
+    assert_eq!(
+        warnings[&mixed]["expires_at"],
+        json!(t.text(&due_at(earliest)).await)
+    );
+    assert_eq!(
+        warnings[&mixed]["reservations"].as_array().unwrap().len(),
+        2
     );
 }

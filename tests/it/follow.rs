@@ -9,7 +9,17 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::app::{RunningCli, TestApp};
-use crate::common::Res;
+use crate::common::{Res, TestDb};
+
+/// `unreserver follow ARGS` on `t`'s database, with the variables `extra` besides.
+fn follow(t: &TestApp, args: &[&str], extra: &[(&str, &str)]) -> RunningCli {
+    let front = extra
+        .iter()
+        .fold(t.front().clone(), |front, (name, value)| {
+            front.with(name, *value)
+        });
+    front.start_cli(&[&["follow"], args].concat())
+}
 
 /// Its exit code and the report it printed.
 async fn report(child: RunningCli) -> (Option<i32>, Value) {
@@ -46,7 +56,7 @@ async fn reservations_falling_due_one_after_another_are_released_within_seconds(
     .await;
 
     // Shortened after the last of the others fell due: follow sleeps towards the hour then.
-    let child = t.start_cli(&["follow", "--for", "8"]);
+    let child = follow(&t, &["--for", "8"], &[]);
     tokio::time::sleep(Duration::from_millis(5500)).await;
     t.exec(&format!(
         "UPDATE orders_inventoryreservation SET expires_at = now() + interval '1 second' \
@@ -108,7 +118,7 @@ async fn sigterm_ends_follow_after_the_batch_in_flight() {
             .await;
     }
     t.slow_updates("orders_order", 0.1).await;
-    let child = t.with("BATCH_SIZE", "3").start_cli(&["follow"]);
+    let child = follow(&t, &[], &[("BATCH_SIZE", "3")]);
     let watcher = t.connect().await;
     let mut seen = false;
     for _ in 0..2500 {
@@ -142,4 +152,413 @@ async fn sigterm_ends_follow_after_the_batch_in_flight() {
         "the report is what committed"
     );
     assert_eq!(json!(report["batches"]), json!(released / 3));
+}
+
+/// Until `sql` (a boolean) is true on `t`'s database, looking every 2 ms for up to 30 s: whether
+/// it became true. The bound is generous; what is awaited is a commit, not a time.
+async fn until_true(t: &TestDb, sql: &str) -> bool {
+    for _ in 0..15_000 {
+        if t.client
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    false
+}
+
+/// The follower's session idle after a look at what is due (`NEXT_DUE`, known by the start of
+/// its text: `pg_stat_activity` keeps only the first kilobyte), begun after `since` (a
+/// `timestamptz` expression).
+fn looked_since(since: &str) -> String {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity a \
+           WHERE a.datname = current_database() AND a.application_name = '{}' \
+             AND a.state = 'idle' AND a.query LIKE 'SELECT now() AS checked_at,%' \
+             AND a.state_change > {since})",
+        unreserver::APPLICATION_NAME
+    )
+}
+
+/// Until the follower on `t`'s database is between passes after the one that released
+/// `witness`: its session idle after a look at what is due, begun after that release committed.
+async fn until_between_passes_after(t: &TestDb, witness: i64) {
+    assert!(
+        until_true(t, &released(witness)).await,
+        "the first pass never released the witness"
+    );
+    let since =
+        format!("(SELECT released_at FROM orders_inventoryreservation WHERE id = {witness})");
+    assert!(
+        until_true(t, &looked_since(&since)).await,
+        "the follower never looked again"
+    );
+}
+
+/// Until the follower on `t`'s database has looked at what is due once more (it looks at least
+/// every second).
+async fn until_it_looks_again(t: &TestDb) {
+    let since = format!(
+        "'{}'::timestamptz",
+        t.text(
+            "SELECT max(state_change)::text FROM pg_stat_activity WHERE datname = current_database()"
+        )
+        .await
+    );
+    assert!(
+        until_true(t, &looked_since(&since)).await,
+        "the follower never looked again"
+    );
+}
+
+/// Ends a follower with SIGTERM: its exit code and report.
+async fn stop(child: RunningCli) -> (Option<i32>, Value) {
+    child.terminate();
+    report(child).await
+}
+
+/// Timeout 15 minutes, grace 10, as the tests below count them.
+const RULES: [(&str, &str); 2] = [
+    ("RESERVATION_TIMEOUT_MINUTES", "15"),
+    ("PAYMENT_PROCESSING_GRACE_MINUTES", "10"),
+];
+
+fn released(id: i64) -> String {
+    format!("SELECT status = 'expired' FROM orders_inventoryreservation WHERE id = {id}")
+}
+
+/// A legacy line (NULL `expires_at`) of an order whose payment is `processing`: due at
+/// `created_at` plus the timeout plus the grace. Follow mode wakes when that grace ends (it
+/// once looked for the ends of grace among dated lines only, and never woke for this one).
+#[tokio::test]
+async fn follow_wakes_when_the_grace_of_a_legacy_line_ends() {
+    let t = TestApp::spawn().await;
+    let v = t.variant(1).await;
+    let paying = t.order("pending", "processing").await;
+    // 25 minutes less 2 seconds ago: its grace ends 2 seconds from now.
+    let line = t
+        .reservation(Res {
+            created: "-1498 seconds",
+            expires: None,
+            ..Res::new(Some(paying), v, 1, "0 seconds")
+        })
+        .await;
+    let child = follow(&t, &[], &RULES);
+    assert!(
+        until_true(&t, &released(line)).await,
+        "the line was not released when its grace ended"
+    );
+    let (code, report) = stop(child).await;
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["reservations_released"], 1, "{report}");
+    let early = format!(
+        "SELECT count(*) FROM orders_inventoryreservation \
+         WHERE id = {line} AND released_at < created_at + interval '25 minutes'"
+    );
+    assert_eq!(t.i64(&early).await, 0, "released before its grace ended");
+    assert_eq!(t.drifted_counters().await, 0);
+}
+
+/// A `processing` payment, its line expired and in grace, fails while follow mode sleeps: the
+/// order is due at once, and follow mode wakes for it (it once looked only for the end of the
+/// grace, which no longer applies, and never woke).
+#[tokio::test]
+async fn follow_wakes_when_a_payment_fails_after_its_line_expired() {
+    let t = TestApp::spawn().await;
+    let v = t.variant(2).await;
+    let (witness_order, paying) = (
+        t.order("pending", "pending").await,
+        t.order("pending", "processing").await,
+    );
+    let witness = t
+        .reservation(Res::new(Some(witness_order), v, 1, "-1 minute"))
+        .await;
+    let line = t
+        .reservation(Res::new(Some(paying), v, 1, "-1 minute"))
+        .await;
+    let child = follow(&t, &[], &RULES);
+    until_between_passes_after(&t, witness).await;
+    assert_eq!(t.reservation_status(line).await, "active", "in its grace");
+    t.exec(&format!(
+        "UPDATE orders_order SET payment_status = 'failed' WHERE id = {paying}"
+    ))
+    .await;
+    assert!(
+        until_true(&t, &released(line)).await,
+        "the order whose payment failed was not released"
+    );
+    let (code, report) = stop(child).await;
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["reservations_released"], 2, "{report}");
+    assert_eq!(t.order_status(paying).await, "cancelled");
+    assert_eq!(t.drifted_counters().await, 0);
+}
+
+/// The shop cuts a hold back to a time before follow mode's last pass (its clock behind the
+/// database's): follow mode wakes for it (it once looked only for times after the last pass,
+/// and never woke).
+#[tokio::test]
+async fn follow_wakes_for_a_hold_cut_back_to_before_its_last_pass() {
+    let t = TestApp::spawn().await;
+    let v = t.variant(3).await;
+    let (witness_order, cut) = (
+        t.order("pending", "pending").await,
+        t.order("pending", "pending").await,
+    );
+    let witness = t
+        .reservation(Res::new(Some(witness_order), v, 1, "-1 minute"))
+        .await;
+    let line = t.reservation(Res::new(Some(cut), v, 1, "1 hour")).await;
+    let hold = t.reservation(Res::new(None, v, 1, "1 hour")).await;
+    let child = follow(&t, &[], &RULES);
+    until_between_passes_after(&t, witness).await;
+    t.exec(&format!(
+        "UPDATE orders_inventoryreservation SET expires_at = now() - interval '1 minute' \
+         WHERE id IN ({line}, {hold})"
+    ))
+    .await;
+    assert!(
+        until_true(
+            &t,
+            &format!(
+                "SELECT bool_and(status = 'expired') FROM orders_inventoryreservation \
+                 WHERE id IN ({line}, {hold})"
+            )
+        )
+        .await,
+        "the holds cut back were not released"
+    );
+    let (code, report) = stop(child).await;
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["reservations_released"], 3, "{report}");
+    assert_eq!(t.drifted_counters().await, 0);
+}
+
+/// A due order a shopper holds (its row locked) is left by a pass and looked at again like
+/// deferred work, every 5 seconds — never in a loop while it stays held — and released by the
+/// first look after the shopper lets go (it was once never looked at again).
+#[tokio::test]
+async fn a_held_due_order_is_retried_on_the_deferred_clock_without_spinning() {
+    let t = TestApp::spawn().await;
+    let v = t.variant(2).await;
+    let (witness_order, held) = (
+        t.order("pending", "pending").await,
+        t.order("pending", "pending").await,
+    );
+    let witness = t
+        .reservation(Res::new(Some(witness_order), v, 1, "-1 minute"))
+        .await;
+    let line = t.reservation(Res::new(Some(held), v, 1, "-1 minute")).await;
+    let mut shopper = t.connect().await;
+    let tx = shopper.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM orders_order WHERE id = $1 FOR UPDATE",
+        &[&held],
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let child = follow(&t, &[], &RULES);
+    until_between_passes_after(&t, witness).await;
+    // Two more looks while it is held: a loop would pass at each.
+    until_it_looks_again(&t).await;
+    until_it_looks_again(&t).await;
+    assert_eq!(t.reservation_status(line).await, "active");
+    tx.commit().await.unwrap();
+    assert!(
+        until_true(&t, &released(line)).await,
+        "the order was not tried again once free"
+    );
+    let (code, report) = stop(child).await;
+    let seconds = started.elapsed().as_secs();
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["reservations_released"], 2, "{report}");
+    let passes = report["follow"]["passes"].as_u64().unwrap();
+    assert!(
+        passes <= 2 + seconds / 5,
+        "{passes} passes in {seconds} s: it spun on the held order"
+    );
+}
+
+/// Every time the shop can store, in `expires_at` and in `created_at` (`infinity`,
+/// `-infinity`, the largest and the smallest PostgreSQL takes): `status` counts and ages what
+/// is due, follow mode releases exactly what is due and keeps looking (it once failed with
+/// "cannot subtract infinite timestamps" as soon as only an `infinity` was pending), and the
+/// report and the warnings read the rows.
+#[tokio::test]
+async fn every_time_the_shop_can_store_is_handled_by_follow_status_report_and_warnings() {
+    const LATEST: &str = "'294276-12-31 23:59:59+00'";
+    const EARLIEST: &str = "'4713-11-24 00:00:00+00 BC'";
+    let t = TestApp::spawn().await;
+    let v = t.variant(13).await;
+    let insert = |order: Option<i64>, created: &str, expires: &str| {
+        let order = order.map_or("NULL".to_string(), |o| o.to_string());
+        format!(
+            "INSERT INTO orders_inventoryreservation \
+             (order_id, product_variant_id, quantity, status, created_at, expires_at) \
+             VALUES ({order}, {v}, 1, 'active', {created}, {expires}) RETURNING id"
+        )
+    };
+    let mut due = Vec::new();
+    let mut not_due = Vec::new();
+    for (created, expires, is_due) in [
+        ("now()", "'-infinity'", true),
+        ("now()", EARLIEST, true),
+        ("'-infinity'", "NULL", true),
+        (EARLIEST, "NULL", true),
+        ("now()", "'infinity'", false),
+        ("now()", LATEST, false),
+        ("'infinity'", "NULL", false),
+        (LATEST, "NULL", false),
+    ] {
+        let order = t.order("pending", "pending").await;
+        let id = t.i64(&insert(Some(order), created, expires)).await;
+        if is_due {
+            due.push(id)
+        } else {
+            not_due.push(id)
+        }
+    }
+    // A payment in grace: its line due since -infinity is due all the same, and its other
+    // line, at the latest time, goes with it.
+    let paying = t.order("pending", "processing").await;
+    due.push(t.i64(&insert(Some(paying), "now()", "'-infinity'")).await);
+    due.push(t.i64(&insert(Some(paying), "now()", LATEST)).await);
+    due.push(t.i64(&insert(None, "now()", "'-infinity'")).await);
+    // Warned: due in a minute, with a legacy line written at the latest time.
+    let soon = t.order("pending", "pending").await;
+    let soon_line = t
+        .i64(&insert(
+            Some(soon),
+            "now()",
+            "now() + interval '60 seconds'",
+        ))
+        .await;
+    not_due.push(soon_line);
+    not_due.push(t.i64(&insert(Some(soon), LATEST, "NULL")).await);
+
+    let db = t.open().await;
+    let status = unreserver::status(&db, &crate::common::settings())
+        .await
+        .unwrap_or_else(|e| panic!("status: {}", e.chain()));
+    // Due themselves: all but the processing order's line at the latest time.
+    assert_eq!(status.due_reservations, due.len() as u64 - 1);
+    let age = status.oldest_due_age_seconds.unwrap();
+    assert!(
+        age.is_finite() && age > 1e11,
+        "the far past line's age: {age}"
+    );
+
+    let child = follow(&t, &["--for", "3"], &RULES);
+    let (code, report) = report(child).await;
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["reservations_released"], due.len(), "{report}");
+    let ids = |ids: &[i64]| ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    let expired = format!(
+        "SELECT count(*) FROM orders_inventoryreservation WHERE status = 'expired' AND id IN ({})",
+        ids(&due)
+    );
+    assert_eq!(t.i64(&expired).await, due.len() as i64);
+    let active = format!(
+        "SELECT count(*) FROM orders_inventoryreservation WHERE status = 'active' AND id IN ({})",
+        ids(&not_due)
+    );
+    assert_eq!(t.i64(&active).await, not_due.len() as i64);
+    assert_eq!(t.drifted_counters().await, 0);
+
+    let status = unreserver::status(&db, &crate::common::settings())
+        .await
+        .unwrap_or_else(|e| panic!("status: {}", e.chain()));
+    assert_eq!(status.due_reservations, 0);
+    let delays = unreserver::release_delay_report(&db, &crate::common::settings(), 1)
+        .await
+        .unwrap_or_else(|e| panic!("report: {}", e.chain()));
+    let today = &delays.days[0];
+    assert_eq!(today.reservations_released, due.len() as i64);
+    let max = today.release_delay_seconds.max.unwrap();
+    assert!(
+        max.is_finite() && max > 1e11,
+        "the far past line's delay: {max}"
+    );
+    let rules = unreserver::db::sql::Rules {
+        timeout_minutes: 15,
+        grace_minutes: 10,
+    };
+    let warned = unreserver::db::sql::warnings::expiring_soon(&t.client, 300.0, rules)
+        .await
+        .unwrap_or_else(|e| panic!("warnings: {}", e.chain()));
+    let orders: Vec<i64> = warned.iter().map(|r| r.order_id).collect();
+    assert_eq!(orders, [soon, soon], "{warned:?}");
+    let expires: std::time::SystemTime = t
+        .client
+        .query_one(
+            "SELECT expires_at FROM orders_inventoryreservation WHERE id = $1",
+            &[&soon_line],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        warned[0].expires_at, expires,
+        "the warning states the line due in a minute"
+    );
+}
+
+/// Follow mode's look, read directly: it counts the reservations due by the rule (a paid
+/// order's and a payment in grace are not), and the next instant the clock makes one due is the
+/// earliest of every kind — here the end of the grace of a legacy line (once missed: it then
+/// said the end of the dated line's grace, 440 seconds later).
+#[tokio::test]
+async fn the_look_counts_what_is_due_and_finds_every_kind_of_next_due_instant() {
+    use unreserver::db::sql::{follow::next_due, Rules};
+    let t = TestDb::new().await;
+    let v = t.variant(0).await;
+    let (paid, paying, paying_legacy, later, due) = (
+        t.order("pending", "paid").await,
+        t.order("pending", "processing").await,
+        t.order("pending", "processing").await,
+        t.order("pending", "pending").await,
+        t.order("pending", "pending").await,
+    );
+    t.reservation(Res::new(Some(paid), v, 1, "-1 hour")).await;
+    // Grace of 10 minutes: ends in 540 s; the legacy line's (created 25 minutes less 100 s
+    // ago) in 100 s.
+    t.reservation(Res::new(Some(paying), v, 1, "-1 minute"))
+        .await;
+    t.reservation(Res {
+        created: "-1400 seconds",
+        expires: None,
+        ..Res::new(Some(paying_legacy), v, 1, "0 seconds")
+    })
+    .await;
+    t.reservation(Res::new(Some(later), v, 1, "1 hour")).await;
+    let rules = Rules {
+        timeout_minutes: 15,
+        grace_minutes: 10,
+    };
+    let client = t.connect().await;
+    let first = next_due(&client, unreserver::db::sql::PgTimestamp::MIN, rules, 10)
+        .await
+        .unwrap();
+    assert_eq!(first.due, 0, "nothing is due by the rule");
+    let look = next_due(&client, first.checked_at, rules, 10)
+        .await
+        .unwrap();
+    let wait = look.wait_seconds.unwrap();
+    assert!(
+        (95.0..=100.0).contains(&wait),
+        "the legacy line's grace ends first: {wait}"
+    );
+    t.reservation(Res::new(Some(due), v, 1, "-1 second")).await;
+    t.reservation(Res::new(None, v, 1, "-1 second")).await;
+    let look = next_due(&client, first.checked_at, rules, 10)
+        .await
+        .unwrap();
+    assert_eq!(look.due, 2, "a due order's line and a cart hold");
+    let look = next_due(&client, first.checked_at, rules, 1).await.unwrap();
+    assert_eq!(look.due, 1, "counted up to what was asked");
 }

@@ -215,10 +215,12 @@ async fn until_the_first_pass_is_over(
     name: &str,
     since: SystemTime,
 ) -> bool {
-    let sql = "SELECT query = $4 AS looking, query_start FROM pg_stat_activity \
+    // Known by the start of its text (`pg_stat_activity` keeps only the first kilobyte).
+    let sql = "SELECT starts_with(query, $4) AS looking, query_start FROM pg_stat_activity \
                WHERE datname = $1 AND application_name = $2 AND backend_start > $3 \
                AND query_start IS NOT NULL ORDER BY backend_start LIMIT 1";
-    let look = unreserver::db::sql::follow::NEXT_DUE;
+    let next_due = unreserver::db::sql::follow::NEXT_DUE;
+    let look = next_due.get(..100).unwrap_or(next_due);
     let (mut first_look, mut passing) = (None::<SystemTime>, false);
     for _ in 0..2500 {
         let rows = watcher

@@ -194,7 +194,7 @@ fn the_schedule_invokes_the_function_through_its_own_guarded_role() {
             .as_str()
             .unwrap();
         match unreserver::parse_payload(&serde_json::from_str(text).unwrap()).unwrap() {
-            unreserver::Request::Reconcile(r) => assert_eq!(r.scope.apply, apply),
+            unreserver::Request::Reconcile(r) => assert_eq!(r.apply, apply),
             other => panic!("{other:?}"),
         }
     }
@@ -346,7 +346,7 @@ fn follow_mode_invokes_every_minute_to_follow_for_sixty_seconds() {
     let follow: Value = serde_json::from_str(input[1].as_str().unwrap()).unwrap();
     let seconds = match unreserver::parse_payload(&follow).unwrap() {
         unreserver::Request::Follow(f) => {
-            assert_eq!(f.source, "schedule");
+            assert_eq!(f.source(), "schedule");
             f.seconds.unwrap()
         }
         other => panic!("{other:?}"),

@@ -90,7 +90,7 @@ fn check_parameter(var: &str, s: &Setting, name: &str, p: &Yaml) {
                 "{place}: Default {default} is not {d}"
             );
         }
-        Kind::OptionalNumber { min, max } => {
+        Kind::OptionalNumber { min, max, .. } => {
             // A Number parameter cannot be empty: a String whose pattern accepts exactly the
             // empty string (unset) and the whole numbers of the range.
             assert_eq!(p["Type"].as_str(), Some("String"), "{place}: Type");

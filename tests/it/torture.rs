@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
-use unreserver::events::run::release_order;
+use unreserver::events::run::release_on_request;
 use unreserver::ReleaseSettings;
 use unreserver::RunOptions;
 
@@ -544,7 +544,7 @@ async fn torture_under_live_shop_traffic() {
                 if let Some(row) = row {
                     let order: i64 = row.get(0);
                     let wait = (None, Duration::from_secs(1));
-                    match release_order(&mut db, &s, order, None, "torture", wait).await {
+                    match release_on_request(&mut db, &s, order, None, "torture", wait).await {
                         Ok(outcome) => {
                             released.fetch_add(outcome.reservations_released, Ordering::Relaxed);
                             if outcome.released {

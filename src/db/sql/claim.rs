@@ -295,8 +295,8 @@ impl Statements {
 pub const CLAIM_HOLDS: &str = concat!(
     "SELECT r.id::int8 AS id FROM orders_inventoryreservation r ",
     "WHERE r.id = ANY($1::int8[]) AND r.order_id IS NULL AND r.status = 'active' AND ",
-    due_at!("r", "$2"),
-    " <= now() ORDER BY r.id FOR UPDATE SKIP LOCKED"
+    is_due!("r", "$2"),
+    " ORDER BY r.id FOR UPDATE SKIP LOCKED"
 );
 
 impl Statements {

@@ -11,8 +11,9 @@ use crate::error::Result;
 /// expired that day (by `released_at`), their units, the cart holds among them, the orders the
 /// release cancelled (`cancelled_at` = `released_at`), and the release delay of the lines that
 /// were due when released (a line released with its order before its own expiry has none) —
-/// `released_at`
-/// minus `expires_at` (legacy rows: `created_at` plus `$2` minutes) — at p50, p95 and max.
+/// `released_at` minus when it fell due, by the rule's `seconds_due!` (`expires_at`, legacy
+/// rows `created_at` plus `$2` minutes, a row due since `-infinity` from its `created_at`; no
+/// grace) — at p50, p95 and max.
 /// Days without releases have zero counts and null delays. Reads only the window's rows
 /// through `released_at` (the BRIN index of `infra/indexes.sql`).
 pub const RELEASE_DELAY_BY_DAY: &str = concat!(
@@ -20,8 +21,8 @@ pub const RELEASE_DELAY_BY_DAY: &str = concat!(
     "days AS (SELECT generate_series(b.today - make_interval(days => $1::int4 - 1), b.today, ",
     "interval '1 day') AS day FROM bounds b), ",
     "rel AS (SELECT date_trunc('day', r.released_at, 'UTC') AS day, r.order_id, r.quantity, ",
-    "EXTRACT(EPOCH FROM r.released_at - COALESCE(r.expires_at, ",
-    "r.created_at + make_interval(mins => $2::int4)))::float8 AS delay, ",
+    seconds_due!("r", "$2", "r.released_at"),
+    " AS delay, ",
     "COALESCE(",
     cancelled_by_release!("o", "r"),
     ", false) AS cancelled ",

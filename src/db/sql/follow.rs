@@ -1,38 +1,38 @@
-//! Follow mode's one statement between passes: when the next reservation falls due. Reads only;
-//! locks nothing.
+//! Follow mode's one statement between passes: what is due now, and when the clock next makes a
+//! reservation due. Reads only; locks nothing.
 
 use tokio_postgres::GenericClient;
 
 use super::{fetch_one, PgTimestamp, Rules};
 use crate::error::Result;
 
-/// The database's `now()`, and the seconds from it to the earliest moment after `$1` (the
-/// `now()` read before the last pass) at which a reservation falls due by the release's rules:
-/// the next `expires_at`; the next legacy row's `created_at` plus the timeout; the end of the
-/// grace of an order whose payment is `processing`, among reservations already past their
-/// `expires_at` (those past `$1` are found by the first). NULL when nothing will fall due.
+/// The database's `now()`; how many reservations are due now by the release's rule, counted up
+/// to `$4` (enough to tell whether more are due than the last pass left); and the seconds from
+/// `now()` to the earliest instant after `$1` (the `now()` read before the last pass) at which
+/// the clock alone makes a reservation due by the rule, NULL when none will (Infinity: at
+/// `infinity`, never). Both parts are the rule of `rules.rs`: the count is `due_rows!` (as the
+/// run's backlog counts it), the instant `next_due_after!`.
 ///
-/// Rows that stay due on purpose — a paid order's, a payment in grace, an order deferred for a
-/// held row — fell due before `$1`, so they never make follow mode wake at once again (it
-/// retries deferred work on its own clock). Each part is one lookup in a partial index of
-/// `infra/indexes.sql` (`(expires_at, id) WHERE status = 'active'`, `(created_at, id) WHERE
-/// status = 'active' AND expires_at IS NULL`), the grace part a range of the first bounded by
-/// the grace.
+/// The count finds what the clock cannot foretell — a payment that failed after its line
+/// expired, a hold the shop cut back to a time before the last pass, a row written already
+/// due — and rows that stay due on purpose are not in it (a paid order's, a payment in grace)
+/// or were left by the last pass (a row someone holds), so they never make follow mode wake at
+/// once again. It reads the active rows past their due time: `unreserver_active_expiry_idx` up
+/// to `now()` and `unreserver_active_legacy_idx` up to `now()` less the timeout, each joined to
+/// its order, stopping at the `$4`th due row. The instant is four lookups of the same two
+/// partial indexes (`infra/indexes.sql`): each one's first entry past `$1`, and two ranges one
+/// grace long before `$1` for the ends of grace.
 ///
-/// $1 the last pass's `now()`, $2 reservation timeout minutes, $3 grace minutes.
+/// $1 the last pass's `now()`, $2 reservation timeout minutes, $3 grace minutes, $4 the most
+/// due reservations to count.
 pub const NEXT_DUE: &str = concat!(
-    "SELECT now() AS checked_at, EXTRACT(EPOCH FROM LEAST(",
-    "(SELECT min(r.expires_at) FROM orders_inventoryreservation r ",
-    "WHERE r.status = 'active' AND r.expires_at > $1::timestamptz), ",
-    "(SELECT min(r.created_at) FROM orders_inventoryreservation r ",
-    "WHERE r.status = 'active' AND r.expires_at IS NULL ",
-    "AND r.created_at > $1::timestamptz - make_interval(mins => $2::int4)) ",
-    "+ make_interval(mins => $2::int4), ",
-    "(SELECT min(r.expires_at) FROM orders_inventoryreservation r ",
-    "JOIN orders_order o ON o.id = r.order_id WHERE r.status = 'active' ",
-    "AND r.expires_at > $1::timestamptz - make_interval(mins => $3::int4) ",
-    "AND r.expires_at <= $1::timestamptz AND o.payment_status = 'processing') ",
-    "+ make_interval(mins => $3::int4)) - now())::float8 AS wait_seconds"
+    "SELECT now() AS checked_at, (SELECT count(*) FROM (SELECT 1 FROM (",
+    due_rows!("$2", "$3"),
+    ") d LIMIT $4::int8) counted)::int8 AS due, (",
+    next_due_after!("$1::timestamptz", "$2", "$3"),
+    " - ",
+    epoch!("now()"),
+    ")::float8 AS wait_seconds"
 );
 
 /// A row of [`NEXT_DUE`].
@@ -40,25 +40,36 @@ pub const NEXT_DUE: &str = concat!(
 pub struct NextDue {
     /// The database's `now()` when asked.
     pub checked_at: PgTimestamp,
-    /// Seconds until the next reservation falls due (0 or less: due now); None: none will.
+    /// Reservations due now by the rule (at most the count asked for).
+    pub due: i64,
+    /// Seconds until the clock next makes a reservation due (0 or less: due now); None: it
+    /// never will (nothing is pending, or only at `infinity`).
     pub wait_seconds: Option<f64>,
 }
 
-/// [`NEXT_DUE`].
+/// [`NEXT_DUE`], counting at most `count_up_to` due reservations.
 pub async fn next_due(
     client: &(impl GenericClient + Sync),
     after: PgTimestamp,
     rules: Rules,
+    count_up_to: i64,
 ) -> Result<NextDue> {
     fetch_one(
         client,
         NEXT_DUE,
-        &[&after, &rules.timeout_minutes, &rules.grace_minutes],
-        "finding when the next reservation falls due",
+        &[
+            &after,
+            &rules.timeout_minutes,
+            &rules.grace_minutes,
+            &count_up_to,
+        ],
+        "finding what is due and when the next reservation falls due",
         |row| {
+            let wait: Option<f64> = row.try_get("wait_seconds")?;
             Ok(NextDue {
                 checked_at: row.try_get("checked_at")?,
-                wait_seconds: row.try_get("wait_seconds")?,
+                due: row.try_get("due")?,
+                wait_seconds: wait.filter(|s| *s < f64::INFINITY),
             })
         },
     )

@@ -4,12 +4,16 @@
 //! panic). No caller passes `$n` by position or reads a column by index. A test prepares every
 //! statement and checks it against the wrapper's types (`tests/it/sql_types.rs`).
 //!
-//! Split by job: `rules` (the rules of release as SQL fragments — what is releasable, due, in
-//! grace, cancelled by the release — shared by every statement so that none can disagree),
-//! `transaction` (session, timeouts, savepoint), `claim` (the page and the claims), `contention` (what the batch controller reads of the shop's sessions), `release`
-//! (the release steps), `reads` (backlog, drift, catalog), and the statements around the
-//! release: `outbox`, `revive`, `delay_report`. Every time comparison is against the database
-//! clock (`now()`, the batch transaction's start), never the client's.
+//! Split by job: `rules` (the rules of release as SQL fragments — what is releasable, when a
+//! reservation is due and when next the clock makes one due, how long it has been, what the
+//! release cancelled, which worker owns an id — shared by every statement so that none can
+//! disagree), `transaction` (session, timeouts, savepoints), `claim` (the page and the claims),
+//! `contention` (what the batch controller reads of the shop's sessions), `release` (the
+//! release steps), `reads` (backlog, drift, catalog), and the statements around the release:
+//! `on_request` (one order released on request), `follow` (when the next reservation falls
+//! due), `warnings` (orders whose hold runs out soon), `outbox` (the events as the database
+//! holds them), `revive`, `reconcile` and `delay_report`. Every time comparison is against the
+//! database clock (`now()`, the batch transaction's start), never the client's.
 //!
 //! Every column a statement returns is cast to the type the code reads (ids to `int8`,
 //! quantities to `int4`, conditions coalesced to booleans), so a shop whose ids are `integer`

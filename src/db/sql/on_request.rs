@@ -29,7 +29,7 @@ pub const LOCK_REQUESTED_ORDER: &str = concat!(
 
 /// A row of [`LOCK_REQUESTED_ORDER`]: the requested order, locked by this transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RequestedOrder {
+pub struct OnRequestOrder {
     pub id: i64,
     /// Its payment is `paid`: never touched.
     pub paid: bool,
@@ -45,14 +45,14 @@ pub struct RequestedOrder {
 pub async fn lock_requested_order(
     client: &(impl GenericClient + Sync),
     order_id: i64,
-) -> Result<Option<RequestedOrder>> {
+) -> Result<Option<OnRequestOrder>> {
     let rows = fetch(
         client,
         LOCK_REQUESTED_ORDER,
         &[&order_id],
         "locking the order to release on request",
         |row| {
-            Ok(RequestedOrder {
+            Ok(OnRequestOrder {
                 id: row.try_get("id")?,
                 paid: row.try_get("paid")?,
                 releasable: row.try_get("releasable")?,

@@ -7,22 +7,18 @@ use tokio_postgres::{GenericClient, Row};
 use super::{fetch, fetch_one, Rules, Statements};
 use crate::error::Result;
 
-/// Due reservations a run has left (a run's `backlog_remaining`, `status`'s `due_reservations`)
-/// and the age in seconds of the oldest, grace included, paid and untouchable orders excluded.
-/// Reads only; locks nothing. Uses the partial indexes when present.
+/// Due reservations a run has left (a run's `backlog_remaining`, `status`'s `due_reservations`,
+/// and what follow mode compares its count with) and the age in seconds of the oldest, grace
+/// included: the rule's `due_rows!`, so paid and untouchable orders and payments in grace are
+/// excluded. Reads only; locks nothing. The active rows past their due time, through the
+/// partial indexes of `infra/indexes.sql` (`unreserver_active_expiry_idx` up to `now()`,
+/// `unreserver_active_legacy_idx` up to `now()` less the timeout), each joined to its order.
 ///
 /// $1 reservation timeout minutes, $2 grace minutes.
 pub const BACKLOG: &str = concat!(
-    "SELECT count(*)::int8 AS due, EXTRACT(EPOCH FROM now() - min(d.due_at + ",
-    grace!("o.payment_status = 'processing'", "$2"),
-    "))::float8 AS oldest_age_seconds FROM (",
-    due_reservations!("$1"),
-    ") d LEFT JOIN orders_order o ON o.id = d.order_id ",
-    "WHERE d.order_id IS NULL OR (",
-    releasable_order!("o"),
-    " AND d.due_at + ",
-    grace!("o.payment_status = 'processing'", "$2"),
-    " <= now())"
+    "SELECT count(*)::int8 AS due, max(d.age) AS oldest_age_seconds FROM (",
+    due_rows!("$1", "$2"),
+    ") d"
 );
 
 /// The row of [`BACKLOG`].

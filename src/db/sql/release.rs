@@ -52,13 +52,10 @@ pub const RELEASE_RESERVATIONS: &str = concat!(
     "SELECT r.id::int8 AS id, r.order_id::int8 AS order_id, ",
     "r.product_variant_id::int8 AS variant_id, r.drop_product_id::int8 AS drop_id, ",
     "r.quantity::int4 AS quantity, COALESCE(",
-    due_at!("r", "$3"),
-    " + ",
-    grace!("r.order_id = ANY($5::int8[])", "$4"),
-    " <= now(), false) AS was_due, ",
-    "EXTRACT(EPOCH FROM now() - ",
-    due_at!("r", "$3"),
-    ")::float8 AS delay_seconds, now() AS released_at, ",
+    is_due!("r", "$3", "r.order_id = ANY($5::int8[])", "$4"),
+    ", false) AS was_due, ",
+    seconds_due!("r", "$3", "now()"),
+    " AS delay_seconds, now() AS released_at, ",
     "c.id IS NOT NULL AS order_cancelled, ",
     "COALESCE(c.order_number::text, '') AS cancelled_order_number ",
     "FROM released r LEFT JOIN cancelled c ON c.id = r.order_id"
@@ -86,7 +83,9 @@ pub struct ReleasedReservation {
     /// Whether it was due itself (not only released with its order).
     pub was_due: bool,
     /// Seconds from when it fell due (`expires_at`, or `created_at` plus the timeout; no grace)
-    /// to its release: the release delay the report and `ReleaseDelayP95` measure.
+    /// to its release: the release delay the report and `ReleaseDelayP95` measure (the rule's
+    /// `seconds_due!`: a row due since `-infinity` counts from its `created_at`; one due at
+    /// `infinity`, released on request, is `-Infinity`).
     pub delay_seconds: f64,
     /// The batch transaction's `now()`: the row's `released_at`, and the `cancelled_at` of the
     /// order the batch cancels with it.
@@ -395,19 +394,19 @@ impl Statements {
     }
 }
 
-/// Seconds since the oldest of the given orders and holds fell due (grace included), among
-/// their active reservations; NULL when none is still due. A run's `OldestDeferredAge`, from
-/// the database clock: no state is kept between runs. Reads only; locks nothing.
+/// Seconds since the oldest of the given orders and holds fell due (grace included: the rule's
+/// `seconds_due!`), among their active reservations; NULL when none is still due. A run's
+/// `OldestDeferredAge`, from the database clock: no state is kept between runs. Reads only;
+/// locks nothing.
 ///
 /// $1 order ids, $2 hold ids, $3 reservation timeout minutes, $4 grace minutes.
 pub const DEFERRED_AGE: &str = concat!(
-    "SELECT EXTRACT(EPOCH FROM now() - min(d.due))::float8 AS age_seconds FROM (SELECT ",
-    due_at!("r", "$3"),
-    " + ",
-    grace!("o.payment_status = 'processing'", "$4"),
-    " AS due FROM orders_inventoryreservation r LEFT JOIN orders_order o ON o.id = r.order_id ",
-    "WHERE r.status = 'active' AND (r.order_id = ANY($1::int8[]) OR r.id = ANY($2::int8[]))) d ",
-    "WHERE d.due <= now()"
+    "SELECT max(d.age) AS age_seconds FROM (SELECT ",
+    seconds_due!("r", "$3", "o.payment_status = 'processing'", "$4", "now()"),
+    " AS age FROM orders_inventoryreservation r LEFT JOIN orders_order o ON o.id = r.order_id ",
+    "WHERE r.status = 'active' AND (r.order_id = ANY($1::int8[]) OR r.id = ANY($2::int8[])) AND ",
+    is_due!("r", "$3", "o.payment_status = 'processing'", "$4"),
+    ") d"
 );
 
 impl Statements {

@@ -83,7 +83,7 @@ pub(super) async fn candidates_of(
         Source::Deferred { orders, holds } | Source::Queue { orders, holds, .. } => {
             deferred(orders, holds, exclude)
         }
-        Source::Alone(order) | Source::Requested(order) => Candidates {
+        Source::Alone(order) | Source::OnRequest(order) => Candidates {
             orders: vec![order],
             holds: Vec::new(),
         },
@@ -212,7 +212,7 @@ pub(super) async fn claim(
     Ok(claimed)
 }
 
-/// Step 2 of a [`Source::Requested`] batch: lock the order (`NOWAIT`: a shopper holding it
+/// Step 2 of a [`Source::OnRequest`] batch: lock the order (`NOWAIT`: a shopper holding it
 /// fails the batch at once with `lock_not_available`, and the caller polls) and judge it on the
 /// locked row.
 pub(super) async fn claim_requested(

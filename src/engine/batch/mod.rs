@@ -75,7 +75,7 @@ pub enum Source<'a> {
     /// `NOWAIT` and judged on the locked row ([`crate::db::sql::on_request`]); a releasable
     /// order with active reservations is released by the same steps as any batch, with no
     /// reservation needing to be due. Its budget runs like [`Source::Alone`]'s.
-    Requested(i64),
+    OnRequest(i64),
 }
 
 /// What one batch did (or, in a dry run, would have done).
@@ -116,12 +116,12 @@ pub struct BatchOutcome {
     pub counter_writes: Vec<((Counter, i64), i64)>,
     /// The cursor after this page (unchanged for a batch of deferred work).
     pub next_cursor: Cursor,
-    /// A [`Source::Requested`] batch: why the order was not released (None: it was, or it
+    /// A [`Source::OnRequest`] batch: why the order was not released (None: it was, or it
     /// was left out for a held row — see `deferred_orders`).
     pub refused: Option<Refusal>,
 }
 
-/// Why an order asked for ([`Source::Requested`]) is not released, judged on its locked row.
+/// Why an order asked for ([`Source::OnRequest`]) is not released, judged on its locked row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// Its payment is `paid`: never touched.
@@ -136,7 +136,7 @@ pub enum Refusal {
 
 /// Runs one batch on `source`. `exclude` holds orders a dry run has already counted (their
 /// reservations are still active after the rollback); a real run passes an empty set.
-pub async fn run(
+pub async fn release_batch(
     db: &mut Database,
     params: &BatchParams,
     source: Source<'_>,
@@ -157,7 +157,7 @@ pub async fn run(
     params.hot_phase.reset();
     let mut lock_wait = params.lock_wait;
     let max_lines = match source {
-        Source::Alone(_) | Source::Requested(_) => None,
+        Source::Alone(_) | Source::OnRequest(_) => None,
         _ => Some(params.page_size),
     };
     let candidates = match source {
@@ -172,7 +172,7 @@ pub async fn run(
             lock_wait = Duration::ZERO;
             deferred(orders, holds, exclude)
         }
-        Source::Requested(order) => {
+        Source::OnRequest(order) => {
             st.set_batch_timeouts(&tx, &params.timeouts).await?;
             let claimed = match claim_requested(&tx, order).await? {
                 Ok(claimed) => claimed,

@@ -65,8 +65,8 @@ pub struct BatchParams {
 impl BatchParams {
     pub fn new(settings: &ReleaseSettings, dry_run: bool) -> Self {
         BatchParams {
-            page_size: i64::from(settings.batch_size.unwrap_or(settings.batch_size_min)),
-            lock_wait: Duration::from_millis(u64::from(settings.lock_timeout_ms)),
+            page_size: i64::from(settings.initial_batch_size()),
+            lock_wait: settings.lock_timeout(),
             long_held: LongHeld::default(),
             queue_timeouts: timeouts(settings),
             hot_phase: HotPhase::default(),

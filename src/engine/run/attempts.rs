@@ -13,8 +13,8 @@ use crate::db::sql::PageRow;
 use crate::engine::batch::{BatchOutcome, Source};
 use crate::engine::budget::{statement_timeout, timed_batch, Budget, TryError};
 use crate::engine::controller::{self};
-use crate::engine::report::StopReason;
 use crate::engine::retry::RetryPolicy;
+use crate::engine::run_report::StopReason;
 use crate::error::{is_cancelled, is_conflict, sql_state, Error, Result};
 
 impl<'a> Run<'a> {
@@ -133,10 +133,7 @@ impl<'a> Run<'a> {
             Error::Database { context, .. } => *context,
             _ => "a batch",
         };
-        let floor = self
-            .settings
-            .batch_size
-            .unwrap_or(self.settings.batch_size_min);
+        let floor = self.settings.initial_batch_size();
         let at_min = self.params.page_size <= MIN_PAGE_SIZE.min(i64::from(floor));
         self.cuts_at_min = if at_min { self.cuts_at_min + 1 } else { 0 };
         if self.cuts_at_min >= 2 {

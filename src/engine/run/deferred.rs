@@ -4,7 +4,7 @@
 use super::*;
 use crate::db::session::Database;
 use crate::engine::batch::LongHeld;
-use crate::engine::report::StopReason;
+use crate::engine::run_report::StopReason;
 use crate::error::Result;
 
 impl<'a> Run<'a> {

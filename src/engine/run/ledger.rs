@@ -9,7 +9,7 @@ use super::*;
 use crate::db::session::Database;
 use crate::engine::batch::{BatchOutcome, Source};
 use crate::engine::budget::{timed_batch, Budget, TryError};
-use crate::engine::report::{RunReport, StopReason};
+use crate::engine::run_report::{RunReport, StopReason};
 use crate::error::{is_cancelled, is_conflict, Result};
 
 impl<'a> Run<'a> {

@@ -11,7 +11,7 @@ use super::batch::{BatchParams, Cursor};
 use super::budget::batch_budget;
 use super::hooks::{Committed, OnCommit};
 use super::pass::Passes;
-use super::report::{RunReport, StopReason};
+use super::run_report::{RunReport, StopReason};
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::db::sql::{outbox, Counter};

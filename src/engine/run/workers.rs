@@ -11,7 +11,7 @@ use crate::db::sql::{contention, Share};
 use crate::engine::batch::HotTurn;
 use crate::engine::controller::Controller;
 use crate::engine::pass::Passes;
-use crate::engine::report::StopReason;
+use crate::engine::run_report::StopReason;
 use crate::error::Result;
 
 /// What the workers of one run share: the controller, the count of batches, and the gate a
@@ -100,7 +100,7 @@ impl<'a> Run<'a> {
             .zip(std::iter::once(None).chain(others.into_iter().map(Some)))
         {
             if let Some(other) = other {
-                self.absorb(other);
+                self.merge_worker(other);
             }
             match result {
                 Ok(Paging::Stopped(reason)) => stop = stop.or(Some(reason)),
@@ -159,7 +159,7 @@ impl<'a> Run<'a> {
     }
 
     /// Takes back what another worker did and left.
-    pub(super) fn absorb(&mut self, other: Run<'_>) {
+    pub(super) fn merge_worker(&mut self, other: Run<'_>) {
         let Run {
             books,
             params,

@@ -7,9 +7,11 @@
 //! `AWS_LAMBDA_LOG_FORMAT` (set from the function's logging configuration) win when present;
 //! otherwise `RUST_LOG` and `LOG_FORMAT`; otherwise `info` and the front-end's default format.
 
+pub mod metrics;
+
 use tracing_subscriber::EnvFilter;
 
-use crate::engine::report::RunReport;
+use crate::engine::run_report::RunReport;
 use crate::error::Error;
 use crate::settings::{LOG_FORMAT, RUST_LOG};
 

@@ -202,12 +202,12 @@ impl RunReport {
 
     /// Adds a later pass of follow mode: what was done is summed, what is left (the backlog,
     /// deferred work, why it stopped) is the later pass's.
-    pub fn absorb(&mut self, pass: RunReport) {
+    pub fn add_pass(&mut self, pass: RunReport) {
         self.add_work(&pass);
         self.events_published += pass.events_published;
         self.events_failed += pass.events_failed;
         self.expiry_warnings += pass.expiry_warnings;
-        self.controller.absorb(&pass.controller);
+        self.controller.add_pass(&pass.controller);
         self.set_quantiles();
         self.deferred = pass.deferred;
         self.oldest_deferred_age_seconds = pass.oldest_deferred_age_seconds;
