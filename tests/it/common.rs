@@ -117,6 +117,18 @@ impl TestDb {
         )
     }
 
+    /// Gives this database's sessions a `deadlock_timeout` of 20 s, so that `LOCK_TIMEOUT_MS`
+    /// (at most half of it) may be seconds: a test that tells a row kept for a whole poll from
+    /// a row kept for one statement polls that long, so that a loaded machine's slow
+    /// statements stay far from the bound. Before the release's connection is opened.
+    pub async fn allow_long_polls(&self) {
+        self.exec(&format!(
+            "ALTER DATABASE {} SET deadlock_timeout = '20s'",
+            self.name
+        ))
+        .await;
+    }
+
     /// A checked, prepared connection for the release.
     pub async fn open(&self) -> Database {
         self.open_with(&settings()).await
@@ -424,21 +436,23 @@ pub async fn longest_wait_on_the_release(c: Client, stop: Arc<AtomicBool>) -> (f
 }
 
 /// A shopper checking out on the variants `variants` again and again while `running`: each
-/// time one transaction updating them with its own `lock_timeout` of 60 ms, then 3 ms apart.
-/// Ends with how many checkouts were granted, or the first that was not (it waited on
-/// something, e.g. the release, longer than 60 ms).
+/// time one transaction updating them with its own `lock_timeout` of `patience`, then 3 ms
+/// apart. Ends with how many checkouts were granted, or the first that was not (it waited on
+/// something, e.g. the release, longer than `patience`).
 pub fn shopper_taking_turns(
     mut c: Client,
     variants: [i64; 2],
     running: Arc<AtomicBool>,
+    patience: Duration,
 ) -> tokio::task::JoinHandle<Result<u32, String>> {
     let [v, v2] = variants;
+    let patience = patience.as_millis();
     tokio::spawn(async move {
         let mut granted = 0_u32;
         while running.load(Ordering::Relaxed) {
             let tx = c.transaction().await.unwrap();
             tx.batch_execute(&format!(
-                "SET LOCAL lock_timeout = '60ms'; \
+                "SET LOCAL lock_timeout = '{patience}ms'; \
                  UPDATE products_productvariant SET reserved_quantity = reserved_quantity \
                   WHERE id IN ({v}, {v2})"
             ))

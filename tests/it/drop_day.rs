@@ -45,11 +45,7 @@ async fn until_release_polls_for_a_held_row(name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_extension_committed_after_the_claim_is_respected() {
     let t = TestDb::new().await;
-    t.exec(&format!(
-        "ALTER DATABASE {} SET deadlock_timeout = '20s'",
-        t.name
-    ))
-    .await;
+    t.allow_long_polls().await;
     let (v, order, r) = t.one_due_order(1).await;
     let shopper = t.connect().await;
     shopper

@@ -183,14 +183,17 @@ async fn a_held_order_is_polled_for_then_given_up_retryably() {
     assert_eq!(t.order_status(order).await, "cancelled");
 }
 
-/// While the release polls for a drop row a holder keeps, a shopper checks out on the order's
-/// two variants, which the release takes before the drop in each try: each of the shopper's
-/// updates is granted within 60 ms (its own `lock_timeout`), so the release never keeps them
-/// while it waits for the drop. The scenario is asserted first: the release did try (it gave
-/// up `LockBusy`) and the shopper's updates ran during those tries.
+/// While the release polls for a drop row a holder keeps (for 2 s: `LOCK_TIMEOUT_MS`, which
+/// this database's `deadlock_timeout` allows), a shopper checks out on the order's two
+/// variants, which the release takes before the drop in each try: each of the shopper's
+/// updates is granted within 1 s (its own `lock_timeout`), so the release never keeps them
+/// while it waits for the drop — a loaded machine's slow statements stay far from the bound.
+/// The scenario is asserted first: the release did try (it gave up `LockBusy`) and the
+/// shopper's updates ran during those tries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_polling_for_a_held_row_keeps_no_other_row_from_a_shopper() {
     let t = TestApp::spawn().await;
+    t.allow_long_polls().await;
     let (order, v, d, v2) = order_not_yet_due(&t, "pending").await;
     let mut holder = t.connect().await;
     let held = holder.transaction().await.unwrap();
@@ -201,8 +204,12 @@ async fn a_release_polling_for_a_held_row_keeps_no_other_row_from_a_shopper() {
     .await
     .unwrap();
     let releasing = Arc::new(AtomicBool::new(true));
-    let shopper = shopper_taking_turns(t.connect().await, [v, v2], releasing.clone());
-    let err = release(t.front(), order).await.unwrap_err();
+    let patience = Duration::from_secs(1);
+    let shopper = shopper_taking_turns(t.connect().await, [v, v2], releasing.clone(), patience);
+    let polling_long = t
+        .with("LOCK_TIMEOUT_MS", "2000")
+        .with("BATCH_MAX_ATTEMPTS", "1");
+    let err = release(&polling_long, order).await.unwrap_err();
     releasing.store(false, Ordering::Relaxed);
     assert_eq!(err.error_type(), "LockBusy", "{err:?}");
     let granted = shopper.await.unwrap().unwrap();
