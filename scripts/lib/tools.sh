@@ -34,6 +34,19 @@ need_gnu_time() {
   [ -x /usr/bin/time ] || tools_die "/usr/bin/time missing: install GNU time (Debian's 'time' package)"
 }
 
+# need_stress_ng: stress-ng (the CPU hog CI runs a test pass beside), installing Debian's
+# 'stress-ng' package when missing and possible (reading the package lists first if needed).
+need_stress_ng() {
+  command -v stress-ng >/dev/null && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Debian's 'stress-ng' package (the CPU hog of the loaded test pass)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stress-ng >&2 ||
+      { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stress-ng >&2; } ||
+      true
+  fi
+  command -v stress-ng >/dev/null || tools_die "stress-ng missing: install it (Debian's 'stress-ng' package)"
+}
+
 # wait_for_port PORT NAME LOG: waits up to 60 s for a listener on 127.0.0.1:PORT.
 wait_for_port() {
   local port=$1 name=$2 log=$3
