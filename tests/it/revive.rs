@@ -366,7 +366,15 @@ async fn revive_racing_the_release_and_checkouts_never_oversells() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Until the race has happened (the stock ran out under the checkouts, orders were
+    // revived), three seconds at least; a loaded machine takes longer to get there.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(3)
+        || (sold_out.load(Ordering::Relaxed) == 0 || revived.load(Ordering::Relaxed) == 0)
+            && started.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();
