@@ -26,6 +26,7 @@ mod pooler;
 mod reconcile;
 mod release_rules;
 mod revive;
+mod role_settings;
 mod sam;
 mod secrets_manager;
 mod settings;

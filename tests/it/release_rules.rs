@@ -179,7 +179,8 @@ async fn processing_orders_get_the_grace() {
     let in_grace = t.order("pending", "processing").await;
     let grace_over = t.order("pending", "processing").await;
     let pending = t.order("pending", "pending").await;
-    // A minute of grace left: in grace still when a loaded machine runs the release late.
+    // A minute inside its grace: still in it however long a loaded machine takes to start
+    // the run.
     t.reservation(Res::new(Some(in_grace), v, 1, "-14 minutes"))
         .await;
     t.reservation(Res::new(Some(grace_over), v, 1, "-15 minutes -1 second"))

@@ -6,11 +6,20 @@ use tokio_postgres::{Client, GenericClient};
 use super::{fetch, Statements};
 use crate::error::{Error, Result};
 
-/// Pins the session settings every statement's meaning may depend on, once per connection:
-/// dates and intervals are read and written the same way whatever the server's or the role's
-/// defaults. Locks nothing.
-pub const PIN_SESSION: &str =
-    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'";
+/// Pins the session settings every statement's meaning may depend on, once per connection,
+/// whatever the server's, the database's or the role's defaults (`ALTER ROLE ... SET`): dates
+/// and intervals are read and written the same way, and every transaction is a read-write
+/// `READ COMMITTED` one — each statement of a batch sees the rows committed before it and
+/// decides on the rows it locks, as the release is built to; under `REPEATABLE READ` or
+/// `SERIALIZABLE` (some shops set them role- or database-wide) a batch that updates a counter a
+/// checkout committed since its first statement fails with a serialization error every time,
+/// and under `default_transaction_read_only` nothing is released at all. `search_path` stays the
+/// role's. Locks nothing.
+pub const PIN_SESSION: &str = concat!(
+    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; ",
+    "SET default_transaction_isolation = 'read committed'; ",
+    "SET default_transaction_read_only = off"
+);
 
 /// [`PIN_SESSION`], and the session defaults given (`name`, `value`: fixed settings of
 /// `connect::SESSION_DEFAULTS`, never input), in one round trip. Locks nothing.
