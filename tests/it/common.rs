@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, Row, Transaction};
 use unreserver::Database;
 use unreserver::ReleaseSettings;
 use unreserver::RunOptions;
@@ -354,6 +354,40 @@ impl Res {
             expires: Some(expires),
         }
     }
+}
+
+/// A transaction of `client` that holds row `id` of `table` (`FOR UPDATE`) until it commits,
+/// rolls back or is dropped: a shopper mid-checkout, an import, an admin's open session.
+pub async fn hold_row<'c>(client: &'c mut Client, table: &str, id: i64) -> Transaction<'c> {
+    let held = client.transaction().await.unwrap();
+    held.execute(
+        &format!("SELECT 1 FROM {table} WHERE id = $1 FOR UPDATE"),
+        &[&id],
+    )
+    .await
+    .unwrap();
+    held
+}
+
+/// A transaction of `client` that locks order `order` as the shop does when a shopper adds an
+/// item or pays (`SELECT ... FOR UPDATE`) with a `lock_timeout` of `timeout`, and what the lock
+/// gave: an error when it waited longer.
+pub async fn lock_order_as_the_shop<'c>(
+    client: &'c mut Client,
+    order: i64,
+    timeout: &str,
+) -> (Transaction<'c>, Result<Vec<Row>, tokio_postgres::Error>) {
+    let tx = client.transaction().await.unwrap();
+    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{timeout}'"))
+        .await
+        .unwrap();
+    let locked = tx
+        .query(
+            "SELECT id FROM orders_order WHERE id = $1 FOR UPDATE",
+            &[&order],
+        )
+        .await;
+    (tx, locked)
 }
 
 /// The backend pid of `client`'s session.

@@ -146,13 +146,7 @@ async fn a_held_order_is_polled_for_then_given_up_retryably() {
     let (order, v, ..) = order_not_yet_due(&t, "pending").await;
     let mut holder = t.connect().await;
     let pid = crate::common::backend_pid(&holder).await;
-    let held = holder.transaction().await.unwrap();
-    held.execute(
-        "SELECT 1 FROM orders_order WHERE id = $1 FOR UPDATE",
-        &[&order],
-    )
-    .await
-    .unwrap();
+    let held = crate::common::hold_row(&mut holder, "orders_order", order).await;
     let started = Instant::now();
     let err = release(t.front(), order).await.unwrap_err();
     assert_eq!(err.error_type(), "LockBusy", "{err:?}");
@@ -196,13 +190,7 @@ async fn a_release_polling_for_a_held_row_keeps_no_other_row_from_a_shopper() {
     t.allow_long_polls().await;
     let (order, v, d, v2) = order_not_yet_due(&t, "pending").await;
     let mut holder = t.connect().await;
-    let held = holder.transaction().await.unwrap();
-    held.execute(
-        "SELECT 1 FROM drops_dropproduct WHERE id = $1 FOR UPDATE",
-        &[&d],
-    )
-    .await
-    .unwrap();
+    let held = crate::common::hold_row(&mut holder, "drops_dropproduct", d).await;
     let releasing = Arc::new(AtomicBool::new(true));
     let patience = Duration::from_secs(1);
     let shopper = shopper_taking_turns(t.connect().await, [v, v2], releasing.clone(), patience);
@@ -235,13 +223,7 @@ async fn a_release_polling_for_a_held_variant_keeps_no_order_row_from_a_shopper(
     let t = TestApp::spawn().await;
     let (order, v, d, v2) = order_not_yet_due(&t, "pending").await;
     let mut holder = t.connect().await;
-    let held = holder.transaction().await.unwrap();
-    held.execute(
-        "SELECT 1 FROM products_productvariant WHERE id = $1 FOR UPDATE",
-        &[&v],
-    )
-    .await
-    .unwrap();
+    let held = crate::common::hold_row(&mut holder, "products_productvariant", v).await;
     let front = t.with("LOCK_TIMEOUT_MS", "400");
     let (watcher, mut shopper) = (t.connect().await, t.connect().await);
     let since = SystemTime::now();
@@ -256,17 +238,8 @@ async fn a_release_polling_for_a_held_variant_keeps_no_order_row_from_a_shopper(
             .is_some(),
         "the release never polled for the held variant"
     );
-    let adding = shopper.transaction().await.unwrap();
-    adding
-        .batch_execute("SET LOCAL lock_timeout = '100ms'")
-        .await
-        .unwrap();
-    let locked = adding
-        .query(
-            "SELECT id FROM orders_order WHERE id = $1 FOR UPDATE",
-            &[&order],
-        )
-        .await;
+    let (adding, locked) =
+        crate::common::lock_order_as_the_shop(&mut shopper, order, "100ms").await;
     assert!(
         locked.is_ok(),
         "the shopper waited on the release for the order row: {locked:?}"

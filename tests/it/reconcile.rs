@@ -180,13 +180,7 @@ async fn a_row_held_for_a_moment_is_polled_for_and_repaired() {
     let t = TestDb::new().await;
     let v = t.variant(4).await;
     let mut holder = t.connect().await;
-    let held = holder.transaction().await.unwrap();
-    held.execute(
-        "SELECT 1 FROM products_productvariant WHERE id = $1 FOR UPDATE",
-        &[&v],
-    )
-    .await
-    .unwrap();
+    let held = crate::common::hold_row(&mut holder, "products_productvariant", v).await;
     let mut s = settings();
     s.lock_timeout_ms = 400;
     let mut db = t.open_with(&s).await;

@@ -251,13 +251,7 @@ async fn a_revive_polling_for_a_held_row_keeps_no_other_row_from_a_shopper() {
     t.allow_long_polls().await;
     let (order, v, d, v2) = released_order(&t).await;
     let mut holder = t.connect().await;
-    let held = holder.transaction().await.unwrap();
-    held.execute(
-        "SELECT 1 FROM drops_dropproduct WHERE id = $1 FOR UPDATE",
-        &[&d],
-    )
-    .await
-    .unwrap();
+    let held = crate::common::hold_row(&mut holder, "drops_dropproduct", d).await;
     let reviving = Arc::new(AtomicBool::new(true));
     let patience = Duration::from_secs(1);
     let shopper = shopper_taking_turns(t.connect().await, [v, v2], reviving.clone(), patience);
@@ -491,13 +485,7 @@ async fn a_revive_polling_for_a_held_variant_keeps_no_order_row_from_the_shop() 
     let t = TestDb::new().await;
     let (order, v, d, v2) = released_order(&t).await;
     let mut holder = t.connect().await;
-    let held = holder.transaction().await.unwrap();
-    held.execute(
-        "SELECT 1 FROM products_productvariant WHERE id = $1 FOR UPDATE",
-        &[&v],
-    )
-    .await
-    .unwrap();
+    let held = crate::common::hold_row(&mut holder, "products_productvariant", v).await;
     let mut s = settings();
     s.lock_timeout_ms = 400;
     let mut db = t.open_with(&s).await;
@@ -510,17 +498,7 @@ async fn a_revive_polling_for_a_held_variant_keeps_no_order_row_from_the_shop() 
         crate::common::until_seen(&watcher, reviver, "state = 'idle' AND query = 'ROLLBACK'").await,
         "revive never polled for the held variant"
     );
-    let updating = shop.transaction().await.unwrap();
-    updating
-        .batch_execute("SET LOCAL lock_timeout = '100ms'")
-        .await
-        .unwrap();
-    let locked = updating
-        .query(
-            "SELECT id FROM orders_order WHERE id = $1 FOR UPDATE",
-            &[&order],
-        )
-        .await;
+    let (updating, locked) = crate::common::lock_order_as_the_shop(&mut shop, order, "100ms").await;
     assert!(
         locked.is_ok(),
         "the shop waited on revive for the order row: {locked:?}"
