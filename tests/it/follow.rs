@@ -354,13 +354,7 @@ async fn a_held_due_order_is_retried_on_the_deferred_clock_without_spinning() {
         .await;
     let line = t.reservation(Res::new(Some(held), v, 1, "-1 minute")).await;
     let mut shopper = t.connect().await;
-    let tx = shopper.transaction().await.unwrap();
-    tx.execute(
-        "SELECT 1 FROM orders_order WHERE id = $1 FOR UPDATE",
-        &[&held],
-    )
-    .await
-    .unwrap();
+    let tx = crate::common::hold_row(&mut shopper, "orders_order", held).await;
     let started = std::time::Instant::now();
     let child = follow(&t, &[], &RULES);
     until_between_passes_after(&t, witness).await;
