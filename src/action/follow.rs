@@ -73,7 +73,7 @@ impl Action for Follow {
 impl Follow {
     /// Who asked.
     pub fn source(&self) -> &str {
-        self.source.as_ref().map_or("manual", |s| s.0.as_str())
+        Source::name(&self.source)
     }
 
     pub async fn execute(

@@ -254,6 +254,11 @@ impl Source {
     pub fn or_default(source: Option<Source>, front: Front) -> Source {
         source.unwrap_or_else(|| Source(front.name("cli", "manual").into()))
     }
+
+    /// Who asked, as a run's logs name it (`manual` for an input not yet checked).
+    pub fn name(source: &Option<Source>) -> &str {
+        source.as_ref().map_or("manual", |s| s.0.as_str())
+    }
 }
 
 /// An action that failed: the error, and for a run what its committed batches did.

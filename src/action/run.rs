@@ -73,7 +73,7 @@ impl Run {
 
     /// Who asked.
     pub fn source(&self) -> &str {
-        self.source.as_ref().map_or("manual", |s| s.0.as_str())
+        Source::name(&self.source)
     }
 
     /// Opens the connection and runs the release with its events; the run logs its summary

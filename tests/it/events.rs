@@ -634,16 +634,7 @@ async fn orders_whose_hold_runs_out_soon_are_warned_once_a_run() {
     assert_eq!(report["orders_cancelled"], 1, "{report}");
     assert_eq!(report["expiry_warnings"], 2, "{report}");
     let arrived = drain(&queue).await;
-    let warnings: BTreeMap<i64, Value> = arrived
-        .iter()
-        .filter(|e| e["detail-type"] == "Order Expiring Soon")
-        .map(|e| {
-            (
-                e["detail"]["order_id"].as_i64().unwrap(),
-                e["detail"].clone(),
-            )
-        })
-        .collect();
+    let warnings = warnings_by_order(&arrived);
     let warned: Vec<i64> = warnings.keys().copied().collect();
     assert_eq!(warned, [soon, late_run], "{arrived:#?}");
     let expires_at = |id: i64| {
@@ -712,16 +703,7 @@ async fn legacy_and_mixed_orders_are_warned_for_their_earliest_due_instant() {
     let report = cli_run(&t, &bus, false).await;
     assert_eq!(report["expiry_warnings"], 2, "{report}");
     let arrived = drain(&queue).await;
-    let warnings: BTreeMap<i64, Value> = arrived
-        .iter()
-        .filter(|e| e["detail-type"] == "Order Expiring Soon")
-        .map(|e| {
-            (
-                e["detail"]["order_id"].as_i64().unwrap(),
-                e["detail"].clone(),
-            )
-        })
-        .collect();
+    let warnings = warnings_by_order(&arrived);
     assert_eq!(
         warnings.keys().copied().collect::<Vec<_>>(),
         [legacy, mixed],
@@ -745,4 +727,18 @@ async fn legacy_and_mixed_orders_are_warned_for_their_earliest_due_instant() {
         warnings[&mixed]["reservations"].as_array().unwrap().len(),
         2
     );
+}
+
+/// The `Order Expiring Soon` events among `arrived`, each order's detail by its id.
+fn warnings_by_order(arrived: &[Value]) -> BTreeMap<i64, Value> {
+    arrived
+        .iter()
+        .filter(|e| e["detail-type"] == "Order Expiring Soon")
+        .map(|e| {
+            (
+                e["detail"]["order_id"].as_i64().unwrap(),
+                e["detail"].clone(),
+            )
+        })
+        .collect()
 }
