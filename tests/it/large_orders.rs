@@ -124,7 +124,10 @@ async fn a_giant_order_too_large_even_alone_is_left_and_never_stops_the_others()
 /// The batch that meets the large order first releases ordinary orders due before it, taking
 /// hot rows: the large order's own batch must still get its whole budget from its own first
 /// hot row, not from the batch before (whose hot phase, left over, made its timer fire at once
-/// and cancel its statements: the order was left, `large_orders_left` 1).
+/// and cancel its statements: the order was left, `large_orders_left` 1). Expiring the large
+/// order's first line takes 600 ms (a row trigger on that line), longer than the 500 ms budget:
+/// a timer running before its own hot phase cuts it whatever the machine's speed; its 300
+/// lines (three first pages) keep its own hot phase short on a loaded machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_order_after_a_batch_that_took_hot_rows_gets_its_own_budget() {
     let t = TestDb::new().await;
@@ -138,7 +141,20 @@ async fn a_large_order_after_a_batch_that_took_hot_rows_gets_its_own_budget() {
         .await;
         small.push((v, order));
     }
-    let giant = giant_order(&t, 1000).await;
+    let giant = giant_order(&t, 300).await;
+    let first = t
+        .i64(&format!(
+            "SELECT min(id) FROM orders_inventoryreservation WHERE order_id = {giant}"
+        ))
+        .await;
+    t.exec(&format!(
+        "CREATE FUNCTION slow_line() RETURNS trigger LANGUAGE plpgsql AS $$ \
+           BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$; \
+         CREATE TRIGGER slow_line BEFORE UPDATE ON orders_inventoryreservation FOR EACH ROW \
+           WHEN (OLD.id = {first}) \
+           EXECUTE FUNCTION slow_line()"
+    ))
+    .await;
     let s = settings();
     let mut db = t.open_with(&s).await;
     let report = run(&mut db, &s, false).await;
