@@ -239,7 +239,7 @@ pub fn parse_duration_ms(value: &str) -> Option<i64> {
         _ => return None,
     };
     let ms = (number * per_ms).round();
-    (ms.is_finite() && ms >= 0.0 && ms < 9.0e15).then_some(ms as i64)
+    (0.0..9.0e15).contains(&ms).then_some(ms as i64)
 }
 
 /// Whether the connection went through something between the tool and the server: the client
