@@ -119,6 +119,7 @@ mod tests {
         report.paid_after_release = 1;
         let obs = Observation {
             reconcile: None,
+            purge: None,
             run_id: "r-1",
             report: Some(&report),
             failed: false,
@@ -170,6 +171,7 @@ mod tests {
             &config(),
             &Observation {
                 reconcile: Some(&report),
+                purge: None,
                 run_id: "r-1",
                 report: None,
                 failed: false,
@@ -208,6 +210,7 @@ mod tests {
             &config(),
             &Observation {
                 reconcile: None,
+                purge: None,
                 run_id: "r-1",
                 report: None,
                 failed: true,
@@ -225,6 +228,7 @@ mod tests {
             &config(),
             &Observation {
                 reconcile: None,
+                purge: None,
                 run_id: "r-1",
                 report: Some(&report),
                 failed: false,
