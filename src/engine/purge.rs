@@ -2,8 +2,9 @@
 //! DAYS ago and, asked to, the orders the release cancelled with their lines — as gently as
 //! pt-archiver: small committed chunks keyed on the primary key (`db::sql::purge`), each
 //! locking only rows nobody holds, sized by the drain's own controller (quiet: grows to its
-//! target time; a row found held: back to the floor, resting as long as the chunk took), within
-//! the batch budget (a chunk cut by it halves the size and is tried again). Before each chunk it
+//! target time, a third of the batch budget at most; a row found held: back to the floor,
+//! resting as long as the chunk took; a chunk past `STATEMENT_TIMEOUT_MS` or in a lock conflict
+//! rolls back, halves the size and is tried again). Before each chunk it
 //! waits while a streaming replica's replay lag exceeds `max_lag` and while the release has due
 //! work (the backlog count, the release's own rule): the release always goes first. It stops
 //! before a chunk that could not finish before the deadline; the next purge starts where the
@@ -110,7 +111,8 @@ pub struct PurgeReport {
     pub orders: Option<OrdersPurged>,
     /// Chunks committed (a dry run: windows read).
     pub chunks: u64,
-    /// Chunks rolled back (cut by the batch budget, or a lock conflict) and tried again smaller.
+    /// Chunks rolled back (past `STATEMENT_TIMEOUT_MS`, or a lock conflict) and tried again
+    /// smaller.
     pub chunks_retried: u64,
     /// Pauses while a replica lagged, and while the release had due work.
     pub lag_pauses: u64,
@@ -135,7 +137,7 @@ impl PurgeReport {
         let found = if self.apply {
             0
         } else {
-            self.reservations.eligible + orders.eligible - orders.skipped_referenced
+            self.reservations.eligible + orders.eligible.saturating_sub(orders.skipped_referenced)
         };
         self.stopped != "done"
             || found > 0
@@ -307,10 +309,6 @@ impl Purge<'_> {
                     self.report.chunks_retried += 1;
                     if failures >= FAILED_CHUNKS || bounds.size <= 1 {
                         return Err(error);
-                    }
-                    if is_cancelled(&error) {
-                        // A statement still being cancelled must not reach the next chunk.
-                        db.reconnect().await?;
                     }
                     bounds.size = i64::from(self.controller.cut());
                 }
@@ -543,7 +541,7 @@ fn estimate(report: &PurgeReport, bytes: sql::RowBytes) -> Option<u64> {
         (
             report.reservations.eligible,
             orders.lines_deleted,
-            orders.eligible - orders.skipped_referenced,
+            orders.eligible.saturating_sub(orders.skipped_referenced),
         )
     };
     let reservation = bytes
