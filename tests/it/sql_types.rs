@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use tokio_postgres::types::{FromSql, ToSql, Type};
 use unreserver::db::sql::{
-    self, contention, delay_report, follow, on_request, outbox, reconcile, revive, warnings,
+    self, contention, delay_report, follow, on_request, outbox, purge, reconcile, revive, warnings,
     PgTimestamp,
 };
 
@@ -111,6 +111,21 @@ fn signatures() -> Vec<Signature> {
         sig!(reconcile::SET_VARIANT_COUNTER, [i64, i64], ["id": i64]),
         sig!(reconcile::SET_DROP_COUNTER, [i64, i64], ["id": i64]),
         sig!(reconcile::UNTOUCHED_ORDERS, [i64], ["id": i64, "paid": bool]),
+        sig!(purge::RESERVATION_RANGE, [i32, bool], ["first_id": Option<i64>, "last_id": Option<i64>]),
+        sig!(purge::ORDER_RANGE, [i32], ["first_id": Option<i64>, "last_id": Option<i64>]),
+        sig!(purge::PURGE_RESERVATION_CHUNK, [i64, i64, i64, i32, bool, bool],
+            ["last_id": Option<i64>, "scanned": i64, "eligible": i64, "deleted": i64]),
+        sig!(purge::LOCK_ORDER_CHUNK, [i64, i64, i64, i32, bool],
+            ["last_id": Option<i64>, "scanned": i64, "eligible": Vec<i64>, "locked": Vec<i64>]),
+        sig!(purge::LOCK_ORDER_LINES, [Vec<i64>], ["id": i64]),
+        sig!(purge::COUNT_ORDER_LINES, [Vec<i64>], ["affected": i64]),
+        sig!(purge::DELETE_ORDER_LINES, [Vec<i64>], ["affected": i64]),
+        sig!(purge::DELETE_ORDERS, [Vec<i64>], ["affected": i64]),
+        sig!(purge::FOREIGN_KEYS_TO_ORDERS, [],
+            ["name": String, "referencing_table": String, "columns": Vec<String>,
+             "referenced_columns": Vec<String>, "deferrable": bool]),
+        sig!(purge::REPLICA_LAG, [], ["replicas": i64, "hidden": i64, "max_replay_lag_ms": f64]),
+        sig!(purge::ROW_BYTES, [], ["reservation_bytes": Option<f64>, "order_bytes": Option<f64>]),
     ]
 }
 
