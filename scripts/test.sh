@@ -120,6 +120,12 @@ if [ $# -eq 0 ] && [ "$PG_TLS" = 1 ]; then
     "${CARGO_TARGET_DIR:-$root/target}/debug/bootstrap" --smoke
 fi
 
+# Alone: a latency figure that a moto shared with the whole suite would blur.
+if [ $# -eq 0 ]; then
+  cargo test --locked --test it -- --ignored --exact \
+    stock_released::follow_mode_publishes_stock_released_within_seconds_of_the_commit
+fi
+
 # Last and alone: the test that restarts the server.
 if [ $# -eq 0 ]; then
   export UNRESERVER_TEST_PG_RESTART="$(pg_restart_command)"

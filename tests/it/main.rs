@@ -33,6 +33,7 @@ mod secrets_manager;
 mod settings;
 mod sql_types;
 mod status;
+mod stock_released;
 mod template;
 mod tls;
 mod torture;
