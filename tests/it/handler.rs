@@ -109,6 +109,36 @@ async fn each_failure_reaches_lambda_with_its_error_type() {
     );
 }
 
+/// The role's `CONNECTION LIMIT` reached (SQLSTATE 53300): its own error type, one a caller
+/// retries (the shop's webhook retries it with back-off, `examples/door-webhook.py`), not
+/// `DatabaseUnreachable`.
+#[tokio::test]
+async fn a_connection_refused_for_want_of_room_is_its_own_retryable_error() {
+    let t = TestApp::spawn().await;
+    let role = t.role("full").await;
+    t.exec(&format!("ALTER ROLE {role} CONNECTION LIMIT 0"))
+        .await;
+    let url = format!(
+        "postgres://{role}:full@127.0.0.1:{}/{}?sslmode=disable",
+        pg_port(),
+        t.name
+    );
+    let full = t.with("DATABASE_URL", url.clone());
+    for payload in [json!({"action": "release", "order_id": 1}), json!({})] {
+        assert_eq!(error_type(&full, payload).await, "TooManyConnections");
+    }
+    let mut config = unreserver::config_from_url("DATABASE_URL", &url).unwrap();
+    config.connect_timeout(Duration::from_secs(5));
+    let tls = unreserver::tls_connector(None, &unreserver::RdsCaRegions::All).unwrap();
+    let err = match unreserver::Database::open(&config, &tls, 100).await {
+        Ok(_) => panic!("a role allowed no connection connected"),
+        Err(err) => err,
+    };
+    assert_eq!(err.kind(), "TooManyConnections");
+    assert!(err.is_retryable(), "{}", err.chain());
+    assert!(err.to_string().contains("CONNECTION LIMIT"), "{err}");
+}
+
 #[tokio::test]
 async fn a_bad_ca_bundle_fails_the_init_naming_it() {
     let front = Front::new()

@@ -14,6 +14,7 @@ const OUR_NAMESPACE: &str = "MetricsNamespace"; // the parameter the template !R
 const OUR_SERVICE: &str = "If(HasServiceName, ServiceName, AWS::StackName)";
 const AWS_METRICS: &[(&str, &str, &str)] = &[
     ("AWS/Lambda", "Errors", "FunctionName"),
+    ("AWS/Lambda", "Invocations", "FunctionName"),
     ("AWS/Lambda", "Throttles", "FunctionName"),
     ("AWS/Lambda", "Duration", "FunctionName"),
     ("AWS/Lambda", "DestinationDeliveryFailures", "FunctionName"),
