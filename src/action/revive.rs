@@ -36,8 +36,10 @@ impl Reply for ReviveOutcome {
         serde_json::to_value(self).unwrap_or_default()
     }
 
+    /// Exit 0 when the order holds its stock: revived now, or `already_active` (a retried
+    /// webhook's answer, not an error).
     fn done(&self) -> bool {
-        self.revived
+        self.holds_its_stock()
     }
 }
 

@@ -31,6 +31,9 @@ use crate::error::{sql_state, Error, Result};
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     Revived,
+    /// The order is `pending` and its lines are active: it holds its stock already (a retried
+    /// revive, e.g. a payment webhook delivered twice). An answer, not an error.
+    AlreadyActive,
     /// A counter row has less room than the order needs of it: see `short`.
     StockShort,
     /// The order is not cancelled, or the shop cancelled it (not the release).
@@ -58,6 +61,11 @@ pub struct ReviveOutcome {
 }
 
 impl ReviveOutcome {
+    /// Whether the order holds its stock after this answer: revived now, or already active.
+    pub fn holds_its_stock(&self) -> bool {
+        matches!(self.reason, Reason::Revived | Reason::AlreadyActive)
+    }
+
     fn not(order_id: i64, reason: Reason) -> Self {
         ReviveOutcome {
             order_id,
@@ -162,12 +170,12 @@ async fn decide(tx: &Transaction<'_>, hold_minutes: i32, order_id: i64) -> Resul
             Reason::UnknownOrder,
         )));
     };
-    if status == "pending" && sql::revived_lines(tx, order_id).await? > 0 {
-        // A retry of a revive that was done: the same answer, nothing changed.
-        return Ok(Decided::Answer(ReviveOutcome {
-            revived: true,
-            ..ReviveOutcome::not(order_id, Reason::Revived)
-        }));
+    if status == "pending" && sql::active_lines(tx, order_id).await? > 0 {
+        // A retry of a revive that was done (or an order never released): nothing changed.
+        return Ok(Decided::Answer(ReviveOutcome::not(
+            order_id,
+            Reason::AlreadyActive,
+        )));
     }
     let rows = sql::lock_released(tx, order_id).await?;
     if status != "cancelled" || rows.is_empty() {

@@ -160,10 +160,10 @@ async fn revive_answers_json_with_its_exit_codes() {
     assert_eq!(t.reserved(v).await, 2);
     assert_eq!(t.order_status(order).await, "pending");
 
-    // A retry of a done revive gives the same answer.
+    // A retry of a done revive is an answer, not an error: exit 0, `already_active`.
     let again = t.cli(&["revive", &id]).await;
     assert_eq!(again.code, Some(0));
-    assert_eq!(again.json()["reason"], "revived");
+    assert_eq!(again.json()["reason"], "already_active");
     assert_eq!(t.reserved(v).await, 2);
     let unknown = t.cli(&["revive", "2147483647"]).await;
     assert_eq!(unknown.code, Some(3));

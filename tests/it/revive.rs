@@ -99,12 +99,15 @@ async fn revives_an_order_the_release_cancelled_when_the_stock_is_there() {
     let status = unreserver::status(&db, &settings()).await.unwrap();
     assert_eq!(status.paid_after_release_total, 0);
 
-    // A second revive (a retry) gives the same answer and changes nothing.
+    // A second revive (a retry) answers `already_active` and changes nothing.
     let before = t.fingerprint().await;
     let again = revive(&mut db, &settings(), HOLD_MINUTES, order)
         .await
         .unwrap();
-    assert_eq!((again.revived, again.reason), (true, ReviveReason::Revived));
+    assert_eq!(
+        (again.revived, again.reason),
+        (false, ReviveReason::AlreadyActive)
+    );
     assert_eq!(t.fingerprint().await, before);
 }
 
@@ -444,7 +447,7 @@ async fn checkout(
 /// not reserved twice, the hold is not extended; a later release of the revived order, once it
 /// falls due again, overwrites the mark as usual.
 #[tokio::test]
-async fn a_retried_revive_answers_revived_and_changes_nothing() {
+async fn a_retried_revive_answers_already_active_and_changes_nothing() {
     let t = TestDb::new().await;
     let (order, v, d, v2) = released_order(&t).await;
     let mut db = t.open().await;
@@ -452,6 +455,14 @@ async fn a_retried_revive_answers_revived_and_changes_nothing() {
         .await
         .unwrap();
     assert_eq!((first.revived, first.reason), (true, ReviveReason::Revived));
+    // The revived lines are active and never released, to the shop's code: no `released_at`.
+    let marked = t
+        .i64(&format!(
+            "SELECT count(*) FROM orders_inventoryreservation \
+             WHERE order_id = {order} AND (status <> 'active' OR released_at IS NOT NULL)"
+        ))
+        .await;
+    assert_eq!(marked, 0, "a revived line still reads as released");
     let snapshot = t.fingerprint().await;
     let counters = (
         t.reserved(v).await,
@@ -462,7 +473,11 @@ async fn a_retried_revive_answers_revived_and_changes_nothing() {
     let again = revive(&mut db, &settings(), HOLD_MINUTES, order)
         .await
         .unwrap();
-    assert_eq!(again, first, "a retry answered otherwise");
+    assert_eq!(
+        (again.revived, again.reason),
+        (false, ReviveReason::AlreadyActive),
+        "a retry answered otherwise"
+    );
     assert_eq!(t.fingerprint().await, snapshot, "a retry changed something");
     // Due again: released and cancelled as any order; then a revive of it works again.
     t.exec(&format!(

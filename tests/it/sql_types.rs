@@ -91,7 +91,7 @@ fn signatures() -> Vec<Signature> {
         sig!(revive::LOCK_VARIANT_ROOM, [Vec<i64>], ["id": i64, "available": i64]),
         sig!(revive::LOCK_DROP_ROOM, [Vec<i64>], ["id": i64, "available": i64]),
         sig!(revive::REACTIVATE, [i64, i32], ["n": i64]),
-        sig!(revive::REVIVED_LINES, [i64], ["n": i64]),
+        sig!(revive::ACTIVE_LINES, [i64], ["n": i64]),
         sig!(revive::ADD_VARIANT_UNITS, [Vec<i64>, Vec<i64>], ["id": i64]),
         sig!(revive::ADD_DROP_UNITS, [Vec<i64>, Vec<i64>], ["id": i64]),
         sig!(revive::REOPEN_ORDER, [i64], ["id": i64]),

@@ -127,15 +127,16 @@ pub async fn lock_room(
 }
 
 /// Makes the released reservations (those [`LOCK_RELEASED`] locked) active again, due in $2
-/// minutes from `now()`; how many. Rows locked already. `released_at` is kept: on an active
-/// reservation it marks one a revive brought back, so that a retry of the revive (a payment
-/// webhook delivered twice) finds it ([`REVIVED_LINES`]) and answers `revived` again; the
-/// next release overwrites it.
+/// minutes from `now()`, `released_at` cleared (an active reservation was never released, to
+/// the shop's code and to any report on that column); how many. Rows locked already. A retry
+/// of the revive (a payment webhook delivered twice) finds the order `pending` with active
+/// lines ([`ACTIVE_LINES`]) and answers `already_active`.
 ///
 /// $1 order id, $2 hold minutes.
 pub const REACTIVATE: &str = concat!(
     "WITH upd AS (UPDATE orders_inventoryreservation r ",
-    "SET status = 'active', expires_at = now() + make_interval(mins => $2::int4) ",
+    "SET status = 'active', expires_at = now() + make_interval(mins => $2::int4), ",
+    "released_at = NULL ",
     "FROM orders_order o WHERE o.id = $1::int8 AND r.order_id = o.id ",
     "AND r.status = 'expired' AND ",
     cancelled_by_release!("o", "r"),
@@ -158,19 +159,19 @@ pub async fn reactivate(
     .await
 }
 
-/// Active reservations of the order that a revive brought back (`released_at` kept): a
-/// `pending` order with any was revived already. Reads only; the order row is locked by
-/// [`LOCK_ORDER`] already.
+/// Active reservations of the order: a `pending` order with any holds its stock already (a
+/// revive done before, or never released), so there is nothing to revive. Reads only; the
+/// order row is locked by [`LOCK_ORDER`] already, so no line is added or released meanwhile.
 ///
 /// $1 order id.
-pub const REVIVED_LINES: &str = "SELECT count(*)::int8 AS n FROM orders_inventoryreservation r \
-     WHERE r.order_id = $1::int8 AND r.status = 'active' AND r.released_at IS NOT NULL";
+pub const ACTIVE_LINES: &str = "SELECT count(*)::int8 AS n FROM orders_inventoryreservation r \
+     WHERE r.order_id = $1::int8 AND r.status = 'active'";
 
-/// [`REVIVED_LINES`].
-pub async fn revived_lines(client: &(impl GenericClient + Sync), order_id: i64) -> Result<i64> {
+/// [`ACTIVE_LINES`].
+pub async fn active_lines(client: &(impl GenericClient + Sync), order_id: i64) -> Result<i64> {
     fetch_one(
         client,
-        REVIVED_LINES,
+        ACTIVE_LINES,
         &[&order_id],
         "checking for an earlier revive",
         |row| row.try_get("n"),
