@@ -1075,3 +1075,17 @@ fn the_shop_can_invoke_the_door_and_nothing_else() {
         json!([{"Name": "FunctionName", "Value": {"Ref": "Function"}}])
     );
 }
+
+/// The log group outlives the stack, except after a first create that rolled back (a kept
+/// group would make the next create fail on its name).
+#[test]
+fn the_log_group_is_kept_except_after_a_failed_first_create() {
+    let t = generated();
+    let group = resource(&t, "LogGroup");
+    assert_eq!(group["DeletionPolicy"], "RetainExceptOnCreate");
+    assert_eq!(group["UpdateReplacePolicy"], "Retain");
+    assert_eq!(
+        resource(&t, "FailedRunsQueue")["Properties"]["MessageRetentionPeriod"],
+        1_209_600
+    );
+}
