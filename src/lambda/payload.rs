@@ -144,16 +144,37 @@ mod tests {
             parse(&json!({"action": "follow", "seconds": 60, "source": "schedule"})).unwrap(),
             Request::Follow(Follow {
                 seconds: Some(60),
-                source: source("schedule")
+                source: source("schedule"),
+                scheduled_time: None,
             })
         );
         assert_eq!(
             parse(&json!({"action": "follow"})).unwrap(),
             Request::Follow(Follow {
                 seconds: Some(60),
-                source: source("manual")
+                source: source("manual"),
+                scheduled_time: None,
             })
         );
+        let Request::Follow(scheduled) = parse(&json!({"action": "follow", "seconds": 60,
+            "source": "schedule", "scheduled_time": "2026-12-07T10:15:00Z"}))
+        .unwrap() else {
+            panic!("a follow")
+        };
+        let scheduled = scheduled.scheduled_time.unwrap();
+        assert_eq!(
+            humantime::format_rfc3339(scheduled.at).to_string(),
+            "2026-12-07T10:15:00Z"
+        );
+        assert_eq!(i64::from(scheduled.minute), 1_796_638_500 / 60);
+        for bad in [
+            "<aws.scheduler.scheduled-time>",
+            "2026-12-07 10:15",
+            "1969-12-31T23:59:00Z",
+        ] {
+            let err = parse(&json!({"action": "follow", "scheduled_time": bad})).unwrap_err();
+            assert!(err.to_string().contains("scheduled_time"), "{bad}: {err}");
+        }
         for bad in [
             json!({"action": "follow", "seconds": 0}),
             json!({"action": "follow", "seconds": 901}),

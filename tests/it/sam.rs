@@ -229,7 +229,9 @@ fn the_schedule_invokes_the_function_through_its_own_guarded_role() {
     );
     for branch in [1, 2] {
         let text = target["Input"]["Fn::If"][branch].as_str().unwrap();
-        unreserver::parse_payload(&serde_json::from_str(text).unwrap()).unwrap();
+        // Scheduler fills in the follow's scheduled time.
+        let text = text.replace("<aws.scheduler.scheduled-time>", "2022-03-22T18:59:43Z");
+        unreserver::parse_payload(&serde_json::from_str(&text).unwrap()).unwrap();
     }
 
     // The schedule is in the stack's own group, and the role trusts that group only: "The
@@ -353,10 +355,19 @@ fn follow_mode_invokes_every_minute_to_follow_for_sixty_seconds() {
     let p = &resource(&t, "FunctionSchedule")["Properties"];
     let input = &p["Target"]["Input"]["Fn::If"];
     assert_eq!(input[0], "IsFollow");
-    let follow: Value = serde_json::from_str(input[1].as_str().unwrap()).unwrap();
+    // Each event carries its scheduled time, which Scheduler fills in: the follow's minute.
+    let text = input[1].as_str().unwrap();
+    assert!(
+        text.contains(r#""scheduled_time": "<aws.scheduler.scheduled-time>""#),
+        "{text}"
+    );
+    let text = text.replace("<aws.scheduler.scheduled-time>", "2022-03-22T18:59:43Z");
+    let follow: Value = serde_json::from_str(&text).unwrap();
     let seconds = match unreserver::parse_payload(&follow).unwrap() {
         unreserver::Request::Follow(f) => {
             assert_eq!(f.source(), "schedule");
+            let scheduled = f.scheduled_time.unwrap();
+            assert_eq!(i64::from(scheduled.minute), 1_647_975_583 / 60);
             f.seconds.unwrap()
         }
         other => panic!("{other:?}"),
