@@ -1100,3 +1100,56 @@ fn the_log_group_is_kept_except_after_a_failed_first_create() {
         1_209_600
     );
 }
+
+/// The delay alarms' thresholds follow the mode unless given: follow mode releases within
+/// seconds, so a regression to a minute alarms there, where interval mode's 900 s never would.
+#[test]
+fn the_delay_alarms_have_thresholds_per_mode() {
+    let t = generated();
+    for (alarm, parameter, key) in [
+        (
+            "ReleaseDelayP95Alarm",
+            "ReleaseDelayAlarmSeconds",
+            "ReleaseDelaySeconds",
+        ),
+        (
+            "OldestDueAgeAlarm",
+            "OldestDueAgeAlarmSeconds",
+            "OldestDueAgeSeconds",
+        ),
+        (
+            "OldestDeferredAgeAlarm",
+            "OldestDueAgeAlarmSeconds",
+            "OldestDueAgeSeconds",
+        ),
+    ] {
+        let condition = format!("Has{}Threshold", parameter.trim_end_matches("AlarmSeconds"));
+        assert_eq!(
+            resource(&t, alarm)["Properties"]["Threshold"],
+            json!({"Fn::If": [condition, {"Ref": parameter},
+                {"Fn::FindInMap": ["AlarmThresholds", {"Ref": "ReleaseMode"}, key]}]}),
+            "{alarm}"
+        );
+        assert_eq!(t["Parameters"][parameter]["Default"], "", "{parameter}");
+        let thresholds = &t["Mappings"]["AlarmThresholds"];
+        let (interval, follow) = (
+            thresholds["interval"][key].as_i64().unwrap(),
+            thresholds["follow"][key].as_i64().unwrap(),
+        );
+        assert_eq!(interval, 900, "{key}");
+        assert!((60..=300).contains(&follow), "{key}: {follow}");
+    }
+    assert_eq!(
+        t["Mappings"]["AlarmThresholds"]["follow"]["ReleaseDelaySeconds"],
+        60
+    );
+    let pattern = t["Parameters"]["ReleaseDelayAlarmSeconds"]["AllowedPattern"]
+        .as_str()
+        .unwrap();
+    for ok in ["", "60", "900", "999999"] {
+        assert!(full_match(pattern, ok), "{ok:?}");
+    }
+    for bad in ["59", "0", "1e3", "-60", "1000000"] {
+        assert!(!full_match(pattern, bad), "{bad:?}");
+    }
+}
