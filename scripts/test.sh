@@ -40,6 +40,9 @@ if grep -q -- "$role_password" "$PG_DIR/data/server.log"; then
   exit 1
 fi
 export UNRESERVER_TEST_ADMIN_URL=$PG_ADMIN_URL
+# A hot standby of it (read-only, as a replica given by mistake would be).
+UNRESERVER_TEST_STANDBY_PORT=$(pg_start_standby)
+export UNRESERVER_TEST_STANDBY_PORT
 # Debian's PgBouncer in front of it, in session mode and in transaction mode.
 UNRESERVER_TEST_PGBOUNCER_SESSION_PORT=$(pgbouncer_start session)
 UNRESERVER_TEST_PGBOUNCER_TRANSACTION_PORT=$(pgbouncer_start transaction)

@@ -97,6 +97,12 @@ pub enum Error {
         hint: String,
     },
 
+    /// The server is a standby (in recovery, read-only): a replica's address given where the
+    /// primary's belongs, or a failover under way. Trying the same address again helps only
+    /// once it is promoted; point the tool at the primary (or the cluster's writer endpoint).
+    #[error("{target} is a read-only standby (pg_is_in_recovery() is true): the release must write; give the primary's address (on RDS/Aurora, the cluster's writer endpoint, not a reader)")]
+    ReadOnlyServer { target: String },
+
     /// A row another transaction holds stayed held through every bounded try (revive): the
     /// caller may try again shortly.
     #[error("{what}: {why}")]
@@ -174,6 +180,7 @@ impl Error {
             | Error::TlsHandshake { .. }
             | Error::Authentication { .. }
             | Error::TooSlow { .. }
+            | Error::ReadOnlyServer { .. }
             | Error::Pooler { .. } => false,
             Error::Connect { .. }
             | Error::TooManyConnections { .. }
@@ -206,6 +213,7 @@ impl Error {
             Error::Pooler { .. } => "UnsupportedPooler",
             Error::TableLocked { .. } => "TableLocked",
             Error::TooSlow { .. } => "TooSlow",
+            Error::ReadOnlyServer { .. } => "ReadOnlyServer",
             Error::Secret { .. } => "SecretUnavailable",
             Error::Busy { .. } => "LockBusy",
             Error::Publish(_) => "EventsUnpublished",

@@ -179,8 +179,28 @@ pg_restart_command() {
   fi
 }
 
+# pg_start_standby: a hot standby of the running cluster (pg_basebackup -R, streaming), on a
+# free port, read-only as a replica is. Prints its port; pg_stop stops it.
+pg_start_standby() {
+  local dir="$PG_DIR/standby" port
+  port=$(pg_free_port)
+  mkdir -p "$dir"
+  if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$dir"; fi
+  chmod 700 "$dir"
+  pg_as_owner env PGPASSWORD="$(cat "$PG_DIR/pwfile")" \
+    "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U postgres -D "$dir" -R -X stream \
+    >"$PG_DIR/standby.log" 2>&1 || { cat "$PG_DIR/standby.log" >&2; pg_die "pg_basebackup failed"; }
+  pg_as_owner sh -c "echo 'port = $port' >> '$dir/postgresql.conf'"
+  pg_as_owner "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null \
+    || { cat "$dir/server.log" >&2; pg_die "the standby did not start"; }
+  echo "$port"
+}
+
 pg_stop() {
   [ -n "${PG_DIR:-}" ] && [ -d "$PG_DIR/data" ] || return 0
+  if [ -d "$PG_DIR/standby" ]; then
+    pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/standby" -m immediate -w stop >/dev/null 2>&1 || true
+  fi
   pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
   rm -rf "$PG_DIR"
 }

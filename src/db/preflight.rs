@@ -1,8 +1,11 @@
-//! The preflight check run on every new connection, before anything is changed: the tables and
-//! columns the release needs exist, the server's `deadlock_timeout` leaves room for the batch's
-//! `lock_timeout`, and which of the recommended indexes of `infra/indexes.sql` are present.
+//! The preflight check run on every new connection, before anything is changed: the server is
+//! a primary (not a read-only standby), the tables and columns the release needs exist, the
+//! shop's `deadlock_timeout` (the lowest any role or database sets) leaves room for the batch's
+//! `lock_timeout`, whether a pooler or proxy stands between the tool and the server, and which
+//! of the recommended indexes of `infra/indexes.sql` are present.
 
-use tokio_postgres::Client;
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, Config};
 
 use super::sql;
 use crate::error::{Error, Result};
@@ -146,15 +149,30 @@ pub struct Preflight {
     /// Whether an index serves the keyset page over expiring rows: without one, a run reads
     /// the due rows in passes.
     pub expiry_index: bool,
-    /// The server's `deadlock_timeout`, in milliseconds.
+    /// The shop's `deadlock_timeout`, in milliseconds: the lowest of the server's and of every
+    /// value a role or database sets ([`shop_deadlock_timeout_ms`]).
     pub deadlock_timeout_ms: i64,
+    /// Whether the connection reaches the server through a pooler or proxy (PgBouncer, RDS
+    /// Proxy): its pool, which the role cannot read, bounds the connections, not the server's
+    /// counts ([`through_proxy`]).
+    pub behind_pooler: bool,
 }
 
-/// Checks the schema and the lock timeout against the server. Fails, naming every missing
-/// table and column, before the release changes anything.
-pub async fn preflight(client: &Client, lock_timeout_ms: u32) -> Result<Preflight> {
+/// Checks the server, the schema and the lock timeout. Fails — a standby at once, then naming
+/// every missing table and column — before the release changes anything.
+pub async fn preflight(
+    client: &Client,
+    config: &Config,
+    lock_timeout_ms: u32,
+) -> Result<Preflight> {
+    let facts = sql::server_facts(client).await?;
+    if facts.in_recovery {
+        return Err(Error::ReadOnlyServer {
+            target: super::connect::describe(config),
+        });
+    }
     check_columns(client).await?;
-    let deadlock_timeout_ms = sql::deadlock_timeout_ms(client).await?;
+    let deadlock_timeout_ms = shop_deadlock_timeout_ms(&facts);
     check_lock_timeout(lock_timeout_ms, deadlock_timeout_ms, "the server's")?;
     let indexes = sql::reservation_indexes(client).await?;
     let missing_indexes = missing_indexes(&indexes);
@@ -164,7 +182,87 @@ pub async fn preflight(client: &Client, lock_timeout_ms: u32) -> Result<Prefligh
             .any(|m| m == RECOMMENDED_INDEXES[0].name),
         missing_indexes,
         deadlock_timeout_ms,
+        behind_pooler: through_proxy(config, &facts),
     })
+}
+
+/// The sources of a setting that come from this session's role (`ALTER ROLE ... SET`, for every
+/// database or this one) rather than the server's or the database's configuration, which the
+/// shop's sessions share.
+const PER_ROLE_SOURCES: &[&str] = &["user", "database user"];
+
+/// The shop's `deadlock_timeout`: the lowest of this session's value and of every value a role
+/// or database sets for this database — the shop's sessions may run under another role, with
+/// a lower one (`SHOP_DEADLOCK_TIMEOUT_MS` overrides the result). When this session's value is
+/// its own role's, the server's (or database's) own is not readable (only superusers read `pg_file_settings`): the compiled default (1 s) stands in
+/// for it, the safe side (a shorter bound).
+pub fn shop_deadlock_timeout_ms(facts: &sql::ServerFacts) -> i64 {
+    let session = if PER_ROLE_SOURCES.contains(&facts.deadlock_timeout_source.as_str()) {
+        facts
+            .deadlock_timeout_ms
+            .min(facts.deadlock_timeout_boot_ms)
+    } else {
+        facts.deadlock_timeout_ms
+    };
+    facts
+        .deadlock_timeouts_set
+        .iter()
+        .filter_map(|value| {
+            let ms = parse_duration_ms(value);
+            if ms.is_none() {
+                tracing::warn!(
+                    value,
+                    "a role's deadlock_timeout could not be read; ignored"
+                );
+            }
+            ms
+        })
+        .fold(session, i64::min)
+}
+
+/// A time setting as `ALTER ROLE ... SET` stores it (`2s`, `500ms`, `1.5 s`, `1min`, a bare
+/// number of milliseconds), in whole milliseconds; None when unreadable.
+pub fn parse_duration_ms(value: &str) -> Option<i64> {
+    let value = value.trim().trim_matches('\'');
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let per_ms = match unit.trim() {
+        "" | "ms" => 1.0,
+        "us" => 0.001,
+        "s" => 1_000.0,
+        "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        _ => return None,
+    };
+    let ms = (number * per_ms).round();
+    (0.0..9.0e15).contains(&ms).then_some(ms as i64)
+}
+
+/// Whether the connection went through something between the tool and the server: the client
+/// named another port than the server listens on, came over TCP where the server saw its Unix
+/// socket (or the reverse), or named an RDS Proxy endpoint (`*.proxy-*.rds.amazonaws.com`,
+/// which keeps the port). A plain forward on the same port is not seen: `POOLED_WORKERS`
+/// covers what a pool allows either way.
+pub fn through_proxy(config: &Config, facts: &sql::ServerFacts) -> bool {
+    let hosts = config.get_hosts();
+    let ports = config.get_ports();
+    let port_differs = if ports.is_empty() {
+        facts.port != 5432
+    } else {
+        !ports.iter().any(|p| i32::from(*p) == facts.port)
+    };
+    let tcp = hosts.iter().any(|h| matches!(h, Host::Tcp(_)));
+    let socket_differs = hosts.len() == 1 && tcp == facts.unix_socket;
+    let rds_proxy = hosts.iter().any(|h| match h {
+        Host::Tcp(name) => name.contains(".proxy-") && name.ends_with(".rds.amazonaws.com"),
+        #[cfg(unix)]
+        Host::Unix(_) => false,
+    });
+    port_differs || socket_differs || rds_proxy
 }
 
 /// Fails naming every table and column of [`REQUIRED_COLUMNS`] that is absent.
@@ -233,6 +331,53 @@ fn missing_indexes(indexes: &[sql::IndexDefinition]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_settings_read_as_alter_role_stores_them() {
+        for (value, ms) in [
+            ("2s", Some(2000)),
+            ("500ms", Some(500)),
+            ("1.5 s", Some(1500)),
+            ("1min", Some(60_000)),
+            ("750", Some(750)),
+            ("'3s'", Some(3000)),
+            ("2000us", Some(2)),
+            ("soon", None),
+            ("5 fortnights", None),
+        ] {
+            assert_eq!(parse_duration_ms(value), ms, "{value}");
+        }
+    }
+
+    fn facts(ms: i64, source: &str, set: &[&str]) -> sql::ServerFacts {
+        sql::ServerFacts {
+            port: 5432,
+            unix_socket: false,
+            in_recovery: false,
+            deadlock_timeout_ms: ms,
+            deadlock_timeout_source: source.into(),
+            deadlock_timeout_boot_ms: 1000,
+            deadlock_timeouts_set: set.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_shops_deadlock_timeout_is_the_lowest_any_role_sets() {
+        assert_eq!(
+            shop_deadlock_timeout_ms(&facts(5000, "configuration file", &[])),
+            5000
+        );
+        // Another role (the shop's) sets less: that bounds the release.
+        assert_eq!(
+            shop_deadlock_timeout_ms(&facts(5000, "configuration file", &["400ms", "9s"])),
+            400
+        );
+        // The release's own role sets more: the server's is unreadable, the default stands in.
+        assert_eq!(
+            shop_deadlock_timeout_ms(&facts(20_000, "user", &["20s"])),
+            1000
+        );
+    }
 
     fn index(columns: &[&str], predicate: Option<&str>) -> sql::IndexDefinition {
         sql::IndexDefinition {

@@ -38,7 +38,7 @@ impl Database {
         let client = connect::connect(config, tls).await?;
         sql::probe_pooling(&client).await?;
         sql::pin_session(&client, &connect::session_defaults(config)).await?;
-        let preflight = preflight::preflight(&client, lock_timeout_ms)
+        let preflight = preflight::preflight(&client, config, lock_timeout_ms)
             .await
             .map_err(Error::when_opening)?;
         let statements = Statements::prepare(&client)

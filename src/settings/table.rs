@@ -33,6 +33,11 @@ settings! {
         /// do), within the database's free connections less a reserve.
         WORKERS: number(1..=16, 2, Count("connections")), Both
             => workers: u32;
+        /// Connections one run may drain with when it reaches the server through a pooler or
+        /// proxy (PgBouncer, RDS Proxy), whose pool the role cannot read: 1 unless you know the
+        /// pool has room beside the shop's connections (WORKERS still bounds it).
+        POOLED_WORKERS: number(1..=16, 1, Count("connections")), Both
+            => pooled_workers: u32;
         /// Batches after which a run stops even if more is due.
         MAX_BATCHES: number(1..=1_000_000, 1000, Count("batches")), Both
             => max_batches: u32;

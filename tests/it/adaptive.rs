@@ -13,7 +13,7 @@ use crate::common::{run, settings, TestDb};
 
 /// `orders` due orders of one or two lines on the four `variants` (the first two also in a
 /// drop each), every counter equal to its active reservations: (variants, drops, reservations).
-async fn backlog(t: &TestDb, orders: i64) -> (Vec<i64>, Vec<i64>, u64) {
+pub(crate) async fn backlog(t: &TestDb, orders: i64) -> (Vec<i64>, Vec<i64>, u64) {
     let mut variants = Vec::new();
     for _ in 0..4 {
         variants.push(t.variant(0).await);
@@ -240,6 +240,40 @@ async fn a_run_opens_no_worker_the_database_cannot_spare() {
         let mut db = open_as(&config, &s).await;
         let r = run(&mut db, &s, false).await;
         assert_eq!(r.controller.workers, workers, "limit {limit}: {r:?}");
+        assert_eq!(r.counts.reservations_released, total);
+        all_released_once(&t, &variants, &drops, total).await;
+    }
+}
+
+/// The database's own `CONNECTION LIMIT` counts too (the old count read the server's and the
+/// role's only, and a run beside a database limited to four connections opened a second
+/// worker while the shop's were refused): ten connections stay free under the database's limit.
+#[tokio::test]
+async fn a_run_opens_no_worker_the_databases_connection_limit_cannot_spare() {
+    for (spare, workers) in [(10, 1), (11, 2)] {
+        let t = TestDb::new().await;
+        let (variants, drops, total) = backlog(&t, 1000).await;
+        let s = adaptive();
+        // A role of its own, without a limit of its own: only the database's binds it.
+        let role = t.role("unlimited").await;
+        let mut config = t.config();
+        config.user(&role).password("unlimited");
+        unreserver::apply_defaults(&mut config);
+        let mut db = open_as(&config, &s).await;
+        let open = t
+            .i64(&format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'",
+                t.name
+            ))
+            .await;
+        t.exec(&format!(
+            "ALTER DATABASE {} CONNECTION LIMIT {}",
+            t.name,
+            open + spare
+        ))
+        .await;
+        let r = run(&mut db, &s, false).await;
+        assert_eq!(r.controller.workers, workers, "{spare} spare: {r:?}");
         assert_eq!(r.counts.reservations_released, total);
         all_released_once(&t, &variants, &drops, total).await;
     }

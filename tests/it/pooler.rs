@@ -112,3 +112,28 @@ async fn a_startup_parameter_the_pooler_refuses_is_named() {
     );
     assert!(!stderr.contains("DatabaseUnreachable"), "{stderr}");
 }
+
+/// Behind a pooler the role cannot see the pool's room (PgBouncer's `default_pool_size` is
+/// not in any view the server has): a run drains with one connection however many the
+/// server has free, and with more only when `POOLED_WORKERS` allows them. The pooler is seen
+/// by the port: the client's is PgBouncer's, the server listens on its own.
+#[tokio::test]
+async fn behind_a_pooler_a_run_opens_one_connection_unless_allowed_more() {
+    for (pooled_workers, workers) in [(None, 1), (Some("2"), 2)] {
+        let t = TestApp::spawn().await;
+        let (_, _, total) = crate::adaptive::backlog(&t, 1000).await;
+        let mut pooled =
+            through_pooler("UNRESERVER_TEST_PGBOUNCER_SESSION_PORT", &t, "").with("WORKERS", "2");
+        if let Some(n) = pooled_workers {
+            pooled = pooled.with("POOLED_WORKERS", n);
+        }
+        let out = pooled.cli(&["run"]).await;
+        assert!(out.success(), "{}", out.stderr);
+        let report = out.json();
+        assert_eq!(
+            report["controller"]["workers"], workers,
+            "POOLED_WORKERS {pooled_workers:?}: {report}"
+        );
+        assert_eq!(report["reservations_released"], total, "{report}");
+    }
+}

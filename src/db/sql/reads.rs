@@ -154,20 +154,55 @@ pub async fn reservation_indexes(
     .await
 }
 
-/// The server's `deadlock_timeout` in milliseconds, to check that the batch's `lock_timeout`
-/// stays well below it. Reads a setting.
-pub const DEADLOCK_TIMEOUT_MS: &str =
-    "SELECT setting::int8 AS ms FROM pg_settings WHERE name = 'deadlock_timeout'";
+/// What the preflight reads of the server, in one round trip: the port it listens on and
+/// whether this session came over its Unix socket (a client that connected elsewhere reached it
+/// through a pooler or proxy), whether it is a standby (read-only), and `deadlock_timeout` —
+/// this session's value, where it came from, the compiled default, and every value a role or
+/// database sets for this database (`pg_db_role_setting`, readable by every role), since the
+/// shop's sessions may run under another role than the release's. Reads settings and
+/// catalogues; locks nothing.
+pub const SERVER_FACTS: &str = concat!(
+    "SELECT current_setting('port')::int4 AS port, inet_server_addr() IS NULL AS unix_socket, ",
+    "pg_is_in_recovery() AS in_recovery, s.setting::int8 AS deadlock_timeout_ms, ",
+    "s.source::text AS deadlock_timeout_source, s.boot_val::int8 AS deadlock_timeout_boot_ms, ",
+    "coalesce((SELECT array_agg(substr(c, length('deadlock_timeout=') + 1)) ",
+    "FROM pg_db_role_setting d, unnest(d.setconfig) AS c ",
+    "WHERE d.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database())) ",
+    "AND c LIKE 'deadlock\\_timeout=%'), '{}'::text[]) AS deadlock_timeouts_set ",
+    "FROM pg_settings s WHERE s.name = 'deadlock_timeout'"
+);
 
-/// [`DEADLOCK_TIMEOUT_MS`].
-pub async fn deadlock_timeout_ms(client: &(impl GenericClient + Sync)) -> Result<i64> {
-    let decode = |row: &Row| row.try_get("ms");
+/// A row of [`SERVER_FACTS`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerFacts {
+    pub port: i32,
+    pub unix_socket: bool,
+    pub in_recovery: bool,
+    pub deadlock_timeout_ms: i64,
+    pub deadlock_timeout_source: String,
+    pub deadlock_timeout_boot_ms: i64,
+    /// Values as written by `ALTER ROLE/DATABASE ... SET deadlock_timeout` (`2s`, `500ms`, ...).
+    pub deadlock_timeouts_set: Vec<String>,
+}
+
+/// [`SERVER_FACTS`].
+pub async fn server_facts(client: &(impl GenericClient + Sync)) -> Result<ServerFacts> {
     fetch_one(
         client,
-        DEADLOCK_TIMEOUT_MS,
+        SERVER_FACTS,
         &[],
-        "reading deadlock_timeout",
-        decode,
+        "reading the server's facts",
+        |row: &Row| {
+            Ok(ServerFacts {
+                port: row.try_get("port")?,
+                unix_socket: row.try_get("unix_socket")?,
+                in_recovery: row.try_get("in_recovery")?,
+                deadlock_timeout_ms: row.try_get("deadlock_timeout_ms")?,
+                deadlock_timeout_source: row.try_get("deadlock_timeout_source")?,
+                deadlock_timeout_boot_ms: row.try_get("deadlock_timeout_boot_ms")?,
+                deadlock_timeouts_set: row.try_get("deadlock_timeouts_set")?,
+            })
+        },
     )
     .await
 }

@@ -13,12 +13,18 @@ use crate::error::{Error, Result};
 /// decides on the rows it locks, as the release is built to; under `REPEATABLE READ` or
 /// `SERIALIZABLE` (some shops set them role- or database-wide) a batch that updates a counter a
 /// checkout committed since its first statement fails with a serialization error every time,
-/// and under `default_transaction_read_only` nothing is released at all. `search_path` stays the
+/// and under `default_transaction_read_only` nothing is released at all. A role's
+/// `synchronous_commit = off` is raised to `on`: a batch's commit must be durable before its
+/// events go out and its answer is given (a crash must not lose a release the shop was told
+/// of); `local`, `remote_write` and `remote_apply` are kept (each at least flushes locally).
+/// The timeouts are the session defaults' and the batch's own. `search_path` stays the
 /// role's. Locks nothing.
 pub const PIN_SESSION: &str = concat!(
     "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; ",
     "SET default_transaction_isolation = 'read committed'; ",
-    "SET default_transaction_read_only = off"
+    "SET default_transaction_read_only = off; ",
+    "SELECT set_config('synchronous_commit', 'on', false) ",
+    "WHERE current_setting('synchronous_commit') = 'off'"
 );
 
 /// [`PIN_SESSION`], and the session defaults given (`name`, `value`: fixed settings of

@@ -111,37 +111,49 @@ impl<'a> Run<'a> {
         failure.map_or(Ok(stop), Err)
     }
 
-    /// The extra connections a spread run may use: `WORKERS` - 1 at most, within the server's
-    /// free connections less [`RESERVED_CONNECTIONS`]; one that fails to open is logged and
-    /// the run goes on with fewer.
+    /// The extra connections a spread run may use: `WORKERS` - 1 at most (`POOLED_WORKERS` - 1
+    /// behind a pooler or proxy, whose pool the role cannot read), each opened only while the
+    /// server's free connections — every limit it shows, see
+    /// [`contention::FREE_CONNECTIONS`] — leave more than [`RESERVED_CONNECTIONS`] for the shop,
+    /// and counted again once open: a connection that took one the shop needed (another run
+    /// opening workers at the same moment, shoppers arriving) is closed again at once. One that
+    /// fails to open is logged and the run goes on with fewer.
     pub(super) async fn open_workers(&self, db: &Database) -> Vec<Database> {
-        let free = match contention::free_connections(&db.client).await {
-            Ok(free) => free,
-            Err(error) => {
-                tracing::warn!(error = %error.chain(), "could not count the free connections; draining alone");
-                return Vec::new();
+        let mut want = self.settings.workers.saturating_sub(1);
+        if db.preflight.behind_pooler {
+            want = want.min(self.settings.pooled_workers.saturating_sub(1));
+        }
+        let mut opened = Vec::new();
+        while (opened.len() as u32) < want {
+            if !matches!(spare_connections(db).await, Some(spare) if spare > 0) {
+                break;
             }
-        };
-        let want = i64::from(self.settings.workers - 1).min(free - RESERVED_CONNECTIONS);
-        // A pooler (PgBouncer) accepts the connection at once and may hold its first statement
-        // until a server connection is free: a worker that is not ready soon is not waited for.
-        let open = || tokio::time::timeout(WORKER_OPEN_TIMEOUT, db.sibling());
-        let opened = futures_util::future::join_all((0..want.max(0)).map(|_| open())).await;
-        opened
-            .into_iter()
-            .filter_map(|opened| match opened {
-                Ok(Ok(worker)) => Some(worker),
+            let worker = match tokio::time::timeout(WORKER_OPEN_TIMEOUT, db.sibling()).await {
+                Ok(Ok(worker)) => worker,
                 Ok(Err(error)) => {
                     tracing::warn!(error = %error.chain(), "could not open a worker's connection; draining with fewer");
-                    None
+                    break;
                 }
                 Err(_) => {
+                    // A pooler (PgBouncer) accepts the connection at once and may hold its first
+                    // statement until a server connection is free: not waited for.
                     tracing::warn!(timeout_ms = WORKER_OPEN_TIMEOUT.as_millis() as u64,
                         "a worker's connection was not ready in time (a full pool?); draining with fewer");
-                    None
+                    break;
                 }
-            })
-            .collect()
+            };
+            // Counted again with the new connection open: the count must not have fallen below
+            // the reserve (>= here: the worker's own connection is among the open ones now).
+            if !matches!(spare_connections(db).await, Some(spare) if spare >= 0) {
+                tracing::info!(
+                    "a worker's connection left the shop too few free connections; closed it"
+                );
+                drop(worker);
+                break;
+            }
+            opened.push(worker);
+        }
+        opened
     }
 
     /// Another worker of this run, starting at this one's cursor with its own share.
@@ -169,5 +181,18 @@ impl<'a> Run<'a> {
         self.books.merge(books);
         self.books.report.pass_scans += passes.map_or(0, |p| p.scans);
         self.params.long_held.extend(&params.long_held);
+    }
+}
+
+/// The free connections beyond the shop's reserve ([`RESERVED_CONNECTIONS`]): a worker's
+/// connection may be opened while this is positive, and kept if it is not negative once open.
+/// None when they cannot be counted (no more workers then).
+async fn spare_connections(db: &Database) -> Option<i64> {
+    match contention::free_connections(&db.client).await {
+        Ok(free) => Some(free - RESERVED_CONNECTIONS),
+        Err(error) => {
+            tracing::warn!(error = %error.chain(), "could not count the free connections; no more workers");
+            None
+        }
     }
 }
