@@ -584,15 +584,19 @@ fn scheduled_follow(now: SystemTime, ago: u64, seconds: u32) -> Value {
 async fn stale_and_duplicate_follow_events_never_run_more_than_two_followers() {
     let t = TestApp::spawn().await;
     let now = SystemTime::now();
-    // This minute's follow and the last minute's, still following past its minute (each ends
-    // at its deadline less the margin, about 5 s from now).
+    // This minute's follow and the last minute's, still following past its minute: each ends
+    // about 29 s from now, far beyond the four answers even on a loaded machine; the test
+    // ends them (drops them, their sessions close) once the four are answered.
     let this_minute = scheduled_follow(now, 1, 30);
     let last_minute = scheduled_follow(now, 61, 90);
     let followers = {
         let (a, b) = (this_minute.clone(), last_minute.clone());
         let front = t.front().clone();
         tokio::spawn(async move {
-            tokio::join!(front.lambda_within(a, 8_000), front.lambda_within(b, 8_000))
+            tokio::join!(
+                front.lambda_within(a, 120_000),
+                front.lambda_within(b, 120_000)
+            )
         })
     };
     let two_held = format!("SELECT ({}) = 2", follow_locks());
@@ -635,12 +639,8 @@ async fn stale_and_duplicate_follow_events_never_run_more_than_two_followers() {
     // The two followers were still following when the four were answered.
     assert_eq!(t.i64(&follow_locks()).await, 2);
     assert!(watcher.await.unwrap() <= 2, "a third follower ran");
-    let (a, b) = followers.await.unwrap();
-    for answer in [a.unwrap(), b.unwrap()] {
-        assert_eq!(answer["follow"]["ended"], "time", "{answer}");
-        assert!(
-            answer["follow"]["wakeups"].as_u64().unwrap() >= 1,
-            "{answer}"
-        );
+    followers.abort();
+    if let Err(error) = followers.await {
+        assert!(error.is_cancelled(), "a follower failed: {error}");
     }
 }
