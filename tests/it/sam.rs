@@ -864,6 +864,31 @@ fn the_wiring_matches_aws_cdk_or_the_aws_sentence_it_misses() {
     let cdk = &oracle["event_invoke_config"];
     let ours = &resource(&t, "FunctionEventInvokeConfig")["Properties"];
     assert_eq!(ours["MaximumRetryAttempts"], cdk["MaximumRetryAttempts"]);
+    // The shop's door: CDK's grant_invoke allows the one action on the function's ARN and on
+    // its versions and aliases (`ARN:*`); ours on the unqualified ARN alone, within CDK's (the
+    // shop calls the function by name; the stack publishes no version). Its reserved
+    // concurrency is the property CDK writes on the function.
+    let cdk_door = oracle["door_invoke_statements"].as_array().unwrap();
+    assert_eq!(cdk_door.len(), 1);
+    assert_eq!(actions(&cdk_door[0]), ["lambda:InvokeFunction"]);
+    assert_eq!(
+        cdk_door[0]["Resource"][0],
+        json!({"Fn::GetAtt": ["Door", "Arn"]})
+    );
+    let door_statement =
+        &resource(&t, "DoorInvokePolicy")["Properties"]["PolicyDocument"]["Statement"][0];
+    assert_eq!(actions(door_statement), actions(&cdk_door[0]));
+    assert_eq!(
+        door_statement["Resource"],
+        json!({"Fn::GetAtt": ["DoorFunction", "Arn"]})
+    );
+    assert_eq!(oracle["door_reserved_concurrency"], 5);
+    for function in ["Function", "DoorFunction"] {
+        assert!(
+            resource(&t, function)["Properties"]["ReservedConcurrentExecutions"].is_object(),
+            "{function}"
+        );
+    }
     // Interval mode's age as CDK's; follow mode's its own (60 s, the lowest allowed).
     assert_eq!(
         ours["MaximumEventAgeInSeconds"]["Fn::If"][2],
