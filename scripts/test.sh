@@ -35,6 +35,9 @@ verifier=$(printf %s "$role_password" | python3 scripts/scram-verifier.py)
 PGOPTIONS='-c log_statement=all' psql -qX "$template_url" -v role=unreserver_test \
   -v password_verifier="$verifier" -v revoke_public_create=on -v connection_limit=500 \
   -f infra/role.sql >/dev/null
+# The purge's own role (infra/purge-role.sql), same password, for tests/it/purge.rs.
+psql -qX "$template_url" -v role=unreserver_purge_test \
+  -v password_verifier="$verifier" -f infra/purge-role.sql >/dev/null
 if grep -q -- "$role_password" "$PG_DIR/data/server.log"; then
   echo "the role's password reached the server's log" >&2
   exit 1
@@ -117,6 +120,12 @@ if [ $# -eq 0 ] && [ "$PG_TLS" = 1 ]; then
   psql "$smoke_url" -qX -v ON_ERROR_STOP=1 -f infra/sample-data.sql >/dev/null
   DB_URL="$smoke_url" PG_CA_CERT="$PG_CA_CERT" python3 scripts/lib/coldstart.py \
     "${CARGO_TARGET_DIR:-$root/target}/debug/bootstrap" --smoke
+fi
+
+# Alone: a latency figure that a moto shared with the whole suite would blur.
+if [ $# -eq 0 ]; then
+  cargo test --locked --test it -- --ignored --exact \
+    stock_released::follow_mode_publishes_stock_released_within_seconds_of_the_commit
 fi
 
 # Last and alone: the test that restarts the server.

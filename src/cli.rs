@@ -4,8 +4,8 @@
 //! their outcome and `report` the release-delay report, each as one JSON object on stdout;
 //! `events` prints one event a line (or publishes them). Logs go to stderr; a failure prints one
 //! line naming the problem. Exit codes: 0 done, 1 a failure, 2 bad input (before any
-//! connection), 3 an order that cannot be revived or released, or counters that still disagree
-//! after `reconcile`.
+//! connection), 3 an order that cannot be revived or released, counters that still disagree
+//! after `reconcile`, or rows `purge` could still take.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -113,6 +113,16 @@ pub enum Error {
     #[error("publishing events to EventBridge: {0}")]
     Publish(String),
 
+    /// The role may not do what was asked (a purge as a role without the grants of
+    /// `infra/purge-role.sql`, such as the release's own): granting is the fix, not a retry.
+    #[error("the database role may not do this while {context}: connect as the role of {hint} (the release's role never deletes): {source}")]
+    Privilege {
+        context: &'static str,
+        hint: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
     /// The credentials could not be read from AWS Secrets Manager.
     #[error("secret {secret_id}: {reason}")]
     Secret {
@@ -181,6 +191,7 @@ impl Error {
             | Error::Authentication { .. }
             | Error::TooSlow { .. }
             | Error::ReadOnlyServer { .. }
+            | Error::Privilege { .. }
             | Error::Pooler { .. } => false,
             Error::Connect { .. }
             | Error::TooManyConnections { .. }
@@ -216,6 +227,7 @@ impl Error {
             Error::ReadOnlyServer { .. } => "ReadOnlyServer",
             Error::Secret { .. } => "SecretUnavailable",
             Error::Busy { .. } => "LockBusy",
+            Error::Privilege { .. } => "InsufficientPrivilege",
             Error::Publish(_) => "EventsUnpublished",
         }
     }

@@ -14,7 +14,8 @@
 //! - `engine`: the release — `run` (the batch loop, retries, workers, deferred work, the
 //!   ledger), `budget` (a batch's time budget and its cut), `hooks`, `batch` (one batch
 //!   transaction, step by step), `run_report` (the run report) and `status`; around it, `revive`
-//!   (an order whose payment came late) and `release_delay` (the per-day report).
+//!   (an order whose payment came late), `release_delay` (the per-day report) and `purge`
+//!   (deleting what the release left behind, in small chunks).
 //! - [`events`]: the expiry events — `model` (the events, from batch or replayed rows),
 //!   `publisher` (EventBridge `PutEvents`, chunked, retried) and `sink` (publishing in the
 //!   background while the run goes on).
@@ -60,6 +61,7 @@ pub use db::session::Database;
 pub use db::tls::{certificates as tls_certificates, connector as tls_connector, RdsCaRegions};
 pub use engine::hooks::OnCommit;
 pub use engine::on_request::{OnRequestOutcome, Reason as OnRequestReason};
+pub use engine::purge::{purge, Options as PurgeOptions, PurgeReport};
 pub use engine::reconcile::{reconcile, ReconcileReport, Scope as ReconcileScope};
 pub use engine::release_delay::{report as release_delay_report, DelayReport};
 pub use engine::revive::{revive, Reason as ReviveReason, ReviveOutcome};

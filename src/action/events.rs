@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::action::{open, Action, AppState, Failure, Front, Invocation, Reply};
 use crate::db::sql::outbox;
 use crate::error::{Error, Result};
-use crate::events::{model, Event, Published};
+use crate::events::{model, stock, Event, Published};
 
 /// Print the expiry events of a window as the database holds them now, one JSON object a
 /// line, or publish them again to EVENT_BUS_NAME.
@@ -95,7 +95,9 @@ impl Events {
         let db = open(state).await?;
         let timeout = crate::engine::batch::rules(&state.config.release).timeout_minutes;
         let rows = outbox::expired_in_window(&db.client, self.since, self.until, timeout).await?;
-        let events = model::from_rows(&rows, None);
+        let mut events = model::from_rows(&rows, None);
+        let released = outbox::released_in_window(&db.client, self.since, self.until, timeout);
+        events.extend(stock::of_window(&released.await?));
         let Some(publisher) = publisher else {
             return Ok(EventsAnswer::Listed(events));
         };

@@ -10,6 +10,7 @@
 
 pub mod events;
 pub mod follow;
+pub mod purge;
 pub mod reconcile;
 pub mod release;
 pub mod report;
@@ -26,6 +27,7 @@ use serde_json::Value;
 pub use state::{AppState, InitTimings};
 
 use crate::db::session::Database;
+use crate::engine::purge::PurgeReport;
 use crate::engine::reconcile::ReconcileReport;
 use crate::engine::run_report::RunReport;
 use crate::error::{Error, Result};
@@ -57,6 +59,8 @@ pub enum Metrics {
     Run,
     /// A reconcile's: only when it answered (a failure is in the log and Lambda's `Errors`).
     Reconcile,
+    /// A purge's: only when it answered, like a reconcile's.
+    Purge,
 }
 
 /// What the metrics of an answer read.
@@ -65,6 +69,7 @@ pub enum Observed<'a> {
     Nothing,
     Run(&'a RunReport),
     Reconcile(&'a ReconcileReport),
+    Purge(&'a PurgeReport),
 }
 
 /// An action's answer, as the front-ends give it back.
@@ -210,6 +215,7 @@ actions! {
     report::Report,
     events::Events,
     reconcile::Reconcile,
+    purge::Purge,
 }
 
 /// The actions the shop's door (a function deployed with `SHOP_DOOR=1`) accepts: the

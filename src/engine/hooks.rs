@@ -1,13 +1,15 @@
 //! The hook a run (or a release on request) calls after each committed batch, with what the
 //! batch released: the events layer composes and publishes the expiry events there.
 
-use crate::db::sql::{CancelledOrder, ReleasedReservation};
+use crate::db::sql::{CancelledOrder, Counter, ReleasedReservation, ReturnedUnits};
 
 /// What a committed batch released, as the on-commit hook sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Committed<'a> {
     pub released: &'a [ReleasedReservation],
     pub cancelled: &'a [CancelledOrder],
+    /// The counter rows it gave units back to, as the update returned them.
+    pub counters: &'a [(Counter, ReturnedUnits)],
     pub run_id: &'a str,
 }
 

@@ -1,6 +1,6 @@
 //! The release engine: the run loop, one batch and its steps, the retry policy, the run report,
 //! and the status; around the release, reviving an order whose payment came late and the
-//! release-delay report.
+//! release-delay report, and purging what the release left behind.
 //! It works on a checked [`crate::db::session::Database`] and knows nothing of the front-ends.
 
 pub(crate) mod batch;
@@ -11,6 +11,7 @@ pub(crate) mod follow;
 pub(crate) mod hooks;
 pub(crate) mod on_request;
 pub(crate) mod pass;
+pub(crate) mod purge;
 pub(crate) mod reconcile;
 pub(crate) mod release_delay;
 pub(crate) mod retry;

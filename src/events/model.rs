@@ -1,7 +1,8 @@
 //! The events and their detail, as EventBridge delivers them (`source`, `detail-type`,
 //! `detail`), built from released reservation rows — those a batch just released, or those the
 //! database holds for a window. One builder for both, so that a replay gives exactly what the
-//! run published (but `run_id`, null in a replay).
+//! run published (but `run_id`, null in a replay). The `Stock Released` events are built in
+//! [`super::stock`].
 
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -9,9 +10,11 @@ use std::time::SystemTime;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::stock;
 use crate::db::sql::outbox::ExpiredRow;
 use crate::db::sql::warnings::ExpiringRow;
-use crate::db::sql::{CancelledOrder, ReleasedReservation};
+use crate::db::sql::ReleasedReservation;
+use crate::engine::hooks::Committed;
 
 /// `Source` of every event.
 pub const SOURCE: &str = "unreserver";
@@ -39,11 +42,14 @@ pub struct Event {
     pub subject: Subject,
 }
 
-/// What an event is about: consumers deduplicate by it.
+/// What an event is about: named in the log when it could not be published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Subject {
     Order(i64),
     Hold(i64),
+    /// A `Stock Released` event: the variant's, or the drop row's.
+    Variant(i64),
+    Drop(i64),
 }
 
 #[derive(Serialize)]
@@ -122,35 +128,52 @@ pub fn from_rows(rows: &[ExpiredRow], run_id: Option<&str>) -> Vec<Event> {
 }
 
 /// The events of one committed batch: an `Order Expired` for each order it cancelled (not for
-/// an order the shop had cancelled already), a `Cart Hold Released` for each hold.
-pub fn from_batch(
-    released: &[ReleasedReservation],
-    cancelled: &[CancelledOrder],
-    run_id: &str,
-) -> Vec<Event> {
-    let numbers: HashMap<i64, &str> = cancelled
+/// an order the shop had cancelled already), a `Cart Hold Released` for each hold, then a
+/// `Stock Released` for each variant and drop row it gave units back to ([`stock_released`]).
+pub fn from_batch(batch: &Committed<'_>) -> Vec<Event> {
+    let numbers: HashMap<i64, &str> = batch
+        .cancelled
         .iter()
         .map(|o| (o.id, o.order_number.as_str()))
         .collect();
-    let mut rows: Vec<ExpiredRow> = released
+    let mut rows: Vec<ExpiredRow> = batch
+        .released
         .iter()
         .filter(|r| r.order_id.is_none_or(|o| numbers.contains_key(&o)))
-        .map(|r| ExpiredRow {
-            reservation_id: r.id,
-            order_id: r.order_id,
-            order_number: r
-                .order_id
-                .and_then(|o| numbers.get(&o))
-                .map(|n| (*n).to_string()),
-            variant_id: r.variant_id,
-            drop_id: r.drop_id,
-            quantity: r.quantity,
-            released_at: r.released_at,
-            due: r.delay_seconds >= 0.0,
+        .map(|r| {
+            let number = r.order_id.and_then(|o| numbers.get(&o));
+            released_row(r, number.map(|n| (*n).to_string()))
         })
         .collect();
     rows.sort_by_key(|r| (r.order_id.is_none(), r.order_id, r.reservation_id));
-    from_rows(&rows, Some(run_id))
+    let mut events = from_rows(&rows, Some(batch.run_id));
+    events.extend(stock_released(batch));
+    events
+}
+
+/// The `Stock Released` events of one committed batch: every reservation it released, with
+/// what its counter updates returned ([`stock::of_batch`], the replay's builder too).
+pub fn stock_released(batch: &Committed<'_>) -> Vec<Event> {
+    let rows: Vec<ExpiredRow> = batch
+        .released
+        .iter()
+        .map(|r| released_row(r, None))
+        .collect();
+    stock::of_batch(&rows, Some(batch.counters), Some(batch.run_id))
+}
+
+/// A reservation a batch released, as the outbox statement would read it back.
+fn released_row(r: &ReleasedReservation, order_number: Option<String>) -> ExpiredRow {
+    ExpiredRow {
+        reservation_id: r.id,
+        order_id: r.order_id,
+        order_number,
+        variant_id: r.variant_id,
+        drop_id: r.drop_id,
+        quantity: r.quantity,
+        released_at: r.released_at,
+        due: r.delay_seconds >= 0.0,
+    }
 }
 
 /// The `Order Expired` event of one order, or its parts when one event would pass

@@ -2,7 +2,8 @@
 //! together hold at most 256 KB (the API's limits; an order larger than one entry was split into
 //! parts by the model), a few requests in flight at once; entries EventBridge refuses are tried again, twice, after a
 //! short pause (the SDK itself retries throttling and transient call errors). What still fails
-//! is logged by order id (or hold reservation id) and counted — never an error of the run.
+//! is logged by order id (or hold reservation id; variant and drop product id for `Stock
+//! Released`) and counted — never an error of the run.
 
 use std::time::Duration;
 
@@ -169,13 +170,17 @@ pub fn requests(events: Vec<Event>) -> Vec<Vec<Event>> {
     requests
 }
 
-/// Logs the events that could not be published, by order id and hold reservation id.
+/// Logs the events that could not be published, by order id and hold reservation id (and, for
+/// `Stock Released`, by variant id and drop product id).
 pub(crate) fn log_failed(bus: &str, subjects: &[Subject], error: &str) {
     let (mut orders, mut holds) = (Vec::new(), Vec::new());
+    let (mut variants, mut drops) = (Vec::new(), Vec::new());
     for subject in subjects {
         match *subject {
             Subject::Order(id) => orders.push(id),
             Subject::Hold(id) => holds.push(id),
+            Subject::Variant(id) => variants.push(id),
+            Subject::Drop(id) => drops.push(id),
         }
     }
     tracing::error!(
@@ -183,6 +188,8 @@ pub(crate) fn log_failed(bus: &str, subjects: &[Subject], error: &str) {
         failed = subjects.len(),
         order_ids = ?orders,
         hold_reservation_ids = ?holds,
+        stock_released_variant_ids = ?variants,
+        stock_released_drop_product_ids = ?drops,
         error,
         "expiry events not published (the release itself is committed; \
          `unreserver events --since ... --publish` sends them again)"

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use super::publisher::{Published, Publisher};
-use super::{model, sink};
+use super::{model, sink, stock};
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::engine::hooks::OnCommit;
@@ -80,7 +80,7 @@ fn events_wait(deadline: Option<Instant>, grace: Duration) -> impl FnOnce() -> D
 }
 
 /// Runs `work` with an on-commit hook that hands each committed batch's events to a publisher
-/// task (none without a publisher), then waits for the task, `wait()` at most (measured once
+/// task (without a publisher, one that logs its `Stock Released` events), then waits for the task, `wait()` at most (measured once
 /// the work is done).
 async fn publishing<T, F, Fut>(
     publisher: Option<&Publisher>,
@@ -92,16 +92,12 @@ where
     Fut: Future<Output = T>,
 {
     let Some(publisher) = publisher else {
-        return (work(None).await, Published::default());
+        // No bus: the `Stock Released` events go to the log (stderr), for a shop outside AWS.
+        let hook = OnCommit::new(|batch| stock::log(&model::stock_released(&batch)));
+        return (work(Some(hook)).await, Published::default());
     };
     let (events, task) = sink::spawn(publisher.clone());
-    let hook = OnCommit::new(move |batch| {
-        events.send(model::from_batch(
-            batch.released,
-            batch.cancelled,
-            batch.run_id,
-        ));
-    });
+    let hook = OnCommit::new(move |batch| events.send(model::from_batch(&batch)));
     let outcome = work(Some(hook)).await;
     (outcome, task.finish(wait()).await)
 }

@@ -75,7 +75,7 @@ pub async fn handle(
 }
 
 /// The metrics document of a run (partial report when it failed part-way, none when it never
-/// started) or of a reconcile that answered (a failed one is in the log and Lambda's `Errors`).
+/// started) or of a reconcile or purge that answered (a failed one is in the log and Lambda's `Errors`).
 fn emit_metrics(
     state: &AppState,
     invocation: &Invocation<'_>,
@@ -84,21 +84,24 @@ fn emit_metrics(
     dry_run: bool,
     started: Instant,
 ) {
-    if metrics == Metrics::None || (metrics == Metrics::Reconcile && outcome.is_err()) {
+    let answered_only = matches!(metrics, Metrics::Reconcile | Metrics::Purge);
+    if metrics == Metrics::None || (answered_only && outcome.is_err()) {
         return;
     }
-    let (report, reconcile) = match outcome {
+    let (report, reconcile, purge) = match outcome {
         Ok(answer) => match answer.observed() {
-            Observed::Run(report) => (Some(report), None),
-            Observed::Reconcile(report) => (None, Some(report)),
-            Observed::Nothing => (None, None),
+            Observed::Run(report) => (Some(report), None, None),
+            Observed::Reconcile(report) => (None, Some(report), None),
+            Observed::Purge(report) => (None, None, Some(report)),
+            Observed::Nothing => (None, None, None),
         },
-        Err(failure) => (failure.report.as_deref(), None),
+        Err(failure) => (failure.report.as_deref(), None, None),
     };
     metrics::emit(&metrics::document(
         &state.config.metrics,
         &Observation {
             reconcile,
+            purge,
             run_id: invocation.run_id,
             report,
             failed: outcome.is_err(),

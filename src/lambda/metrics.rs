@@ -119,6 +119,7 @@ mod tests {
         report.paid_after_release = 1;
         let obs = Observation {
             reconcile: None,
+            purge: None,
             run_id: "r-1",
             report: Some(&report),
             failed: false,
@@ -133,8 +134,8 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .len(),
-            METRICS.len() - RECONCILE_ONLY.len(),
-            "a run's document has every metric but the reconcile's"
+            METRICS.len() - RECONCILE_ONLY.len() - PURGE_ONLY.len(),
+            "a run's document has every metric but the reconcile's and the purge's"
         );
         assert_eq!(doc["ReservationsReleased"], 5.0);
         assert_eq!(doc["CountersClamped"], 3.0);
@@ -153,6 +154,71 @@ mod tests {
     }
 
     const RECONCILE_ONLY: [&str; 2] = ["CountersDrifted", "CountersRepaired"];
+    const PURGE_ONLY: [&str; 5] = [
+        "ReservationsPurged",
+        "OrdersPurged",
+        "PurgeSkipped",
+        "PurgePauses",
+        "PurgeBytesFreed",
+    ];
+
+    #[test]
+    fn a_purge_document_carries_its_counts_and_no_run_metric() {
+        use crate::engine::purge::{OrdersPurged, PurgeReport, ReservationsPurged};
+        let report = PurgeReport {
+            apply: true,
+            older_than_days: 60,
+            reservations: ReservationsPurged {
+                eligible: 12,
+                deleted: 10,
+                skipped_locked: 2,
+            },
+            orders: Some(OrdersPurged {
+                eligible: 4,
+                deleted: 3,
+                lines_deleted: 5,
+                skipped_referenced: 1,
+                ..OrdersPurged::default()
+            }),
+            chunks: 3,
+            chunks_retried: 0,
+            lag_pauses: 1,
+            release_yields: 2,
+            paused_ms: 750,
+            replicas: Default::default(),
+            estimated_bytes_freed: Some(4096),
+            stopped: "done",
+            controller: Default::default(),
+        };
+        let doc = document(
+            &config(),
+            &Observation {
+                reconcile: None,
+                purge: Some(&report),
+                run_id: "r-1",
+                report: None,
+                failed: false,
+                dry_run: false,
+                cold_start: false,
+                duration_ms: 3,
+            },
+        );
+        assert_valid_emf(&doc);
+        assert_eq!(doc["ReservationsPurged"], 15.0, "rows and order lines");
+        assert_eq!(doc["OrdersPurged"], 3.0);
+        assert_eq!(doc["PurgeSkipped"], 3.0, "held rows and referenced orders");
+        assert_eq!(doc["PurgePauses"], 3.0);
+        assert_eq!(doc["PurgeBytesFreed"], 4096.0);
+        for run_only in ["RunFailed", "RunDuration", "ReservationsReleased"] {
+            assert!(
+                doc.get(run_only).is_none(),
+                "{run_only}: a purge is not a run"
+            );
+        }
+        for name in PURGE_ONLY {
+            assert!(METRICS.iter().any(|m| m.name == name));
+        }
+    }
 
     #[test]
     fn a_reconcile_document_carries_its_counts_and_no_run_metric() {
@@ -170,6 +236,7 @@ mod tests {
             &config(),
             &Observation {
                 reconcile: Some(&report),
+                purge: None,
                 run_id: "r-1",
                 report: None,
                 failed: false,
@@ -208,6 +275,7 @@ mod tests {
             &config(),
             &Observation {
                 reconcile: None,
+                purge: None,
                 run_id: "r-1",
                 report: None,
                 failed: true,
@@ -225,6 +293,7 @@ mod tests {
             &config(),
             &Observation {
                 reconcile: None,
+                purge: None,
                 run_id: "r-1",
                 report: Some(&report),
                 failed: false,

@@ -322,6 +322,7 @@ mod tests {
                 "release.json",
                 include_str!("../../infra/events/release.json"),
             ),
+            ("purge.json", include_str!("../../infra/events/purge.json")),
         ] {
             let value: Value = serde_json::from_str(text).unwrap();
             parse(&value).unwrap_or_else(|e| panic!("{file}: {e}"));
@@ -391,6 +392,9 @@ mod tests {
             "apply",
             "variant_ids",
             "drop_ids",
+            "older_than_days",
+            "orders",
+            "max_lag_ms",
         ];
 
         fn key() -> impl Strategy<Value = String> {
@@ -413,6 +417,7 @@ mod tests {
                     Just("status"),
                     Just("revive"),
                     Just("report"),
+                    Just("purge"),
                     Just("schedule"),
                     Just("Scheduled Event")
                 ]
@@ -467,6 +472,11 @@ mod tests {
                     Ok(Request::Events(_)) => prop_assert!(false, "events is not a payload action"),
                     Ok(Request::Reconcile(_)) => {
                         prop_assert_eq!(payload.get("action"), Some(&json!("reconcile")));
+                    }
+                    Ok(Request::Purge(purge)) => {
+                        prop_assert_eq!(payload.get("action"), Some(&json!("purge")));
+                        prop_assert!((8..=36_500).contains(&purge.older_than_days));
+                        prop_assert!((1..=3_600_000).contains(&purge.max_lag_ms));
                     }
                     Err(err) => {
                         prop_assert!(matches!(err, Error::Payload(_)));

@@ -128,7 +128,8 @@ settings! {
     /// Where expiry events go.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct EventsConfig {
-        /// EventBridge bus (name or ARN) the expiry events go to; unset: none are published.
+        /// EventBridge bus (name or ARN) the events go to (expiry, Stock Released); unset: none
+        /// are published, and the Stock Released events go to the log.
         EVENT_BUS_NAME: text(""), Both
             => bus_name: Option<String>;
         /// Lead time of the Order Expiring Soon events: each run publishes one per pending order

@@ -3,6 +3,7 @@
 //! function writes them as CloudWatch Embedded Metric Format (`lambda::metrics`); another
 //! backend (Prometheus, OpenTelemetry) reads the same rows. Adding a metric is one row.
 
+use crate::engine::purge::PurgeReport;
 use crate::engine::reconcile::ReconcileReport;
 use crate::engine::run_report::{RunReport, StopReason, FOLLOW_DUPLICATE, FOLLOW_STALE};
 
@@ -333,12 +334,55 @@ pub const METRICS: &[Metric] = &[
         |o| {
         o.reconcile.map(|r| r.repaired as f64)
     }),
+    metric(
+        "ReservationsPurged",
+        Unit::Count,
+        Kind::Counter,
+        "expired reservations a purge deleted (order lines included)",
+        |o| {
+        o.purge.map(|p| (p.reservations.deleted + p.orders.as_ref().map_or(0, |o| o.lines_deleted)) as f64)
+    }),
+    metric(
+        "OrdersPurged",
+        Unit::Count,
+        Kind::Counter,
+        "orders the release cancelled that a purge deleted with their lines",
+        |o| {
+        o.purge.map(|p| p.orders.as_ref().map_or(0, |o| o.deleted) as f64)
+    }),
+    metric(
+        "PurgeSkipped",
+        Unit::Count,
+        Kind::Gauge,
+        "rows and orders a purge left: held by another transaction, or orders another table references",
+        |o| {
+        o.purge.map(|p| {
+            let orders = p.orders.as_ref().map_or(0, |o| o.skipped_locked + o.skipped_referenced);
+            (p.reservations.skipped_locked + orders) as f64
+        })
+    }),
+    metric(
+        "PurgePauses",
+        Unit::Count,
+        Kind::Counter,
+        "times a purge paused for a lagging replica or for the release's due work",
+        |o| {
+        o.purge.map(|p| (p.lag_pauses + p.release_yields) as f64)
+    }),
+    metric(
+        "PurgeBytesFreed",
+        Unit::Count,
+        Kind::Counter,
+        "estimated bytes a purge freed in the tables (reused after VACUUM)",
+        |o| {
+        o.purge.and_then(|p| p.estimated_bytes_freed).map(|b| b as f64)
+    }),
 ];
 
-/// Whether the invocation is a run (a reconcile's document carries no run metric: it must not
-/// count as a run for the alarms).
+/// Whether the invocation is a run (a reconcile's or a purge's document carries no run metric:
+/// it must not count as a run for the alarms).
 fn run(obs: &Observation<'_>) -> bool {
-    obs.reconcile.is_none()
+    obs.reconcile.is_none() && obs.purge.is_none()
 }
 
 /// What one invocation contributes to the metrics: a run's, or a reconcile's.
@@ -346,6 +390,8 @@ fn run(obs: &Observation<'_>) -> bool {
 pub struct Observation<'a> {
     /// The reconcile's answer, for a reconcile invocation (None for a run).
     pub reconcile: Option<&'a ReconcileReport>,
+    /// The purge's answer, for a purge invocation.
+    pub purge: Option<&'a PurgeReport>,
     /// The run's id, a property of the document (not a dimension).
     pub run_id: &'a str,
     /// The run's report (partial when the run failed part-way); None when it never started.

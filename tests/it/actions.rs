@@ -121,6 +121,14 @@ async fn the_cli_and_the_lambda_answer_every_action_alike() {
     let reconciled = same(&a, &["reconcile"], json!({"action": "reconcile"})).await;
     assert_eq!(reconciled["drifted"], 0, "{reconciled}");
 
+    let purged = same(
+        &a,
+        &["purge", "--orders"],
+        json!({"action": "purge", "orders": true}),
+    )
+    .await;
+    assert_eq!(purged["reservations"]["eligible"], 0, "{purged}");
+
     // The order not yet due, released on request on each twin.
     let later = (order + 2).to_string();
     let (printed, code) = cli(&a, &["release", &later]).await;

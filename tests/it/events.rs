@@ -10,13 +10,14 @@ use aws_sdk_eventbridge::config::{Credentials, Region};
 use serde_json::{json, Value};
 use unreserver::db::sql::outbox;
 use unreserver::events::model::from_rows;
+use unreserver::events::stock::{self, STOCK_RELEASED};
 use unreserver::events::{run::run_publishing, Publisher};
 use unreserver::RunOptions;
 
 use crate::app::TestApp;
 use crate::common::{settings, test_env, Res, TestDb};
 
-async fn sdk() -> aws_config::SdkConfig {
+pub(crate) async fn sdk() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(test_env("UNRESERVER_TEST_AWS_ENDPOINT"))
@@ -30,7 +31,14 @@ fn unique(prefix: &str) -> String {
 }
 
 /// A new bus with a rule sending every `unreserver` event to a new queue: (bus, queue url).
-async fn bus_to_queue() -> (String, String) {
+pub(crate) async fn bus_to_queue() -> (String, String) {
+    bus_to_queue_matching(&[json!({"source": ["unreserver"]})]).await
+}
+
+/// A new bus with a rule for each of `patterns` sending the events it matches to a new queue:
+/// (bus, queue url). (moto delivers a few events a second to SQS: a test publishing thousands
+/// has only some of them delivered.)
+pub(crate) async fn bus_to_queue_matching(patterns: &[Value]) -> (String, String) {
     let sdk = sdk().await;
     let (eb, sqs) = (
         aws_sdk_eventbridge::Client::new(&sdk),
@@ -57,30 +65,33 @@ async fn bus_to_queue() -> (String, String) {
         .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
         .unwrap()
         .clone();
-    eb.put_rule()
-        .name("to-queue")
-        .event_bus_name(&bus)
-        .event_pattern(json!({"source": ["unreserver"]}).to_string())
-        .send()
-        .await
-        .unwrap();
-    let target = aws_sdk_eventbridge::types::Target::builder()
-        .id("queue")
-        .arn(arn)
-        .build()
-        .unwrap();
-    eb.put_targets()
-        .rule("to-queue")
-        .event_bus_name(&bus)
-        .targets(target)
-        .send()
-        .await
-        .unwrap();
+    for (i, pattern) in patterns.iter().enumerate() {
+        let rule = format!("to-queue-{i}");
+        eb.put_rule()
+            .name(&rule)
+            .event_bus_name(&bus)
+            .event_pattern(pattern.to_string())
+            .send()
+            .await
+            .unwrap();
+        let target = aws_sdk_eventbridge::types::Target::builder()
+            .id("queue")
+            .arn(&arn)
+            .build()
+            .unwrap();
+        eb.put_targets()
+            .rule(&rule)
+            .event_bus_name(&bus)
+            .targets(target)
+            .send()
+            .await
+            .unwrap();
+    }
     (bus, url)
 }
 
 /// Every message on the queue until it stays empty: the delivered events.
-async fn drain(queue: &str) -> Vec<Value> {
+pub(crate) async fn drain(queue: &str) -> Vec<Value> {
     let sqs = aws_sdk_sqs::Client::new(&sdk().await);
     let mut events = Vec::new();
     loop {
@@ -108,17 +119,24 @@ async fn drain(queue: &str) -> Vec<Value> {
     }
 }
 
-/// Keyed by what consumers deduplicate on, without `run_id`.
-fn by_subject(events: &[Value]) -> BTreeMap<String, Value> {
+/// Keyed by what consumers deduplicate on, without `run_id` (nor, for `Stock Released`,
+/// `available_after` and `clamped`, which a replay cannot read back).
+pub(crate) fn by_subject(events: &[Value]) -> BTreeMap<String, Value> {
     events
         .iter()
         .map(|e| {
             let mut detail = e["detail"].clone();
-            let key = match detail.get("order_id") {
-                Some(id) => format!("order {id}"),
-                None => format!("hold {}", detail["reservation_id"]),
+            let key = match (detail.get("order_id"), detail.get("event_id")) {
+                (Some(id), _) => format!("order {id}"),
+                (None, Some(id)) => format!("stock {id}"),
+                (None, None) => format!("hold {}", detail["reservation_id"]),
             };
-            detail.as_object_mut().unwrap().remove("run_id");
+            let fields = detail.as_object_mut().unwrap();
+            fields.remove("run_id");
+            if e["detail-type"] == STOCK_RELEASED {
+                fields.remove("available_after");
+                fields.remove("clamped");
+            }
             (
                 key,
                 json!({"detail-type": e["detail-type"], "source": e["source"], "detail": detail}),
@@ -130,7 +148,7 @@ fn by_subject(events: &[Value]) -> BTreeMap<String, Value> {
 /// A real run (or dry run) of `options` that publishes through `publisher`, waiting up to 30 s
 /// for the events after the run: moto, one Python process sharing a loaded 2-core CI, took
 /// longer than 5 s for the 256 KB requests of the large-order test (3 of 41 events unsent).
-async fn publishing_run(
+pub(crate) async fn publishing_run(
     db: &mut unreserver::Database,
     options: RunOptions,
     publisher: &Publisher,
@@ -182,15 +200,19 @@ async fn each_cancelled_order_and_hold_arrives_once_and_the_database_replays_the
     let run_id = options.run_id.clone();
     let report = publishing_run(&mut db, options, &publisher).await;
     assert_eq!(report.counts.orders_cancelled, 2);
-    assert_eq!((report.events_published, report.events_failed), (3, 0));
+    // Two orders, a hold; the stock of one variant and one drop row.
+    assert_eq!((report.events_published, report.events_failed), (5, 0));
 
     let delivered = drain(&queue).await;
-    assert_eq!(delivered.len(), 3, "{delivered:#?}");
+    assert_eq!(delivered.len(), 5, "{delivered:#?}");
     assert!(delivered
         .iter()
         .all(|e| e["detail"]["run_id"] == json!(run_id)));
     let delivered = by_subject(&delivered);
-    let keys: Vec<&String> = delivered.keys().collect();
+    let keys: Vec<&String> = delivered
+        .keys()
+        .filter(|k| !k.starts_with("stock"))
+        .collect();
     assert_eq!(
         keys,
         [
@@ -224,11 +246,17 @@ async fn each_cancelled_order_and_hold_arrives_once_and_the_database_replays_the
         "Cart Hold Released"
     );
 
-    // The database is the outbox: the window gives exactly the same events.
+    // The database is the outbox: the window gives exactly the same events, the stock's with
+    // the same ids.
     let rows = outbox::expired_in_window(&db.client, since, None, 15)
         .await
         .unwrap();
-    let replayed: Vec<Value> = from_rows(&rows, None)
+    let released = outbox::released_in_window(&db.client, since, None, 15)
+        .await
+        .unwrap();
+    let mut events = from_rows(&rows, None);
+    events.extend(stock::of_window(&released));
+    let replayed: Vec<Value> = events
         .iter()
         .map(|e| serde_json::to_value(e).unwrap())
         .collect();
@@ -243,12 +271,12 @@ async fn each_cancelled_order_and_hold_arrives_once_and_the_database_replays_the
     );
 
     // Published again from the database: each arrives once more.
-    let again = publisher.publish(from_rows(&rows, None)).await;
-    assert_eq!((again.published, again.failed), (3, 0));
+    let again = publisher.publish(events).await;
+    assert_eq!((again.published, again.failed), (5, 0));
     let arrived = drain(&queue).await;
     assert_eq!(
         arrived.len(),
-        3,
+        5,
         "each arrives once more, not twice: {arrived:#?}"
     );
     assert_eq!(by_subject(&arrived), delivered);
@@ -265,7 +293,8 @@ async fn a_failed_publish_is_counted_and_the_release_stays_committed() {
     );
     let mut db = t.open().await;
     let report = publishing_run(&mut db, RunOptions::default(), &publisher).await;
-    assert_eq!((report.events_published, report.events_failed), (0, 1));
+    // The order's and its variant's.
+    assert_eq!((report.events_published, report.events_failed), (0, 2));
     assert_eq!(report.counts.orders_cancelled, 1);
     assert_eq!(t.reservation_status(r).await, "expired");
     assert_eq!(t.order_status(order).await, "cancelled");
@@ -309,10 +338,13 @@ async fn the_cli_publishes_a_window_again() {
     let stderr = &out.stderr;
     assert!(out.success(), "{stderr}");
     let printed = out.json();
-    assert_eq!(printed, &json!({"published": 3, "failed": 0}));
+    assert_eq!(printed, &json!({"published": 5, "failed": 0}));
     let arrived = drain(&queue).await;
-    assert_eq!(arrived.len(), 3, "{arrived:#?}");
-    let keys: Vec<String> = by_subject(&arrived).into_keys().collect();
+    assert_eq!(arrived.len(), 5, "{arrived:#?}");
+    let keys: Vec<String> = by_subject(&arrived)
+        .into_keys()
+        .filter(|k| !k.starts_with("stock"))
+        .collect();
     assert_eq!(
         keys,
         [
@@ -325,7 +357,7 @@ async fn the_cli_publishes_a_window_again() {
 
 /// An SDK client for EventBridge through the stand-in that enforces PutEvents' limits (10
 /// entries, 256 KB a request), in front of moto.
-async fn limited_publisher(bus: String) -> Publisher {
+pub(crate) async fn limited_publisher(bus: String) -> Publisher {
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(test_env("UNRESERVER_TEST_EVENTBRIDGE_ENDPOINT"))
@@ -412,7 +444,10 @@ async fn events_of_large_orders_fit_eventbridge_limits_run_and_replay_alike() {
     let announced = |events: &[Value]| {
         let mut lines: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
         let mut parts: BTreeMap<i64, usize> = BTreeMap::new();
-        for e in events {
+        for e in events
+            .iter()
+            .filter(|e| e["detail-type"] == "Order Expired")
+        {
             let d = &e["detail"];
             let order = d["order_id"].as_i64().unwrap();
             *parts.entry(order).or_default() += 1;
@@ -455,7 +490,12 @@ async fn events_of_large_orders_fit_eventbridge_limits_run_and_replay_alike() {
     let rows = outbox::expired_in_window(&db.client, since, None, 15)
         .await
         .unwrap();
-    let replayed = publisher.publish(from_rows(&rows, None)).await;
+    let released = outbox::released_in_window(&db.client, since, None, 15)
+        .await
+        .unwrap();
+    let mut events = from_rows(&rows, None);
+    events.extend(stock::of_window(&released));
+    let replayed = publisher.publish(events).await;
     assert_eq!(
         (replayed.failed, replayed.published),
         (0, delivered.len() as u64)
@@ -468,7 +508,7 @@ async fn events_of_large_orders_fit_eventbridge_limits_run_and_replay_alike() {
 }
 
 /// The stand-in's counters (`GET /limits`): requests refused, entries throttled.
-async fn stand_in_counters() -> Value {
+pub(crate) async fn stand_in_counters() -> Value {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let endpoint = test_env("UNRESERVER_TEST_EVENTBRIDGE_ENDPOINT");
     let address = endpoint.trim_start_matches("http://").trim_end_matches('/');
@@ -512,14 +552,18 @@ async fn an_entry_eventbridge_throttles_is_sent_again_and_arrives_once() {
     let report = publishing_run(&mut db, RunOptions::default(), &publisher).await;
     let after = stand_in_counters().await["throttled"].as_u64().unwrap();
     assert!(after > before, "the stand-in throttled nothing");
+    // The two orders' and their variant's.
     assert_eq!(
         (report.events_published, report.events_failed),
-        (2, 0),
+        (3, 0),
         "{report:?}"
     );
     let arrived = drain(&queue).await;
-    assert_eq!(arrived.len(), 2, "{arrived:#?}");
-    let keys: Vec<String> = by_subject(&arrived).into_keys().collect();
+    assert_eq!(arrived.len(), 3, "{arrived:#?}");
+    let keys: Vec<String> = by_subject(&arrived)
+        .into_keys()
+        .filter(|k| !k.starts_with("stock"))
+        .collect();
     assert_eq!(
         keys,
         [format!("order {throttled}"), format!("order {other}")]
@@ -555,10 +599,22 @@ async fn an_order_released_on_request_says_so_live_and_in_the_replay() {
     .await
     .unwrap();
     assert!(outcome.released);
-    assert_eq!((outcome.events_published, outcome.events_failed), (1, 0));
+    // The order's and its variant's.
+    assert_eq!((outcome.events_published, outcome.events_failed), (2, 0));
     publishing_run(&mut db, RunOptions::default(), &publisher).await;
     let delivered = by_subject(&drain(&queue).await);
-    assert_eq!(delivered.len(), 2, "{delivered:#?}");
+    assert_eq!(delivered.len(), 4, "{delivered:#?}");
+    // The variant's stock, once per batch, each with its batch's reason.
+    let mut stock_reasons: Vec<&Value> = delivered
+        .values()
+        .filter(|e| e["detail-type"] == STOCK_RELEASED)
+        .map(|e| &e["detail"]["reason"])
+        .collect();
+    stock_reasons.sort_by_key(|r| r.to_string());
+    assert_eq!(
+        stock_reasons,
+        [&json!("expired"), &json!("released_on_request")]
+    );
     let reason = |events: &BTreeMap<String, Value>, order: i64| {
         events[&format!("order {order}")]["detail"]["reason"].clone()
     };
@@ -567,7 +623,12 @@ async fn an_order_released_on_request_says_so_live_and_in_the_replay() {
     let rows = outbox::expired_in_window(&db.client, since, None, 15)
         .await
         .unwrap();
-    let replayed: Vec<Value> = from_rows(&rows, None)
+    let released = outbox::released_in_window(&db.client, since, None, 15)
+        .await
+        .unwrap();
+    let mut events = from_rows(&rows, None);
+    events.extend(stock::of_window(&released));
+    let replayed: Vec<Value> = events
         .iter()
         .map(|e| serde_json::to_value(e).unwrap())
         .collect();

@@ -185,16 +185,22 @@ fn the_schedule_invokes_the_function_through_its_own_guarded_role() {
         .values()
         .filter(|r| r["Type"] == "AWS::Scheduler::Schedule")
         .collect();
-    // The release's, and the nightly reconcile's (under its condition), in the same group.
-    assert_eq!(schedules.len(), 2);
+    // The release's, the nightly reconcile's and the nightly purge's (under their conditions),
+    // in the same group; the purge's through a role of its own, which may invoke only it.
+    assert_eq!(schedules.len(), 3);
     for s in &schedules {
         assert_eq!(
             s["Properties"]["GroupName"],
             json!({"Ref": "ScheduleGroup"})
         );
+        let role = if s["Properties"]["Target"]["Arn"]["Fn::GetAtt"][0] == "PurgeFunction" {
+            "PurgeSchedulerRole"
+        } else {
+            "SchedulerRole"
+        };
         assert_eq!(
             s["Properties"]["Target"]["RoleArn"],
-            json!({"Fn::GetAtt": ["SchedulerRole", "Arn"]})
+            json!({"Fn::GetAtt": [role, "Arn"]})
         );
     }
     let nightly = resource(&t, "ReconcileSchedule");
@@ -1176,5 +1182,56 @@ fn the_delay_alarms_have_thresholds_per_mode() {
     }
     for bad in ["59", "0", "1e3", "-60", "1000000"] {
         assert!(!full_match(pattern, bad), "{bad:?}");
+    }
+}
+
+/// The nightly purge is off by default; when on, it is a function of its own whose role reads
+/// only its own secret (the purge's database role), never the release's, and the release
+/// function's role never reads the purge's secret; its schedule sends a purge payload.
+#[test]
+fn the_nightly_purge_is_off_by_default_and_runs_with_its_own_function_and_secret() {
+    let t = generated();
+    assert_eq!(t["Parameters"]["NightlyPurge"]["Default"], "off");
+    for name in [
+        "PurgeFunction",
+        "PurgeFunctionRole",
+        "PurgeSchedulerRole",
+        "PurgeSchedule",
+        "PurgeLogGroup",
+    ] {
+        assert_eq!(resource(&t, name)["Condition"], "HasNightlyPurge", "{name}");
+    }
+    let vars = &resource(&t, "PurgeFunction")["Properties"]["Environment"]["Variables"];
+    assert_eq!(vars["DB_SECRET_ID"], json!({"Ref": "PurgeDbSecretArn"}));
+    let secrets = |role: &str| -> Vec<Value> {
+        statements(resource(&t, role))
+            .into_iter()
+            .filter(|s| actions(s) == ["secretsmanager:GetSecretValue"])
+            .map(|s| s["Resource"].clone())
+            .collect()
+    };
+    assert_eq!(
+        secrets("PurgeFunctionRole")[0],
+        json!({"Fn::Sub": "${PurgeDbSecretArn}"})
+    );
+    assert!(!secrets("PurgeFunctionRole")
+        .iter()
+        .any(|r| r.to_string().contains("\"DbSecretArn")));
+    assert!(!secrets("FunctionRole")
+        .iter()
+        .any(|r| r.to_string().contains("PurgeDbSecretArn")));
+    let input = &resource(&t, "PurgeSchedule")["Properties"]["Target"]["Input"]["Fn::Sub"];
+    for apply in [true, false] {
+        let text = input[0]
+            .as_str()
+            .unwrap()
+            .replace("${PurgeOlderThanDays}", "60")
+            .replace("${Apply}", &apply.to_string());
+        match unreserver::parse_payload(&serde_json::from_str(&text).unwrap()).unwrap() {
+            unreserver::Request::Purge(p) => {
+                assert_eq!((p.apply, p.orders, p.older_than_days), (apply, true, 60));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use tokio_postgres::types::{FromSql, ToSql, Type};
 use unreserver::db::sql::{
-    self, contention, delay_report, follow, on_request, outbox, reconcile, revive, warnings,
+    self, contention, delay_report, follow, on_request, outbox, purge, reconcile, revive, warnings,
     PgTimestamp,
 };
 
@@ -46,8 +46,8 @@ fn signatures() -> Vec<Signature> {
             ["id": i64, "order_id": Option<i64>, "variant_id": i64, "drop_id": Option<i64>,
              "quantity": i32, "was_due": bool, "delay_seconds": f64, "released_at": SystemTime,
              "order_cancelled": bool, "cancelled_order_number": String]),
-        sig!(sql::RETURN_VARIANT_UNITS, [Vec<i64>, Vec<i64>], ["id": i64, "clamped": bool, "previous_writer": i64, "writer": i64]),
-        sig!(sql::RETURN_DROP_UNITS, [Vec<i64>, Vec<i64>], ["id": i64, "clamped": bool, "previous_writer": i64, "writer": i64]),
+        sig!(sql::RETURN_VARIANT_UNITS, [Vec<i64>, Vec<i64>], ["id": i64, "clamped": bool, "previous_writer": i64, "writer": i64, "available_after": i64]),
+        sig!(sql::RETURN_DROP_UNITS, [Vec<i64>, Vec<i64>], ["id": i64, "clamped": bool, "previous_writer": i64, "writer": i64, "available_after": i64]),
         sig!(sql::QUEUE_FOR_VARIANT, [i64], ["id": i64]),
         sig!(sql::QUEUE_FOR_DROP, [i64], ["id": i64]),
         sig!(sql::LOCKED_TABLES, [], ["name": String]),
@@ -73,6 +73,9 @@ fn signatures() -> Vec<Signature> {
             ["reservation_id": i64, "order_id": Option<i64>, "order_number": Option<String>,
              "variant_id": i64, "drop_id": Option<i64>, "quantity": i32,
              "released_at": SystemTime, "due": bool]),
+        sig!(outbox::RELEASED_IN_WINDOW, [SystemTime, Option<SystemTime>, i32],
+            ["reservation_id": i64, "order_id": Option<i64>, "variant_id": i64,
+             "drop_id": Option<i64>, "quantity": i32, "released_at": SystemTime, "due": bool]),
         sig!(outbox::PAID_AFTER_RELEASE_LAST_DAY, [], ["orders": i64]),
         sig!(outbox::PAID_AFTER_RELEASE_TOTAL, [], ["orders": i64]),
         sig!(delay_report::RELEASE_DELAY_BY_DAY, [i32, i32],
@@ -111,6 +114,21 @@ fn signatures() -> Vec<Signature> {
         sig!(reconcile::SET_VARIANT_COUNTER, [i64, i64], ["id": i64]),
         sig!(reconcile::SET_DROP_COUNTER, [i64, i64], ["id": i64]),
         sig!(reconcile::UNTOUCHED_ORDERS, [i64], ["id": i64, "paid": bool]),
+        sig!(purge::RESERVATION_RANGE, [i32, bool], ["first_id": Option<i64>, "last_id": Option<i64>]),
+        sig!(purge::ORDER_RANGE, [i32], ["first_id": Option<i64>, "last_id": Option<i64>]),
+        sig!(purge::PURGE_RESERVATION_CHUNK, [i64, i64, i64, i32, bool, bool],
+            ["last_id": Option<i64>, "scanned": i64, "eligible": i64, "deleted": i64]),
+        sig!(purge::LOCK_ORDER_CHUNK, [i64, i64, i64, i32, bool],
+            ["last_id": Option<i64>, "scanned": i64, "eligible": Vec<i64>, "locked": Vec<i64>]),
+        sig!(purge::LOCK_ORDER_LINES, [Vec<i64>], ["id": i64]),
+        sig!(purge::COUNT_ORDER_LINES, [Vec<i64>], ["affected": i64]),
+        sig!(purge::DELETE_ORDER_LINES, [Vec<i64>], ["affected": i64]),
+        sig!(purge::DELETE_ORDERS, [Vec<i64>], ["affected": i64]),
+        sig!(purge::FOREIGN_KEYS_TO_ORDERS, [],
+            ["name": String, "referencing_table": String, "columns": Vec<String>,
+             "referenced_columns": Vec<String>, "deferrable": bool]),
+        sig!(purge::REPLICA_LAG, [], ["replicas": i64, "hidden": i64, "max_replay_lag_ms": f64]),
+        sig!(purge::ROW_BYTES, [], ["reservation_bytes": Option<f64>, "order_bytes": Option<f64>]),
     ]
 }
 

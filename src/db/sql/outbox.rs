@@ -1,5 +1,5 @@
 //! What the database says the release did, read back without any state of ours: the expiry
-//! events of a window (the database is the outbox) and the orders paid after the release
+//! and `Stock Released` events of a window (the database is the outbox) and the orders paid after the release
 //! cancelled them. None of these statements locks anything.
 //!
 //! An order the release cancelled is `cancelled` with `cancelled_at` equal to the `released_at`
@@ -72,6 +72,56 @@ pub async fn expired_in_window(
                 reservation_id: row.try_get("reservation_id")?,
                 order_id: row.try_get("order_id")?,
                 order_number: row.try_get("order_number")?,
+                variant_id: row.try_get("variant_id")?,
+                drop_id: row.try_get("drop_id")?,
+                quantity: row.try_get("quantity")?,
+                released_at: row.try_get("released_at")?,
+                due: row.try_get("due")?,
+            })
+        },
+    )
+    .await
+}
+
+/// Every reservation the release expired in [$1, $2) (`$2` NULL: up to `now()`), for the
+/// `Stock Released` events: the units each batch gave back, whoever's order it was (also an
+/// order the shop had cancelled itself). Ordered by `released_at`, so that each batch's rows
+/// (one `released_at`, its transaction's `now()`) are adjacent. A reservation revived since is
+/// active again and no longer here. Reads the window through `released_at`, like
+/// [`EXPIRED_IN_WINDOW`]; locks nothing.
+///
+/// $1 since, $2 until, $3 reservation timeout minutes.
+pub const RELEASED_IN_WINDOW: &str = concat!(
+    "SELECT r.id::int8 AS reservation_id, r.order_id::int8 AS order_id, ",
+    "r.product_variant_id::int8 AS variant_id, r.drop_product_id::int8 AS drop_id, ",
+    "r.quantity::int4 AS quantity, r.released_at, COALESCE(",
+    due_at!("r", "$3"),
+    " <= ",
+    epoch!("r", "released_at"),
+    ", true) AS due ",
+    "FROM orders_inventoryreservation r ",
+    "WHERE r.status = 'expired' AND r.released_at >= $1::timestamptz ",
+    "AND r.released_at < COALESCE($2::timestamptz, now()) ",
+    "ORDER BY r.released_at, r.id"
+);
+
+/// [`RELEASED_IN_WINDOW`] (rows without an order number).
+pub async fn released_in_window(
+    client: &(impl GenericClient + Sync),
+    since: SystemTime,
+    until: Option<SystemTime>,
+    timeout_minutes: i32,
+) -> Result<Vec<ExpiredRow>> {
+    fetch(
+        client,
+        RELEASED_IN_WINDOW,
+        &[&since, &until, &timeout_minutes],
+        "reading the reservations released in the window",
+        |row| {
+            Ok(ExpiredRow {
+                reservation_id: row.try_get("reservation_id")?,
+                order_id: row.try_get("order_id")?,
+                order_number: None,
                 variant_id: row.try_get("variant_id")?,
                 drop_id: row.try_get("drop_id")?,
                 quantity: row.try_get("quantity")?,

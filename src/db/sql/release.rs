@@ -191,8 +191,12 @@ impl Statements {
 /// checkout held its variant would have that checkout wait on the drop until the batch gave up
 /// polling for the variant (measured: the shoppers' max checkout rose by 100 ms when both kinds
 /// were locked in one statement).
+///
+/// `available_after` is what the row shows for sale once updated (`$available` on the new
+/// version), read here, under the lock the batch holds to its commit: the `Stock Released`
+/// events say it.
 macro_rules! return_units {
-    ($table:literal) => {
+    ($table:literal, $available:literal) => {
         concat!(
             "WITH released(id, units) AS (SELECT * FROM unnest($1::int8[], $2::int8[])), ",
             "locked AS (SELECT t.id, t.reserved_quantity, t.xmin::text::int8 AS before_xmin FROM ",
@@ -203,7 +207,9 @@ macro_rules! return_units {
             " t SET reserved_quantity = GREATEST(l.reserved_quantity - rel.units, 0), ",
             "updated_at = now() FROM locked l JOIN released rel ON rel.id = l.id ",
             "WHERE t.id = l.id RETURNING t.id::int8 AS id, COALESCE(l.reserved_quantity < rel.units, false) AS clamped, ",
-            "l.before_xmin AS previous_writer, t.xmin::text::int8 AS writer"
+            "l.before_xmin AS previous_writer, t.xmin::text::int8 AS writer, (",
+            $available,
+            ")::int8 AS available_after"
         )
     };
 }
@@ -214,13 +220,19 @@ macro_rules! return_units {
 /// (giving back the rows this statement took) instead of keeping them while it polls.
 ///
 /// $1 variant ids (ascending, distinct), $2 units to give back to each.
-pub const RETURN_VARIANT_UNITS: &str = return_units!("products_productvariant");
+pub const RETURN_VARIANT_UNITS: &str = return_units!(
+    "products_productvariant",
+    "t.stock_quantity - t.reserved_quantity"
+);
 
 /// Gives the released units back to limited-drop rows: locked after the variants, the order the
 /// shop's checkout uses.
 ///
 /// $1 drop product ids (ascending, distinct), $2 units to give back to each.
-pub const RETURN_DROP_UNITS: &str = return_units!("drops_dropproduct");
+pub const RETURN_DROP_UNITS: &str = return_units!(
+    "drops_dropproduct",
+    "t.drop_quantity - t.reserved_quantity - t.sold_quantity"
+);
 
 /// Parameters of [`RETURN_VARIANT_UNITS`] and [`RETURN_DROP_UNITS`]: counter row ids
 /// (ascending, distinct) and the units to give back to each.
@@ -240,6 +252,9 @@ pub struct ReturnedUnits {
     /// the one that writes it now.
     pub previous_writer: i64,
     pub writer: i64,
+    /// What the row shows for sale after the update: stock − reserved for a variant, drop −
+    /// reserved − sold for a drop row.
+    pub available_after: i64,
 }
 
 fn returned_units(row: &Row) -> std::result::Result<ReturnedUnits, tokio_postgres::Error> {
@@ -248,6 +263,7 @@ fn returned_units(row: &Row) -> std::result::Result<ReturnedUnits, tokio_postgre
         clamped: row.try_get("clamped")?,
         previous_writer: row.try_get("previous_writer")?,
         writer: row.try_get("writer")?,
+        available_after: row.try_get("available_after")?,
     })
 }
 

@@ -38,7 +38,9 @@ use tokio_postgres::Transaction;
 
 use super::counts::Counts;
 use crate::db::session::Database;
-use crate::db::sql::{CancelledOrder, Counter, PageRow, ReleasedReservation, Statements};
+use crate::db::sql::{
+    CancelledOrder, Counter, PageRow, ReleasedReservation, ReturnedUnits, Statements,
+};
 use crate::error::{Error, Result};
 pub(crate) use candidates::advance;
 pub use candidates::Cursor;
@@ -112,6 +114,9 @@ pub struct BatchOutcome {
     pub released: Vec<ReleasedReservation>,
     /// The orders cancelled (pending orders whose reservations were released).
     pub cancelled: Vec<CancelledOrder>,
+    /// The counter rows this batch updated, as the update returned them (what each shows for
+    /// sale after it, whether it was clamped): what the `Stock Released` events say.
+    pub returned: Vec<(Counter, ReturnedUnits)>,
     /// The counter rows this batch updated, each with the (sub)transaction that wrote it.
     pub counter_writes: Vec<((Counter, i64), i64)>,
     /// The cursor after this page (unchanged for a batch of deferred work).

@@ -210,6 +210,7 @@ pub(super) async fn release_steps(
             done.counts.clamped_drops = Written::clamped(&written.drops);
             done.counts.counters_written_by_others = patience.writers.written_by_others(&written);
             out.counter_writes = written.rows().map(|(c, r)| ((c, r.id), r.writer)).collect();
+            out.returned = written.rows().map(|(c, r)| (c, *r)).collect();
         }
         Err(held) => return Ok(Round::CountersHeld(held)),
     }

@@ -87,6 +87,7 @@ impl<'a> Run<'a> {
             hook.call(Committed {
                 released: &batch.released,
                 cancelled: &batch.cancelled,
+                counters: &batch.returned,
                 run_id: &self.options.run_id,
             });
         }
