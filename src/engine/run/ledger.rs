@@ -1,6 +1,8 @@
 //! A run's books: each batch booked into the report and the run's memory, and large orders
 //! worked in batches of their own.
 
+use std::time::Duration;
+
 use tracing::Instrument;
 
 use super::*;
@@ -54,24 +56,8 @@ impl<'a> Run<'a> {
         db: &mut Database,
         order: i64,
     ) -> Result<Option<StopReason>> {
-        // A dry run rolls each part back, so a second part would meet the first one's lines
-        // again: it takes the whole order in one part, its budget from its first hot row.
+        let (mut lines, budget) = self.large_order_parts();
         let dry_run = self.options.dry_run;
-        let mut lines = if dry_run {
-            i64::MAX
-        } else {
-            self.params.page_size.max(MIN_PAGE_SIZE)
-        };
-        let budget = if dry_run {
-            Budget::FromHotPhase {
-                hot: self.batch_budget,
-                whole: std::time::Duration::from_millis(u64::from(
-                    self.settings.statement_timeout_ms,
-                )),
-            }
-        } else {
-            Budget::Whole(self.batch_budget)
-        };
         let mut parts = 0_u64;
         loop {
             let span = tracing::info_span!("large_order", order, part = parts + 1, lines);
@@ -119,6 +105,20 @@ impl<'a> Run<'a> {
             self.books.report.large_orders_left += 1;
             self.books.excluded_orders.insert(order);
             return Ok(None);
+        }
+    }
+
+    /// The lines of a large order's first part, and each part's budget. A dry run rolls each
+    /// part back, so a second part would meet the first one's lines again: it takes the whole
+    /// order in one part, its budget from its first hot row.
+    fn large_order_parts(&self) -> (i64, Budget) {
+        if self.options.dry_run {
+            let whole = Duration::from_millis(u64::from(self.settings.statement_timeout_ms));
+            let hot = self.batch_budget;
+            (i64::MAX, Budget::FromHotPhase { hot, whole })
+        } else {
+            let lines = self.params.page_size.max(MIN_PAGE_SIZE);
+            (lines, Budget::Whole(self.batch_budget))
         }
     }
 
