@@ -8,6 +8,8 @@ use crate::db::sql::{CancelledOrder, Counter, ReleasedReservation, ReturnedUnits
 pub struct Committed<'a> {
     pub released: &'a [ReleasedReservation],
     pub cancelled: &'a [CancelledOrder],
+    /// Orders an earlier batch cancelled whose further lines this one released.
+    pub finished: &'a [CancelledOrder],
     /// The counter rows it gave units back to, as the update returned them.
     pub counters: &'a [(Counter, ReturnedUnits)],
     pub run_id: &'a str,

@@ -93,6 +93,7 @@ pub async fn release_on_request(
                     hook.call(Committed {
                         released: &batch.released,
                         cancelled: &batch.cancelled,
+                        finished: &batch.finished,
                         counters: &batch.returned,
                         run_id,
                     });

@@ -63,8 +63,10 @@ struct OrderExpired<'a> {
     reservations: Vec<Reservation>,
     run_id: Option<&'a str>,
     /// An order too large for one event (EventBridge takes at most 256 KB an entry) is
-    /// announced in parts, numbered from 1, each with some of its reservations: a consumer
-    /// merges the parts of an `order_id` (deduplicating by `order_id` and `part`).
+    /// announced in parts, numbered from 1, each with some of its reservations; an order
+    /// released over several batches (a giant order in parts, an order across several hot
+    /// rows) gets an event for each batch, all with the same `released_at`: a consumer merges
+    /// the events of an `order_id`, deduplicating its reservations by `id`.
     #[serde(skip_serializing_if = "Option::is_none")]
     part: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -131,9 +133,12 @@ pub fn from_rows(rows: &[ExpiredRow], run_id: Option<&str>) -> Vec<Event> {
 /// an order the shop had cancelled already), a `Cart Hold Released` for each hold, then a
 /// `Stock Released` for each variant and drop row it gave units back to ([`stock_released`]).
 pub fn from_batch(batch: &Committed<'_>) -> Vec<Event> {
+    // The orders this batch cancelled, and those an earlier batch cancelled whose further lines
+    // this one released (announced with the lines of this batch).
     let numbers: HashMap<i64, &str> = batch
         .cancelled
         .iter()
+        .chain(batch.finished)
         .map(|o| (o.id, o.order_number.as_str()))
         .collect();
     let mut rows: Vec<ExpiredRow> = batch

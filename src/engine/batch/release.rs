@@ -195,6 +195,7 @@ pub(super) async fn release_steps(
     let Released {
         reservations,
         cancelled,
+        finished,
     } = release(cx, claimed).await?;
     let (orders, holds) = not_due(&reservations, claimed);
     if !orders.is_empty() || !holds.is_empty() {
@@ -203,6 +204,7 @@ pub(super) async fn release_steps(
     let mut done = Tally::default();
     done.add(&reservations);
     done.cancelled = cancelled;
+    done.finished = finished;
     let waited = &mut out.counts.held_wait_ms;
     match take_counters(cx, &done, &reservations, patience, turn, waited).await? {
         Ok(written) => {
@@ -228,6 +230,7 @@ pub(super) async fn release(cx: BatchContext<'_, '_>, claimed: &Claimed) -> Resu
         processing_order_ids: &claimed.processing_orders,
         rules: cx.params.rules,
         line_limit: claimed.line_limit,
+        only_row: claimed.only_row,
     };
     cx.st.release_reservations(cx.tx, &p).await
 }
@@ -267,6 +270,7 @@ pub(super) struct Tally {
     pub(super) counts: Counts,
     pub(super) due_reservations_released: u64,
     pub(super) cancelled: Vec<CancelledOrder>,
+    pub(super) finished: Vec<CancelledOrder>,
     pub(super) released: Vec<ReleasedReservation>,
     pub(super) released_orders: Vec<i64>,
     pub(super) released_holds: Vec<i64>,
@@ -310,5 +314,6 @@ impl Tally {
         out.units_by_drop = self.units_by_drop;
         out.released = self.released;
         out.cancelled = self.cancelled;
+        out.finished = self.finished;
     }
 }

@@ -38,8 +38,8 @@ impl<'a> Run<'a> {
             };
             let queue = self.queue.clone();
             let source = match (work, &queue) {
-                (Work::Queue, Some((rows, orders, holds))) => Source::Queue {
-                    rows,
+                (Work::Queue, Some((row, orders, holds))) => Source::Queue {
+                    row: *row,
                     orders,
                     holds,
                 },

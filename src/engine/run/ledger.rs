@@ -129,6 +129,7 @@ impl<'a> Run<'a> {
             hook.call(Committed {
                 released: &batch.released,
                 cancelled: &batch.cancelled,
+                finished: &batch.finished,
                 counters: &batch.returned,
                 run_id: &self.options.run_id,
             });
