@@ -119,14 +119,46 @@ async fn execute(cli: Cli) -> Result<Output> {
         publish_grace: PUBLISH_GRACE,
         stop,
     };
-    let answer = request
-        .execute(&state, &invocation)
-        .await
-        .map_err(|failure| failure.error)?;
+    let pushed = match &request {
+        Request::Run(run) => Some(run.dry_run),
+        _ => None,
+    };
+    let outcome = request.execute(&state, &invocation).await;
+    if let Some(dry_run) = pushed {
+        report_metrics(&run_id, dry_run, &outcome).await;
+    }
+    let answer = outcome.map_err(|failure| failure.error)?;
     Ok(Output {
         text: answer.to_text(),
         code: if answer.done() { 0 } else { 3 },
     })
+}
+
+/// Pushes or writes a run's metrics (PUSHGATEWAY_URL, TEXTFILE_PATH), from its report, also
+/// when it failed part-way.
+async fn report_metrics(
+    run_id: &str,
+    dry_run: bool,
+    outcome: &std::result::Result<crate::action::Answer, crate::action::Failure>,
+) {
+    let (report, failed) = match outcome {
+        Ok(answer) => match answer.observed() {
+            crate::action::Observed::Run(report) => (Some(report), false),
+            _ => (None, false),
+        },
+        Err(failure) => (failure.report.as_deref(), true),
+    };
+    let obs = telemetry::metrics::Observation {
+        reconcile: None,
+        purge: None,
+        run_id,
+        report,
+        failed,
+        dry_run,
+        cold_start: false,
+        duration_ms: report.map_or(0, |r| r.duration_ms),
+    };
+    telemetry::push::report_run(|name| std::env::var(name).ok(), &obs).await;
 }
 
 /// A stop flag raised by the first SIGTERM or SIGINT (the run finishes the batch in flight,

@@ -122,6 +122,7 @@ mod tests {
             parse(&json!({"action": "follow", "seconds": 60, "source": "schedule"})).unwrap(),
             Request::Follow(Follow {
                 seconds: Some(60),
+                listen: None,
                 source: source("schedule")
             })
         );
@@ -129,12 +130,14 @@ mod tests {
             parse(&json!({"action": "follow"})).unwrap(),
             Request::Follow(Follow {
                 seconds: Some(60),
+                listen: None,
                 source: source("manual")
             })
         );
         for bad in [
             json!({"action": "follow", "seconds": 0}),
             json!({"action": "follow", "seconds": 901}),
+            json!({"action": "follow", "listen": "0.0.0.0:9187"}),
             json!({"action": "status", "seconds": 5}),
         ] {
             assert!(

@@ -167,6 +167,17 @@ settings! {
             => prefetch_credentials: bool;
     }
 
+    // Prometheus off AWS: read by `telemetry::push` for `unreserver run` (a follower serves its
+    // metrics with `--listen` instead).
+    read_where_used {
+        /// Pushgateway base URL (http://host:9091) each `unreserver run` pushes its metrics to,
+        /// under job "unreserver"; unset: none.
+        PUSHGATEWAY_URL: text(""), Cli;
+        /// File each `unreserver run` writes its metrics to, for node_exporter's textfile
+        /// collector (a name ending in .prom; written whole, then renamed); unset: none.
+        TEXTFILE_PATH: text(""), Cli;
+    }
+
     // The logs: read by `telemetry`, where Lambda's own log settings win.
     read_where_used {
         /// Log filter (tracing's EnvFilter); Lambda's AWS_LAMBDA_LOG_LEVEL wins when set.

@@ -23,6 +23,7 @@ mod layers;
 mod least_privilege;
 mod on_request;
 mod pooler;
+mod prometheus;
 mod purge;
 mod reconcile;
 mod release_rules;

@@ -1,0 +1,59 @@
+# Debian's Prometheus and Pushgateway for the tests (tests/it/prometheus.rs): a Prometheus that
+# scrapes a follower's --listen port every second, and a Pushgateway. Source this file after
+# pg.sh and tools.sh; each start exports the variables the tests read, or says why it cannot.
+
+# need_debian_pkg COMMAND PACKAGE: installs Debian's PACKAGE when COMMAND is missing (reading
+# the package lists first if needed); false when it stays missing.
+need_debian_pkg() {
+  local cmd=$1 pkg=$2
+  command -v "$cmd" >/dev/null && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Debian's '$pkg' package (for $cmd)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >&2 ||
+      { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >&2; } ||
+      true
+  fi
+  command -v "$cmd" >/dev/null
+}
+
+# prometheus_start: Prometheus scraping 127.0.0.1:$UNRESERVER_TEST_FOLLOWER_PORT (job
+# unreserver, every second); exports UNRESERVER_TEST_PROMETHEUS_URL and the follower's port.
+prometheus_start() {
+  if ! need_debian_pkg prometheus prometheus; then
+    echo "== Debian's prometheus cannot be installed here: the Prometheus scrape test is skipped" >&2
+    return 0
+  fi
+  local dir="$PG_DIR/prometheus" port
+  mkdir -p "$dir"
+  UNRESERVER_TEST_FOLLOWER_PORT=$(pg_free_port)
+  port=$(pg_free_port)
+  cat >"$dir/prometheus.yml" <<YAML
+global:
+  scrape_interval: 1s
+  scrape_timeout: 900ms
+scrape_configs:
+  - job_name: unreserver
+    static_configs:
+      - targets: ["127.0.0.1:$UNRESERVER_TEST_FOLLOWER_PORT"]
+YAML
+  prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
+    --web.listen-address="127.0.0.1:$port" >"$dir/prometheus.log" 2>&1 &
+  pids+=($!)
+  wait_for_port "$port" "prometheus" "$dir/prometheus.log"
+  export UNRESERVER_TEST_FOLLOWER_PORT
+  export UNRESERVER_TEST_PROMETHEUS_URL="http://127.0.0.1:$port"
+}
+
+# pushgateway_start: Debian's Pushgateway; exports UNRESERVER_TEST_PUSHGATEWAY_URL.
+pushgateway_start() {
+  if ! need_debian_pkg prometheus-pushgateway prometheus-pushgateway; then
+    echo "== Debian's prometheus-pushgateway cannot be installed here: the push test is skipped" >&2
+    return 0
+  fi
+  local port log="$PG_DIR/pushgateway.log"
+  port=$(pg_free_port)
+  prometheus-pushgateway --web.listen-address="127.0.0.1:$port" >"$log" 2>&1 &
+  pids+=($!)
+  wait_for_port "$port" "prometheus-pushgateway" "$log"
+  export UNRESERVER_TEST_PUSHGATEWAY_URL="http://127.0.0.1:$port"
+}
