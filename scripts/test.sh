@@ -79,7 +79,8 @@ if [ "$PG_TLS" = 1 ]; then
   export UNRESERVER_TEST_AWS_TLS_ENDPOINT="https://localhost:$moto_tls_port"
 fi
 
-# Debian's Prometheus (scraping a follower the test starts) and Pushgateway.
+# Debian's Prometheus (scraping a follower the test starts) and Pushgateway; promtool, amtool.
+alert_tools
 prometheus_start
 pushgateway_start
 

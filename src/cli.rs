@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::action::Observed;
 use crate::action::{AppState, Command, Invocation, Request};
 use crate::config::Config;
 use crate::engine::run::new_run_id;
 use crate::error::{Error, Result};
 use crate::settings;
+use crate::telemetry::push::Action;
 use crate::telemetry::{self, LogFormat};
 
 /// Gives back the stock held by expired reservations of unpaid orders.
@@ -120,12 +122,13 @@ async fn execute(cli: Cli) -> Result<Output> {
         stop,
     };
     let pushed = match &request {
-        Request::Run(run) => Some(run.dry_run),
+        Request::Run(run) => Some((Action::Run, run.dry_run)),
+        Request::Reconcile(_) => Some((Action::Reconcile, false)),
         _ => None,
     };
     let outcome = request.execute(&state, &invocation).await;
-    if let Some(dry_run) = pushed {
-        report_metrics(&run_id, dry_run, &outcome).await;
+    if let Some((action, dry_run)) = pushed {
+        report_metrics(action, &run_id, dry_run, &outcome).await;
     }
     let answer = outcome.map_err(|failure| failure.error)?;
     Ok(Output {
@@ -134,22 +137,32 @@ async fn execute(cli: Cli) -> Result<Output> {
     })
 }
 
-/// Pushes or writes a run's metrics (PUSHGATEWAY_URL, TEXTFILE_PATH), from its report, also
-/// when it failed part-way.
+/// Pushes or writes a run's or a reconcile's metrics (PUSHGATEWAY_URL, TEXTFILE_PATH), from
+/// its answer; a run's also when it failed part-way.
 async fn report_metrics(
+    action: Action,
     run_id: &str,
     dry_run: bool,
     outcome: &std::result::Result<crate::action::Answer, crate::action::Failure>,
 ) {
-    let (report, failed) = match outcome {
-        Ok(answer) => match answer.observed() {
-            crate::action::Observed::Run(report) => (Some(report), false),
-            _ => (None, false),
+    let (observed, failed) = match outcome {
+        Ok(answer) => (answer.observed(), false),
+        Err(failure) => match failure.report.as_deref() {
+            Some(report) => (Observed::Run(report), true),
+            None => (Observed::Nothing, true),
         },
-        Err(failure) => (failure.report.as_deref(), true),
     };
+    let (report, reconcile) = match observed {
+        Observed::Run(report) => (Some(report), None),
+        Observed::Reconcile(reconcile) => (None, Some(reconcile)),
+        _ => (None, None),
+    };
+    if action == Action::Reconcile && reconcile.is_none() {
+        // A reconcile that failed writes no metrics (as in Lambda): its error is in the log.
+        return;
+    }
     let obs = telemetry::metrics::Observation {
-        reconcile: None,
+        reconcile,
         purge: None,
         run_id,
         report,
@@ -158,7 +171,7 @@ async fn report_metrics(
         cold_start: false,
         duration_ms: report.map_or(0, |r| r.duration_ms),
     };
-    telemetry::push::report_run(|name| std::env::var(name).ok(), &obs).await;
+    telemetry::push::report(action, |name| std::env::var(name).ok(), &obs).await;
 }
 
 /// A stop flag raised by the first SIGTERM or SIGINT (the run finishes the batch in flight,

@@ -16,6 +16,15 @@ need_debian_pkg() {
   command -v "$cmd" >/dev/null
 }
 
+# alert_tools: promtool (Debian's prometheus) and amtool (prometheus-alertmanager), for
+# tests/it/alerts.rs.
+alert_tools() {
+  need_debian_pkg promtool prometheus ||
+    echo "== Debian's prometheus cannot be installed here: promtool's tests are skipped" >&2
+  need_debian_pkg amtool prometheus-alertmanager ||
+    echo "== Debian's prometheus-alertmanager cannot be installed here: amtool's check is skipped" >&2
+}
+
 # prometheus_start: Prometheus scraping 127.0.0.1:$UNRESERVER_TEST_FOLLOWER_PORT (job
 # unreserver, every second); exports UNRESERVER_TEST_PROMETHEUS_URL and the follower's port.
 prometheus_start() {

@@ -1,6 +1,9 @@
 //! A scheduled run's metrics off AWS (a cron line, a Kubernetes CronJob, a systemd timer):
-//! `unreserver run` pushes them to a Pushgateway (`PUSHGATEWAY_URL`) or writes them for
-//! node_exporter's textfile collector (`TEXTFILE_PATH`), in [`Exposition::Batch`].
+//! `unreserver run` pushes them to a Pushgateway (`PUSHGATEWAY_URL`, group `job="unreserver",
+//! action="run"`) or writes them for node_exporter's textfile collector (`TEXTFILE_PATH`), in
+//! [`Exposition::Batch`]. `unreserver reconcile` does the same in its own group
+//! (`action="reconcile"`) or file (`-reconcile` before the file's extension), so that neither
+//! replaces the other's.
 //!
 //! `unreserver_last_success_timestamp_seconds` survives a failed run: the push of a successful
 //! run replaces the job's group (`PUT`), a failed run's only the metrics it carries (`POST`),
@@ -23,9 +26,46 @@ pub const JOB: &str = "unreserver";
 /// The longest a push may take.
 pub const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Pushes or writes one run's metrics where the settings (read through `lookup`) say; nothing
-/// when neither is set, or for a dry run.
-pub async fn report_run(lookup: impl Fn(&str) -> Option<String>, obs: &Observation<'_>) {
+/// Which action's metrics: each has its own group and file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Run,
+    Reconcile,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Run => "run",
+            Action::Reconcile => "reconcile",
+        }
+    }
+
+    /// The action's file: TEXTFILE_PATH for a run, `-reconcile` before its extension for a
+    /// reconcile (`unreserver.prom` → `unreserver-reconcile.prom`).
+    fn textfile(self, path: &str) -> std::path::PathBuf {
+        let path = std::path::Path::new(path);
+        match self {
+            Action::Run => path.to_path_buf(),
+            Action::Reconcile => {
+                let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+                let name = match path.extension() {
+                    Some(ext) => format!("{stem}-reconcile.{}", ext.to_string_lossy()),
+                    None => format!("{stem}-reconcile"),
+                };
+                path.with_file_name(name)
+            }
+        }
+    }
+}
+
+/// Pushes or writes one action's metrics where the settings (read through `lookup`) say;
+/// nothing when neither is set, or for a dry run.
+pub async fn report(
+    action: Action,
+    lookup: impl Fn(&str) -> Option<String>,
+    obs: &Observation<'_>,
+) {
     let url = PUSHGATEWAY_URL.get(&lookup);
     let path = TEXTFILE_PATH.get(&lookup);
     if obs.dry_run || (url.is_none() && path.is_none()) {
@@ -39,23 +79,25 @@ pub async fn report_run(lookup: impl Fn(&str) -> Option<String>, obs: &Observati
         } else {
             Method::POST
         };
-        match tokio::time::timeout(PUSH_TIMEOUT, push(&url, method, metrics.encode())).await {
+        let pushed = push(&url, action, method, metrics.encode());
+        match tokio::time::timeout(PUSH_TIMEOUT, pushed).await {
             Ok(Ok(())) => tracing::info!(url = %url, "metrics pushed"),
             Ok(Err(error)) => tracing::error!(url = %url, %error, "could not push the metrics"),
             Err(_) => tracing::error!(url = %url, "could not push the metrics: timed out"),
         }
     }
     if let Some(path) = path {
-        match write_textfile(std::path::Path::new(&path), &metrics) {
+        match write_textfile(&action.textfile(&path), &metrics) {
             Ok(()) => tracing::info!(path = %path, "metrics written"),
             Err(error) => tracing::error!(path = %path, %error, "could not write the metrics"),
         }
     }
 }
 
-/// The group URL of the job under a Pushgateway's base URL.
-fn group_uri(base: &str) -> Result<Uri, String> {
-    let url = format!("{}/metrics/job/{JOB}", base.trim_end_matches('/'));
+/// The group URL of the action under a Pushgateway's base URL.
+fn group_uri(base: &str, action: Action) -> Result<Uri, String> {
+    let base = base.trim_end_matches('/');
+    let url = format!("{base}/metrics/job/{JOB}/action/{}", action.name());
     let uri: Uri = url.parse().map_err(|e| format!("PUSHGATEWAY_URL: {e}"))?;
     if uri.scheme_str() != Some("http") {
         return Err("PUSHGATEWAY_URL: only http:// is supported".into());
@@ -64,8 +106,8 @@ fn group_uri(base: &str) -> Result<Uri, String> {
 }
 
 /// One request to the Pushgateway over a connection of its own.
-async fn push(base: &str, method: Method, body: String) -> Result<(), String> {
-    let uri = group_uri(base)?;
+async fn push(base: &str, action: Action, method: Method, body: String) -> Result<(), String> {
+    let uri = group_uri(base, action)?;
     let host = uri.host().unwrap_or_default().to_string();
     let port = uri.port_u16().unwrap_or(80);
     let stream = tokio::net::TcpStream::connect((host.as_str(), port))
@@ -153,15 +195,15 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("unreserver.prom");
         let lookup = |name: &str| (name == "TEXTFILE_PATH").then(|| path.display().to_string());
-        let report = RunReport::new(false);
-        report_run(lookup, &observation(&report, false)).await;
+        let run = RunReport::new(false);
+        report(Action::Run, lookup, &observation(&run, false)).await;
         let first = std::fs::read_to_string(&path).expect("written");
         let at = last_success(&first).expect("a success");
         assert!(
             first.contains("unreserver_last_run_outcome{outcome=\"drained\"} 1"),
             "{first}"
         );
-        report_run(lookup, &observation(&report, true)).await;
+        report(Action::Run, lookup, &observation(&run, true)).await;
         let second = std::fs::read_to_string(&path).expect("written");
         assert!(second.contains("unreserver_run_failed 1"), "{second}");
         assert_eq!(last_success(&second), Some(at), "{second}");
@@ -175,8 +217,16 @@ mod tests {
 
     #[test]
     fn only_an_http_pushgateway_is_taken() {
-        let uri = group_uri("http://gw:9091/").expect("uri");
-        assert_eq!(uri.to_string(), "http://gw:9091/metrics/job/unreserver");
-        assert!(group_uri("https://gw").is_err());
+        let uri = group_uri("http://gw:9091/", Action::Run).expect("uri");
+        assert_eq!(
+            uri.to_string(),
+            "http://gw:9091/metrics/job/unreserver/action/run"
+        );
+        assert!(group_uri("https://gw", Action::Run).is_err());
+        let file = Action::Reconcile.textfile("/var/lib/node/unreserver.prom");
+        assert_eq!(
+            file,
+            std::path::Path::new("/var/lib/node/unreserver-reconcile.prom")
+        );
     }
 }
