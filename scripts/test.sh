@@ -81,6 +81,7 @@ fi
 
 # Debian's Prometheus (scraping a follower the test starts) and Pushgateway; promtool, amtool.
 alert_tools
+deploy_tools
 prometheus_start
 pushgateway_start
 

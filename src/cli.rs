@@ -174,21 +174,17 @@ async fn report_metrics(
     telemetry::push::report(action, |name| std::env::var(name).ok(), &obs).await;
 }
 
-/// A stop flag raised by the first SIGTERM or SIGINT (the run finishes the batch in flight,
-/// then prints its report); a second one ends the process at once (exit 130).
+/// A stop flag raised by the first SIGTERM or SIGINT (Ctrl-C or Ctrl-Break on Windows): the
+/// run finishes the batch in flight, then prints its report; a second one ends the process at
+/// once (exit 130).
 fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
+        let Some(mut signals) = Signals::new() else {
             return;
         };
         for n in 0..2 {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+            signals.next().await;
             if n == 0 {
                 tracing::warn!("asked to stop: finishing the batch in flight");
                 tx.send_replace(true);
@@ -197,4 +193,43 @@ fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
         std::process::exit(130);
     });
     rx
+}
+
+/// The signals that ask the process to stop: SIGTERM and SIGINT.
+#[cfg(unix)]
+struct Signals(tokio::signal::unix::Signal);
+
+#[cfg(unix)]
+impl Signals {
+    fn new() -> Option<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        signal(SignalKind::terminate()).ok().map(Signals)
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = self.0.recv() => {}
+        }
+    }
+}
+
+/// The signals that ask the process to stop on Windows: Ctrl-C and Ctrl-Break (Task Scheduler
+/// ends a task hard, without either: every batch is one transaction, so nothing is left
+/// half-done).
+#[cfg(windows)]
+struct Signals(tokio::signal::windows::CtrlBreak);
+
+#[cfg(windows)]
+impl Signals {
+    fn new() -> Option<Self> {
+        tokio::signal::windows::ctrl_break().ok().map(Signals)
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = self.0.recv() => {}
+        }
+    }
 }

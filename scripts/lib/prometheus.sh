@@ -1,6 +1,7 @@
-# Debian's Prometheus and Pushgateway for the tests (tests/it/prometheus.rs): a Prometheus that
-# scrapes a follower's --listen port every second, and a Pushgateway. Source this file after
-# pg.sh and tools.sh; each start exports the variables the tests read, or says why it cannot.
+# The tools of the tests of running off AWS: Debian's Prometheus, scraping a follower's
+# --listen port every second, and Pushgateway (tests/it/prometheus.rs); promtool and amtool
+# (alerts.rs); kubernetes-validate (deploy.rs). Source this file after pg.sh and tools.sh; each
+# function exports the variables the tests read, or says why it cannot.
 
 # need_debian_pkg COMMAND PACKAGE: installs Debian's PACKAGE when COMMAND is missing (reading
 # the package lists first if needed); false when it stays missing.
@@ -23,6 +24,15 @@ alert_tools() {
     echo "== Debian's prometheus cannot be installed here: promtool's tests are skipped" >&2
   need_debian_pkg amtool prometheus-alertmanager ||
     echo "== Debian's prometheus-alertmanager cannot be installed here: amtool's check is skipped" >&2
+}
+
+# deploy_tools: kubernetes-validate (PyPI: the Kubernetes API schemas ship in the package) for
+# tests/it/deploy.rs; systemd-analyze comes with Debian's systemd.
+deploy_tools() {
+  command -v kubernetes-validate >/dev/null && return 0
+  python3 -m pip install -q kubernetes-validate >&2 ||
+    echo "== kubernetes-validate cannot be installed here: the manifests' schema test is skipped" >&2
+  hash -r
 }
 
 # prometheus_start: Prometheus scraping 127.0.0.1:$UNRESERVER_TEST_FOLLOWER_PORT (job

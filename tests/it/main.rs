@@ -8,6 +8,7 @@ mod batching;
 mod cli;
 mod common;
 mod concurrency;
+mod deploy;
 mod docs;
 mod drop_day;
 mod events;
