@@ -71,7 +71,9 @@ pushgateway_start() {
   fi
   local port log="$PG_DIR/pushgateway.log"
   port=$(pg_free_port)
-  prometheus-pushgateway --web.listen-address="127.0.0.1:$port" >"$log" 2>&1 &
+  # Its own persistence file: Debian's build keeps the groups of an earlier run otherwise.
+  prometheus-pushgateway --web.listen-address="127.0.0.1:$port" \
+    --persistence.file="$PG_DIR/pushgateway.data" >"$log" 2>&1 &
   pids+=($!)
   wait_for_port "$port" "prometheus-pushgateway" "$log"
   export UNRESERVER_TEST_PUSHGATEWAY_URL="http://127.0.0.1:$port"

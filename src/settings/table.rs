@@ -165,16 +165,22 @@ settings! {
         /// invocation.
         PREFETCH_CREDENTIALS: number(0..=1, 1, Plain), Lambda
             => prefetch_credentials: bool;
+        /// 1: this function is the shop's door — it takes only the synchronous calls of the
+        /// shop's webhooks (`release`, `revive`) and refuses any other action by name; 0: every
+        /// payload action.
+        SHOP_DOOR: number(0..=1, 0, Plain), Lambda
+            => shop_door: bool;
     }
 
     // Prometheus off AWS: read by `telemetry::push` for `unreserver run` (a follower serves its
     // metrics with `--listen` instead).
     read_where_used {
-        /// Pushgateway base URL (http://host:9091) each `unreserver run` pushes its metrics to,
-        /// under job "unreserver"; unset: none.
+        /// Pushgateway base URL (http://host:9091) `unreserver run` and `reconcile` push their
+        /// metrics to (job "unreserver", action "run" or "reconcile"); unset: none.
         PUSHGATEWAY_URL: text(""), Cli;
-        /// File each `unreserver run` writes its metrics to, for node_exporter's textfile
-        /// collector (a name ending in .prom; written whole, then renamed); unset: none.
+        /// File `unreserver run` writes its metrics to for node_exporter's textfile collector (a
+        /// name ending in .prom; a reconcile's gets -reconcile before the extension), written
+        /// whole, then renamed; unset: none.
         TEXTFILE_PATH: text(""), Cli;
     }
 

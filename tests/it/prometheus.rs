@@ -162,6 +162,9 @@ async fn a_follower_that_cannot_listen_says_so() {
     assert!(out.stderr.contains("--listen"), "{}", out.stderr);
 }
 
+/// The labels of the runs' group in the Pushgateway.
+const RUN_GROUP: &str = "action=\"run\",instance=\"\",job=\"unreserver\"";
+
 #[tokio::test]
 async fn a_runs_push_lands_in_a_real_pushgateway() {
     let Some(gateway) = server("UNRESERVER_TEST_PUSHGATEWAY_URL") else {
@@ -179,7 +182,7 @@ async fn a_runs_push_lands_in_a_real_pushgateway() {
     assert_eq!(code, 200);
     let line = |name: &str| {
         text.lines()
-            .find(|l| l.starts_with(name) && l.contains("job=\"unreserver\""))
+            .find(|l| l.starts_with(name) && l.contains(RUN_GROUP))
             .map(str::to_string)
     };
     let released = line("unreserver_last_run_reservations_released{").expect(&text);
@@ -208,7 +211,7 @@ async fn a_runs_push_lands_in_a_real_pushgateway() {
     let (_, text) = get(&authority, "/metrics").await;
     let failed = text
         .lines()
-        .find(|l| l.starts_with("unreserver_run_failed{") && l.contains("job=\"unreserver\""));
+        .find(|l| l.starts_with("unreserver_run_failed{") && l.contains(RUN_GROUP));
     assert!(failed.is_some_and(|l| l.ends_with(" 1")), "{text}");
     assert!(
         text.contains("unreserver_last_success_timestamp_seconds{"),
