@@ -28,7 +28,7 @@ use crate::telemetry::{self, LogFormat};
 /// Settings come from the environment (listed below `--help`, from the settings table); flags
 /// override them.
 #[derive(Debug, Parser)]
-#[command(name = "unreserver", version)]
+#[command(name = "unreserver", version = VERSION)]
 pub struct Cli {
     /// PostgreSQL connection string (libpq URL or key=value), e.g.
     /// postgres://user:pass@host/db?sslmode=require
@@ -43,6 +43,13 @@ pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// What `--version` says: the crate's version, or what the build set in `UNRESERVER_VERSION`
+/// (`scripts/dist.sh`: the version and the commit it was built from).
+pub const VERSION: &str = match option_env!("UNRESERVER_VERSION") {
+    Some(version) => version,
+    None => env!("CARGO_PKG_VERSION"),
+};
 
 /// What a command printed and the exit code it ends with.
 struct Output {

@@ -157,7 +157,8 @@ async fn a_follower_that_cannot_listen_says_so() {
     let t = TestApp::spawn().await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = t.cli(&["follow", "--listen", &addr]).await;
+    // `--for`: a follower that took no notice of the address would end by itself.
+    let out = t.cli(&["follow", "--for", "3", "--listen", &addr]).await;
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("--listen"), "{}", out.stderr);
 }
