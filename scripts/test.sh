@@ -11,6 +11,8 @@ cd "$root"
 source scripts/lib/pg.sh
 # shellcheck source=lib/tools.sh
 source scripts/lib/tools.sh
+# shellcheck source=lib/prometheus.sh
+source scripts/lib/prometheus.sh
 need_cargo
 need_pip_tool moto_server 'moto[server]'
 need_cargo_lambda
@@ -78,6 +80,12 @@ if [ "$PG_TLS" = 1 ]; then
   wait_for_port "$moto_tls_port" "moto_server (HTTPS)" "$PG_DIR/moto-tls.log"
   export UNRESERVER_TEST_AWS_TLS_ENDPOINT="https://localhost:$moto_tls_port"
 fi
+
+# Debian's Prometheus (scraping a follower the test starts) and Pushgateway; promtool, amtool.
+alert_tools
+deploy_tools
+prometheus_start
+pushgateway_start
 
 echo "== building" >&2
 cargo test --locked --all-targets --no-run

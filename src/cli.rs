@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::action::Observed;
 use crate::action::{AppState, Command, Invocation, Request};
 use crate::config::Config;
 use crate::engine::run::new_run_id;
 use crate::error::{Error, Result};
 use crate::settings;
+use crate::telemetry::push::Action;
 use crate::telemetry::{self, LogFormat};
 
 /// Gives back the stock held by expired reservations of unpaid orders.
@@ -26,7 +28,7 @@ use crate::telemetry::{self, LogFormat};
 /// Settings come from the environment (listed below `--help`, from the settings table); flags
 /// override them.
 #[derive(Debug, Parser)]
-#[command(name = "unreserver", version)]
+#[command(name = "unreserver", version = VERSION)]
 pub struct Cli {
     /// PostgreSQL connection string (libpq URL or key=value), e.g.
     /// postgres://user:pass@host/db?sslmode=require
@@ -41,6 +43,13 @@ pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// What `--version` says: the crate's version, or what the build set in `UNRESERVER_VERSION`
+/// (`scripts/dist.sh`: the version and the commit it was built from).
+pub const VERSION: &str = match option_env!("UNRESERVER_VERSION") {
+    Some(version) => version,
+    None => env!("CARGO_PKG_VERSION"),
+};
 
 /// What a command printed and the exit code it ends with.
 struct Output {
@@ -119,31 +128,70 @@ async fn execute(cli: Cli) -> Result<Output> {
         publish_grace: PUBLISH_GRACE,
         stop,
     };
-    let answer = request
-        .execute(&state, &invocation)
-        .await
-        .map_err(|failure| failure.error)?;
+    let pushed = match &request {
+        Request::Run(run) => Some((Action::Run, run.dry_run)),
+        Request::Reconcile(_) => Some((Action::Reconcile, false)),
+        _ => None,
+    };
+    let outcome = request.execute(&state, &invocation).await;
+    if let Some((action, dry_run)) = pushed {
+        report_metrics(action, &run_id, dry_run, &outcome).await;
+    }
+    let answer = outcome.map_err(|failure| failure.error)?;
     Ok(Output {
         text: answer.to_text(),
         code: if answer.done() { 0 } else { 3 },
     })
 }
 
-/// A stop flag raised by the first SIGTERM or SIGINT (the run finishes the batch in flight,
-/// then prints its report); a second one ends the process at once (exit 130).
+/// Pushes or writes a run's or a reconcile's metrics (PUSHGATEWAY_URL, TEXTFILE_PATH), from
+/// its answer; a run's also when it failed part-way.
+async fn report_metrics(
+    action: Action,
+    run_id: &str,
+    dry_run: bool,
+    outcome: &std::result::Result<crate::action::Answer, crate::action::Failure>,
+) {
+    let (observed, failed) = match outcome {
+        Ok(answer) => (answer.observed(), false),
+        Err(failure) => match failure.report.as_deref() {
+            Some(report) => (Observed::Run(report), true),
+            None => (Observed::Nothing, true),
+        },
+    };
+    let (report, reconcile) = match observed {
+        Observed::Run(report) => (Some(report), None),
+        Observed::Reconcile(reconcile) => (None, Some(reconcile)),
+        _ => (None, None),
+    };
+    if action == Action::Reconcile && reconcile.is_none() {
+        // A reconcile that failed writes no metrics (as in Lambda): its error is in the log.
+        return;
+    }
+    let obs = telemetry::metrics::Observation {
+        reconcile,
+        purge: None,
+        run_id,
+        report,
+        failed,
+        dry_run,
+        cold_start: false,
+        duration_ms: report.map_or(0, |r| r.duration_ms),
+    };
+    telemetry::push::report(action, |name| std::env::var(name).ok(), &obs).await;
+}
+
+/// A stop flag raised by the first SIGTERM or SIGINT (Ctrl-C or Ctrl-Break on Windows): the
+/// run finishes the batch in flight, then prints its report; a second one ends the process at
+/// once (exit 130).
 fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
+        let Some(mut signals) = Signals::new() else {
             return;
         };
         for n in 0..2 {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+            signals.next().await;
             if n == 0 {
                 tracing::warn!("asked to stop: finishing the batch in flight");
                 tx.send_replace(true);
@@ -152,4 +200,43 @@ fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
         std::process::exit(130);
     });
     rx
+}
+
+/// The signals that ask the process to stop: SIGTERM and SIGINT.
+#[cfg(unix)]
+struct Signals(tokio::signal::unix::Signal);
+
+#[cfg(unix)]
+impl Signals {
+    fn new() -> Option<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        signal(SignalKind::terminate()).ok().map(Signals)
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = self.0.recv() => {}
+        }
+    }
+}
+
+/// The signals that ask the process to stop on Windows: Ctrl-C and Ctrl-Break (Task Scheduler
+/// ends a task hard, without either: every batch is one transaction, so nothing is left
+/// half-done).
+#[cfg(windows)]
+struct Signals(tokio::signal::windows::CtrlBreak);
+
+#[cfg(windows)]
+impl Signals {
+    fn new() -> Option<Self> {
+        tokio::signal::windows::ctrl_break().ok().map(Signals)
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = self.0.recv() => {}
+        }
+    }
 }

@@ -32,7 +32,10 @@
 //!   doc, and the field of its group, with its typed parse): it drives parsing, `--help` and
 //!   `docs/configuration.md`.
 //! - [`telemetry`]: logging set-up, the run span and the run's summary line; `metrics`, every
-//!   metric as one backend-neutral row (name, unit, kind, help) the EMF document is written from.
+//!   metric as one backend-neutral row (name, unit, kind, help) the EMF document is written from;
+//!   `prometheus`, the same rows for Prometheus; `push`, a run's metrics to a Pushgateway or a
+//!   node_exporter textfile.
+//! - `listen`: a follower's HTTP endpoints (`/metrics`, `/healthz`, `/readyz`, `/status`).
 //! - [`error`]: typed errors that say whether a retry can help.
 //!
 //! Modules are private; what the binaries, tests and benchmark need is re-exported below.
@@ -48,6 +51,7 @@ pub(crate) mod engine;
 pub mod error;
 pub mod events;
 pub(crate) mod lambda;
+pub(crate) mod listen;
 pub mod settings;
 pub mod telemetry;
 

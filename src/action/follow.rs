@@ -2,7 +2,9 @@
 //! the next reservation falls due (see [`crate::engine::follow`]) — and answer with the passes'
 //! reports summed, as `run` does (one summary line, one metrics document). It ends when its
 //! seconds are up (never past the invocation's deadline) or when asked to stop (SIGTERM or
-//! SIGINT on the command line): the batch in flight finishes, no other starts.
+//! SIGINT on the command line): the batch in flight finishes, no other starts. With `--listen
+//! ADDR` (the command line only) it serves its metrics, probes and status over HTTP
+//! ([`crate::listen`]).
 //!
 //! A scheduled follow carries its scheduled time (`scheduled_time`, EventBridge Scheduler's
 //! `<aws.scheduler.scheduled-time>`), so that late or repeated events never pile up: it ends at
@@ -12,6 +14,8 @@
 //! the minute, `sql::follow::TRY_LOCK_MINUTE`). Both are logged and counted (`StaleFollows`,
 //! `DuplicateFollows`).
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -26,7 +30,9 @@ use crate::engine::run::{RunFailure, RunOptions};
 use crate::engine::run_report::{FollowStats, RunReport, FOLLOW_DUPLICATE, FOLLOW_STALE};
 use crate::error::{Error, Result};
 use crate::events;
+use crate::listen::Monitor;
 use crate::telemetry;
+use crate::telemetry::metrics::Observation;
 
 /// The longest a follow may be asked to last, in seconds (a Lambda function's longest timeout).
 pub const MAX_SECONDS: u32 = 900;
@@ -46,6 +52,10 @@ pub struct Follow {
     /// Follow this many seconds (1 to 900); without it, until a signal.
     #[arg(long = "for", value_name = "SECONDS")]
     pub seconds: Option<u32>,
+    /// Serve /metrics, /healthz, /readyz and /status on this address (e.g. 0.0.0.0:9187).
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip)]
+    pub listen: Option<SocketAddr>,
     /// Who asked.
     #[arg(skip)]
     pub source: Option<Source>,
@@ -108,6 +118,7 @@ impl Action for Follow {
         }
         Ok(Follow {
             seconds,
+            listen: self.listen,
             source: Some(Source::or_default(self.source, front)),
             scheduled_time: self.scheduled_time,
         })
@@ -126,10 +137,27 @@ impl Follow {
         invocation: &Invocation<'_>,
     ) -> std::result::Result<RunReport, Failure> {
         let ctx = run_context(state, invocation, self.source(), false);
+        let monitor = self.listen.map(|_| Arc::new(Monitor::default()));
+        let server = match (self.listen, &monitor) {
+            (Some(addr), Some(monitor)) => {
+                let stop = invocation.stop.clone();
+                Some(crate::listen::serve(addr, monitor.clone(), stop).await?)
+            }
+            _ => None,
+        };
+        if let Some(monitor) = &monitor {
+            monitor.set_alive(true);
+        }
         let outcome = self
-            .passes(state, invocation)
+            .passes(state, invocation, monitor.as_deref())
             .instrument(telemetry::run_span(&ctx))
             .await;
+        if let Some(monitor) = &monitor {
+            monitor.set_alive(false);
+        }
+        if let Some(server) = server {
+            server.abort();
+        }
         summarized(&ctx, outcome)
     }
 
@@ -188,6 +216,7 @@ impl Follow {
         &self,
         state: &AppState,
         invocation: &Invocation<'_>,
+        monitor: Option<&Monitor>,
     ) -> std::result::Result<RunReport, RunFailure> {
         let started = Instant::now();
         let Some(length) = self.length(SystemTime::now()) else {
@@ -216,12 +245,12 @@ impl Follow {
                     warned = Some(Instant::now());
                     warn(&db, state, invocation, &mut total).await;
                 }
-                match follower.next(&db).await? {
+                match look(&mut follower, &db, state, monitor).await? {
                     Next::Done => return Ok(()),
                     Next::Sleep(pause) => sleep_or_stop(pause, stop.as_mut()).await,
                     Next::Pass => {
-                        let report = pass(&mut db, state, invocation, stop.clone()).await;
-                        match report {
+                        let stop = stop.clone();
+                        match observed_pass(&mut db, state, invocation, stop, monitor).await {
                             Ok(report) => {
                                 follower.passed(&report);
                                 total.add_pass(report);
@@ -264,6 +293,75 @@ fn finished(
             })
         }
     }
+}
+
+/// A look at what is due (with the status `/status` asked for first), recorded for the
+/// endpoints: a round trip, and a success when nothing is due now.
+async fn look(
+    follower: &mut Follower,
+    db: &crate::db::session::Database,
+    state: &AppState,
+    monitor: Option<&Monitor>,
+) -> Result<Next> {
+    if let Some(monitor) = monitor.filter(|m| m.status_wanted()) {
+        read_status(db, state, monitor).await;
+    }
+    let next = follower.next(db).await?;
+    if let Some(monitor) = monitor {
+        monitor.round_trip(matches!(next, Next::Sleep(_)));
+    }
+    Ok(next)
+}
+
+/// One pass, with its metrics and round trip recorded for the endpoints.
+async fn observed_pass(
+    db: &mut crate::db::session::Database,
+    state: &AppState,
+    invocation: &Invocation<'_>,
+    stop: Option<watch::Receiver<bool>>,
+    monitor: Option<&Monitor>,
+) -> std::result::Result<RunReport, RunFailure> {
+    let Some(monitor) = monitor else {
+        return pass(db, state, invocation, stop).await;
+    };
+    monitor.pass_started();
+    let report = pass(db, state, invocation, stop).await;
+    let (observed, failed) = match &report {
+        Ok(report) => (report, false),
+        Err(failure) => (failure.report.as_ref(), true),
+    };
+    monitor.pass_ended(&observation(invocation, observed, failed));
+    report
+}
+
+/// What one pass contributes to the metrics.
+fn observation<'a>(
+    invocation: &Invocation<'a>,
+    report: &'a RunReport,
+    failed: bool,
+) -> Observation<'a> {
+    Observation {
+        reconcile: None,
+        purge: None,
+        run_id: invocation.run_id,
+        report: Some(report),
+        failed,
+        dry_run: false,
+        cold_start: false,
+        duration_ms: report.duration_ms,
+    }
+}
+
+/// Reads `status` on the follower's connection for `/status` (an error is answered as
+/// `{"error": ...}`: the follower goes on, and its next look tells whether the database is
+/// there).
+async fn read_status(db: &crate::db::session::Database, state: &AppState, monitor: &Monitor) {
+    let read = crate::engine::status::status(db, &state.config.release).await;
+    let json = match read {
+        Ok(status) => serde_json::to_value(status).unwrap_or_default(),
+        Err(error) => serde_json::json!({ "error": error.to_string() }),
+    };
+    monitor.set_status(json);
 }
 
 /// The expiry warnings of the next [`WARNING_TICK`] beyond their lead time, when configured.
@@ -318,6 +416,7 @@ mod tests {
         let at = now - Duration::from_secs(seconds_ago);
         Follow {
             seconds: Some(seconds),
+            listen: None,
             source: None,
             scheduled_time: Some(ScheduledTime { at, minute: 0 }),
         }

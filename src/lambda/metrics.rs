@@ -102,7 +102,7 @@ mod tests {
                 let name = m["Name"].as_str().unwrap();
                 assert!(doc[name].is_number(), "metric {name} has no value");
                 let unit = m["Unit"].as_str().unwrap();
-                assert!(["Count", "Seconds", "Milliseconds"].contains(&unit));
+                assert!(["Count", "Seconds", "Milliseconds", "Bytes"].contains(&unit));
             }
         }
     }

@@ -144,6 +144,7 @@ mod tests {
             parse(&json!({"action": "follow", "seconds": 60, "source": "schedule"})).unwrap(),
             Request::Follow(Follow {
                 seconds: Some(60),
+                listen: None,
                 source: source("schedule"),
                 scheduled_time: None,
             })
@@ -152,6 +153,7 @@ mod tests {
             parse(&json!({"action": "follow"})).unwrap(),
             Request::Follow(Follow {
                 seconds: Some(60),
+                listen: None,
                 source: source("manual"),
                 scheduled_time: None,
             })
@@ -178,6 +180,7 @@ mod tests {
         for bad in [
             json!({"action": "follow", "seconds": 0}),
             json!({"action": "follow", "seconds": 901}),
+            json!({"action": "follow", "listen": "0.0.0.0:9187"}),
             json!({"action": "status", "seconds": 5}),
         ] {
             assert!(

@@ -172,6 +172,18 @@ settings! {
             => shop_door: bool;
     }
 
+    // Prometheus off AWS: read by `telemetry::push` for `unreserver run` (a follower serves its
+    // metrics with `--listen` instead).
+    read_where_used {
+        /// Pushgateway base URL (http://host:9091) `unreserver run` and `reconcile` push their
+        /// metrics to (job "unreserver", action "run" or "reconcile"); unset: none.
+        PUSHGATEWAY_URL: text(""), Cli;
+        /// File `unreserver run` writes its metrics to for node_exporter's textfile collector (a
+        /// name ending in .prom; a reconcile's gets -reconcile before the extension), written
+        /// whole, then renamed; unset: none.
+        TEXTFILE_PATH: text(""), Cli;
+    }
+
     // The logs: read by `telemetry`, where Lambda's own log settings win.
     read_where_used {
         /// Log filter (tracing's EnvFilter); Lambda's AWS_LAMBDA_LOG_LEVEL wins when set.

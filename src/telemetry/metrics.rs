@@ -1,7 +1,9 @@
 //! Every metric the tool emits, one row each (name, unit, kind, help, and how its value is read
 //! from an invocation): the one definition every backend writes from. Today the Lambda
 //! function writes them as CloudWatch Embedded Metric Format (`lambda::metrics`); another
-//! backend (Prometheus, OpenTelemetry) reads the same rows. Adding a metric is one row.
+//! backend reads the same rows: `telemetry::prometheus` names each by Prometheus's conventions
+//! (`unreserver_` prefix, base units, `_total` counters) and adds the histograms of
+//! [`HISTOGRAMS`]. Adding a metric is one row.
 
 use crate::engine::purge::PurgeReport;
 use crate::engine::reconcile::ReconcileReport;
@@ -13,6 +15,7 @@ pub enum Unit {
     Count,
     Seconds,
     Milliseconds,
+    Bytes,
 }
 
 impl Unit {
@@ -22,6 +25,7 @@ impl Unit {
             Unit::Count => "Count",
             Unit::Seconds => "Seconds",
             Unit::Milliseconds => "Milliseconds",
+            Unit::Bytes => "Bytes",
         }
     }
 }
@@ -371,13 +375,59 @@ pub const METRICS: &[Metric] = &[
     }),
     metric(
         "PurgeBytesFreed",
-        Unit::Count,
+        Unit::Bytes,
         Kind::Counter,
         "estimated bytes a purge freed in the tables (reused after VACUUM)",
         |o| {
         o.purge.and_then(|p| p.estimated_bytes_freed).map(|b| b as f64)
     }),
 ];
+
+/// A metric a backend with histograms (Prometheus) writes from every sample of an invocation,
+/// where CloudWatch gets a percentile row of [`METRICS`]: its name, unit, help, bucket bounds and
+/// samples. Adding one is one row of [`HISTOGRAMS`].
+#[derive(Clone, Copy)]
+pub struct Histogram {
+    pub name: &'static str,
+    pub unit: Unit,
+    pub help: &'static str,
+    /// Upper bounds of the buckets, ascending (in `unit`).
+    pub buckets: &'static [f64],
+    samples: for<'a> fn(&Observation<'a>) -> &'a [f64],
+}
+
+impl Histogram {
+    /// The samples of one invocation (none for a dry run: it released nothing).
+    pub fn samples<'a>(&self, obs: &Observation<'a>) -> &'a [f64] {
+        if obs.dry_run {
+            return &[];
+        }
+        (self.samples)(obs)
+    }
+}
+
+impl std::fmt::Debug for Histogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}, histogram)", self.name, self.unit.cloudwatch())
+    }
+}
+
+/// The release delay of every reservation a run released: from due to released.
+fn release_delays<'a>(obs: &Observation<'a>) -> &'a [f64] {
+    obs.report.map_or(&[], |r| r.delays.as_slice())
+}
+
+/// Every histogram: one row each. The release delay's buckets run from 0.1 s (follow mode's
+/// seconds) to 1,800 s (interval mode's minutes, and a backlog half an hour late).
+pub const HISTOGRAMS: &[Histogram] = &[Histogram {
+    name: "ReleaseDelay",
+    unit: Unit::Seconds,
+    help: "release delay of each reservation released: from when it fell due to its release",
+    buckets: &[
+        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0,
+    ],
+    samples: release_delays,
+}];
 
 /// Whether the invocation is a run (a reconcile's or a purge's document carries no run metric:
 /// it must not count as a run for the alarms).
@@ -423,7 +473,10 @@ mod tests {
         assert_eq!(names.len(), METRICS.len(), "a metric is named twice");
         for m in METRICS {
             assert!(!m.help.is_empty() && !m.help.contains('\n'), "{m:?}");
-            assert!(m.kind != Kind::Counter || m.unit == Unit::Count, "{m:?}");
+            assert!(
+                m.kind != Kind::Counter || matches!(m.unit, Unit::Count | Unit::Bytes),
+                "{m:?}"
+            );
         }
     }
 }

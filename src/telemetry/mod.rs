@@ -8,6 +8,8 @@
 //! otherwise `RUST_LOG` and `LOG_FORMAT`; otherwise `info` and the front-end's default format.
 
 pub mod metrics;
+pub mod prometheus;
+pub mod push;
 
 use tracing_subscriber::EnvFilter;
 

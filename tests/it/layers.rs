@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("events", 4),
     ("telemetry", 5),
     ("action", 6),
+    ("listen", 6),
     ("lambda", 7),
     ("cli", 7),
 ];

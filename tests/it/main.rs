@@ -2,11 +2,13 @@
 
 mod actions;
 mod adaptive;
+mod alerts;
 mod app;
 mod batching;
 mod cli;
 mod common;
 mod concurrency;
+mod deploy;
 mod docs;
 mod drop_day;
 mod events;
@@ -24,6 +26,7 @@ mod layers;
 mod least_privilege;
 mod on_request;
 mod pooler;
+mod prometheus;
 mod purge;
 mod reconcile;
 mod release_rules;

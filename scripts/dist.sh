@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Builds what a shop can download, by hand (not in CI: release builds are heavy):
+#   dist/unreserver-VERSION-x86_64-linux-musl, dist/unreserver-VERSION-aarch64-linux-musl
+#     static binaries (musl; OpenSSL built from source and linked in: the vendored-openssl
+#     feature), each shown static (`file`, and run in an empty root with no libc);
+#   dist/unreserver-VERSION-x86_64-windows.exe (x86_64-pc-windows-gnu, Debian's mingw-w64), run
+#     under Wine (`--version`; then `run` against DIST_DATABASE_URL when it is set);
+#   dist/SHA256SUMS;
+#   an OCI image unreserver:VERSION, FROM scratch (the static binary, the CA bundle, user
+#     65532), built offline with buildah (cgroup v1 here: --cgroup-manager=cgroupfs) and saved
+#     as dist/unreserver-VERSION-image.tar.
+# `unreserver --version` names the commit: "0.1.0 (commit abc1234)".
+# Tools: rustup targets (installed when missing), cargo-zigbuild and ziglang from PyPI (the
+# aarch64 cross-link), Debian's musl-tools, gcc-mingw-w64-x86-64, wine64, buildah, file. Each
+# step says clearly when a tool cannot be had, and skips only that step.
+# Usage: scripts/dist.sh [--no-image] [--no-windows]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+# shellcheck source=lib/tools.sh
+source scripts/lib/tools.sh
+need_cargo
+
+image=1 windows=1
+for arg in "$@"; do
+  case $arg in
+    --no-image) image=0 ;;
+    --no-windows) windows=0 ;;
+    *) tools_die "usage: scripts/dist.sh [--no-image] [--no-windows]" ;;
+  esac
+done
+
+version=$(cargo metadata --no-deps --format-version 1 |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["packages"][0]["version"])')
+commit=$(git rev-parse --short=12 HEAD)
+git diff --quiet HEAD || commit="$commit-dirty"
+export UNRESERVER_VERSION="$version (commit $commit)"
+out="$root/dist"
+rm -rf "$out"
+mkdir -p "$out"
+skipped=()
+
+apt_install() {
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 1
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2 ||
+    { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2; }
+}
+
+need_target() {
+  rustup target list --installed | grep -qx "$1" || rustup target add "$1" >&2
+}
+
+# A static Linux binary for TARGET, named NAME: a release build with OpenSSL vendored.
+build_linux() {
+  local target=$1 name=$2
+  echo "== $target" >&2
+  need_target "$target" || { skipped+=("$name: rustup target $target cannot be installed"); return 0; }
+  command -v cargo-zigbuild >/dev/null || python3 -m pip install -q cargo-zigbuild ziglang >&2 || true
+  if command -v cargo-zigbuild >/dev/null; then
+    cargo zigbuild --locked --release --features vendored-openssl --target "$target" --bin unreserver
+  elif [ "$target" = x86_64-unknown-linux-musl ] && { command -v musl-gcc >/dev/null || apt_install musl-tools; }; then
+    CC_x86_64_unknown_linux_musl=musl-gcc \
+      cargo build --locked --release --features vendored-openssl --target "$target" --bin unreserver
+  else
+    skipped+=("$name: neither cargo-zigbuild (PyPI) nor musl-tools (Debian) can be had")
+    return 0
+  fi
+  cp "target/$target/release/unreserver" "$out/$name"
+  command -v file >/dev/null || apt_install file || true
+  if command -v file >/dev/null; then
+    file "$out/$name" | tee /dev/stderr | grep -q "statically linked" ||
+      tools_die "$name is not statically linked"
+  fi
+  # Run it where there is nothing but itself: no libc, no loader, no CA bundle.
+  if [ "$target" = x86_64-unknown-linux-musl ] && command -v chroot >/dev/null && [ "$(id -u)" = 0 ]; then
+    local empty
+    empty=$(mktemp -d)
+    cp "$out/$name" "$empty/unreserver"
+    chroot "$empty" /unreserver --version | tee /dev/stderr | grep -qF "commit $commit" ||
+      tools_die "$name does not run in an empty root, or does not name the commit"
+    rm -rf "$empty"
+  fi
+}
+
+build_linux x86_64-unknown-linux-musl "unreserver-$version-x86_64-linux-musl"
+build_linux aarch64-unknown-linux-musl "unreserver-$version-aarch64-linux-musl"
+
+if [ "$windows" = 1 ]; then
+  echo "== x86_64-pc-windows-gnu" >&2
+  exe="unreserver-$version-x86_64-windows.exe"
+  if need_target x86_64-pc-windows-gnu && { command -v x86_64-w64-mingw32-gcc >/dev/null || apt_install gcc-mingw-w64-x86-64; }; then
+    cargo build --locked --release --target x86_64-pc-windows-gnu --bin unreserver
+    cp target/x86_64-pc-windows-gnu/release/unreserver.exe "$out/$exe"
+    if command -v wine64 >/dev/null || command -v wine >/dev/null || apt_install wine64 wine; then
+      wine=$(command -v wine64 || command -v wine)
+      WINEDEBUG=-all "$wine" "$out/$exe" --version | tee /dev/stderr | grep -qF "commit $commit" ||
+        tools_die "$exe does not run under Wine, or does not name the commit"
+      if [ -n "${DIST_DATABASE_URL:-}" ]; then
+        # Windows' own TLS stack (SChannel) under Wine: give a sslmode=disable URL here if
+        # Wine's cannot reach the server, and say so in the release note.
+        WINEDEBUG=-all DATABASE_URL="$DIST_DATABASE_URL" "$wine" "$out/$exe" run
+      fi
+    else
+      skipped+=("$exe under Wine: Debian's wine64 cannot be installed")
+    fi
+  else
+    skipped+=("$exe: the rustup target or Debian's gcc-mingw-w64-x86-64 cannot be had")
+  fi
+fi
+
+(cd "$out" && sha256sum unreserver-* >SHA256SUMS && cat SHA256SUMS >&2)
+
+if [ "$image" = 1 ]; then
+  echo "== image unreserver:$version (FROM scratch)" >&2
+  bin="$out/unreserver-$version-x86_64-linux-musl"
+  if [ ! -f "$bin" ]; then
+    skipped+=("image: no static x86_64 binary")
+  elif command -v buildah >/dev/null || apt_install buildah; then
+    ctr=$(buildah --cgroup-manager=cgroupfs from scratch)
+    buildah copy "$ctr" "$bin" /unreserver >/dev/null
+    buildah copy "$ctr" /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt >/dev/null
+    buildah config --user 65532:65532 --entrypoint '["/unreserver"]' --cmd '["follow", "--listen", "0.0.0.0:9187"]' \
+      --port 9187 --label "org.opencontainers.image.version=$UNRESERVER_VERSION" "$ctr"
+    buildah commit "$ctr" "unreserver:$version" >/dev/null
+    buildah rm "$ctr" >/dev/null
+    buildah push "unreserver:$version" "oci-archive:$out/unreserver-$version-image.tar"
+    (cd "$out" && sha256sum "unreserver-$version-image.tar" >>SHA256SUMS)
+    # Run it if this machine's runtime can; otherwise the empty-root run above stands for it.
+    if command -v podman >/dev/null &&
+      podman --cgroup-manager=cgroupfs run --rm "localhost/unreserver:$version" --version 2>/dev/null; then
+      echo "the image runs (podman)" >&2
+    else
+      echo "podman cannot run containers here: the binary's run in an empty root stands for it" >&2
+    fi
+  else
+    skipped+=("image: Debian's buildah cannot be installed")
+  fi
+fi
+
+echo "== dist/ for $UNRESERVER_VERSION:" >&2
+ls -l "$out" >&2
+for s in "${skipped[@]}"; do echo "skipped: $s" >&2; done
