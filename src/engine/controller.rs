@@ -139,6 +139,18 @@ impl Controller {
         }
     }
 
+    /// The controller of a release run: an adaptive first batch pages up to `BATCH_SIZE_MAX`
+    /// rows, so that it takes what is due (the page returns no more) instead of growing to it
+    /// from the floor — a backlog of a few thousand goes in one or two batches. The first sign
+    /// of a shopper drops it to the floor as before; a batch over the target is sized down at
+    /// once (to half at least), one cut by its budget halved.
+    pub fn sized_from_what_is_due(mut self) -> Self {
+        if self.pinned.is_none() {
+            self.size = self.max;
+        }
+        self
+    }
+
     /// Rows the next batch pages.
     pub fn size(&self) -> u32 {
         self.size
@@ -271,6 +283,24 @@ mod tests {
         }
         assert_eq!(sizes, vec![200, 400, 800, 1500, 1500, 1500]);
         assert!(c.parallel());
+    }
+
+    #[test]
+    fn a_release_run_starts_at_the_ceiling_and_sizes_down_to_the_target() {
+        let mut c = controller(None, BUDGET).sized_from_what_is_due();
+        assert_eq!(c.size(), 4000);
+        // 10 rows a millisecond: 4000 rows took 400 ms; the target of 150 ms wants 1500, at
+        // least half the last size.
+        assert_eq!(c.observe(4000, Duration::from_millis(400), false), 2000);
+        assert_eq!(c.stats.shrinks_for_time, 1);
+        // A shopper met by the first batch drops it to the floor.
+        let mut c = controller(None, BUDGET).sized_from_what_is_due();
+        assert_eq!(c.observe(4000, Duration::from_millis(150), true), 100);
+        // A pinned size stays pinned.
+        assert_eq!(
+            controller(Some(70), BUDGET).sized_from_what_is_due().size(),
+            70
+        );
     }
 
     #[test]

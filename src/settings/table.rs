@@ -18,11 +18,12 @@ settings! {
         /// BATCH_SIZE_MIN and BATCH_SIZE_MAX.
         BATCH_SIZE: optional(1..=10_000, Count("reservations"), "adaptive"), Both
             => batch_size: Option<u32>;
-        /// Adaptive batches: the size a batch starts at, and falls back to at once when shoppers
-        /// compete for its rows (chosen from the benchmark).
+        /// Adaptive batches: the size a batch falls back to at once when shoppers compete for
+        /// its rows (chosen from the benchmark).
         BATCH_SIZE_MIN: number(1..=10_000, 100, Count("reservations")), Both
             => batch_size_min: u32;
-        /// Adaptive batches: the largest a batch may grow while nothing is in its way.
+        /// Adaptive batches: the largest a batch may grow while nothing is in its way, and what a
+        /// run's first batch pages (it takes what is due up to that).
         BATCH_SIZE_MAX: number(1..=10_000, 4_000, Count("reservations")), Both
             => batch_size_max: u32;
         /// Adaptive batches: the time a batch is sized to take while nothing is in its way (at most

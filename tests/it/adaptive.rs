@@ -94,6 +94,26 @@ async fn two_workers_share_every_id_negative_and_zero_included() {
     );
 }
 
+/// A quiet backlog of 5,000 due reservations goes in few batches: the first pages
+/// `BATCH_SIZE_MAX` (4,000) rows, what is due up to it, and the two workers share the rest —
+/// three batches with the shipped defaults, where growing from the floor (100, 200, 400, ...)
+/// took seven.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_five_thousand_goes_in_three_batches_not_grown_from_the_floor() {
+    let t = TestDb::new().await;
+    // 3,333 orders of one or two lines: 5,000 reservations (one fewer when the ids start odd).
+    let (variants, drops, total) = backlog(&t, 3333).await;
+    assert!((4999..=5000).contains(&total), "{total}");
+    let s = settings();
+    let mut db = t.open_with(&s).await;
+    let r = run(&mut db, &s, false).await;
+    assert_eq!(r.stopped_reason, StopReason::Drained);
+    assert_eq!(r.counts.reservations_released, total);
+    all_released_once(&t, &variants, &drops, total).await;
+    assert!(r.batches <= 3, "{} batches: {:?}", r.batches, r.controller);
+    assert_eq!(r.controller.batch_rows_max, 4000, "{:?}", r.controller);
+}
+
 /// The defaults, with a floor small enough for a test backlog to take many batches.
 fn adaptive() -> ReleaseSettings {
     ReleaseSettings {
