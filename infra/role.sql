@@ -22,6 +22,15 @@
 -- check that its migrations run as the schema's owner), opt in with -v revoke_public_create=on.
 -- PostgreSQL 15 and later grant it to the database owner only.
 --
+-- The connections the role may hold at once: pass the stack's RoleConnectionLimit output (the
+-- template's functions' concurrency times their connections, plus two for an operator), so
+-- that a burst of invocations can never take the connections the shop's checkouts need:
+--
+--     psql "$ADMIN_URL" -v role=unreserver -v connection_limit=13 -f infra/role.sql
+--
+-- A connection beyond it is refused (SQLSTATE 53300), which the tool reports as the retryable
+-- TooManyConnections. Without it the role's limit is left as it is (-1 for a new role: none).
+--
 -- Running it again updates the grants (and the password, when a verifier is given).
 \set ON_ERROR_STOP on
 
@@ -32,6 +41,9 @@ SELECT CASE WHEN :'password_verifier' LIKE 'SCRAM-SHA-256$%'
             THEN format('ALTER ROLE %I LOGIN PASSWORD %L', :'role', :'password_verifier')
             ELSE 'DO $$ BEGIN RAISE EXCEPTION ''password_verifier is not a SCRAM-SHA-256 verifier (make one with scripts/scram-verifier.py)''; END $$'
        END \gexec
+\endif
+\if :{?connection_limit}
+SELECT format('ALTER ROLE %I CONNECTION LIMIT %s', :'role', (:'connection_limit')::int) \gexec
 \endif
 \if :{?revoke_public_create}
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;

@@ -7,13 +7,16 @@ tests/fixtures/cdk-oracle.json (tests/it/sam.rs compares the template with it). 
 The trust policy of a schedule's execution role when the schedule is in a group of its own
 (aws_scheduler + aws_scheduler_targets); what a function with an on-failure SQS destination and
 no retries gets (its EventInvokeConfig and the permission to send); and an alarm's action on an
-SNS topic encrypted with a key of its own (the topic and key policies CDK writes). CDK refuses inline code for provided.al2023, so the
+SNS topic encrypted with a key of its own (the topic and key policies CDK writes); and a function
+with a reserved concurrency of its own that a principal may invoke (`grant_invoke`), as the
+shop's door and its DoorInvokePolicy. CDK refuses inline code for provided.al2023, so the
 function is a stand-in: only the wiring around it matters."""
 import json
 
 import aws_cdk as cdk
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as actions
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_destinations as destinations
@@ -37,7 +40,16 @@ alarm.add_alarm_action(actions.SnsAction(topic))
 group = scheduler.ScheduleGroup(stack, "Group", schedule_group_name="unreserver-oracle")
 scheduler.Schedule(stack, "Every5", schedule=scheduler.ScheduleExpression.rate(cdk.Duration.minutes(5)),
                    schedule_group=group, target=targets.LambdaInvoke(fn))
+door = lambda_.Function(stack, "Door", runtime=lambda_.Runtime.PYTHON_3_12, handler="index.handler",
+                        code=lambda_.Code.from_inline("def handler(e, c): pass"),
+                        reserved_concurrent_executions=5)
+shop = iam.Role(stack, "Shop", assumed_by=iam.AccountRootPrincipal())
+door.grant_invoke(shop)
 template = app.synth().get_stack_by_name("Oracle").template
+door_id = next(n for n, r in template["Resources"].items()
+               if r["Type"] == "AWS::Lambda::Function" and n.startswith("Door"))
+shop_id = next(n for n, r in template["Resources"].items()
+               if r["Type"] == "AWS::IAM::Role" and n.startswith("Shop"))
 out = {}
 for name, res in template["Resources"].items():
     props = res.get("Properties", {})
@@ -48,6 +60,12 @@ for name, res in template["Resources"].items():
         out["event_invoke_config"] = props
     if res["Type"] == "AWS::IAM::Policy" and "sqs:SendMessage" in json.dumps(props):
         out["function_destination_statements"] = props["PolicyDocument"]["Statement"]
+    if res["Type"] == "AWS::IAM::Policy" and props.get("Roles") == [{"Ref": shop_id}]:
+        # The door's logical id as "Door": CDK adds a hash suffix.
+        statements = json.dumps(props["PolicyDocument"]["Statement"]).replace(door_id, "Door")
+        out["door_invoke_statements"] = json.loads(statements)
+    if name == door_id:
+        out["door_reserved_concurrency"] = props["ReservedConcurrentExecutions"]
     if res["Type"] == "AWS::KMS::Key":
         out["alarm_key_policy"] = props["KeyPolicy"]
     if res["Type"] == "AWS::SNS::TopicPolicy":

@@ -28,11 +28,13 @@ pg_start unreserver-test fast
 template_url=$(pg_create_db unreserver_template)
 # The tests run the release as the least-privilege role of infra/role.sql, its password set
 # from a SCRAM verifier (never the password itself), with the opt-in revoke, every statement
-# logged: the server's log must not hold the password.
+# logged: the server's log must not hold the password. Its CONNECTION LIMIT as a stack's
+# RoleConnectionLimit output gives it, high enough for the tests running at once.
 role_password=unreserver-test-password
 verifier=$(printf %s "$role_password" | python3 scripts/scram-verifier.py)
 PGOPTIONS='-c log_statement=all' psql -qX "$template_url" -v role=unreserver_test \
-  -v password_verifier="$verifier" -v revoke_public_create=on -f infra/role.sql >/dev/null
+  -v password_verifier="$verifier" -v revoke_public_create=on -v connection_limit=500 \
+  -f infra/role.sql >/dev/null
 # The purge's own role (infra/purge-role.sql), same password, for tests/it/purge.rs.
 psql -qX "$template_url" -v role=unreserver_purge_test \
   -v password_verifier="$verifier" -f infra/purge-role.sql >/dev/null

@@ -27,6 +27,17 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
 
+    /// The server refused the connection for want of room (SQLSTATE 53300): the role's
+    /// `CONNECTION LIMIT` (`infra/role.sql`) or the server's `max_connections` is reached —
+    /// the bound that keeps the shop's own connections free. A connection closes as soon as
+    /// its invocation ends, so trying again shortly can succeed.
+    #[error("database refused a connection ({target}): too many connections — the role's CONNECTION LIMIT or the server's max_connections is reached; try again shortly: {source}")]
+    TooManyConnections {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
     /// The database rejected the credentials (wrong password, unknown role).
     #[error("database rejected the credentials for user {user}: {source}")]
     Authentication {
@@ -183,6 +194,7 @@ impl Error {
             | Error::Privilege { .. }
             | Error::Pooler { .. } => false,
             Error::Connect { .. }
+            | Error::TooManyConnections { .. }
             | Error::Busy { .. }
             | Error::Publish(_)
             | Error::TableLocked { .. } => true,
@@ -204,6 +216,7 @@ impl Error {
             Error::Payload(_) => "InvalidPayload",
             Error::Schema(_) => "SchemaMismatch",
             Error::Connect { .. } => "DatabaseUnreachable",
+            Error::TooManyConnections { .. } => "TooManyConnections",
             Error::Authentication { .. } => "DatabaseAuthentication",
             Error::Tls(_) => "TlsSetup",
             Error::TlsHandshake { .. } => "TlsVerification",

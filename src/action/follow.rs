@@ -3,8 +3,16 @@
 //! reports summed, as `run` does (one summary line, one metrics document). It ends when its
 //! seconds are up (never past the invocation's deadline) or when asked to stop (SIGTERM or
 //! SIGINT on the command line): the batch in flight finishes, no other starts.
+//!
+//! A scheduled follow carries its scheduled time (`scheduled_time`, EventBridge Scheduler's
+//! `<aws.scheduler.scheduled-time>`), so that late or repeated events never pile up: it ends at
+//! that time plus its seconds, whenever it started; one whose end has passed is answered at
+//! once, `stale`, without connecting; one whose minute another session already follows (a
+//! duplicate delivery, a retry) is answered at once, `duplicate` (a session advisory lock on
+//! the minute, `sql::follow::TRY_LOCK_MINUTE`). Both are logged and counted (`StaleFollows`,
+//! `DuplicateFollows`).
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -12,9 +20,10 @@ use tracing::Instrument;
 use crate::action::{
     open, run_context, summarized, Action, AppState, Failure, Front, Invocation, Metrics, Source,
 };
+use crate::db::sql::follow::try_lock_minute;
 use crate::engine::follow::{Follower, Next, WARNING_TICK};
 use crate::engine::run::{RunFailure, RunOptions};
-use crate::engine::run_report::{FollowStats, RunReport};
+use crate::engine::run_report::{FollowStats, RunReport, FOLLOW_DUPLICATE, FOLLOW_STALE};
 use crate::error::{Error, Result};
 use crate::events;
 use crate::telemetry;
@@ -40,6 +49,40 @@ pub struct Follow {
     /// Who asked.
     #[arg(skip)]
     pub source: Option<Source>,
+    /// When the schedule meant this follow to start (payload only): it ends at this time plus
+    /// its seconds, is `stale` when that has passed, `duplicate` when its minute is followed.
+    #[arg(skip)]
+    #[serde(default)]
+    pub scheduled_time: Option<ScheduledTime>,
+}
+
+/// A scheduled follow's start, as EventBridge Scheduler writes `<aws.scheduler.scheduled-time>`
+/// ("The time you specified for the schedule to invoke its target, for example,
+/// 2022-03-22T18:59:43Z", EventBridge Scheduler User Guide, "Adding context attributes"), and
+/// its minute since the Unix epoch: the key of the follow lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduledTime {
+    pub at: SystemTime,
+    pub minute: i32,
+}
+
+impl<'de> serde::Deserialize<'de> for ScheduledTime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let invalid = || {
+            serde::de::Error::custom(
+                "must be an RFC 3339 UTC time after 1970, such as 2026-12-07T10:15:00Z",
+            )
+        };
+        let at = humantime::parse_rfc3339(&text).map_err(|_| invalid())?;
+        let minutes = at
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| invalid())?
+            .as_secs()
+            / 60;
+        let minute = i32::try_from(minutes).map_err(|_| invalid())?;
+        Ok(ScheduledTime { at, minute })
+    }
 }
 
 /// How long a `follow` payload without `seconds` follows: the schedule's minute.
@@ -66,6 +109,7 @@ impl Action for Follow {
         Ok(Follow {
             seconds,
             source: Some(Source::or_default(self.source, front)),
+            scheduled_time: self.scheduled_time,
         })
     }
 }
@@ -89,11 +133,53 @@ impl Follow {
         summarized(&ctx, outcome)
     }
 
-    /// When following ends: its seconds after `started`, never past the invocation's deadline.
-    fn until(&self, started: Instant, invocation: &Invocation<'_>) -> Instant {
+    /// How long following may last from `now`: its seconds, counted from its scheduled time
+    /// when it has one — None when that end has passed (a stale event) — else without end.
+    fn length(&self, now: SystemTime) -> Option<Duration> {
         let seconds = self.seconds.map(|s| Duration::from_secs(u64::from(s)));
-        let end = started + seconds.unwrap_or(FOREVER);
-        invocation.deadline.map_or(end, |d| d.min(end))
+        match (self.scheduled_time, seconds) {
+            (Some(scheduled), Some(seconds)) => (scheduled.at + seconds)
+                .duration_since(now)
+                .ok()
+                .filter(|left| !left.is_zero()),
+            _ => Some(seconds.unwrap_or(FOREVER)),
+        }
+    }
+
+    /// Logs a follow event answered at once, without following: `ended` says why.
+    fn answered_at_once(&self, ended: &'static str) {
+        let scheduled = self.scheduled_time.map(|s| humantime::format_rfc3339(s.at));
+        tracing::warn!(
+            ended,
+            scheduled_time = scheduled.map(|t| t.to_string()),
+            "follow event answered at once: {ended}"
+        );
+    }
+
+    /// The answer to a stale event: its report, no pass, no look, no connection.
+    fn stale(&self, run_id: &str) -> RunReport {
+        self.answered_at_once(FOLLOW_STALE);
+        let mut report = RunReport::new(false);
+        report.run_id = run_id.to_string();
+        report.follow = Some(FollowStats {
+            passes: 0,
+            wakeups: 0,
+            ended: FOLLOW_STALE,
+        });
+        report
+    }
+
+    /// Whether this session may follow: it now holds its scheduled minute's lock (always,
+    /// without a scheduled time); false for a duplicate, which is logged.
+    async fn takes_its_minute(&self, db: &crate::db::session::Database) -> Result<bool> {
+        let Some(scheduled) = self.scheduled_time else {
+            return Ok(true);
+        };
+        let taken = try_lock_minute(&db.client, scheduled.minute).await?;
+        if !taken {
+            self.answered_at_once(FOLLOW_DUPLICATE);
+        }
+        Ok(taken)
     }
 
     /// Pass after pass until the time is up or a stop is asked; the summed report, or the
@@ -104,14 +190,22 @@ impl Follow {
         invocation: &Invocation<'_>,
     ) -> std::result::Result<RunReport, RunFailure> {
         let started = Instant::now();
-        let until = self.until(started, invocation);
+        let Some(length) = self.length(SystemTime::now()) else {
+            return Ok(self.stale(invocation.run_id));
+        };
         let mut total = RunReport::new(false);
         total.run_id = invocation.run_id.to_string();
+        let end = started + length;
+        let until = invocation.deadline.map_or(end, |d| d.min(end));
         let mut stop = invocation.stop.clone();
         let mut follower = Follower::new(&state.config.release, until);
         let mut ended = "time";
         let result = async {
             let mut db = open(state).await?;
+            if !self.takes_its_minute(&db).await? {
+                ended = FOLLOW_DUPLICATE;
+                return Ok(());
+            }
             let mut warned: Option<Instant> = None;
             loop {
                 if stop.as_ref().is_some_and(|s| *s.borrow()) {
@@ -142,22 +236,32 @@ impl Follow {
             }
         }
         .await;
-        let (passes, wakeups) = follower.counts();
-        total.follow = Some(FollowStats {
-            passes,
-            wakeups,
+        let follow = FollowStats {
+            passes: follower.counts().0,
+            wakeups: follower.counts().1,
             ended,
-        });
-        total.duration_ms = started.elapsed().as_millis() as u64;
-        match result {
-            Ok(()) => Ok(total),
-            Err(error) => {
-                total.stopped_reason = crate::engine::run_report::StopReason::Failed;
-                Err(RunFailure {
-                    error,
-                    report: Box::new(total),
-                })
-            }
+        };
+        finished(total, follow, started, result)
+    }
+}
+
+/// The follow's report — its passes summed, with what follow mode did — or the error with it.
+fn finished(
+    mut total: RunReport,
+    follow: FollowStats,
+    started: Instant,
+    result: Result<()>,
+) -> std::result::Result<RunReport, RunFailure> {
+    total.follow = Some(follow);
+    total.duration_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(()) => Ok(total),
+        Err(error) => {
+            total.stopped_reason = crate::engine::run_report::StopReason::Failed;
+            Err(RunFailure {
+                error,
+                report: Box::new(total),
+            })
         }
     }
 }
@@ -203,5 +307,37 @@ async fn sleep_or_stop(pause: Duration, stop: Option<&mut watch::Receiver<bool>>
             }
         }
         None => tokio::time::sleep(pause).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scheduled(now: SystemTime, seconds_ago: u64, seconds: u32) -> Follow {
+        let at = now - Duration::from_secs(seconds_ago);
+        Follow {
+            seconds: Some(seconds),
+            source: None,
+            scheduled_time: Some(ScheduledTime { at, minute: 0 }),
+        }
+    }
+
+    #[test]
+    fn a_scheduled_follow_ends_at_its_minute_plus_its_seconds_whenever_it_starts() {
+        let now = SystemTime::now();
+        // Started 20 s late: 40 s left of its 60, not 60.
+        let left = scheduled(now, 20, 60).length(now);
+        assert_eq!(left, Some(Duration::from_secs(40)));
+        // Its minute is over: stale, answered at once.
+        assert_eq!(scheduled(now, 61, 60).length(now), None);
+        assert_eq!(scheduled(now, 60, 60).length(now), None);
+        // Without a scheduled time: its seconds from now, or without end.
+        let manual = Follow {
+            seconds: Some(60),
+            ..Follow::default()
+        };
+        assert_eq!(manual.length(now), Some(Duration::from_secs(60)));
+        assert_eq!(Follow::default().length(now), Some(FOREVER));
     }
 }

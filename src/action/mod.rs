@@ -218,6 +218,15 @@ actions! {
     purge::Purge,
 }
 
+/// The actions the shop's door (a function deployed with `SHOP_DOOR=1`) accepts: the
+/// synchronous calls of the shop's webhooks, each on one order. Any other is refused by name
+/// before a connection is opened: the shop's principal, allowed to invoke the door, can never
+/// run a reconcile, a run with overrides or a follow through it.
+pub const DOOR_ACTIONS: &[&str] = &[
+    <release::Release as Action>::NAME,
+    <revive::Revive as Action>::NAME,
+];
+
 /// What an action answered.
 pub type Answer = Box<dyn Reply>;
 

@@ -117,7 +117,12 @@ fn classify_connect_error(config: &Config, source: tokio_postgres::Error) -> Err
         *code == SqlState::INVALID_PASSWORD
             || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
     });
-    if rejected {
+    if source.code() == Some(&SqlState::TOO_MANY_CONNECTIONS) {
+        Error::TooManyConnections {
+            target: describe(config),
+            source,
+        }
+    } else if rejected {
         Error::Authentication {
             user: config.get_user().unwrap_or("?").into(),
             source,

@@ -88,7 +88,10 @@ impl DatabaseConfig {
             rds_ca_regions: rds_ca_regions(lookup, &source)?,
             source,
             ca_bundle: DB_CA_BUNDLE.get(lookup).map(PathBuf::from),
-            ca_secret_id: DB_CA_SECRET_ID.get(lookup),
+            ca_secret_id: DB_CA_SECRET_ID
+                .get(lookup)
+                .map(|id| in_the_region(DB_CA_SECRET_ID, id, lookup))
+                .transpose()?,
         })
     }
 
@@ -198,7 +201,7 @@ fn db_region(lookup: &impl Fn(&str) -> Option<String>) -> Result<Option<String>>
 fn secret_or_url(lookup: &impl Fn(&str) -> Option<String>) -> Result<DatabaseSource> {
     let source = match (DB_SECRET_ID.get(lookup), DATABASE_URL.get(lookup)) {
         (Some(secret_id), _) => DatabaseSource::Secret(SecretSettings {
-            secret_id,
+            secret_id: in_the_region(DB_SECRET_ID, secret_id, lookup)?,
             host: DB_HOST.get(lookup),
             port: port(lookup)?,
             dbname: DB_NAME.get(lookup),
@@ -224,8 +227,79 @@ fn secret_or_url(lookup: &impl Fn(&str) -> Option<String>) -> Result<DatabaseSou
     Ok(source)
 }
 
+/// A secret's id, refused when it is the ARN of a secret in another region than the process's
+/// (`AWS_REGION`): the Secrets Manager client and the role's `kms:ViaService` condition use the
+/// function's region, so every run would fail to read it. Said before any call, naming both
+/// regions; a name, or an ARN of the same region, passes.
+fn in_the_region(
+    setting: Setting,
+    id: String,
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<String> {
+    let own = AWS_REGION
+        .get(lookup)
+        .or_else(|| lookup("AWS_DEFAULT_REGION"));
+    let secret_region = id
+        .strip_prefix("arn:")
+        .and_then(|arn| arn.split(':').nth(2))
+        .filter(|region| !region.is_empty());
+    match (secret_region, own) {
+        (Some(theirs), Some(own)) if theirs != own => Err(Error::Setting {
+            name: setting.name.into(),
+            reason: format!(
+                "is a secret in {theirs}, but the function runs in {own}, where Secrets Manager \
+                 is asked (and the KMS key's kms:ViaService condition names): replicate the \
+                 secret to {own} and give the replica's ARN"
+            ),
+        }),
+        _ => Ok(id),
+    }
+}
+
 /// `DB_PORT`, 5432 by default.
 fn port(lookup: &impl Fn(&str) -> Option<String>) -> Result<u16> {
     // The table's range (1 to 65535) keeps the number within a u16.
     Ok(u16::try_from(DB_PORT.number(lookup)?).unwrap_or(5432))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    const ARN: &str = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/db-AbCdEf";
+
+    #[test]
+    fn a_secret_in_another_region_is_refused_before_any_call_naming_both() {
+        for setting in [DB_SECRET_ID, DB_CA_SECRET_ID] {
+            let err = in_the_region(setting, ARN.into(), &lookup(&[("AWS_REGION", "us-east-1")]))
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(setting.name), "{text}");
+            assert!(
+                text.contains("eu-west-1") && text.contains("us-east-1"),
+                "{text}"
+            );
+            assert!(!err.is_retryable());
+        }
+        // The same region, a name, or no region known: as given.
+        for (id, pairs) in [
+            (ARN, &[("AWS_REGION", "eu-west-1")][..]),
+            ("prod/db", &[("AWS_REGION", "us-east-1")][..]),
+            (ARN, &[][..]),
+        ] {
+            assert_eq!(
+                in_the_region(DB_SECRET_ID, id.into(), &lookup(pairs)).unwrap(),
+                id
+            );
+        }
+    }
 }

@@ -132,9 +132,16 @@ pub struct FollowStats {
     pub passes: u64,
     /// Times it looked when the next reservation falls due (one index lookup each).
     pub wakeups: u64,
-    /// Why it ended: `time` (its `--for` or the invocation's deadline), or `signal`.
+    /// Why it ended: `time` (its `--for`, its scheduled minute's end, or the invocation's
+    /// deadline), `signal`, or — answered at once, without following — [`FOLLOW_STALE`] or
+    /// [`FOLLOW_DUPLICATE`].
     pub ended: &'static str,
 }
+
+/// A scheduled follow answered at once: its scheduled time plus its seconds had passed.
+pub const FOLLOW_STALE: &str = "stale";
+/// A scheduled follow answered at once: another session already follows its minute.
+pub const FOLLOW_DUPLICATE: &str = "duplicate";
 
 /// The fields of the run report that other tools rely on (the CLI's contract); the report has
 /// more, but never fewer.

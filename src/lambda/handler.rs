@@ -42,7 +42,7 @@ pub async fn handle(
 ) -> std::result::Result<Value, HandlerError> {
     let cold_start = state.take_cold_start();
     let request_id = event.context.request_id.clone();
-    let request = payload::parse(&event.payload).map_err(|error| {
+    let request = payload::parse_for(&event.payload, state.config.lambda.shop_door).map_err(|error| {
         tracing::error!(request_id, error_type = error.kind(), error = %error.chain(), "rejected the payload");
         HandlerError(error)
     })?;

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::action::run::Run;
-use crate::action::{strict, Request, MAX_SOURCE_LEN};
+use crate::action::{strict, Request, DOOR_ACTIONS, MAX_SOURCE_LEN};
 use crate::error::{Error, Result};
 
 /// The EventBridge "Scheduled Event" envelope (EventBridge rules and the default Scheduler
@@ -28,6 +28,28 @@ struct ScheduledEvent {
     region: Option<String>,
     resources: Option<Vec<String>>,
     detail: Option<Value>,
+}
+
+/// Parses a payload into a request, as the function `door` or not says: the shop's door
+/// (`SHOP_DOOR=1`) refuses, by name and before reading its fields, every action but
+/// [`DOOR_ACTIONS`] — a run (no `action`, `null`, a Scheduled Event) included.
+pub fn parse_for(payload: &Value, door: bool) -> Result<Request> {
+    if door {
+        let asked = match payload.get("action") {
+            None => "run",
+            Some(Value::String(name)) => name.as_str(),
+            Some(other) => kind(other),
+        };
+        if !DOOR_ACTIONS.contains(&asked) {
+            return Err(Error::Payload(format!(
+                "field action: the shop's door (SHOP_DOOR=1) takes only {}, not {:?}; every \
+                 other action goes to the scheduled function",
+                DOOR_ACTIONS.join(" and "),
+                truncate(asked)
+            )));
+        }
+    }
+    parse(payload)
 }
 
 /// Parses a payload into a request.
@@ -122,16 +144,37 @@ mod tests {
             parse(&json!({"action": "follow", "seconds": 60, "source": "schedule"})).unwrap(),
             Request::Follow(Follow {
                 seconds: Some(60),
-                source: source("schedule")
+                source: source("schedule"),
+                scheduled_time: None,
             })
         );
         assert_eq!(
             parse(&json!({"action": "follow"})).unwrap(),
             Request::Follow(Follow {
                 seconds: Some(60),
-                source: source("manual")
+                source: source("manual"),
+                scheduled_time: None,
             })
         );
+        let Request::Follow(scheduled) = parse(&json!({"action": "follow", "seconds": 60,
+            "source": "schedule", "scheduled_time": "2026-12-07T10:15:00Z"}))
+        .unwrap() else {
+            panic!("a follow")
+        };
+        let scheduled = scheduled.scheduled_time.unwrap();
+        assert_eq!(
+            humantime::format_rfc3339(scheduled.at).to_string(),
+            "2026-12-07T10:15:00Z"
+        );
+        assert_eq!(i64::from(scheduled.minute), 1_796_638_500 / 60);
+        for bad in [
+            "<aws.scheduler.scheduled-time>",
+            "2026-12-07 10:15",
+            "1969-12-31T23:59:00Z",
+        ] {
+            let err = parse(&json!({"action": "follow", "scheduled_time": bad})).unwrap_err();
+            assert!(err.to_string().contains("scheduled_time"), "{bad}: {err}");
+        }
         for bad in [
             json!({"action": "follow", "seconds": 0}),
             json!({"action": "follow", "seconds": 901}),
@@ -153,6 +196,42 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("order_id"));
+    }
+
+    #[test]
+    fn the_door_takes_release_and_revive_and_refuses_every_other_action_by_name() {
+        for ok in [
+            json!({"action": "release", "order_id": 7}),
+            json!({"action": "revive", "order_id": 7, "source": "webhook"}),
+        ] {
+            assert_eq!(parse_for(&ok, true).unwrap(), parse(&ok).unwrap());
+        }
+        for (refused, named) in [
+            (json!({"action": "reconcile", "apply": true}), "reconcile"),
+            (json!({"action": "follow"}), "follow"),
+            (json!({"action": "status"}), "status"),
+            (json!({"action": "report"}), "report"),
+            (json!({"action": "run", "batch_size": 5}), "run"),
+            (json!({"dry_run": true}), "run"),
+            (json!({}), "run"),
+            (Value::Null, "run"),
+            (json!({"detail-type": "Scheduled Event"}), "run"),
+            (json!({"action": 5}), "a number"),
+        ] {
+            let err = parse_for(&refused, true).unwrap_err();
+            assert!(matches!(err, Error::Payload(_)), "{refused}: {err}");
+            let text = err.to_string();
+            assert!(text.contains(&format!("{named:?}")), "{refused}: {text}");
+            assert!(text.contains("release and revive"), "{text}");
+            assert!(!err.is_retryable());
+        }
+        // A door's payload is checked as anywhere else once its action is let in.
+        assert!(parse_for(&json!({"action": "release"}), true)
+            .unwrap_err()
+            .to_string()
+            .contains("order_id"));
+        // Not the door: every action, as before.
+        assert!(parse_for(&json!({"action": "reconcile"}), false).is_ok());
     }
 
     #[test]

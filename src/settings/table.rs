@@ -166,6 +166,11 @@ settings! {
         /// invocation.
         PREFETCH_CREDENTIALS: number(0..=1, 1, Plain), Lambda
             => prefetch_credentials: bool;
+        /// 1: this function is the shop's door — it takes only the synchronous calls of the
+        /// shop's webhooks (`release`, `revive`) and refuses any other action by name; 0: every
+        /// payload action.
+        SHOP_DOOR: number(0..=1, 0, Plain), Lambda
+            => shop_door: bool;
     }
 
     // The logs: read by `telemetry`, where Lambda's own log settings win.

@@ -5,7 +5,7 @@
 
 use crate::engine::purge::PurgeReport;
 use crate::engine::reconcile::ReconcileReport;
-use crate::engine::run_report::{RunReport, StopReason};
+use crate::engine::run_report::{RunReport, StopReason, FOLLOW_DUPLICATE, FOLLOW_STALE};
 
 /// The unit of a metric's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,6 +300,23 @@ pub const METRICS: &[Metric] = &[
         "age of the oldest deferred order, from when it fell due",
         |o| {
         counted(o, |r| r.oldest_deferred_age_seconds.unwrap_or(0.0))
+    }),
+    // Scheduled follow events answered at once, without following (action::follow).
+    metric(
+        "StaleFollows",
+        Unit::Count,
+        Kind::Counter,
+        "follow events answered at once because their scheduled minute had ended",
+        |o| {
+        reported(o, |r| flag(r.follow.as_ref().is_some_and(|f| f.ended == FOLLOW_STALE)))
+    }),
+    metric(
+        "DuplicateFollows",
+        Unit::Count,
+        Kind::Counter,
+        "follow events answered at once because another session already followed their minute",
+        |o| {
+        reported(o, |r| flag(r.follow.as_ref().is_some_and(|f| f.ended == FOLLOW_DUPLICATE)))
     }),
     metric(
         "CountersDrifted",

@@ -148,6 +148,7 @@ pub fn log_run(ctx: &RunContext<'_>, report: Option<&RunReport>, error: Option<&
                 clamped_drops = r.counts.clamped_drops,
                 paid_orders_with_due_reservations = r.paid_orders_with_due_reservations,
                 stopped_reason = r.stopped_reason.as_str(),
+                follow_ended = r.follow.as_ref().map(|f| f.ended),
                 backlog_remaining = r.backlog_remaining,
                 oldest_due_age_seconds = r.oldest_due_age_seconds,
                 batch_ms_p50 = r.batch_ms_p50,

@@ -4,7 +4,7 @@
 //! make it spin, and SIGTERM ends it after the batch in flight with the summed report. The
 //! delays asserted here are correctness bounds; the figures are in BENCHMARKS.md.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 
@@ -555,4 +555,92 @@ async fn the_look_counts_what_is_due_and_finds_every_kind_of_next_due_instant() 
     assert_eq!(look.due, 2, "a due order's line and a cart hold");
     let look = next_due(&client, first.checked_at, rules, 1).await.unwrap();
     assert_eq!(look.due, 1, "counted up to what was asked");
+}
+
+/// The follow locks granted on `t`'s database: the followers running (one per scheduled
+/// minute, `sql::follow::TRY_LOCK_MINUTE`).
+fn follow_locks() -> String {
+    format!(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+           AND classid = {}::oid AND objsubid = 2 \
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        unreserver::db::sql::follow::FOLLOW_LOCK_CLASS
+    )
+}
+
+/// A scheduled follow event for the minute that began `ago` before `now`, following `seconds`
+/// from it.
+fn scheduled_follow(now: SystemTime, ago: u64, seconds: u32) -> Value {
+    let at = humantime::format_rfc3339(now - Duration::from_secs(ago)).to_string();
+    json!({"action": "follow", "seconds": seconds, "source": "schedule", "scheduled_time": at})
+}
+
+/// Four follow events delivered together while two minutes are being followed — two
+/// duplicates of one minute, one of the other, one whose minute is over — never run a third
+/// follower: each is answered at once (`duplicate`, `stale`: no pass, no look), the two
+/// followers keep their minutes, and no more than two follow locks are ever held. Synchronized
+/// on `pg_locks` (both minutes' locks granted before the four are sent), never on a sleep.
+#[tokio::test]
+async fn stale_and_duplicate_follow_events_never_run_more_than_two_followers() {
+    let t = TestApp::spawn().await;
+    let now = SystemTime::now();
+    // This minute's follow and the last minute's, still following past its minute: each ends
+    // about 29 s from now, far beyond the four answers even on a loaded machine; the test
+    // ends them (drops them, their sessions close) once the four are answered.
+    let this_minute = scheduled_follow(now, 1, 30);
+    let last_minute = scheduled_follow(now, 61, 90);
+    let followers = {
+        let (a, b) = (this_minute.clone(), last_minute.clone());
+        let front = t.front().clone();
+        tokio::spawn(async move {
+            tokio::join!(
+                front.lambda_within(a, 120_000),
+                front.lambda_within(b, 120_000)
+            )
+        })
+    };
+    let two_held = format!("SELECT ({}) = 2", follow_locks());
+    assert!(
+        until_true(&t, &two_held).await,
+        "the two followers never took their minutes"
+    );
+    // The most follow locks held at once, watched until the four have their answers.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (watching, url, sql) = (watching.clone(), t.url.clone(), follow_locks());
+        tokio::spawn(async move {
+            let client = crate::common::connect_url(&url).await;
+            let mut most = 0;
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                let held: i64 = client.query_one(&sql, &[]).await.unwrap().get(0);
+                most = most.max(held);
+            }
+            most
+        })
+    };
+    let (first, second, other, stale) = tokio::join!(
+        t.lambda(this_minute.clone()),
+        t.lambda(this_minute.clone()),
+        t.lambda(last_minute.clone()),
+        t.lambda(scheduled_follow(now, 120, 60)),
+    );
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    for (answer, ended) in [
+        (first, "duplicate"),
+        (second, "duplicate"),
+        (other, "duplicate"),
+        (stale, "stale"),
+    ] {
+        let answer = answer.unwrap();
+        assert_eq!(answer["follow"]["ended"], ended, "{answer}");
+        assert_eq!(answer["follow"]["passes"], 0, "{answer}");
+        assert_eq!(answer["follow"]["wakeups"], 0, "{answer}");
+    }
+    // The two followers were still following when the four were answered.
+    assert_eq!(t.i64(&follow_locks()).await, 2);
+    assert!(watcher.await.unwrap() <= 2, "a third follower ran");
+    followers.abort();
+    if let Err(error) = followers.await {
+        assert!(error.is_cancelled(), "a follower failed: {error}");
+    }
 }

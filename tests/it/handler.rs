@@ -109,6 +109,145 @@ async fn each_failure_reaches_lambda_with_its_error_type() {
     );
 }
 
+/// The role's `CONNECTION LIMIT` reached (SQLSTATE 53300): its own error type, one a caller
+/// retries (the shop's webhook retries it with back-off, `examples/door-webhook.py`), not
+/// `DatabaseUnreachable`.
+#[tokio::test]
+async fn a_connection_refused_for_want_of_room_is_its_own_retryable_error() {
+    let t = TestApp::spawn().await;
+    let role = t.role("full").await;
+    t.exec(&format!("ALTER ROLE {role} CONNECTION LIMIT 0"))
+        .await;
+    let url = format!(
+        "postgres://{role}:full@127.0.0.1:{}/{}?sslmode=disable",
+        pg_port(),
+        t.name
+    );
+    let full = t.with("DATABASE_URL", url.clone());
+    for payload in [json!({"action": "release", "order_id": 1}), json!({})] {
+        assert_eq!(error_type(&full, payload).await, "TooManyConnections");
+    }
+    let mut config = unreserver::config_from_url("DATABASE_URL", &url).unwrap();
+    config.connect_timeout(Duration::from_secs(5));
+    let tls = unreserver::tls_connector(None, &unreserver::RdsCaRegions::All).unwrap();
+    let err = match unreserver::Database::open(&config, &tls, 100).await {
+        Ok(_) => panic!("a role allowed no connection connected"),
+        Err(err) => err,
+    };
+    assert_eq!(err.kind(), "TooManyConnections");
+    assert!(err.is_retryable(), "{}", err.chain());
+    assert!(err.to_string().contains("CONNECTION LIMIT"), "{err}");
+}
+
+/// A burst of the shop's calls to the door against a role whose `CONNECTION LIMIT` is 3 (the
+/// stack's `RoleConnectionLimit`, small): never more than three of the role's sessions at
+/// once — a call beyond them fails `TooManyConnections`, retryable, at once — and a shopper
+/// checking out meanwhile on connections of its own never fails. Each call meets an order a
+/// shopper is paying for (its row locked), so it keeps its connection through its retries
+/// until `LockBusy`.
+#[tokio::test]
+async fn a_burst_of_shop_calls_never_holds_more_connections_than_the_role_limit() {
+    let t = TestApp::spawn().await;
+    let role = t.role("burst").await;
+    t.exec(&format!("ALTER ROLE {role} CONNECTION LIMIT 3"))
+        .await;
+    let url = format!(
+        "postgres://{role}:burst@127.0.0.1:{}/{}?sslmode=disable",
+        pg_port(),
+        t.name
+    );
+    let door = t.with("DATABASE_URL", url).with("SHOP_DOOR", "1");
+    let mut orders = Vec::new();
+    for _ in 0..10 {
+        orders.push(t.one_due_order(1).await.1.to_string());
+    }
+    let (spare_variant, _, _) = t.one_due_order(1).await;
+    // Shoppers paying for the ten orders: their rows locked until the burst is over.
+    let paying = crate::common::connect_url(&t.url).await;
+    paying
+        .batch_execute(&format!(
+            "BEGIN; SELECT id FROM orders_order WHERE id IN ({}) FOR UPDATE",
+            orders.join(", ")
+        ))
+        .await
+        .unwrap();
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let still = |busy: &std::sync::Arc<std::sync::atomic::AtomicBool>| {
+        busy.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // A shopper checking out on a connection of its own each time: (done, failed).
+    let shopper = {
+        let (busy, url) = (busy.clone(), t.url.clone());
+        tokio::spawn(async move {
+            let (mut done, mut failed) = (0, 0);
+            while still(&busy) {
+                let (client, connection) =
+                    match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                        Ok(pair) => pair,
+                        Err(_) => {
+                            failed += 1;
+                            continue;
+                        }
+                    };
+                tokio::spawn(connection);
+                let checkout = format!(
+                    "UPDATE products_productvariant SET reserved_quantity = reserved_quantity \
+                     WHERE id = {spare_variant}"
+                );
+                match client.batch_execute(&checkout).await {
+                    Ok(()) => done += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+            (done, failed)
+        })
+    };
+    // The most sessions of the role at once, watched until the burst is answered.
+    let watcher = {
+        let (busy, url) = (busy.clone(), t.url.clone());
+        let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}'");
+        tokio::spawn(async move {
+            let client = crate::common::connect_url(&url).await;
+            let mut most = 0;
+            while still(&busy) {
+                let n: i64 = client.query_one(&sql, &[]).await.unwrap().get(0);
+                most = most.max(n);
+            }
+            most
+        })
+    };
+    let calls = orders.iter().map(|order| {
+        let (door, order) = (door.clone(), order.parse::<i64>().unwrap());
+        tokio::spawn(async move {
+            door.lambda(json!({"action": "release", "order_id": order}))
+                .await
+        })
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    paying.batch_execute("ROLLBACK").await.unwrap();
+    let mut kinds = std::collections::BTreeMap::new();
+    for answer in answers {
+        let error = answer
+            .unwrap()
+            .expect_err("an order a shopper holds was released");
+        assert!(error.retryable, "{error:?}");
+        *kinds.entry(error.error_type().to_string()).or_insert(0) += 1;
+    }
+    let refused = kinds.get("TooManyConnections").copied().unwrap_or(0);
+    let busy_answers = kinds.get("LockBusy").copied().unwrap_or(0);
+    assert_eq!(refused + busy_answers, 10, "{kinds:?}");
+    assert!(refused >= 1 && busy_answers >= 1, "{kinds:?}");
+    let most = watcher.await.unwrap();
+    assert!(
+        (1..=3).contains(&most),
+        "{most} sessions of the role at once"
+    );
+    let (done, failed) = shopper.await.unwrap();
+    assert_eq!(failed, 0, "a shopper's checkout failed");
+    assert!(done > 0);
+}
+
 #[tokio::test]
 async fn a_bad_ca_bundle_fails_the_init_naming_it() {
     let front = Front::new()

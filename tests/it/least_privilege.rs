@@ -65,3 +65,17 @@ async fn the_role_password_is_stored_as_a_scram_verifier() {
     assert!(stored.starts_with("SCRAM-SHA-256$4096:"), "{stored}");
     assert!(!stored.contains(crate::common::RELEASE_PASSWORD));
 }
+
+/// `infra/role.sql -v connection_limit=N` (the stack's `RoleConnectionLimit` output) bounds the
+/// role's connections: `scripts/test.sh` passes 500.
+#[tokio::test]
+async fn the_role_gets_the_connection_limit_it_is_given() {
+    let t = TestDb::new().await;
+    let limit = t
+        .i64(&format!(
+            "SELECT rolconnlimit::int8 FROM pg_roles WHERE rolname = '{}'",
+            crate::common::RELEASE_ROLE
+        ))
+        .await;
+    assert_eq!(limit, 500);
+}

@@ -14,6 +14,7 @@ mod failures;
 mod faults;
 mod follow;
 mod handler;
+mod hot_carts;
 mod hot_rows;
 mod iam;
 mod indexes;

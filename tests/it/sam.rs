@@ -138,7 +138,17 @@ fn failed_runs_go_to_a_queue_with_an_alarm_and_are_never_retried_onto_the_next_r
     assert_eq!(config["FunctionName"], json!({"Ref": "Function"}));
     assert_eq!(config["MaximumRetryAttempts"], 0);
     // Older events go to the destination before the next run is due (the shortest interval).
-    assert!(config["MaximumEventAgeInSeconds"].as_i64().unwrap() < 300);
+    // Follow mode: at AWS's lowest allowed age (60 s), so a queued minute is never started
+    // late beside the next minute's (MaximumEventAgeInSeconds: 60 to 21600).
+    assert_eq!(
+        config["MaximumEventAgeInSeconds"],
+        json!({"Fn::If": ["IsFollow", 60, 240]})
+    );
+    assert_eq!(
+        resource(&t, "FunctionSchedule")["Properties"]["Target"]["RetryPolicy"]
+            ["MaximumEventAgeInSeconds"],
+        json!({"Fn::If": ["IsFollow", 60, 240]})
+    );
     assert_eq!(
         config["DestinationConfig"]["OnFailure"]["Destination"],
         json!({"Fn::GetAtt": ["FailedRunsQueue", "Arn"]})
@@ -225,7 +235,9 @@ fn the_schedule_invokes_the_function_through_its_own_guarded_role() {
     );
     for branch in [1, 2] {
         let text = target["Input"]["Fn::If"][branch].as_str().unwrap();
-        unreserver::parse_payload(&serde_json::from_str(text).unwrap()).unwrap();
+        // Scheduler fills in the follow's scheduled time.
+        let text = text.replace("<aws.scheduler.scheduled-time>", "2022-03-22T18:59:43Z");
+        unreserver::parse_payload(&serde_json::from_str(&text).unwrap()).unwrap();
     }
 
     // The schedule is in the stack's own group, and the role trusts that group only: "The
@@ -349,10 +361,19 @@ fn follow_mode_invokes_every_minute_to_follow_for_sixty_seconds() {
     let p = &resource(&t, "FunctionSchedule")["Properties"];
     let input = &p["Target"]["Input"]["Fn::If"];
     assert_eq!(input[0], "IsFollow");
-    let follow: Value = serde_json::from_str(input[1].as_str().unwrap()).unwrap();
+    // Each event carries its scheduled time, which Scheduler fills in: the follow's minute.
+    let text = input[1].as_str().unwrap();
+    assert!(
+        text.contains(r#""scheduled_time": "<aws.scheduler.scheduled-time>""#),
+        "{text}"
+    );
+    let text = text.replace("<aws.scheduler.scheduled-time>", "2022-03-22T18:59:43Z");
+    let follow: Value = serde_json::from_str(&text).unwrap();
     let seconds = match unreserver::parse_payload(&follow).unwrap() {
         unreserver::Request::Follow(f) => {
             assert_eq!(f.source(), "schedule");
+            let scheduled = f.scheduled_time.unwrap();
+            assert_eq!(i64::from(scheduled.minute), 1_647_975_583 / 60);
             f.seconds.unwrap()
         }
         other => panic!("{other:?}"),
@@ -413,7 +434,12 @@ fn every_alarm_follows_the_run_interval() {
     assert!(allowed.contains(&json!("1")), "the 1-minute interval");
     let interval = json!({"Fn::FindInMap":
         ["AlarmPeriod", {"Ref": "ReleaseMode"}, {"Ref": "RunIntervalMinutes"}]});
-    let periods = alarm_periods(&t);
+    // The door's alarm watches the shop's calls, which come at any time: its own 5-minute
+    // windows (`the_shop_can_invoke_the_door_and_nothing_else`).
+    let periods: Vec<_> = alarm_periods(&t)
+        .into_iter()
+        .filter(|(name, _)| name != "DoorErrorRateAlarm")
+        .collect();
     assert!(periods.len() >= 15, "{periods:?}");
     for (name, period) in &periods {
         assert_eq!(
@@ -843,9 +869,37 @@ fn the_wiring_matches_aws_cdk_or_the_aws_sentence_it_misses() {
     // The invoke configuration: no retries, the event age, the queue on failure — as CDK.
     let cdk = &oracle["event_invoke_config"];
     let ours = &resource(&t, "FunctionEventInvokeConfig")["Properties"];
-    for field in ["MaximumRetryAttempts", "MaximumEventAgeInSeconds"] {
-        assert_eq!(ours[field], cdk[field], "{field}");
+    assert_eq!(ours["MaximumRetryAttempts"], cdk["MaximumRetryAttempts"]);
+    // The shop's door: CDK's grant_invoke allows the one action on the function's ARN and on
+    // its versions and aliases (`ARN:*`); ours on the unqualified ARN alone, within CDK's (the
+    // shop calls the function by name; the stack publishes no version). Its reserved
+    // concurrency is the property CDK writes on the function.
+    let cdk_door = oracle["door_invoke_statements"].as_array().unwrap();
+    assert_eq!(cdk_door.len(), 1);
+    assert_eq!(actions(&cdk_door[0]), ["lambda:InvokeFunction"]);
+    assert_eq!(
+        cdk_door[0]["Resource"][0],
+        json!({"Fn::GetAtt": ["Door", "Arn"]})
+    );
+    let door_statement =
+        &resource(&t, "DoorInvokePolicy")["Properties"]["PolicyDocument"]["Statement"][0];
+    assert_eq!(actions(door_statement), actions(&cdk_door[0]));
+    assert_eq!(
+        door_statement["Resource"],
+        json!({"Fn::GetAtt": ["DoorFunction", "Arn"]})
+    );
+    assert_eq!(oracle["door_reserved_concurrency"], 5);
+    for function in ["Function", "DoorFunction"] {
+        assert!(
+            resource(&t, function)["Properties"]["ReservedConcurrentExecutions"].is_object(),
+            "{function}"
+        );
     }
+    // Interval mode's age as CDK's; follow mode's its own (60 s, the lowest allowed).
+    assert_eq!(
+        ours["MaximumEventAgeInSeconds"]["Fn::If"][2],
+        cdk["MaximumEventAgeInSeconds"]
+    );
     assert!(cdk["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][1] == "Arn");
     assert_eq!(
         ours["DestinationConfig"]["OnFailure"]["Destination"],
@@ -891,6 +945,244 @@ fn the_wiring_matches_aws_cdk_or_the_aws_sentence_it_misses() {
     assert!(key
         .iter()
         .any(|s| s["Principal"]["Service"] == "cloudwatch.amazonaws.com"));
+}
+
+/// Every function that connects as the role is bounded, and the role's `CONNECTION LIMIT` the
+/// stack prints (`RoleConnectionLimit`, for `infra/role.sql`) is their sum: the scheduled
+/// function's concurrency × `WORKERS` (2) + the door's × 1 + 2 for an operator's run, for
+/// every combination the parameters allow.
+#[test]
+fn connections_are_bounded_end_to_end() {
+    let t = generated();
+    for (function, parameter) in [
+        ("Function", "ScheduleConcurrency"),
+        ("DoorFunction", "DoorConcurrency"),
+    ] {
+        assert_eq!(
+            resource(&t, function)["Properties"]["ReservedConcurrentExecutions"],
+            json!({"Fn::If": ["ReservesConcurrency", {"Ref": parameter}, {"Ref": "AWS::NoValue"}]}),
+            "{function}"
+        );
+    }
+    assert_eq!(
+        t["Conditions"]["ReservesConcurrency"],
+        json!({"Fn::Equals": [{"Ref": "ConcurrencyReservation"}, "reserved"]})
+    );
+    assert_eq!(
+        t["Parameters"]["ConcurrencyReservation"]["Default"],
+        "reserved"
+    );
+    let values = |name: &str| -> Vec<i64> {
+        t["Parameters"][name]["AllowedValues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().parse().unwrap())
+            .collect()
+    };
+    // Two follow minutes overlap (75 s on a 60 s rate) and the nightly reconcile may join them.
+    assert!(values("ScheduleConcurrency").iter().all(|n| *n >= 2));
+    assert_eq!(t["Parameters"]["ScheduleConcurrency"]["Default"], "3");
+    // The arithmetic holds only if a scheduled invocation opens at most two connections.
+    assert_eq!(
+        resource(&t, "Function")["Properties"]["Environment"]["Variables"]["WORKERS"],
+        "2"
+    );
+    let limits = &t["Mappings"]["ConnectionLimit"];
+    for schedule in values("ScheduleConcurrency") {
+        for door in values("DoorConcurrency") {
+            assert_eq!(
+                limits[schedule.to_string()][door.to_string()].as_i64(),
+                Some(schedule * 2 + door + 2),
+                "ScheduleConcurrency {schedule}, DoorConcurrency {door}"
+            );
+        }
+    }
+    let output = &t["Outputs"]["RoleConnectionLimit"];
+    assert_eq!(
+        output["Value"],
+        json!({"Fn::FindInMap": ["ConnectionLimit", {"Ref": "ScheduleConcurrency"}, {"Ref": "DoorConcurrency"}]})
+    );
+    assert!(output["Description"]
+        .as_str()
+        .unwrap()
+        .contains("-v connection_limit="));
+    assert!(include_str!("../../infra/role.sql").contains(":{?connection_limit}"));
+}
+
+/// The shop's principal may invoke the door and nothing else; the door runs the same code and
+/// settings as the scheduled function with `SHOP_DOOR=1`, is called synchronously only, and
+/// its alarm watches the rate of failed calls, not each one.
+#[test]
+fn the_shop_can_invoke_the_door_and_nothing_else() {
+    let t = generated();
+    let policy = resource(&t, "DoorInvokePolicy");
+    assert_eq!(policy["Type"], "AWS::IAM::ManagedPolicy");
+    let statements = policy["Properties"]["PolicyDocument"]["Statement"]
+        .as_array()
+        .unwrap();
+    assert_eq!(statements.len(), 1, "{statements:?}");
+    assert_eq!(statements[0]["Effect"], "Allow");
+    assert_eq!(actions(&statements[0]), ["lambda:InvokeFunction"]);
+    assert_eq!(
+        statements[0]["Resource"],
+        json!({"Fn::GetAtt": ["DoorFunction", "Arn"]})
+    );
+    assert!(statements[0]["Condition"].is_null());
+    assert_eq!(
+        t["Outputs"]["DoorInvokePolicyArn"]["Value"],
+        json!({"Ref": "DoorInvokePolicy"})
+    );
+    // Nothing else in the stack lets anyone invoke the door; the schedules invoke Function.
+    let door_arn_uses = t["Resources"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| {
+            r.to_string()
+                .contains(r#"{"Fn::GetAtt":["DoorFunction","Arn"]}"#)
+        })
+        .map(|(name, _)| name.as_str())
+        .collect::<Vec<_>>();
+    assert_eq!(door_arn_uses, ["DoorInvokePolicy"]);
+    for (name, r) in t["Resources"].as_object().unwrap() {
+        assert!(
+            !(r["Type"] == "AWS::Lambda::Permission" && r.to_string().contains("DoorFunction")),
+            "{name} lets a service invoke the door"
+        );
+        assert!(
+            !(r["Type"] == "AWS::Lambda::EventInvokeConfig"
+                && r.to_string().contains("DoorFunction")),
+            "{name}: the door is called synchronously only"
+        );
+    }
+    // The same settings as the scheduled function, and SHOP_DOOR.
+    let vars = |name: &str| {
+        resource(&t, name)["Properties"]["Environment"]["Variables"]
+            .as_object()
+            .unwrap()
+            .clone()
+    };
+    let mut door = vars("DoorFunction");
+    assert_eq!(door.remove("SHOP_DOOR"), Some(json!("1")));
+    assert_eq!(door, vars("Function"));
+    let function = &resource(&t, "Function")["Properties"];
+    let door = &resource(&t, "DoorFunction")["Properties"];
+    for same in [
+        "Role",
+        "CodeUri",
+        "Runtime",
+        "Architectures",
+        "VpcConfig",
+        "LoggingConfig",
+    ] {
+        assert_eq!(door[same], function[same], "{same}");
+    }
+    assert_eq!(
+        unreserver::action::DOOR_ACTIONS,
+        ["release", "revive"],
+        "the door's actions"
+    );
+    // The door's alarm: failed and throttled calls over calls, never a single LockBusy.
+    let alarm = &resource(&t, "DoorErrorRateAlarm")["Properties"];
+    let metrics = alarm["Metrics"].as_array().unwrap();
+    let mut watched = Vec::new();
+    for m in metrics {
+        if let Some(stat) = m.get("MetricStat") {
+            assert_eq!(stat["Metric"]["Namespace"], "AWS/Lambda");
+            assert_eq!(
+                stat["Metric"]["Dimensions"],
+                json!([{"Name": "FunctionName", "Value": {"Ref": "DoorFunction"}}])
+            );
+            assert_eq!(stat["Period"], 300);
+            assert_eq!(stat["Stat"], "Sum");
+            watched.push(stat["Metric"]["MetricName"].as_str().unwrap());
+        }
+    }
+    watched.sort_unstable();
+    assert_eq!(watched, ["Errors", "Invocations", "Throttles"]);
+    let expression = metrics.iter().find(|m| m["ReturnData"] == true).unwrap()["Expression"]
+        .as_str()
+        .unwrap();
+    assert!(
+        expression.contains("100 * (FILL(errors, 0) + FILL(throttles, 0))"),
+        "{expression}"
+    );
+    assert!(expression.contains(">= 10"), "{expression}");
+    assert_eq!(alarm["Threshold"], json!({"Ref": "DoorErrorRatePercent"}));
+    assert_eq!(alarm["DatapointsToAlarm"], 2);
+    // The scheduled function's own errors alarm watches the scheduled function alone.
+    assert_eq!(
+        resource(&t, "LambdaErrorsAlarm")["Properties"]["Dimensions"],
+        json!([{"Name": "FunctionName", "Value": {"Ref": "Function"}}])
+    );
+}
+
+/// The log group outlives the stack, except after a first create that rolled back (a kept
+/// group would make the next create fail on its name).
+#[test]
+fn the_log_group_is_kept_except_after_a_failed_first_create() {
+    let t = generated();
+    let group = resource(&t, "LogGroup");
+    assert_eq!(group["DeletionPolicy"], "RetainExceptOnCreate");
+    assert_eq!(group["UpdateReplacePolicy"], "Retain");
+    assert_eq!(
+        resource(&t, "FailedRunsQueue")["Properties"]["MessageRetentionPeriod"],
+        1_209_600
+    );
+}
+
+/// The delay alarms' thresholds follow the mode unless given: follow mode releases within
+/// seconds, so a regression to a minute alarms there, where interval mode's 900 s never would.
+#[test]
+fn the_delay_alarms_have_thresholds_per_mode() {
+    let t = generated();
+    for (alarm, parameter, key) in [
+        (
+            "ReleaseDelayP95Alarm",
+            "ReleaseDelayAlarmSeconds",
+            "ReleaseDelaySeconds",
+        ),
+        (
+            "OldestDueAgeAlarm",
+            "OldestDueAgeAlarmSeconds",
+            "OldestDueAgeSeconds",
+        ),
+        (
+            "OldestDeferredAgeAlarm",
+            "OldestDueAgeAlarmSeconds",
+            "OldestDueAgeSeconds",
+        ),
+    ] {
+        let condition = format!("Has{}Threshold", parameter.trim_end_matches("AlarmSeconds"));
+        assert_eq!(
+            resource(&t, alarm)["Properties"]["Threshold"],
+            json!({"Fn::If": [condition, {"Ref": parameter},
+                {"Fn::FindInMap": ["AlarmThresholds", {"Ref": "ReleaseMode"}, key]}]}),
+            "{alarm}"
+        );
+        assert_eq!(t["Parameters"][parameter]["Default"], "", "{parameter}");
+        let thresholds = &t["Mappings"]["AlarmThresholds"];
+        let (interval, follow) = (
+            thresholds["interval"][key].as_i64().unwrap(),
+            thresholds["follow"][key].as_i64().unwrap(),
+        );
+        assert_eq!(interval, 900, "{key}");
+        assert!((60..=300).contains(&follow), "{key}: {follow}");
+    }
+    assert_eq!(
+        t["Mappings"]["AlarmThresholds"]["follow"]["ReleaseDelaySeconds"],
+        60
+    );
+    let pattern = t["Parameters"]["ReleaseDelayAlarmSeconds"]["AllowedPattern"]
+        .as_str()
+        .unwrap();
+    for ok in ["", "60", "900", "999999"] {
+        assert!(full_match(pattern, ok), "{ok:?}");
+    }
+    for bad in ["59", "0", "1e3", "-60", "1000000"] {
+        assert!(!full_match(pattern, bad), "{bad:?}");
+    }
 }
 
 /// The nightly purge is off by default; when on, it is a function of its own whose role reads

@@ -122,27 +122,39 @@ fn check_parameter(var: &str, s: &Setting, name: &str, p: &Yaml) {
 #[test]
 fn the_template_sets_only_table_settings_through_parameters_that_agree() {
     let t = template();
-    let vars = t["Resources"]["Function"]["Properties"]["Environment"]["Variables"]
-        .as_hash()
-        .expect("the function's environment");
     let params = t["Parameters"].as_hash().unwrap();
-    assert!(vars.len() >= 10, "{} variables", vars.len());
-    for (var, value) in vars {
-        let var = var.as_str().unwrap();
-        let s = setting(var).unwrap_or_else(|| panic!("{var} is not in the settings table"));
-        assert!(
-            s.read_by.lambda(),
-            "{var} is not read by the Lambda function"
-        );
-        let Some(value) = text(value) else { continue }; // an !If: checked by its parameters
-        match params.get(&Yaml::String(value.clone())) {
-            Some(p) => check_parameter(var, s, &value, p),
-            None => match s.kind {
-                Kind::Choice { values, .. } => {
-                    assert!(values.contains(&value.as_str()), "{var}: {value}")
-                }
-                _ => panic!("{var}: literal {value} for a setting that is not a choice"),
-            },
+    for function in ["Function", "DoorFunction"] {
+        let vars = t["Resources"][function]["Properties"]["Environment"]["Variables"]
+            .as_hash()
+            .expect("the function's environment");
+        assert!(vars.len() >= 10, "{} variables", vars.len());
+        for (var, value) in vars {
+            let var = var.as_str().unwrap();
+            let s = setting(var).unwrap_or_else(|| panic!("{var} is not in the settings table"));
+            assert!(
+                s.read_by.lambda(),
+                "{var} is not read by the Lambda function"
+            );
+            let Some(value) = text(value) else { continue }; // an !If: checked by its parameters
+            match params.get(&Yaml::String(value.clone())) {
+                Some(p) => check_parameter(var, s, &value, p),
+                None => match s.kind {
+                    Kind::Choice { values, .. } => {
+                        assert!(values.contains(&value.as_str()), "{var}: {value}")
+                    }
+                    // A number the template fixes (WORKERS, SHOP_DOOR), within the table's range.
+                    Kind::Number { min, max, .. } => {
+                        let n: u32 = value
+                            .parse()
+                            .unwrap_or_else(|_| panic!("{var}: literal {value} is not a number"));
+                        assert!(
+                            (min..=max).contains(&n),
+                            "{var}: {value} out of {min}..={max}"
+                        );
+                    }
+                    _ => panic!("{var}: literal {value} for a setting that is not a choice"),
+                },
+            }
         }
     }
 }

@@ -75,3 +75,29 @@ pub async fn next_due(
     )
     .await
 }
+
+/// The class of follow mode's advisory locks, the first key of the two-`int4` form ("unrv"):
+/// it never meets an advisory lock the shop takes with one `bigint` key, and names ours in
+/// `pg_locks` (`classid`).
+pub const FOLLOW_LOCK_CLASS: i32 = 0x756e_7276;
+
+/// Takes the session advisory lock of one scheduled follow minute without waiting: `locked`
+/// is true when this session now holds it, false when another session does — the same
+/// minute's event delivered twice, or retried, while its first delivery still follows. Locks
+/// no row and no table; the lock is held by the follow's session until the session ends (its
+/// connection closes when the follow ends), so a duplicate never waits for it.
+///
+/// $1 [`FOLLOW_LOCK_CLASS`], $2 the scheduled minute (minutes since the Unix epoch).
+pub const TRY_LOCK_MINUTE: &str = "SELECT pg_try_advisory_lock($1::int4, $2::int4) AS locked";
+
+/// [`TRY_LOCK_MINUTE`] for `minute`: whether this session now holds that minute.
+pub async fn try_lock_minute(client: &(impl GenericClient + Sync), minute: i32) -> Result<bool> {
+    fetch_one(
+        client,
+        TRY_LOCK_MINUTE,
+        &[&FOLLOW_LOCK_CLASS, &minute],
+        "taking the scheduled minute's follow lock",
+        |row| row.try_get("locked"),
+    )
+    .await
+}

@@ -154,6 +154,48 @@ pub async fn reservation_indexes(
     .await
 }
 
+/// The counter rows the active reservations of orders $1 and cart holds $2 need: what a queue
+/// batch must win before it can release them (each row it waits for in its lock queue). Reads
+/// only; locks nothing (the queue batch decides on the rows it then locks).
+///
+/// $1 order ids, $2 cart-hold reservation ids.
+pub const COUNTER_ROWS_OF: &str = "SELECT r.order_id::int8 AS order_id, r.id::int8 AS id, \
+     r.product_variant_id::int8 AS variant_id, r.drop_product_id::int8 AS drop_id \
+     FROM orders_inventoryreservation r WHERE r.status = 'active' \
+     AND (r.order_id = ANY($1::int8[]) OR (r.order_id IS NULL AND r.id = ANY($2::int8[])))";
+
+/// A row of [`COUNTER_ROWS_OF`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineRows {
+    pub order_id: Option<i64>,
+    pub id: i64,
+    pub variant_id: i64,
+    pub drop_id: Option<i64>,
+}
+
+/// [`COUNTER_ROWS_OF`] (unprepared: a few queue batches a run).
+pub async fn counter_rows_of(
+    client: &(impl GenericClient + Sync),
+    orders: &[i64],
+    holds: &[i64],
+) -> Result<Vec<LineRows>> {
+    fetch(
+        client,
+        COUNTER_ROWS_OF,
+        &[&orders, &holds],
+        "reading the counter rows of held-up orders",
+        |row: &Row| {
+            Ok(LineRows {
+                order_id: row.try_get("order_id")?,
+                id: row.try_get("id")?,
+                variant_id: row.try_get("variant_id")?,
+                drop_id: row.try_get("drop_id")?,
+            })
+        },
+    )
+    .await
+}
+
 /// What the preflight reads of the server, in one round trip: the port it listens on and
 /// whether this session came over its Unix socket (a client that connected elsewhere reached it
 /// through a pooler or proxy), whether it is a standby (read-only), and `deadlock_timeout` —

@@ -296,12 +296,16 @@ impl Statements {
 /// Waits in the lock queue of one variant row a queue of checkouts never leaves free, and locks
 /// it `FOR NO KEY UPDATE` (the lock the units' update takes anyway: it does not block a
 /// checkout's foreign-key check). The only statement of the release that waits for a row
-/// lock, and it runs first in its transaction, holding nothing else: the release cannot be
-/// part of a lock cycle while it waits, and the transaction's `lock_timeout` (a quarter of the
-/// shop's `deadlock_timeout`) ends the wait before any shopper's deadlock check would run. Like a checkout, it is granted the row in its turn; a
-/// holder that upgrades its own lock on the row meanwhile is not held up by it (a transaction
-/// that already holds a lock on a tuple does not queue behind waiters for it). Unprepared: a
-/// few queue batches a run.
+/// lock. A queue batch runs it first for each hot row its orders need, in the release's lock
+/// order (variants, then drops, ascending ids), before anything else: the first wait holds
+/// nothing (`lock_timeout` a quarter of the shop's `deadlock_timeout`), each later one holds
+/// only the hot rows granted before it and is bounded by `LOCK_TIMEOUT_MS`, and the batch is
+/// cut at half of `deadlock_timeout` — so no wait, the release's or a shopper's queued behind
+/// it, ever reaches `deadlock_timeout`: a lock cycle with a shopper who locks in another order
+/// is broken by the release's `lock_timeout` (it rolls back), never by PostgreSQL aborting the
+/// shopper. Like a checkout, it is granted the row in its turn; a holder that upgrades its own
+/// lock on the row meanwhile is not held up by it (a transaction that already holds a lock on
+/// a tuple does not queue behind waiters for it). Unprepared: a few queue batches a run.
 ///
 /// $1 variant id. Returns the row's id.
 pub const QUEUE_FOR_VARIANT: &str =

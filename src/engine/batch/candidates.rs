@@ -101,10 +101,37 @@ pub(super) fn deferred(orders: &[i64], holds: &[i64], exclude: &HashSet<i64>) ->
     }
 }
 
-/// A queue batch's first step: waits in the lock queue of `row`, holding nothing else, until it
-/// is granted or the queue's lock timeout runs out (false: the transaction must roll back; the
-/// orders stay deferred). Counts the wait.
-pub(super) async fn queue_for(
+/// A queue batch's first step: waits in the lock queue of each of `rows` (in the release's lock
+/// order) until it is granted or the wait's lock timeout runs out — the first wait holding
+/// nothing, with the queue's lock timeout; each later one holding only the rows granted before
+/// it, with `LOCK_TIMEOUT_MS` (see [`crate::db::sql::QUEUE_FOR_VARIANT`]). False: a wait ran
+/// out; the transaction must roll back (giving every row back) and the orders stay deferred.
+/// Leaves the batch's own timeouts set.
+pub(super) async fn queue_for_all(
+    cx: BatchContext<'_, '_>,
+    rows: &[(Counter, i64)],
+    out: &mut BatchOutcome,
+) -> Result<bool> {
+    cx.st
+        .set_batch_timeouts(cx.tx, &cx.params.queue_timeouts)
+        .await?;
+    for (index, row) in rows.iter().enumerate() {
+        if index == 1 {
+            cx.st.set_batch_timeouts(cx.tx, &cx.params.timeouts).await?;
+        }
+        if !queue_for(cx, *row, out).await? {
+            return Ok(false);
+        }
+    }
+    if rows.len() < 2 {
+        cx.st.set_batch_timeouts(cx.tx, &cx.params.timeouts).await?;
+    }
+    Ok(true)
+}
+
+/// Waits in the lock queue of `row` until it is granted or the transaction's lock timeout runs
+/// out (false). Counts the wait.
+async fn queue_for(
     cx: BatchContext<'_, '_>,
     (counter, id): (Counter, i64),
     out: &mut BatchOutcome,

@@ -60,12 +60,14 @@ pub enum Source<'a> {
     Deferred { orders: &'a [i64], holds: &'a [i64] },
     /// Due rows a pass read (see [`super::pass`]), when no index serves the page.
     Rows(&'a [PageRow]),
-    /// Orders and holds left out for one counter row that stayed held (a queue of checkouts
-    /// on a drop's hottest variant): the batch first waits in that row's lock queue, holding
-    /// nothing else, for at most the queue's lock timeout; once the row is its own it works
-    /// these orders, taking every other row without waiting (what is held is left out at once).
+    /// Orders and holds left out for counter rows that stayed held (queues of checkouts on a
+    /// drop's hottest variants): the batch first waits in the lock queue of each of `rows` (the
+    /// hot rows these orders need, in the release's lock order) — the first holding nothing
+    /// else, for at most the queue's lock timeout; each later one holding only the rows won
+    /// before it, for at most `LOCK_TIMEOUT_MS` — and once they are its own it works these
+    /// orders, taking every other row without waiting (what is held is left out at once).
     Queue {
-        row: (Counter, i64),
+        rows: &'a [(Counter, i64)],
         orders: &'a [i64],
         holds: &'a [i64],
     },
@@ -166,9 +168,12 @@ pub async fn release_batch(
         _ => Some(params.page_size),
     };
     let candidates = match source {
-        Source::Queue { row, orders, holds } => {
-            st.set_batch_timeouts(&tx, &params.queue_timeouts).await?;
-            if !queue_for(cx, row, &mut out).await? {
+        Source::Queue {
+            rows,
+            orders,
+            holds,
+        } => {
+            if !queue_for_all(cx, rows, &mut out).await? {
                 out.deferred_orders.extend(orders.iter().copied());
                 out.deferred_holds.extend(holds.iter().copied());
                 finish(tx, true).await?;

@@ -38,8 +38,8 @@ impl<'a> Run<'a> {
             };
             let queue = self.queue.clone();
             let source = match (work, &queue) {
-                (Work::Queue, Some((row, orders, holds))) => Source::Queue {
-                    row: *row,
+                (Work::Queue, Some((rows, orders, holds))) => Source::Queue {
+                    rows,
                     orders,
                     holds,
                 },

@@ -80,6 +80,9 @@ const RETRY_ROUNDS: usize = 4;
 /// leaves the queue until it commits, and every shopper queued behind it waits that long, so
 /// it must be as short as one more checkout, not a page.
 const QUEUE_BATCH_ORDERS: usize = 100;
+/// Hot rows a queue batch waits for at most: every row it has won waits for the next, so a
+/// cart of three hot items with their drop rows (six) is the most it takes on.
+const QUEUE_BATCH_ROWS: usize = 6;
 /// Longest rest between two batches while shoppers compete.
 const MAX_REST: Duration = Duration::from_millis(100);
 /// Longest a run waits for a worker's connection to be open, checked and prepared.
@@ -132,9 +135,9 @@ enum Work {
     Queue,
 }
 
-/// What the next queue batch works on: the row it waits for, and (a page of) the orders and
-/// holds left out for it.
-type QueueWork = ((Counter, i64), Vec<i64>, Vec<i64>);
+/// What the next queue batch works on: the rows it waits for (in the release's lock order), and
+/// the orders and holds left out for them.
+type QueueWork = (Vec<(Counter, i64)>, Vec<i64>, Vec<i64>);
 
 /// The state of one run (or of one worker of it) between batches.
 struct Run<'a> {
