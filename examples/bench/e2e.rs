@@ -16,9 +16,9 @@ use unreserver::{ReleaseSettings, RunOptions};
 /// Django's foreign-key indexes only.
 const E2E_INDEX_SETS: [usize; 3] = [0, 2, 3];
 
-/// One `unreserver run` process on `url` with the shipped defaults: its wall time and what its
-/// report says it released.
-fn one_run(binary: &str, url: &str) -> (Duration, u64) {
+/// One `unreserver run` process on `url` with the shipped defaults: its wall time, and the
+/// reservations released and batches run that its report gives.
+fn one_run(binary: &str, url: &str) -> (Duration, u64, u64) {
     let started = Instant::now();
     let out = Command::new(binary)
         .arg("run")
@@ -36,19 +36,21 @@ fn one_run(binary: &str, url: &str) -> (Duration, u64) {
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("the run report (JSON)");
     let released = report["reservations_released"].as_u64().unwrap_or(0);
-    (took, released)
+    (took, released, report["batches"].as_u64().unwrap_or(0))
 }
 
-/// Runs until one finds nothing: the wall time of them all, the runs, the reservations released.
-fn runs_until_nothing(binary: &str, url: &str) -> (Duration, usize, u64) {
-    let (mut total, mut runs, mut released) = (Duration::ZERO, 0, 0);
+/// Runs until one finds nothing: the wall time of them all, the runs, the reservations
+/// released and the batches run.
+fn runs_until_nothing(binary: &str, url: &str) -> (Duration, usize, u64, u64) {
+    let (mut total, mut runs, mut released, mut batches) = (Duration::ZERO, 0, 0, 0);
     loop {
-        let (took, n) = one_run(binary, url);
+        let (took, n, b) = one_run(binary, url);
         total += took;
         runs += 1;
         released += n;
+        batches += b;
         if n == 0 || runs >= 1000 {
-            return (total, runs, released);
+            return (total, runs, released, batches);
         }
     }
 }
@@ -142,10 +144,10 @@ async fn per_row(b: &Bench, binary: &str, reps: usize, md: &mut String) {
         let (took, _) = b.per_row(seed).await;
         old.push(ms(took));
         let url = b.copy(seed, "bench_e2e_run").await;
-        let (took, n, released) = runs_until_nothing(binary, &url);
+        let (took, n, released, batches) = runs_until_nothing(binary, &url);
         assert!(released >= 5_000, "released {released}");
         new.push(ms(took));
-        runs.push(n);
+        runs.push(format!("{n} ({batches} batches)"));
     }
     let ratios: Vec<String> = old
         .iter()
@@ -158,14 +160,11 @@ async fn per_row(b: &Bench, binary: &str, reps: usize, md: &mut String) {
         "### 5,000 due, against the seed's per-row loop\n\n\
          The per-row loop (one transaction per reservation, `examples/bench`) is timed in the \
          bench's process from its first statement, its connection left out (in its favour).\n\n\
-         | contender | median (ms) | runs |\n|---|---|---|\n\
+         | contender | median (ms) | runs (batches) per repetition |\n|---|---|---|\n\
          | per-row loop | {o:.0} | 1 |\n\
          | `unreserver run` until a run finds nothing | {n:.0} | {} |\n\n\
          **per-row / this project = {:.1}** (per repetition: {})\n",
-        runs.iter()
-            .map(usize::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
+        runs.join(", "),
         o / n,
         ratios.join(", ")
     );
@@ -181,7 +180,7 @@ async fn lower_bound(b: &Bench, binary: &str, reps: usize, md: &mut String) {
         "### 100,000 due, against the one set-based statement\n\n\
          The statement is timed in the bench's process from before its connection to its \
          end (a process of its own, less the process's start).\n\n\
-         | index set | the one statement (ms) | `unreserver run` until a run finds nothing (ms) | runs | ratio (median) | ratios per repetition |\n\
+         | index set | the one statement (ms) | `unreserver run` until a run finds nothing (ms) | runs (batches) per repetition | ratio (median) | ratios per repetition |\n\
          |---|---|---|---|---|---|"
     );
     for i in E2E_INDEX_SETS {
@@ -193,10 +192,10 @@ async fn lower_bound(b: &Bench, binary: &str, reps: usize, md: &mut String) {
             let url = b.copy(seed, "bench_e2e_lower").await;
             lower.push(ms(lower_bound_with_connection(&url).await));
             let url = b.copy(seed, "bench_e2e_run").await;
-            let (took, n, released) = runs_until_nothing(binary, &url);
+            let (took, n, released, batches) = runs_until_nothing(binary, &url);
             assert!(released >= 100_000, "released {released}");
             ours.push(ms(took));
-            runs.push(n);
+            runs.push(format!("{n} ({batches} batches)"));
         }
         let ratios: Vec<String> = ours
             .iter()
@@ -207,10 +206,7 @@ async fn lower_bound(b: &Bench, binary: &str, reps: usize, md: &mut String) {
         let _ = writeln!(
             md,
             "| {name} | {l:.0} | {o:.0} | {} | **{:.2}** | {} |",
-            runs.iter()
-                .map(usize::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
+            runs.join(", "),
             o / l,
             ratios.join(", ")
         );

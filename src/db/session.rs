@@ -33,21 +33,22 @@ impl Database {
     pub async fn open(config: &Config, tls: &Tls, lock_timeout_ms: u32) -> Result<Self> {
         let client = connect::connect(config, tls).await?;
         sql::probe_pooling(&client).await?;
-        // The rest is pipelined (sent at once, answered in order): the session pinned first,
-        // then the preflight's reads, the statements prepared and the pid, in two round trips
-        // instead of one or two each. The preflight's verdict comes first: a missing table
-        // fails the preflight (naming it), not the prepare that needed it.
+        // Pipelined (sent at once, answered in order): the session pinned first, then the
+        // preflight's catalog reads and the pid — two round trips instead of eight. The
+        // statements are prepared after the verdict: a missing table fails the preflight
+        // (naming it), and a table a migration holds stops the first prepare that needs it.
         let defaults = connect::session_defaults(config);
-        let (pinned, preflight, statements, pid) = tokio::join!(
+        let (pinned, preflight, pid) = tokio::join!(
             sql::pin_session(&client, &defaults),
             preflight::preflight(&client, config, lock_timeout_ms),
-            Statements::prepare(&client),
             sql::backend_pid(&client),
         );
         pinned?;
         let preflight = preflight.map_err(Error::when_opening)?;
-        let statements = statements.map_err(Error::when_opening)?;
         let pid = pid?;
+        let statements = Statements::prepare(&client)
+            .await
+            .map_err(Error::when_opening)?;
         Ok(Database {
             client,
             statements,

@@ -29,6 +29,12 @@ pub const CALM_BATCHES: u32 = 3;
 /// And the time since the last sign: shoppers checking out now and then may give none for a
 /// few batches, not for a second.
 pub const CALM_TIME: Duration = Duration::from_secs(1);
+/// The rate (rows a millisecond) a release run's first batch is sized for, before any batch
+/// measured one: about 40 % of what quiet batches of 4,000 measured on 2 cores (BENCHMARKS.md),
+/// so that on a slower or busier server the first batch still ends within its budget instead
+/// of being cut and rolled back (batches of 4,000 on the test suite's busy server took 750 ms,
+/// over the 500 ms budget).
+pub const FIRST_BATCH_ROWS_PER_MS: f64 = 10.0;
 /// Weight of the newest batch in the moving average of rows per millisecond.
 const RATE_WEIGHT: f64 = 0.5;
 
@@ -139,14 +145,18 @@ impl Controller {
         }
     }
 
-    /// The controller of a release run: an adaptive first batch pages up to `BATCH_SIZE_MAX`
-    /// rows, so that it takes what is due (the page returns no more) instead of growing to it
-    /// from the floor — a backlog of a few thousand goes in one or two batches. The first sign
-    /// of a shopper drops it to the floor as before; a batch over the target is sized down at
-    /// once (to half at least), one cut by its budget halved.
+    /// The controller of a release run: an adaptive first batch pages what the time target
+    /// allows at [`FIRST_BATCH_ROWS_PER_MS`] (1,500 rows with the defaults), within
+    /// `BATCH_SIZE_MIN..=BATCH_SIZE_MAX`, so that it takes a small backlog whole (the page
+    /// returns no more than is due) instead of growing to it from the floor. The first sign of
+    /// a shopper drops it to the floor as before; the next quiet batch is sized from the rate
+    /// the first one measured.
     pub fn sized_from_what_is_due(mut self) -> Self {
         if self.pinned.is_none() {
-            self.size = self.max;
+            let allowed = (self.target_ms * FIRST_BATCH_ROWS_PER_MS)
+                .round()
+                .clamp(1.0, f64::from(u32::MAX)) as u32;
+            self.size = allowed.clamp(self.min, self.max);
         }
         self
     }
@@ -286,17 +296,22 @@ mod tests {
     }
 
     #[test]
-    fn a_release_run_starts_at_the_ceiling_and_sizes_down_to_the_target() {
+    fn a_release_run_starts_at_what_the_target_allows_then_follows_the_rate() {
         let mut c = controller(None, BUDGET).sized_from_what_is_due();
-        assert_eq!(c.size(), 4000);
-        // 10 rows a millisecond: 4000 rows took 400 ms; the target of 150 ms wants 1500, at
-        // least half the last size.
-        assert_eq!(c.observe(4000, Duration::from_millis(400), false), 2000);
+        // 150 ms at 10 rows a millisecond.
+        assert_eq!(c.size(), 1500);
+        // 5 rows a millisecond measured: the target wants 750, at least half the last size.
+        assert_eq!(c.observe(1500, Duration::from_millis(300), false), 750);
         assert_eq!(c.stats.shrinks_for_time, 1);
+        // 25 rows a millisecond: at most twice the last size.
+        let mut c = controller(None, BUDGET).sized_from_what_is_due();
+        assert_eq!(c.observe(1500, Duration::from_millis(60), false), 3000);
         // A shopper met by the first batch drops it to the floor.
         let mut c = controller(None, BUDGET).sized_from_what_is_due();
-        assert_eq!(c.observe(4000, Duration::from_millis(150), true), 100);
-        // A pinned size stays pinned.
+        assert_eq!(c.observe(1500, Duration::from_millis(150), true), 100);
+        // A short budget shortens the target, and so the first batch; a pinned size stays.
+        let short = controller(None, Duration::from_millis(90)).sized_from_what_is_due();
+        assert_eq!(short.size(), 300);
         assert_eq!(
             controller(Some(70), BUDGET).sized_from_what_is_due().size(),
             70

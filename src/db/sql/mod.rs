@@ -98,8 +98,9 @@ pub struct Statements {
 }
 
 impl Statements {
-    /// Prepares every statement of the release on `client`, pipelined: all are sent at once
-    /// and answered in one round trip.
+    /// Prepares every statement of the release on `client`, one after another: not pipelined,
+    /// since a table held by a migration makes each prepare that needs it wait `lock_timeout`
+    /// (2 s), and the first such wait must end the opening, not the eleventh.
     pub async fn prepare(client: &Client) -> Result<Statements> {
         let prepare = |text: &'static str| async move {
             client
@@ -107,43 +108,18 @@ impl Statements {
                 .await
                 .map_err(Error::db("preparing the release statements"))
         };
-        let (
-            set_batch_timeouts,
-            page,
-            claim_orders,
-            classify_unclaimed,
-            claim_holds,
-            release_reservations,
-            return_variant_units,
-            return_drop_units,
-            probe_held,
-            deferred_age,
-            backlog,
-        ) = tokio::try_join!(
-            prepare(SET_BATCH_TIMEOUTS),
-            prepare(PAGE),
-            prepare(CLAIM_ORDERS),
-            prepare(CLASSIFY_UNCLAIMED),
-            prepare(CLAIM_HOLDS),
-            prepare(RELEASE_RESERVATIONS),
-            prepare(RETURN_VARIANT_UNITS),
-            prepare(RETURN_DROP_UNITS),
-            prepare(PROBE_HELD),
-            prepare(DEFERRED_AGE),
-            prepare(BACKLOG),
-        )?;
         Ok(Statements {
-            set_batch_timeouts,
-            page,
-            claim_orders,
-            classify_unclaimed,
-            claim_holds,
-            release_reservations,
-            return_variant_units,
-            return_drop_units,
-            probe_held,
-            deferred_age,
-            backlog,
+            set_batch_timeouts: prepare(SET_BATCH_TIMEOUTS).await?,
+            page: prepare(PAGE).await?,
+            claim_orders: prepare(CLAIM_ORDERS).await?,
+            classify_unclaimed: prepare(CLASSIFY_UNCLAIMED).await?,
+            claim_holds: prepare(CLAIM_HOLDS).await?,
+            release_reservations: prepare(RELEASE_RESERVATIONS).await?,
+            return_variant_units: prepare(RETURN_VARIANT_UNITS).await?,
+            return_drop_units: prepare(RETURN_DROP_UNITS).await?,
+            probe_held: prepare(PROBE_HELD).await?,
+            deferred_age: prepare(DEFERRED_AGE).await?,
+            backlog: prepare(BACKLOG).await?,
         })
     }
 }
