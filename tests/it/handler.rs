@@ -280,12 +280,12 @@ async fn the_revive_and_report_actions_answer_the_cli_json() {
         json!({"order_id": order, "revived": true, "reason": "revived", "short": []})
     );
     assert_eq!(t.reserved(v).await, 2);
-    // A retry of a done revive gives the same answer; not revivable is an answer too.
+    // A retry of a done revive is an answer (`already_active`); not revivable is one too.
     let again = t
         .lambda(json!({"action": "revive", "order_id": order}))
         .await
         .unwrap();
-    assert_eq!(again["reason"], "revived");
+    assert_eq!(again["reason"], "already_active");
     assert_eq!(t.reserved(v).await, 2);
 
     let report = t.lambda(json!({"action": "report"})).await.unwrap();

@@ -157,12 +157,10 @@ async fn only_old_expired_reservations_go_and_a_dry_run_changes_nothing() {
     assert_eq!(dry["apply"], false, "{dry}");
     assert_eq!(dry["reservations"]["eligible"], 2, "{dry}");
     assert_eq!(dry["reservations"]["deleted"], 0, "{dry}");
-    assert!(
-        dry["replicas"]["note"]
-            .as_str()
-            .is_some_and(|n| n.contains("no streaming replica")),
-        "{dry}"
-    );
+    // The test server streams to one hot standby (started by scripts/test.sh): its lag is
+    // watched (the purge role has pg_monitor), so nothing is noted.
+    assert_eq!(dry["replicas"]["visible"], 1, "{dry}");
+    assert!(dry["replicas"]["note"].is_null(), "{dry}");
 
     let (applied, code) = cli(&t, &["--apply", "--older-than", "60"]).await;
     assert_eq!(code, 0, "{applied}");
