@@ -27,7 +27,7 @@ settings! {
             => batch_size_max: u32;
         /// Adaptive batches: the time a batch is sized to take while nothing is in its way (at most
         /// a third of the batch budget, which is half the shop's deadlock_timeout); a run's first
-        /// batch, before any rate is measured, pages 10 rows a millisecond of it (1,500 rows).
+        /// batch, before any rate is measured, pages 3 rows a millisecond of it (450 rows).
         BATCH_TARGET_MS: number(10..=5_000, 150, Ms), Both
             => batch_target: Duration;
         /// Connections one run drains with at once while nothing competes (one as soon as shoppers
