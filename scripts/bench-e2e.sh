@@ -5,7 +5,8 @@
 # 5,000 due against the seed's per-row loop, 100,000 due against the one set-based statement
 # on three index sets (examples/bench/e2e.rs). Starts a throwaway PostgreSQL (durable commits),
 # builds the release binaries, and writes the "End to end" section of BENCHMARKS.md with the
-# machine's load before the run. `--reps N` repeats each pair N times (default 2).
+# machine's load before the run. `--reps N` repeats each pair N times (default 3);
+# BENCH_BEFORE_BINARY (and BENCH_BEFORE_LABEL) adds another build's empty runs, interleaved.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{connect, median, ms, open_db, Bench, FUTURE_RESERVATIONS, INDEX_SETS, LOWER_BOUND};
-use unreserver::{ReleaseSettings, RunOptions};
+use super::{connect, median, ms, Bench, FUTURE_RESERVATIONS, INDEX_SETS, LOWER_BOUND};
+use unreserver::{Database, ReleaseSettings, RunOptions, Tls};
 
 /// The index sets measured end to end: the project's, a plain partial index on `expires_at`,
 /// Django's foreign-key indexes only.
@@ -94,13 +94,22 @@ async fn empty_run(b: &Bench, binary: &str, md: &mut String) {
         one_run(binary, &url);
     }
     const RUNS: usize = 30;
-    let mut wall: Vec<f64> = (0..RUNS).map(|_| ms(one_run(binary, &url).0)).collect();
+    // BENCH_BEFORE_BINARY: another build (the one before a change), its runs interleaved.
+    let before = std::env::var("BENCH_BEFORE_BINARY").ok();
+    let (mut wall, mut wall_before) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        wall.push(ms(one_run(binary, &url).0));
+        if let Some(other) = &before {
+            wall_before.push(ms(one_run(other, &url).0));
+        }
+    }
     // The database's part, in this process: connecting (fork, SCRAM), the preflight and the
     // prepared statements, then the run's statements.
     let settings = ReleaseSettings {
         time_budget: None,
         ..ReleaseSettings::default()
     };
+    let config: tokio_postgres::Config = url.parse().unwrap();
     let (mut bare, mut open, mut run) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..RUNS {
         let started = Instant::now();
@@ -109,7 +118,9 @@ async fn empty_run(b: &Bench, binary: &str, md: &mut String) {
         bare.push(ms(started.elapsed()));
         drop(c);
         let started = Instant::now();
-        let mut db = open_db(&url, &settings).await;
+        let mut db = Database::open(&config, &Tls::disabled(), settings.lock_timeout_ms)
+            .await
+            .unwrap();
         open.push(ms(started.elapsed()));
         let started = Instant::now();
         unreserver::run(&mut db, &settings, &RunOptions::default())
@@ -128,9 +139,18 @@ async fn empty_run(b: &Bench, binary: &str, md: &mut String) {
          | its database work, timed in the bench's process: connect (backend fork, SCRAM) + preflight + prepared statements | {o:.1} |\n\
          | its database work: the run's statements (empty page, backlog and late-payment counts) | {r:.1} |\n\
          | the rest: process start, runtime, settings, exit | {:.1} |\n\
-         | the server's floor: a bare connection (backend fork, SCRAM) and `SELECT 1` | {floor:.1} |\n",
+         | the server's floor: a bare connection (backend fork, SCRAM) and `SELECT 1` | {floor:.1} |",
         (w - o - r).max(0.0)
     );
+    if let Some(other) = before {
+        let _ = writeln!(
+            md,
+            "| the same wall time with the build before (`{}`), interleaved | {:.1} |",
+            std::env::var("BENCH_BEFORE_LABEL").unwrap_or(other),
+            median(&mut wall_before)
+        );
+    }
+    md.push('\n');
 }
 
 /// N = 5,000 against the seed's per-row loop.

@@ -764,7 +764,7 @@ async fn main() {
         index_set: std::cell::Cell::new(""),
     };
     if args.iter().any(|a| a == "--e2e") {
-        let reps = reps_arg(&args).unwrap_or(2);
+        let reps = reps_arg(&args).unwrap_or(3);
         println!(
             "{}",
             e2e::e2e(&b, &binary, reps, "scripts/bench-e2e.sh").await
@@ -986,7 +986,10 @@ async fn main() {
     assert_eq!(released(&reports), pr_n);
     let _ = writeln!(
         md,
-        "\n## The old way: one transaction per reservation (N = 5,000)\n"
+        "\n## The old way: one transaction per reservation (N = 5,000)\n\n\
+         In process: both timed inside the bench's process, from an open connection (connection, \
+         preflight and process start left out); the same pair end to end, a new process per \
+         run, is in \"End to end\" (`scripts/bench-e2e.sh`).\n"
     );
     let _ = writeln!(md, "| contender | time (ms) | reservations/s |");
     let _ = writeln!(md, "|---|---|---|");
@@ -1004,7 +1007,7 @@ async fn main() {
     );
     let _ = writeln!(
         md,
-        "\n**per-row / project = {:.1}**",
+        "\n**per-row / project = {:.1}** (in process)",
         per_row.as_secs_f64() / proj.as_secs_f64()
     );
     b.out.push_str(&md);
