@@ -5,11 +5,12 @@
 # Partial runs print their section instead (--events-only, --index-sets-only, --shoppers-only);
 # --batch-size N measures with another batch size in place of the shipped default;
 # --profile (each statement's database time in one drain and in the lower bound), --hot-rows
-# (the hottest row with a queue of checkouts; carts of several items in both lock orders
+# (the hottest rows with queues of checkouts, orders across one, two and three of them; carts
+# of several items in both lock orders
 # against a drain), --shoppers (the shoppers' side alone), --follow (follow mode's release
 # delays and idle cost) and --adaptive (adaptive batches and workers: the quiet shop by index
 # set, the busy shop by cart, the controller over time; with --million also N = 1,000,000)
-# update their own sections of BENCHMARKS.md.
+# update their own sections of BENCHMARKS.md; --hot-queues prints the queues subsection alone.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -77,6 +78,11 @@ case " $* " in
     section=$("$target/examples/bench" --binary "$target/unreserver" "$@")
     echo "$section" | tee /dev/stderr | python3 scripts/lib/md-section.py put BENCHMARKS.md "Adaptive batches and workers"
     echo "wrote the adaptive section of BENCHMARKS.md" >&2
+    exit 0 ;;
+  *" --hot-queues "*)
+    # The hot rows' queues alone (orders across one, two and three hot rows): printed,
+    # BENCHMARKS.md left as it is.
+    "$target/examples/bench" --binary "$target/unreserver" "$@"
     exit 0 ;;
   *" --hot-rows "*)
     section=$("$target/examples/bench" --binary "$target/unreserver" "$@")

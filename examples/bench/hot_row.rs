@@ -1,7 +1,9 @@
-//! The hottest row with a queue of checkouts: twelve shoppers check out back to back on one
-//! drop variant, each holding its row 10 ms, so the row is never free for more than an
-//! instant; 100 orders on it and 200 on cold variants fall due at one instant, and runs of the
-//! release follow one another until every one is released (at most four). Per trial: how many
+//! The hottest rows with a queue of checkouts: twelve shoppers check out back to back on one,
+//! two or three drop variants (shared out among them), each holding its row 10 ms, so no such
+//! row is ever free for more than an instant; 100 orders with a line on each of those rows
+//! (an order across two or three hot rows: a cart spanning sizes) and 200 on cold variants fall
+//! due at one instant, and runs of the release follow one another until every one is released
+//! (at most four). Per trial: how many
 //! runs the hot orders needed, the release delay of hot and cold orders (on the database
 //! clock), the queue batches' waits, and the shoppers' latency before and during the runs.
 
@@ -26,7 +28,7 @@ const HOT_ORDERS: i64 = 100;
 const COLD_ORDERS: i64 = 200;
 /// Runs of the release per trial, at most.
 const RUNS: usize = 4;
-/// The hot variant (a drop variant of the seed).
+/// The first hot variant (drop variants of the seed: 1, 2, 3).
 const HOT: i64 = 1;
 
 /// One checkout's start (since the trial began) and latency (ms), or its failure.
@@ -34,14 +36,20 @@ type Outcome = (Duration, Result<f64, String>);
 
 /// One shopper on the hot row: lock the variant, then its drop row, make an order with one
 /// reservation, hold `HOLD`, commit; back to back until `stop`.
-async fn queued_shopper(url: String, stop: Arc<AtomicBool>, t0: Instant, n: usize) -> Vec<Outcome> {
+async fn queued_shopper(
+    url: String,
+    stop: Arc<AtomicBool>,
+    t0: Instant,
+    n: usize,
+    row: i64,
+) -> Vec<Outcome> {
     let mut c = connect(&url).await;
     let mut out = Vec::new();
     let mut k = 0;
     while !stop.load(Ordering::Relaxed) {
         k += 1;
         let started = Instant::now();
-        let result = hot_checkout(&mut c, &format!("Q-{n}-{k}")).await;
+        let result = hot_checkout(&mut c, &format!("Q-{n}-{k}"), row).await;
         out.push((
             started - t0,
             result
@@ -53,37 +61,38 @@ async fn queued_shopper(url: String, stop: Arc<AtomicBool>, t0: Instant, n: usiz
 }
 
 /// One checkout on the hot row, held `HOLD` before it commits.
-async fn hot_checkout(c: &mut Client, number: &str) -> Result<(), tokio_postgres::Error> {
+async fn hot_checkout(c: &mut Client, number: &str, row: i64) -> Result<(), tokio_postgres::Error> {
     let tx = c.transaction().await?;
     tx.execute(
         "UPDATE products_productvariant SET reserved_quantity = reserved_quantity + 1 WHERE id = $1",
-        &[&HOT],
+        &[&row],
     )
     .await?;
     tx.execute(
         "UPDATE drops_dropproduct SET reserved_quantity = reserved_quantity + 1 WHERE id = $1",
-        &[&HOT],
+        &[&row],
     )
     .await?;
     tx.execute(
         "WITH o AS (INSERT INTO orders_order (order_number) VALUES ($1) RETURNING id)
          INSERT INTO orders_inventoryreservation (order_id, product_variant_id, drop_product_id, quantity, expires_at)
          SELECT id, $2, $2, 1, now() + interval '15 minutes' FROM o",
-        &[&number, &HOT],
+        &[&number, &row],
     )
     .await?;
     tokio::time::sleep(HOLD).await;
     tx.commit().await
 }
 
-/// The orders of a trial, not yet due: `HOT_ORDERS` on the hot variant, `COLD_ORDERS` on cold
-/// variants, one line each, counters consistent.
-async fn seed_orders(c: &Client) {
+/// The orders of a trial, not yet due: `HOT_ORDERS` with a line on each of the `rows` hot
+/// variants, `COLD_ORDERS` on cold variants with one line each, counters consistent.
+async fn seed_orders(c: &Client, rows: i64) {
     c.batch_execute(&format!(
         "WITH o AS (INSERT INTO orders_order (order_number, status, payment_status)
                     SELECT 'HOT-' || g, 'pending', 'pending' FROM generate_series(1, {HOT_ORDERS}) g RETURNING id)
          INSERT INTO orders_inventoryreservation (order_id, product_variant_id, drop_product_id, quantity, status, created_at, expires_at)
-         SELECT id, {HOT}, {HOT}, 1, 'active', now() - interval '15 minutes', now() + interval '1 day' FROM o;
+         SELECT id, v, v, 1, 'active', now() - interval '15 minutes', now() + interval '1 day'
+           FROM o, generate_series({HOT}, {HOT} + {rows} - 1) v;
          WITH o AS (INSERT INTO orders_order (order_number, status, payment_status)
                     SELECT 'COLD-' || g, 'pending', 'pending' FROM generate_series(1, {COLD_ORDERS}) g RETURNING id, order_number)
          INSERT INTO orders_inventoryreservation (order_id, product_variant_id, quantity, status, created_at, expires_at)
@@ -153,16 +162,19 @@ fn at(v: &[f64], q: f64) -> f64 {
 }
 
 impl Bench {
-    /// One trial on a fresh database `name`.
-    async fn hot_row_trial(&self, name: &str) -> Trial {
+    /// One trial on a fresh database `name`, the hot orders across `rows` hot rows.
+    async fn hot_row_trial(&self, name: &str, rows: i64) -> Trial {
         self.seed(name, 0, 0).await;
         let url = url_for(&self.admin_url, name);
         let c = connect(&url).await;
-        seed_orders(&c).await;
+        seed_orders(&c, rows).await;
         let stop = Arc::new(AtomicBool::new(false));
         let t0 = Instant::now();
         let shoppers: Vec<_> = (0..QUEUE)
-            .map(|n| tokio::spawn(queued_shopper(url.clone(), stop.clone(), t0, n)))
+            .map(|n| {
+                let row = HOT + n as i64 % rows;
+                tokio::spawn(queued_shopper(url.clone(), stop.clone(), t0, n, row))
+            })
             .collect();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let quiet_from = t0.elapsed();
@@ -217,11 +229,13 @@ impl Bench {
         let mut md = String::new();
         let _ = writeln!(
             md,
-            "\n### The hottest row with a queue of checkouts\n\n\
-             {QUEUE} shoppers check out back to back on one drop variant (each: lock the variant, \
-             then its drop row, make an order and its reservation, hold {} ms, commit), so the \
-             row is never free for more than an instant. {HOT_ORDERS} one-line orders on that \
-             variant and {COLD_ORDERS} on cold variants fall due at one instant; runs of the \
+            "\n### The hottest rows with queues of checkouts, orders across one, two or three\n\n\
+             {QUEUE} shoppers check out back to back on one, two or three drop variants (shared \
+             out among them; each checkout: lock its variant, then its drop row, make an order \
+             and its reservation, hold {} ms, commit), so no such row is ever free for more than \
+             an instant. {HOT_ORDERS} orders with one line on each of those variants (a cart \
+             spanning sizes) and {COLD_ORDERS} one-line orders on cold variants fall due at one \
+             instant; runs of the \
              release (defaults; the shop's `deadlock_timeout` 1 s, so a queue batch waits at most \
              250 ms) follow one another until every order is released, at most {RUNS}. Release \
              delay: `released_at - expires_at` on the database clock. Shoppers' latency: \
@@ -231,18 +245,19 @@ impl Bench {
         );
         let _ = writeln!(
             md,
-            "| trial | runs for the hot orders | hot released | hot delay p50 / max (ms) | cold released | cold delay p50 / max (ms) | queue batches (timed out) | queue wait (ms) | shoppers quiet p99 / max (ms) | during p99 / max (ms) | checkouts during | failed |"
+            "| hot rows per order | trial | runs for the hot orders | hot lines released | hot delay p50 / max (ms) | cold released | cold delay p50 / max (ms) | queue batches (timed out) | queue wait (ms) | shoppers quiet p99 / max (ms) | during p99 / max (ms) | checkouts during | failed |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
-        for trial in 1..=trials {
-            eprintln!("hot row: trial {trial} ...");
-            let t = self.hot_row_trial("bench_hot_row").await;
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for (rows, trial) in (1..=3).flat_map(|rows| (1..=trials).map(move |t| (rows, t))) {
+            eprintln!("hot rows: {rows} per order, trial {trial} ...");
+            let t = self.hot_row_trial("bench_hot_row", rows).await;
             let sum = |f: fn(&RunReport) -> f64| t.reports.iter().map(f).sum::<f64>();
             let _ = writeln!(
                 md,
-                "| {trial} | {} | {} / {HOT_ORDERS} | {:.0} / {:.0} | {} / {COLD_ORDERS} | {:.0} / {:.0} | {:.0} ({:.0}) | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {} | {} |",
+                "| {rows} | {trial} | {} | {} / {} | {:.0} / {:.0} | {} / {COLD_ORDERS} | {:.0} / {:.0} | {:.0} ({:.0}) | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {} | {} |",
                 t.hot_runs.map_or_else(|| format!("> {RUNS}"), |r| r.to_string()),
                 t.hot.len(),
+                HOT_ORDERS * rows,
                 at(&t.hot, 0.5),
                 at(&t.hot, 1.0),
                 t.cold.len(),

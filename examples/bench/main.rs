@@ -799,6 +799,11 @@ async fn main() {
         println!("{}", b.profile(seed, set.0).await);
         return;
     }
+    if args.iter().any(|a| a == "--hot-queues") {
+        // The queues subsection alone (orders across one, two and three hot rows), printed.
+        println!("{}", b.hot_row(3).await);
+        return;
+    }
     if args.iter().any(|a| a == "--hot-rows") {
         let trials = if args.iter().any(|a| a == "--carts-only") {
             0

@@ -1,6 +1,7 @@
 //! Very large orders (a B2B restock of thousands of lines) among ordinary ones: such an order is
-//! worked in a batch of its own whose budget runs from its first hot-row lock, and every other
-//! due order is released in the same run.
+//! released alone, in parts of at most a page of lines, each a batch within the budget (its
+//! buyer, locking the order row to pay, waits at most one part), every line with the instant
+//! that cancelled the order; and every other due order is released in the same run.
 
 use unreserver::{RunReport, StopReason};
 
@@ -65,8 +66,8 @@ async fn giant_among_others(
 
 /// A 1,000-line order (twice a page) due before 300 one-line orders (each line on a variant
 /// and drop of its own: 2,000 counter rows to update) with the default `deadlock_timeout` of
-/// 1 s: the large order is released in a batch of its own (the budget of 500 ms runs from its
-/// first hot-row lock) and the 300 others in the same run; counters exact. The size leaves
+/// 1 s: the large order is released alone, in parts of a page of lines (each within the
+/// 500 ms budget), and the 300 others in the same run; counters exact. The size leaves
 /// room for a loaded 2-core CI: 3,000 lines took 0.44 s quiet but 0.99 s there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_giant_order_is_worked_alone_and_released_with_the_others() {
@@ -86,9 +87,9 @@ async fn a_giant_order_is_worked_alone_and_released_with_the_others() {
     );
 }
 
-/// A 10,000-line order with a shop whose `deadlock_timeout` is 200 ms (a budget of 100 ms from
-/// its first hot row, too short for its 20,000 counter rows even alone — and, whatever the
-/// machine, for the 300 ms its first variant's update takes: a warm, fast server once gave its
+/// A 10,000-line order with a shop whose `deadlock_timeout` is 200 ms (a budget of 100 ms for
+/// each part, too short, whatever the machine, for the part holding its first line: that
+/// line's variant update takes 300 ms: a warm, fast server once gave its
 /// counters back within the budget on the second run): the run does not fail — the large order is
 /// left untouched with its own count (`large_orders_left`, the `LargeOrdersLeft` metric), not
 /// `TooSlow` and no hint at indexes — and the 300 others are released in the same run; the
@@ -121,59 +122,132 @@ async fn a_giant_order_too_large_even_alone_is_left_and_never_stops_the_others()
     );
 }
 
-/// The batch that meets the large order first releases ordinary orders due before it, taking
-/// hot rows: the large order's own batch must still get its whole budget from its own first
-/// hot row, not from the batch before (whose hot phase, left over, made its timer fire at once
-/// and cancel its statements: the order was left, `large_orders_left` 1). Expiring the large
-/// order's first line takes 600 ms (a row trigger on that line), longer than the 500 ms budget:
-/// a timer running before its own hot phase cuts it whatever the machine's speed; its 300
-/// lines (three first pages) keep its own hot phase short on a loaded machine.
+/// A 2,000-line order whose lines each take 1 ms to expire (a row trigger on the reservations:
+/// 2 s for the whole order, whatever the machine), while its buyer pays — locking the order row
+/// `FOR UPDATE` with a `lock_timeout` of 900 ms, again and again, as a payment webhook does:
+/// the release takes the order in parts, each a batch that holds the order row less than its
+/// budget (half the default `deadlock_timeout`: 500 ms), so no payment times out; within three
+/// runs every line is released, each with the instant that cancelled the order
+/// (`released_at = cancelled_at`, the rule revive and the replay read). Released in one batch,
+/// the order row was held for the whole 2 s and the buyer's payment failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_order_after_a_batch_that_took_hot_rows_gets_its_own_budget() {
+async fn a_giant_order_is_released_in_parts_and_its_buyer_never_waits_past_the_bound() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
     let t = TestDb::new().await;
-    let mut small = Vec::new();
-    for _ in 0..20 {
-        let (v, order, r) = t.one_due_order(1).await;
-        t.exec(&format!(
-            "UPDATE orders_inventoryreservation SET expires_at = now() - interval '3 minutes' \
-             WHERE id = {r}"
+    let giant = giant_order(&t, 2_000).await;
+    t.exec(&format!(
+        "CREATE FUNCTION slow_line() RETURNS trigger LANGUAGE plpgsql AS $$ \
+           BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END $$; \
+         CREATE TRIGGER slow_line BEFORE UPDATE ON orders_inventoryreservation FOR EACH ROW \
+           WHEN (OLD.order_id = {giant}) EXECUTE FUNCTION slow_line()"
+    ))
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let payments = Arc::new(AtomicU64::new(0));
+    let mut buyer = t.connect().await;
+    let paying = {
+        let (stop, payments) = (stop.clone(), payments.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let tx = buyer.transaction().await.unwrap();
+                tx.batch_execute("SET LOCAL lock_timeout = '900ms'")
+                    .await
+                    .unwrap();
+                if let Err(e) = tx
+                    .query_one(
+                        "SELECT id FROM orders_order WHERE id = $1 FOR UPDATE",
+                        &[&giant],
+                    )
+                    .await
+                {
+                    return Err(format!("the buyer's payment waited past the bound: {e}"));
+                }
+                tx.commit().await.unwrap();
+                payments.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            Ok(())
+        })
+    };
+    let s = settings();
+    let mut db = t.open_with(&s).await;
+    let mut reports = Vec::new();
+    for _ in 0..3 {
+        reports.push(run(&mut db, &s, false).await);
+        let left = t
+            .i64(&format!(
+                "SELECT count(*) FROM orders_inventoryreservation WHERE order_id = {giant} AND status = 'active'"
+            ))
+            .await;
+        if left == 0 {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    paying.await.unwrap().unwrap();
+    assert!(payments.load(Ordering::Relaxed) > 0, "the buyer never paid");
+    assert_eq!(t.order_status(giant).await, "cancelled", "{reports:#?}");
+    let apart = t
+        .i64(&format!(
+            "SELECT count(*) FROM orders_inventoryreservation r JOIN orders_order o ON o.id = r.order_id \
+             WHERE o.id = {giant} AND (r.status <> 'expired' OR r.released_at IS DISTINCT FROM o.cancelled_at)"
         ))
         .await;
-        small.push((v, order));
-    }
-    let giant = giant_order(&t, 300).await;
+    assert_eq!(
+        apart, 0,
+        "a line not released with the order's cancellation: {reports:#?}"
+    );
+    assert_eq!(t.drifted_counters().await, 0);
+    let batches: u32 = reports.iter().map(|r| r.batches).sum();
+    assert!(batches >= 3, "not released in parts: {reports:#?}");
+}
+
+/// An order the release cancelled with some of its lines still active (a run cut between two
+/// parts of a giant order): the next run finishes it, each line released with the order's
+/// `cancelled_at` — the order still reads as one the release cancelled, all lines together —
+/// and the counters come back exact.
+#[tokio::test]
+async fn an_order_cancelled_by_the_release_with_lines_left_is_finished_with_its_instant() {
+    let t = TestDb::new().await;
+    let giant = giant_order(&t, 3).await;
     let first = t
         .i64(&format!(
             "SELECT min(id) FROM orders_inventoryreservation WHERE order_id = {giant}"
         ))
         .await;
+    // What a first part leaves: the order cancelled at T with its first line released at T
+    // (and that line's units back on its counters).
     t.exec(&format!(
-        "CREATE FUNCTION slow_line() RETURNS trigger LANGUAGE plpgsql AS $$ \
-           BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$; \
-         CREATE TRIGGER slow_line BEFORE UPDATE ON orders_inventoryreservation FOR EACH ROW \
-           WHEN (OLD.id = {first}) \
-           EXECUTE FUNCTION slow_line()"
+        "UPDATE orders_order SET status = 'cancelled', cancelled_at = now() - interval '1 minute' \
+           WHERE id = {giant}; \
+         UPDATE orders_inventoryreservation SET status = 'expired', \
+           released_at = now() - interval '1 minute' WHERE id = {first}; \
+         UPDATE products_productvariant v SET reserved_quantity = 0 FROM orders_inventoryreservation r \
+           WHERE r.id = {first} AND v.id = r.product_variant_id; \
+         UPDATE drops_dropproduct d SET reserved_quantity = 0 FROM orders_inventoryreservation r \
+           WHERE r.id = {first} AND d.id = r.drop_product_id"
     ))
     .await;
-    let s = settings();
-    let mut db = t.open_with(&s).await;
-    let report = run(&mut db, &s, false).await;
-    assert!(report.batches >= 2, "{report:?}");
+    let mut db = t.open().await;
+    let report = run(&mut db, &settings(), false).await;
     assert_eq!(
         (
-            report.counts.large_orders,
-            report.large_orders_left,
-            report.batch_retries
+            report.counts.reservations_released,
+            report.counts.orders_cancelled
         ),
-        (1, 0, 0),
+        (2, 0),
         "{report:?}"
     );
-    assert_eq!(t.order_status(giant).await, "cancelled");
-    for (v, order) in small {
-        assert_eq!(
-            (t.reserved(v).await, t.order_status(order).await.as_str()),
-            (0, "cancelled")
-        );
-    }
+    let apart = t
+        .i64(&format!(
+            "SELECT count(*) FROM orders_inventoryreservation r JOIN orders_order o ON o.id = r.order_id \
+             WHERE o.id = {giant} AND (r.status <> 'expired' OR r.released_at IS DISTINCT FROM o.cancelled_at)"
+        ))
+        .await;
+    assert_eq!(
+        apart, 0,
+        "a line not released with the order's cancellation"
+    );
     assert_eq!(t.drifted_counters().await, 0);
 }

@@ -42,7 +42,7 @@ fn signatures() -> Vec<Signature> {
         sig!(sql::CLAIM_ORDERS, [Vec<i64>, i32, i32, i64], ["id": i64, "processing": bool, "lines": i64]),
         sig!(sql::CLASSIFY_UNCLAIMED, [Vec<i64>, i32, i32], ["id": i64, "paid": bool, "due": bool]),
         sig!(sql::CLAIM_HOLDS, [Vec<i64>, i32], ["id": i64]),
-        sig!(sql::RELEASE_RESERVATIONS, [Vec<i64>, Vec<i64>, i32, i32, Vec<i64>],
+        sig!(sql::RELEASE_RESERVATIONS, [Vec<i64>, Vec<i64>, i32, i32, Vec<i64>, Option<i64>],
             ["id": i64, "order_id": Option<i64>, "variant_id": i64, "drop_id": Option<i64>,
              "quantity": i32, "was_due": bool, "delay_seconds": f64, "released_at": SystemTime,
              "order_cancelled": bool, "cancelled_order_number": String]),

@@ -35,16 +35,32 @@ use crate::error::Result;
 /// alike) and redoes the step without it. A dry run also uses `was_due` to tell the backlog a
 /// real run would leave.
 ///
+/// An order too large for one batch is released in parts ([`ReleaseParams::line_limit`]: the
+/// first lines by id): the first part cancels it, with `cancelled_at` the `released_at` of its
+/// lines; each later part finds it cancelled by the release (the one rule,
+/// `cancelled_by_release!`: an expired line's `released_at` equals its `cancelled_at`) and
+/// releases the next lines with that same instant, so the order reads as the release cancelled
+/// it — all its lines released together — to revive, the events replay and the report, and a
+/// cut between two parts is finished by the next batch that claims it. An order the shop
+/// cancelled itself keeps its `cancelled_at`, and its lines get the batch's `now()`.
+///
 /// $1 claimed order ids, $2 claimed hold ids, $3 reservation timeout minutes, $4 grace minutes,
-/// $5 the claimed orders whose payment is `processing`.
+/// $5 the claimed orders whose payment is `processing`, $6 the most lines to release (NULL:
+/// all).
 pub const RELEASE_RESERVATIONS: &str = concat!(
-    "WITH locked AS MATERIALIZED (SELECT r.id FROM orders_inventoryreservation r ",
+    "WITH finishing AS MATERIALIZED (SELECT o.id, o.cancelled_at FROM orders_order o ",
+    "WHERE o.id = ANY($1::int8[]) AND o.status = 'cancelled' AND EXISTS (SELECT 1 ",
+    "FROM orders_inventoryreservation x WHERE x.order_id = o.id AND x.status = 'expired' AND ",
+    cancelled_by_release!("o", "x"),
+    ")), ",
+    "locked AS MATERIALIZED (SELECT r.id FROM orders_inventoryreservation r ",
     "WHERE r.status = 'active' AND (r.order_id = ANY($1::int8[]) OR r.id = ANY($2::int8[])) ",
-    "FOR NO KEY UPDATE NOWAIT), ",
-    "released AS (UPDATE orders_inventoryreservation r SET status = 'expired', released_at = now() ",
+    "ORDER BY r.id LIMIT $6::int8 FOR NO KEY UPDATE NOWAIT), ",
+    "released AS (UPDATE orders_inventoryreservation r SET status = 'expired', ",
+    "released_at = COALESCE((SELECT f.cancelled_at FROM finishing f WHERE f.id = r.order_id), now()) ",
     "FROM locked l WHERE r.id = l.id AND r.status = 'active' ",
     "RETURNING r.id, r.order_id, r.product_variant_id, r.drop_product_id, r.quantity, ",
-    "r.expires_at, r.created_at), ",
+    "r.expires_at, r.created_at, r.released_at), ",
     "cancelled AS (UPDATE orders_order o ",
     "SET status = 'cancelled', cancelled_at = now(), updated_at = now() ",
     "WHERE o.id IN (SELECT order_id FROM released) AND o.status = 'pending' ",
@@ -55,7 +71,7 @@ pub const RELEASE_RESERVATIONS: &str = concat!(
     is_due!("r", "$3", "r.order_id = ANY($5::int8[])", "$4"),
     ", false) AS was_due, ",
     seconds_due!("r", "$3", "now()"),
-    " AS delay_seconds, now() AS released_at, ",
+    " AS delay_seconds, r.released_at AS released_at, ",
     "c.id IS NOT NULL AS order_cancelled, ",
     "COALESCE(c.order_number::text, '') AS cancelled_order_number ",
     "FROM released r LEFT JOIN cancelled c ON c.id = r.order_id"
@@ -69,6 +85,9 @@ pub struct ReleaseParams<'a> {
     /// The claimed orders whose payment is `processing`.
     pub processing_order_ids: &'a [i64],
     pub rules: Rules,
+    /// At most this many lines (the first by id), for a part of an order too large for one
+    /// batch; None: every line.
+    pub line_limit: Option<i64>,
 }
 
 /// A reservation [`RELEASE_RESERVATIONS`] made `expired`.
@@ -87,8 +106,9 @@ pub struct ReleasedReservation {
     /// `seconds_due!`: a row due since `-infinity` counts from its `created_at`; one due at
     /// `infinity`, released on request, is `-Infinity`).
     pub delay_seconds: f64,
-    /// The batch transaction's `now()`: the row's `released_at`, and the `cancelled_at` of the
-    /// order the batch cancels with it.
+    /// The row's `released_at`: the batch transaction's `now()`, the `cancelled_at` of the
+    /// order the batch cancels with it — or, for a later part of an order the release cancelled
+    /// in an earlier one, that order's `cancelled_at`.
     pub released_at: std::time::SystemTime,
 }
 
@@ -147,6 +167,7 @@ impl Statements {
                 &p.rules.timeout_minutes,
                 &p.rules.grace_minutes,
                 &p.processing_order_ids,
+                &p.line_limit,
             ],
             "expiring reservations and cancelling their orders",
             |row| {

@@ -46,6 +46,8 @@ pub(super) struct Claimed {
     pub(super) holds: Vec<i64>,
     /// Released on request: none of their reservations needs to be due.
     pub(super) on_request: bool,
+    /// A part of an order too large for one batch: at most this many of its lines.
+    pub(super) line_limit: Option<i64>,
 }
 
 impl Claimed {
@@ -83,7 +85,7 @@ pub(super) async fn candidates_of(
         Source::Deferred { orders, holds } | Source::Queue { orders, holds, .. } => {
             deferred(orders, holds, exclude)
         }
-        Source::Alone(order) | Source::OnRequest(order) => Candidates {
+        Source::Alone { order, .. } | Source::OnRequest(order) => Candidates {
             orders: vec![order],
             holds: Vec::new(),
         },
@@ -267,6 +269,7 @@ pub(super) async fn claim_requested(
         },
         holds: Vec::new(),
         on_request: true,
+        line_limit: None,
     }))
 }
 

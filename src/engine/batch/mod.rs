@@ -71,14 +71,17 @@ pub enum Source<'a> {
         orders: &'a [i64],
         holds: &'a [i64],
     },
-    /// One order with more active lines than a page, worked alone: its budget runs from the
-    /// moment it first locks a hot row (see [`HotPhase`]), not from its start, as expiring its
-    /// own lines holds nothing a shopper needs.
-    Alone(i64),
+    /// A part of one order with more active lines than a page, worked alone: at most `lines`
+    /// of its active lines (the first by id). The first part cancels the order; each later one
+    /// releases the next lines with the order's `cancelled_at` (see
+    /// [`crate::db::sql::RELEASE_RESERVATIONS`]), so no part holds the order row — which the
+    /// buyer's payment locks — longer than one batch.
+    Alone { order: i64, lines: i64 },
     /// One order released on request (`unreserver release`), due or not: it is locked
     /// `NOWAIT` and judged on the locked row ([`crate::db::sql::on_request`]); a releasable
     /// order with active reservations is released by the same steps as any batch, with no
-    /// reservation needing to be due. Its budget runs like [`Source::Alone`]'s.
+    /// reservation needing to be due. Its budget runs from the moment it first locks a hot row
+    /// (see [`HotPhase`]).
     OnRequest(i64),
 }
 
@@ -164,7 +167,7 @@ pub async fn release_batch(
     params.hot_phase.reset();
     let mut lock_wait = params.lock_wait;
     let max_lines = match source {
-        Source::Alone(_) | Source::OnRequest(_) => None,
+        Source::Alone { .. } | Source::OnRequest(_) => None,
         _ => Some(params.page_size),
     };
     let candidates = match source {
@@ -199,7 +202,10 @@ pub async fn release_batch(
             candidates_of(cx, source, exclude, &mut out).await?
         }
     };
-    let claimed = claim(cx, &candidates, max_lines, &mut out).await?;
+    let mut claimed = claim(cx, &candidates, max_lines, &mut out).await?;
+    if let Source::Alone { lines, .. } = source {
+        claimed.line_limit = Some(lines.max(1));
+    }
     release_and_finish(tx, st, params, lock_wait, claimed, out).await
 }
 

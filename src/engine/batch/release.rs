@@ -227,6 +227,7 @@ pub(super) async fn release(cx: BatchContext<'_, '_>, claimed: &Claimed) -> Resu
         hold_ids: &claimed.holds,
         processing_order_ids: &claimed.processing_orders,
         rules: cx.params.rules,
+        line_limit: claimed.line_limit,
     };
     cx.st.release_reservations(cx.tx, &p).await
 }

@@ -37,47 +37,89 @@ impl<'a> Run<'a> {
             if let Some(stop) = self.start_batch() {
                 return Ok(Some(stop));
             }
-            self.large_order(db, order).await?;
+            if let Some(stop) = self.large_order(db, order).await? {
+                return Ok(Some(stop));
+            }
         }
         Ok(None)
     }
 
-    /// A batch of one order with more active lines than a page. Its budget runs from the
-    /// moment it first locks a hot row: expiring its own lines holds nothing a shopper needs,
-    /// and is bounded by `STATEMENT_TIMEOUT_MS`. Cut even so (or losing a lock conflict), the
-    /// order is left for the next run (`large_orders_left`) and the run goes on without it.
-    pub(super) async fn large_order(&mut self, db: &mut Database, order: i64) -> Result<()> {
-        let budget = Budget::FromHotPhase {
-            hot: self.batch_budget,
-            whole: Duration::from_millis(u64::from(self.settings.statement_timeout_ms)),
-        };
-        let span = tracing::info_span!("large_order", order);
-        let gate = self.shared.pass_gate().await;
-        let tried = timed_batch(
-            db,
-            &self.params,
-            Source::Alone(order),
-            &self.books.excluded_orders,
-            budget,
-        )
-        .instrument(span.clone())
-        .await;
-        drop(gate);
-        let error = match tried {
-            Ok(mut batch) => {
-                batch.counts.large_orders = u64::from(!batch.released_orders.is_empty());
-                self.book(batch);
-                return Ok(());
+    /// An order with more active lines than a page, released alone in parts of at most a
+    /// page of lines each (see [`Source::Alone`]): each part is a batch of its own, claiming the
+    /// order row and holding it no longer than the batch budget — the buyer's payment, which
+    /// locks that row, waits at most one part. A part cut by its budget (or losing a lock
+    /// conflict) is tried again with half the lines; cut at [`MIN_PAGE_SIZE`] lines, the order
+    /// is left for the next run (`large_orders_left`), which finishes it — its lines released
+    /// with the instant the first part cancelled it — and the run goes on without it.
+    pub(super) async fn large_order(
+        &mut self,
+        db: &mut Database,
+        order: i64,
+    ) -> Result<Option<StopReason>> {
+        let (mut lines, budget) = self.large_order_parts();
+        let dry_run = self.options.dry_run;
+        let mut parts = 0_u64;
+        loop {
+            let span = tracing::info_span!("large_order", order, part = parts + 1, lines);
+            let gate = self.shared.pass_gate().await;
+            let tried = timed_batch(
+                db,
+                &self.params,
+                Source::Alone { order, lines },
+                &self.books.excluded_orders,
+                budget,
+            )
+            .instrument(span.clone())
+            .await;
+            drop(gate);
+            let error = match tried {
+                Ok(mut batch) => {
+                    let released = batch.released.len() as i64;
+                    let finished = released < lines;
+                    if parts == 0 {
+                        batch.counts.large_orders = u64::from(released > 0);
+                    }
+                    parts += 1;
+                    self.book(batch);
+                    if finished || released == 0 {
+                        tracing::debug!(order, parts, "a large order released in parts");
+                        return Ok(None);
+                    }
+                    if let Some(stop) = self.start_batch() {
+                        return Ok(Some(stop));
+                    }
+                    continue;
+                }
+                Err(TryError::Cut(error)) => error,
+                Err(TryError::Other(error)) if is_conflict(&error) || is_cancelled(&error) => error,
+                Err(TryError::Other(error)) => return Err(error),
+            };
+            if lines > MIN_PAGE_SIZE && !dry_run {
+                tracing::debug!(parent: &span, order, lines, error = %error.chain(),
+                    "a part of a large order was cut; trying again with half the lines");
+                lines = (lines / 2).max(MIN_PAGE_SIZE);
+                continue;
             }
-            Err(TryError::Cut(error)) => error,
-            Err(TryError::Other(error)) if is_conflict(&error) || is_cancelled(&error) => error,
-            Err(TryError::Other(error)) => return Err(error),
-        };
-        tracing::warn!(parent: &span, order, error = %error.chain(),
-            "a large order could not be released within its budget even alone; leaving it for the next run");
-        self.books.report.large_orders_left += 1;
-        self.books.excluded_orders.insert(order);
-        Ok(())
+            tracing::warn!(parent: &span, order, error = %error.chain(),
+                "a part of a large order could not be released within its budget; leaving it for the next run");
+            self.books.report.large_orders_left += 1;
+            self.books.excluded_orders.insert(order);
+            return Ok(None);
+        }
+    }
+
+    /// The lines of a large order's first part, and each part's budget. A dry run rolls each
+    /// part back, so a second part would meet the first one's lines again: it takes the whole
+    /// order in one part, its budget from its first hot row.
+    fn large_order_parts(&self) -> (i64, Budget) {
+        if self.options.dry_run {
+            let whole = Duration::from_millis(u64::from(self.settings.statement_timeout_ms));
+            let hot = self.batch_budget;
+            (i64::MAX, Budget::FromHotPhase { hot, whole })
+        } else {
+            let lines = self.params.page_size.max(MIN_PAGE_SIZE);
+            (lines, Budget::Whole(self.batch_budget))
+        }
     }
 
     /// Books a batch, hands it to the on-commit hook, and moves the cursor on.
