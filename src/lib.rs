@@ -62,7 +62,9 @@ pub use db::credentials::{CredentialSource, IamSource};
 pub use db::iam::{auth_token as rds_iam_token, TokenTarget};
 pub use db::secrets::SecretSource;
 pub use db::session::Database;
-pub use db::tls::{certificates as tls_certificates, connector as tls_connector, RdsCaRegions};
+pub use db::tls::{
+    certificates as tls_certificates, connector as tls_connector, RdsCaRegions, Tls,
+};
 pub use engine::hooks::OnCommit;
 pub use engine::on_request::{OnRequestOutcome, Reason as OnRequestReason};
 pub use engine::purge::{purge, Options as PurgeOptions, PurgeReport};

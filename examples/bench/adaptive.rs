@@ -85,7 +85,9 @@ impl Bench {
              Each contender on a fresh copy of one seed with the index set applied, interleaved \
              with the lower bound (the one set-based statement), medians of {reps}. Ratio: the \
              contender's time over the lower bound's; WAL: bytes written per reservation \
-             released (the lower bound's in brackets).\n"
+             released (the lower bound's in brackets). In process: each drain and the \
+             statement timed inside the bench's process on an open connection (end to end, a \
+             new process per run: \"End to end\").\n"
         );
         let _ = writeln!(
             md,

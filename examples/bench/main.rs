@@ -17,6 +17,8 @@
 //!    runs, wake-ups, the cost of an idle wake-up.
 //! 10. hot rows and carts (`--hot-rows`, its own section): the hottest row with a queue of
 //!     checkouts, and carts of several items in both lock orders against a drain.
+//! 11. end to end (`--e2e`, `scripts/bench-e2e.sh`): a new `unreserver run` process per run,
+//!     as a schedule runs it; everything above is measured in the bench's own process.
 //!
 //! Writes the results, the command and the machine into BENCHMARKS.md.
 
@@ -33,6 +35,7 @@ use unreserver::RunReport;
 
 mod adaptive;
 mod carts;
+mod e2e;
 mod follow;
 mod hot_row;
 mod shoppers;
@@ -760,6 +763,14 @@ async fn main() {
         last_wal: std::cell::Cell::new(0),
         index_set: std::cell::Cell::new(""),
     };
+    if args.iter().any(|a| a == "--e2e") {
+        let reps = reps_arg(&args).unwrap_or(3);
+        println!(
+            "{}",
+            e2e::e2e(&b, &binary, reps, "scripts/bench-e2e.sh").await
+        );
+        return;
+    }
     if args.iter().any(|a| a == "--events-only") {
         let seed = "bench_seed_10000";
         b.seed(seed, 10_000, FUTURE_RESERVATIONS).await;
@@ -980,7 +991,10 @@ async fn main() {
     assert_eq!(released(&reports), pr_n);
     let _ = writeln!(
         md,
-        "\n## The old way: one transaction per reservation (N = 5,000)\n"
+        "\n## The old way: one transaction per reservation (N = 5,000)\n\n\
+         In process: both timed inside the bench's process, from an open connection (connection, \
+         preflight and process start left out); the same pair end to end, a new process per \
+         run, is in \"End to end\" (`scripts/bench-e2e.sh`).\n"
     );
     let _ = writeln!(md, "| contender | time (ms) | reservations/s |");
     let _ = writeln!(md, "|---|---|---|");
@@ -998,7 +1012,7 @@ async fn main() {
     );
     let _ = writeln!(
         md,
-        "\n**per-row / project = {:.1}**",
+        "\n**per-row / project = {:.1}** (in process)",
         per_row.as_secs_f64() / proj.as_secs_f64()
     );
     b.out.push_str(&md);

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use postgres_native_tls::MakeTlsConnector;
+use crate::db::tls::Tls;
 
 use crate::config::Config;
 use crate::db::credentials::CredentialSource;
@@ -16,7 +16,7 @@ use crate::events::Publisher;
 pub struct AppState {
     pub config: Config,
     pub credentials: CredentialSource,
-    pub tls: MakeTlsConnector,
+    pub tls: Tls,
     /// The EventBridge publisher of the expiry events, when `EVENT_BUS_NAME` is set.
     pub publisher: Option<Publisher>,
     /// What the init's parts took.
@@ -32,14 +32,15 @@ impl AppState {
     }
 
     /// Builds the state from a configuration. The TLS connector (OpenSSL loading the system
-    /// store and the RDS CAs: CPU work) is built on a blocking thread while the AWS SDK
-    /// configuration loads and, with `PREFETCH_CREDENTIALS`, the credentials are fetched
-    /// (mostly network waits): Lambda's init has the CPU for both.
+    /// store and the RDS CAs: CPU work; nothing at all with `sslmode=disable`) is built on a
+    /// blocking thread while the AWS SDK configuration loads and, with `PREFETCH_CREDENTIALS`,
+    /// the credentials are fetched (mostly network waits): Lambda's init has the CPU for both.
+    /// The AWS SDK is loaded only for what uses it: a secret, IAM authentication, an event bus.
     pub async fn from_config(config: Config) -> Result<Self> {
-        // A CA held in a secret is read first: the connector needs it.
+        // A CA held in a secret is read first: the connector needs it (not without TLS).
         let ca_pem = match &config.database.ca_secret_id {
-            Some(id) => Some(ca_secret(id).await?),
-            None => None,
+            Some(id) if !config.database.tls_disabled() => Some(ca_secret(id).await?),
+            _ => None,
         };
         let database = config.database.clone();
         let tls = tokio::task::spawn_blocking(move || {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use postgres_native_tls::MakeTlsConnector;
+use super::tls::Tls;
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config};
@@ -99,7 +99,7 @@ pub fn tls_disabled(config: &Config) -> bool {
 }
 
 /// Connects and spawns the connection's driver task. The client closes when dropped.
-pub async fn connect(config: &Config, tls: &MakeTlsConnector) -> Result<Client> {
+pub async fn connect(config: &Config, tls: &Tls) -> Result<Client> {
     let (client, connection) = config
         .connect(tls.clone())
         .await

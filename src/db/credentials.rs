@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 
-use postgres_native_tls::MakeTlsConnector;
+use super::tls::Tls;
 use secrecy::ExposeSecret;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::Config;
@@ -127,7 +127,7 @@ impl CredentialSource {
     /// Connects and runs the preflight. When the database rejects a secret's credentials
     /// (the password was rotated since they were cached), re-reads the secret and tries once
     /// more.
-    pub async fn open(&self, tls: &MakeTlsConnector, lock_timeout_ms: u32) -> Result<Database> {
+    pub async fn open(&self, tls: &Tls, lock_timeout_ms: u32) -> Result<Database> {
         let config = self.config(false).await?;
         match Database::open(&config, tls, lock_timeout_ms).await {
             Err(Error::Authentication { .. })

@@ -165,16 +165,23 @@ pub async fn preflight(
     config: &Config,
     lock_timeout_ms: u32,
 ) -> Result<Preflight> {
-    let facts = sql::server_facts(client).await?;
+    // The three reads go together (pipelined); their verdicts are taken in this order.
+    let tables: Vec<&str> = REQUIRED_COLUMNS.iter().map(|(t, _)| *t).collect();
+    let (facts, columns, indexes) = tokio::join!(
+        sql::server_facts(client),
+        sql::table_columns(client, &tables),
+        sql::reservation_indexes(client),
+    );
+    let facts = facts?;
     if facts.in_recovery {
         return Err(Error::ReadOnlyServer {
             target: super::connect::describe(config),
         });
     }
-    check_columns(client).await?;
+    check_columns(&columns?)?;
     let deadlock_timeout_ms = shop_deadlock_timeout_ms(&facts);
     check_lock_timeout(lock_timeout_ms, deadlock_timeout_ms, "the server's")?;
-    let indexes = sql::reservation_indexes(client).await?;
+    let indexes = indexes?;
     let missing_indexes = missing_indexes(&indexes);
     Ok(Preflight {
         expiry_index: !missing_indexes
@@ -265,10 +272,8 @@ pub fn through_proxy(config: &Config, facts: &sql::ServerFacts) -> bool {
     port_differs || socket_differs || rds_proxy
 }
 
-/// Fails naming every table and column of [`REQUIRED_COLUMNS`] that is absent.
-async fn check_columns(client: &Client) -> Result<()> {
-    let tables: Vec<&str> = REQUIRED_COLUMNS.iter().map(|(t, _)| *t).collect();
-    let present = sql::table_columns(client, &tables).await?;
+/// Fails naming every table and column of [`REQUIRED_COLUMNS`] that is absent from `present`.
+fn check_columns(present: &[sql::TableColumn]) -> Result<()> {
     let mut missing = Vec::new();
     for (table, columns) in REQUIRED_COLUMNS {
         if !present.iter().any(|c| c.table == *table) {
@@ -287,7 +292,7 @@ async fn check_columns(client: &Client) -> Result<()> {
     if !missing.is_empty() {
         return Err(Error::Schema(format!("missing {}", missing.join(", "))));
     }
-    check_time_columns(&present)
+    check_time_columns(present)
 }
 
 /// Refuses `timestamp without time zone` (or any other type) in [`TIME_COLUMNS`].

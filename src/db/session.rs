@@ -2,7 +2,7 @@
 //! the preflight found, the release's statements prepared once per connection, and a way to
 //! cancel the statement it is running (the batch's time budget).
 
-use postgres_native_tls::MakeTlsConnector;
+use super::tls::Tls;
 use tokio_postgres::{Client, Config};
 
 use super::connect;
@@ -18,7 +18,7 @@ pub struct Database {
     /// `user@host:port/dbname`, for messages (never the password).
     pub target: String,
     /// The connector a cancel request goes through (the same TLS as the connection).
-    tls: MakeTlsConnector,
+    tls: Tls,
     /// What opened it, to open it again ([`Database::reconnect`]); its `Debug` redacts the
     /// password.
     config: Config,
@@ -30,21 +30,25 @@ pub struct Database {
 impl Database {
     /// Connects, runs the preflight (schema, `deadlock_timeout`, indexes) and prepares the
     /// statements. Fails before changing anything when the schema does not fit.
-    pub async fn open(
-        config: &Config,
-        tls: &MakeTlsConnector,
-        lock_timeout_ms: u32,
-    ) -> Result<Self> {
+    pub async fn open(config: &Config, tls: &Tls, lock_timeout_ms: u32) -> Result<Self> {
         let client = connect::connect(config, tls).await?;
         sql::probe_pooling(&client).await?;
-        sql::pin_session(&client, &connect::session_defaults(config)).await?;
-        let preflight = preflight::preflight(&client, config, lock_timeout_ms)
-            .await
-            .map_err(Error::when_opening)?;
+        // Pipelined (sent at once, answered in order): the session pinned first, then the
+        // preflight's catalog reads and the pid — two round trips instead of eight. The
+        // statements are prepared after the verdict: a missing table fails the preflight
+        // (naming it), and a table a migration holds stops the first prepare that needs it.
+        let defaults = connect::session_defaults(config);
+        let (pinned, preflight, pid) = tokio::join!(
+            sql::pin_session(&client, &defaults),
+            preflight::preflight(&client, config, lock_timeout_ms),
+            sql::backend_pid(&client),
+        );
+        pinned?;
+        let preflight = preflight.map_err(Error::when_opening)?;
+        let pid = pid?;
         let statements = Statements::prepare(&client)
             .await
             .map_err(Error::when_opening)?;
-        let pid = sql::backend_pid(&client).await?;
         Ok(Database {
             client,
             statements,
@@ -96,7 +100,7 @@ impl Database {
 /// instead of at the statement timeout.
 pub struct Canceller {
     token: tokio_postgres::CancelToken,
-    tls: MakeTlsConnector,
+    tls: Tls,
     config: Config,
     pid: i32,
     /// The session the fallback cancels through, opened at its first use.

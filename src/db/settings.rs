@@ -5,11 +5,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use postgres_native_tls::MakeTlsConnector;
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::config::{Host, SslMode};
 
-use super::tls::{self, RdsCaRegions};
+use super::tls::{self, RdsCaRegions, Tls};
 use super::{connect, conninfo};
 use crate::error::{Error, Result};
 use crate::settings::{
@@ -97,8 +96,12 @@ impl DatabaseConfig {
     }
 
     /// The TLS connector every connection of the process uses (see [`tls::connector`]), with
-    /// the PEM read from `DB_CA_SECRET_ID` when there is one.
-    pub fn tls_connector(&self, ca_secret_pem: Option<&str>) -> Result<MakeTlsConnector> {
+    /// the PEM read from `DB_CA_SECRET_ID` when there is one; [`Tls::disabled`] (no CA store
+    /// loaded) when connections go without TLS.
+    pub fn tls_connector(&self, ca_secret_pem: Option<&str>) -> Result<Tls> {
+        if self.tls_disabled() {
+            return Ok(Tls::disabled());
+        }
         let extra = self.ca_secret_id.as_deref().zip(ca_secret_pem);
         tls::connector_with(self.ca_bundle.as_deref(), extra, &self.rds_ca_regions)
     }

@@ -6,8 +6,13 @@
 
 use std::path::Path;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use native_tls::{Certificate, TlsConnector};
-use postgres_native_tls::MakeTlsConnector;
+use postgres_native_tls::{MakeTlsConnector, TlsStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 
 use crate::error::{Error, Result};
 
@@ -102,9 +107,94 @@ fn labelled_rds_certificates() -> impl Iterator<Item = (&'static str, &'static s
         .filter(|(_, pem)| pem.starts_with(BEGIN))
 }
 
+/// The TLS of every connection of the process: the verified connector, or none at all when the
+/// configuration sends data in the clear (`sslmode=disable`). Loading the system store and the
+/// RDS CAs is the costliest part of a process's start (OpenSSL parses every certificate): a
+/// process that will never make a handshake does not pay it.
+#[derive(Clone)]
+pub struct Tls(Option<MakeTlsConnector>);
+
+impl Tls {
+    /// No TLS: the configuration says `sslmode=disable`. A handshake asked of it fails.
+    pub fn disabled() -> Tls {
+        Tls(None)
+    }
+
+    /// Whether this is the verified connector (not [`Tls::disabled`]).
+    pub fn verifies(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl From<MakeTlsConnector> for Tls {
+    fn from(connector: MakeTlsConnector) -> Self {
+        Tls(Some(connector))
+    }
+}
+
+impl<S> MakeTlsConnect<S> for Tls
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = TlsStream<S>;
+    type TlsConnect = Handshake;
+    type Error = native_tls::Error;
+
+    /// tokio-postgres asks for a handshake before each connection, even one that will not use
+    /// it (`sslmode=disable`): without a connector it gets one that refuses.
+    fn make_tls_connect(&mut self, domain: &str) -> std::result::Result<Handshake, Self::Error> {
+        match &mut self.0 {
+            Some(connector) => {
+                MakeTlsConnect::<S>::make_tls_connect(connector, domain).map(Handshake::Verified)
+            }
+            None => Ok(Handshake::Disabled),
+        }
+    }
+}
+
+/// One connection's handshake: verified, or refused (TLS disabled).
+pub enum Handshake {
+    Verified(postgres_native_tls::TlsConnector),
+    Disabled,
+}
+
+/// What a refused handshake answers.
+const TLS_DISABLED: &str = "TLS handshake refused: this process was configured with sslmode \
+                            disable and loaded no CA certificates";
+
+type HandshakeFuture<S> = Pin<
+    Box<
+        dyn Future<
+                Output = std::result::Result<
+                    TlsStream<S>,
+                    Box<dyn std::error::Error + Send + Sync>,
+                >,
+            > + Send,
+    >,
+>;
+
+impl<S> TlsConnect<S> for Handshake
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = TlsStream<S>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = HandshakeFuture<S>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        match self {
+            Handshake::Verified(connector) => {
+                let handshake = connector.connect(stream);
+                Box::pin(async move { handshake.await.map_err(Into::into) })
+            }
+            Handshake::Disabled => Box::pin(async { Err(TLS_DISABLED.into()) }),
+        }
+    }
+}
+
 /// Builds the connector used for every connection of the process: the system store, the RDS
 /// CAs `rds` names, and with `ca_bundle` each certificate in that file too.
-pub fn connector(ca_bundle: Option<&Path>, rds: &RdsCaRegions) -> Result<MakeTlsConnector> {
+pub fn connector(ca_bundle: Option<&Path>, rds: &RdsCaRegions) -> Result<Tls> {
     connector_with(ca_bundle, None, rds)
 }
 
@@ -114,7 +204,7 @@ pub fn connector_with(
     ca_bundle: Option<&Path>,
     extra: Option<(&str, &str)>,
     rds: &RdsCaRegions,
-) -> Result<MakeTlsConnector> {
+) -> Result<Tls> {
     let mut builder = TlsConnector::builder();
     if let Some((secret_id, pem)) = extra {
         let certs = certificates(pem)
@@ -140,7 +230,7 @@ pub fn connector_with(
     let connector = builder
         .build()
         .map_err(|e| Error::Tls(format!("cannot build TLS connector: {e}")))?;
-    Ok(MakeTlsConnector::new(connector))
+    Ok(Tls::from(MakeTlsConnector::new(connector)))
 }
 
 /// Every certificate of a PEM bundle (`Certificate::from_pem` reads only the first one). Each

@@ -29,6 +29,12 @@ pub const CALM_BATCHES: u32 = 3;
 /// And the time since the last sign: shoppers checking out now and then may give none for a
 /// few batches, not for a second.
 pub const CALM_TIME: Duration = Duration::from_secs(1);
+/// The rate (rows a millisecond) a release run's first batch is sized for, before any batch
+/// measured one: the slowest measured here, batches on the test suite's busy server (a debug
+/// build, four tests at once, load 6: 1,500 rows took over 500 ms). A first batch sized for a
+/// quiet server's rate (about 24 rows a millisecond) was cut by its budget there and rolled
+/// back, several times over; this one ends within it, and the next is sized from its rate.
+pub const FIRST_BATCH_ROWS_PER_MS: f64 = 3.0;
 /// Weight of the newest batch in the moving average of rows per millisecond.
 const RATE_WEIGHT: f64 = 0.5;
 
@@ -106,6 +112,10 @@ pub struct Controller {
     calm_time: Duration,
     /// Rows per millisecond, moving average.
     rate: Option<f64>,
+    /// Whether a quiet batch may grow straight to the size its rate calls for, not at most
+    /// twice the last ([`Controller::sized_from_what_is_due`]), until the first sign of a
+    /// shopper.
+    grow_to_rate: bool,
     started: Instant,
     pub stats: ControllerStats,
 }
@@ -126,6 +136,7 @@ impl Controller {
             last_sign: None,
             calm_time: CALM_TIME,
             rate: None,
+            grow_to_rate: false,
             started: Instant::now(),
             stats: ControllerStats {
                 mode: if settings.batch_size.is_some() {
@@ -137,6 +148,26 @@ impl Controller {
                 ..ControllerStats::default()
             },
         }
+    }
+
+    /// The controller of a release run: an adaptive first batch pages what the time target
+    /// allows at [`FIRST_BATCH_ROWS_PER_MS`] (450 rows with the defaults), within
+    /// `BATCH_SIZE_MIN..=BATCH_SIZE_MAX`, so that it takes a small backlog whole (the page
+    /// returns no more than is due); and until the first sign of a shopper, each quiet batch
+    /// grows straight to the size the measured rate calls for (not at most twice the last):
+    /// a smaller batch's rate is the pessimistic one (its fixed cost is spread over fewer rows),
+    /// so that size still keeps to the target. 5,000 due go in three batches this way (the
+    /// first, then one per worker) where growing from the floor took about ten. After a sign
+    /// of shoppers the size comes back as before (at the floor, at most doubling).
+    pub fn sized_from_what_is_due(mut self) -> Self {
+        if self.pinned.is_none() {
+            let allowed = (self.target_ms * FIRST_BATCH_ROWS_PER_MS)
+                .round()
+                .clamp(1.0, f64::from(u32::MAX)) as u32;
+            self.size = allowed.clamp(self.min, self.max);
+            self.grow_to_rate = true;
+        }
+        self
     }
 
     /// Rows the next batch pages.
@@ -205,8 +236,13 @@ impl Controller {
         let ideal = (rate * self.target_ms)
             .round()
             .clamp(1.0, f64::from(u32::MAX)) as u32;
+        let most = if self.grow_to_rate && self.last_sign.is_none() {
+            self.max
+        } else {
+            self.size.saturating_mul(2)
+        };
         let next = ideal
-            .clamp(self.size / 2, self.size.saturating_mul(2))
+            .clamp(self.size / 2, most.max(self.size / 2))
             .clamp(self.min, self.max);
         if next < self.size {
             self.stats.shrinks_for_time += 1;
@@ -271,6 +307,34 @@ mod tests {
         }
         assert_eq!(sizes, vec![200, 400, 800, 1500, 1500, 1500]);
         assert!(c.parallel());
+    }
+
+    #[test]
+    fn a_release_run_starts_at_what_the_target_allows_then_grows_to_the_rate() {
+        let mut c = controller(None, BUDGET).sized_from_what_is_due();
+        // 150 ms at 3 rows a millisecond.
+        assert_eq!(c.size(), 450);
+        // 15 rows a millisecond measured: straight to the 2,250 the target wants.
+        assert_eq!(c.observe(450, Duration::from_millis(30), false), 2250);
+        // A slower batch (5 rows a millisecond, 10 on average): down to what that wants.
+        assert_eq!(c.observe(2250, Duration::from_millis(450), false), 1500);
+        assert_eq!(c.stats.shrinks_for_time, 1);
+        // A shopper met drops it to the floor; once calm again it grows at most twice a batch.
+        assert_eq!(c.observe(1500, Duration::from_millis(75), true), 100);
+        for _ in 0..CALM_BATCHES - 1 {
+            assert_eq!(c.observe(100, Duration::from_millis(5), false), 100);
+        }
+        assert_eq!(c.observe(100, Duration::from_millis(5), false), 200);
+        // A short budget shortens the target, and so the first batch; a pinned size stays.
+        let short = controller(None, Duration::from_millis(90)).sized_from_what_is_due();
+        assert_eq!(short.size(), 100);
+        // The controller of the purge (not sized this way) still grows at most twice.
+        let mut purge = controller(None, BUDGET);
+        assert_eq!(purge.observe(100, Duration::from_millis(5), false), 200);
+        assert_eq!(
+            controller(Some(70), BUDGET).sized_from_what_is_due().size(),
+            70
+        );
     }
 
     #[test]

@@ -121,7 +121,7 @@ async fn a_startup_parameter_the_pooler_refuses_is_named() {
 async fn behind_a_pooler_a_run_opens_one_connection_unless_allowed_more() {
     for (pooled_workers, workers) in [(None, 1), (Some("2"), 2)] {
         let t = TestApp::spawn().await;
-        let (_, _, total) = crate::adaptive::backlog(&t, 1000).await;
+        let (_, _, total) = crate::adaptive::backlog(&t, 2000).await;
         let mut pooled =
             through_pooler("UNRESERVER_TEST_PGBOUNCER_SESSION_PORT", &t, "").with("WORKERS", "2");
         if let Some(n) = pooled_workers {

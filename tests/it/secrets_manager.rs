@@ -79,7 +79,7 @@ fn source(client: aws_sdk_secretsmanager::Client, id: &str, d: SecretSettings) -
     }
 }
 
-fn verified_tls() -> postgres_native_tls::MakeTlsConnector {
+fn verified_tls() -> unreserver::Tls {
     let ca = test_env("UNRESERVER_TEST_CA_CERT");
     tls_connector(Some(std::path::Path::new(&ca)), &RdsCaRegions::All).unwrap()
 }

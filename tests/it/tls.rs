@@ -53,6 +53,34 @@ async fn uses_tls(client: &Client) -> bool {
         .get(0)
 }
 
+/// `sslmode=disable` loads no CA store (the costliest part of a process's start: the
+/// `DB_CA_BUNDLE` named, even a missing one, is not read) and connects in the clear; asked for
+/// a handshake all the same, that connector refuses it, never falling back to the clear.
+#[tokio::test]
+async fn without_tls_no_ca_store_is_loaded_and_a_handshake_is_refused() {
+    let url = format!(
+        "postgres://postgres:{}@localhost:{}/postgres?sslmode=disable",
+        admin_password(),
+        pg_port()
+    );
+    let config = unreserver::Config::from_lookup(|name| match name {
+        "DATABASE_URL" => Some(url.clone()),
+        "DB_CA_BUNDLE" => Some("/nonexistent/ca-bundle.pem".into()),
+        _ => None,
+    })
+    .unwrap();
+    let tls = config.database.tls_connector(None).unwrap();
+    assert!(!tls.verifies());
+    let plain = unreserver::config_from_url("DATABASE_URL", &url).unwrap();
+    let client = connect(&plain, &tls).await.unwrap();
+    assert!(!uses_tls(&client).await);
+    let mut require = plain.clone();
+    require.ssl_mode(SslMode::Require);
+    let err = connect(&require, &tls).await.err().unwrap();
+    assert_eq!(err.kind(), "TlsVerification", "{}", err.chain());
+    assert!(err.chain().contains("sslmode disable"), "{}", err.chain());
+}
+
 #[tokio::test]
 async fn require_verifies_the_chain_with_the_configured_ca() {
     let client = connect_to("localhost", None, SslMode::Require, Some(ca()))

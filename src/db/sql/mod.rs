@@ -98,7 +98,9 @@ pub struct Statements {
 }
 
 impl Statements {
-    /// Prepares every statement of the release on `client`.
+    /// Prepares every statement of the release on `client`, one after another: not pipelined,
+    /// since a table held by a migration makes each prepare that needs it wait `lock_timeout`
+    /// (2 s), and the first such wait must end the opening, not the eleventh.
     pub async fn prepare(client: &Client) -> Result<Statements> {
         let prepare = |text: &'static str| async move {
             client

@@ -27,7 +27,9 @@ pub(super) struct Shared {
 impl Shared {
     pub(super) fn new(settings: &ReleaseSettings, budget: Duration) -> Self {
         Shared {
-            controller: std::sync::Mutex::new(Controller::new(settings, budget)),
+            controller: std::sync::Mutex::new(
+                Controller::new(settings, budget).sized_from_what_is_due(),
+            ),
             batches: AtomicU32::new(0),
             workers: AtomicU32::new(1),
             gate: tokio::sync::Semaphore::new(1),
