@@ -315,6 +315,17 @@ impl TestDb {
         .await
     }
 
+    /// Lines of `order` not released with its cancellation: not `expired`, or released at
+    /// another instant than the order's `cancelled_at` (the rule that marks an order the
+    /// release cancelled, whole).
+    pub async fn lines_apart_from_cancellation(&self, order: i64) -> i64 {
+        self.i64(&format!(
+            "SELECT count(*) FROM orders_inventoryreservation r JOIN orders_order o ON o.id = r.order_id \
+             WHERE o.id = {order} AND (r.status <> 'expired' OR r.released_at IS DISTINCT FROM o.cancelled_at)"
+        ))
+        .await
+    }
+
     /// Variants and drops whose counter differs from the sum of their active reservations.
     pub async fn drifted_counters(&self) -> i64 {
         self.i64(

@@ -145,12 +145,7 @@ async fn orders_across_hot_rows(hot: usize, per_row: usize, shape: Shape) {
     );
     for order in orders {
         assert_eq!(t.order_status(order).await, "cancelled");
-        let apart = t
-            .i64(&format!(
-                "SELECT count(*) FROM orders_inventoryreservation r JOIN orders_order o ON o.id = r.order_id \
-                 WHERE o.id = {order} AND r.released_at IS DISTINCT FROM o.cancelled_at"
-            ))
-            .await;
+        let apart = t.lines_apart_from_cancellation(order).await;
         assert_eq!(
             apart, 0,
             "order {order}: a line not released with its cancellation"

@@ -188,12 +188,7 @@ async fn a_giant_order_is_released_in_parts_and_its_buyer_never_waits_past_the_b
     paying.await.unwrap().unwrap();
     assert!(payments.load(Ordering::Relaxed) > 0, "the buyer never paid");
     assert_eq!(t.order_status(giant).await, "cancelled", "{reports:#?}");
-    let apart = t
-        .i64(&format!(
-            "SELECT count(*) FROM orders_inventoryreservation r JOIN orders_order o ON o.id = r.order_id \
-             WHERE o.id = {giant} AND (r.status <> 'expired' OR r.released_at IS DISTINCT FROM o.cancelled_at)"
-        ))
-        .await;
+    let apart = t.lines_apart_from_cancellation(giant).await;
     assert_eq!(
         apart, 0,
         "a line not released with the order's cancellation: {reports:#?}"
@@ -239,12 +234,7 @@ async fn an_order_cancelled_by_the_release_with_lines_left_is_finished_with_its_
         (2, 0),
         "{report:?}"
     );
-    let apart = t
-        .i64(&format!(
-            "SELECT count(*) FROM orders_inventoryreservation r JOIN orders_order o ON o.id = r.order_id \
-             WHERE o.id = {giant} AND (r.status <> 'expired' OR r.released_at IS DISTINCT FROM o.cancelled_at)"
-        ))
-        .await;
+    let apart = t.lines_apart_from_cancellation(giant).await;
     assert_eq!(
         apart, 0,
         "a line not released with the order's cancellation"

@@ -45,7 +45,7 @@ fn signatures() -> Vec<Signature> {
         sig!(sql::RELEASE_RESERVATIONS, [Vec<i64>, Vec<i64>, i32, i32, Vec<i64>, Option<i64>, Option<i64>, Option<i64>],
             ["id": i64, "order_id": Option<i64>, "variant_id": i64, "drop_id": Option<i64>,
              "quantity": i32, "was_due": bool, "delay_seconds": f64, "released_at": SystemTime,
-             "order_cancelled": bool, "cancelled_order_number": String]),
+             "order_cancelled": bool, "order_finished": bool, "cancelled_order_number": String]),
         sig!(sql::RETURN_VARIANT_UNITS, [Vec<i64>, Vec<i64>], ["id": i64, "clamped": bool, "previous_writer": i64, "writer": i64, "available_after": i64]),
         sig!(sql::RETURN_DROP_UNITS, [Vec<i64>, Vec<i64>], ["id": i64, "clamped": bool, "previous_writer": i64, "writer": i64, "available_after": i64]),
         sig!(sql::QUEUE_FOR_VARIANT, [i64], ["id": i64]),
