@@ -47,8 +47,8 @@ pub struct Cli {
     #[arg(long, global = true, conflicts_with_all = ["tenant_index", "all_tenants"])]
     tenant: Option<String>,
 
-    /// The tenant at this place (from 0) in `unreserver tenants`' list: a Kubernetes Indexed
-    /// Job's $JOB_COMPLETION_INDEX.
+    /// The tenant at this place (from 0) in `unreserver tenants`' list, sorted by name: a
+    /// Kubernetes Indexed Job's $JOB_COMPLETION_INDEX.
     #[arg(long, global = true, conflicts_with = "all_tenants")]
     tenant_index: Option<u32>,
 

@@ -46,10 +46,23 @@ pub struct TenantOutcome {
     /// Its error: kind, whether a retry can help, the cause chain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Value>,
-    /// Its run report, when it ran.
+    /// What its run report says in short (a tenant's whole report is in its run's summary
+    /// log line): the keys of [`REPORT_KEYS`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<Value>,
 }
+
+/// What a sweep's answer keeps of each tenant's run report.
+pub const REPORT_KEYS: &[&str] = &[
+    "units_released",
+    "orders_cancelled",
+    "batches",
+    "deferred",
+    "backlog_remaining",
+    "release_delay_max_seconds",
+    "events_failed",
+    "duration_ms",
+];
 
 /// The answer of a sweep.
 #[derive(Debug, Clone, Serialize)]
@@ -61,7 +74,7 @@ pub struct SweepReport {
     pub tenants: Vec<TenantOutcome>,
     /// Reservations released across the tenants.
     pub released: u64,
-    /// The tenants that failed, by name.
+    /// The tenants that failed, sorted by name.
     pub failed: Vec<String>,
     pub duration_ms: u64,
 }
@@ -147,11 +160,12 @@ pub async fn sweep(
     let mut rest = rest;
     rest.sort_by(|a, b| a.tenant.cmp(&b.tenant));
     let tenants: Vec<TenantOutcome> = ran.into_iter().chain(rest).collect();
-    let failed = tenants
+    let mut failed: Vec<String> = tenants
         .iter()
         .filter(|o| o.outcome == "failed")
         .map(|o| o.tenant.clone())
         .collect();
+    failed.sort();
     let report = SweepReport {
         run_id: invocation.run_id.to_string(),
         dry_run: run.dry_run,
@@ -195,12 +209,14 @@ async fn run_tenant(
         Ok(answer) => answer.to_json(),
         Err(failure) => failure.report.as_ref().map_or(Value::Null, |r| r.to_json()),
     };
-    outcome.released = report["counts"]["reservations_released"]
-        .as_u64()
-        .unwrap_or(0);
+    outcome.released = report["reservations_released"].as_u64().unwrap_or(0);
     outcome.stopped_reason = report.get("stopped_reason").cloned();
-    if !report.is_null() {
-        outcome.report = Some(report);
+    if let Value::Object(all) = report {
+        let short = all
+            .into_iter()
+            .filter(|(key, _)| REPORT_KEYS.contains(&key.as_str()))
+            .collect();
+        outcome.report = Some(Value::Object(short));
     }
     match ran {
         Ok(_) => outcome.outcome = "released",

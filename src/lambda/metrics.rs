@@ -109,7 +109,7 @@ mod tests {
         let aws = &doc["_aws"];
         assert!(aws["Timestamp"].as_u64().unwrap() > 1_600_000_000_000);
         let directives = aws["CloudWatchMetrics"].as_array().unwrap();
-        assert_eq!(directives.len(), 1);
+        assert!(!directives.is_empty() && directives.len() <= 2);
         for d in directives {
             let ns = d["Namespace"].as_str().unwrap();
             assert!(!ns.is_empty() && ns.len() <= 255);
@@ -179,6 +179,49 @@ mod tests {
             doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
             json!([["service"]])
         );
+    }
+
+    #[test]
+    fn a_tenants_run_adds_its_dimension_to_the_alarms_metrics_only() {
+        let mut report = RunReport::new(false);
+        report.oldest_due_age_seconds = Some(42.5);
+        report.release_delay_p95_seconds = Some(7.25);
+        let obs = Observation {
+            reconcile: None,
+            purge: None,
+            run_id: "r-1",
+            tenant: Some("shop_a"),
+            report: Some(&report),
+            failed: false,
+            dry_run: false,
+            cold_start: false,
+            duration_ms: 12,
+        };
+        let doc = document(&config(), &obs);
+        assert_valid_emf(&doc);
+        let directives = &doc["_aws"]["CloudWatchMetrics"];
+        assert_eq!(
+            directives[0]["Dimensions"],
+            json!([["service"]]),
+            "the aggregate"
+        );
+        assert_eq!(directives[1]["Dimensions"], json!([["service", "tenant"]]));
+        let names: Vec<&str> = directives[1]["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["Name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names.len(), TENANT_METRICS.len(), "{names:?}");
+        assert!(
+            names.iter().all(|n| TENANT_METRICS.contains(n)),
+            "{names:?}"
+        );
+        assert_eq!(doc["tenant"], "shop_a");
+        // Every one of them is a metric a run writes.
+        assert!(TENANT_METRICS
+            .iter()
+            .all(|n| METRICS.iter().any(|m| m.name == *n)));
     }
 
     const RECONCILE_ONLY: [&str; 2] = ["CountersDrifted", "CountersRepaired"];

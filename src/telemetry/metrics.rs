@@ -457,7 +457,7 @@ pub struct Observation<'a> {
 
 /// The metrics that carry a tenant's dimension beside the service's: those the alarms watch per
 /// tenant (custom metrics are billed per name and dimension set: a few, not all).
-pub const TENANT_METRICS: &[&str] = &["RunFailed", "OldestDueReservationAge", "ReleaseDelay"];
+pub const TENANT_METRICS: &[&str] = &["RunFailed", "OldestDueReservationAge", "ReleaseDelayP95"];
 
 /// The metric values of one invocation, with their units.
 pub fn values(obs: &Observation<'_>) -> Vec<(&'static Metric, f64)> {

@@ -39,5 +39,6 @@ mod sql_types;
 mod status;
 mod stock_released;
 mod template;
+mod tenants;
 mod tls;
 mod torture;

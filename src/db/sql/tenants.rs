@@ -65,12 +65,12 @@ pub async fn backlog_of_schema(client: &Client, schema: &str, rules: Rules) -> R
 
 /// [`BACKLOG`] on a probe session, as its `search_path` resolves the tables; not prepared (a
 /// probe session reads it once per tenant, and the tables differ by schema). Reads only; locks
-/// nothing.
+/// nothing (a wait past the probe's `lock_timeout` is a table lock: `TableLocked`).
 pub async fn backlog_on(client: &Client, rules: Rules) -> Result<Backlog> {
     let row = client
         .query_one(BACKLOG, &[&rules.timeout_minutes, &rules.grace_minutes])
         .await
-        .map_err(Error::db("counting a tenant's backlog"))?;
+        .map_err(|e| Error::db("counting a tenant's backlog")(e).when_opening())?;
     Ok(Backlog {
         due: row.try_get("due").map_err(Error::db("reading due"))?,
         oldest_age_seconds: row
