@@ -3,7 +3,7 @@
 //!
 //! Namespace and service follow the Powertools conventions (`POWERTOOLS_METRICS_NAMESPACE`,
 //! `POWERTOOLS_SERVICE_NAME`, a `service` dimension). Dimension values come from configuration
-//! only, never from data. A dry run's metrics carry a second dimension, `mode = dry_run`, so they
+//! only, never from data (a tenant's name is from its configured list). A dry run's metrics carry a second dimension, `mode = dry_run`, so they
 //! never feed the alarms, which watch the `service` dimension alone.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,15 +11,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Map, Value};
 
 pub use crate::config::MetricsConfig;
-pub use crate::telemetry::metrics::{values, Observation, METRICS};
+pub use crate::telemetry::metrics::{values, Observation, METRICS, TENANT_METRICS};
 
 /// The dimension every document carries, and the one only dry runs add.
 pub const SERVICE_DIMENSION: &str = "service";
 pub const MODE_DIMENSION: &str = "mode";
+/// The dimension a tenant's invocation adds to [`TENANT_METRICS`] (its value a checked tenant
+/// name, from the configured list).
+pub const TENANT_DIMENSION: &str = "tenant";
 
 /// The EMF document for one invocation.
 pub fn document(config: &MetricsConfig, obs: &Observation<'_>) -> Value {
     let values = values(obs);
+    let mut doc_tenant = None;
     let dimensions: Vec<&str> = if obs.dry_run {
         vec![SERVICE_DIMENSION, MODE_DIMENSION]
     } else {
@@ -32,19 +36,42 @@ pub fn document(config: &MetricsConfig, obs: &Observation<'_>) -> Value {
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    let mut directives = vec![json!({
+        "Namespace": config.namespace,
+        "Dimensions": [dimensions],
+        "Metrics": definitions,
+    })];
+    if let Some(tenant) = obs.tenant {
+        // The few metrics the alarms watch per tenant, once more with the tenant's dimension
+        // (one more dimension set each: the cost table in docs/tenants.md counts them).
+        let per_tenant: Vec<Value> = values
+            .iter()
+            .filter(|(m, _)| TENANT_METRICS.contains(&m.name))
+            .map(|(m, _)| json!({"Name": m.name, "Unit": m.unit.cloudwatch()}))
+            .collect();
+        if !per_tenant.is_empty() {
+            let mut with_tenant = dimensions.clone();
+            with_tenant.push(TENANT_DIMENSION);
+            directives.push(json!({
+                "Namespace": config.namespace,
+                "Dimensions": [with_tenant],
+                "Metrics": per_tenant,
+            }));
+        }
+        doc_tenant = Some(tenant);
+    }
     let mut doc = Map::new();
     doc.insert(
         "_aws".into(),
         json!({
             "Timestamp": timestamp,
-            "CloudWatchMetrics": [{
-                "Namespace": config.namespace,
-                "Dimensions": [dimensions],
-                "Metrics": definitions,
-            }]
+            "CloudWatchMetrics": directives,
         }),
     );
     doc.insert(SERVICE_DIMENSION.into(), json!(config.service));
+    if let Some(tenant) = doc_tenant {
+        doc.insert(TENANT_DIMENSION.into(), json!(tenant));
+    }
     doc.insert("run_id".into(), json!(obs.run_id));
     if obs.dry_run {
         doc.insert(MODE_DIMENSION.into(), json!("dry_run"));
@@ -121,6 +148,7 @@ mod tests {
             reconcile: None,
             purge: None,
             run_id: "r-1",
+            tenant: None,
             report: Some(&report),
             failed: false,
             dry_run: false,
@@ -196,6 +224,7 @@ mod tests {
                 reconcile: None,
                 purge: Some(&report),
                 run_id: "r-1",
+                tenant: None,
                 report: None,
                 failed: false,
                 dry_run: false,
@@ -238,6 +267,7 @@ mod tests {
                 reconcile: Some(&report),
                 purge: None,
                 run_id: "r-1",
+                tenant: None,
                 report: None,
                 failed: false,
                 dry_run: false,
@@ -277,6 +307,7 @@ mod tests {
                 reconcile: None,
                 purge: None,
                 run_id: "r-1",
+                tenant: None,
                 report: None,
                 failed: true,
                 dry_run: false,
@@ -295,6 +326,7 @@ mod tests {
                 reconcile: None,
                 purge: None,
                 run_id: "r-1",
+                tenant: None,
                 report: Some(&report),
                 failed: false,
                 dry_run: true,
