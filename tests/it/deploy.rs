@@ -98,6 +98,11 @@ fn the_tenant_job_runs_one_index_per_tenant_within_its_deadline() {
         .filter_map(Yaml::as_str)
         .collect();
     assert_eq!(args, ["run", "--tenant-index", "$(JOB_COMPLETION_INDEX)"]);
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_unreserver"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--tenant-index <TENANT_INDEX>"));
     // Kubernetes expands $(VAR) in args from the variables declared before: the index is.
     let env = container["env"].as_vec().unwrap();
     assert_eq!(env[0]["name"].as_str(), Some("JOB_COMPLETION_INDEX"));

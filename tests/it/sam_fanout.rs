@@ -6,6 +6,8 @@
 
 use serde_json::{json, Value};
 
+use unreserver::action::tenancy::{TenantChoice, TENANT_FIELD};
+
 use crate::sam::{actions, generated, resource, statements};
 
 /// Stands for `${TenantConcurrency}` in the definition, to see where the parameter lands.
@@ -25,6 +27,17 @@ fn definition(t: &Value) -> (Value, Value) {
     assert!(!text.contains("${"), "an unknown variable in {text}");
     let parsed = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
     (parsed, vars.clone())
+}
+
+/// A payload as the function reads it: its `tenant` field apart, then the action's own
+/// fields (the handler's `parse_scoped`, through the library's public parts).
+fn scoped(payload: &Value) -> (unreserver::Request, TenantChoice) {
+    let mut payload = payload.clone();
+    let choice = match payload.as_object_mut().unwrap().remove(TENANT_FIELD) {
+        Some(value) => TenantChoice::from_payload(&value).unwrap(),
+        None => TenantChoice::Unnamed,
+    };
+    (unreserver::parse_payload(&payload).unwrap(), choice)
 }
 
 fn oracle() -> Value {
@@ -172,6 +185,10 @@ fn the_fan_out_runs_each_tenant_on_a_worker_that_never_throttles_the_lister() {
     assert_eq!(list["Resource"], "arn:aws:states:::lambda:invoke");
     assert_eq!(list["Parameters"]["FunctionName"], "ListerArn");
     assert_eq!(list["Parameters"]["Payload"], json!({"action": "tenants"}));
+    assert!(matches!(
+        scoped(&list["Parameters"]["Payload"]),
+        (unreserver::Request::Tenants(_), TenantChoice::Unnamed)
+    ));
     assert_eq!(
         list["ResultSelector"],
         json!({"tenants.$": "$.Payload.tenants"})
@@ -195,6 +212,15 @@ fn the_fan_out_runs_each_tenant_on_a_worker_that_never_throttles_the_lister() {
         map["ItemSelector"],
         json!({"tenant.$": "$$.Map.Item.Value"})
     );
+    // What the worker receives for the tenant "shop_a": a run of that tenant.
+    let mut payload = run["Parameters"]["Payload"].clone();
+    let fields = payload.as_object_mut().unwrap();
+    assert_eq!(fields.remove("tenant.$"), Some(json!("$.tenant")));
+    fields.insert("tenant".into(), json!("shop_a"));
+    match scoped(&payload) {
+        (unreserver::Request::Run(_), TenantChoice::Named(name)) => assert_eq!(name, "shop_a"),
+        other => panic!("{other:?}"),
+    }
     // CDK writes the same Map for the same task (its MaxConcurrency a literal 4).
     let cdk_map = &oracle()["fan_out_map"];
     for same in ["Type", "ItemsPath", "ItemSelector"] {
