@@ -33,6 +33,7 @@ mod release_rules;
 mod revive;
 mod role_settings;
 mod sam;
+mod sam_fanout;
 mod secrets_manager;
 mod settings;
 mod sql_types;
