@@ -52,8 +52,9 @@ pub struct Cli {
     #[arg(long, global = true, conflicts_with = "all_tenants")]
     tenant_index: Option<u32>,
 
-    /// Every tenant, the oldest due first, TENANT_CONCURRENCY at a time (`run` only; a run that
-    /// names no tenant while tenants are configured does the same).
+    /// Every tenant: `run` sweeps them, the oldest due first, TENANT_CONCURRENCY at a time (a
+    /// run that names no tenant while tenants are configured does the same); `status` and
+    /// `report` answer for each.
     #[arg(long, global = true)]
     all_tenants: bool,
 

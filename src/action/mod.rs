@@ -8,6 +8,7 @@
 //!
 //! Adding an action: one module here and one line in the [`actions!`] list below.
 
+pub mod each;
 pub mod events;
 pub mod follow;
 pub mod purge;

@@ -69,6 +69,9 @@ pub const REPORT_KEYS: &[&str] = &[
 pub struct SweepReport {
     pub run_id: String,
     pub dry_run: bool,
+    /// Tenants run at once, and the connections each run drained with ([`connections`]).
+    pub tenants_at_once: u32,
+    pub workers_each: u32,
     /// One entry a tenant: those that ran in the order they started, then the quiet, failed
     /// and not started ones by name.
     pub tenants: Vec<TenantOutcome>,
@@ -136,12 +139,12 @@ pub async fn sweep(
 ) -> std::result::Result<SweepReport, Failure> {
     let started = std::time::Instant::now();
     let names = tenancy::list(state).await?;
-    let concurrency = state
-        .config
-        .tenants
-        .as_ref()
-        .map_or(1, |t| t.concurrency.max(1) as usize);
-    let mut probed = probe(state, names, concurrency).await;
+    let (concurrency, workers) = connections(state);
+    let run = Run {
+        workers: Some(workers),
+        ..run
+    };
+    let mut probed = probe(state, names, concurrency as usize).await;
     // The oldest due first; ties by name.
     probed.sort_by(|a, b| {
         let age = |o: &TenantOutcome| o.oldest_due_age_seconds.unwrap_or(-1.0);
@@ -154,7 +157,7 @@ pub async fn sweep(
         probed.into_iter().partition(|o| o.outcome == "not_started");
     let ran: Vec<TenantOutcome> = stream::iter(due)
         .map(|outcome| run_tenant(outcome, &run, state, invocation))
-        .buffered(concurrency)
+        .buffered(concurrency as usize)
         .collect()
         .await;
     let mut rest = rest;
@@ -169,6 +172,8 @@ pub async fn sweep(
     let report = SweepReport {
         run_id: invocation.run_id.to_string(),
         dry_run: run.dry_run,
+        tenants_at_once: concurrency,
+        workers_each: workers,
         released: tenants.iter().map(|o| o.released).sum(),
         tenants,
         failed,
@@ -182,6 +187,23 @@ pub async fn sweep(
         "tenants swept"
     );
     Ok(report)
+}
+
+/// The one rule of a sweep's connections: it holds no more than one run would — `WORKERS`
+/// (the probe's session aside, closed before the runs) — whatever `TENANT_CONCURRENCY` says:
+/// `min(TENANT_CONCURRENCY, WORKERS)` tenants at once, each run draining with its share of
+/// `WORKERS` (at least one). So the role's `CONNECTION LIMIT`, sized for one run an
+/// invocation, holds for a sweep too. Answers (tenants at once, workers each).
+pub fn connections(state: &AppState) -> (u32, u32) {
+    let wanted = state.config.tenants.as_ref().map_or(1, |t| t.concurrency);
+    share(state.config.release.workers, wanted)
+}
+
+/// [`connections`]' arithmetic: `workers` shared among `wanted` tenants at once.
+fn share(workers: u32, wanted: u32) -> (u32, u32) {
+    let workers = workers.max(1);
+    let at_once = wanted.clamp(1, workers);
+    (at_once, (workers / at_once).max(1))
 }
 
 /// One tenant's run, unless the deadline passed or a stop was asked before it started.
@@ -295,4 +317,23 @@ async fn probe_session(state: &AppState) -> Result<tokio_postgres::Client> {
         .await
         .map_err(Error::db("setting the probe session's timeouts"))?;
     Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    #[test]
+    fn a_sweep_never_holds_more_connections_than_one_run() {
+        for workers in 1..=16 {
+            for wanted in 1..=64 {
+                let (at_once, each) = share(workers, wanted);
+                assert!(at_once * each <= workers, "{workers} {wanted}");
+                assert!(at_once >= 1 && each >= 1);
+            }
+        }
+        assert_eq!(share(2, 4), (2, 1));
+        assert_eq!(share(8, 2), (2, 4));
+        assert_eq!(share(16, 4), (4, 4));
+    }
 }

@@ -165,8 +165,9 @@ pub async fn state_of(state: &AppState, choice: &TenantChoice) -> Result<Arc<App
 }
 
 /// Runs `request` as `choice` says: on the deployment's own state without tenants; on one
-/// tenant's state (its answer names it); or, for a `run` with all tenants (or none named while
-/// tenants are configured), a sweep of them all (`super::sweep`).
+/// tenant's state (its answer names it); for a `run` with all tenants (or none named while
+/// tenants are configured), a sweep of them all (`super::sweep`); for `status` or `report` with
+/// all, every tenant's answer (`super::each`).
 pub async fn execute(
     request: Request,
     choice: TenantChoice,
@@ -184,11 +185,20 @@ pub async fn execute(
         }
         _ => {}
     }
+    let all = matches!(choice, TenantChoice::All);
+    if all && super::each::read_only(&request) {
+        return super::each::each(request, state, invocation)
+            .await
+            .map(|answer| Box::new(answer) as Answer);
+    }
     if sweep {
         let Request::Run(run) = request else {
             return Err(Error::Setting {
                 name: TENANT_FIELD.into(),
-                reason: format!("all tenants at once runs only run, not {}", request.name()),
+                reason: format!(
+                    "all tenants at once answers run, status and report, not {}",
+                    request.name()
+                ),
             }
             .into());
         };

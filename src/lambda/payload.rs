@@ -529,6 +529,7 @@ mod tests {
                     batch_size,
                     max_batches,
                     source: Some(crate::action::Source("manual".into())),
+                    workers: None,
                 })));
             }
         }

@@ -105,7 +105,8 @@ settings! {
         /// TENANT_SECRET_PREFIX).
         TENANT_KIND: choice(&["schema", "database"], "schema"), Both
             => kind: String;
-        /// Tenants one invocation sweeping several releases at once, each on its own connection.
+        /// Tenants one invocation sweeping several releases at once, at most WORKERS: a sweep
+        /// holds no more connections than one run, each tenant's run draining with its share.
         TENANT_CONCURRENCY: number(1..=64, 4, Count("tenants")), Both
             => concurrency: u32;
     }

@@ -127,16 +127,26 @@ async fn fifty_schemas_are_swept_and_a_locked_or_broken_tenant_fails_alone() {
         .unwrap();
     t.exec("ALTER TABLE shop_13.orders_inventoryreservation DROP COLUMN released_at")
         .await;
-    let front = t.with(
-        "TENANTS_QUERY",
-        "SELECT schema_name FROM public.customers_client WHERE schema_name <> 'public'",
-    );
+    let front = t
+        .with(
+            "TENANTS_QUERY",
+            "SELECT schema_name FROM public.customers_client WHERE schema_name <> 'public'",
+        )
+        .with("TENANT_CONCURRENCY", "16");
 
     let out = front.cli(&["run", "--all-tenants"]).await;
     lock.rollback().await.unwrap();
 
     assert_eq!(out.code, Some(1), "a tenant failed: exit 1 {out:?}");
     let answer = out.json();
+    // WORKERS (2) bounds the sweep's connections, whatever TENANT_CONCURRENCY asks.
+    assert_eq!(
+        (
+            answer["tenants_at_once"].as_u64(),
+            answer["workers_each"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
     assert_eq!(answer["tenants"].as_array().unwrap().len(), 50, "{answer}");
     assert_eq!(answer["failed"], json!(["shop_07", "shop_13"]), "{answer}");
     let locked = outcome(answer, "shop_07");
@@ -267,6 +277,24 @@ async fn one_tenant_is_named_on_both_front_ends_and_its_answer_says_which() {
         left(&t.client, "north").await,
         (1, 2, 0),
         "only the tenant named"
+    );
+
+    // Every tenant's status at once, each named.
+    let out = front.cli(&["status", "--all-tenants"]).await;
+    assert!(out.success(), "{out:?}");
+    let due: Vec<(String, i64)> = out.json()["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let name = s["tenant"].as_str().unwrap().to_string();
+            (name, s["due_reservations"].as_i64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        due,
+        [("north".into(), 1), ("south".into(), 0), ("west".into(), 1)],
+        "{out:?}"
     );
 
     // A Kubernetes Indexed Job's index: the N-th name in order (0: north).
