@@ -121,7 +121,7 @@ impl AppState {
             tenant: Some(name.to_string()),
             schema,
             tenant_states: Default::default(),
-            publisher: self.publisher.clone(),
+            publisher: self.publisher.as_ref().map(|p| p.for_tenant(name)),
             init: self.init,
             cold_start: AtomicBool::new(false),
         });

@@ -327,6 +327,33 @@ async fn one_tenant_is_named_on_both_front_ends_and_its_answer_says_which() {
     let out = t.cli(&["run", "--tenant", "north"]).await;
     assert_eq!(out.code, Some(2), "{out:?}");
     assert_eq!(left(&t.client, "north").await, (1, 2, 0));
+
+    // Two schema tenants' rows have the same ids: their events say whose they are, and their
+    // stable ids differ.
+    let since = humantime::format_rfc3339(
+        std::time::SystemTime::now() - std::time::Duration::from_secs(600),
+    )
+    .to_string();
+    assert!(front.cli(&["run", "--tenant", "north"]).await.success());
+    let mut stock_ids = Vec::new();
+    for name in ["north", "south"] {
+        let out = front
+            .cli(&["events", "--tenant", name, "--since", &since])
+            .await;
+        assert!(out.success(), "{out:?}");
+        let lines = out.json_lines();
+        assert!(!lines.is_empty(), "{out:?}");
+        assert!(
+            lines.iter().all(|e| e["detail"]["tenant"] == name),
+            "{out:?}"
+        );
+        let stock = lines
+            .iter()
+            .find(|e| e["detail-type"] == "Stock Released")
+            .unwrap_or_else(|| panic!("{out:?}"));
+        stock_ids.push(stock["detail"]["event_id"].clone());
+    }
+    assert_ne!(stock_ids[0], stock_ids[1], "{stock_ids:?}");
 }
 
 #[tokio::test]
