@@ -14,7 +14,7 @@ use super::{Answer, AppState, Failure, Invocation, Observed, Reply, Request};
 use crate::db::connect;
 use crate::db::sql;
 use crate::error::{Error, Result};
-use crate::tenant::{TenantKind, TenantList};
+use crate::tenant::TenantList;
 
 /// What a front-end asked about tenants.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -261,13 +261,4 @@ impl Reply for Tenanted {
     fn tenant(&self) -> Option<&str> {
         Some(&self.tenant)
     }
-}
-
-/// Whether a tenant's sessions read one schema of a shared database.
-pub fn is_schema(state: &AppState) -> bool {
-    state
-        .config
-        .tenants
-        .as_ref()
-        .is_some_and(|t| t.kind == TenantKind::Schema)
 }

@@ -10,6 +10,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("aws", 0),
     ("db", 1),
     ("config", 2),
+    ("tenant", 2),
     ("engine", 3),
     ("events", 4),
     ("telemetry", 5),
