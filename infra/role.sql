@@ -66,3 +66,7 @@ SELECT format('GRANT SELECT (id, stock_quantity, reserved_quantity, xmin), '
               'UPDATE (reserved_quantity, updated_at) ON products_productvariant TO %I', :'role') \gexec
 SELECT format('GRANT SELECT (id, drop_quantity, reserved_quantity, sold_quantity, xmin), '
               'UPDATE (reserved_quantity, updated_at) ON drops_dropproduct TO %I', :'role') \gexec
+-- The purge's retention horizon, when infra/purge-role.sql created it: read only, so that
+-- `report`, `events` and `revive` answer what a purge removed as purged (docs/retention.md).
+SELECT format('GRANT SELECT ON unreserver_purge_horizon TO %I', :'role')
+ WHERE to_regclass('unreserver_purge_horizon') IS NOT NULL \gexec

@@ -136,6 +136,7 @@ pub mod purge;
 mod reads;
 pub mod reconcile;
 mod release;
+pub mod retention;
 pub mod revive;
 mod transaction;
 pub mod warnings;
