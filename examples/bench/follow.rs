@@ -97,8 +97,10 @@ fn follow_with_stock_log(binary: &str, url: &str) -> (Value, Vec<f64>) {
                 continue;
             }
             let log: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            let event: Value = log["fields"]["event"]
+            // The JSON log flattens an event's fields (`event` at the top level).
+            let event: Value = log["event"]
                 .as_str()
+                .or(log["fields"]["event"].as_str())
                 .and_then(|e| serde_json::from_str(e).ok())
                 .unwrap_or(Value::Null);
             let Some(at) = event["detail"]["released_at"]

@@ -16,11 +16,15 @@ use crate::{connect, url_for, Bench, HOT_VARIANTS, VARIANTS};
 
 /// Old rows a trial purges: cart holds released long ago, and orders the release cancelled
 /// long ago, each with `LINES` lines.
-const OLD_HOLDS: i64 = 200_000;
-const OLD_ORDERS: i64 = 25_000;
+const OLD_HOLDS: i64 = 60_000;
+const OLD_ORDERS: i64 = 10_000;
 const LINES: i64 = 2;
 /// How long the quiet phase records checkouts.
 const QUIET: Duration = Duration::from_secs(8);
+/// The purge's time budget (`TIME_BUDGET_SECONDS`) beside the shoppers, and alone: it stops at
+/// it (`stopped: time_budget`) and the next purge resumes.
+const BUDGET_WITH_SHOPPERS: u64 = 20;
+const BUDGET_ALONE: u64 = 60;
 
 /// The horizon's table, as `infra/purge-role.sql` creates it (the bench runs the purge as the
 /// owner, so the role's grants are not needed).
@@ -79,12 +83,14 @@ impl Purged {
     }
 }
 
-/// `unreserver purge --apply --orders` on `url` (defaults: 60 days, adaptive chunks).
-fn purge(binary: &str, url: &str) -> Purged {
+/// `unreserver purge --apply --orders` on `url` (defaults: 60 days, adaptive chunks) within
+/// `budget` seconds.
+fn purge(binary: &str, url: &str, budget: u64) -> Purged {
     let started = Instant::now();
     let out = Command::new(binary)
         .args(["purge", "--apply", "--orders"])
         .env("DATABASE_URL", url)
+        .env("TIME_BUDGET_SECONDS", budget.to_string())
         .env_remove("EVENT_BUS_NAME")
         .stderr(Stdio::null())
         .output()
@@ -117,9 +123,10 @@ impl Bench {
              locks and bumps its variants' and drop rows' counters, inserts an order and its \
              reservations into the tables the purge deletes from, commits): first for {} s with \
              nothing else running (quiet), then while `unreserver purge --apply --orders` \
-             (release build, defaults: 60 days, adaptive chunks, as the tables' owner) deletes the \
-             trial's old rows. Latencies in ms; the ratio and the difference are of the same \
-             trial's quiet phase.\n",
+             (release build, defaults: 60 days, adaptive chunks, as the tables' owner; \
+             `TIME_BUDGET_SECONDS={BUDGET_WITH_SHOPPERS}`) deletes old rows. Rows a purge left \
+             (stopped at its budget) stay for the next trial's. Latencies in ms; the ratio and \
+             the difference are of the same trial's quiet phase.\n",
             QUIET.as_secs()
         );
         let _ = writeln!(
@@ -135,7 +142,7 @@ impl Bench {
             eprintln!("purge: {} during a purge ...", cart.describe());
             let (bin, purge_url) = (binary.to_string(), url.clone());
             let (during, purged) = phase(&url, cart, 2, async move {
-                tokio::task::spawn_blocking(move || purge(&bin, &purge_url))
+                tokio::task::spawn_blocking(move || purge(&bin, &purge_url, BUDGET_WITH_SHOPPERS))
                     .await
                     .unwrap()
             })
@@ -161,16 +168,18 @@ impl Bench {
         trial += 1;
         old_rows(&c, trial).await;
         eprintln!("purge: alone ...");
-        let alone = purge(binary, &url);
+        let alone = purge(binary, &url, BUDGET_ALONE);
         let _ = writeln!(
             md,
-            "\nThe same purge with no shopper about: {} rows in {:.1} s, {:.0} rows/s, {} chunks \
-             (the controller's largest chunk {}); `replicas.note`: {}.",
+            "\nThen with no shopper about (`TIME_BUDGET_SECONDS={BUDGET_ALONE}`, after one more \
+             trial's rows): {} rows in {:.1} s, {:.0} rows/s, {} chunks (the controller's \
+             largest chunk {} rows), stopped `{}`; `replicas.note`: {}.",
             alone.rows(),
             alone.took.as_secs_f64(),
             alone.rate(),
             alone.answer["chunks"],
             alone.answer["controller"]["batch_rows_max"],
+            alone.answer["stopped"].as_str().unwrap_or("?"),
             alone.answer["replicas"]["note"],
         );
         md
