@@ -132,6 +132,9 @@ impl Events {
             );
         }
         let Some(publisher) = publisher else {
+            if let Some(tenant) = &state.tenant {
+                model::stamp_tenant(&mut events, tenant);
+            }
             return Ok(EventsAnswer {
                 found: Found::Listed(events),
                 purged_before,

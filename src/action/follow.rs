@@ -344,6 +344,7 @@ fn observation<'a>(
         reconcile: None,
         purge: None,
         run_id: invocation.run_id,
+        tenant: None,
         report: Some(report),
         failed,
         dry_run: false,
