@@ -11,6 +11,7 @@
 pub mod each;
 pub mod events;
 pub mod follow;
+pub mod follow_tenants;
 pub mod purge;
 pub mod reconcile;
 pub mod release;

@@ -309,7 +309,7 @@ async fn probe(state: &AppState, names: Vec<String>, concurrency: usize) -> Vec<
 
 /// A session for the probe: connected with `state`'s credentials, its waits bounded
 /// ([`sql::tenants::PROBE_SESSION`]).
-async fn probe_session(state: &AppState) -> Result<tokio_postgres::Client> {
+pub(crate) async fn probe_session(state: &AppState) -> Result<tokio_postgres::Client> {
     let config = state.credentials.config(false).await?;
     let client = connect::connect(&config, &state.tls).await?;
     client

@@ -166,8 +166,9 @@ pub async fn state_of(state: &AppState, choice: &TenantChoice) -> Result<Arc<App
 
 /// Runs `request` as `choice` says: on the deployment's own state without tenants; on one
 /// tenant's state (its answer names it); for a `run` with all tenants (or none named while
-/// tenants are configured), a sweep of them all (`super::sweep`); for `status` or `report` with
-/// all, every tenant's answer (`super::each`).
+/// tenants are configured), a sweep of them all (`super::sweep`); for a `follow` likewise, one
+/// follower of them all (`super::follow_tenants`); for `status` or `report` with all, every
+/// tenant's answer (`super::each`).
 pub async fn execute(
     request: Request,
     choice: TenantChoice,
@@ -175,8 +176,6 @@ pub async fn execute(
     invocation: &Invocation<'_>,
 ) -> std::result::Result<Answer, Failure> {
     let configured = state.config.tenants.is_some();
-    let sweep = matches!(choice, TenantChoice::All)
-        || (configured && choice == TenantChoice::Unnamed && matches!(request, Request::Run(_)));
     match (&choice, configured) {
         (TenantChoice::Unnamed, false) => return request.execute(state, invocation).await,
         (_, false) => return Err(not_configured().into()),
@@ -185,26 +184,32 @@ pub async fn execute(
         }
         _ => {}
     }
-    let all = matches!(choice, TenantChoice::All);
-    if all && super::each::read_only(&request) {
-        return super::each::each(request, state, invocation)
-            .await
-            .map(|answer| Box::new(answer) as Answer);
-    }
-    if sweep {
-        let Request::Run(run) = request else {
-            return Err(Error::Setting {
+    // All tenants: asked for, or a run or follow that names none (the schedule's payloads).
+    let all = matches!(choice, TenantChoice::All)
+        || (choice == TenantChoice::Unnamed
+            && matches!(request, Request::Run(_) | Request::Follow(_)));
+    if all {
+        return match request {
+            Request::Run(run) => super::sweep::sweep(run, state, invocation)
+                .await
+                .map(|answer| Box::new(answer) as Answer),
+            Request::Follow(follow) => super::follow_tenants::follow_all(follow, state, invocation)
+                .await
+                .map(|answer| Box::new(answer) as Answer),
+            request if super::each::read_only(&request) => {
+                super::each::each(request, state, invocation)
+                    .await
+                    .map(|answer| Box::new(answer) as Answer)
+            }
+            request => Err(Error::Setting {
                 name: TENANT_FIELD.into(),
                 reason: format!(
-                    "all tenants at once answers run, status and report, not {}",
+                    "all tenants at once answers run, follow, status and report, not {}",
                     request.name()
                 ),
             }
-            .into());
+            .into()),
         };
-        return super::sweep::sweep(run, state, invocation)
-            .await
-            .map(|answer| Box::new(answer) as Answer);
     }
     let tenant = state_of(state, &choice).await?;
     let name = tenant.tenant.clone().unwrap_or_default();

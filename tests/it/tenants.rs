@@ -401,3 +401,105 @@ async fn a_sweep_serves_the_oldest_due_first_and_one_cut_short_starts_none_and_l
     assert_eq!(swept["released"], 3, "{swept}");
     assert_eq!(swept["failed"], json!([]), "{swept}");
 }
+
+/// Waits (up to 30 s, looking every 5 ms) until `sql` on `t` is true.
+async fn until_true(t: &TestDb, sql: &str) -> bool {
+    for _ in 0..6_000 {
+        if t.i64(&format!("SELECT count(*) WHERE ({sql})")).await == 1 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn one_follower_follows_every_tenant_and_a_broken_one_is_named_while_the_others_release() {
+    let t = TestApp::spawn().await;
+    let names: Vec<String> = ["a", "b", "c"].map(|n| format!("shop_{n}")).to_vec();
+    schema_tenants(&t, &names).await;
+    seed(&t.client, "shop_a", 1, 1, 5).await;
+    // shop_c cannot be read: a column its look and passes need is gone.
+    t.exec("ALTER TABLE shop_c.orders_inventoryreservation DROP COLUMN expires_at")
+        .await;
+    let front = t.with("TENANTS", names.join(","));
+    let follower = front.start_cli(&["follow", "--all-tenants"]);
+
+    assert!(
+        until_true(
+            &t,
+            "NOT EXISTS (SELECT FROM shop_a.orders_inventoryreservation \
+                        WHERE status = 'active')"
+        )
+        .await,
+        "shop_a's due order was never released"
+    );
+    // Due after the follower started: its clock for shop_b passes as it falls due.
+    seed(&t.client, "shop_b", 2, 1, 0).await;
+    assert!(
+        until_true(
+            &t,
+            "NOT EXISTS (SELECT FROM shop_b.orders_inventoryreservation \
+                        WHERE status = 'active')"
+        )
+        .await,
+        "shop_b's orders were never released"
+    );
+    follower.terminate();
+    let out = follower.wait().await;
+
+    assert!(out.success(), "{out:?}");
+    let answer = out.json();
+    assert_eq!(answer["ended"], "signal", "{answer}");
+    assert_eq!(answer["released"], 3, "{answer}");
+    assert_eq!(answer["failed"], json!(["shop_c"]), "{answer}");
+    let shop_c = outcome(answer, "shop_c");
+    assert!(
+        shop_c["last_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expires_at"),
+        "{shop_c}"
+    );
+    assert_eq!(
+        left(&t.client, "public").await.0,
+        0,
+        "the template's public holds none"
+    );
+}
+
+#[tokio::test]
+async fn two_schema_tenants_follow_the_same_scheduled_minute_side_by_side() {
+    let t = TestApp::spawn().await;
+    let names: Vec<String> = ["a", "b"].map(|n| format!("shop_{n}")).to_vec();
+    schema_tenants(&t, &names).await;
+    let front = t.with("TENANTS", names.join(","));
+    let at = humantime::format_rfc3339(std::time::SystemTime::now()).to_string();
+    let scheduled = |tenant: &str| {
+        json!({"action": "follow", "tenant": tenant, "seconds": 3, "source": "schedule",
+               "scheduled_time": at})
+    };
+    let first = {
+        let (front, payload) = (front.clone(), scheduled("shop_a"));
+        tokio::spawn(async move { front.lambda_within(payload, 60_000).await })
+    };
+    let held = format!(
+        "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+          AND classid = {}::oid AND objsubid = 2) = 1",
+        unreserver::db::sql::follow::FOLLOW_LOCK_CLASS
+    );
+    assert!(
+        until_true(&t, &held).await,
+        "shop_a's follower never took its minute"
+    );
+
+    let second = front.lambda(scheduled("shop_b")).await.unwrap();
+    let first = first.await.unwrap().unwrap();
+
+    assert_eq!(second["tenant"], "shop_b");
+    assert_eq!(
+        second["follow"]["ended"], "time",
+        "not a duplicate: {second}"
+    );
+    assert_eq!(first["follow"]["ended"], "time", "{first}");
+}
