@@ -50,3 +50,23 @@ SELECT format('GRANT SELECT (%s) ON %I.%I TO %I',
   JOIN pg_namespace n ON n.oid = t.relnamespace
  WHERE c.contype = 'f' AND c.conparentid = 0 AND c.confrelid = to_regclass('orders_order')
    AND c.conrelid <> to_regclass('orders_inventoryreservation') \gexec
+
+-- The retention horizon: one row, written by the purge in each chunk that deleted rows (how far
+-- back rows may be gone, and the highest id of an order it deleted), read by the release's role
+-- so that `report`, `events` and `revive` answer a purged range as purged, not as empty
+-- (docs/retention.md). Created here, by the tables' owner: the purge role creates nothing.
+CREATE TABLE IF NOT EXISTS unreserver_purge_horizon (
+  id boolean PRIMARY KEY DEFAULT true CHECK (id),
+  purged_before timestamptz NOT NULL,
+  max_order_id bigint,
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+SELECT format('GRANT SELECT, INSERT, UPDATE ON unreserver_purge_horizon TO %I', :'role') \gexec
+-- The release's role (-v release_role=..., default unreserver) only reads it; infra/role.sql
+-- grants the same when it runs after this file.
+\if :{?release_role}
+\else
+\set release_role unreserver
+\endif
+SELECT format('GRANT SELECT ON unreserver_purge_horizon TO %I', :'release_role')
+ WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'release_role') \gexec

@@ -84,3 +84,9 @@ SELECT format('GRANT SELECT (id, stock_quantity, reserved_quantity, xmin), '
 SELECT format('GRANT SELECT (id, drop_quantity, reserved_quantity, sold_quantity, xmin), '
               'UPDATE (reserved_quantity, updated_at) ON %I.drops_dropproduct TO %I', name, :'role')
   FROM unreserver_grant_schemas \gexec
+-- The purge's retention horizon, in each schema where infra/purge-role.sql created it: read
+-- only, so that `report`, `events` and `revive` answer what a purge removed as purged
+-- (docs/retention.md).
+SELECT format('GRANT SELECT ON %I.unreserver_purge_horizon TO %I', name, :'role')
+  FROM unreserver_grant_schemas
+ WHERE to_regclass(format('%I.unreserver_purge_horizon', name)) IS NOT NULL \gexec

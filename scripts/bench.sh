@@ -10,7 +10,9 @@
 # against a drain), --shoppers (the shoppers' side alone), --follow (follow mode's release
 # delays and idle cost) and --adaptive (adaptive batches and workers: the quiet shop by index
 # set, the busy shop by cart, the controller over time; with --million also N = 1,000,000)
-# update their own sections of BENCHMARKS.md; --hot-queues prints the queues subsection alone.
+# update their own sections of BENCHMARKS.md, as does --purge (checkouts while `unreserver purge`
+# deletes old rows of their tables, and the purge's rows/s); --hot-queues prints the queues
+# subsection alone.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -50,7 +52,7 @@ export BENCH_STARTED=$started
 # The sections other runs measure are carried over as they are: the end-to-end one
 # (scripts/bench-e2e.sh), the profile's, the cold start's (scripts/coldstart.sh),
 # reconcile's (scripts/bench-reconcile.sh) and --hot-rows'.
-kept=$(for part in "End to end: a new process per run" "The fixed cost of a run" "Adaptive batches and workers" "Where the database time goes" "Hot rows and carts" "Follow mode" "Cold start" "Reconcile"; do
+kept=$(for part in "End to end: a new process per run" "The fixed cost of a run" "Adaptive batches and workers" "Where the database time goes" "Hot rows and carts" "Follow mode" "Purge during checkouts" "Cold start" "Reconcile"; do
   python3 scripts/lib/md-section.py get BENCHMARKS.md "$part"; echo; done)
 case " $* " in
   *" --profile "*)
@@ -69,6 +71,11 @@ case " $* " in
     section=$("$target/examples/bench" --binary "$target/unreserver" "$@")
     echo "$section" | tee /dev/stderr | python3 scripts/lib/md-section.py put BENCHMARKS.md "Follow mode"
     echo "wrote the follow-mode section of BENCHMARKS.md" >&2
+    exit 0 ;;
+  *" --purge "*)
+    section=$("$target/examples/bench" --binary "$target/unreserver" "$@")
+    echo "$section" | tee /dev/stderr | python3 scripts/lib/md-section.py put BENCHMARKS.md "Purge during checkouts"
+    echo "wrote the purge section of BENCHMARKS.md" >&2
     exit 0 ;;
   *" --adaptive "*" --busy-only "*)
     # The busy shop and the controller over time alone: printed, BENCHMARKS.md left as it is.

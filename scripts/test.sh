@@ -38,7 +38,7 @@ PGOPTIONS='-c log_statement=all' psql -qX "$template_url" -v role=unreserver_tes
   -v password_verifier="$verifier" -v revoke_public_create=on -v connection_limit=500 \
   -f infra/role.sql >/dev/null
 # The purge's own role (infra/purge-role.sql), same password, for tests/it/purge.rs.
-psql -qX "$template_url" -v role=unreserver_purge_test \
+psql -qX "$template_url" -v role=unreserver_purge_test -v release_role=unreserver_test \
   -v password_verifier="$verifier" -f infra/purge-role.sql >/dev/null
 if grep -q -- "$role_password" "$PG_DIR/data/server.log"; then
   echo "the role's password reached the server's log" >&2

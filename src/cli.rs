@@ -5,8 +5,8 @@
 //! `events` prints one event a line (or publishes them). Logs go to stderr; a failure prints one
 //! line naming the problem. Exit codes: 0 done, 1 a failure (or a sweep of tenants in which
 //! one failed: its answer is printed), 2 bad input (before any connection), 3 an order that
-//! cannot be revived or released, counters that still disagree after `reconcile`, or rows
-//! `purge` could still take.
+//! cannot be revived or released, counters that still disagree after `reconcile`, rows
+//! `purge` could still take, or an `events` window a purge reached.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

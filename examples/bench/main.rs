@@ -19,6 +19,8 @@
 //!     checkouts, and carts of several items in both lock orders against a drain.
 //! 11. end to end (`--e2e`, `scripts/bench-e2e.sh`): a new `unreserver run` process per run,
 //!     as a schedule runs it; everything above is measured in the bench's own process.
+//! 12. the purge (`--purge`, its own section): checkouts while `unreserver purge` deletes old
+//!     rows of their tables, against the quiet phase of the same trial; the purge's rows/s.
 //!
 //! Writes the results, the command and the machine into BENCHMARKS.md.
 
@@ -38,6 +40,7 @@ mod carts;
 mod e2e;
 mod follow;
 mod hot_row;
+mod purge;
 mod shoppers;
 
 /// `--batch-size N`: a pinned batch size the bench treats as the default (to weigh it against
@@ -854,6 +857,14 @@ async fn main() {
             b.follow(&binary)
                 .await
                 .trim_start_matches("\n## Follow mode\n")
+        );
+        return;
+    }
+    if args.iter().any(|a| a == "--purge") {
+        println!(
+            "## Purge during checkouts (`scripts/bench.sh --purge`, {})\n\n{}",
+            std::env::var("BENCH_STARTED").unwrap_or_default(),
+            b.purge_section(&binary).await
         );
         return;
     }

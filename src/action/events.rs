@@ -1,12 +1,15 @@
 //! `events`: the expiry events of a window as the database holds them now, listed or published
-//! again to `EVENT_BUS_NAME` (the database is the outbox). Command line only.
+//! again to `EVENT_BUS_NAME` (the database is the outbox). Command line only. A window that
+//! reaches before the purge's horizon (`db::sql::retention`) is answered as partly purged: the
+//! events listed are those of the rows left, a warning on stderr names the horizon, and the exit
+//! code is 3.
 
 use std::time::SystemTime;
 
 use serde_json::Value;
 
 use crate::action::{open, Action, AppState, Failure, Front, Invocation, Reply};
-use crate::db::sql::outbox;
+use crate::db::sql::{outbox, retention};
 use crate::error::{Error, Result};
 use crate::events::{model, stock, Event, Published};
 
@@ -48,31 +51,50 @@ fn parse_time(value: &str) -> std::result::Result<SystemTime, String> {
 
 /// The window's events, or what publishing them did.
 #[derive(Debug, Clone)]
-pub enum EventsAnswer {
+pub enum Found {
     Listed(Vec<Event>),
     Published(Published),
 }
 
+/// What `events` answers: the window's events (or the publishing counts), and, when the window
+/// starts before the purge's horizon, that horizon: the events of rows released before it may
+/// be gone.
+#[derive(Debug, Clone)]
+pub struct EventsAnswer {
+    pub found: Found,
+    pub purged_before: Option<String>,
+}
+
 impl Reply for EventsAnswer {
-    /// The events as a JSON array, or the publishing counts.
+    /// The events as a JSON array, or the publishing counts (with `purged_before` when the
+    /// window reached a purged range).
     fn to_json(&self) -> Value {
-        let value = match self {
-            EventsAnswer::Listed(events) => serde_json::to_value(events),
-            EventsAnswer::Published(published) => serde_json::to_value(published),
+        let value = match &self.found {
+            Found::Listed(events) => serde_json::to_value(events),
+            Found::Published(published) => serde_json::to_value(published),
         };
-        value.unwrap_or(Value::Null)
+        let mut value = value.unwrap_or(Value::Null);
+        if let (Some(purged), Value::Object(counts)) = (&self.purged_before, &mut value) {
+            counts.insert("purged_before".into(), Value::String(purged.clone()));
+        }
+        value
     }
 
     /// One event a line (or the publishing counts).
     fn to_text(&self) -> String {
-        match self {
-            EventsAnswer::Listed(events) => events
+        match &self.found {
+            Found::Listed(events) => events
                 .iter()
                 .map(|event| serde_json::to_string(event).unwrap_or_else(|_| "{}".into()))
                 .collect::<Vec<_>>()
                 .join("\n"),
-            published => published.to_json().to_string(),
+            Found::Published(_) => self.to_json().to_string(),
         }
+    }
+
+    /// Not done (exit 3) when part of the window was purged: it could not be reproduced whole.
+    fn done(&self) -> bool {
+        self.purged_before.is_none()
     }
 }
 
@@ -98,11 +120,25 @@ impl Events {
         let mut events = model::from_rows(&rows, None);
         let released = outbox::released_in_window(&db.client, self.since, self.until, timeout);
         events.extend(stock::of_window(&released.await?));
+        let purged_before = retention::horizon(&db.client)
+            .await?
+            .filter(|h| self.since < h.purged_before)
+            .map(|h| h.purged_before_utc);
+        if let Some(purged) = &purged_before {
+            tracing::warn!(
+                purged_before = %purged,
+                "events: the window starts before the purge's horizon: the events of rows \
+                 released before it were purged and are not in this answer"
+            );
+        }
         let Some(publisher) = publisher else {
             if let Some(tenant) = &state.tenant {
                 model::stamp_tenant(&mut events, tenant);
             }
-            return Ok(EventsAnswer::Listed(events));
+            return Ok(EventsAnswer {
+                found: Found::Listed(events),
+                purged_before,
+            });
         };
         let published = publisher.publish(events).await;
         if published.failed > 0 {
@@ -113,6 +149,9 @@ impl Events {
             ))
             .into());
         }
-        Ok(EventsAnswer::Published(published))
+        Ok(EventsAnswer {
+            found: Found::Published(published),
+            purged_before,
+        })
     }
 }

@@ -8,7 +8,9 @@
 //! waits while a streaming replica's replay lag exceeds `max_lag` and while the release has due
 //! work (the backlog count, the release's own rule): the release always goes first. It stops
 //! before a chunk that could not finish before the deadline; the next purge starts where the
-//! rows left begin (each pass walks the id range of what may go, read at its start).
+//! rows left begin (each pass walks the id range of what may go, read at its start). Each
+//! chunk that deleted rows records the retention horizon in its own transaction
+//! (`db::sql::retention`), which `report`, `events` and `revive` read.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,7 @@ use super::controller::{Controller, ControllerStats};
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
 use crate::db::sql::purge::{self as sql, ForeignKey, WindowBounds};
+use crate::db::sql::retention;
 use crate::db::sql::BatchTimeouts;
 use crate::error::{is_cancelled, is_conflict, Error, Result};
 
@@ -391,6 +394,9 @@ impl Purge<'_> {
         let chunk =
             sql::purge_reservation_chunk(&tx, bounds, self.days, self.options.orders, apply)
                 .await?;
+        if chunk.deleted > 0 {
+            retention::mark_purged(&tx, self.days, None).await?;
+        }
         tx.commit()
             .await
             .map_err(Error::db("committing a purge chunk"))?;
@@ -447,10 +453,9 @@ impl Purge<'_> {
             .collect();
         let (lines, deleted) = if apply && !free.is_empty() {
             let lines = sql::order_rows(&tx, sql::DELETE_ORDER_LINES, &free).await?;
-            (
-                lines,
-                sql::order_rows(&tx, sql::DELETE_ORDERS, &free).await?,
-            )
+            let deleted = sql::order_rows(&tx, sql::DELETE_ORDERS, &free).await?;
+            retention::mark_purged(&tx, self.days, free.iter().max().copied()).await?;
+            (lines, deleted)
         } else if free.is_empty() {
             (0, 0)
         } else {
@@ -551,11 +556,13 @@ fn estimate(report: &PurgeReport, bytes: sql::RowBytes) -> Option<u64> {
     Some(((reservations + lines) as f64 * reservation + orders as f64 * order).round() as u64)
 }
 
-/// A statement refused for lack of a privilege names the purge role's grants.
+/// A statement refused for lack of a privilege, or of the horizon's table (an older
+/// `infra/purge-role.sql`), names the purge role's grants.
 fn privileges(error: Error) -> Error {
     match error {
         Error::Database { context, source }
-            if source.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) =>
+            if source.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE)
+                || source.code() == Some(&SqlState::UNDEFINED_TABLE) =>
         {
             Error::Privilege {
                 context,

@@ -22,6 +22,7 @@ use super::batch;
 use super::retry::HeldRowRetry;
 use crate::config::ReleaseSettings;
 use crate::db::session::Database;
+use crate::db::sql::retention;
 use crate::db::sql::revive::{self as sql, ReleasedRow};
 use crate::db::sql::BatchTimeouts;
 use crate::error::{sql_state, Error, Result};
@@ -38,6 +39,10 @@ pub enum Reason {
     StockShort,
     /// The order is not cancelled, or the shop cancelled it (not the release).
     NotCancelledByRelease,
+    /// No such order, and a purge deleted orders up to a higher id (only orders the release
+    /// cancelled, unpaid, longer ago than the retention): a payment this late cannot be honoured
+    /// from stock. An order the shop deleted itself in that id range answers the same.
+    Purged,
     UnknownOrder,
 }
 
@@ -165,10 +170,16 @@ enum Decided {
 /// and when everything has room, revives the order (not yet committed).
 async fn decide(tx: &Transaction<'_>, hold_minutes: i32, order_id: i64) -> Result<Decided> {
     let Some(status) = sql::lock_order(tx, order_id).await? else {
-        return Ok(Decided::Answer(ReviveOutcome::not(
-            order_id,
-            Reason::UnknownOrder,
-        )));
+        let purged = retention::horizon(tx)
+            .await?
+            .and_then(|h| h.max_order_id)
+            .is_some_and(|highest| order_id <= highest);
+        let reason = if purged {
+            Reason::Purged
+        } else {
+            Reason::UnknownOrder
+        };
+        return Ok(Decided::Answer(ReviveOutcome::not(order_id, reason)));
     };
     if status == "pending" && sql::active_lines(tx, order_id).await? > 0 {
         // A retry of a revive that was done (or an order never released): nothing changed.

@@ -472,7 +472,7 @@ async fn every_time_the_shop_can_store_is_handled_by_follow_status_report_and_wa
         .await
         .unwrap_or_else(|e| panic!("report: {}", e.chain()));
     let today = &delays.days[0];
-    assert_eq!(today.reservations_released, due.len() as i64);
+    assert_eq!(today.reservations_released, Some(due.len() as i64));
     let max = today.release_delay_seconds.max.unwrap();
     assert!(
         max.is_finite() && max > 1e11,

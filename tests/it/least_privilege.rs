@@ -22,6 +22,10 @@ async fn the_release_role_can_do_nothing_but_the_release() {
     );
 
     let role = connect_url(&t.release_url()).await;
+    // It reads the purge's horizon (report, events and revive answer what a purge removed).
+    role.batch_execute("SELECT purged_before, max_order_id FROM unreserver_purge_horizon")
+        .await
+        .unwrap_or_else(|e| panic!("the release role cannot read the purge's horizon: {e}"));
     for sql in [
         "DELETE FROM orders_order",
         "INSERT INTO orders_order (order_number) VALUES ('X-1')",
@@ -37,6 +41,10 @@ async fn the_release_role_can_do_nothing_but_the_release() {
         "UPDATE drops_dropproduct SET sold_quantity = 0",
         "TRUNCATE orders_inventoryreservation",
         "CREATE TABLE unreserver_scratch (i int)",
+        // The purge's horizon (infra/purge-role.sql): read only.
+        "INSERT INTO unreserver_purge_horizon (purged_before) VALUES (now())",
+        "UPDATE unreserver_purge_horizon SET max_order_id = 0",
+        "DELETE FROM unreserver_purge_horizon",
     ] {
         let err = role
             .batch_execute(sql)

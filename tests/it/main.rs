@@ -30,6 +30,7 @@ mod prometheus;
 mod purge;
 mod reconcile;
 mod release_rules;
+mod retention;
 mod revive;
 mod role_settings;
 mod sam;

@@ -27,7 +27,7 @@ fn purge_url(t: &TestDb) -> String {
 }
 
 /// What `unreserver purge ARGS` printed as the purge role, and its exit code.
-async fn cli(t: &TestApp, args: &[&str]) -> (Value, i32) {
+pub(crate) async fn cli(t: &TestApp, args: &[&str]) -> (Value, i32) {
     let front = t.front().with("DATABASE_URL", purge_url(&t.db));
     let out = front.cli(&[&["purge"], args].concat()).await;
     (out.json().clone(), out.code.unwrap_or(-1))
@@ -64,7 +64,7 @@ async fn purge_as_role(
 
 /// An instant `days` days before the database clock, as an SQL literal: the same instant in
 /// every statement that uses it (an order's `cancelled_at` and its lines' `released_at`).
-async fn days_ago(t: &TestDb, days: i32) -> String {
+pub(crate) async fn days_ago(t: &TestDb, days: i32) -> String {
     let at = t
         .text(&format!("SELECT (now() - interval '{days} days')::text"))
         .await;
@@ -73,7 +73,13 @@ async fn days_ago(t: &TestDb, days: i32) -> String {
 
 /// A reservation of `variant` in `status` for `order`, released at `released_at` (an SQL
 /// expression; NULL: never released).
-async fn line(t: &TestDb, order: Option<i64>, variant: i64, status: &str, released: &str) -> i64 {
+pub(crate) async fn line(
+    t: &TestDb,
+    order: Option<i64>,
+    variant: i64,
+    status: &str,
+    released: &str,
+) -> i64 {
     let order = order.map_or("NULL".to_string(), |o| o.to_string());
     t.i64(&format!(
         "INSERT INTO orders_inventoryreservation \
@@ -86,7 +92,7 @@ async fn line(t: &TestDb, order: Option<i64>, variant: i64, status: &str, releas
 
 /// An order cancelled at `cancelled_at` with payment `payment`, and `lines` expired lines
 /// released at `released_at`: the release cancelled it when both are the same instant.
-async fn cancelled_order(
+pub(crate) async fn cancelled_order(
     t: &TestDb,
     variant: i64,
     payment: &str,
@@ -387,6 +393,9 @@ async fn the_release_role_cannot_purge_and_the_purge_role_only_deletes() {
         "DELETE FROM drops_dropproduct",
         "TRUNCATE orders_inventoryreservation",
         "CREATE TABLE unreserver_scratch (i int)",
+        // Its horizon is written forward only (MARK_PURGED), never deleted.
+        "DELETE FROM unreserver_purge_horizon",
+        "TRUNCATE unreserver_purge_horizon",
     ] {
         let err = role
             .batch_execute(sql)

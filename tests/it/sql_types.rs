@@ -8,8 +8,8 @@ use std::time::SystemTime;
 
 use tokio_postgres::types::{FromSql, ToSql, Type};
 use unreserver::db::sql::{
-    self, contention, delay_report, follow, on_request, outbox, purge, reconcile, revive, warnings,
-    PgTimestamp,
+    self, contention, delay_report, follow, on_request, outbox, purge, reconcile, retention,
+    revive, warnings, PgTimestamp,
 };
 
 use crate::common::TestDb;
@@ -129,6 +129,10 @@ fn signatures() -> Vec<Signature> {
              "referenced_columns": Vec<String>, "deferrable": bool]),
         sig!(purge::REPLICA_LAG, [], ["replicas": i64, "hidden": i64, "max_replay_lag_ms": f64]),
         sig!(purge::ROW_BYTES, [], ["reservation_bytes": Option<f64>, "order_bytes": Option<f64>]),
+        sig!(retention::HORIZON_READABLE, [], ["readable": bool]),
+        sig!(retention::READ_HORIZON, [], ["purged_before": SystemTime, "purged_before_utc": String,
+            "purged_day": String, "max_order_id": Option<i64>]),
+        sig!(retention::MARK_PURGED, [i32, Option<i64>], []),
     ]
 }
 

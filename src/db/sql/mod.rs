@@ -136,6 +136,7 @@ pub mod purge;
 mod reads;
 pub mod reconcile;
 mod release;
+pub mod retention;
 pub mod revive;
 pub mod tenants;
 mod transaction;
