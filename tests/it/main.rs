@@ -25,6 +25,7 @@ mod large_orders;
 mod layers;
 mod least_privilege;
 mod on_request;
+mod page;
 mod pooler;
 mod prometheus;
 mod purge;
