@@ -4,12 +4,15 @@
 # need_debian_pkg); each function exports the variables the tests read, or says why it cannot.
 
 # alert_tools: promtool (Debian's prometheus) and amtool (prometheus-alertmanager), for
-# tests/it/alerts.rs.
+# tests/it/alerts.rs; prometheus-alertmanager itself, which tests/it/alertmanager.rs starts
+# beside its own Prometheus and Pushgateway (prometheus_start and pushgateway_start install them).
 alert_tools() {
   need_debian_pkg promtool prometheus ||
     echo "== Debian's prometheus cannot be installed here: promtool's tests are skipped" >&2
   need_debian_pkg amtool prometheus-alertmanager ||
     echo "== Debian's prometheus-alertmanager cannot be installed here: amtool's check is skipped" >&2
+  need_debian_pkg prometheus-alertmanager prometheus-alertmanager ||
+    echo "== Debian's prometheus-alertmanager cannot be installed here: the alert path's test is skipped" >&2
 }
 
 # deploy_tools: kubernetes-validate (PyPI: the Kubernetes API schemas ship in the package) for

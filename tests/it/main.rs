@@ -2,6 +2,7 @@
 
 mod actions;
 mod adaptive;
+mod alertmanager;
 mod alerts;
 mod app;
 mod batching;
