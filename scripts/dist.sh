@@ -118,6 +118,30 @@ wine_run() {
   echo "unreserver.exe run under Wine with sslmode=disable (TLS through Wine failed, above): $(head -c 300 "$out/wine-run.json")" >&2
 }
 
+# wine_shim DIR: DIR/bcryptprimitives.dll for the Wine run only (never shipped). Rust's standard
+# library takes its random numbers from that DLL's ProcessPrng, which Windows 10 and later have
+# and Wine 8 (Debian 12's) lacks: the .exe would not load ("bcryptprimitives.dll not found").
+# The stand-in, built with mingw-w64, asks advapi32's RtlGenRandom instead.
+wine_shim() {
+  local dir=$1
+  cat >"$dir/shim.c" <<'C'
+#include <windows.h>
+#define SystemFunction036 NTAPI SystemFunction036
+#include <ntsecapi.h>
+#undef SystemFunction036
+__declspec(dllexport) BOOL WINAPI ProcessPrng(PBYTE data, SIZE_T len) {
+  while (len > 0) {
+    ULONG chunk = len > 0x10000000 ? 0x10000000 : (ULONG)len;
+    if (!RtlGenRandom(data, chunk)) return FALSE;
+    data += chunk;
+    len -= chunk;
+  }
+  return TRUE;
+}
+C
+  x86_64-w64-mingw32-gcc -O2 -shared -o "$dir/bcryptprimitives.dll" "$dir/shim.c" -ladvapi32
+}
+
 if [ "$windows" = 1 ]; then
   echo "== x86_64-pc-windows-gnu" >&2
   exe="unreserver-$version-x86_64-windows.exe"
@@ -126,9 +150,13 @@ if [ "$windows" = 1 ]; then
     cp "$target_dir/x86_64-pc-windows-gnu/release/unreserver.exe" "$out/$exe"
     if command -v wine64 >/dev/null || command -v wine >/dev/null || apt_install wine64 wine; then
       wine=$(command -v wine64 || command -v wine)
-      WINEDEBUG=-all "$wine" "$out/$exe" --version | tee /dev/stderr | grep -qF "commit $commit" ||
+      wine_dir=$(mktemp -d)
+      cp "$out/$exe" "$wine_dir/unreserver.exe"
+      wine_shim "$wine_dir"
+      WINEDEBUG=-all "$wine" "$wine_dir/unreserver.exe" --version | tee /dev/stderr | grep -qF "commit $commit" ||
         tools_die "$exe does not run under Wine, or does not name the commit"
-      wine_run "$wine" "$out/$exe"
+      wine_run "$wine" "$wine_dir/unreserver.exe"
+      rm -rf "$wine_dir"
     else
       skipped+=("$exe under Wine: Debian's wine64 cannot be installed")
     fi
