@@ -183,8 +183,9 @@ if [ "$image" = 1 ]; then
     buildah push "unreserver:$version" "oci-archive:$out/unreserver-$version-image.tar"
     (cd "$out" && sha256sum "unreserver-$version-image.tar" >>SHA256SUMS)
     # Run it if this machine's runtime can; otherwise the empty-root run above stands for it.
-    if command -v podman >/dev/null &&
-      podman --cgroup-manager=cgroupfs run --rm "localhost/unreserver:$version" --version 2>/dev/null; then
+    if ! command -v podman >/dev/null; then
+      echo "podman is not installed: the binary's run in an empty root stands for the image's" >&2
+    elif podman --cgroup-manager=cgroupfs run --rm "localhost/unreserver:$version" --version 2>/dev/null; then
       echo "the image runs (podman)" >&2
     else
       echo "podman cannot run containers here: the binary's run in an empty root stands for it" >&2
