@@ -32,7 +32,19 @@
 -- TooManyConnections. Without it the role's limit is left as it is (-1 for a new role: none).
 --
 -- Running it again updates the grants (and the password, when a verifier is given).
+--
+-- Tenants in schemas (TENANT_KIND=schema, docs/tenants.md): pass the schemas, separated by
+-- commas, and the grants below are made in each (run it again when a tenant is added: column
+-- privileges have no default privileges):
+--
+--     psql "$ADMIN_URL" -v role=unreserver -v schemas=shop_a,shop_b -f infra/role.sql
+--
+-- Without -v schemas, the grants are made in the current schema (public by default).
 \set ON_ERROR_STOP on
+\if :{?schemas}
+\else
+SELECT current_schema() AS schemas \gset
+\endif
 
 SELECT format('CREATE ROLE %I LOGIN', :'role')
  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \gexec
@@ -48,21 +60,27 @@ SELECT format('ALTER ROLE %I CONNECTION LIMIT %s', :'role', (:'connection_limit'
 \if :{?revoke_public_create}
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 \endif
-SELECT format('GRANT USAGE ON SCHEMA %I TO %I', current_schema(), :'role') \gexec
+CREATE TEMPORARY TABLE unreserver_grant_schemas AS
+  SELECT DISTINCT btrim(name) AS name FROM unnest(string_to_array(:'schemas', ',')) AS name
+   WHERE btrim(name) <> '';
+SELECT format('GRANT USAGE ON SCHEMA %I TO %I', name, :'role') FROM unreserver_grant_schemas \gexec
 
 -- Reservations: read what decides and what was held; mark released (FOR UPDATE needs UPDATE);
 -- revive (a late payment) makes them active again with a new expires_at.
 SELECT format('GRANT SELECT (id, order_id, product_variant_id, drop_product_id, quantity, status, '
               'created_at, expires_at, released_at), UPDATE (status, released_at, expires_at) '
-              'ON orders_inventoryreservation TO %I', :'role') \gexec
+              'ON %I.orders_inventoryreservation TO %I', name, :'role') FROM unreserver_grant_schemas \gexec
 -- Orders: read the statuses; cancel (and reopen on revive). The expiry events read
 -- order_number and cancelled_at.
 SELECT format('GRANT SELECT (id, order_number, status, payment_status, cancelled_at), '
-              'UPDATE (status, cancelled_at, updated_at) ON orders_order TO %I', :'role') \gexec
+              'UPDATE (status, cancelled_at, updated_at) ON %I.orders_order TO %I', name, :'role')
+  FROM unreserver_grant_schemas \gexec
 -- Counters: give units back; revive reads the stock columns to check there is room. xmin (a
 -- system column, granted like any other): which transaction wrote a counter row last, the sign
 -- that a checkout updated it between two batches (docs/design.md, "Batch size and workers").
 SELECT format('GRANT SELECT (id, stock_quantity, reserved_quantity, xmin), '
-              'UPDATE (reserved_quantity, updated_at) ON products_productvariant TO %I', :'role') \gexec
+              'UPDATE (reserved_quantity, updated_at) ON %I.products_productvariant TO %I', name,
+              :'role') FROM unreserver_grant_schemas \gexec
 SELECT format('GRANT SELECT (id, drop_quantity, reserved_quantity, sold_quantity, xmin), '
-              'UPDATE (reserved_quantity, updated_at) ON drops_dropproduct TO %I', :'role') \gexec
+              'UPDATE (reserved_quantity, updated_at) ON %I.drops_dropproduct TO %I', name, :'role')
+  FROM unreserver_grant_schemas \gexec

@@ -3,9 +3,10 @@
 //! and an exit code. `run` prints the run report, `status` the status, `revive` and `release`
 //! their outcome and `report` the release-delay report, each as one JSON object on stdout;
 //! `events` prints one event a line (or publishes them). Logs go to stderr; a failure prints one
-//! line naming the problem. Exit codes: 0 done, 1 a failure, 2 bad input (before any
-//! connection), 3 an order that cannot be revived or released, counters that still disagree
-//! after `reconcile`, or rows `purge` could still take.
+//! line naming the problem. Exit codes: 0 done, 1 a failure (or a sweep of tenants in which
+//! one failed: its answer is printed), 2 bad input (before any connection), 3 an order that
+//! cannot be revived or released, counters that still disagree after `reconcile`, or rows
+//! `purge` could still take.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::action::tenancy::{self, TenantChoice};
 use crate::action::Observed;
 use crate::action::{AppState, Command, Invocation, Request};
 use crate::config::Config;
@@ -40,8 +42,45 @@ pub struct Cli {
     #[arg(long, env = "DB_CA_BUNDLE", global = true)]
     ca_bundle: Option<PathBuf>,
 
+    /// The tenant to act on, when the deployment serves several (TENANTS, TENANTS_QUERY or
+    /// TENANT_SECRET_PREFIX).
+    #[arg(long, global = true, conflicts_with_all = ["tenant_index", "all_tenants"])]
+    tenant: Option<String>,
+
+    /// The tenant at this place (from 0) in `unreserver tenants`' list, sorted by name: a
+    /// Kubernetes Indexed Job's $JOB_COMPLETION_INDEX.
+    #[arg(long, global = true, conflicts_with = "all_tenants")]
+    tenant_index: Option<u32>,
+
+    /// Every tenant: `run` sweeps them, the oldest due first, TENANT_CONCURRENCY at a time (a
+    /// run that names no tenant while tenants are configured does the same); `status` and
+    /// `report` answer for each.
+    #[arg(long, global = true)]
+    all_tenants: bool,
+
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// The tenant these flags choose.
+    fn tenant_choice(&self) -> Result<TenantChoice> {
+        Ok(match (&self.tenant, self.tenant_index, self.all_tenants) {
+            (Some(name), _, _) => {
+                crate::tenant::check_name(name).map_err(|e| match e {
+                    Error::Setting { reason, .. } => Error::Setting {
+                        name: "--tenant".into(),
+                        reason,
+                    },
+                    other => other,
+                })?;
+                TenantChoice::Named(name.clone())
+            }
+            (None, Some(index), _) => TenantChoice::Index(index),
+            (None, None, true) => TenantChoice::All,
+            (None, None, false) => TenantChoice::Unnamed,
+        })
+    }
 }
 
 /// What `--version` says: the crate's version, or what the build set in `UNRESERVER_VERSION`
@@ -107,6 +146,7 @@ fn config(cli: &Cli) -> Result<Config> {
 
 async fn execute(cli: Cli) -> Result<Output> {
     let mut config = config(&cli)?;
+    let tenant = cli.tenant_choice()?;
     let request = cli.command.into_request()?;
     // One command, one connection: nothing to gain from fetching the credentials ahead.
     config.lambda.prefetch_credentials = false;
@@ -133,14 +173,20 @@ async fn execute(cli: Cli) -> Result<Output> {
         Request::Reconcile(_) => Some((Action::Reconcile, false)),
         _ => None,
     };
-    let outcome = request.execute(&state, &invocation).await;
+    let outcome = tenancy::execute(request, tenant, &state, &invocation).await;
     if let Some((action, dry_run)) = pushed {
         report_metrics(action, &run_id, dry_run, &outcome).await;
     }
     let answer = outcome.map_err(|failure| failure.error)?;
     Ok(Output {
         text: answer.to_text(),
-        code: if answer.done() { 0 } else { 3 },
+        code: if answer.failed() {
+            1
+        } else if answer.done() {
+            0
+        } else {
+            3
+        },
     })
 }
 
@@ -172,6 +218,7 @@ async fn report_metrics(
         reconcile,
         purge: None,
         run_id,
+        tenant: None,
         report,
         failed,
         dry_run,

@@ -30,6 +30,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub events: EventsConfig,
     pub revive: ReviveSettings,
+    /// The tenants, when one deployment serves several shops (`crate::tenant`).
+    pub tenants: Option<crate::tenant::TenantConfig>,
 }
 
 impl Config {
@@ -50,6 +52,7 @@ impl Config {
             metrics: MetricsConfig::from_lookup(&lookup)?,
             events: EventsConfig::from_lookup(&lookup)?,
             revive: ReviveSettings::from_lookup(&lookup)?,
+            tenants: crate::tenant::TenantConfig::from_lookup(&lookup)?,
         })
     }
 }

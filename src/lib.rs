@@ -36,6 +36,9 @@
 //!   `prometheus`, the same rows for Prometheus; `push`, a run's metrics to a Pushgateway or a
 //!   node_exporter textfile.
 //! - `listen`: a follower's HTTP endpoints (`/metrics`, `/healthz`, `/readyz`, `/status`).
+//! - [`tenant`]: many shops from one deployment — what a tenant's name may be and how a
+//!   database tenant's connection settings derive from the deployment's (listing and connecting
+//!   are `action::tenancy`'s, the sweep across tenants `action::sweep`'s).
 //! - [`error`]: typed errors that say whether a retry can help.
 //!
 //! Modules are private; what the binaries, tests and benchmark need is re-exported below.
@@ -54,6 +57,7 @@ pub(crate) mod lambda;
 pub(crate) mod listen;
 pub mod settings;
 pub mod telemetry;
+pub mod tenant;
 
 pub use action::{AppState, Request};
 pub use config::{Config, ReleaseSettings};

@@ -99,6 +99,9 @@ impl Events {
         let released = outbox::released_in_window(&db.client, self.since, self.until, timeout);
         events.extend(stock::of_window(&released.await?));
         let Some(publisher) = publisher else {
+            if let Some(tenant) = &state.tenant {
+                model::stamp_tenant(&mut events, tenant);
+            }
             return Ok(EventsAnswer::Listed(events));
         };
         let published = publisher.publish(events).await;

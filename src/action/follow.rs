@@ -164,7 +164,7 @@ impl Follow {
 
     /// How long following may last from `now`: its seconds, counted from its scheduled time
     /// when it has one — None when that end has passed (a stale event) — else without end.
-    fn length(&self, now: SystemTime) -> Option<Duration> {
+    pub(crate) fn length(&self, now: SystemTime) -> Option<Duration> {
         let seconds = self.seconds.map(|s| Duration::from_secs(u64::from(s)));
         match (self.scheduled_time, seconds) {
             (Some(scheduled), Some(seconds)) => (scheduled.at + seconds)
@@ -186,7 +186,7 @@ impl Follow {
     }
 
     /// The answer to a stale event: its report, no pass, no look, no connection.
-    fn stale(&self, run_id: &str) -> RunReport {
+    pub(crate) fn stale(&self, run_id: &str) -> RunReport {
         self.answered_at_once(FOLLOW_STALE);
         let mut report = RunReport::new(false);
         report.run_id = run_id.to_string();
@@ -200,11 +200,14 @@ impl Follow {
 
     /// Whether this session may follow: it now holds its scheduled minute's lock (always,
     /// without a scheduled time); false for a duplicate, which is logged.
-    async fn takes_its_minute(&self, db: &crate::db::session::Database) -> Result<bool> {
+    pub(crate) async fn takes_its_minute(
+        &self,
+        client: &(impl tokio_postgres::GenericClient + Sync),
+    ) -> Result<bool> {
         let Some(scheduled) = self.scheduled_time else {
             return Ok(true);
         };
-        let taken = try_lock_minute(&db.client, scheduled.minute).await?;
+        let taken = try_lock_minute(client, scheduled.minute).await?;
         if !taken {
             self.answered_at_once(FOLLOW_DUPLICATE);
         }
@@ -232,7 +235,7 @@ impl Follow {
         let mut ended = "time";
         let result = async {
             let mut db = open(state).await?;
-            if !self.takes_its_minute(&db).await? {
+            if !self.takes_its_minute(&db.client).await? {
                 ended = FOLLOW_DUPLICATE;
                 return Ok(());
             }
@@ -345,6 +348,7 @@ fn observation<'a>(
         reconcile: None,
         purge: None,
         run_id: invocation.run_id,
+        tenant: None,
         report: Some(report),
         failed,
         dry_run: false,
@@ -380,7 +384,7 @@ async fn warn(
 }
 
 /// One pass: a run over what is due now, its events published.
-async fn pass(
+pub(crate) async fn pass(
     db: &mut crate::db::session::Database,
     state: &AppState,
     invocation: &Invocation<'_>,
@@ -397,7 +401,7 @@ async fn pass(
 }
 
 /// Sleeps `pause`, or less if a stop is asked meanwhile.
-async fn sleep_or_stop(pause: Duration, stop: Option<&mut watch::Receiver<bool>>) {
+pub(crate) async fn sleep_or_stop(pause: Duration, stop: Option<&mut watch::Receiver<bool>>) {
     match stop {
         Some(stop) => {
             tokio::select! {

@@ -8,8 +8,10 @@
 //!
 //! Adding an action: one module here and one line in the [`actions!`] list below.
 
+pub mod each;
 pub mod events;
 pub mod follow;
+pub mod follow_tenants;
 pub mod purge;
 pub mod reconcile;
 pub mod release;
@@ -18,6 +20,9 @@ pub mod revive;
 pub mod run;
 mod state;
 pub mod status;
+pub mod sweep;
+pub mod tenancy;
+pub mod tenants;
 
 use std::time::{Duration, Instant};
 
@@ -88,6 +93,15 @@ pub trait Reply: std::fmt::Debug + Send + Sync {
     /// What the metrics document reads of it.
     fn observed(&self) -> Observed<'_> {
         Observed::Nothing
+    }
+    /// Whether part of it failed though it answered (a sweep with a failed tenant: the CLI
+    /// prints the answer and exits 1).
+    fn failed(&self) -> bool {
+        false
+    }
+    /// The tenant it served, when it served one.
+    fn tenant(&self) -> Option<&str> {
+        None
     }
 }
 
@@ -216,6 +230,7 @@ actions! {
     events::Events,
     reconcile::Reconcile,
     purge::Purge,
+    tenants::Tenants,
 }
 
 /// The actions the shop's door (a function deployed with `SHOP_DOOR=1`) accepts: the
@@ -281,6 +296,8 @@ impl Source {
 pub struct Failure {
     pub error: Error,
     pub report: Option<Box<RunReport>>,
+    /// The tenant it served, when it served one (its metrics carry it).
+    pub tenant: Option<String>,
 }
 
 impl From<Error> for Failure {
@@ -288,6 +305,7 @@ impl From<Error> for Failure {
         Failure {
             error,
             report: None,
+            tenant: None,
         }
     }
 }
@@ -356,15 +374,19 @@ fn summarized(
             Err(Failure {
                 error: failure.error,
                 report: Some(failure.report),
+                tenant: None,
             })
         }
     }
 }
 
-/// Opens a checked connection with the state's credentials.
+/// Opens a checked connection with the state's credentials (a tenant's state: its database,
+/// or the one database confined to its schema).
 async fn open(state: &AppState) -> Result<Database> {
+    let lock_timeout_ms = state.config.release.lock_timeout_ms;
+    let schema = state.schema.as_deref();
     state
         .credentials
-        .open(&state.tls, state.config.release.lock_timeout_ms)
+        .open(&state.tls, lock_timeout_ms, schema)
         .await
 }

@@ -35,6 +35,11 @@ pub struct Run {
     /// Who asked: "schedule", "manual", "cli", or what the payload's `source` said.
     #[arg(skip)]
     pub source: Option<Source>,
+    /// The connections this run may drain with, when a sweep across tenants shares `WORKERS`
+    /// among the tenants it runs at once (`action::sweep`); neither a flag nor a payload field.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub workers: Option<u32>,
 }
 
 impl Action for Run {
@@ -83,10 +88,13 @@ impl Run {
         state: &AppState,
         invocation: &Invocation<'_>,
     ) -> std::result::Result<RunReport, Failure> {
-        let settings = state.config.release.clone().with_overrides(
+        let mut settings = state.config.release.clone().with_overrides(
             self.batch_size.map(|n| ("batch_size", n)),
             self.max_batches.map(|n| ("max_batches", n)),
         )?;
+        if let Some(workers) = self.workers {
+            settings.workers = workers.clamp(1, settings.workers);
+        }
         let options = RunOptions {
             dry_run: self.dry_run,
             deadline: invocation.deadline,

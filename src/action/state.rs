@@ -1,7 +1,9 @@
 //! The state built once per process (the Lambda execution environment, or one CLI command):
 //! the configuration, the TLS connector, the credential source and the EventBridge publisher.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::db::tls::Tls;
@@ -15,8 +17,15 @@ use crate::events::Publisher;
 /// Everything an invocation needs that can be built once per execution environment.
 pub struct AppState {
     pub config: Config,
-    pub credentials: CredentialSource,
+    /// Shared by the states of a deployment's schema tenants (one database, one secret cache).
+    pub credentials: Arc<CredentialSource>,
     pub tls: Tls,
+    /// The tenant this state serves (`crate::tenant`), None for a deployment's own.
+    pub tenant: Option<String>,
+    /// A schema tenant's schema: its sessions' `search_path`.
+    pub schema: Option<String>,
+    /// The tenants' states built so far (credentials and their cache kept across invocations).
+    tenant_states: tokio::sync::Mutex<HashMap<String, Arc<AppState>>>,
     /// The EventBridge publisher of the expiry events, when `EVENT_BUS_NAME` is set.
     pub publisher: Option<Publisher>,
     /// What the init's parts took.
@@ -70,12 +79,54 @@ impl AppState {
         }
         Ok(AppState {
             config,
-            credentials,
+            credentials: Arc::new(credentials),
             tls,
+            tenant: None,
+            schema: None,
+            tenant_states: Default::default(),
             publisher,
             init: InitTimings { tls_ms, aws_ms },
             cold_start: AtomicBool::new(true),
         })
+    }
+
+    /// The state of tenant `name` (a checked name): for a schema tenant, this deployment's
+    /// credentials with the sessions confined to its schema; for a database tenant, its own
+    /// credentials (`TenantConfig::database_for`), the same TLS connector and publisher. Built
+    /// once per process and kept (a secret's cache lives as long as the execution
+    /// environment). Whether the tenant is listed is the caller's check (`tenancy`).
+    pub async fn for_tenant(&self, name: &str) -> Result<Arc<AppState>> {
+        crate::tenant::check_name(name)?;
+        let Some(tenants) = &self.config.tenants else {
+            return Err(crate::action::tenancy::not_configured());
+        };
+        let mut states = self.tenant_states.lock().await;
+        if let Some(state) = states.get(name) {
+            return Ok(state.clone());
+        }
+        let mut config = self.config.clone();
+        config.tenants = None;
+        let (credentials, schema) = match tenants.kind {
+            crate::tenant::TenantKind::Schema => (self.credentials.clone(), Some(name.to_string())),
+            crate::tenant::TenantKind::Database => {
+                config.database = tenants.database_for(name)?;
+                let source = CredentialSource::from_config(&config.database).await?;
+                (Arc::new(source), None)
+            }
+        };
+        let state = Arc::new(AppState {
+            config,
+            credentials,
+            tls: self.tls.clone(),
+            tenant: Some(name.to_string()),
+            schema,
+            tenant_states: Default::default(),
+            publisher: self.publisher.as_ref().map(|p| p.for_tenant(name)),
+            init: self.init,
+            cold_start: AtomicBool::new(false),
+        });
+        states.insert(name.to_string(), state.clone());
+        Ok(state)
     }
 }
 

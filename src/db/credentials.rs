@@ -124,18 +124,23 @@ impl CredentialSource {
         }
     }
 
-    /// Connects and runs the preflight. When the database rejects a secret's credentials
-    /// (the password was rotated since they were cached), re-reads the secret and tries once
-    /// more.
-    pub async fn open(&self, tls: &Tls, lock_timeout_ms: u32) -> Result<Database> {
+    /// Connects and runs the preflight, the session confined to `schema` when given (a schema
+    /// tenant's). When the database rejects a secret's credentials (the password was rotated
+    /// since they were cached), re-reads the secret and tries once more.
+    pub async fn open(
+        &self,
+        tls: &Tls,
+        lock_timeout_ms: u32,
+        schema: Option<&str>,
+    ) -> Result<Database> {
         let config = self.config(false).await?;
-        match Database::open(&config, tls, lock_timeout_ms).await {
+        match Database::open_in(&config, tls, lock_timeout_ms, schema).await {
             Err(Error::Authentication { .. })
                 if matches!(self, CredentialSource::Secret { .. }) =>
             {
                 tracing::warn!("database rejected the cached credentials; re-reading the secret");
                 let config = self.config(true).await?;
-                Database::open(&config, tls, lock_timeout_ms).await
+                Database::open_in(&config, tls, lock_timeout_ms, schema).await
             }
             other => other,
         }

@@ -23,6 +23,8 @@ pub struct Database {
     /// password.
     config: Config,
     lock_timeout_ms: u32,
+    /// The schema a tenant's session is confined to (its `search_path`), None for the role's.
+    schema: Option<String>,
     /// The session's backend pid, for [`Canceller`]'s fallback.
     pid: i32,
 }
@@ -31,6 +33,18 @@ impl Database {
     /// Connects, runs the preflight (schema, `deadlock_timeout`, indexes) and prepares the
     /// statements. Fails before changing anything when the schema does not fit.
     pub async fn open(config: &Config, tls: &Tls, lock_timeout_ms: u32) -> Result<Self> {
+        Database::open_in(config, tls, lock_timeout_ms, None).await
+    }
+
+    /// [`Database::open`] with the session confined to `schema` (a schema tenant): its
+    /// `search_path` is that schema alone, set in the pin before the preflight reads the tables,
+    /// so every statement reads and locks that tenant's tables and never another schema's.
+    pub async fn open_in(
+        config: &Config,
+        tls: &Tls,
+        lock_timeout_ms: u32,
+        schema: Option<&str>,
+    ) -> Result<Self> {
         let client = connect::connect(config, tls).await?;
         sql::probe_pooling(&client).await?;
         // Pipelined (sent at once, answered in order): the session pinned first, then the
@@ -39,7 +53,7 @@ impl Database {
         // (naming it), and a table a migration holds stops the first prepare that needs it.
         let defaults = connect::session_defaults(config);
         let (pinned, preflight, pid) = tokio::join!(
-            sql::pin_session(&client, &defaults),
+            sql::pin_session(&client, &defaults, schema),
             preflight::preflight(&client, config, lock_timeout_ms),
             sql::backend_pid(&client),
         );
@@ -57,6 +71,7 @@ impl Database {
             tls: tls.clone(),
             config: config.clone(),
             lock_timeout_ms,
+            schema: schema.map(str::to_string),
             pid,
         })
     }
@@ -72,7 +87,8 @@ impl Database {
     /// Another connection to the same database, checked and prepared the same way: a worker
     /// of a run.
     pub async fn sibling(&self) -> Result<Database> {
-        Database::open(&self.config, &self.tls, self.lock_timeout_ms).await
+        let schema = self.schema.as_deref();
+        Database::open_in(&self.config, &self.tls, self.lock_timeout_ms, schema).await
     }
 
     /// A handle that cancels whatever statement this connection runs when called (from

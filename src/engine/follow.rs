@@ -26,6 +26,7 @@ use crate::db::session::Database;
 use crate::db::sql::follow::next_due;
 use crate::db::sql::PgTimestamp;
 use crate::error::Result;
+use tokio_postgres::GenericClient;
 
 /// The longest follow mode sleeps without looking again at what is due: how soon it sees a
 /// reservation the shop made due (a failed payment, a hold cut back).
@@ -83,6 +84,12 @@ impl Follower {
     /// Looks at what is due and when the next reservation falls due (one statement) and says
     /// what to do.
     pub async fn next(&mut self, db: &Database) -> Result<Next> {
+        self.next_on(&db.client).await
+    }
+
+    /// [`Follower::next`] on any session whose `search_path` resolves the tenant's tables (a
+    /// follower of many tenants looks at each on one shared session).
+    pub async fn next_on(&mut self, client: &(impl GenericClient + Sync)) -> Result<Next> {
         let now = Instant::now();
         if now >= self.until {
             return Ok(Next::Done);
@@ -91,7 +98,7 @@ impl Follower {
         let count_up_to = self.left.map_or(0, |left| {
             i64::try_from(left).unwrap_or(i64::MAX).saturating_add(1)
         });
-        let look = next_due(&db.client, self.after, self.rules, count_up_to).await?;
+        let look = next_due(client, self.after, self.rules, count_up_to).await?;
         self.wakeups += 1;
         let retry_now = self.retry_at.is_some_and(|at| now >= at);
         let due_by_clock = look.wait_seconds.is_some_and(|s| s <= 0.0);

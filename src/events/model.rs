@@ -104,6 +104,25 @@ struct HoldReleased<'a> {
 }
 
 /// RFC 3339 in UTC with microseconds, as PostgreSQL keeps them.
+/// The tenant's name in each event's detail (`tenant`), and each stable `event_id` made the
+/// tenant's own (the SHA-256 of the name and the id, 32 hex digits): two schema tenants'
+/// batches on rows of the same ids must not give one id. The one place a tenant marks an event:
+/// the publisher of a tenant's state calls it, and `events` on a tenant's rows.
+pub fn stamp_tenant(events: &mut [Event], tenant: &str) {
+    use sha2::{Digest, Sha256};
+    for event in events {
+        let Value::Object(detail) = &mut event.detail else {
+            continue;
+        };
+        if let Some(Value::String(id)) = detail.get("event_id") {
+            let digest = Sha256::digest(format!("{tenant}\n{id}").as_bytes());
+            let own: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+            detail.insert("event_id".into(), Value::String(own));
+        }
+        detail.insert("tenant".into(), Value::String(tenant.to_string()));
+    }
+}
+
 pub fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_micros(at).to_string()
 }
@@ -350,6 +369,26 @@ fn hold_released(row: &ExpiredRow, run_id: Option<&str>) -> Event {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_tenants_events_name_it_and_their_ids_are_its_own() {
+        let event = |id: &str| Event {
+            source: "unreserver",
+            detail_type: "Stock Released",
+            detail: serde_json::json!({"event_id": id, "units": 1}),
+            subject: Subject::Variant(7),
+        };
+        let mut a = vec![event("00ff")];
+        let mut b = vec![event("00ff")];
+        stamp_tenant(&mut a, "north");
+        stamp_tenant(&mut b, "south");
+        assert_eq!(a[0].detail["tenant"], "north");
+        assert_ne!(a[0].detail["event_id"], b[0].detail["event_id"]);
+        assert_eq!(a[0].detail["event_id"].as_str().unwrap().len(), 32);
+        let mut again = vec![event("00ff")];
+        stamp_tenant(&mut again, "north");
+        assert_eq!(again[0].detail, a[0].detail, "stable");
+    }
+
     use std::time::Duration;
 
     use serde_json::json;

@@ -41,11 +41,25 @@ impl Published {
 pub struct Publisher {
     client: aws_sdk_eventbridge::Client,
     bus: String,
+    /// The tenant whose events these are ([`super::model::stamp_tenant`]), for a tenant's state.
+    tenant: Option<String>,
 }
 
 impl Publisher {
     pub fn new(client: aws_sdk_eventbridge::Client, bus: String) -> Self {
-        Publisher { client, bus }
+        Publisher {
+            client,
+            bus,
+            tenant: None,
+        }
+    }
+
+    /// This publisher for tenant `name`'s events: each is stamped with it before it is packed.
+    pub fn for_tenant(&self, name: &str) -> Self {
+        Publisher {
+            tenant: Some(name.to_string()),
+            ..self.clone()
+        }
     }
 
     /// A publisher to `bus` with the process's AWS configuration.
@@ -59,7 +73,10 @@ impl Publisher {
     }
 
     /// Publishes `events` in [`requests`], [`IN_FLIGHT`] calls at a time.
-    pub async fn publish(&self, events: Vec<Event>) -> Published {
+    pub async fn publish(&self, mut events: Vec<Event>) -> Published {
+        if let Some(tenant) = &self.tenant {
+            super::model::stamp_tenant(&mut events, tenant);
+        }
         let mut total = Published::default();
         let mut calls = JoinSet::new();
         let mut chunks = requests(events).into_iter();

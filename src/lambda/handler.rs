@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::metrics::{self, Observation};
 use super::payload;
-use crate::action::{Answer, AppState, Failure, Invocation, Metrics, Observed};
+use crate::action::{tenancy, Answer, AppState, Failure, Invocation, Metrics, Observed};
 use crate::engine::run::new_run_id;
 use crate::error::Error;
 
@@ -42,7 +42,8 @@ pub async fn handle(
 ) -> std::result::Result<Value, HandlerError> {
     let cold_start = state.take_cold_start();
     let request_id = event.context.request_id.clone();
-    let request = payload::parse_for(&event.payload, state.config.lambda.shop_door).map_err(|error| {
+    let door = state.config.lambda.shop_door;
+    let (request, tenant) = payload::parse_scoped(&event.payload, door).map_err(|error| {
         tracing::error!(request_id, error_type = error.kind(), error = %error.chain(), "rejected the payload");
         HandlerError(error)
     })?;
@@ -60,7 +61,9 @@ pub async fn handle(
     let metrics = request.metrics();
     let started = Instant::now();
     let span = tracing::info_span!("action", action, request_id);
-    let outcome = request.execute(state, &invocation).instrument(span).await;
+    let outcome = tenancy::execute(request, tenant, state, &invocation)
+        .instrument(span)
+        .await;
     emit_metrics(state, &invocation, metrics, &outcome, dry_run, started);
     match outcome {
         Ok(answer) => Ok(answer.to_json()),
@@ -88,6 +91,18 @@ fn emit_metrics(
     if metrics == Metrics::None || (answered_only && outcome.is_err()) {
         return;
     }
+    let tenant = match outcome {
+        Ok(answer) => answer.tenant(),
+        Err(failure) => failure.tenant.as_deref(),
+    };
+    if metrics == Metrics::Run
+        && outcome
+            .as_ref()
+            .is_ok_and(|a| matches!(a.observed(), Observed::Nothing))
+    {
+        // A sweep across tenants: each tenant's run is in the sweep's answer and log.
+        return;
+    }
     let (report, reconcile, purge) = match outcome {
         Ok(answer) => match answer.observed() {
             Observed::Run(report) => (Some(report), None, None),
@@ -103,6 +118,7 @@ fn emit_metrics(
             reconcile,
             purge,
             run_id: invocation.run_id,
+            tenant,
             report,
             failed: outcome.is_err(),
             dry_run,

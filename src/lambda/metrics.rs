@@ -3,7 +3,7 @@
 //!
 //! Namespace and service follow the Powertools conventions (`POWERTOOLS_METRICS_NAMESPACE`,
 //! `POWERTOOLS_SERVICE_NAME`, a `service` dimension). Dimension values come from configuration
-//! only, never from data. A dry run's metrics carry a second dimension, `mode = dry_run`, so they
+//! only, never from data (a tenant's name is from its configured list). A dry run's metrics carry a second dimension, `mode = dry_run`, so they
 //! never feed the alarms, which watch the `service` dimension alone.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,15 +11,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Map, Value};
 
 pub use crate::config::MetricsConfig;
-pub use crate::telemetry::metrics::{values, Observation, METRICS};
+pub use crate::telemetry::metrics::{values, Observation, METRICS, TENANT_METRICS};
 
 /// The dimension every document carries, and the one only dry runs add.
 pub const SERVICE_DIMENSION: &str = "service";
 pub const MODE_DIMENSION: &str = "mode";
+/// The dimension a tenant's invocation adds to [`TENANT_METRICS`] (its value a checked tenant
+/// name, from the configured list).
+pub const TENANT_DIMENSION: &str = "tenant";
 
 /// The EMF document for one invocation.
 pub fn document(config: &MetricsConfig, obs: &Observation<'_>) -> Value {
     let values = values(obs);
+    let mut doc_tenant = None;
     let dimensions: Vec<&str> = if obs.dry_run {
         vec![SERVICE_DIMENSION, MODE_DIMENSION]
     } else {
@@ -32,19 +36,42 @@ pub fn document(config: &MetricsConfig, obs: &Observation<'_>) -> Value {
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    let mut directives = vec![json!({
+        "Namespace": config.namespace,
+        "Dimensions": [dimensions],
+        "Metrics": definitions,
+    })];
+    if let Some(tenant) = obs.tenant {
+        // The few metrics the alarms watch per tenant, once more with the tenant's dimension
+        // (one more dimension set each: the cost table in docs/tenants.md counts them).
+        let per_tenant: Vec<Value> = values
+            .iter()
+            .filter(|(m, _)| TENANT_METRICS.contains(&m.name))
+            .map(|(m, _)| json!({"Name": m.name, "Unit": m.unit.cloudwatch()}))
+            .collect();
+        if !per_tenant.is_empty() {
+            let mut with_tenant = dimensions.clone();
+            with_tenant.push(TENANT_DIMENSION);
+            directives.push(json!({
+                "Namespace": config.namespace,
+                "Dimensions": [with_tenant],
+                "Metrics": per_tenant,
+            }));
+        }
+        doc_tenant = Some(tenant);
+    }
     let mut doc = Map::new();
     doc.insert(
         "_aws".into(),
         json!({
             "Timestamp": timestamp,
-            "CloudWatchMetrics": [{
-                "Namespace": config.namespace,
-                "Dimensions": [dimensions],
-                "Metrics": definitions,
-            }]
+            "CloudWatchMetrics": directives,
         }),
     );
     doc.insert(SERVICE_DIMENSION.into(), json!(config.service));
+    if let Some(tenant) = doc_tenant {
+        doc.insert(TENANT_DIMENSION.into(), json!(tenant));
+    }
     doc.insert("run_id".into(), json!(obs.run_id));
     if obs.dry_run {
         doc.insert(MODE_DIMENSION.into(), json!("dry_run"));
@@ -82,7 +109,7 @@ mod tests {
         let aws = &doc["_aws"];
         assert!(aws["Timestamp"].as_u64().unwrap() > 1_600_000_000_000);
         let directives = aws["CloudWatchMetrics"].as_array().unwrap();
-        assert_eq!(directives.len(), 1);
+        assert!(!directives.is_empty() && directives.len() <= 2);
         for d in directives {
             let ns = d["Namespace"].as_str().unwrap();
             assert!(!ns.is_empty() && ns.len() <= 255);
@@ -121,6 +148,7 @@ mod tests {
             reconcile: None,
             purge: None,
             run_id: "r-1",
+            tenant: None,
             report: Some(&report),
             failed: false,
             dry_run: false,
@@ -151,6 +179,49 @@ mod tests {
             doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
             json!([["service"]])
         );
+    }
+
+    #[test]
+    fn a_tenants_run_adds_its_dimension_to_the_alarms_metrics_only() {
+        let mut report = RunReport::new(false);
+        report.oldest_due_age_seconds = Some(42.5);
+        report.release_delay_p95_seconds = Some(7.25);
+        let obs = Observation {
+            reconcile: None,
+            purge: None,
+            run_id: "r-1",
+            tenant: Some("shop_a"),
+            report: Some(&report),
+            failed: false,
+            dry_run: false,
+            cold_start: false,
+            duration_ms: 12,
+        };
+        let doc = document(&config(), &obs);
+        assert_valid_emf(&doc);
+        let directives = &doc["_aws"]["CloudWatchMetrics"];
+        assert_eq!(
+            directives[0]["Dimensions"],
+            json!([["service"]]),
+            "the aggregate"
+        );
+        assert_eq!(directives[1]["Dimensions"], json!([["service", "tenant"]]));
+        let names: Vec<&str> = directives[1]["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["Name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names.len(), TENANT_METRICS.len(), "{names:?}");
+        assert!(
+            names.iter().all(|n| TENANT_METRICS.contains(n)),
+            "{names:?}"
+        );
+        assert_eq!(doc["tenant"], "shop_a");
+        // Every one of them is a metric a run writes.
+        assert!(TENANT_METRICS
+            .iter()
+            .all(|n| METRICS.iter().any(|m| m.name == *n)));
     }
 
     const RECONCILE_ONLY: [&str; 2] = ["CountersDrifted", "CountersRepaired"];
@@ -196,6 +267,7 @@ mod tests {
                 reconcile: None,
                 purge: Some(&report),
                 run_id: "r-1",
+                tenant: None,
                 report: None,
                 failed: false,
                 dry_run: false,
@@ -238,6 +310,7 @@ mod tests {
                 reconcile: Some(&report),
                 purge: None,
                 run_id: "r-1",
+                tenant: None,
                 report: None,
                 failed: false,
                 dry_run: false,
@@ -277,6 +350,7 @@ mod tests {
                 reconcile: None,
                 purge: None,
                 run_id: "r-1",
+                tenant: None,
                 report: None,
                 failed: true,
                 dry_run: false,
@@ -295,6 +369,7 @@ mod tests {
                 reconcile: None,
                 purge: None,
                 run_id: "r-1",
+                tenant: None,
                 report: Some(&report),
                 failed: false,
                 dry_run: true,

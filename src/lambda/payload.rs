@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::action::run::Run;
+use crate::action::tenancy::{TenantChoice, TENANT_FIELD};
 use crate::action::{strict, Request, DOOR_ACTIONS, MAX_SOURCE_LEN};
 use crate::error::{Error, Result};
 
@@ -50,6 +51,21 @@ pub fn parse_for(payload: &Value, door: bool) -> Result<Request> {
         }
     }
     parse(payload)
+}
+
+/// Parses a payload into a request and the tenant it names: a payload's top-level `tenant`
+/// field (a name, or `"*"` for all; `crate::action::tenancy`) is taken out before the action
+/// reads its own fields, so every action takes it.
+pub fn parse_scoped(payload: &Value, door: bool) -> Result<(Request, TenantChoice)> {
+    let mut payload = payload.clone();
+    let choice = match payload
+        .as_object_mut()
+        .and_then(|map| map.remove(TENANT_FIELD))
+    {
+        Some(value) => TenantChoice::from_payload(&value)?,
+        None => TenantChoice::Unnamed,
+    };
+    Ok((parse_for(&payload, door)?, choice))
 }
 
 /// Parses a payload into a request.
@@ -473,6 +489,9 @@ mod tests {
                         prop_assert!((1..=MAX_DAYS).contains(&days));
                     }
                     Ok(Request::Events(_)) => prop_assert!(false, "events is not a payload action"),
+                    Ok(Request::Tenants(_)) => {
+                        prop_assert_eq!(payload.get("action"), Some(&json!("tenants")));
+                    }
                     Ok(Request::Reconcile(_)) => {
                         prop_assert_eq!(payload.get("action"), Some(&json!("reconcile")));
                     }
@@ -510,6 +529,7 @@ mod tests {
                     batch_size,
                     max_batches,
                     source: Some(crate::action::Source("manual".into())),
+                    workers: None,
                 })));
             }
         }

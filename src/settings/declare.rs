@@ -221,6 +221,31 @@ pub mod read {
             setting.get(lookup).or_else(|| super::default_text(setting)),
         ))
     }
+
+    /// One of the setting's words (trimmed, any case), else an error naming them.
+    pub fn choice<T: FromText>(
+        setting: &Setting,
+        lookup: &impl Fn(&str) -> Option<String>,
+    ) -> Result<T> {
+        let Some(given) = setting.get(lookup) else {
+            return Ok(T::from_text(super::default_text(setting)));
+        };
+        let word = given.trim().to_ascii_lowercase();
+        let crate::settings::Kind::Choice { values, .. } = setting.kind else {
+            return Ok(T::from_text(Some(word)));
+        };
+        if values.contains(&word.as_str()) {
+            return Ok(T::from_text(Some(word)));
+        }
+        Err(crate::error::Error::Setting {
+            name: setting.name.into(),
+            reason: format!(
+                "{:?} is not one of {}",
+                given.chars().take(40).collect::<String>(),
+                values.join(", ")
+            ),
+        })
+    }
 }
 
 /// A field's default from its setting's row, by kind.
@@ -237,6 +262,10 @@ pub mod default {
     }
 
     pub fn text<T: FromText>(setting: &Setting) -> T {
+        T::from_text(super::default_text(setting))
+    }
+
+    pub fn choice<T: FromText>(setting: &Setting) -> T {
         T::from_text(super::default_text(setting))
     }
 }

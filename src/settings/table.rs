@@ -84,6 +84,33 @@ settings! {
             => hold_minutes: u32;
     }
 
+    /// Many shops from one deployment: which tenants there are and how one is reached.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct TenantSettings {
+        /// The tenants by name, separated by commas (one of TENANTS, TENANTS_QUERY and
+        /// TENANT_SECRET_PREFIX); unset, with the other two: one shop, no tenants.
+        TENANTS: text(""), Both
+            => names: Option<String>;
+        /// A query run read-only on the database that returns the tenants' names in its first
+        /// column (schemas: django-tenants keeps them in a table).
+        TENANTS_QUERY: text(""), Both
+            => query: Option<String>;
+        /// A Secrets Manager name prefix: each secret whose name starts with it holds one tenant
+        /// database, named by the rest of its name (needs secretsmanager:ListSecrets on *).
+        TENANT_SECRET_PREFIX: text(""), Both
+            => secret_prefix: Option<String>;
+        /// schema: a tenant is a schema of the one database (its search_path is that schema
+        /// alone); database: a tenant is a database, {tenant} in DATABASE_URL, DB_SECRET_ID,
+        /// DB_NAME or DB_USER standing for its name (or its own secret under
+        /// TENANT_SECRET_PREFIX).
+        TENANT_KIND: choice(&["schema", "database"], "schema"), Both
+            => kind: String;
+        /// Tenants one invocation sweeping several releases at once, at most WORKERS: a sweep
+        /// holds no more connections than one run, each tenant's run draining with its share.
+        TENANT_CONCURRENCY: number(1..=64, 4, Count("tenants")), Both
+            => concurrency: u32;
+    }
+
     // The database: read by `db::settings`, which builds `DatabaseConfig` from them.
     read_where_used {
         /// libpq URL or key=value connection string (the CLI's --database-url); DB_SECRET_ID wins

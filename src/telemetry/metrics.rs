@@ -444,6 +444,9 @@ pub struct Observation<'a> {
     pub purge: Option<&'a PurgeReport>,
     /// The run's id, a property of the document (not a dimension).
     pub run_id: &'a str,
+    /// The tenant the invocation served: the metrics alarms need ([`TENANT_METRICS`]) carry it
+    /// as a dimension; the others aggregate.
+    pub tenant: Option<&'a str>,
     /// The run's report (partial when the run failed part-way); None when it never started.
     pub report: Option<&'a RunReport>,
     pub failed: bool,
@@ -451,6 +454,10 @@ pub struct Observation<'a> {
     pub cold_start: bool,
     pub duration_ms: u64,
 }
+
+/// The metrics that carry a tenant's dimension beside the service's: those the alarms watch per
+/// tenant (custom metrics are billed per name and dimension set: a few, not all).
+pub const TENANT_METRICS: &[&str] = &["RunFailed", "OldestDueReservationAge", "ReleaseDelayP95"];
 
 /// The metric values of one invocation, with their units.
 pub fn values(obs: &Observation<'_>) -> Vec<(&'static Metric, f64)> {

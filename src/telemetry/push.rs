@@ -180,6 +180,7 @@ mod tests {
             reconcile: None,
             purge: None,
             run_id: "r",
+            tenant: None,
             report: Some(report),
             failed,
             dry_run: false,

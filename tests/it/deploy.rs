@@ -44,10 +44,15 @@ fn kind<'a>(docs: &'a [Yaml], kind: &str) -> &'a Yaml {
 
 #[test]
 fn the_kubernetes_manifests_pass_the_api_schema() {
-    let files: Vec<String> = ["secret.yaml", "cronjob.yaml", "follow.yaml"]
-        .iter()
-        .map(|f| deploy(&format!("kubernetes/{f}")))
-        .collect();
+    let files: Vec<String> = [
+        "secret.yaml",
+        "cronjob.yaml",
+        "follow.yaml",
+        "tenants-job.yaml",
+    ]
+    .iter()
+    .map(|f| deploy(&format!("kubernetes/{f}")))
+    .collect();
     let mut args = vec!["--strict"];
     args.extend(files.iter().map(String::as_str));
     let Some(out) = run_tool("kubernetes-validate", &args) else {
@@ -59,7 +64,68 @@ fn the_kubernetes_manifests_pass_the_api_schema() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert_eq!(text.matches(" passed for resource ").count(), 4, "{text}");
+    assert_eq!(text.matches(" passed for resource ").count(), 5, "{text}");
+}
+
+/// Many shops (docs/tenants.md): a CronJob of Indexed Jobs, one index per tenant, at most
+/// `parallelism` at once; a failed index fails alone; every wave of tenants fits the deadline,
+/// and the deadline the interval.
+#[test]
+fn the_tenant_job_runs_one_index_per_tenant_within_its_deadline() {
+    let docs = YamlLoader::load_from_str(&read("kubernetes/tenants-job.yaml")).unwrap();
+    let cron = &kind(&docs, "CronJob")["spec"];
+    assert_eq!(cron["concurrencyPolicy"].as_str(), Some("Forbid"));
+    assert_eq!(cron["schedule"].as_str(), Some("*/5 * * * *"));
+    let job = &cron["jobTemplate"]["spec"];
+    assert_eq!(job["completionMode"].as_str(), Some("Indexed"));
+    let completions = job["completions"].as_i64().unwrap();
+    let parallelism = job["parallelism"].as_i64().unwrap();
+    assert!(
+        (1..=completions).contains(&parallelism),
+        "parallelism {parallelism}"
+    );
+    // One tenant's failure is its index's alone: the others run on.
+    assert_eq!(job["backoffLimitPerIndex"].as_i64(), Some(0));
+    assert_eq!(
+        job["template"]["spec"]["restartPolicy"].as_str(),
+        Some("Never")
+    );
+    let container = &job["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert_eq!(args, ["run", "--tenant-index", "$(JOB_COMPLETION_INDEX)"]);
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_unreserver"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--tenant-index <TENANT_INDEX>"));
+    // Kubernetes expands $(VAR) in args from the variables declared before: the index is.
+    let env = container["env"].as_vec().unwrap();
+    assert_eq!(env[0]["name"].as_str(), Some("JOB_COMPLETION_INDEX"));
+    assert_eq!(
+        env[0]["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        Some("metadata.annotations['batch.kubernetes.io/job-completion-index']")
+    );
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e["name"].as_str() == Some(name))
+            .and_then(|e| e["value"].as_str())
+            .map(str::to_string)
+    };
+    assert!(value("TENANTS").is_some() || value("TENANTS_QUERY").is_some());
+    assert_eq!(value("RUN_INTERVAL_SECONDS").as_deref(), Some("300"));
+    // Each wave: the budget, the events' 5 s of grace, 20 s to start a pod and connect.
+    let budget: i64 = value("TIME_BUDGET_SECONDS").unwrap().parse().unwrap();
+    let waves = (completions + parallelism - 1) / parallelism;
+    let deadline = job["activeDeadlineSeconds"].as_i64().unwrap();
+    assert!(
+        waves * (budget + 5 + 20) <= deadline && deadline < 300,
+        "{waves} waves of {budget} s in {deadline} s"
+    );
 }
 
 #[test]

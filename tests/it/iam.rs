@@ -70,7 +70,7 @@ async fn postgres_accepts_the_token_the_function_presents() {
     let ca = test_env("UNRESERVER_TEST_CA_CERT");
     let tls = tls_connector(Some(std::path::Path::new(&ca)), &RdsCaRegions::All).unwrap();
 
-    let db = source(&t, &user, at_noon).open(&tls, 100).await;
+    let db = source(&t, &user, at_noon).open(&tls, 100, None).await;
     let db = db.unwrap_or_else(|e| panic!("the token was refused: {}", e.chain()));
     let ssl: bool = db
         .client
@@ -83,7 +83,7 @@ async fn postgres_accepts_the_token_the_function_presents() {
         .get(0);
     assert!(ssl, "IAM tokens travel over TLS only");
 
-    let err = match source(&t, &user, an_hour_later).open(&tls, 100).await {
+    let err = match source(&t, &user, an_hour_later).open(&tls, 100, None).await {
         Ok(_) => panic!("a token signed at another time was accepted"),
         Err(err) => err,
     };

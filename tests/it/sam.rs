@@ -7,13 +7,13 @@ use serde_json::{json, Value};
 
 use crate::common::test_env;
 
-fn generated() -> Value {
+pub(crate) fn generated() -> Value {
     let path = test_env("UNRESERVER_TEST_SAM_JSON");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap()
 }
 
-fn resource<'a>(t: &'a Value, name: &str) -> &'a Value {
+pub(crate) fn resource<'a>(t: &'a Value, name: &str) -> &'a Value {
     let r = &t["Resources"][name];
     assert!(r.is_object(), "no resource {name}");
     r
@@ -21,7 +21,7 @@ fn resource<'a>(t: &'a Value, name: &str) -> &'a Value {
 
 /// Every statement of a role's inline policies, each with the condition it is under (an
 /// `Fn::If` branch counts as present, under its condition).
-fn conditioned_statements(role: &Value) -> Vec<(Option<String>, Value)> {
+pub(crate) fn conditioned_statements(role: &Value) -> Vec<(Option<String>, Value)> {
     let unwrap = |v: &Value| match v.get("Fn::If") {
         Some(branches) => (
             branches[0].as_str().map(str::to_string),
@@ -40,14 +40,14 @@ fn conditioned_statements(role: &Value) -> Vec<(Option<String>, Value)> {
     out
 }
 
-fn statements(role: &Value) -> Vec<Value> {
+pub(crate) fn statements(role: &Value) -> Vec<Value> {
     conditioned_statements(role)
         .into_iter()
         .map(|(_, s)| s)
         .collect()
 }
 
-fn actions(statement: &Value) -> Vec<String> {
+pub(crate) fn actions(statement: &Value) -> Vec<String> {
     match &statement["Action"] {
         Value::String(a) => vec![a.clone()],
         Value::Array(a) => a.iter().map(|a| a.as_str().unwrap().to_string()).collect(),
@@ -91,6 +91,11 @@ fn the_function_role_is_scoped_to_its_log_group_secret_and_failure_queue() {
                 }
                 "secretsmanager:GetSecretValue" => match condition.as_deref() {
                     Some("HasCaSecret") => assert_eq!(resource, &json!({"Ref": "DbCaSecretArn"})),
+                    // The tenants' own secrets, under their prefix only.
+                    Some("HasTenantSecretPrefix") => assert_eq!(
+                        resource["Fn::Sub"],
+                        "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${TenantSecretPrefix}*"
+                    ),
                     _ => assert_eq!(resource, &json!({"Fn::Sub": "${DbSecretArn}"})),
                 },
                 "kms:Decrypt" => {
@@ -108,6 +113,16 @@ fn the_function_role_is_scoped_to_its_log_group_secret_and_failure_queue() {
                 "sqs:SendMessage" => {
                     assert_eq!(resource, &json!({"Fn::GetAtt": ["FailedRunsQueue", "Arn"]}))
                 }
+                // IAM offers no resource for listing secrets: granted only when the tenants
+                // are found by a secret name prefix.
+                "secretsmanager:ListSecrets" => {
+                    assert_eq!(condition.as_deref(), Some("HasTenantSecretPrefix"));
+                    assert_eq!(resource, "*");
+                    assert_eq!(
+                        t["Conditions"]["HasTenantSecretPrefix"],
+                        json!({"Fn::Not": [{"Fn::Equals": [{"Ref": "TenantSecretPrefix"}, ""]}]})
+                    );
+                }
                 a if a.starts_with("ec2:") => {
                     // Lambda's VPC network interfaces: IAM offers no resource to scope them.
                     assert_eq!(resource, "*");
@@ -121,6 +136,7 @@ fn the_function_role_is_scoped_to_its_log_group_secret_and_failure_queue() {
         "events:PutEvents",
         "rds-db:connect",
         "secretsmanager:GetSecretValue",
+        "secretsmanager:ListSecrets",
     ] {
         assert!(
             granted.iter().any(|a| a == needed),
@@ -185,16 +201,20 @@ fn the_schedule_invokes_the_function_through_its_own_guarded_role() {
         .values()
         .filter(|r| r["Type"] == "AWS::Scheduler::Schedule")
         .collect();
-    // The release's, the nightly reconcile's and the nightly purge's (under their conditions),
-    // in the same group; the purge's through a role of its own, which may invoke only it.
-    assert_eq!(schedules.len(), 3);
+    // The release's, the nightly reconcile's, the nightly purge's and the tenant fan-out's
+    // (under their conditions), in the same group; the purge's and the fan-out's through roles
+    // of their own, which may start only their own target.
+    assert_eq!(schedules.len(), 4);
     for s in &schedules {
         assert_eq!(
             s["Properties"]["GroupName"],
             json!({"Ref": "ScheduleGroup"})
         );
-        let role = if s["Properties"]["Target"]["Arn"]["Fn::GetAtt"][0] == "PurgeFunction" {
+        let target = &s["Properties"]["Target"]["Arn"];
+        let role = if target["Fn::GetAtt"][0] == "PurgeFunction" {
             "PurgeSchedulerRole"
+        } else if target["Ref"] == "TenantFanOutStateMachine" {
+            "FanOutSchedulerRole"
         } else {
             "SchedulerRole"
         };
@@ -957,6 +977,7 @@ fn connections_are_bounded_end_to_end() {
     for (function, parameter) in [
         ("Function", "ScheduleConcurrency"),
         ("DoorFunction", "DoorConcurrency"),
+        ("TenantWorkerFunction", "TenantConcurrency"),
     ] {
         assert_eq!(
             resource(&t, function)["Properties"]["ReservedConcurrentExecutions"],
@@ -998,11 +1019,35 @@ fn connections_are_bounded_end_to_end() {
             );
         }
     }
+    // With the tenant fan-out, its workers too: TenantConcurrency (the worker's reserved
+    // concurrency, `the_fan_out_runs_each_tenant_on_a_worker_that_never_throttles_the_lister`)
+    // × WORKERS more, looked up by the sum without them.
+    let base = json!({"Fn::FindInMap":
+        ["ConnectionLimit", {"Ref": "ScheduleConcurrency"}, {"Ref": "DoorConcurrency"}]});
     let output = &t["Outputs"]["RoleConnectionLimit"];
     assert_eq!(
         output["Value"],
-        json!({"Fn::FindInMap": ["ConnectionLimit", {"Ref": "ScheduleConcurrency"}, {"Ref": "DoorConcurrency"}]})
+        json!({"Fn::If": ["FansOut",
+            {"Fn::FindInMap": ["FanOutConnectionLimit", {"Ref": "TenantConcurrency"}, base]},
+            base]})
     );
+    assert_eq!(
+        resource(&t, "TenantWorkerFunction")["Properties"]["Environment"]["Variables"]["WORKERS"],
+        "2"
+    );
+    let with_workers = &t["Mappings"]["FanOutConnectionLimit"];
+    for schedule in values("ScheduleConcurrency") {
+        for door in values("DoorConcurrency") {
+            let without = schedule * 2 + door + 2;
+            for tenants in values("TenantConcurrency") {
+                assert_eq!(
+                    with_workers[tenants.to_string()][without.to_string()].as_i64(),
+                    Some(without + tenants * 2),
+                    "ScheduleConcurrency {schedule}, DoorConcurrency {door}, TenantConcurrency {tenants}"
+                );
+            }
+        }
+    }
     assert!(output["Description"]
         .as_str()
         .unwrap()

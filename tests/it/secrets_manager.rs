@@ -103,7 +103,7 @@ async fn an_rds_secret_opens_a_verified_connection_and_runs() {
     )
     .await;
     let creds = source(sm, &id, defaults(None, None));
-    let mut db = creds.open(&verified_tls(), 100).await.unwrap();
+    let mut db = creds.open(&verified_tls(), 100, None).await.unwrap();
     let report = run(&mut db, &settings(), false).await;
     assert_eq!(report.counts.reservations_released, 1);
 }
@@ -121,10 +121,10 @@ async fn a_username_and_password_secret_takes_the_rest_from_settings() {
     )
     .await;
     let creds = source(sm.clone(), &id, defaults(Some("localhost"), Some(&t.name)));
-    creds.open(&verified_tls(), 100).await.unwrap();
+    creds.open(&verified_tls(), 100, None).await.unwrap();
     // Without DB_HOST the error names the secret and the setting.
     let creds = source(sm, &id, defaults(None, Some(&t.name)));
-    let err = creds.open(&verified_tls(), 100).await.err().unwrap();
+    let err = creds.open(&verified_tls(), 100, None).await.err().unwrap();
     assert!(
         err.to_string().contains(&id) && err.to_string().contains("DB_HOST"),
         "{err}"
@@ -134,7 +134,7 @@ async fn a_username_and_password_secret_takes_the_rest_from_settings() {
 #[tokio::test]
 async fn a_missing_secret_is_named_and_not_retryable() {
     let creds = source(client().await, "does-not-exist", defaults(None, None));
-    let err = creds.open(&verified_tls(), 100).await.err().unwrap();
+    let err = creds.open(&verified_tls(), 100, None).await.err().unwrap();
     assert!(matches!(err, Error::Secret { .. }), "{err}");
     assert_eq!(err.kind(), "SecretUnavailable");
     assert!(
@@ -162,7 +162,7 @@ async fn a_malformed_secret_names_the_field_never_the_value() {
         let id = unique("malformed");
         put_secret(&sm, &id, &value).await;
         let creds = source(sm.clone(), &id, defaults(Some("localhost"), Some("x")));
-        let err = creds.open(&verified_tls(), 100).await.err().unwrap();
+        let err = creds.open(&verified_tls(), 100, None).await.err().unwrap();
         let text = err.chain();
         assert!(text.contains(&id) && text.contains(expect), "{text}");
         assert!(
@@ -186,12 +186,12 @@ async fn a_rotated_password_is_fetched_again_once() {
     };
     put_secret(&sm, &id, &secret("before-rotation")).await;
     let creds = source(sm.clone(), &id, defaults(None, None));
-    creds.open(&verified_tls(), 100).await.unwrap();
+    creds.open(&verified_tls(), 100, None).await.unwrap();
 
     // The secret changes but the database still takes the old password: the cache serves.
     put_secret(&sm, &id, "not json at all").await;
     creds
-        .open(&verified_tls(), 100)
+        .open(&verified_tls(), 100, None)
         .await
         .expect("the cached credentials were not used");
 
@@ -200,7 +200,7 @@ async fn a_rotated_password_is_fetched_again_once() {
         .await;
     put_secret(&sm, &id, &secret("after-rotation")).await;
     creds
-        .open(&verified_tls(), 100)
+        .open(&verified_tls(), 100, None)
         .await
         .expect("the rotated password was not fetched");
 
@@ -208,7 +208,7 @@ async fn a_rotated_password_is_fetched_again_once() {
     // naming the user, not the password.
     put_secret(&sm, &id, &secret("wrong-password")).await;
     t.exec(&format!("ALTER ROLE {role} PASSWORD 'third'")).await;
-    let err = creds.open(&verified_tls(), 100).await.err().unwrap();
+    let err = creds.open(&verified_tls(), 100, None).await.err().unwrap();
     assert!(
         matches!(err, Error::Authentication { .. }),
         "{}",
@@ -227,7 +227,7 @@ async fn an_unreachable_secrets_manager_is_a_retryable_error() {
     // A port nothing listens on.
     let sm = client_for("http://127.0.0.1:1").await;
     let creds = source(sm, "any", defaults(None, None));
-    let err = creds.open(&verified_tls(), 100).await.err().unwrap();
+    let err = creds.open(&verified_tls(), 100, None).await.err().unwrap();
     assert!(matches!(err, Error::Secret { .. }), "{}", err.chain());
     assert!(err.to_string().contains("unreachable"), "{}", err.chain());
     assert!(err.is_retryable());

@@ -26,6 +26,8 @@ const AWS_METRICS: &[(&str, &str, &str)] = &[
         "ScheduleGroup",
     ),
     ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName"),
+    ("AWS/States", "ExecutionsFailed", "StateMachineArn"),
+    ("AWS/States", "ExecutionsTimedOut", "StateMachineArn"),
 ];
 
 /// EventBridge Scheduler's context attribute for the time a schedule meant to invoke.

@@ -85,10 +85,16 @@ pub const FOLLOW_LOCK_CLASS: i32 = 0x756e_7276;
 /// is true when this session now holds it, false when another session does — the same
 /// minute's event delivered twice, or retried, while its first delivery still follows. Locks
 /// no row and no table; the lock is held by the follow's session until the session ends (its
-/// connection closes when the follow ends), so a duplicate never waits for it.
+/// connection closes when the follow ends), so a duplicate never waits for it. The second key
+/// is the minute mixed (`#`, exclusive or) with a hash of the session's schema: the followers of
+/// two schema tenants of one database (each session's `search_path` its tenant's schema) follow
+/// the same minute side by side, never as each other's duplicate (two schemas' keys could only
+/// meet for minutes whose difference matches their hashes': a follow minute skipped, never a
+/// row released twice).
 ///
 /// $1 [`FOLLOW_LOCK_CLASS`], $2 the scheduled minute (minutes since the Unix epoch).
-pub const TRY_LOCK_MINUTE: &str = "SELECT pg_try_advisory_lock($1::int4, $2::int4) AS locked";
+pub const TRY_LOCK_MINUTE: &str =
+    "SELECT pg_try_advisory_lock($1::int4, $2::int4 # hashtext(current_schema())) AS locked";
 
 /// [`TRY_LOCK_MINUTE`] for `minute`: whether this session now holds that minute.
 pub async fn try_lock_minute(client: &(impl GenericClient + Sync), minute: i32) -> Result<bool> {

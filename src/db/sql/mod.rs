@@ -12,8 +12,8 @@
 //! release steps), `reads` (backlog, drift, catalog), and the statements around the release:
 //! `on_request` (one order released on request), `follow` (when the next reservation falls
 //! due), `warnings` (orders whose hold runs out soon), `outbox` (the events as the database
-//! holds them), `revive`, `reconcile`, `delay_report`, and `purge` (what the release left
-//! behind, deleted in small chunks). Every time comparison is against the
+//! holds them), `revive`, `reconcile`, `delay_report`, `purge` (what the release left
+//! behind, deleted in small chunks) and `tenants` (listing them, a schema's backlog). Every time comparison is against the
 //! database clock (`now()`, the batch transaction's start), never the client's.
 //!
 //! Every column a statement returns is cast to the type the code reads (ids to `int8`,
@@ -137,6 +137,7 @@ mod reads;
 pub mod reconcile;
 mod release;
 pub mod revive;
+pub mod tenants;
 mod transaction;
 pub mod warnings;
 

@@ -253,8 +253,9 @@ pub async fn server_facts(client: &(impl GenericClient + Sync)) -> Result<Server
 /// row updates (`SHARE` — a non-concurrent `CREATE INDEX` — and stronger: `ALTER TABLE`, `LOCK
 /// TABLE`, a migration). Asked only after a statement ran out of `lock_timeout` or a held row
 /// turned out not to be a row: it tells a table lock (the run stops, `table_locked`; nothing
-/// is gained by polling rows) from a row lock. Reads `pg_locks` (readable by every role);
-/// locks nothing.
+/// is gained by polling rows) from a row lock. The tables are the ones this session's
+/// `search_path` resolves (a schema tenant's own: another tenant's migration on its tables of the
+/// same names is no lock of ours). Reads `pg_locks` (readable by every role); locks nothing.
 ///
 /// Returns the names of the locked tables.
 pub const LOCKED_TABLES: &str = concat!(
@@ -262,8 +263,8 @@ pub const LOCKED_TABLES: &str = concat!(
     "WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid() ",
     "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) ",
     "AND l.mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock') ",
-    "AND c.relname IN ('orders_inventoryreservation', 'orders_order', ",
-    "'products_productvariant', 'drops_dropproduct') ORDER BY 1"
+    "AND c.oid IN (to_regclass('orders_inventoryreservation'), to_regclass('orders_order'), ",
+    "to_regclass('products_productvariant'), to_regclass('drops_dropproduct')) ORDER BY 1"
 );
 
 impl Statements {

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 /// events go out and its answer is given (a crash must not lose a release the shop was told
 /// of); `local`, `remote_write` and `remote_apply` are kept (each at least flushes locally).
 /// The timeouts are the session defaults' and the batch's own. `search_path` stays the
-/// role's. Locks nothing.
+/// role's, except for a schema tenant's session ([`pin_session`]). Locks nothing.
 pub const PIN_SESSION: &str = concat!(
     "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; ",
     "SET default_transaction_isolation = 'read committed'; ",
@@ -28,16 +28,31 @@ pub const PIN_SESSION: &str = concat!(
 );
 
 /// [`PIN_SESSION`], and the session defaults given (`name`, `value`: fixed settings of
-/// `connect::SESSION_DEFAULTS`, never input), in one round trip. Locks nothing.
-pub async fn pin_session(client: &Client, defaults: &[(&str, &str)]) -> Result<()> {
+/// `connect::SESSION_DEFAULTS`, never input), in one round trip; with `schema` (a schema
+/// tenant's, a checked name: `tenant::check_name`), `search_path` set to that schema alone,
+/// quoted as an identifier — not `public` after it, where a table missing from the tenant's
+/// schema would resolve to another shop's. Locks nothing.
+pub async fn pin_session(
+    client: &Client,
+    defaults: &[(&str, &str)],
+    schema: Option<&str>,
+) -> Result<()> {
     let mut statements = PIN_SESSION.to_string();
     for (name, value) in defaults {
         statements.push_str(&format!("; SET {name} = '{value}'"));
+    }
+    if let Some(schema) = schema {
+        statements.push_str(&format!("; SET search_path = {}", quote_ident(schema)));
     }
     client
         .batch_execute(&statements)
         .await
         .map_err(Error::db("pinning the session settings"))
+}
+
+/// `name` as a PostgreSQL identifier: in double quotes, each double quote doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The session's backend process id: what [`CANCEL_BACKEND`] names when the cancel protocol
