@@ -81,9 +81,11 @@ if [ "$PG_TLS" = 1 ]; then
   export UNRESERVER_TEST_AWS_TLS_ENDPOINT="https://localhost:$moto_tls_port"
 fi
 
-# Debian's Prometheus (scraping a follower the test starts) and Pushgateway; promtool, amtool.
+# Debian's Prometheus (scraping a follower the test starts) and Pushgateway; promtool, amtool;
+# Chromium (the follower's page).
 alert_tools
 deploy_tools
+need_chromium
 prometheus_start
 pushgateway_start
 

@@ -5,6 +5,9 @@
 //! - `/readyz`: 200 while the follower's last database round trip (a look at what is due, or a
 //!   pass) succeeded within [`READY_WITHIN`], or a pass is in flight; a probe opens no
 //!   connection, it reads what the loop recorded;
+//! - `/`: the follower's page ([`crate::telemetry::page`]): its backlog, its last hour
+//!   ([`crate::telemetry::history`]) as a chart, its last passes; with a status at most
+//!   [`PAGE_STATUS_MAX_AGE`] old, read as `/status` reads one;
 //! - `/status`: `unreserver status`'s JSON as the follower last read it, on its own connection,
 //!   between passes, at most once per [`STATUS_MAX_AGE`]: a request for an older one asks the
 //!   loop for a new one and waits for it up to [`STATUS_WAIT`] (then answers the older one).
@@ -26,7 +29,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 use crate::error::{Error, Result};
+use crate::telemetry::history::{unix_now, History};
 use crate::telemetry::metrics::Observation;
+use crate::telemetry::page::{render, PageInput};
 use crate::telemetry::prometheus::{Exposition, Prometheus, CONTENT_TYPE};
 
 /// How recent the last database round trip must be for `/readyz` (a follower looks at least
@@ -34,6 +39,9 @@ use crate::telemetry::prometheus::{Exposition, Prometheus, CONTENT_TYPE};
 pub const READY_WITHIN: Duration = Duration::from_secs(30);
 /// How old a status `/status` answers may be before it asks for a new one.
 pub const STATUS_MAX_AGE: Duration = Duration::from_secs(10);
+/// How old a status the page may show before it asks for a new one (the page reloads itself
+/// every minute: a status, which reads whole tables, at most once a minute for it).
+pub const PAGE_STATUS_MAX_AGE: Duration = Duration::from_secs(60);
 /// How long `/status` waits for the loop to read a new status.
 pub const STATUS_WAIT: Duration = Duration::from_secs(5);
 
@@ -47,6 +55,7 @@ pub struct Monitor {
     status: Mutex<Option<(Instant, serde_json::Value)>>,
     status_wanted: AtomicBool,
     status_read: Notify,
+    history: Mutex<History>,
 }
 
 impl Default for Monitor {
@@ -59,6 +68,7 @@ impl Default for Monitor {
             status: Mutex::new(None),
             status_wanted: AtomicBool::new(false),
             status_read: Notify::new(),
+            history: Mutex::new(History::default()),
         }
     }
 }
@@ -93,6 +103,9 @@ impl Monitor {
     pub fn pass_ended(&self, obs: &Observation<'_>) {
         self.in_pass.store(false, Ordering::Relaxed);
         self.metrics.observe(obs);
+        if let Some(report) = obs.report {
+            lock(&self.history).record(report, obs.failed, unix_now());
+        }
         if !obs.failed {
             self.round_trip(false);
         }
@@ -117,11 +130,10 @@ impl Monitor {
     }
 
     /// The last status, asking for a new one and waiting for it when it is older than
-    /// [`STATUS_MAX_AGE`].
-    async fn status(&self) -> Option<serde_json::Value> {
+    /// `max_age`.
+    async fn status(&self, max_age: Duration) -> Option<serde_json::Value> {
         let fresh = |s: &Option<(Instant, serde_json::Value)>| {
-            s.as_ref()
-                .is_some_and(|(at, _)| at.elapsed() <= STATUS_MAX_AGE)
+            s.as_ref().is_some_and(|(at, _)| at.elapsed() <= max_age)
         };
         if !fresh(&lock(&self.status)) && self.alive.load(Ordering::Relaxed) {
             let read = self.status_read.notified();
@@ -142,7 +154,7 @@ pub async fn serve(
         name: "--listen".into(),
         reason: format!("cannot listen on {addr}: {e}"),
     })?;
-    tracing::info!(%addr, "serving /metrics, /healthz, /readyz and /status");
+    tracing::info!(%addr, "serving /, /metrics, /healthz, /readyz and /status");
     Ok(tokio::spawn(accept(listener, monitor, stop)))
 }
 
@@ -212,10 +224,36 @@ async fn respond(monitor: &Monitor, request: &Request<Incoming>) -> Response<Ful
         "/metrics" => text(StatusCode::OK, CONTENT_TYPE, monitor.metrics.encode()),
         "/healthz" => ok_or(monitor.alive.load(Ordering::Relaxed), "follow loop ended"),
         "/readyz" => ok_or(monitor.ready(), "no recent database round trip"),
-        "/status" => match monitor.status().await {
+        "/" => {
+            let status = monitor.status(PAGE_STATUS_MAX_AGE).await;
+            text(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                page(monitor, status.as_ref()),
+            )
+        }
+        "/status" => match monitor.status(STATUS_MAX_AGE).await {
             Some(status) => text(StatusCode::OK, "application/json", status.to_string()),
             None => ok_or(false, "no status read yet"),
         },
         _ => text(StatusCode::NOT_FOUND, plain, "not found\n".into()),
     }
+}
+
+/// The follower's page, from what the loop recorded.
+fn page(monitor: &Monitor, status: Option<&serde_json::Value>) -> String {
+    let now = unix_now();
+    let (minutes, passes) = {
+        let history = lock(&monitor.history);
+        let passes: Vec<_> = history.last_passes().cloned().collect();
+        (history.last_hour(now), passes)
+    };
+    render(&PageInput {
+        now,
+        alive: monitor.alive.load(Ordering::Relaxed),
+        ready: monitor.ready(),
+        status,
+        minutes: &minutes,
+        passes: &passes,
+    })
 }

@@ -1,29 +1,18 @@
 # The tools of the tests of running off AWS: Debian's Prometheus, scraping a follower's
 # --listen port every second, and Pushgateway (tests/it/prometheus.rs); promtool and amtool
-# (alerts.rs); kubernetes-validate (deploy.rs). Source this file after pg.sh and tools.sh; each
-# function exports the variables the tests read, or says why it cannot.
-
-# need_debian_pkg COMMAND PACKAGE: installs Debian's PACKAGE when COMMAND is missing (reading
-# the package lists first if needed); false when it stays missing.
-need_debian_pkg() {
-  local cmd=$1 pkg=$2
-  command -v "$cmd" >/dev/null && return 0
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing Debian's '$pkg' package (for $cmd)" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >&2 ||
-      { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >&2; } ||
-      true
-  fi
-  command -v "$cmd" >/dev/null
-}
+# (alerts.rs); kubernetes-validate (deploy.rs). Source this file after pg.sh and tools.sh (its
+# need_debian_pkg); each function exports the variables the tests read, or says why it cannot.
 
 # alert_tools: promtool (Debian's prometheus) and amtool (prometheus-alertmanager), for
-# tests/it/alerts.rs.
+# tests/it/alerts.rs; prometheus-alertmanager itself, which tests/it/alertmanager.rs starts
+# beside its own Prometheus and Pushgateway (prometheus_start and pushgateway_start install them).
 alert_tools() {
   need_debian_pkg promtool prometheus ||
     echo "== Debian's prometheus cannot be installed here: promtool's tests are skipped" >&2
   need_debian_pkg amtool prometheus-alertmanager ||
     echo "== Debian's prometheus-alertmanager cannot be installed here: amtool's check is skipped" >&2
+  need_debian_pkg prometheus-alertmanager prometheus-alertmanager ||
+    echo "== Debian's prometheus-alertmanager cannot be installed here: the alert path's test is skipped" >&2
 }
 
 # deploy_tools: kubernetes-validate (PyPI: the Kubernetes API schemas ship in the package) for

@@ -2,6 +2,27 @@
 
 tools_die() { echo "$*" >&2; exit 1; }
 
+# need_debian_pkg COMMAND PACKAGE: installs Debian's PACKAGE when COMMAND is missing (reading
+# the package lists first if needed); false when it stays missing.
+need_debian_pkg() {
+  local cmd=$1 pkg=$2
+  command -v "$cmd" >/dev/null && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Debian's '$pkg' package (for $cmd)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >&2 ||
+      { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >&2; } ||
+      true
+  fi
+  command -v "$cmd" >/dev/null
+}
+
+# need_chromium: Debian's headless Chromium, for the screenshot of the follower's page
+# (tests/it/page.rs); says so when it cannot be installed (the test then skips its screenshot).
+need_chromium() {
+  need_debian_pkg chromium chromium ||
+    echo "== Debian's chromium cannot be installed here: the page's screenshot test is skipped" >&2
+}
+
 need_cargo() {
   command -v cargo >/dev/null || tools_die "cargo missing: install Rust with rustup (https://rustup.rs)"
 }

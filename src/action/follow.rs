@@ -52,7 +52,8 @@ pub struct Follow {
     /// Follow this many seconds (1 to 900); without it, until a signal.
     #[arg(long = "for", value_name = "SECONDS")]
     pub seconds: Option<u32>,
-    /// Serve /metrics, /healthz, /readyz and /status on this address (e.g. 0.0.0.0:9187).
+    /// Serve the page (/), /metrics, /healthz, /readyz and /status on this address (e.g.
+    /// 0.0.0.0:9187).
     #[arg(long, value_name = "ADDR")]
     #[serde(skip)]
     pub listen: Option<SocketAddr>,

@@ -7,7 +7,9 @@
 //! `AWS_LAMBDA_LOG_FORMAT` (set from the function's logging configuration) win when present;
 //! otherwise `RUST_LOG` and `LOG_FORMAT`; otherwise `info` and the front-end's default format.
 
+pub mod history;
 pub mod metrics;
+pub mod page;
 pub mod prometheus;
 pub mod push;
 

@@ -2,6 +2,7 @@
 
 mod actions;
 mod adaptive;
+mod alertmanager;
 mod alerts;
 mod app;
 mod batching;
@@ -25,6 +26,7 @@ mod large_orders;
 mod layers;
 mod least_privilege;
 mod on_request;
+mod page;
 mod pooler;
 mod prometheus;
 mod purge;

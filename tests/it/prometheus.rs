@@ -22,7 +22,7 @@ fn server(name: &str) -> Option<String> {
 }
 
 /// `GET path` on `host:port` over HTTP/1.0: the status code and the body.
-async fn get(authority: &str, path: &str) -> (u16, String) {
+pub(crate) async fn get(authority: &str, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(authority).await.unwrap();
     let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -39,7 +39,7 @@ async fn get(authority: &str, path: &str) -> (u16, String) {
 }
 
 /// The value of `query` in Prometheus at `base` (an instant vector's first sample), if any.
-async fn query(base: &str, query: &str) -> Option<f64> {
+pub(crate) async fn query(base: &str, query: &str) -> Option<f64> {
     let authority = base.trim_start_matches("http://");
     let encoded = percent_encoding::utf8_percent_encode(query, percent_encoding::NON_ALPHANUMERIC);
     let (code, body) = get(authority, &format!("/api/v1/query?query={encoded}")).await;
@@ -60,7 +60,7 @@ async fn follower_connections(t: &TestDb) -> i64 {
 }
 
 /// Until `sql` (a boolean) is true on `t`'s database, looking every 5 ms for up to 30 s.
-async fn until_true(t: &TestDb, sql: &str) -> bool {
+pub(crate) async fn until_true(t: &TestDb, sql: &str) -> bool {
     for _ in 0..6_000 {
         if t.i64(&format!("SELECT count(*) WHERE ({sql})")).await == 1 {
             return true;
