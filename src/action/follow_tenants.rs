@@ -97,9 +97,17 @@ pub async fn follow_all(
         .tenants
         .as_ref()
         .is_some_and(|t| t.kind == TenantKind::Schema);
-    // The shared look session (schema tenants); it also holds a scheduled follow's minute.
-    let shared = probe_session(state).await?;
-    if schema && !follow.takes_its_minute(&shared).await? {
+    // The shared look session of schema tenants (database tenants have no shared database:
+    // their settings name `{tenant}`); it also holds a scheduled follow's minute.
+    let shared = match schema {
+        true => Some(probe_session(state).await?),
+        false => None,
+    };
+    let taken = match &shared {
+        Some(session) => follow.takes_its_minute(session).await?,
+        None => true,
+    };
+    if !taken {
         return Ok(answer(invocation, started, Vec::new(), FOLLOW_DUPLICATE));
     }
     let names = tenancy::list(state).await?;
@@ -109,7 +117,6 @@ pub async fn follow_all(
             .map(|name| (name.clone(), Followed::new(name, state, until)))
             .collect(),
         shared,
-        schema,
         until,
     };
     let mut stop = invocation.stop.clone();
@@ -176,17 +183,17 @@ impl Followed {
 /// The tenants followed, and the shared look session.
 struct AllTenants {
     tenants: BTreeMap<String, Followed>,
-    shared: tokio_postgres::Client,
-    schema: bool,
+    /// Schema tenants' look session; None for database tenants.
+    shared: Option<tokio_postgres::Client>,
     until: Instant,
 }
 
 impl AllTenants {
     /// Looks at each tenant whose time has come; the names of those to pass now.
     async fn look(&mut self, state: &AppState) -> Vec<String> {
-        if self.schema && self.shared.is_closed() {
+        if self.shared.as_ref().is_some_and(|s| s.is_closed()) {
             match probe_session(state).await {
-                Ok(session) => self.shared = session,
+                Ok(session) => self.shared = Some(session),
                 Err(error) => {
                     tracing::warn!(error = %error.chain(), "cannot reopen the look session");
                 }
@@ -195,10 +202,9 @@ impl AllTenants {
         let now = Instant::now();
         let mut due = Vec::new();
         for (name, followed) in self.tenants.iter_mut().filter(|(_, f)| f.wake <= now) {
-            let looked = if self.schema {
-                look_in_schema(&self.shared, name, &mut followed.follower).await
-            } else {
-                look_in_database(state, name, &mut followed.follower).await
+            let looked = match &self.shared {
+                Some(shared) => look_in_schema(shared, name, &mut followed.follower).await,
+                None => look_in_database(state, name, &mut followed.follower).await,
             };
             match looked {
                 Ok(Next::Pass) => due.push(name.clone()),

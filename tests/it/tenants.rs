@@ -503,3 +503,28 @@ async fn two_schema_tenants_follow_the_same_scheduled_minute_side_by_side() {
     );
     assert_eq!(first["follow"]["ended"], "time", "{first}");
 }
+
+#[tokio::test]
+async fn one_follower_follows_database_tenants_each_on_its_own_database() {
+    let (a, b) = (database_tenant(true).await, database_tenant(true).await);
+    let url = format!(
+        "postgres://u_{{tenant}}:pw-{{tenant}}@127.0.0.1:{}/{{tenant}}?sslmode=disable",
+        pg_port()
+    );
+    let app = TestApp::spawn().await;
+    let follower = app
+        .with("DATABASE_URL", url)
+        .with("TENANT_KIND", "database")
+        .with("TENANTS", format!("{},{}", a.name, b.name))
+        .start_cli(&["follow", "--all-tenants"]);
+    let released = "NOT EXISTS (SELECT FROM orders_inventoryreservation WHERE status = 'active')";
+    for db in [&a, &b] {
+        assert!(until_true(db, released).await, "{} never released", db.name);
+    }
+    follower.terminate();
+    let out = follower.wait().await;
+
+    assert!(out.success(), "{out:?}");
+    assert_eq!(out.json()["released"], 2, "{out:?}");
+    assert_eq!(out.json()["failed"], json!([]), "{out:?}");
+}
