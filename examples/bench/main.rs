@@ -22,7 +22,7 @@
 //! 12. the purge (`--purge`, its own section): checkouts while `unreserver purge` deletes old
 //!     rows of their tables, against the quiet phase of the same trial; the purge's rows/s;
 //!     the purge against one `DELETE` and pt-archiver's fixed chunks on a quiet database
-//!     (`--purge-rows N`, default 1,000,000), WAL bytes per row; and (`--purge-replica`, which
+//!     (`--purge-rows N`, default 1,000,000; 0 leaves it out), WAL bytes per row; and (`--purge-replica`, which
 //!     `scripts/bench.sh --purge` runs once it started a standby) beside a lagging replica.
 //!
 //! Writes the results, the command and the machine into BENCHMARKS.md.
@@ -876,11 +876,17 @@ async fn main() {
             .position(|a| a == "--purge-rows")
             .and_then(|i| args.get(i + 1)?.parse::<i64>().ok())
             .unwrap_or(1_000_000);
+        let during = b.purge_section(&binary).await;
+        let quiet = if rows > 0 {
+            b.purge_quiet(&binary, rows).await
+        } else {
+            String::new()
+        };
         println!(
             "## Purge during checkouts (`scripts/bench.sh --purge`, {})\n\n{}\n{}",
             std::env::var("BENCH_STARTED").unwrap_or_default(),
-            b.purge_section(&binary).await,
-            b.purge_quiet(&binary, rows).await
+            during,
+            quiet
         );
         return;
     }
