@@ -75,10 +75,13 @@ case " $* " in
     exit 0 ;;
   *" --purge "*)
     section=$("$target/examples/bench" --binary "$target/unreserver" "$@")
+    echo "$section" >&2
     # Then beside a streaming replica: a hot standby of the bench's server, made to lag.
     standby_port=$(PG_STANDBY_CONF="wal_receiver_status_interval = 1s" pg_start_standby)
     export BENCH_STANDBY_URL=${PG_ADMIN_URL/:$PG_PORT\//:$standby_port/}
-    section="$section"$'\n'$("$target/examples/bench" --binary "$target/unreserver" --purge-replica)
+    replica=$("$target/examples/bench" --binary "$target/unreserver" --purge-replica) \
+      || replica=$'\n### Beside a lagging streaming replica\n\nNot measured: the run failed (its stderr).'
+    section="$section"$'\n'"$replica"
     echo "$section" | tee /dev/stderr | python3 scripts/lib/md-section.py put BENCHMARKS.md "Purge during checkouts"
     echo "wrote the purge section of BENCHMARKS.md" >&2
     exit 0 ;;

@@ -46,13 +46,15 @@ impl Bench {
         c.batch_execute(&format!(
             "INSERT INTO orders_inventoryreservation
                  (order_id, product_variant_id, quantity, status, created_at, expires_at, released_at)
-               SELECT NULL, 1 + (g * 7919) % {VARIANTS}, 1, 'expired', now() - interval '71 days',
+               SELECT NULL, 1 + (g::int8 * 7919) % {VARIANTS}, 1, 'expired', now() - interval '71 days',
                       now() - interval '70 days 12 hours', now() - interval '70 days'
-                 FROM generate_series(1, {ROWS}) g;
-             VACUUM ANALYZE orders_inventoryreservation; CHECKPOINT"
+                 FROM generate_series(1, {ROWS}) g"
         ))
         .await
         .unwrap();
+        for statement in ["VACUUM ANALYZE orders_inventoryreservation", "CHECKPOINT"] {
+            c.batch_execute(statement).await.unwrap();
+        }
         // The standby caught up before the purge starts.
         let standby = connect(standby_url).await;
         loop {
