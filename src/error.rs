@@ -232,6 +232,16 @@ impl Error {
         }
     }
 
+    /// The error as an answer names it beside what went on (a sweep's failed tenant): its kind,
+    /// whether a retry can help, and the cause chain.
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": self.kind(),
+            "retryable": self.is_retryable(),
+            "message": self.chain(),
+        })
+    }
+
     /// The whole cause chain on one line, for logs and the CLI's error line.
     pub fn chain(&self) -> String {
         let mut out = self.to_string();

@@ -59,14 +59,7 @@ pub async fn each(
                         }
                         Ok(json)
                     }
-                    Err(failure) => Err(json!({
-                        "tenant": name,
-                        "error": {
-                            "kind": failure.error.kind(),
-                            "retryable": failure.error.is_retryable(),
-                            "message": failure.error.chain(),
-                        }
-                    })),
+                    Err(failure) => Err(json!({"tenant": name, "error": failure.error.summary()})),
                 };
                 (name, answer)
             }

@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime};
 
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tracing::Instrument;
 
 use super::follow::{pass, sleep_or_stop, Follow};
@@ -277,11 +277,7 @@ impl AllTenants {
 fn failed(followed: &mut Followed, error: &Error, now: Instant) {
     tracing::warn!(tenant = %followed.books.tenant, error = %error.chain(), "a tenant's follow failed; trying it again later");
     followed.books.failures += 1;
-    followed.books.last_error = Some(json!({
-        "kind": error.kind(),
-        "retryable": error.is_retryable(),
-        "message": error.chain(),
-    }));
+    followed.books.last_error = Some(error.summary());
     followed.wake = now + RETRY_DEFERRED;
 }
 

@@ -117,18 +117,10 @@ impl TenantOutcome {
             oldest_due_age_seconds: None,
             released: 0,
             stopped_reason: None,
-            error: Some(error_json(error)),
+            error: Some(error.summary()),
             report: None,
         }
     }
-}
-
-fn error_json(error: &Error) -> Value {
-    serde_json::json!({
-        "kind": error.kind(),
-        "retryable": error.is_retryable(),
-        "message": error.chain(),
-    })
 }
 
 /// Sweeps every tenant with `run`'s input (see the module's documentation).
@@ -244,7 +236,7 @@ async fn run_tenant(
         Ok(_) => outcome.outcome = "released",
         Err(failure) => {
             outcome.outcome = "failed";
-            outcome.error = Some(error_json(&failure.error));
+            outcome.error = Some(failure.error.summary());
         }
     }
     outcome

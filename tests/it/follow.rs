@@ -585,17 +585,17 @@ async fn stale_and_duplicate_follow_events_never_run_more_than_two_followers() {
     let t = TestApp::spawn().await;
     let now = SystemTime::now();
     // This minute's follow and the last minute's, still following past its minute: each ends
-    // about 29 s from now, far beyond the four answers even on a loaded machine; the test
+    // about 119 s from now, far beyond the four answers even on a loaded machine; the test
     // ends them (drops them, their sessions close) once the four are answered.
-    let this_minute = scheduled_follow(now, 1, 30);
-    let last_minute = scheduled_follow(now, 61, 90);
+    let this_minute = scheduled_follow(now, 1, 120);
+    let last_minute = scheduled_follow(now, 61, 180);
     let followers = {
         let (a, b) = (this_minute.clone(), last_minute.clone());
         let front = t.front().clone();
         tokio::spawn(async move {
             tokio::join!(
-                front.lambda_within(a, 120_000),
-                front.lambda_within(b, 120_000)
+                front.lambda_within(a, 240_000),
+                front.lambda_within(b, 240_000)
             )
         })
     };
