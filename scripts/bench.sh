@@ -11,8 +11,9 @@
 # delays and idle cost) and --adaptive (adaptive batches and workers: the quiet shop by index
 # set, the busy shop by cart, the controller over time; with --million also N = 1,000,000)
 # update their own sections of BENCHMARKS.md, as does --purge (checkouts while `unreserver purge`
-# deletes old rows of their tables, and the purge's rows/s); --hot-queues prints the queues
-# subsection alone.
+# deletes old rows of their tables, and the purge's rows/s; then --purge-rows N old rows, default
+# 1,000,000, on a quiet database three ways; then beside a standby it starts and makes lag);
+# --hot-queues prints the queues subsection alone.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -74,6 +75,13 @@ case " $* " in
     exit 0 ;;
   *" --purge "*)
     section=$("$target/examples/bench" --binary "$target/unreserver" "$@")
+    echo "$section" >&2
+    # Then beside a streaming replica: a hot standby of the bench's server, made to lag.
+    standby_port=$(PG_STANDBY_CONF="wal_receiver_status_interval = 1s" pg_start_standby)
+    export BENCH_STANDBY_URL=${PG_ADMIN_URL/:$PG_PORT\//:$standby_port/}
+    replica=$("$target/examples/bench" --binary "$target/unreserver" --purge-replica) \
+      || replica=$'\n### Beside a lagging streaming replica\n\nNot measured: the run failed (its stderr).'
+    section="$section"$'\n'"$replica"
     echo "$section" | tee /dev/stderr | python3 scripts/lib/md-section.py put BENCHMARKS.md "Purge during checkouts"
     echo "wrote the purge section of BENCHMARKS.md" >&2
     exit 0 ;;

@@ -20,7 +20,10 @@
 //! 11. end to end (`--e2e`, `scripts/bench-e2e.sh`): a new `unreserver run` process per run,
 //!     as a schedule runs it; everything above is measured in the bench's own process.
 //! 12. the purge (`--purge`, its own section): checkouts while `unreserver purge` deletes old
-//!     rows of their tables, against the quiet phase of the same trial; the purge's rows/s.
+//!     rows of their tables, against the quiet phase of the same trial; the purge's rows/s;
+//!     the purge against one `DELETE` and pt-archiver's fixed chunks on a quiet database
+//!     (`--purge-rows N`, default 1,000,000; 0 leaves it out), WAL bytes per row; and (`--purge-replica`, which
+//!     `scripts/bench.sh --purge` runs once it started a standby) beside a lagging replica.
 //!
 //! Writes the results, the command and the machine into BENCHMARKS.md.
 
@@ -41,6 +44,8 @@ mod e2e;
 mod follow;
 mod hot_row;
 mod purge;
+mod purge_quiet;
+mod purge_replica;
 mod shoppers;
 
 /// `--batch-size N`: a pinned batch size the bench treats as the default (to weigh it against
@@ -860,11 +865,28 @@ async fn main() {
         );
         return;
     }
+    if args.iter().any(|a| a == "--purge-replica") {
+        let standby = std::env::var("BENCH_STANDBY_URL").expect("BENCH_STANDBY_URL");
+        println!("{}", b.purge_replica(&binary, &standby).await);
+        return;
+    }
     if args.iter().any(|a| a == "--purge") {
+        let rows = args
+            .iter()
+            .position(|a| a == "--purge-rows")
+            .and_then(|i| args.get(i + 1)?.parse::<i64>().ok())
+            .unwrap_or(1_000_000);
+        let during = b.purge_section(&binary).await;
+        let quiet = if rows > 0 {
+            b.purge_quiet(&binary, rows).await
+        } else {
+            String::new()
+        };
         println!(
-            "## Purge during checkouts (`scripts/bench.sh --purge`, {})\n\n{}",
+            "## Purge during checkouts (`scripts/bench.sh --purge`, {})\n\n{}\n{}",
             std::env::var("BENCH_STARTED").unwrap_or_default(),
-            b.purge_section(&binary).await
+            during,
+            quiet
         );
         return;
     }

@@ -28,7 +28,7 @@ const BUDGET_ALONE: u64 = 60;
 
 /// The horizon's table, as `infra/purge-role.sql` creates it (the bench runs the purge as the
 /// owner, so the role's grants are not needed).
-fn horizon_table() -> &'static str {
+pub fn horizon_table() -> &'static str {
     let sql = include_str!("../../infra/purge-role.sql");
     let start = sql
         .find("CREATE TABLE IF NOT EXISTS unreserver_purge_horizon")

@@ -180,7 +180,8 @@ pg_restart_command() {
 }
 
 # pg_start_standby: a hot standby of the running cluster (pg_basebackup -R, streaming), on a
-# free port, read-only as a replica is. Prints its port; pg_stop stops it.
+# free port, read-only as a replica is (PG_STANDBY_CONF: a line added to its configuration).
+# Prints its port; pg_stop stops it.
 pg_start_standby() {
   local dir="$PG_DIR/standby" port
   port=$(pg_free_port)
@@ -191,6 +192,9 @@ pg_start_standby() {
     "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U postgres -D "$dir" -R -X stream \
     >"$PG_DIR/standby.log" 2>&1 || { cat "$PG_DIR/standby.log" >&2; pg_die "pg_basebackup failed"; }
   pg_as_owner sh -c "echo 'port = $port' >> '$dir/postgresql.conf'"
+  if [ -n "${PG_STANDBY_CONF:-}" ]; then
+    pg_as_owner sh -c "echo '$PG_STANDBY_CONF' >> '$dir/postgresql.conf'"
+  fi
   pg_as_owner "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null \
     || { cat "$dir/server.log" >&2; pg_die "the standby did not start"; }
   echo "$port"

@@ -2,9 +2,12 @@
 //! DAYS ago and, asked to, the orders the release cancelled with their lines — as gently as
 //! pt-archiver: small committed chunks keyed on the primary key (`db::sql::purge`), each
 //! locking only rows nobody holds, sized by the drain's own controller (quiet: grows to its
-//! target time, a third of the batch budget at most; a row found held: back to the floor,
-//! resting as long as the chunk took; a chunk past `STATEMENT_TIMEOUT_MS` or in a lock conflict
-//! rolls back, halves the size and is tried again). Before each chunk it
+//! target time, a third of the batch budget at most; a row found held, or other sessions at
+//! work on the database when the chunk is about to commit — a shopper checking out, one
+//! waiting on the chunk's locks: back to the floor, resting as long as the chunk took, so that
+//! a busy shop's purge takes at most half of one connection's time in small chunks; a chunk
+//! past `STATEMENT_TIMEOUT_MS` or in a lock conflict rolls back, halves the size and is tried
+//! again). Before each chunk it
 //! waits while a streaming replica's replay lag exceeds `max_lag` and while the release has due
 //! work (the backlog count, the release's own rule): the release always goes first. It stops
 //! before a chunk that could not finish before the deadline; the next purge starts where the
@@ -216,11 +219,12 @@ struct Purge<'a> {
 }
 
 /// What one chunk did: the window's last id (None: nothing left) and size, and whether it met
-/// a row another transaction held.
+/// others: a row another transaction held, or other sessions at work as it was about to commit
+/// (`sql::others_at_work`).
 struct Walked {
     last_id: Option<i64>,
     scanned: i64,
-    met_held_rows: bool,
+    met_others: bool,
 }
 
 impl Purge<'_> {
@@ -300,8 +304,8 @@ impl Purge<'_> {
                 Ok(walked) => {
                     self.report.chunks += 1;
                     let rows = usize::try_from(walked.scanned).unwrap_or(0);
-                    self.controller.observe(rows, took, walked.met_held_rows);
-                    if walked.met_held_rows {
+                    self.controller.observe(rows, took, walked.met_others);
+                    if walked.met_others {
                         // A shopper is about: rest as long as the chunk took.
                         tokio::time::sleep(took.clamp(PAUSE_POLL / 25, PAUSE_POLL * 4)).await;
                     }
@@ -397,6 +401,7 @@ impl Purge<'_> {
         if chunk.deleted > 0 {
             retention::mark_purged(&tx, self.days, None).await?;
         }
+        let others = sql::others_at_work(&tx).await?;
         tx.commit()
             .await
             .map_err(Error::db("committing a purge chunk"))?;
@@ -412,7 +417,7 @@ impl Purge<'_> {
         Ok(Walked {
             last_id: chunk.window.last_id,
             scanned: chunk.window.scanned,
-            met_held_rows: held > 0,
+            met_others: held > 0 || others > 0,
         })
     }
 
@@ -464,6 +469,7 @@ impl Purge<'_> {
                 0,
             )
         };
+        let others = sql::others_at_work(&tx).await?;
         tx.commit()
             .await
             .map_err(Error::db("committing a purge chunk"))?;
@@ -476,7 +482,7 @@ impl Purge<'_> {
         Ok(Walked {
             last_id: chunk.window.last_id,
             scanned: chunk.window.scanned,
-            met_held_rows: held > 0,
+            met_others: held > 0 || others > 0,
         })
     }
     /// Adds one chunk of orders to the report: `eligible` found, `held` skipped, `rows` (lines,

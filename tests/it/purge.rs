@@ -412,3 +412,93 @@ async fn the_release_role_cannot_purge_and_the_purge_role_only_deletes() {
     assert_eq!(code, 0, "{applied}");
     assert!(!exists(&t, "orders_inventoryreservation", row).await);
 }
+
+/// Inserts `n` expired cart holds of `variant` released at `released` (an SQL expression).
+async fn old_holds(t: &TestDb, variant: i64, released: &str, n: i64) {
+    t.exec(&format!(
+        "INSERT INTO orders_inventoryreservation \
+         (order_id, product_variant_id, quantity, status, created_at, expires_at, released_at) \
+         SELECT NULL, {variant}, 1, 'expired', now() - interval '100 days', \
+                now() - interval '99 days', {released} FROM generate_series(1, {n})"
+    ))
+    .await;
+}
+
+/// A chunk reads its window through the primary key, not every old row of the table: with
+/// 20,000 old rows, the chunk of the first 100 reads and filters out a few hundred rows at
+/// most. (A chunk that read its window's end inside its own statement was planned as a scan
+/// of every old row, the rule's subquery run on each: 100-row chunks took seconds.)
+#[tokio::test]
+async fn a_chunk_reads_only_its_window() {
+    use unreserver::db::sql::purge::{PURGE_RESERVATION_CHUNK, RESERVATION_WINDOW};
+    let t = TestDb::new().await;
+    let v = t.variant(0).await;
+    let old = days_ago(&t, 70).await;
+    old_holds(&t, v, &old, 20_000).await;
+    t.exec("ANALYZE orders_inventoryreservation").await;
+    let first = t
+        .i64("SELECT min(id) FROM orders_inventoryreservation")
+        .await;
+    let mut c = t.connect().await;
+    let tx = c.transaction().await.unwrap();
+    let window = tx
+        .query_one(RESERVATION_WINDOW, &[&(first - 1), &100i64, &i64::MAX])
+        .await
+        .unwrap();
+    let last: i64 = window.get("last_id");
+    let plan: Vec<String> = tx
+        .query(
+            &format!("EXPLAIN (ANALYZE, COSTS OFF) {PURGE_RESERVATION_CHUNK}"),
+            &[&(first - 1), &last, &60i32, &true, &true],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tx.rollback().await.unwrap();
+    let number_after = |line: &str, key: &str| -> i64 {
+        line.rsplit_once(key)
+            .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let read: i64 = plan
+        .iter()
+        .map(|line| {
+            if line.contains(" on orders_inventoryreservation") {
+                number_after(line, "rows=") * number_after(line, "loops=")
+            } else {
+                number_after(line, "Rows Removed by Filter: ")
+            }
+        })
+        .sum();
+    assert!(read <= 500, "read {read} rows:\n{}", plan.join("\n"));
+}
+
+/// Other sessions at work on the database (a shopper in the middle of a checkout) make the
+/// purge give way: every chunk at the controller's floor, a rest after each; with nobody about,
+/// no chunk counts as contended.
+#[tokio::test]
+async fn the_purge_gives_way_while_other_sessions_are_at_work() {
+    let t = TestDb::new().await;
+    let v = t.variant(0).await;
+    let old = days_ago(&t, 70).await;
+    old_holds(&t, v, &old, 1_000).await;
+    let mut shopper = t.connect().await;
+    let checkout = shopper.transaction().await.unwrap();
+    checkout.execute("SELECT 1", &[]).await.unwrap();
+    let busy = purge_as_role(&t, &settings(), None).await;
+    assert_eq!(busy.reservations.deleted, 1_000, "{busy:?}");
+    assert_eq!(busy.controller.batch_rows_max, 100, "{busy:?}");
+    assert_eq!(
+        u64::from(busy.controller.contended_batches),
+        busy.chunks,
+        "{busy:?}"
+    );
+    checkout.rollback().await.unwrap();
+    old_holds(&t, v, &old, 1_000).await;
+    let quiet = purge_as_role(&t, &settings(), None).await;
+    assert_eq!(quiet.reservations.deleted, 1_000, "{quiet:?}");
+    assert_eq!(quiet.controller.contended_batches, 0, "{quiet:?}");
+}

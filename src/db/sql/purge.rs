@@ -87,50 +87,61 @@ pub const ORDER_RANGE: &str = "SELECT min(o.id)::int8 AS first_id, max(o.id)::in
      FROM orders_order o WHERE o.status = 'cancelled' \
      AND o.cancelled_at < now() - make_interval(days => $1::int4)";
 
-/// One chunk of reservations: the window of the next $2 (int8) ids after $1 (int8), up to $3
-/// (int8, the range's end); in it, the rows that may be purged (older than $4 days, $5 keeping
-/// the lines of orders the release cancelled) are counted (no lock), and when $6 (bool, apply)
-/// is true locked `FOR UPDATE SKIP LOCKED` — a row another transaction holds is skipped, the
-/// rule re-checked on each row as the lock is granted — and deleted. Returns the window's last
-/// id and size, the rows eligible and the rows deleted (eligible less deleted were held).
+/// A chunk's window of reservations: the next $2 (int8) ids after $1 (int8), up to $3 (int8,
+/// the range's end), read through the primary key; returns the window's last id (NULL: none
+/// left) and how many ids it holds. Read apart from the chunk, in the chunk's transaction, so
+/// that the chunk's statement gets both ends of its window as parameters: given the end as a
+/// value read inside the same statement, the planner could not see how narrow the window was
+/// and scanned every old row of the table for each chunk (the rule's subquery run on each),
+/// chunks of 100 rows taking seconds on a table that had grown. Locks nothing.
+pub const RESERVATION_WINDOW: &str = "SELECT max(s.id)::int8 AS last_id, \
+     count(*)::int8 AS scanned FROM (SELECT r.id FROM orders_inventoryreservation r \
+     WHERE r.id > $1::int8 AND r.id <= $3::int8 ORDER BY r.id LIMIT $2::int8) s";
+
+/// One chunk of reservations: in the window of ids after $1 (int8) up to $2 (int8, the
+/// window's last id, [`RESERVATION_WINDOW`]), read through the primary key, the rows that may
+/// be purged (older than $3 days, $4 keeping the lines of orders the release cancelled) are
+/// counted (no lock), and when $5 (bool, apply) is true locked `FOR UPDATE SKIP LOCKED` — a
+/// row another transaction holds is skipped, the rule re-checked on each row as the lock is
+/// granted — and deleted. Returns the rows eligible and the rows deleted (eligible less
+/// deleted were held).
 pub const PURGE_RESERVATION_CHUNK: &str = concat!(
-    "WITH span AS (SELECT r.id FROM orders_inventoryreservation r ",
-    "WHERE r.id > $1::int8 AND r.id <= $3::int8 ORDER BY r.id LIMIT $2::int8), ",
-    "bound AS (SELECT max(id) AS last, count(*) AS scanned FROM span), ",
-    "eligible AS MATERIALIZED (SELECT r.id FROM orders_inventoryreservation r, bound b ",
-    "WHERE r.id > $1::int8 AND r.id <= b.last AND ",
-    purgeable_reservation!("r", "$4", "$5"),
-    "), locked AS MATERIALIZED (SELECT r.id FROM orders_inventoryreservation r, bound b ",
-    "WHERE $6::bool AND r.id > $1::int8 AND r.id <= b.last AND ",
-    purgeable_reservation!("r", "$4", "$5"),
+    "WITH eligible AS MATERIALIZED (SELECT r.id FROM orders_inventoryreservation r ",
+    "WHERE r.id > $1::int8 AND r.id <= $2::int8 AND ",
+    purgeable_reservation!("r", "$3", "$4"),
+    "), locked AS MATERIALIZED (SELECT r.id FROM orders_inventoryreservation r ",
+    "WHERE $5::bool AND r.id > $1::int8 AND r.id <= $2::int8 AND ",
+    purgeable_reservation!("r", "$3", "$4"),
     " FOR UPDATE OF r SKIP LOCKED), ",
     "gone AS (DELETE FROM orders_inventoryreservation r USING locked l WHERE r.id = l.id ",
     "RETURNING r.id) ",
-    "SELECT b.last::int8 AS last_id, b.scanned::int8 AS scanned, ",
-    "(SELECT count(*) FROM eligible)::int8 AS eligible, ",
-    "(SELECT count(*) FROM gone)::int8 AS deleted FROM bound b"
+    "SELECT (SELECT count(*) FROM eligible)::int8 AS eligible, ",
+    "(SELECT count(*) FROM gone)::int8 AS deleted"
 );
 
-/// One chunk of orders: the window of the next $2 (int8) order ids after $1 (int8), up to $3
-/// (int8); in it, the orders that may be purged (`purgeable_order!`, older than $4 days), read
-/// without a lock, and when $5 (bool, apply) is true those locked `FOR UPDATE SKIP LOCKED` (an
-/// order a shopper or the shop holds is skipped; the rule re-checked as each lock is granted).
-/// Order rows first, as in the shop's lock order. Returns the window's last id and size, and
+/// A chunk's window of orders: the next $2 (int8) order ids after $1 (int8), up to $3 (int8),
+/// read through the primary key; the window's last id (NULL: none left) and size. Read apart
+/// from the chunk for the reason [`RESERVATION_WINDOW`] gives. Locks nothing.
+pub const ORDER_WINDOW: &str = "SELECT max(s.id)::int8 AS last_id, count(*)::int8 AS scanned \
+     FROM (SELECT o.id FROM orders_order o WHERE o.id > $1::int8 AND o.id <= $3::int8 \
+     ORDER BY o.id LIMIT $2::int8) s";
+
+/// One chunk of orders: in the window of order ids after $1 (int8) up to $2 (int8, the
+/// window's last id, [`ORDER_WINDOW`]), the orders that may be purged (`purgeable_order!`,
+/// older than $3 days), read without a lock, and when $4 (bool, apply) is true those locked
+/// `FOR UPDATE SKIP LOCKED` (an order a shopper or the shop holds is skipped; the rule
+/// re-checked as each lock is granted). Order rows first, as in the shop's lock order. Returns
 /// the eligible and locked ids.
 pub const LOCK_ORDER_CHUNK: &str = concat!(
-    "WITH span AS (SELECT o.id FROM orders_order o ",
-    "WHERE o.id > $1::int8 AND o.id <= $3::int8 ORDER BY o.id LIMIT $2::int8), ",
-    "bound AS (SELECT max(id) AS last, count(*) AS scanned FROM span), ",
-    "eligible AS MATERIALIZED (SELECT o.id FROM orders_order o, bound b ",
-    "WHERE o.id > $1::int8 AND o.id <= b.last AND ",
-    purgeable_order!("o", "$4"),
-    "), locked AS MATERIALIZED (SELECT o.id FROM orders_order o, bound b ",
-    "WHERE $5::bool AND o.id > $1::int8 AND o.id <= b.last AND ",
-    purgeable_order!("o", "$4"),
+    "WITH eligible AS MATERIALIZED (SELECT o.id FROM orders_order o ",
+    "WHERE o.id > $1::int8 AND o.id <= $2::int8 AND ",
+    purgeable_order!("o", "$3"),
+    "), locked AS MATERIALIZED (SELECT o.id FROM orders_order o ",
+    "WHERE $4::bool AND o.id > $1::int8 AND o.id <= $2::int8 AND ",
+    purgeable_order!("o", "$3"),
     " FOR UPDATE OF o SKIP LOCKED) ",
-    "SELECT b.last::int8 AS last_id, b.scanned::int8 AS scanned, ",
-    "ARRAY(SELECT id::int8 FROM eligible ORDER BY id) AS eligible, ",
-    "ARRAY(SELECT id::int8 FROM locked ORDER BY id) AS locked FROM bound b"
+    "SELECT ARRAY(SELECT id::int8 FROM eligible ORDER BY id) AS eligible, ",
+    "ARRAY(SELECT id::int8 FROM locked ORDER BY id) AS locked"
 );
 
 /// The lines of the (locked) orders in $1 (int8[]), locked `FOR UPDATE SKIP LOCKED` after
@@ -320,6 +331,30 @@ pub async fn replica_lag(client: &(impl GenericClient + Sync)) -> Result<Replica
     .await
 }
 
+/// Other sessions at work on this database, read by a purge chunk just before it commits:
+/// client sessions running a statement (a session waiting on one of the chunk's locks among
+/// them) or in the middle of a transaction (`active`, `idle in transaction`: a shopper checking
+/// out, the release). Any makes the purge give way: its next chunk at the controller's floor,
+/// after a rest as long as this one took. Needs `pg_monitor` (the purge role has it) to see
+/// other roles' sessions; without it they show no state and count as idle. Reads a statistics
+/// view; locks nothing.
+pub const OTHERS_AT_WORK: &str = "SELECT count(*)::int8 AS at_work FROM pg_stat_activity \
+     WHERE backend_type = 'client backend' AND datname = current_database() \
+     AND pid <> pg_backend_pid() \
+     AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')";
+
+/// [`OTHERS_AT_WORK`]: how many.
+pub async fn others_at_work(client: &(impl GenericClient + Sync)) -> Result<i64> {
+    fetch_one(
+        client,
+        OTHERS_AT_WORK,
+        &[],
+        "looking for other sessions at work",
+        |row| row.try_get("at_work"),
+    )
+    .await
+}
+
 /// Bytes a row of each table takes on disk, on average, indexes and TOAST included: the
 /// table's total size over the planner's row estimate (`reltuples`; NULL before the table was
 /// ever analyzed or vacuumed). What a purge's estimate of the space it frees multiplies; the
@@ -417,7 +452,28 @@ pub struct WindowBounds {
     pub size: i64,
 }
 
-/// [`PURGE_RESERVATION_CHUNK`].
+/// [`RESERVATION_WINDOW`] or [`ORDER_WINDOW`].
+async fn window(
+    client: &(impl GenericClient + Sync),
+    statement: &str,
+    bounds: WindowBounds,
+) -> Result<Window> {
+    fetch_one(
+        client,
+        statement,
+        &[&bounds.after, &bounds.size, &bounds.until],
+        "reading a purge chunk's window",
+        |row| {
+            Ok(Window {
+                last_id: row.try_get("last_id")?,
+                scanned: row.try_get("scanned")?,
+            })
+        },
+    )
+    .await
+}
+
+/// [`RESERVATION_WINDOW`], then [`PURGE_RESERVATION_CHUNK`] in it.
 pub async fn purge_reservation_chunk(
     client: &(impl GenericClient + Sync),
     bounds: WindowBounds,
@@ -425,33 +481,30 @@ pub async fn purge_reservation_chunk(
     keep_order_lines: bool,
     apply: bool,
 ) -> Result<ReservationChunk> {
-    fetch_one(
+    let window = window(client, RESERVATION_WINDOW, bounds).await?;
+    let Some(last) = window.last_id else {
+        return Ok(ReservationChunk {
+            window,
+            eligible: 0,
+            deleted: 0,
+        });
+    };
+    let (eligible, deleted) = fetch_one(
         client,
         PURGE_RESERVATION_CHUNK,
-        &[
-            &bounds.after,
-            &bounds.size,
-            &bounds.until,
-            &days,
-            &keep_order_lines,
-            &apply,
-        ],
+        &[&bounds.after, &last, &days, &keep_order_lines, &apply],
         "purging a chunk of reservations",
-        |row| {
-            Ok(ReservationChunk {
-                window: Window {
-                    last_id: row.try_get("last_id")?,
-                    scanned: row.try_get("scanned")?,
-                },
-                eligible: row.try_get("eligible")?,
-                deleted: row.try_get("deleted")?,
-            })
-        },
+        |row| Ok((row.try_get("eligible")?, row.try_get("deleted")?)),
     )
-    .await
+    .await?;
+    Ok(ReservationChunk {
+        window,
+        eligible,
+        deleted,
+    })
 }
 
-/// A row of [`LOCK_ORDER_CHUNK`].
+/// A row of [`LOCK_ORDER_CHUNK`], with its window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderChunk {
     pub window: Window,
@@ -459,30 +512,34 @@ pub struct OrderChunk {
     pub locked: Vec<i64>,
 }
 
-/// [`LOCK_ORDER_CHUNK`].
+/// [`ORDER_WINDOW`], then [`LOCK_ORDER_CHUNK`] in it.
 pub async fn lock_order_chunk(
     client: &(impl GenericClient + Sync),
     bounds: WindowBounds,
     days: i32,
     apply: bool,
 ) -> Result<OrderChunk> {
-    fetch_one(
+    let window = window(client, ORDER_WINDOW, bounds).await?;
+    let Some(last) = window.last_id else {
+        return Ok(OrderChunk {
+            window,
+            eligible: Vec::new(),
+            locked: Vec::new(),
+        });
+    };
+    let (eligible, locked) = fetch_one(
         client,
         LOCK_ORDER_CHUNK,
-        &[&bounds.after, &bounds.size, &bounds.until, &days, &apply],
+        &[&bounds.after, &last, &days, &apply],
         "locking a chunk of orders",
-        |row| {
-            Ok(OrderChunk {
-                window: Window {
-                    last_id: row.try_get("last_id")?,
-                    scanned: row.try_get("scanned")?,
-                },
-                eligible: row.try_get("eligible")?,
-                locked: row.try_get("locked")?,
-            })
-        },
+        |row| Ok((row.try_get("eligible")?, row.try_get("locked")?)),
     )
-    .await
+    .await?;
+    Ok(OrderChunk {
+        window,
+        eligible,
+        locked,
+    })
 }
 
 /// [`LOCK_ORDER_LINES`]: the orders whose every line is now locked.
