@@ -53,7 +53,7 @@ export BENCH_STARTED=$started
 # The sections other runs measure are carried over as they are: the end-to-end one
 # (scripts/bench-e2e.sh), the profile's, the cold start's (scripts/coldstart.sh),
 # reconcile's (scripts/bench-reconcile.sh) and --hot-rows'.
-kept=$(for part in "End to end: a new process per run" "The fixed cost of a run" "Adaptive batches and workers" "Where the database time goes" "Hot rows and carts" "Follow mode" "Purge during checkouts" "Cold start" "Reconcile"; do
+kept=$(for part in "End to end: a new process per run" "The fixed cost of a run" "Adaptive batches and workers" "Where the database time goes" "Hot rows and carts" "Follow mode" "Purge during checkouts" "Cold start" "Reconcile" "Tenants"; do
   python3 scripts/lib/md-section.py get BENCHMARKS.md "$part"; echo; done)
 case " $* " in
   *" --profile "*)
