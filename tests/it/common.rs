@@ -510,3 +510,15 @@ pub fn shopper_taking_turns(
         Ok(granted)
     })
 }
+
+/// Until the condition `sql` (a boolean expression) is true on `t`'s database, looking every
+/// 5 ms for up to 30 s: whether it became true. What is awaited is a commit, not a time.
+pub async fn until_true(t: &TestDb, sql: &str) -> bool {
+    for _ in 0..6_000 {
+        if t.i64(&format!("SELECT count(*) WHERE ({sql})")).await == 1 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}

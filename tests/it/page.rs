@@ -10,8 +10,9 @@ use unreserver::telemetry::page::{
 };
 
 use crate::app::TestApp;
+use crate::common::until_true;
 use crate::common::Res;
-use crate::prometheus::{get, until_true};
+use crate::prometheus::get;
 
 /// The text of the element with `id` in `html` (the page writes each number so).
 fn by_id<'a>(html: &'a str, id: &str) -> &'a str {

@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::app::TestApp;
-use crate::common::{Res, TestDb};
+use crate::common::{until_true, Res, TestDb};
 
 /// The variable `scripts/test.sh` exported, or None (said on stderr) when its server could not
 /// be installed.
@@ -57,17 +57,6 @@ async fn follower_connections(t: &TestDb) -> i64 {
          AND application_name LIKE 'unreserver%'",
     )
     .await
-}
-
-/// Until `sql` (a boolean) is true on `t`'s database, looking every 5 ms for up to 30 s.
-pub(crate) async fn until_true(t: &TestDb, sql: &str) -> bool {
-    for _ in 0..6_000 {
-        if t.i64(&format!("SELECT count(*) WHERE ({sql})")).await == 1 {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    false
 }
 
 #[tokio::test]

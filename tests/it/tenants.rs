@@ -9,7 +9,7 @@ use std::process::Command;
 use serde_json::{json, Value};
 
 use crate::app::TestApp;
-use crate::common::{connect_url, pg_port, TestDb, RELEASE_ROLE};
+use crate::common::{connect_url, pg_port, until_true, TestDb, RELEASE_ROLE};
 
 const SCHEMA_SQL: &str = include_str!("../../infra/schema.sql");
 const INDEXES_SQL: &str = include_str!("../../infra/indexes.sql");
@@ -400,17 +400,6 @@ async fn a_sweep_serves_the_oldest_due_first_and_one_cut_short_starts_none_and_l
     assert_eq!(order, ["shop_b", "shop_c", "shop_a", "shop_d"], "{swept}");
     assert_eq!(swept["released"], 3, "{swept}");
     assert_eq!(swept["failed"], json!([]), "{swept}");
-}
-
-/// Waits (up to 30 s, looking every 5 ms) until `sql` on `t` is true.
-async fn until_true(t: &TestDb, sql: &str) -> bool {
-    for _ in 0..6_000 {
-        if t.i64(&format!("SELECT count(*) WHERE ({sql})")).await == 1 {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    false
 }
 
 #[tokio::test]
