@@ -2,7 +2,7 @@
 //! schedule or cron runs it — a new `unreserver run` process each time, repeated until a run
 //! finds nothing — against its contenders on copies of one seeded database (`CREATE DATABASE
 //! ... TEMPLATE`): the seed's per-row loop at N = 5,000, and the one set-based statement on a
-//! connection of its own at N = 100,000 with each of three index sets. Every wall time of the
+//! connection of its own at N = 100,000 (and 1,000,000) with each of three index sets. Every wall time of the
 //! release runs from the process's start to its exit, connection and preflight included.
 
 use std::fmt::Write as _;
@@ -78,9 +78,22 @@ pub async fn e2e(b: &Bench, binary: &str, reps: usize, command: &str) -> String 
          (`CREATE DATABASE ... TEMPLATE`). Medians of {reps} interleaved repetitions.\n",
         std::env::var("BENCH_STARTED").unwrap_or_default()
     );
-    empty_run(b, binary, &mut md).await;
-    per_row(b, binary, reps, &mut md).await;
-    lower_bound(b, binary, reps, &mut md).await;
+    // BENCH_E2E_PARTS: which parts to measure (a comma list of empty, 5000, 100000, 1000000;
+    // the first three when unset), for a partial run printed, not written.
+    let parts = std::env::var("BENCH_E2E_PARTS").unwrap_or_else(|_| "empty,5000,100000".into());
+    let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
+    if part("empty") {
+        empty_run(b, binary, &mut md).await;
+    }
+    if part("5000") {
+        per_row(b, binary, reps, &mut md).await;
+    }
+    if part("100000") {
+        lower_bound(b, binary, reps, 100_000, &mut md).await;
+    }
+    if part("1000000") {
+        lower_bound(b, binary, 1, 1_000_000, &mut md).await;
+    }
     md
 }
 
@@ -190,14 +203,15 @@ async fn per_row(b: &Bench, binary: &str, reps: usize, md: &mut String) {
     );
 }
 
-/// N = 100,000 against the one set-based statement, on each index set.
-async fn lower_bound(b: &Bench, binary: &str, reps: usize, md: &mut String) {
-    let seed = "bench_e2e_100000";
-    eprintln!("e2e: N = 100,000 ...");
-    b.seed(seed, 100_000, FUTURE_RESERVATIONS).await;
+/// `n` due (100,000 or 1,000,000) against the one set-based statement, on each index set.
+async fn lower_bound(b: &Bench, binary: &str, reps: usize, n: usize, md: &mut String) {
+    let seed = format!("bench_e2e_{n}");
+    let label = thousands(n);
+    eprintln!("e2e: N = {label} ...");
+    b.seed(&seed, n as i64, FUTURE_RESERVATIONS).await;
     let _ = writeln!(
         md,
-        "### 100,000 due, against the one set-based statement\n\n\
+        "### {label} due, against the one set-based statement\n\n\
          The statement is timed in the bench's process from before its connection to its \
          end (a process of its own, less the process's start).\n\n\
          | index set | the one statement (ms) | `unreserver run` until a run finds nothing (ms) | runs (batches) per repetition | ratio (median) | ratios per repetition |\n\
@@ -208,14 +222,14 @@ async fn lower_bound(b: &Bench, binary: &str, reps: usize, md: &mut String) {
         b.index_set.set(sql);
         let (mut lower, mut ours, mut runs) = (Vec::new(), Vec::new(), Vec::new());
         for rep in 0..reps {
-            eprintln!("e2e: N = 100,000, {name}, repetition {} ...", rep + 1);
-            let url = b.copy(seed, "bench_e2e_lower").await;
+            eprintln!("e2e: N = {label}, {name}, repetition {} ...", rep + 1);
+            let url = b.copy(&seed, "bench_e2e_lower").await;
             lower.push(ms(lower_bound_with_connection(&url).await));
-            let url = b.copy(seed, "bench_e2e_run").await;
-            let (took, n, released, batches) = runs_until_nothing(binary, &url);
-            assert!(released >= 100_000, "released {released}");
+            let url = b.copy(&seed, "bench_e2e_run").await;
+            let (took, runs_made, released, batches) = runs_until_nothing(binary, &url);
+            assert!(released >= n as u64, "released {released}");
             ours.push(ms(took));
-            runs.push(format!("{n} ({batches} batches)"));
+            runs.push(format!("{runs_made} ({batches} batches)"));
         }
         let ratios: Vec<String> = ours
             .iter()
@@ -232,4 +246,17 @@ async fn lower_bound(b: &Bench, binary: &str, reps: usize, md: &mut String) {
         );
     }
     b.index_set.set("");
+}
+
+/// 100000 as "100,000".
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

@@ -812,7 +812,10 @@ async fn main() {
         println!("{}", b.hot_row(3).await);
         return;
     }
-    if args.iter().any(|a| a == "--hot-rows") {
+    if args
+        .iter()
+        .any(|a| a == "--hot-rows" || a == "--carts-only")
+    {
         let trials = if args.iter().any(|a| a == "--carts-only") {
             0
         } else {

@@ -29,6 +29,10 @@ pub enum Cart {
     TwoVariantsFirst,
     /// Two hot drop variants item by item: variant, its drop, next variant, its drop.
     TwoItemByItem,
+    /// Three hot drop variants, all variant rows first, then their drop rows.
+    ThreeVariantsFirst,
+    /// Three hot drop variants item by item.
+    ThreeItemByItem,
 }
 
 impl Cart {
@@ -39,6 +43,8 @@ impl Cart {
             Cart::OneCold => "one item, cold rows",
             Cart::TwoVariantsFirst => "two items, all variants first",
             Cart::TwoItemByItem => "two items, item by item",
+            Cart::ThreeVariantsFirst => "three items, all variants first",
+            Cart::ThreeItemByItem => "three items, item by item",
         }
     }
 
@@ -47,13 +53,8 @@ impl Cart {
         match self {
             Cart::OneCold => vec![HOT_VARIANTS + 1 + fastrand::i64(0..VARIANTS - HOT_VARIANTS)],
             Cart::OneHot => vec![1 + fastrand::i64(0..HOT_VARIANTS)],
-            Cart::TwoVariantsFirst | Cart::TwoItemByItem => {
-                let a = 1 + fastrand::i64(0..HOT_VARIANTS);
-                let b = 1 + (a + fastrand::i64(0..HOT_VARIANTS - 1)) % HOT_VARIANTS;
-                let mut v = vec![a, b];
-                v.sort_unstable();
-                v
-            }
+            Cart::TwoVariantsFirst | Cart::TwoItemByItem => distinct_hot(2),
+            Cart::ThreeVariantsFirst | Cart::ThreeItemByItem => distinct_hot(3),
         }
     }
 
@@ -61,7 +62,7 @@ impl Cart {
     fn lock_order(self, variants: &[i64]) -> Vec<(bool, i64)> {
         let drop_of = |v: i64| (v <= HOT_VARIANTS).then_some((true, v));
         match self {
-            Cart::TwoVariantsFirst => variants
+            Cart::TwoVariantsFirst | Cart::ThreeVariantsFirst => variants
                 .iter()
                 .map(|&v| (false, v))
                 .chain(variants.iter().filter_map(|&v| drop_of(v)))
@@ -72,6 +73,19 @@ impl Cart {
                 .collect(),
         }
     }
+}
+
+/// `n` distinct hot drop variants, ascending.
+fn distinct_hot(n: usize) -> Vec<i64> {
+    let mut v: Vec<i64> = Vec::with_capacity(n);
+    while v.len() < n {
+        let candidate = 1 + fastrand::i64(0..HOT_VARIANTS);
+        if !v.contains(&candidate) {
+            v.push(candidate);
+        }
+    }
+    v.sort_unstable();
+    v
 }
 
 /// Checkout latencies (ms) and failures recorded per phase; phase 0 records nothing.

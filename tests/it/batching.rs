@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use unreserver::RunOptions;
 use unreserver::StopReason;
+use unreserver::{Database, RunOptions};
 
 use crate::common::{run, settings, Res, TestDb};
 
@@ -210,4 +210,46 @@ async fn nothing_due_is_one_empty_page() {
     assert_eq!(report.counts.reservations_released, 0);
     assert_eq!(report.stopped_reason, StopReason::Drained);
     assert_eq!(report.backlog_remaining, 0);
+}
+
+/// The fixed cost of a run with nothing due: the release's statements are prepared as they are
+/// first used, so such a run prepares only the three it runs (batch timeouts, page, backlog),
+/// as the server's own list of the session's prepared statements shows; a run with work
+/// prepares the rest, and the next run on the same connection prepares nothing again.
+#[tokio::test]
+async fn a_run_with_nothing_due_prepares_only_the_statements_it_runs() {
+    let t = TestDb::new().await;
+    let v = t.variant(1).await;
+    let order = t.order("pending", "pending").await;
+    t.reservation(Res::new(Some(order), v, 1, "10 minutes"))
+        .await;
+    let mut db = t.open().await;
+    let opened = on_server(&db).await;
+    let report = run(&mut db, &settings(), false).await;
+    assert_eq!(report.counts.reservations_released, 0);
+    assert_eq!(db.statements.prepared(), 3, "an empty run prepares three");
+    assert_eq!(on_server(&db).await - opened, 3);
+
+    let (due_order, _, _) = t.one_due_order(2).await;
+    let report = run(&mut db, &settings(), false).await;
+    assert_eq!(report.counts.reservations_released, 1);
+    assert_eq!(t.order_status(due_order).await, "cancelled");
+    let after_work = db.statements.prepared();
+    assert!(
+        after_work > 3,
+        "a batch prepares what it runs ({after_work})"
+    );
+    assert_eq!(on_server(&db).await - opened, after_work as i64);
+    run(&mut db, &settings(), false).await;
+    assert_eq!(
+        db.statements.prepared(),
+        after_work,
+        "nothing prepared twice"
+    );
+}
+
+/// The statements the server has prepared on `db`'s session (protocol-level, not `PREPARE`).
+async fn on_server(db: &Database) -> i64 {
+    let sql = "SELECT count(*)::int8 FROM pg_prepared_statements WHERE NOT from_sql";
+    db.client.query_one(sql, &[]).await.unwrap().get(0)
 }

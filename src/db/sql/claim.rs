@@ -136,7 +136,7 @@ impl Statements {
     ) -> Result<Vec<PageRow>> {
         fetch(
             client,
-            &self.page,
+            self.page.on(client, "paging due reservations").await?,
             &[
                 &p.expiring_after.0,
                 &p.expiring_after.1,
@@ -218,7 +218,7 @@ impl Statements {
     ) -> Result<Vec<ClaimedOrder>> {
         fetch(
             client,
-            &self.claim_orders,
+            self.claim_orders.on(client, "claiming orders").await?,
             &[
                 &p.orders.order_ids,
                 &p.orders.rules.timeout_minutes,
@@ -268,7 +268,9 @@ impl Statements {
     ) -> Result<Vec<UnclaimedOrder>> {
         fetch(
             client,
-            &self.classify_unclaimed,
+            self.classify_unclaimed
+                .on(client, "classifying unclaimed orders")
+                .await?,
             &[
                 &p.order_ids,
                 &p.rules.timeout_minutes,
@@ -309,7 +311,7 @@ impl Statements {
     ) -> Result<Vec<i64>> {
         fetch(
             client,
-            &self.claim_holds,
+            self.claim_holds.on(client, "claiming cart holds").await?,
             &[&hold_ids, &rules.timeout_minutes],
             "claiming cart holds",
             |row| row.try_get("id"),

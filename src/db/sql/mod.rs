@@ -27,7 +27,7 @@
 //! set per batch well below the server's `deadlock_timeout`, is only a safeguard.
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, GenericClient, Row, Statement, ToStatement};
+use tokio_postgres::{GenericClient, Row, Statement, ToStatement};
 
 use crate::error::{Error, Result};
 
@@ -81,46 +81,100 @@ where
     decode(&row).map_err(Error::db(context))
 }
 
-/// The release's statements, prepared once per connection: each batch then costs one round
-/// trip a statement. Each method is the typed wrapper of the statement of the same name.
+/// The release's statements, each prepared on its connection the first time it is used and
+/// kept for the connection's life: a batch then costs one round trip a statement, and a run
+/// with nothing due prepares only the three it runs (timeouts, page, backlog), not the eleven.
+/// Each method is the typed wrapper of the statement of the same name.
+///
+/// Prepared one at a time, on first use, inside the statement's own transaction: a table a
+/// migration holds makes that one prepare wait the batch's `lock_timeout` and end the batch
+/// like the statement itself would (the run then stops `TableLocked`), never eleven prepares
+/// waiting in turn. A prepared statement outlives the transaction it was prepared in (PostgreSQL
+/// does not roll back a `Parse`), so a rolled-back batch keeps its statements.
 pub struct Statements {
-    set_batch_timeouts: Statement,
-    page: Statement,
-    claim_orders: Statement,
-    classify_unclaimed: Statement,
-    claim_holds: Statement,
-    release_reservations: Statement,
-    return_variant_units: Statement,
-    return_drop_units: Statement,
-    probe_held: Statement,
-    deferred_age: Statement,
-    backlog: Statement,
+    set_batch_timeouts: Prepared,
+    page: Prepared,
+    claim_orders: Prepared,
+    classify_unclaimed: Prepared,
+    claim_holds: Prepared,
+    release_reservations: Prepared,
+    return_variant_units: Prepared,
+    return_drop_units: Prepared,
+    probe_held: Prepared,
+    deferred_age: Prepared,
+    backlog: Prepared,
 }
 
 impl Statements {
-    /// Prepares every statement of the release on `client`, one after another: not pipelined,
-    /// since a table held by a migration makes each prepare that needs it wait `lock_timeout`
-    /// (2 s), and the first such wait must end the opening, not the eleventh.
-    pub async fn prepare(client: &Client) -> Result<Statements> {
-        let prepare = |text: &'static str| async move {
-            client
-                .prepare(text)
-                .await
-                .map_err(Error::db("preparing the release statements"))
-        };
-        Ok(Statements {
-            set_batch_timeouts: prepare(SET_BATCH_TIMEOUTS).await?,
-            page: prepare(PAGE).await?,
-            claim_orders: prepare(CLAIM_ORDERS).await?,
-            classify_unclaimed: prepare(CLASSIFY_UNCLAIMED).await?,
-            claim_holds: prepare(CLAIM_HOLDS).await?,
-            release_reservations: prepare(RELEASE_RESERVATIONS).await?,
-            return_variant_units: prepare(RETURN_VARIANT_UNITS).await?,
-            return_drop_units: prepare(RETURN_DROP_UNITS).await?,
-            probe_held: prepare(PROBE_HELD).await?,
-            deferred_age: prepare(DEFERRED_AGE).await?,
-            backlog: prepare(BACKLOG).await?,
-        })
+    /// The release's statements for one connection, none prepared yet.
+    pub fn new() -> Statements {
+        Statements {
+            set_batch_timeouts: Prepared::new(SET_BATCH_TIMEOUTS),
+            page: Prepared::new(PAGE),
+            claim_orders: Prepared::new(CLAIM_ORDERS),
+            classify_unclaimed: Prepared::new(CLASSIFY_UNCLAIMED),
+            claim_holds: Prepared::new(CLAIM_HOLDS),
+            release_reservations: Prepared::new(RELEASE_RESERVATIONS),
+            return_variant_units: Prepared::new(RETURN_VARIANT_UNITS),
+            return_drop_units: Prepared::new(RETURN_DROP_UNITS),
+            probe_held: Prepared::new(PROBE_HELD),
+            deferred_age: Prepared::new(DEFERRED_AGE),
+            backlog: Prepared::new(BACKLOG),
+        }
+    }
+
+    /// How many of the statements this connection has prepared so far.
+    pub fn prepared(&self) -> usize {
+        [
+            &self.set_batch_timeouts,
+            &self.page,
+            &self.claim_orders,
+            &self.classify_unclaimed,
+            &self.claim_holds,
+            &self.release_reservations,
+            &self.return_variant_units,
+            &self.return_drop_units,
+            &self.probe_held,
+            &self.deferred_age,
+            &self.backlog,
+        ]
+        .iter()
+        .filter(|p| p.statement.initialized())
+        .count()
+    }
+}
+
+impl Default for Statements {
+    fn default() -> Self {
+        Statements::new()
+    }
+}
+
+/// One statement's text and, once it has been used on the connection, its prepared statement.
+struct Prepared {
+    text: &'static str,
+    statement: tokio::sync::OnceCell<Statement>,
+}
+
+impl Prepared {
+    fn new(text: &'static str) -> Prepared {
+        Prepared {
+            text,
+            statement: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The prepared statement, prepared through `client` (the connection or its transaction)
+    /// the first time; a failed prepare is not kept, the next use tries again.
+    async fn on<C>(&self, client: &C, context: &'static str) -> Result<&Statement>
+    where
+        C: GenericClient + Sync,
+    {
+        self.statement
+            .get_or_try_init(|| async {
+                client.prepare(self.text).await.map_err(Error::db(context))
+            })
+            .await
     }
 }
 

@@ -185,7 +185,9 @@ impl Statements {
     ) -> Result<Released> {
         let rows = fetch(
             client,
-            &self.release_reservations,
+            self.release_reservations
+                .on(client, "expiring reservations and cancelling their orders")
+                .await?,
             &[
                 &p.order_ids,
                 &p.hold_ids,
@@ -339,6 +341,7 @@ impl Statements {
             Counter::Variants => (&self.return_variant_units, "returning units to variants"),
             Counter::Drops => (&self.return_drop_units, "returning units to drops"),
         };
+        let statement = statement.on(client, context).await?;
         let params: [&(dyn ToSql + Sync); 2] = [&p.ids, &p.units];
         fetch(client, statement, &params, context, returned_units).await
     }
@@ -446,7 +449,9 @@ impl Statements {
     ) -> Result<Vec<HeldReservation>> {
         fetch(
             client,
-            &self.probe_held,
+            self.probe_held
+                .on(client, "finding the rows another transaction holds")
+                .await?,
             &[&order_ids, &hold_ids],
             "finding the rows another transaction holds",
             |row| {
@@ -489,7 +494,9 @@ impl Statements {
     ) -> Result<Option<f64>> {
         fetch_one(
             client,
-            &self.deferred_age,
+            self.deferred_age
+                .on(client, "measuring the age of deferred orders")
+                .await?,
             &[
                 &order_ids,
                 &hold_ids,

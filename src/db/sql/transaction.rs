@@ -183,7 +183,9 @@ impl Statements {
     ) -> Result<()> {
         fetch(
             client,
-            &self.set_batch_timeouts,
+            self.set_batch_timeouts
+                .on(client, "setting the batch timeouts")
+                .await?,
             &[&p.lock_timeout, &p.statement_timeout],
             "setting the batch timeouts",
             |_| Ok(()),
