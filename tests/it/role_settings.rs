@@ -1,7 +1,7 @@
 //! The role's own session defaults (`ALTER ROLE ... SET`, or the database's) never change what
 //! the release does: the session pins every setting a statement's meaning depends on.
 
-use unreserver::Database;
+use unreserver::{Database, ReleaseSettings};
 
 use crate::common::{run, settings, TestDb};
 
@@ -97,6 +97,46 @@ async fn a_role_with_hostile_timeouts_and_lazy_commits_is_pinned_and_releases() 
     assert_eq!(report.counts.reservations_released, 1, "{report:?}");
     assert_eq!(t.reserved(variant).await, 0);
     assert_eq!(t.order_status(order).await, "cancelled");
+}
+
+/// A prepared statement run with a new array of ids each batch must be planned for that
+/// array: a generic plan compares every row with every id (`= ANY($1)` on a Param is not
+/// hashed), and a batch's cost grows with the square of its size. A role set to
+/// `force_generic_plan` (as `auto` does by itself after five runs) is pinned to custom plans:
+/// after eight batches, the server's count of the session's generic plans is 0.
+#[tokio::test]
+async fn a_role_that_forces_generic_plans_is_pinned_to_custom_plans() {
+    let t = TestDb::new().await;
+    for _ in 0..8 {
+        t.one_due_order(1).await;
+    }
+    let role = t.role("generic").await;
+    t.exec(&format!(
+        "ALTER ROLE {role} SET plan_cache_mode = force_generic_plan"
+    ))
+    .await;
+    let mut db = open_as(&t, &role, "generic").await;
+    let one_at_a_time = ReleaseSettings {
+        batch_size: Some(1),
+        ..settings()
+    };
+    let report = run(&mut db, &one_at_a_time, false).await;
+    assert_eq!(report.counts.reservations_released, 8, "{report:?}");
+    assert!(report.batches >= 8, "{report:?}");
+    let row = db
+        .client
+        .query_one(
+            "SELECT coalesce(sum(generic_plans), 0)::int8 AS generic, \
+                    coalesce(sum(custom_plans), 0)::int8 AS custom \
+             FROM pg_prepared_statements \
+             WHERE NOT from_sql AND cardinality(parameter_types) > 0",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (generic, custom): (i64, i64) = (row.get("generic"), row.get("custom"));
+    assert_eq!(generic, 0, "generic plans ran ({custom} custom)");
+    assert!(custom >= 8 * 3, "custom plans: {custom}");
 }
 
 /// The release's bound is half of the SHOP's `deadlock_timeout`: a shop role set to 400 ms
