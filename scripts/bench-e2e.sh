@@ -39,7 +39,7 @@ import sys
 text = sys.stdin.read()
 head, rest = text.split("\n\n", 1)
 print(head + "\n\nThe machine: " + sys.argv[1] + "; load average (1, 5, 15 min) just before the run: " + sys.argv[2] + ".\n\n" + rest)
-' "$(nproc) cores, PostgreSQL $PG_VERSION" "$load")
+' "$(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), PostgreSQL $PG_VERSION" "$load")
 if [ -n "$partial" ]; then
   echo "$section"
   echo "a partial run (BENCH_E2E_PARTS): BENCHMARKS.md left as it was" >&2

@@ -211,11 +211,12 @@ async fn lower_bound(b: &Bench, binary: &str, reps: usize, n: usize, md: &mut St
     b.seed(&seed, n as i64, FUTURE_RESERVATIONS).await;
     let _ = writeln!(
         md,
-        "### {label} due, against the one set-based statement\n\n\
+        "### {label} due, against the one set-based statement{}\n\n\
          The statement is timed in the bench's process from before its connection to its \
          end (a process of its own, less the process's start).\n\n\
          | index set | the one statement (ms) | `unreserver run` until a run finds nothing (ms) | runs (batches) per repetition | ratio (median) | ratios per repetition |\n\
-         |---|---|---|---|---|---|"
+         |---|---|---|---|---|---|",
+        if reps == 1 { " (one repetition)" } else { "" }
     );
     for i in E2E_INDEX_SETS {
         let (name, sql) = INDEX_SETS[i];

@@ -71,7 +71,8 @@ async fn a_role_with_hostile_timeouts_and_lazy_commits_is_pinned_and_releases() 
         "ALTER ROLE {role} SET synchronous_commit = off; \
          ALTER ROLE {role} SET statement_timeout = '40ms'; \
          ALTER ROLE {role} SET lock_timeout = '1ms'; \
-         ALTER ROLE {role} SET idle_in_transaction_session_timeout = '1ms'"
+         ALTER ROLE {role} SET idle_in_transaction_session_timeout = '1ms'; \
+         ALTER ROLE {role} SET max_parallel_workers_per_gather = 8"
     ))
     .await;
     let mut db = open_as(&t, &role, "hostile").await;
@@ -81,18 +82,20 @@ async fn a_role_with_hostile_timeouts_and_lazy_commits_is_pinned_and_releases() 
             "SELECT current_setting('synchronous_commit') AS sync, \
                     current_setting('statement_timeout') AS statement, \
                     current_setting('lock_timeout') AS lock, \
-                    current_setting('idle_in_transaction_session_timeout') AS idle",
+                    current_setting('idle_in_transaction_session_timeout') AS idle, \
+                    current_setting('max_parallel_workers_per_gather') AS parallel",
             &[],
         )
         .await
         .unwrap();
-    let pinned: [String; 4] = [
+    let pinned: [String; 5] = [
         row.get("sync"),
         row.get("statement"),
         row.get("lock"),
         row.get("idle"),
+        row.get("parallel"),
     ];
-    assert_eq!(pinned, ["on", "1min", "2s", "10s"].map(String::from));
+    assert_eq!(pinned, ["on", "1min", "2s", "10s", "0"].map(String::from));
     let report = run(&mut db, &settings(), false).await;
     assert_eq!(report.counts.reservations_released, 1, "{report:?}");
     assert_eq!(t.reserved(variant).await, 0);
