@@ -12,7 +12,7 @@
 # set, the busy shop by cart, the controller over time; with --million also N = 1,000,000)
 # update their own sections of BENCHMARKS.md, as does --purge (checkouts while `unreserver purge`
 # deletes old rows of their tables, and the purge's rows/s; then --purge-rows N old rows, default
-# 1,000,000, on a quiet database three ways; then beside a standby it starts and makes lag);
+# 5,000,000, on a quiet database three ways; then beside a standby it starts and makes lag);
 # --hot-queues prints the queues subsection alone, --carts-only the carts subsection alone.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -101,6 +101,16 @@ fn purge(binary: &str, url: &str, budget: u64) -> Purged {
     }
 }
 
+/// The purge's `PURGE_REST_RATIO`: the environment's (the bench passes its environment on to
+/// the purge), else the default.
+fn rest_ratio() -> String {
+    std::env::var("PURGE_REST_RATIO").unwrap_or_else(|_| {
+        unreserver::settings::PURGE_REST_RATIO
+            .default_number()
+            .to_string()
+    })
+}
+
 fn cell(l: &Latency) -> String {
     format!("{:.1} / {:.1} / {:.1}", l.p50, l.p99, l.max)
 }
@@ -123,15 +133,16 @@ impl Bench {
              locks and bumps its variants' and drop rows' counters, inserts an order and its \
              reservations into the tables the purge deletes from, commits): first for {} s with \
              nothing else running (quiet), then while `unreserver purge --apply --orders` \
-             (release build, defaults: 60 days, adaptive chunks, as the tables' owner; \
-             `TIME_BUDGET_SECONDS={BUDGET_WITH_SHOPPERS}`) deletes old rows. Rows a purge left \
+             (release build, defaults: 60 days, adaptive chunks, `PURGE_REST_RATIO={}`, as \
+             the tables' owner; `TIME_BUDGET_SECONDS={BUDGET_WITH_SHOPPERS}`) deletes old rows. Rows a purge left \
              (stopped at its budget) stay for the next trial's. Latencies in ms; the ratio and \
              the difference are of the same trial's quiet phase.\n",
-            QUIET.as_secs()
+            QUIET.as_secs(),
+            rest_ratio(),
         );
         let _ = writeln!(
             md,
-            "| shoppers' carts | quiet p50 / p99 / max | during the purge p50 / p99 / max | p99 ratio | max − quiet max | checkouts quiet / during | failed | purge: rows deleted, s, rows/s, chunks |\n|---|---|---|---|---|---|---|---|"
+            "| shoppers' carts | quiet p50 / p99 / max | during the purge p50 / p99 / max | p99 ratio | max − quiet max | checkouts quiet / during | failed | purge: rows deleted, s, rows/s, chunks, s rested |\n|---|---|---|---|---|---|---|---|"
         );
         let mut trial = 0;
         for cart in [Cart::TwoVariantsFirst, Cart::TwoItemByItem] {
@@ -149,7 +160,7 @@ impl Bench {
             .await;
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.2}× | {:+.1} | {} / {} | {} | {}, {:.1} s, {:.0}, {} (stopped `{}`) |",
+                "| {} | {} | {} | {:.2}× | {:+.1} | {} / {} | {} | {}, {:.1} s, {:.0}, {}, {:.1} s (stopped `{}`) |",
                 cart.describe(),
                 cell(&quiet),
                 cell(&during),
@@ -162,6 +173,7 @@ impl Bench {
                 purged.took.as_secs_f64(),
                 purged.rate(),
                 purged.answer["chunks"],
+                purged.answer["rested_ms"].as_f64().unwrap_or(0.0) / 1000.0,
                 purged.answer["stopped"].as_str().unwrap_or("?"),
             );
         }

@@ -15,12 +15,13 @@ use serde_json::Value;
 
 use crate::{connect, url_for, Bench, VARIANTS};
 
-/// Old rows to purge.
-const ROWS: i64 = 300_000;
+/// Old rows to purge: enough that the purge is still at work well after the replay is paused
+/// (it deletes about 200,000 a second alone: 300,000 were gone before the pause).
+const ROWS: i64 = 1_500_000;
 /// The purge's bound.
 const MAX_LAG_MS: u64 = 1_000;
 /// When, after the purge starts, the standby's replay is paused, and for how long.
-const PAUSE_AT: Duration = Duration::from_secs(2);
+const PAUSE_AT: Duration = Duration::from_secs(1);
 const PAUSE_FOR: Duration = Duration::from_secs(6);
 const SAMPLE: Duration = Duration::from_millis(50);
 

@@ -4,10 +4,10 @@
 //! locking only rows nobody holds, sized by the drain's own controller (quiet: grows to its
 //! target time, a third of the batch budget at most; a row found held, or other sessions at
 //! work on the database when the chunk is about to commit — a shopper checking out, one
-//! waiting on the chunk's locks: back to the floor, resting as long as the chunk took, so that
-//! a busy shop's purge takes at most half of one connection's time in small chunks; a chunk
+//! waiting on the chunk's locks: back to the floor, then a rest `PURGE_REST_RATIO` times as
+//! long as the chunk took, its looks at the replicas and the release included: `pace`; a chunk
 //! past `STATEMENT_TIMEOUT_MS` or in a lock conflict rolls back, halves the size and is tried
-//! again). Before each chunk it
+//! again). Before a chunk, every 250 ms at most, it looks at the replicas and the release, and
 //! waits while a streaming replica's replay lag exceeds `max_lag` and while the release has due
 //! work (the backlog count, the release's own rule): the release always goes first. It stops
 //! before a chunk that could not finish before the deadline; the next purge starts where the
@@ -30,11 +30,8 @@ use crate::db::sql::retention;
 use crate::db::sql::BatchTimeouts;
 use crate::error::{is_cancelled, is_conflict, Error, Result};
 
-/// How often a paused purge looks again at the replicas' lag and the release's backlog.
-const PAUSE_POLL: Duration = Duration::from_millis(250);
-/// Without a deadline (a command line without `TIME_BUDGET_SECONDS`), the longest a purge
-/// waits in one pause before it stops and leaves the rest to the next one.
-const LONGEST_PAUSE: Duration = Duration::from_secs(600);
+mod pace;
+
 /// Chunks in a row that may fail (cut by the budget, a lock conflict) before the purge fails.
 const FAILED_CHUNKS: u32 = 5;
 /// Most orders an answer names of those kept because another table references them.
@@ -124,6 +121,8 @@ pub struct PurgeReport {
     pub lag_pauses: u64,
     pub release_yields: u64,
     pub paused_ms: u64,
+    /// Time rested after chunks that met others (`PURGE_REST_RATIO` times the chunk's time).
+    pub rested_ms: u64,
     pub replicas: Replicas,
     /// The rows' share of the tables' size (indexes included), from the planner's statistics:
     /// space the tables reuse after `VACUUM`. None before the tables were ever analyzed.
@@ -166,6 +165,7 @@ pub async fn purge(
         budget,
         days: i32::try_from(options.older_than_days).unwrap_or(i32::MAX),
         controller: Controller::new(settings, budget),
+        pace: pace::Pace::default(),
         report: PurgeReport {
             apply: options.apply,
             older_than_days: options.older_than_days,
@@ -176,6 +176,7 @@ pub async fn purge(
             lag_pauses: 0,
             release_yields: 0,
             paused_ms: 0,
+            rested_ms: 0,
             replicas: Replicas {
                 max_lag_ms: options.max_lag.as_millis() as u64,
                 ..Replicas::default()
@@ -215,6 +216,7 @@ struct Purge<'a> {
     budget: Duration,
     days: i32,
     controller: Controller,
+    pace: pace::Pace,
     report: PurgeReport,
 }
 
@@ -305,10 +307,7 @@ impl Purge<'_> {
                     self.report.chunks += 1;
                     let rows = usize::try_from(walked.scanned).unwrap_or(0);
                     self.controller.observe(rows, took, walked.met_others);
-                    if walked.met_others {
-                        // A shopper is about: rest as long as the chunk took.
-                        tokio::time::sleep(took.clamp(PAUSE_POLL / 25, PAUSE_POLL * 4)).await;
-                    }
+                    self.rest_after(took, walked.met_others).await;
                     return Ok(Some(walked.last_id.unwrap_or(bounds.until)));
                 }
                 Err(error) if is_cancelled(&error) || is_conflict(&error) => {
@@ -322,62 +321,6 @@ impl Purge<'_> {
                 Err(error) => return Err(error),
             }
         }
-    }
-
-    /// Waits while a replica lags past the bound or the release has due work, and checks
-    /// that a chunk can finish before the deadline. False: stop (the report says why).
-    async fn may_go_on(&mut self, db: &Database) -> Result<bool> {
-        let paused = Instant::now();
-        let mut pausing: Option<&'static str> = None;
-        loop {
-            if past(self.options.deadline, self.budget) {
-                self.report.stopped = pausing.unwrap_or("time_budget");
-                break Ok(false);
-            }
-            let why = self.why_wait(db).await?;
-            let Some(why) = why else {
-                break Ok(true);
-            };
-            if pausing != Some(why) {
-                match why {
-                    "replica_lag" => self.report.lag_pauses += 1,
-                    _ => self.report.release_yields += 1,
-                }
-                pausing = Some(why);
-            }
-            if self.options.deadline.is_none() && paused.elapsed() >= LONGEST_PAUSE {
-                self.report.stopped = why;
-                break Ok(false);
-            }
-            tokio::time::sleep(PAUSE_POLL).await;
-            self.report.paused_ms += PAUSE_POLL.as_millis() as u64;
-        }
-    }
-
-    /// Why the next chunk must wait: `replica_lag`, `release_due_work`, or None.
-    async fn why_wait(&mut self, db: &Database) -> Result<Option<&'static str>> {
-        let lag = sql::replica_lag(&db.client).await?;
-        let seen = &mut self.report.replicas;
-        seen.visible = seen.visible.max(lag.replicas - lag.hidden);
-        seen.lag_hidden = seen.lag_hidden.max(lag.hidden);
-        seen.max_replay_lag_ms = seen.max_replay_lag_ms.max(lag.max_replay_lag_ms);
-        seen.note = if seen.lag_hidden > 0 {
-            Some("a replica's lag is hidden from this role: grant it pg_monitor".into())
-        } else if seen.visible == 0 {
-            Some("no streaming replica visible (as on Aurora): replay lag not watched".into())
-        } else {
-            None
-        };
-        if lag.replicas > lag.hidden
-            && lag.max_replay_lag_ms > self.options.max_lag.as_secs_f64() * 1000.0
-        {
-            return Ok(Some("replica_lag"));
-        }
-        let backlog = db
-            .statements
-            .backlog(&db.client, batch::rules(self.settings))
-            .await?;
-        Ok((backlog.due > 0).then_some("release_due_work"))
     }
 
     /// One chunk of reservations, in a transaction of its own.

@@ -256,6 +256,7 @@ mod tests {
             lag_pauses: 1,
             release_yields: 2,
             paused_ms: 750,
+            rested_ms: 0,
             replicas: Default::default(),
             estimated_bytes_freed: Some(4096),
             stopped: "done",

@@ -74,6 +74,12 @@ settings! {
         /// each).
         PASS_SIZE: number(100..=1_000_000, 50_000, Count("rows")), Both
             => pass_size: u32;
+        /// The purge, while other sessions are at work on the database (a shopper checking out):
+        /// the rest after each chunk, as a multiple of the time the chunk took (4: the purge works
+        /// at most a fifth of the time beside the shop); 0: a rest of 10 ms. Chosen from the
+        /// benchmark.
+        PURGE_REST_RATIO: number(0..=100, 4, Plain), Both
+            => purge_rest_ratio: u32;
     }
 
     /// How a late payment revives an order.

@@ -477,8 +477,9 @@ async fn a_chunk_reads_only_its_window() {
 }
 
 /// Other sessions at work on the database (a shopper in the middle of a checkout) make the
-/// purge give way: every chunk at the controller's floor, a rest after each; with nobody about,
-/// no chunk counts as contended.
+/// purge give way: every chunk at the controller's floor, a rest after each (`PURGE_REST_RATIO`
+/// times the chunk's time, at least 10 ms: `rested_ms`); with nobody about, no chunk counts as
+/// contended and none rests.
 #[tokio::test]
 async fn the_purge_gives_way_while_other_sessions_are_at_work() {
     let t = TestDb::new().await;
@@ -496,9 +497,11 @@ async fn the_purge_gives_way_while_other_sessions_are_at_work() {
         busy.chunks,
         "{busy:?}"
     );
+    assert!(busy.rested_ms >= 10 * busy.chunks, "{busy:?}");
     checkout.rollback().await.unwrap();
     old_holds(&t, v, &old, 1_000).await;
     let quiet = purge_as_role(&t, &settings(), None).await;
     assert_eq!(quiet.reservations.deleted, 1_000, "{quiet:?}");
     assert_eq!(quiet.controller.contended_batches, 0, "{quiet:?}");
+    assert_eq!(quiet.rested_ms, 0, "{quiet:?}");
 }
