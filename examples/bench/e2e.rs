@@ -247,6 +247,7 @@ async fn lower_bound(b: &Bench, binary: &str, reps: usize, n: usize, md: &mut St
         );
     }
     b.index_set.set("");
+    md.push('\n');
 }
 
 /// 100000 as "100,000".

@@ -199,12 +199,7 @@ async fn a_spent_time_budget_stops_before_any_batch() {
 
 #[tokio::test]
 async fn nothing_due_is_one_empty_page() {
-    let t = TestDb::new().await;
-    let v = t.variant(1).await;
-    let order = t.order("pending", "pending").await;
-    t.reservation(Res::new(Some(order), v, 1, "10 minutes"))
-        .await;
-    let mut db = t.open().await;
+    let (_t, mut db) = one_reservation_not_yet_due().await;
     let report = run(&mut db, &settings(), false).await;
     assert_eq!(report.batches, 0);
     assert_eq!(report.counts.reservations_released, 0);
@@ -218,12 +213,7 @@ async fn nothing_due_is_one_empty_page() {
 /// prepares the rest, and the next run on the same connection prepares nothing again.
 #[tokio::test]
 async fn a_run_with_nothing_due_prepares_only_the_statements_it_runs() {
-    let t = TestDb::new().await;
-    let v = t.variant(1).await;
-    let order = t.order("pending", "pending").await;
-    t.reservation(Res::new(Some(order), v, 1, "10 minutes"))
-        .await;
-    let mut db = t.open().await;
+    let (t, mut db) = one_reservation_not_yet_due().await;
     let opened = on_server(&db).await;
     let report = run(&mut db, &settings(), false).await;
     assert_eq!(report.counts.reservations_released, 0);
@@ -252,4 +242,15 @@ async fn a_run_with_nothing_due_prepares_only_the_statements_it_runs() {
 async fn on_server(db: &Database) -> i64 {
     let sql = "SELECT count(*)::int8 FROM pg_prepared_statements WHERE NOT from_sql";
     db.client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// A database with one pending order's reservation due in 10 minutes, and a session on it.
+async fn one_reservation_not_yet_due() -> (TestDb, Database) {
+    let t = TestDb::new().await;
+    let v = t.variant(1).await;
+    let order = t.order("pending", "pending").await;
+    t.reservation(Res::new(Some(order), v, 1, "10 minutes"))
+        .await;
+    let db = t.open().await;
+    (t, db)
 }
