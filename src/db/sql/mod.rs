@@ -86,7 +86,8 @@ where
 /// with nothing due prepares only the three it runs (timeouts, page, backlog), not the eleven.
 /// Each method is the typed wrapper of the statement of the same name.
 ///
-/// Prepared one at a time, on first use, inside the statement's own transaction: a table a
+/// Prepared one at a time, on first use, inside the batch's transaction but before its first
+/// row lock ([`Statements::prepare_release`]): a table a
 /// migration holds makes that one prepare wait the batch's `lock_timeout` and end the batch
 /// like the statement itself would (the run then stops `TableLocked`), never eleven prepares
 /// waiting in turn. A prepared statement outlives the transaction it was prepared in (PostgreSQL
@@ -121,6 +122,36 @@ impl Statements {
             deferred_age: Prepared::new(DEFERRED_AGE),
             backlog: Prepared::new(BACKLOG),
         }
+    }
+
+    /// Prepares the statements a batch runs once it has work — the claims and the release
+    /// steps — that this connection has not prepared yet, one after another. A batch calls it
+    /// after its page and before its first row lock: a prepare (a round trip and a parse on a
+    /// cold catalog, slow on a loaded server) never lengthens the time a batch holds an order
+    /// or a counter row a shopper may be waiting for.
+    pub async fn prepare_release<C>(&self, client: &C) -> Result<()>
+    where
+        C: GenericClient + Sync,
+    {
+        for (statement, context) in [
+            (&self.claim_orders, "preparing the order claim"),
+            (
+                &self.classify_unclaimed,
+                "preparing the unclaimed orders' check",
+            ),
+            (&self.claim_holds, "preparing the cart holds' claim"),
+            (&self.release_reservations, "preparing the release"),
+            (
+                &self.return_variant_units,
+                "preparing the variants' counters",
+            ),
+            (&self.return_drop_units, "preparing the drops' counters"),
+            (&self.probe_held, "preparing the held rows' probe"),
+            (&self.deferred_age, "preparing the deferred age"),
+        ] {
+            statement.on(client, context).await?;
+        }
+        Ok(())
     }
 
     /// How many of the statements this connection has prepared so far.
