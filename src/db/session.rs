@@ -1,5 +1,5 @@
 //! A checked connection ready to release: the client with its session settings pinned, what
-//! the preflight found, the release's statements (each prepared on its first use), and a way to
+//! the preflight found, the release's statements prepared once per connection, and a way to
 //! cancel the statement it is running (the batch's time budget).
 
 use super::tls::Tls;
@@ -10,7 +10,7 @@ use super::preflight::{self, Preflight};
 use super::sql::{self, Statements};
 use crate::error::{Error, Result};
 
-/// One connection, checked, its statements prepared as they are first used.
+/// One connection, checked and prepared.
 pub struct Database {
     pub client: Client,
     pub statements: Statements,
@@ -30,9 +30,8 @@ pub struct Database {
 }
 
 impl Database {
-    /// Connects and runs the preflight (schema, `deadlock_timeout`, indexes); the statements
-    /// are prepared as they are first used. Fails before changing anything when the schema
-    /// does not fit.
+    /// Connects, runs the preflight (schema, `deadlock_timeout`, indexes) and prepares the
+    /// statements. Fails before changing anything when the schema does not fit.
     pub async fn open(config: &Config, tls: &Tls, lock_timeout_ms: u32) -> Result<Self> {
         Database::open_in(config, tls, lock_timeout_ms, None).await
     }
@@ -50,8 +49,8 @@ impl Database {
         sql::probe_pooling(&client).await?;
         // Pipelined (sent at once, answered in order): the session pinned first, then the
         // preflight's catalog reads and the pid — two round trips instead of eight. The
-        // release's statements are prepared on first use ([`Statements`]): a run with nothing
-        // due prepares three of them.
+        // statements are prepared after the verdict: a missing table fails the preflight
+        // (naming it), and a table a migration holds stops the first prepare that needs it.
         let defaults = connect::session_defaults(config);
         let (pinned, preflight, pid) = tokio::join!(
             sql::pin_session(&client, &defaults, schema),
@@ -61,9 +60,14 @@ impl Database {
         pinned?;
         let preflight = preflight.map_err(Error::when_opening)?;
         let pid = pid?;
+        let statements = Statements::new();
+        statements
+            .prepare_all(&client)
+            .await
+            .map_err(Error::when_opening)?;
         Ok(Database {
             client,
-            statements: Statements::new(),
+            statements,
             preflight,
             target: connect::describe(config),
             tls: tls.clone(),

@@ -174,8 +174,6 @@ pub(super) fn candidates(page: &[PageRow], exclude: &HashSet<i64>) -> Candidates
 /// why the others were not claimed (paid anomaly, or held by a shopper).
 /// An order with more than `max_lines` active lines is not released here but named in
 /// `out.large_orders`, for a batch of its own (None: no limit, the batch is that one).
-/// Before the first lock, the statements the batch runs from here on are prepared
-/// (`Statements::prepare_release`), so no prepare lengthens a hold.
 pub(super) async fn claim(
     cx: BatchContext<'_, '_>,
     candidates: &Candidates,
@@ -183,9 +181,6 @@ pub(super) async fn claim(
     out: &mut BatchOutcome,
 ) -> Result<Claimed> {
     let mut claimed = Claimed::default();
-    if !candidates.orders.is_empty() || !candidates.holds.is_empty() {
-        cx.st.prepare_release(cx.tx).await?;
-    }
     if !candidates.orders.is_empty() {
         let p = ClaimParams {
             orders: OrdersParams {

@@ -178,7 +178,6 @@ pub async fn release_batch(
     let candidates = match source {
         Source::Queue { row, orders, holds } => {
             st.set_batch_timeouts(&tx, &params.queue_timeouts).await?;
-            st.prepare_release(&tx).await?;
             if !queue_for(cx, row, &mut out).await? {
                 out.deferred_orders.extend(orders.iter().copied());
                 out.deferred_holds.extend(holds.iter().copied());
@@ -190,7 +189,6 @@ pub async fn release_batch(
         }
         Source::OnRequest(order) => {
             st.set_batch_timeouts(&tx, &params.timeouts).await?;
-            st.prepare_release(&tx).await?;
             let claimed = match claim_requested(&tx, order).await? {
                 Ok(claimed) => claimed,
                 Err(refusal) => {

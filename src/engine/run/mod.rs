@@ -85,7 +85,7 @@ const QUEUE_BATCH_ORDERS: usize = 100;
 const QUEUE_CYCLES: usize = 3;
 /// Longest rest between two batches while shoppers compete.
 const MAX_REST: Duration = Duration::from_millis(100);
-/// Longest a run waits for a worker's connection to be open and checked.
+/// Longest a run waits for a worker's connection to be open, checked and prepared.
 const WORKER_OPEN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections a run leaves free for the shop when it opens workers.
 const RESERVED_CONNECTIONS: i64 = 10;
