@@ -60,9 +60,7 @@ impl Database {
         pinned?;
         let preflight = preflight.map_err(Error::when_opening)?;
         let pid = pid?;
-        let statements = Statements::new();
-        statements
-            .prepare_all(&client)
+        let statements = Statements::prepare(&client)
             .await
             .map_err(Error::when_opening)?;
         Ok(Database {

@@ -136,7 +136,7 @@ impl Statements {
     ) -> Result<Vec<PageRow>> {
         fetch(
             client,
-            self.page.on(client, "paging due reservations").await?,
+            &self.page,
             &[
                 &p.expiring_after.0,
                 &p.expiring_after.1,
@@ -218,7 +218,7 @@ impl Statements {
     ) -> Result<Vec<ClaimedOrder>> {
         fetch(
             client,
-            self.claim_orders.on(client, "claiming orders").await?,
+            &self.claim_orders,
             &[
                 &p.orders.order_ids,
                 &p.orders.rules.timeout_minutes,
@@ -268,9 +268,7 @@ impl Statements {
     ) -> Result<Vec<UnclaimedOrder>> {
         fetch(
             client,
-            self.classify_unclaimed
-                .on(client, "classifying unclaimed orders")
-                .await?,
+            &self.classify_unclaimed,
             &[
                 &p.order_ids,
                 &p.rules.timeout_minutes,
@@ -311,7 +309,7 @@ impl Statements {
     ) -> Result<Vec<i64>> {
         fetch(
             client,
-            self.claim_holds.on(client, "claiming cart holds").await?,
+            &self.claim_holds,
             &[&hold_ids, &rules.timeout_minutes],
             "claiming cart holds",
             |row| row.try_get("id"),

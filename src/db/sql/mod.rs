@@ -90,103 +90,42 @@ where
 /// a giant order's buyer waited past the bound on a loaded server.) Each method is the typed
 /// wrapper of the statement of the same name.
 pub struct Statements {
-    set_batch_timeouts: Prepared,
-    page: Prepared,
-    claim_orders: Prepared,
-    classify_unclaimed: Prepared,
-    claim_holds: Prepared,
-    release_reservations: Prepared,
-    return_variant_units: Prepared,
-    return_drop_units: Prepared,
-    probe_held: Prepared,
-    deferred_age: Prepared,
-    backlog: Prepared,
+    set_batch_timeouts: Statement,
+    page: Statement,
+    claim_orders: Statement,
+    classify_unclaimed: Statement,
+    claim_holds: Statement,
+    release_reservations: Statement,
+    return_variant_units: Statement,
+    return_drop_units: Statement,
+    probe_held: Statement,
+    deferred_age: Statement,
+    backlog: Statement,
 }
 
 impl Statements {
-    /// The release's statements for one connection, none prepared yet ([`Statements::prepare_all`]).
-    pub fn new() -> Statements {
-        Statements {
-            set_batch_timeouts: Prepared::new(SET_BATCH_TIMEOUTS),
-            page: Prepared::new(PAGE),
-            claim_orders: Prepared::new(CLAIM_ORDERS),
-            classify_unclaimed: Prepared::new(CLASSIFY_UNCLAIMED),
-            claim_holds: Prepared::new(CLAIM_HOLDS),
-            release_reservations: Prepared::new(RELEASE_RESERVATIONS),
-            return_variant_units: Prepared::new(RETURN_VARIANT_UNITS),
-            return_drop_units: Prepared::new(RETURN_DROP_UNITS),
-            probe_held: Prepared::new(PROBE_HELD),
-            deferred_age: Prepared::new(DEFERRED_AGE),
-            backlog: Prepared::new(BACKLOG),
-        }
-    }
-
-    /// Prepares every statement on `client`, one after another (see [`Statements`]).
-    pub async fn prepare_all(&self, client: &Client) -> Result<()> {
-        for statement in self.all() {
-            statement
-                .on(client, "preparing the release statements")
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// How many of the statements this connection has prepared so far.
-    pub fn prepared(&self) -> usize {
-        self.all()
-            .iter()
-            .filter(|p| p.statement.initialized())
-            .count()
-    }
-
-    fn all(&self) -> [&Prepared; 11] {
-        [
-            &self.set_batch_timeouts,
-            &self.page,
-            &self.claim_orders,
-            &self.classify_unclaimed,
-            &self.claim_holds,
-            &self.release_reservations,
-            &self.return_variant_units,
-            &self.return_drop_units,
-            &self.probe_held,
-            &self.deferred_age,
-            &self.backlog,
-        ]
-    }
-}
-
-impl Default for Statements {
-    fn default() -> Self {
-        Statements::new()
-    }
-}
-
-/// One statement's text and, once it has been used on the connection, its prepared statement.
-struct Prepared {
-    text: &'static str,
-    statement: tokio::sync::OnceCell<Statement>,
-}
-
-impl Prepared {
-    fn new(text: &'static str) -> Prepared {
-        Prepared {
-            text,
-            statement: tokio::sync::OnceCell::new(),
-        }
-    }
-
-    /// The prepared statement, prepared through `client` (the connection or its transaction)
-    /// the first time; a failed prepare is not kept, the next use tries again.
-    async fn on<C>(&self, client: &C, context: &'static str) -> Result<&Statement>
-    where
-        C: GenericClient + Sync,
-    {
-        self.statement
-            .get_or_try_init(|| async {
-                client.prepare(self.text).await.map_err(Error::db(context))
-            })
-            .await
+    /// Prepares every statement of the release on `client`, one after another (see
+    /// [`Statements`]).
+    pub async fn prepare(client: &Client) -> Result<Statements> {
+        let prepare = |text: &'static str| async move {
+            client
+                .prepare(text)
+                .await
+                .map_err(Error::db("preparing the release statements"))
+        };
+        Ok(Statements {
+            set_batch_timeouts: prepare(SET_BATCH_TIMEOUTS).await?,
+            page: prepare(PAGE).await?,
+            claim_orders: prepare(CLAIM_ORDERS).await?,
+            classify_unclaimed: prepare(CLASSIFY_UNCLAIMED).await?,
+            claim_holds: prepare(CLAIM_HOLDS).await?,
+            release_reservations: prepare(RELEASE_RESERVATIONS).await?,
+            return_variant_units: prepare(RETURN_VARIANT_UNITS).await?,
+            return_drop_units: prepare(RETURN_DROP_UNITS).await?,
+            probe_held: prepare(PROBE_HELD).await?,
+            deferred_age: prepare(DEFERRED_AGE).await?,
+            backlog: prepare(BACKLOG).await?,
+        })
     }
 }
 

@@ -38,7 +38,7 @@ impl Statements {
     ) -> Result<Backlog> {
         fetch_one(
             client,
-            self.backlog.on(client, "counting the backlog").await?,
+            &self.backlog,
             &[&rules.timeout_minutes, &rules.grace_minutes],
             "counting the backlog",
             |row| {

@@ -192,9 +192,7 @@ impl Statements {
     ) -> Result<Released> {
         let rows = fetch(
             client,
-            self.release_reservations
-                .on(client, "expiring reservations and cancelling their orders")
-                .await?,
+            &self.release_reservations,
             &[
                 &p.order_ids,
                 &p.hold_ids,
@@ -348,7 +346,6 @@ impl Statements {
             Counter::Variants => (&self.return_variant_units, "returning units to variants"),
             Counter::Drops => (&self.return_drop_units, "returning units to drops"),
         };
-        let statement = statement.on(client, context).await?;
         let params: [&(dyn ToSql + Sync); 2] = [&p.ids, &p.units];
         fetch(client, statement, &params, context, returned_units).await
     }
@@ -456,9 +453,7 @@ impl Statements {
     ) -> Result<Vec<HeldReservation>> {
         fetch(
             client,
-            self.probe_held
-                .on(client, "finding the rows another transaction holds")
-                .await?,
+            &self.probe_held,
             &[&order_ids, &hold_ids],
             "finding the rows another transaction holds",
             |row| {
@@ -501,9 +496,7 @@ impl Statements {
     ) -> Result<Option<f64>> {
         fetch_one(
             client,
-            self.deferred_age
-                .on(client, "measuring the age of deferred orders")
-                .await?,
+            &self.deferred_age,
             &[
                 &order_ids,
                 &hold_ids,

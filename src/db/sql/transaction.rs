@@ -198,9 +198,7 @@ impl Statements {
     ) -> Result<()> {
         fetch(
             client,
-            self.set_batch_timeouts
-                .on(client, "setting the batch timeouts")
-                .await?,
+            &self.set_batch_timeouts,
             &[&p.lock_timeout, &p.statement_timeout],
             "setting the batch timeouts",
             |_| Ok(()),
