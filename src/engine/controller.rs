@@ -214,6 +214,19 @@ impl Controller {
         self.size
     }
 
+    /// Rows that take the batch target at the rate measured by `rows` worked in `took` (at
+    /// least 1): how a part of a large order is sized from the part before it, by the same
+    /// target as every batch.
+    pub fn rows_for_target(&self, rows: usize, took: Duration) -> u32 {
+        let ms = took.as_secs_f64() * 1000.0;
+        if rows == 0 || ms <= 0.0 {
+            return 1;
+        }
+        (rows as f64 / ms * self.target_ms)
+            .round()
+            .clamp(1.0, f64::from(u32::MAX)) as u32
+    }
+
     /// Books a batch cut by its time budget: the size is halved. Returns it.
     pub fn cut(&mut self) -> u32 {
         self.stats.shrinks_for_cuts += 1;

@@ -1,7 +1,7 @@
 //! A run's books: each batch booked into the report and the run's memory, and large orders
 //! worked in batches of their own.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
@@ -9,6 +9,7 @@ use super::*;
 use crate::db::session::Database;
 use crate::engine::batch::{BatchOutcome, Source};
 use crate::engine::budget::{timed_batch, Budget, TryError};
+use crate::engine::retry::{Poller, RetryPolicy};
 use crate::engine::run_report::{RunReport, StopReason};
 use crate::error::{is_cancelled, is_conflict, Result};
 
@@ -47,7 +48,10 @@ impl<'a> Run<'a> {
     /// An order with more active lines than a page, released alone in parts of at most a
     /// page of lines each (see [`Source::Alone`]): each part is a batch of its own, claiming the
     /// order row and holding it no longer than the batch budget — the buyer's payment, which
-    /// locks that row, waits at most one part. A part cut by its budget (or losing a lock
+    /// locks that row, waits at most one part. The first part takes [`MIN_PAGE_SIZE`] lines,
+    /// each next one what takes the batch target at the rate the last one measured
+    /// ([`Self::next_part_lines`]). A part that loses a lock conflict is tried again as it was
+    /// (`BATCH_MAX_ATTEMPTS` in all). A part cut by its budget (or losing a lock
     /// conflict) is tried again with half the lines; cut at [`MIN_PAGE_SIZE`] lines, the order
     /// is left for the next run (`large_orders_left`), which finishes it — its lines released
     /// with the instant the first part cancelled it — and the run goes on without it.
@@ -57,11 +61,15 @@ impl<'a> Run<'a> {
         order: i64,
     ) -> Result<Option<StopReason>> {
         let (mut lines, budget) = self.large_order_parts();
+        let most_lines = self.params.page_size.max(MIN_PAGE_SIZE);
         let dry_run = self.options.dry_run;
         let mut parts = 0_u64;
+        let mut conflicts = 0_u32;
+        let mut held: Option<Poller> = None;
         loop {
             let span = tracing::info_span!("large_order", order, part = parts + 1, lines);
             let gate = self.shared.pass_gate().await;
+            let started = std::time::Instant::now();
             let tried = timed_batch(
                 db,
                 &self.params,
@@ -71,23 +79,29 @@ impl<'a> Run<'a> {
             )
             .instrument(span.clone())
             .await;
+            let took = started.elapsed();
             drop(gate);
-            let error = match tried {
-                Ok(mut batch) => {
-                    let released = batch.released.len() as i64;
-                    let finished = released < lines;
-                    if parts == 0 {
-                        batch.counts.large_orders = u64::from(released > 0);
-                    }
-                    parts += 1;
-                    self.book(batch);
-                    if finished || released == 0 {
-                        tracing::debug!(order, parts, "a large order released in parts");
-                        return Ok(None);
-                    }
+            let error = match tried.map(|batch| self.book_part(batch, lines, &mut parts)) {
+                Ok(Part::Last) => return Ok(None),
+                Ok(Part::Held) if self.held_order_freed(&mut held).await => continue,
+                Ok(Part::Held) => {
+                    self.leave_large_order(order);
+                    return Ok(None);
+                }
+                Ok(Part::Released(released)) => {
                     if let Some(stop) = self.start_batch() {
                         return Ok(Some(stop));
                     }
+                    lines = self.next_part_lines(released, took, most_lines);
+                    continue;
+                }
+                Err(TryError::Other(error))
+                    if is_conflict(&error) && conflicts < self.settings.batch_max_attempts =>
+                {
+                    // Lost a lock conflict to a shopper: the same part again, after a pause.
+                    conflicts += 1;
+                    let pause = RetryPolicy::backoff(self.settings.retry_backoff_ms);
+                    tokio::time::sleep(pause.pause(conflicts)).await;
                     continue;
                 }
                 Err(TryError::Cut(error)) => error,
@@ -102,10 +116,56 @@ impl<'a> Run<'a> {
             }
             tracing::warn!(parent: &span, order, error = %error.chain(),
                 "a part of a large order could not be released within its budget; leaving it for the next run");
-            self.books.report.large_orders_left += 1;
-            self.books.excluded_orders.insert(order);
+            self.leave_large_order(order);
             return Ok(None);
         }
+    }
+
+    /// Whether to try a part again whose order row another transaction held (its buyer,
+    /// paying): after a pause, as any held row is polled for, until `LOCK_TIMEOUT_MS` has
+    /// passed since the first; then the order is left for the next run — never to a page of
+    /// this one, which would take it whole.
+    async fn held_order_freed(&self, poll: &mut Option<Poller>) -> bool {
+        let deadline = Instant::now() + self.params.lock_wait;
+        let poll = poll.get_or_insert_with(|| RetryPolicy::POLL.until(Some(deadline)));
+        poll.pause().await
+    }
+
+    /// A large order left for the next run (`large_orders_left`): no later batch of this run
+    /// claims it, so no page takes it whole.
+    fn leave_large_order(&mut self, order: i64) {
+        self.books.report.large_orders_left += 1;
+        self.books.excluded_orders.insert(order);
+    }
+
+    /// Books a part of a large order (`parts` booked before it with lines released) and tells
+    /// what it was.
+    fn book_part(&mut self, mut batch: BatchOutcome, lines: i64, parts: &mut u64) -> Part {
+        let released = batch.released.len() as i64;
+        let held = released == 0 && batch.counts.skipped_locked > 0;
+        if *parts == 0 {
+            batch.counts.large_orders = u64::from(released > 0);
+        }
+        *parts += u64::from(released > 0);
+        self.book(batch);
+        match released {
+            0 if held => Part::Held,
+            n if n >= lines => Part::Released(n),
+            _ => {
+                tracing::debug!(parts = *parts, "a large order released in parts");
+                Part::Last
+            }
+        }
+    }
+
+    /// The lines of a large order's next part: the batch target at the rate the last part
+    /// measured (`released` lines in `took`; its lines may be slow: triggers, wide rows), at
+    /// most `most` (a page): the buyer waits on a part for about the target, and a part is
+    /// rarely cut by its budget.
+    fn next_part_lines(&self, released: i64, took: Duration, most: i64) -> i64 {
+        let released = usize::try_from(released).unwrap_or(0);
+        let fit = self.shared.controller().rows_for_target(released, took);
+        i64::from(fit).clamp(MIN_PAGE_SIZE, most.max(MIN_PAGE_SIZE))
     }
 
     /// The lines of a large order's first part, and each part's budget. A dry run rolls each
@@ -117,8 +177,9 @@ impl<'a> Run<'a> {
             let hot = self.batch_budget;
             (i64::MAX, Budget::FromHotPhase { hot, whole })
         } else {
-            let lines = self.params.page_size.max(MIN_PAGE_SIZE);
-            (lines, Budget::Whole(self.batch_budget))
+            // The first part is the smallest: nothing is known of this order's lines yet
+            // (the next parts are sized from its rate).
+            (MIN_PAGE_SIZE, Budget::Whole(self.batch_budget))
         }
     }
 
@@ -265,4 +326,14 @@ impl Ledger {
         self.deferred_orders.extend(other.deferred_orders);
         self.deferred_holds.extend(other.deferred_holds);
     }
+}
+
+/// What a part of a large order was.
+enum Part {
+    /// It released this many lines, all it was given: more may be left.
+    Released(i64),
+    /// It released the last lines (or found none left).
+    Last,
+    /// It released nothing: another transaction holds the order row.
+    Held,
 }
