@@ -38,14 +38,20 @@ impl Bench {
         );
         let _ = writeln!(
             md,
-            "| cart | quiet checkouts | quiet p99 / max (ms) | drain checkouts | drain p99 / max (ms) | p99 ratio (≤ 1.3) | max over quiet (≤ +50 ms) | failed | drain (ms) | drain ratio (≤ 3) | deferred (< 1 %) | queue batches | held wait (ms) |"
+            "| cart | quiet checkouts | quiet p99 / max (ms) | drain checkouts | drain p99 / max (ms) | p99 ratio (≤ 1.3) | max over quiet (≤ +50 ms) | failed | drain (ms) | drain ratio (≤ 3) | deferred (< 1 %) | queue batches | held wait (ms) | batches (p50 ms) |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        // BENCH_CARTS='one item|two items, item by item' (the table's names) runs those only.
+        let wanted = std::env::var("BENCH_CARTS").unwrap_or_default();
+        let shapes: Vec<Cart> = SHAPES
+            .into_iter()
+            .filter(|c| wanted.is_empty() || wanted.split('|').any(|w| c.describe() == w.trim()))
+            .collect();
         for rep in 1..=reps {
             eprintln!("carts: the drain with no shopper about (repetition {rep}) ...");
             let url = self.copy(seed, "bench_carts").await;
             let (alone, _) = drain_with_defaults(url).await;
-            for cart in SHAPES {
+            for &cart in &shapes {
                 eprintln!("carts: {} (repetition {rep}) ...", cart.describe());
                 let url = self.copy(seed, "bench_carts").await;
                 let (quiet, ()) = shoppers::phase(&url, cart, 1, async {}).await;
@@ -53,7 +59,7 @@ impl Bench {
                     shoppers::phase(&url, cart, 2, drain_with_defaults(url.clone())).await;
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {:.1} / {:.1} | {} | {:.1} / {:.1} | **{:.2}** | **{:+.1}** | {} | {:.0} | **{:.1}** | {:.2} % | {} | {:.0} |",
+                    "| {} | {} | {:.1} / {:.1} | {} | {:.1} / {:.1} | **{:.2}** | **{:+.1}** | {} | {:.0} | **{:.1}** | {:.2} % | {} | {:.0} | {} ({:.1}) |",
                     cart.describe(),
                     quiet.n,
                     quiet.p99,
@@ -69,6 +75,8 @@ impl Bench {
                     deferred_pct(&r),
                     r.counts.queue_waits,
                     r.counts.held_wait_ms,
+                    r.batches,
+                    r.batch_ms_p50,
                 );
                 for failure in [&quiet.first_failure, &drain.first_failure]
                     .into_iter()

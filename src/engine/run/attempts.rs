@@ -66,7 +66,7 @@ impl<'a> Run<'a> {
                 Ok(batch) => {
                     let took = started.elapsed();
                     self.succeeded(took, work, &chunk, &rows, &batch);
-                    self.rest(took).await;
+                    self.rest(worked(took, &batch)).await;
                     return Ok(Ok(batch));
                 }
                 Err(error) => error,
@@ -78,12 +78,12 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// While shoppers compete, rests as long as the batch took (at most [`MAX_REST`]) before
+    /// While shoppers compete, rests as long as the batch worked (at most [`MAX_REST`]) before
     /// the next: the release then takes at most half of the time on the hot rows and of a
     /// core, and the checkouts the rest. Nothing while nobody competes.
-    pub(super) async fn rest(&self, took: Duration) {
+    pub(super) async fn rest(&self, worked: Duration) {
         if !self.shared.controller().parallel() {
-            tokio::time::sleep(took.min(MAX_REST)).await;
+            tokio::time::sleep(worked.min(MAX_REST)).await;
         }
     }
 
@@ -199,5 +199,28 @@ impl<'a> Run<'a> {
         if let (Some(passes), Work::Pass) = (self.passes.as_mut(), work) {
             passes.consume(done.0, done.1);
         }
+    }
+}
+
+/// The part of a batch's time it worked: not the pauses it polled for held rows in, which held
+/// no row and took no CPU (a batch that polled 40 ms to do 5 ms of work rests 5 ms, not 45).
+fn worked(took: Duration, batch: &BatchOutcome) -> Duration {
+    let polled = Duration::from_secs_f64(batch.counts.held_wait_ms.max(0.0) / 1000.0);
+    took.saturating_sub(polled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_rests_for_the_time_it_worked_not_the_time_it_polled() {
+        let mut batch = BatchOutcome::default();
+        let took = Duration::from_millis(45);
+        assert_eq!(worked(took, &batch), took);
+        batch.counts.held_wait_ms = 40.0;
+        assert_eq!(worked(took, &batch), Duration::from_millis(5));
+        batch.counts.held_wait_ms = 60.0;
+        assert_eq!(worked(took, &batch), Duration::ZERO);
     }
 }
