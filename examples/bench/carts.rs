@@ -40,7 +40,10 @@ impl Bench {
             md,
             "| cart | quiet checkouts | quiet p99 / max (ms) | drain checkouts | drain p99 / max (ms) | p99 ratio (≤ 1.3) | max over quiet (≤ +50 ms) | failed | drain (ms) | drain ratio (≤ 3) | deferred (< 1 %) | queue batches | held wait (ms) | batches (p50 ms) |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            md,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
         // BENCH_CARTS='one item|two items, item by item' (the table's names) runs those only.
         let wanted = std::env::var("BENCH_CARTS").unwrap_or_default();
         let shapes: Vec<Cart> = SHAPES
