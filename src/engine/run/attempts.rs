@@ -112,18 +112,35 @@ impl<'a> Run<'a> {
             TryError::Other(error) => return Err(error),
         };
         tracing::debug!(parent: span, error = %error.chain(), "batch rolled back, retrying");
+        match self.pause_before_retry(attempt).await {
+            Ok(()) => Ok(None),
+            Err(StopReason::RetriesExhausted) => {
+                tracing::warn!(parent: span, attempts = attempt, error = %error.chain(),
+                    "batch kept losing lock conflicts; leaving the rest to the next run");
+                Ok(Some(StopReason::RetriesExhausted))
+            }
+            Err(stop) => Ok(Some(stop)),
+        }
+    }
+
+    /// The one rule for trying a batch again after its `attempt`-th try lost a lock conflict:
+    /// a jittered backoff (`RETRY_BACKOFF_MS`, doubling), unless `BATCH_MAX_ATTEMPTS` tries
+    /// were made (`RetriesExhausted`) or the pause would leave no time for the batch before
+    /// the deadline (`TimeBudget`).
+    pub(super) async fn pause_before_retry(
+        &mut self,
+        attempt: u32,
+    ) -> std::result::Result<(), StopReason> {
         if attempt >= self.settings.batch_max_attempts {
-            tracing::warn!(parent: span, attempts = attempt, error = %error.chain(),
-                "batch kept losing lock conflicts; leaving the rest to the next run");
-            return Ok(Some(StopReason::RetriesExhausted));
+            return Err(StopReason::RetriesExhausted);
         }
         let pause = RetryPolicy::backoff(self.settings.retry_backoff_ms).pause(attempt);
         if past(self.options.deadline, pause + self.allowance()) {
-            return Ok(Some(StopReason::TimeBudget));
+            return Err(StopReason::TimeBudget);
         }
         self.books.report.batch_retries += 1;
         tokio::time::sleep(pause).await;
-        Ok(None)
+        Ok(())
     }
 
     /// A batch cut by its budget: tried again at once with half the rows, unless it was small

@@ -50,9 +50,10 @@ impl<'a> Run<'a> {
     /// order row and holding it no longer than the batch budget — the buyer's payment, which
     /// locks that row, waits at most one part. The first part takes [`MIN_PAGE_SIZE`] lines,
     /// each next one what takes the batch target at the rate the last one measured
-    /// ([`Self::next_part_lines`]). A part that loses a lock conflict is tried again as it was
-    /// (`BATCH_MAX_ATTEMPTS` in all). A part cut by its budget (or losing a lock
-    /// conflict) is tried again with half the lines; cut at [`MIN_PAGE_SIZE`] lines, the order
+    /// ([`Self::next_part_lines`]). A part that loses a lock conflict is tried again as it was,
+    /// by the rule of every batch ([`Self::pause_before_retry`]). A part cut by its budget (or
+    /// still losing lock conflicts after `BATCH_MAX_ATTEMPTS` tries) is tried again with half
+    /// the lines; cut at [`MIN_PAGE_SIZE`] lines, the order
     /// is left for the next run (`large_orders_left`), which finishes it — its lines released
     /// with the instant the first part cancelled it — and the run goes on without it.
     pub(super) async fn large_order(
@@ -69,7 +70,7 @@ impl<'a> Run<'a> {
         loop {
             let span = tracing::info_span!("large_order", order, part = parts + 1, lines);
             let gate = self.shared.pass_gate().await;
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let tried = timed_batch(
                 db,
                 &self.params,
@@ -95,14 +96,14 @@ impl<'a> Run<'a> {
                     lines = self.next_part_lines(released, took, most_lines);
                     continue;
                 }
-                Err(TryError::Other(error))
-                    if is_conflict(&error) && conflicts < self.settings.batch_max_attempts =>
-                {
-                    // Lost a lock conflict to a shopper: the same part again, after a pause.
+                Err(TryError::Other(error)) if is_conflict(&error) => {
+                    // Lost a lock conflict to a shopper: the same part again, as any batch.
                     conflicts += 1;
-                    let pause = RetryPolicy::backoff(self.settings.retry_backoff_ms);
-                    tokio::time::sleep(pause.pause(conflicts)).await;
-                    continue;
+                    match self.pause_before_retry(conflicts).await {
+                        Ok(()) => continue,
+                        Err(StopReason::RetriesExhausted) => error,
+                        Err(stop) => return Ok(Some(stop)),
+                    }
                 }
                 Err(TryError::Cut(error)) => error,
                 Err(TryError::Other(error)) if is_conflict(&error) || is_cancelled(&error) => error,
