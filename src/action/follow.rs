@@ -239,6 +239,9 @@ impl Follow {
                 ended = FOLLOW_DUPLICATE;
                 return Ok(());
             }
+            if let Some(scheduled) = self.scheduled_time {
+                db.keeps_follow_minute(scheduled.minute);
+            }
             let mut warned: Option<Instant> = None;
             loop {
                 if stop.as_ref().is_some_and(|s| *s.borrow()) {

@@ -27,6 +27,9 @@ pub struct Database {
     schema: Option<String>,
     /// The session's backend pid, for [`Canceller`]'s fallback.
     pid: i32,
+    /// The follow minute this session holds (follow mode's lock, `sql::follow`): taken again
+    /// by the new session when this one is replaced ([`Database::reconnect`]).
+    follow_minute: Option<i32>,
 }
 
 impl Database {
@@ -73,15 +76,31 @@ impl Database {
             lock_timeout_ms,
             schema: schema.map(str::to_string),
             pid,
+            follow_minute: None,
         })
     }
 
     /// Replaces the connection with a new one, checked and prepared the same way. After a cut
     /// batch: a cancel request still on its way can only reach the old session, which is gone,
     /// never a statement of the next batch.
+    /// A follower's minute goes with its session: the new session waits for it as the old
+    /// one closes ([`sql::follow::lock_minute`]), so no duplicate delivery of that minute
+    /// follows beside it.
     pub async fn reconnect(&mut self) -> Result<()> {
+        let minute = self.follow_minute;
+        // The old session closes here (its backend exits and gives up its locks).
         *self = self.sibling().await?;
+        if let Some(minute) = minute {
+            sql::follow::lock_minute(&self.client, minute).await?;
+            self.follow_minute = Some(minute);
+        }
         Ok(())
+    }
+
+    /// Records that this session holds the follow lock of `minute` (taken by the caller), so
+    /// that a new session takes it again ([`Database::reconnect`]).
+    pub fn keeps_follow_minute(&mut self, minute: i32) {
+        self.follow_minute = Some(minute);
     }
 
     /// Another connection to the same database, checked and prepared the same way: a worker

@@ -644,3 +644,50 @@ async fn stale_and_duplicate_follow_events_never_run_more_than_two_followers() {
         assert!(error.is_cancelled(), "a follower failed: {error}");
     }
 }
+
+/// A follower whose batch is cut by its budget gets a new session (a cancel still on its way
+/// must not reach the next batch): its minute's lock goes with the old session, and the new one
+/// takes it again, waiting for the old one to close, so a duplicate delivery of that minute
+/// after the cut is still answered `duplicate`. The first batch's variant update sleeps 1 s (a
+/// trigger on a sequence, which no rollback undoes: once only) against a budget of 100 ms (the
+/// shop's `deadlock_timeout` 200 ms); synchronized on the order's release and on `pg_locks`.
+/// Without the lock taken again (mutation tried) the follower lost its minute and the test
+/// fails; in CI under load, `stale_and_duplicate_follow_events_never_run_more_than_two_followers`
+/// saw a duplicate follow beside a follower that way.
+#[tokio::test]
+async fn a_follower_whose_batch_was_cut_keeps_its_minute() {
+    let t = TestApp::spawn().await;
+    let (_, order, _) = t.one_due_order(1).await;
+    t.exec(
+        "CREATE SEQUENCE slow_once; \
+         CREATE FUNCTION slow_once() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
+           BEGIN IF nextval('slow_once') = 1 THEN PERFORM pg_sleep(1); END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER slow_once BEFORE UPDATE ON products_productvariant FOR EACH ROW \
+           EXECUTE FUNCTION slow_once()",
+    )
+    .await;
+    let front = t.with("SHOP_DEADLOCK_TIMEOUT_MS", "200");
+    let this_minute = scheduled_follow(SystemTime::now(), 1, 120);
+    let follower = {
+        let (front, payload) = (front.clone(), this_minute.clone());
+        tokio::spawn(async move { front.lambda_within(payload, 240_000).await })
+    };
+    let released =
+        format!("SELECT (SELECT status FROM orders_order WHERE id = {order}) = 'cancelled'");
+    assert!(
+        until_true(&t, &released).await,
+        "the order was never released"
+    );
+    assert!(
+        t.i64("SELECT last_value FROM slow_once").await >= 2,
+        "the first batch was not cut and tried again"
+    );
+    let held = format!("SELECT ({}) = 1", follow_locks());
+    assert!(until_true(&t, &held).await, "the follower lost its minute");
+    let duplicate = front.lambda(this_minute).await.unwrap();
+    assert_eq!(duplicate["follow"]["ended"], "duplicate", "{duplicate}");
+    follower.abort();
+    if let Err(error) = follower.await {
+        assert!(error.is_cancelled(), "the follower failed: {error}");
+    }
+}

@@ -96,6 +96,27 @@ pub const FOLLOW_LOCK_CLASS: i32 = 0x756e_7276;
 pub const TRY_LOCK_MINUTE: &str =
     "SELECT pg_try_advisory_lock($1::int4, $2::int4 # hashtext(current_schema())) AS locked";
 
+/// [`TRY_LOCK_MINUTE`]'s lock, waited for: taken by a follower's new session when its old one
+/// (which held the minute) was replaced after a cut batch — the old backend gives the lock up
+/// as it exits, and this session, queued for it, gets it before any duplicate's try. Waits at
+/// most the session's `lock_timeout` (then `lock_not_available`: another follower took the
+/// minute in between). Locks no row and no table.
+///
+/// $1 [`FOLLOW_LOCK_CLASS`], $2 the scheduled minute.
+pub const LOCK_MINUTE: &str =
+    "SELECT pg_advisory_lock($1::int4, $2::int4 # hashtext(current_schema()))::text AS locked";
+
+/// [`LOCK_MINUTE`] for `minute`.
+pub async fn lock_minute(client: &(impl GenericClient + Sync), minute: i32) -> Result<()> {
+    client
+        .execute(LOCK_MINUTE, &[&FOLLOW_LOCK_CLASS, &minute])
+        .await
+        .map(|_| ())
+        .map_err(crate::error::Error::db(
+            "taking the scheduled minute's follow lock again on a new session",
+        ))
+}
+
 /// [`TRY_LOCK_MINUTE`] for `minute`: whether this session now holds that minute.
 pub async fn try_lock_minute(client: &(impl GenericClient + Sync), minute: i32) -> Result<bool> {
     fetch_one(
