@@ -83,6 +83,7 @@ impl Database {
     /// Replaces the connection with a new one, checked and prepared the same way. After a cut
     /// batch: a cancel request still on its way can only reach the old session, which is gone,
     /// never a statement of the next batch.
+    ///
     /// A follower's minute goes with its session: the new session waits for it as the old
     /// one closes ([`sql::follow::lock_minute`]), so no duplicate delivery of that minute
     /// follows beside it.

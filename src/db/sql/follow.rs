@@ -93,8 +93,20 @@ pub const FOLLOW_LOCK_CLASS: i32 = 0x756e_7276;
 /// row released twice).
 ///
 /// $1 [`FOLLOW_LOCK_CLASS`], $2 the scheduled minute (minutes since the Unix epoch).
-pub const TRY_LOCK_MINUTE: &str =
-    "SELECT pg_try_advisory_lock($1::int4, $2::int4 # hashtext(current_schema())) AS locked";
+pub const TRY_LOCK_MINUTE: &str = concat!(
+    "SELECT pg_try_advisory_lock(",
+    minute_lock_key!(),
+    ") AS locked"
+);
+
+/// The key of a minute's follow lock, written once for [`TRY_LOCK_MINUTE`] and
+/// [`LOCK_MINUTE`]: $1 the class, $2 the minute mixed with the session's schema.
+macro_rules! minute_lock_key {
+    () => {
+        "$1::int4, $2::int4 # hashtext(current_schema())"
+    };
+}
+use minute_lock_key;
 
 /// [`TRY_LOCK_MINUTE`]'s lock, waited for: taken by a follower's new session when its old one
 /// (which held the minute) was replaced after a cut batch — the old backend gives the lock up
@@ -103,8 +115,11 @@ pub const TRY_LOCK_MINUTE: &str =
 /// minute in between). Locks no row and no table.
 ///
 /// $1 [`FOLLOW_LOCK_CLASS`], $2 the scheduled minute.
-pub const LOCK_MINUTE: &str =
-    "SELECT pg_advisory_lock($1::int4, $2::int4 # hashtext(current_schema()))::text AS locked";
+pub const LOCK_MINUTE: &str = concat!(
+    "SELECT pg_advisory_lock(",
+    minute_lock_key!(),
+    ")::text AS locked"
+);
 
 /// [`LOCK_MINUTE`] for `minute`.
 pub async fn lock_minute(client: &(impl GenericClient + Sync), minute: i32) -> Result<()> {
