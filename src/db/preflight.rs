@@ -178,10 +178,14 @@ pub async fn preflight(
             target: super::connect::describe(config),
         });
     }
-    check_columns(&columns?)?;
+    let columns = columns?;
+    check_columns(&columns)?;
     let deadlock_timeout_ms = shop_deadlock_timeout_ms(&facts);
     check_lock_timeout(lock_timeout_ms, deadlock_timeout_ms, "the server's")?;
-    let indexes = indexes?;
+    let indexes: Vec<sql::IndexDefinition> = indexes?
+        .into_iter()
+        .map(|index| index.definition(&columns))
+        .collect();
     let missing_indexes = missing_indexes(&indexes);
     Ok(Preflight {
         expiry_index: !missing_indexes
@@ -193,37 +197,41 @@ pub async fn preflight(
     })
 }
 
-/// The sources of a setting that come from this session's role (`ALTER ROLE ... SET`, for every
-/// database or this one) rather than the server's or the database's configuration, which the
-/// shop's sessions share.
-const PER_ROLE_SOURCES: &[&str] = &["user", "database user"];
+/// `deadlock_timeout`'s compiled default (1 s), the server's own value as far as the release can
+/// tell when its role sets another.
+pub const DEADLOCK_TIMEOUT_DEFAULT_MS: i64 = 1000;
 
 /// The shop's `deadlock_timeout`: the lowest of this session's value and of every value a role
 /// or database sets for this database — the shop's sessions may run under another role, with
-/// a lower one (`SHOP_DEADLOCK_TIMEOUT_MS` overrides the result). When this session's value is
-/// its own role's, the server's (or database's) own is not readable (only superusers read `pg_file_settings`): the compiled default (1 s) stands in
-/// for it, the safe side (a shorter bound).
+/// a lower one (`SHOP_DEADLOCK_TIMEOUT_MS` overrides the result). When the release's own login
+/// role sets one, this session's value is that role's, and the server's (or database's) own is
+/// not readable (only superusers read `pg_file_settings`): the compiled default (1 s) stands in
+/// for it, the safe side (a shorter bound). A value that cannot be read is left out, with a
+/// warning (this session's own: the default stands in).
 pub fn shop_deadlock_timeout_ms(facts: &sql::ServerFacts) -> i64 {
-    let session = if PER_ROLE_SOURCES.contains(&facts.deadlock_timeout_source.as_str()) {
-        facts
-            .deadlock_timeout_ms
-            .min(facts.deadlock_timeout_boot_ms)
-    } else {
-        facts.deadlock_timeout_ms
+    const NAME: &str = "deadlock_timeout=";
+    let readable = |value: &str| {
+        let ms = parse_duration_ms(value);
+        if ms.is_none() {
+            tracing::warn!(value, "a deadlock_timeout could not be read; ignored");
+        }
+        ms
+    };
+    let session = readable(&facts.deadlock_timeout).unwrap_or(DEADLOCK_TIMEOUT_DEFAULT_MS);
+    let own_role_sets_it = facts
+        .role_settings
+        .iter()
+        .any(|r| r.own_role && r.settings.iter().any(|s| s.starts_with(NAME)));
+    let session = match own_role_sets_it {
+        true => session.min(DEADLOCK_TIMEOUT_DEFAULT_MS),
+        false => session,
     };
     facts
-        .deadlock_timeouts_set
+        .role_settings
         .iter()
-        .filter_map(|value| {
-            let ms = parse_duration_ms(value);
-            if ms.is_none() {
-                tracing::warn!(
-                    value,
-                    "a role's deadlock_timeout could not be read; ignored"
-                );
-            }
-            ms
-        })
+        .flat_map(|r| r.settings.iter())
+        .filter_map(|setting| setting.strip_prefix(NAME))
+        .filter_map(readable)
         .fold(session, i64::min)
 }
 
@@ -354,33 +362,47 @@ mod tests {
         }
     }
 
-    fn facts(ms: i64, source: &str, set: &[&str]) -> sql::ServerFacts {
+    /// This session's `deadlock_timeout` (`ms`) and the values other roles set (`set`); with
+    /// `own`, the release's role sets the first of them.
+    fn facts(ms: i64, own: bool, set: &[&str]) -> sql::ServerFacts {
         sql::ServerFacts {
             port: 5432,
             unix_socket: false,
             in_recovery: false,
-            deadlock_timeout_ms: ms,
-            deadlock_timeout_source: source.into(),
-            deadlock_timeout_boot_ms: 1000,
-            deadlock_timeouts_set: set.iter().map(|s| s.to_string()).collect(),
+            deadlock_timeout: format!("{ms}ms"),
+            role_settings: set
+                .iter()
+                .enumerate()
+                .map(|(n, value)| sql::RoleSettings {
+                    own_role: own && n == 0,
+                    settings: vec!["work_mem=8MB".into(), format!("deadlock_timeout={value}")],
+                })
+                .collect(),
         }
     }
 
     #[test]
     fn the_shops_deadlock_timeout_is_the_lowest_any_role_sets() {
-        assert_eq!(
-            shop_deadlock_timeout_ms(&facts(5000, "configuration file", &[])),
-            5000
-        );
+        assert_eq!(shop_deadlock_timeout_ms(&facts(5000, false, &[])), 5000);
         // Another role (the shop's) sets less: that bounds the release.
         assert_eq!(
-            shop_deadlock_timeout_ms(&facts(5000, "configuration file", &["400ms", "9s"])),
+            shop_deadlock_timeout_ms(&facts(5000, false, &["400ms", "9s"])),
             400
         );
         // The release's own role sets more: the server's is unreadable, the default stands in.
         assert_eq!(
-            shop_deadlock_timeout_ms(&facts(20_000, "user", &["20s"])),
+            shop_deadlock_timeout_ms(&facts(20_000, true, &["20s"])),
             1000
+        );
+        // Another role, or the database, sets more: this session's value stands.
+        assert_eq!(
+            shop_deadlock_timeout_ms(&facts(20_000, false, &["20s"])),
+            20_000
+        );
+        // A value that cannot be read is left out.
+        assert_eq!(
+            shop_deadlock_timeout_ms(&facts(5000, false, &["soon", "700ms"])),
+            700
         );
     }
 
@@ -392,6 +414,34 @@ mod tests {
             options: vec![0; columns.len()],
             predicate: predicate.map(Into::into),
         }
+    }
+
+    #[test]
+    fn an_index_row_names_its_keys_by_position_and_drops_included_columns() {
+        let column = |table: &str, column: &str, position| sql::TableColumn {
+            table: table.into(),
+            column: column.into(),
+            position,
+            data_type: "bigint".into(),
+        };
+        let columns = [
+            column("orders_order", "status", 2),
+            column(sql::RESERVATION_TABLE, "id", 1),
+            column(sql::RESERVATION_TABLE, "expires_at", 8),
+        ];
+        let row = sql::IndexRow {
+            name: "shop_idx".into(),
+            method: "btree".into(),
+            keys: vec![0, 8, 2, 1],
+            options: vec![0, 3, 0, 0],
+            key_count: 3,
+            predicate: None,
+        };
+        let index = row.definition(&columns);
+        // An expression key stays as an empty name; position 2 is another table's; the
+        // INCLUDE column (id) is no key.
+        assert_eq!(index.columns, ["", "expires_at", ""]);
+        assert_eq!(index.options, [0, 3, 0]);
     }
 
     /// A B-tree on `(expires_at, id) WHERE status = 'active'`, the keyset page's index.

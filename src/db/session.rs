@@ -51,21 +51,21 @@ impl Database {
         let client = connect::connect(config, tls).await?;
         sql::probe_pooling(&client).await?;
         // Pipelined (sent at once, answered in order): the session pinned first, then the
-        // preflight's catalog reads and the pid — two round trips instead of eight. The
-        // statements are prepared after the verdict: a missing table fails the preflight
-        // (naming it), and a table a migration holds stops the first prepare that needs it.
+        // preflight's catalog reads, the pid and the statements' prepares — one round trip for
+        // all (`Statements::prepare`: a table a migration holds fails the first prepare that
+        // needs it, and the rest at once). The verdicts are taken in that order: a missing table
+        // fails the preflight, naming it, before its prepare's error is looked at.
         let defaults = connect::session_defaults(config);
-        let (pinned, preflight, pid) = tokio::join!(
+        let (pinned, preflight, pid, statements) = tokio::join!(
             sql::pin_session(&client, &defaults, schema),
             preflight::preflight(&client, config, lock_timeout_ms),
             sql::backend_pid(&client),
+            Statements::prepare(&client),
         );
         pinned?;
         let preflight = preflight.map_err(Error::when_opening)?;
         let pid = pid?;
-        let statements = Statements::prepare(&client)
-            .await
-            .map_err(Error::when_opening)?;
+        let statements = statements.map_err(Error::when_opening)?;
         Ok(Database {
             client,
             statements,
