@@ -22,6 +22,7 @@ use tracing::Instrument;
 use super::follow::{pass, sleep_or_stop, Follow};
 use super::sweep::{connections, probe_session};
 use super::{open, tenancy, AppState, Failure, Invocation, Reply};
+use crate::db::sql::follow::lock_minute;
 use crate::db::sql::tenants::set_search_path;
 use crate::engine::follow::{Follower, Next, REREAD, RETRY_DEFERRED};
 use crate::engine::run_report::{FOLLOW_DUPLICATE, FOLLOW_STALE};
@@ -111,14 +112,8 @@ pub async fn follow_all(
         return Ok(answer(invocation, started, Vec::new(), FOLLOW_DUPLICATE));
     }
     let names = tenancy::list(state).await?;
-    let mut all = AllTenants {
-        tenants: names
-            .into_iter()
-            .map(|name| (name.clone(), Followed::new(name, state, until)))
-            .collect(),
-        shared,
-        until,
-    };
+    let minute = follow.scheduled_time.map(|s| s.minute);
+    let mut all = AllTenants::new(names, shared, minute, state, until);
     let mut stop = invocation.stop.clone();
     let ended = loop {
         if stop.as_ref().is_some_and(|s| *s.borrow()) {
@@ -126,6 +121,9 @@ pub async fn follow_all(
         }
         if Instant::now() >= all.until {
             break "time";
+        }
+        if !all.keeps_its_minute(state).await {
+            break FOLLOW_DUPLICATE;
         }
         let due = all.look(state).await;
         all.pass(due, state, invocation, stop.clone()).await;
@@ -185,20 +183,66 @@ struct AllTenants {
     tenants: BTreeMap<String, Followed>,
     /// Schema tenants' look session; None for database tenants.
     shared: Option<tokio_postgres::Client>,
+    /// The scheduled minute the look session holds (its follow lock), if any.
+    minute: Option<i32>,
     until: Instant,
 }
 
 impl AllTenants {
-    /// Looks at each tenant whose time has come; the names of those to pass now.
-    async fn look(&mut self, state: &AppState) -> Vec<String> {
-        if self.shared.as_ref().is_some_and(|s| s.is_closed()) {
-            match probe_session(state).await {
-                Ok(session) => self.shared = Some(session),
-                Err(error) => {
-                    tracing::warn!(error = %error.chain(), "cannot reopen the look session");
-                }
+    /// The tenants `names`, each due for a look now; `minute`, the scheduled minute, is the
+    /// look session's to hold (none without a shared session: database tenants hold none).
+    fn new(
+        names: Vec<String>,
+        shared: Option<tokio_postgres::Client>,
+        minute: Option<i32>,
+        state: &AppState,
+        until: Instant,
+    ) -> Self {
+        AllTenants {
+            tenants: names
+                .into_iter()
+                .map(|name| (name.clone(), Followed::new(name, state, until)))
+                .collect(),
+            minute: minute.filter(|_| shared.is_some()),
+            shared,
+            until,
+        }
+    }
+
+    /// Reopens the look session when it closed (a lost connection), taking its scheduled
+    /// minute again on the new one — the one rule of a replaced follower session
+    /// (`sql::follow::lock_minute`, as `Database::reconnect`): the minute's lock went with the
+    /// old session, and a duplicate delivery would otherwise follow beside this one. False when
+    /// the minute could not be taken again (another follower took it in between, or the old
+    /// backend outlived the `lock_timeout`): this follow ends as a duplicate would. A session
+    /// that cannot be reopened is logged and tried again at the next look.
+    async fn keeps_its_minute(&mut self, state: &AppState) -> bool {
+        if !self.shared.as_ref().is_some_and(|s| s.is_closed()) {
+            return true;
+        }
+        let session = match probe_session(state).await {
+            Ok(session) => session,
+            Err(error) => {
+                tracing::warn!(error = %error.chain(), "cannot reopen the look session");
+                return true;
+            }
+        };
+        if let Some(minute) = self.minute {
+            if let Err(error) = lock_minute(&session, minute).await {
+                tracing::warn!(
+                    error = %error.chain(),
+                    minute,
+                    "the reopened look session could not take its minute again: ending"
+                );
+                return false;
             }
         }
+        self.shared = Some(session);
+        true
+    }
+
+    /// Looks at each tenant whose time has come; the names of those to pass now.
+    async fn look(&mut self, state: &AppState) -> Vec<String> {
         let now = Instant::now();
         let mut due = Vec::new();
         for (name, followed) in self.tenants.iter_mut().filter(|(_, f)| f.wake <= now) {

@@ -493,6 +493,47 @@ async fn two_schema_tenants_follow_the_same_scheduled_minute_side_by_side() {
     assert_eq!(first["follow"]["ended"], "time", "{first}");
 }
 
+/// A follower of every schema tenant holds its scheduled minute on its look session; when that
+/// session is lost (here its backend is terminated), the new one takes the minute again before
+/// anything else, so a duplicate delivery of the minute still answers `duplicate` — not a
+/// second follower beside the first.
+#[tokio::test]
+async fn a_follower_of_all_tenants_whose_look_session_is_lost_keeps_its_minute() {
+    let t = TestApp::spawn().await;
+    let names: Vec<String> = ["a", "b"].map(|n| format!("shop_{n}")).to_vec();
+    schema_tenants(&t, &names).await;
+    let front = t.with("TENANTS", names.join(","));
+    let at = humantime::format_rfc3339(std::time::SystemTime::now()).to_string();
+    let scheduled = json!({"action": "follow", "tenant": "*", "seconds": 8,
+                           "source": "schedule", "scheduled_time": at});
+    let first = {
+        let (front, payload) = (front.clone(), scheduled.clone());
+        tokio::spawn(async move { front.lambda_within(payload, 60_000).await })
+    };
+    let holder = format!(
+        "SELECT coalesce(max(pid), 0)::int8 FROM pg_locks WHERE locktype = 'advisory' \
+         AND granted AND classid = {}::oid AND objsubid = 2",
+        unreserver::db::sql::follow::FOLLOW_LOCK_CLASS
+    );
+    assert!(
+        until_true(&t, &format!("({holder}) > 0")).await,
+        "the follower never took its minute"
+    );
+    let lost = t.i64(&holder).await;
+    t.exec(&format!("SELECT pg_terminate_backend({lost})"))
+        .await;
+    assert!(
+        until_true(&t, &format!("({holder}) NOT IN (0, {lost})")).await,
+        "the new look session never took the minute again"
+    );
+
+    let duplicate = front.lambda(scheduled).await.unwrap();
+    let first = first.await.unwrap().unwrap();
+
+    assert_eq!(duplicate["ended"], "duplicate", "{duplicate}");
+    assert_eq!(first["ended"], "time", "{first}");
+}
+
 #[tokio::test]
 async fn one_follower_follows_database_tenants_each_on_its_own_database() {
     let (a, b) = (database_tenant(true).await, database_tenant(true).await);
