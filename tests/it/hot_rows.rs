@@ -123,12 +123,14 @@ async fn a_multi_item_checkout_never_waits_on_a_batch_polling_for_another_row() 
             latencies.len()
         );
         // A checkout that waited on the polling would wait for the rest of its window (402 ms
-        // measured with a window of 400 ms when a batch kept a hot row while polling); 800 ms
-        // leaves room for a loaded 2-core CI, where 115 and 119 ms were seen with the torture
-        // running beside it.
+        // measured with a window of 400 ms when a batch kept a hot row while polling; with this
+        // 2 s window such a checkout runs into its own 2 s `lock_timeout` and fails — mutation
+        // tried: the counters' savepoint not rolled back before a pause). 1.5 s leaves room for
+        // a loaded 2-core CI: 115 and 119 ms were seen with the torture running beside it, and
+        // once 1.23 s in the PostgreSQL 18 pass beside stress-ng.
         let worst = latencies.iter().max().copied().unwrap_or_default();
         assert!(
-            worst < Duration::from_millis(800),
+            worst < Duration::from_millis(1500),
             "{order:?}: a checkout waited {worst:?} on the batch's polling"
         );
         assert_eq!(report.deferred, 1, "{order:?}: {report:?}");
