@@ -159,8 +159,11 @@ async fn a_held_order_is_polled_for_then_given_up_retryably() {
     assert_eq!(t.order_status(order).await, "pending");
     assert_eq!(t.reserved(v).await, 3);
 
-    // Held briefly: the polling wins once the holder commits.
-    let (front, since) = (t.front().clone(), SystemTime::now());
+    // Held briefly: the polling wins once the holder commits. It polls for 2 s here, so that
+    // the watcher sees it polling on a loaded machine (within the default 100 ms it could miss
+    // it, and the release then gave up before the commit).
+    t.allow_long_polls().await;
+    let (front, since) = (t.with("LOCK_TIMEOUT_MS", "2000"), SystemTime::now());
     let releasing = tokio::spawn(async move { release(&front, order).await });
     let watcher = t.connect().await;
     let polling = "query LIKE '%FOR UPDATE OF o NOWAIT%'";
