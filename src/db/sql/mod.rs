@@ -121,46 +121,42 @@ impl Statements {
     /// failure, in the statements' order, is the one returned.
     pub async fn prepare(client: &Client) -> Result<Statements> {
         let context = "preparing the release statements";
-        let texts = [
-            SET_BATCH_TIMEOUTS,
-            PAGE,
-            CLAIM_ORDERS,
-            CLASSIFY_UNCLAIMED,
-            CLAIM_HOLDS,
-            RELEASE_RESERVATIONS,
-            RETURN_VARIANT_UNITS,
-            RETURN_DROP_UNITS,
-            PROBE_HELD,
-            DEFERRED_AGE,
-            BACKLOG,
-        ];
-        // Sent in this order (each future sends on its first poll, and `join_all` polls them
-        // in order); on the heap, not in one future as large as eleven prepares.
+        // Each future sends on its first poll, and `join!` polls them in this order. Boxed: one
+        // future holding eleven prepares in place outgrew a debug test thread's stack.
+        let prepare = |text: &'static str| Box::pin(client.prepare(text));
         let (begun, prepared, ended) = tokio::join!(
             client.batch_execute(BEGIN_PREPARES),
-            futures_util::future::join_all(texts.map(|text| client.prepare(text))),
+            async {
+                tokio::join!(
+                    prepare(SET_BATCH_TIMEOUTS),
+                    prepare(PAGE),
+                    prepare(CLAIM_ORDERS),
+                    prepare(CLASSIFY_UNCLAIMED),
+                    prepare(CLAIM_HOLDS),
+                    prepare(RELEASE_RESERVATIONS),
+                    prepare(RETURN_VARIANT_UNITS),
+                    prepare(RETURN_DROP_UNITS),
+                    prepare(PROBE_HELD),
+                    prepare(DEFERRED_AGE),
+                    prepare(BACKLOG),
+                )
+            },
             client.batch_execute(END_PREPARES),
         );
         begun.map_err(Error::db(context))?;
-        let mut prepared = prepared.into_iter();
-        let mut next = || match prepared.next() {
-            Some(statement) => statement.map_err(Error::db(context)),
-            None => Err(Error::Schema(format!(
-                "{context}: a statement went missing"
-            ))),
-        };
+        let (a, b, c, d, e, f, g, h, i, j, k) = prepared;
         let statements = Statements {
-            set_batch_timeouts: next()?,
-            page: next()?,
-            claim_orders: next()?,
-            classify_unclaimed: next()?,
-            claim_holds: next()?,
-            release_reservations: next()?,
-            return_variant_units: next()?,
-            return_drop_units: next()?,
-            probe_held: next()?,
-            deferred_age: next()?,
-            backlog: next()?,
+            set_batch_timeouts: a.map_err(Error::db(context))?,
+            page: b.map_err(Error::db(context))?,
+            claim_orders: c.map_err(Error::db(context))?,
+            classify_unclaimed: d.map_err(Error::db(context))?,
+            claim_holds: e.map_err(Error::db(context))?,
+            release_reservations: f.map_err(Error::db(context))?,
+            return_variant_units: g.map_err(Error::db(context))?,
+            return_drop_units: h.map_err(Error::db(context))?,
+            probe_held: i.map_err(Error::db(context))?,
+            deferred_age: j.map_err(Error::db(context))?,
+            backlog: k.map_err(Error::db(context))?,
         };
         ended.map_err(Error::db(context))?;
         Ok(statements)
