@@ -32,6 +32,10 @@ pub struct Database {
     follow_minute: Option<i32>,
 }
 
+/// How long a follower's old session waits to see the new one queued for the minute before it
+/// closes all the same ([`Database::reconnect`]).
+pub const HANDOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Database {
     /// Connects, runs the preflight (schema, `deadlock_timeout`, indexes) and prepares the
     /// statements. Fails before changing anything when the schema does not fit.
@@ -84,17 +88,43 @@ impl Database {
     /// batch: a cancel request still on its way can only reach the old session, which is gone,
     /// never a statement of the next batch.
     ///
-    /// A follower's minute goes with its session: the new session waits for it as the old
-    /// one closes ([`sql::follow::lock_minute`]), so no duplicate delivery of that minute
-    /// follows beside it.
+    /// A follower's minute goes with its session, so the new session queues for the minute's
+    /// lock ([`sql::follow::lock_minute`]) while the old one still holds it, and the old one
+    /// closes only once it sees the new one waiting ([`sql::follow::queued_for_minute`], for at
+    /// most [`HANDOVER_WAIT`]): the lock passes straight to the queued session, never free for
+    /// a moment in which a duplicate delivery of that minute could take it and follow beside
+    /// this one.
     pub async fn reconnect(&mut self) -> Result<()> {
-        let minute = self.follow_minute;
-        // The old session closes here (its backend exits and gives up its locks).
-        *self = self.sibling().await?;
-        if let Some(minute) = minute {
-            sql::follow::lock_minute(&self.client, minute).await?;
-            self.follow_minute = Some(minute);
+        let next = self.sibling().await?;
+        let old = std::mem::replace(self, next);
+        let Some(minute) = old.follow_minute else {
+            // The old session closes here (its backend exits and gives up its locks).
+            return Ok(());
+        };
+        let lock = sql::follow::lock_minute(&self.client, minute);
+        tokio::pin!(lock);
+        let until = std::time::Instant::now() + HANDOVER_WAIT;
+        let taken = loop {
+            tokio::select! {
+                biased;
+                // Sent on its first poll; done only once the old session has let go.
+                taken = &mut lock => break Some(taken),
+                queued = sql::follow::queued_for_minute(&old.client, self.pid) => {
+                    // A failed look (a late cancel of the old session) ends the wait too.
+                    if queued.unwrap_or(true) || std::time::Instant::now() >= until {
+                        break None;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+        };
+        // The old session closes here; the minute passes to the new one, queued for it.
+        drop(old);
+        match taken {
+            Some(taken) => taken?,
+            None => lock.await?,
         }
+        self.follow_minute = Some(minute);
         Ok(())
     }
 

@@ -132,6 +132,28 @@ pub async fn lock_minute(client: &(impl GenericClient + Sync), minute: i32) -> R
         ))
 }
 
+/// Whether the session of backend $1 waits in the queue of a follow minute's lock (its
+/// [`LOCK_MINUTE`] sent and not yet granted): asked by a follower's old session before it closes,
+/// so that the minute passes straight to the new session, never free for a moment in which a
+/// duplicate's [`TRY_LOCK_MINUTE`] could take it. Reads `pg_locks`; locks nothing.
+///
+/// $1 the new session's backend pid, $2 [`FOLLOW_LOCK_CLASS`].
+pub const QUEUED_FOR_MINUTE: &str = "SELECT EXISTS (SELECT FROM pg_locks \
+     WHERE pid = $1 AND locktype = 'advisory' AND NOT granted AND classid = $2::int4::oid) \
+     AS queued";
+
+/// [`QUEUED_FOR_MINUTE`] for the backend `pid`.
+pub async fn queued_for_minute(client: &(impl GenericClient + Sync), pid: i32) -> Result<bool> {
+    fetch_one(
+        client,
+        QUEUED_FOR_MINUTE,
+        &[&pid, &FOLLOW_LOCK_CLASS],
+        "seeing the new session queued for the follow minute",
+        |row| row.try_get("queued"),
+    )
+    .await
+}
+
 /// [`TRY_LOCK_MINUTE`] for `minute`: whether this session now holds that minute.
 pub async fn try_lock_minute(client: &(impl GenericClient + Sync), minute: i32) -> Result<bool> {
     fetch_one(
