@@ -255,7 +255,17 @@ logfile = $dir/pgbouncer.log
 pidfile = $dir/pgbouncer.pid
 INI
   if [ "$(id -u)" = 0 ]; then chown -R postgres:postgres "$dir"; fi
-  pg_as_owner "$bin" "$dir/pgbouncer.ini" >"$dir/stdout.log" 2>&1 &
+  # Kept running: Debian's PgBouncer 1.18 has exited mid-suite (twice in many CI runs, cause
+  # not kept), failing every pooler test after it. Restarted on the same port (five times at
+  # most), each exit logged and printed by pgbouncer_stop with PgBouncer's own errors.
+  (
+    for _ in 1 2 3 4 5 6; do
+      pg_as_owner "$bin" "$dir/pgbouncer.ini" >>"$dir/stdout.log" 2>&1
+      if [ -e "$dir/stop" ] || [ ! -e "$dir/pgbouncer.ini" ]; then break; fi
+      echo "$(date -u +%FT%T.%3NZ) pgbouncer ($mode) exited; restarting" >>"$dir/restarts.log"
+      sleep 0.2
+    done
+  ) >/dev/null 2>&1 &
   for _ in $(seq 1 60); do
     python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.5); sys.exit(s.connect_ex(('127.0.0.1', $port)))" 2>/dev/null && break
     sleep 0.25
@@ -265,8 +275,15 @@ INI
 }
 
 pgbouncer_stop() {
-  local pidfile
+  local pidfile dir
   for pidfile in "${PG_DIR:-/nonexistent}"/pgbouncer-*/pgbouncer.pid; do
+    dir=$(dirname "$pidfile")
+    touch "$dir/stop" 2>/dev/null || true
     [ -s "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+    if [ -s "$dir/restarts.log" ]; then
+      echo "pg: PgBouncer exited while the tests ran ($dir):" >&2
+      cat "$dir/restarts.log" >&2
+      grep -E 'FATAL|ERROR|WARNING' "$dir/pgbouncer.log" 2>/dev/null | tail -20 >&2 || true
+    fi
   done
 }
