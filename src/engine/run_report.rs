@@ -106,6 +106,13 @@ pub struct RunReport {
     pub batch_ms_p50: f64,
     pub batch_ms_p99: f64,
     pub batch_ms_max: f64,
+    /// Median, 99th percentile and longest time a batch held the shop's hot counter rows
+    /// (variants and drops): from taking them — at the batch's last step, or a queue batch's
+    /// grant — to its commit, the longest a checkout on one of them could wait on the release.
+    /// Batches that held none are not counted (0 when none did).
+    pub hot_hold_ms_p50: f64,
+    pub hot_hold_ms_p99: f64,
+    pub hot_hold_ms_max: f64,
     /// Dry run only: per variant id, the units a real run would give back.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub units_by_variant: Option<BTreeMap<i64, i64>>,
@@ -123,6 +130,8 @@ pub struct RunReport {
     pub delays: Vec<f64>,
     #[serde(skip)]
     pub batch_durations_ms: Vec<f64>,
+    #[serde(skip)]
+    pub hot_holds_ms: Vec<f64>,
 }
 
 /// What follow mode did between its passes.
@@ -185,21 +194,30 @@ impl RunReport {
             batch_ms_p50: 0.0,
             batch_ms_p99: 0.0,
             batch_ms_max: 0.0,
+            hot_hold_ms_p50: 0.0,
+            hot_hold_ms_p99: 0.0,
+            hot_hold_ms_max: 0.0,
             units_by_variant: dry_run.then(BTreeMap::new),
             units_by_drop: dry_run.then(BTreeMap::new),
             controller: ControllerStats::default(),
             follow: None,
             delays: Vec::new(),
             batch_durations_ms: Vec::new(),
+            hot_holds_ms: Vec::new(),
         }
     }
 
-    /// The quantiles of the release delays and batch durations, from the samples kept.
+    /// The quantiles of the release delays, batch durations and hot holds, from the samples
+    /// kept.
     pub fn set_quantiles(&mut self) {
         self.batch_durations_ms.sort_by(f64::total_cmp);
         self.batch_ms_p50 = quantile(&self.batch_durations_ms, 0.5);
         self.batch_ms_p99 = quantile(&self.batch_durations_ms, 0.99);
         self.batch_ms_max = self.batch_durations_ms.last().copied().unwrap_or(0.0);
+        self.hot_holds_ms.sort_by(f64::total_cmp);
+        self.hot_hold_ms_p50 = quantile(&self.hot_holds_ms, 0.5);
+        self.hot_hold_ms_p99 = quantile(&self.hot_holds_ms, 0.99);
+        self.hot_hold_ms_max = self.hot_holds_ms.last().copied().unwrap_or(0.0);
         self.delays.sort_by(f64::total_cmp);
         if !self.delays.is_empty() {
             self.release_delay_p95_seconds = Some(quantile(&self.delays, 0.95));
@@ -243,6 +261,7 @@ impl RunReport {
         }
         self.delays.extend(&other.delays);
         self.batch_durations_ms.extend(&other.batch_durations_ms);
+        self.hot_holds_ms.extend(&other.hot_holds_ms);
     }
 
     /// Adds units given back per variant and per drop, when the report keeps them (a dry run).

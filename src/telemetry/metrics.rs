@@ -189,6 +189,15 @@ pub const METRICS: &[Metric] = &[
         |o| {
         reported(o, |r| r.batch_ms_p99)
     }),
+    metric(
+        "HotRowHoldMax",
+        Unit::Milliseconds,
+        Kind::Distribution,
+        "the longest a batch held the shop's hot counter rows, from taking them to its commit: \
+         the longest a checkout could wait on the release",
+        |o| {
+        reported(o, |r| r.hot_hold_ms_max)
+    }),
     // What the batch controller did: the largest batch, the connections it drained with, and
     // the batches that met shoppers (run one at a time at the floor).
     metric(

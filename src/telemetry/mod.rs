@@ -157,6 +157,7 @@ pub fn log_run(ctx: &RunContext<'_>, report: Option<&RunReport>, error: Option<&
                 oldest_due_age_seconds = r.oldest_due_age_seconds,
                 batch_ms_p50 = r.batch_ms_p50,
                 batch_ms_p99 = r.batch_ms_p99,
+                hot_hold_ms_max = r.hot_hold_ms_max,
                 batch_mode = r.controller.mode,
                 batch_rows_min = r.controller.batch_rows_min,
                 batch_rows_max = r.controller.batch_rows_max,

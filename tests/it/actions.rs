@@ -32,6 +32,7 @@ fn comparable(mut value: Value) -> Value {
                     let timed = key == "run_id"
                         || key.ends_with("_ms")
                         || key.starts_with("batch_ms")
+                        || key.starts_with("hot_hold_ms")
                         || key.contains("age_seconds")
                         || key.contains("delay");
                     if timed {

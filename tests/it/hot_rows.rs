@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use crate::common::{backend_pid, run, settings, Res, TestDb};
+use crate::common::{backend_pid, run, settings, until_seen, Res, TestDb};
 
 /// How a shopper's checkout takes the rows of its cart.
 #[derive(Debug, Clone, Copy)]
@@ -363,4 +363,67 @@ async fn a_holder_upgrading_its_lock_while_the_release_waits_is_not_held_up() {
     );
     assert_eq!(t.order_status(order).await, "cancelled");
     assert_eq!(t.reserved(v).await, 1);
+}
+
+/// A batch holds the shop's hot rows only from its last step to its commit: while its release
+/// statement takes 1 s (a trigger sleeping once on the reservation's update), a shopper updates
+/// the order's variant and drop rows with a 100 ms `lock_timeout` and is granted; the run
+/// reports the batch's time (≥ 1 s) and its hot hold (well under it) apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_holds_the_hot_rows_only_from_its_last_step_to_its_commit() {
+    let t = TestDb::new().await;
+    let v = t.variant(1).await;
+    let d = t.drop_product(v, 1).await;
+    let order = t.order("pending", "pending").await;
+    t.reservation(Res {
+        drop: Some(d),
+        ..Res::new(Some(order), v, 1, "-1 minute")
+    })
+    .await;
+    t.exec(
+        "CREATE SEQUENCE slow_tries; \
+         CREATE FUNCTION slow_once() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
+           BEGIN IF nextval('slow_tries') = 1 THEN PERFORM pg_sleep(1); END IF; \
+           RETURN NEW; END $$; \
+         CREATE TRIGGER slow_once BEFORE UPDATE ON orders_inventoryreservation \
+           FOR EACH ROW EXECUTE FUNCTION slow_once()",
+    )
+    .await;
+    let mut s = settings();
+    // A budget of 2 s: the slow statement is not cut.
+    s.shop_deadlock_timeout_ms = Some(4000);
+    let mut db = t.open_with(&s).await;
+    let release_pid = backend_pid(&db.client).await;
+    let watcher = t.connect().await;
+    let shopper = t.connect().await;
+    let checkout = async {
+        let sleeping = until_seen(&watcher, release_pid, "wait_event = 'PgSleep'").await;
+        let granted = shopper
+            .batch_execute(&format!(
+                "SET lock_timeout = '100ms'; BEGIN; \
+                 UPDATE products_productvariant SET reserved_quantity = reserved_quantity WHERE id = {v}; \
+                 UPDATE drops_dropproduct SET reserved_quantity = reserved_quantity WHERE id = {d}; \
+                 COMMIT"
+            ))
+            .await;
+        (sleeping, granted)
+    };
+    let (report, (sleeping, granted)) = tokio::join!(run(&mut db, &s, false), checkout);
+    assert!(sleeping, "the batch was never seen in its slow statement");
+    if let Err(e) = granted {
+        panic!("the shopper waited on the batch's slow step: {e:?}");
+    }
+    eprintln!(
+        "hot hold {:.1} ms in a batch of {:.1} ms",
+        report.hot_hold_ms_max, report.batch_ms_max
+    );
+    assert_eq!(report.counts.reservations_released, 1, "{report:?}");
+    assert!(report.batch_ms_max >= 1000.0, "{report:?}");
+    assert!(
+        report.hot_hold_ms_max > 0.0 && report.hot_hold_ms_max < 500.0,
+        "the hot rows were reported held for {} ms of a {} ms batch",
+        report.hot_hold_ms_max,
+        report.batch_ms_max
+    );
+    assert_eq!(t.drifted_counters().await, 0);
 }

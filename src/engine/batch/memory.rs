@@ -2,6 +2,7 @@
 //! wrote each counter row, and the turn its workers take to hold hot rows.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use super::*;
 use crate::db::sql::{Counter, HeldReservation};
@@ -87,27 +88,55 @@ impl LongHeld {
 #[derive(Debug, Clone, Default)]
 pub struct HotTurn(std::sync::Arc<tokio::sync::Mutex<()>>);
 
-/// One batch's hold on the run's [`HotTurn`] (nothing to take with one worker).
+/// One batch's hold on the run's [`HotTurn`] (nothing to take with one worker), and how long
+/// the batch has held hot counter rows: what a checkout on one of them could wait on it.
 pub(super) struct Turn {
     pub(super) turn: Option<HotTurn>,
     pub(super) held: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// When the batch last took hot rows that a rollback to a savepoint gives back (None: it
+    /// holds none now).
+    taken_at: Option<Instant>,
+    /// When a queue batch was granted its row: held until the transaction ends.
+    granted_at: Option<Instant>,
 }
 
 impl Turn {
     pub(super) fn new(turn: Option<HotTurn>) -> Self {
-        Turn { turn, held: None }
+        Turn {
+            turn,
+            held: None,
+            taken_at: None,
+            granted_at: None,
+        }
     }
 
-    /// Waits for the turn, unless this batch has it already.
+    /// Waits for the turn, unless this batch has it already; the batch locks hot rows next.
     pub(super) async fn take(&mut self) {
         if let (Some(turn), None) = (&self.turn, &self.held) {
             self.held = Some(turn.0.clone().lock_owned().await);
         }
+        self.taken_at.get_or_insert_with(Instant::now);
     }
 
-    /// Gives the turn back: the batch rolled back every hot row it held.
+    /// Gives the turn back: the batch rolled back every hot row it held after its savepoint.
     pub(super) fn give_back(&mut self) {
         self.held = None;
+        self.taken_at = None;
+    }
+
+    /// A queue batch was granted its row now: it holds it until it commits or rolls back.
+    pub(super) fn granted(&mut self) {
+        self.granted_at = Some(Instant::now());
+    }
+
+    /// How long the batch has held hot rows without a break, up to now (call it when the
+    /// transaction has ended): None when it holds none.
+    pub(super) fn hold(&self) -> Option<Duration> {
+        let since = match (self.granted_at, self.taken_at) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(since.elapsed())
     }
 }
 

@@ -134,6 +134,10 @@ pub struct BatchOutcome {
     /// A [`Source::OnRequest`] batch: why the order was not released (None: it was, or it
     /// was left out for a held row — see `deferred_orders`).
     pub refused: Option<Refusal>,
+    /// How long the batch held hot counter rows, from the last time it took them (its
+    /// counters' update, its probe, or a queue batch's grant) to its commit: the longest a
+    /// checkout on one of them could have waited on it. None: it ended holding none.
+    pub hot_hold: Option<Duration>,
 }
 
 /// Why an order asked for ([`Source::OnRequest`]) is not released, judged on its locked row.
@@ -169,6 +173,7 @@ pub async fn release_batch(
         params,
     };
     let mut out = BatchOutcome::default();
+    let mut turn = Turn::new(params.hot_turn.clone());
     params.hot_phase.reset();
     let mut lock_wait = params.lock_wait;
     let max_lines = match source {
@@ -184,6 +189,7 @@ pub async fn release_batch(
                 finish(tx, true).await?;
                 return Ok(out);
             }
+            turn.granted();
             lock_wait = Duration::ZERO;
             deferred(orders, holds, exclude)
         }
@@ -197,7 +203,7 @@ pub async fn release_batch(
                     return Ok(out);
                 }
             };
-            return release_and_finish(tx, st, params, lock_wait, claimed, out).await;
+            return release_and_finish(tx, st, params, lock_wait, claimed, out, turn).await;
         }
         _ => {
             st.set_batch_timeouts(&tx, &params.timeouts).await?;
@@ -210,7 +216,7 @@ pub async fn release_batch(
         Source::Queue { row, .. } => claimed.only_row = Some(row),
         _ => {}
     }
-    release_and_finish(tx, st, params, lock_wait, claimed, out).await
+    release_and_finish(tx, st, params, lock_wait, claimed, out, turn).await
 }
 
 /// What every step of one batch works with: its transaction, the connection's prepared
@@ -231,8 +237,8 @@ async fn release_and_finish(
     lock_wait: Duration,
     mut claimed: Claimed,
     mut out: BatchOutcome,
+    mut turn: Turn,
 ) -> Result<BatchOutcome> {
-    let mut turn = Turn::new(params.hot_turn.clone());
     if !claimed.is_empty() {
         let cx = BatchContext {
             tx: &tx,
@@ -250,6 +256,7 @@ async fn release_and_finish(
         });
     }
     finish(tx, params.dry_run).await?;
+    out.hot_hold = turn.hold();
     if !params.dry_run {
         // Before the turn goes to another worker, which may update these rows next.
         params.counter_writers.record(&out.counter_writes);

@@ -217,6 +217,12 @@ impl<'a> Run<'a> {
             .report
             .batch_durations_ms
             .push(took.as_secs_f64() * 1000.0);
+        if let Some(hold) = batch.hot_hold {
+            self.books
+                .report
+                .hot_holds_ms
+                .push(hold.as_secs_f64() * 1000.0);
+        }
         if work == Work::Deferred {
             self.retry_queue.0.drain(..chunk.0.len());
             self.retry_queue.1.drain(..chunk.1.len());
