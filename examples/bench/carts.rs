@@ -33,16 +33,19 @@ impl Bench {
              shape, on a fresh copy of one seed: a quiet phase of {} s, then a phase that lasts \
              as long as this project's drain of 100,000 due reservations. Drain ratio: that \
              drain's time over the same drain on a fresh copy with no shopper about, measured \
-             just before each repetition. {reps} interleaved repetition(s).\n",
+             just before each repetition. {reps} interleaved repetition(s). The release's hot \
+             hold: how long each batch held the hot rows, from taking them to its commit (the \
+             run report's `hot_hold_ms_*`); the checkout's hold: from a checkout's first counter \
+             row granted to its commit, during the drain.\n",
             PHASE.as_secs()
         );
         let _ = writeln!(
             md,
-            "| cart | quiet checkouts | quiet p99 / max (ms) | drain checkouts | drain p99 / max (ms) | p99 ratio (≤ 1.3) | max over quiet (≤ +50 ms) | failed | drain (ms) | drain ratio (≤ 3) | deferred (< 1 %) | queue batches | held wait (ms) | batches (p50 ms) |"
+            "| cart | quiet checkouts | quiet p99 / max (ms) | drain checkouts | drain p99 / max (ms) | p99 ratio (≤ 1.3) | max over quiet (≤ +50 ms) | failed | drain (ms) | drain ratio (≤ 3) | deferred (< 1 %) | queue batches | held wait (ms) | batches (p50 ms) | release's hot hold p50 / p99 / max (ms) | checkout's hold p50 / p99 (ms) |"
         );
         let _ = writeln!(
             md,
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         // BENCH_CARTS='one item|two items, item by item' (the table's names) runs those only.
         let wanted = std::env::var("BENCH_CARTS").unwrap_or_default();
@@ -62,7 +65,7 @@ impl Bench {
                     shoppers::phase(&url, cart, 2, drain_with_defaults(url.clone())).await;
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {:.1} / {:.1} | {} | {:.1} / {:.1} | **{:.2}** | **{:+.1}** | {} | {:.0} | **{:.1}** | {:.2} % | {} | {:.0} | {} ({:.1}) |",
+                    "| {} | {} | {:.1} / {:.1} | {} | {:.1} / {:.1} | **{:.2}** | **{:+.1}** | {} | {:.0} | **{:.1}** | {:.2} % | {} | {:.0} | {} ({:.1}) | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} |",
                     cart.describe(),
                     quiet.n,
                     quiet.p99,
@@ -80,6 +83,11 @@ impl Bench {
                     r.counts.held_wait_ms,
                     r.batches,
                     r.batch_ms_p50,
+                    r.hot_hold_ms_p50,
+                    r.hot_hold_ms_p99,
+                    r.hot_hold_ms_max,
+                    drain.hold_p50,
+                    drain.hold_p99,
                 );
                 for failure in [&quiet.first_failure, &drain.first_failure]
                     .into_iter()

@@ -94,14 +94,23 @@ pub struct Checkouts {
     phase: AtomicUsize,
     stop: AtomicBool,
     latencies: Mutex<Vec<(usize, f64)>>,
+    /// How long each checkout held its first counter row: from that row's update returning
+    /// (the lock granted) to the commit.
+    holds: Mutex<Vec<(usize, f64)>>,
     failures: Mutex<Vec<(usize, String)>>,
 }
 
 /// One checkout of `cart`: lock and bump each counter row in the cart's order, make an
-/// order, insert its reservations (due in 15 minutes), commit.
-async fn checkout(c: &mut Client, cart: Cart, number: &str) -> Result<(), tokio_postgres::Error> {
+/// order, insert its reservations (due in 15 minutes), commit. Returns how long it held its
+/// first counter row.
+async fn checkout(
+    c: &mut Client,
+    cart: Cart,
+    number: &str,
+) -> Result<Duration, tokio_postgres::Error> {
     let variants = cart.pick();
     let tx = c.transaction().await?;
+    let mut first_held = None;
     for (is_drop, id) in cart.lock_order(&variants) {
         let table = if is_drop {
             "drops_dropproduct"
@@ -113,6 +122,7 @@ async fn checkout(c: &mut Client, cart: Cart, number: &str) -> Result<(), tokio_
             &[&id],
         )
         .await?;
+        first_held.get_or_insert_with(Instant::now);
     }
     tx.execute(
         "WITH o AS (INSERT INTO orders_order (order_number) VALUES ($1) RETURNING id)
@@ -122,7 +132,8 @@ async fn checkout(c: &mut Client, cart: Cart, number: &str) -> Result<(), tokio_
         &[&number, &variants, &HOT_VARIANTS],
     )
     .await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(first_held.map_or(Duration::ZERO, |at| at.elapsed()))
 }
 
 /// One shopper: checkouts of `cart` back to back until told to stop, each timed under the
@@ -140,11 +151,11 @@ async fn shopper(url: String, checkouts: Arc<Checkouts>, cart: Cart, n: u64) {
             continue;
         }
         match outcome {
-            Ok(()) => checkouts
-                .latencies
-                .lock()
-                .unwrap()
-                .push((phase, ms(started.elapsed()))),
+            Ok(held) => {
+                let took = ms(started.elapsed());
+                checkouts.latencies.lock().unwrap().push((phase, took));
+                checkouts.holds.lock().unwrap().push((phase, ms(held)));
+            }
             Err(e) => checkouts
                 .failures
                 .lock()
@@ -162,6 +173,9 @@ pub struct Latency {
     pub p50: f64,
     pub p99: f64,
     pub max: f64,
+    /// Median and 99th percentile of how long a checkout held its first counter row.
+    pub hold_p50: f64,
+    pub hold_p99: f64,
     pub failed: usize,
     pub first_failure: Option<String>,
 }
@@ -188,12 +202,23 @@ fn latency_stats(checkouts: &Checkouts, phase: usize) -> Latency {
             ..Latency::default()
         };
     }
-    let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    let at = |v: &[f64], q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    let mut holds: Vec<f64> = checkouts
+        .holds
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| *p == phase)
+        .map(|(_, l)| *l)
+        .collect();
+    holds.sort_by(f64::total_cmp);
     Latency {
         n: v.len(),
-        p50: at(0.5),
-        p99: at(0.99),
+        p50: at(&v, 0.5),
+        p99: at(&v, 0.99),
         max: v[v.len() - 1],
+        hold_p50: at(&holds, 0.5),
+        hold_p99: at(&holds, 0.99),
         failed,
         first_failure,
     }
