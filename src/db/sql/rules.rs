@@ -284,10 +284,18 @@ macro_rules! next_due_after {
 /// included (PostgreSQL's `mod` takes the dividend's sign, so it is brought back into
 /// `0..of`). One share per id, every id in one share: no two workers claim the same order,
 /// and none is left to nobody.
+///
+/// Written as `CASE WHEN ... THEN true ELSE false END`, not as the bare equality, for the
+/// planner's sake: it has no statistics on the expression, so it took the equality for one
+/// row in 200 (its default) where it is one in `of`, expected the page's `LIMIT` to need every
+/// due row after the cursor, and read them all (a bitmap scan, then a sort) in every batch:
+/// half the backlog a page on average, 24 ms a page of 3,500 at 100,000 due, 40 ms at the
+/// start. A boolean expression the planner cannot see into it takes for one row in two, and
+/// it walks the keyset index in order, stopping at the `LIMIT` (2 to 5 ms).
 macro_rules! owned_by_share {
     ($id:literal, $of:literal, $index:literal) => {
         concat!(
-            "mod(mod(",
+            "CASE WHEN mod(mod(",
             $id,
             "::int8, ",
             $of,
@@ -297,7 +305,7 @@ macro_rules! owned_by_share {
             $of,
             "::int8) = ",
             $index,
-            "::int8"
+            "::int8 THEN true ELSE false END"
         )
     };
 }
