@@ -332,7 +332,7 @@ async fn the_release_step_updates_its_locked_rows_by_key_when_the_statistics_lag
         .get(0);
     let explain = format!(
         "EXPLAIN (ANALYZE, FORMAT JSON) \
-         EXECUTE release('{orders}', '{{}}', 15, 15, '{{}}', NULL, NULL, NULL)"
+         EXECUTE release('{orders}', '{{}}', 15, 15, '{{}}', NULL, NULL, NULL, '{{}}')"
     );
     let rows = c.simple_query(&explain).await;
     c.batch_execute("ROLLBACK").await.unwrap();

@@ -174,9 +174,11 @@ impl Statements {
 ///
 /// $1 candidate order ids, $2 reservation timeout minutes, $3 grace minutes, $4 the most
 /// lines to count. Returns id, whether the order's payment is `processing` (its grace
-/// applies), and its active lines (at most $4).
+/// applies), whether it is `cancelled` already (an earlier batch cancelled it and left lines:
+/// the release step looks up only those orders' instant), and its active lines (at most $4).
 pub const CLAIM_ORDERS: &str = concat!(
     "SELECT o.id::int8 AS id, COALESCE(o.payment_status = 'processing', false) AS processing, ",
+    "o.status = 'cancelled' AS cancelled, ",
     "(SELECT count(*) FROM (SELECT 1 FROM orders_inventoryreservation r ",
     "WHERE r.order_id = o.id AND r.status = 'active' LIMIT $4::int8) l)::int8 AS lines ",
     "FROM orders_order o ",
@@ -205,6 +207,8 @@ pub struct ClaimedOrder {
     pub id: i64,
     /// Its payment is `processing`: the grace applies to its reservations.
     pub processing: bool,
+    /// Its status is `cancelled` (on the locked row).
+    pub cancelled: bool,
     /// Its active reservations, counted up to the limit the claim was given.
     pub lines: i64,
 }
@@ -230,6 +234,7 @@ impl Statements {
                 Ok(ClaimedOrder {
                     id: row.try_get("id")?,
                     processing: row.try_get("processing")?,
+                    cancelled: row.try_get("cancelled")?,
                     lines: row.try_get("lines")?,
                 })
             },

@@ -43,6 +43,9 @@ pub(super) struct Candidates {
 pub(super) struct Claimed {
     pub(super) orders: Vec<i64>,
     pub(super) processing_orders: Vec<i64>,
+    /// Claimed orders that are `cancelled` already (on their locked row), or may be (an order
+    /// asked for): the release step looks up the instant that cancelled them.
+    pub(super) cancelled_orders: Vec<i64>,
     pub(super) holds: Vec<i64>,
     /// Released on request: none of their reservations needs to be due.
     pub(super) on_request: bool,
@@ -62,6 +65,7 @@ impl Claimed {
     pub(super) fn remove(&mut self, orders: &BTreeSet<i64>, holds: &BTreeSet<i64>) {
         self.orders.retain(|id| !orders.contains(id));
         self.processing_orders.retain(|id| !orders.contains(id));
+        self.cancelled_orders.retain(|id| !orders.contains(id));
         self.holds.retain(|id| !holds.contains(id));
     }
 }
@@ -193,14 +197,20 @@ pub(super) async fn claim(
         for ClaimedOrder {
             id,
             processing,
+            cancelled,
             lines,
         } in cx.st.claim_orders(cx.tx, &p).await?
         {
             claimed.orders.push(id);
             if max_lines.is_some_and(|n| lines > n) {
                 large.push(id);
-            } else if processing {
+                continue;
+            }
+            if processing {
                 claimed.processing_orders.push(id);
+            }
+            if cancelled {
+                claimed.cancelled_orders.push(id);
             }
         }
         classify_unclaimed(cx, candidates, &claimed, out).await?;
@@ -243,6 +253,8 @@ pub(super) async fn claim_requested(
         } else {
             Vec::new()
         },
+        // Looked up on its locked row by the release step (one order).
+        cancelled_orders: vec![order.id],
         holds: Vec::new(),
         on_request: true,
         line_limit: None,

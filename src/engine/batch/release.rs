@@ -228,6 +228,7 @@ pub(super) async fn release(cx: BatchContext<'_, '_>, claimed: &Claimed) -> Resu
         order_ids: &claimed.orders,
         hold_ids: &claimed.holds,
         processing_order_ids: &claimed.processing_orders,
+        cancelled_order_ids: &claimed.cancelled_orders,
         rules: cx.params.rules,
         line_limit: claimed.line_limit,
         only_row: claimed.only_row,
