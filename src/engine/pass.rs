@@ -74,6 +74,23 @@ impl Passes {
         Ok(!self.rows.is_empty())
     }
 
+    /// Gives back the rows not yet worked through, for workers that each scan their own share:
+    /// moves `cursor` back to just before the first of them of each kind (expiring, legacy),
+    /// so that the next scans read them again. A run reads its first pass alone; were the rest
+    /// of that pass kept by the first worker while the others scan on after it, the first
+    /// would be left with most of the backlog and work alone once the others were done.
+    pub fn rewind(&mut self, cursor: &mut Cursor) {
+        let first = |legacy: bool| self.rows.iter().find(|row| row.legacy == legacy);
+        if let Some(row) = first(false) {
+            cursor.expiring = (row.due_key, row.id.saturating_sub(1));
+        }
+        if let Some(row) = first(true) {
+            cursor.legacy = (row.due_key, row.id.saturating_sub(1));
+        }
+        self.rows.clear();
+        self.exhausted = false;
+    }
+
     /// The next `n` rows (fewer at the end of the pass), left in place until [`Self::consume`].
     pub fn front(&self, n: usize) -> Vec<PageRow> {
         self.rows.iter().take(n).cloned().collect()

@@ -363,3 +363,64 @@ fn find_subplan<'p>(node: &'p serde_json::Value, name: &str) -> Option<&'p serde
         .iter()
         .find_map(|child| find_subplan(child, name))
 }
+
+/// Two workers reading in passes share the backlog: the rest of the first pass, which the run
+/// reads alone before it spreads, is given back and each worker scans its own share, so each
+/// releases about half (a trigger notes the backend that released each row), every due row
+/// once, legacy rows (no `expires_at`) included. Kept by the first worker while the second
+/// scanned on after it, the rest of that pass (here every due row) left the second nothing to
+/// do (and with passes of 500 rows, 50 of 600).
+#[tokio::test]
+async fn two_workers_reading_in_passes_share_the_backlog() {
+    let t = TestDb::new().await;
+    t.exec(RECOMMENDED).await;
+    let v = t.variant(660).await;
+    t.exec(&format!(
+        "INSERT INTO orders_order (order_number, status, payment_status) \
+           SELECT 'W-' || g, 'pending', 'pending' FROM generate_series(1, 600) g; \
+         INSERT INTO orders_inventoryreservation \
+             (order_id, product_variant_id, quantity, status, created_at, expires_at) \
+           SELECT o.id, {v}, 1, 'active', now() - interval '30 minutes', \
+                  now() - interval '20 minutes' + (o.id % 60) * interval '1 second' \
+             FROM orders_order o WHERE o.order_number LIKE 'W-%'; \
+         INSERT INTO orders_order (order_number, status, payment_status) \
+           SELECT 'L-' || g, 'pending', 'pending' FROM generate_series(1, 60) g; \
+         INSERT INTO orders_inventoryreservation \
+             (order_id, product_variant_id, quantity, status, created_at, expires_at) \
+           SELECT o.id, {v}, 1, 'active', now() - interval '1 hour' + o.id * interval '1 ms', NULL \
+             FROM orders_order o WHERE o.order_number LIKE 'L-%'; \
+         CREATE TABLE released_by (pid int); \
+         CREATE FUNCTION note_release() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
+           BEGIN INSERT INTO released_by VALUES (pg_backend_pid()); RETURN NEW; END $$; \
+         CREATE TRIGGER note_release AFTER UPDATE ON orders_inventoryreservation FOR EACH ROW \
+           WHEN (OLD.status = 'active' AND NEW.status = 'expired') EXECUTE FUNCTION note_release()"
+    ))
+    .await;
+    let mut s = settings();
+    s.batch_size = Some(50);
+    // The first pass takes every due row, legacy ones last: both cursors go back.
+    s.pass_size = 700;
+    s.workers = 2;
+    let mut db = t.open_with(&s).await;
+    let report = run(&mut db, &s, false).await;
+    assert_eq!(report.counts.reservations_released, 660, "{report:?}");
+    assert_eq!(report.controller.workers, 2, "{report:?}");
+    assert_eq!(t.reserved(v).await, 0);
+    assert_eq!(t.drifted_counters().await, 0);
+    let c = t.connect().await;
+    let shares: Vec<i64> = c
+        .query(
+            "SELECT count(*) FROM released_by GROUP BY pid ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(shares.iter().sum::<i64>(), 660, "{shares:?}");
+    assert!(
+        shares.len() == 2 && shares[0] >= 220,
+        "the rows released by each worker: {shares:?}"
+    );
+}

@@ -78,6 +78,9 @@ impl<'a> Run<'a> {
             });
         }
         let of = extra.len() as i64 + 1;
+        if let Some(passes) = self.passes.as_mut() {
+            passes.rewind(&mut self.cursor);
+        }
         let turn = HotTurn::default();
         let mut others: Vec<Run<'a>> = (1..of)
             .map(|index| self.fork(Share { index, of }, turn.clone()))
