@@ -180,10 +180,9 @@ pub struct Latency {
     pub first_failure: Option<String>,
 }
 
-/// The latencies and failures of `phase`.
-fn latency_stats(checkouts: &Checkouts, phase: usize) -> Latency {
-    let mut v: Vec<f64> = checkouts
-        .latencies
+/// The samples of `phase` in `list`, sorted.
+fn samples(list: &Mutex<Vec<(usize, f64)>>, phase: usize) -> Vec<f64> {
+    let mut v: Vec<f64> = list
         .lock()
         .unwrap()
         .iter()
@@ -191,6 +190,12 @@ fn latency_stats(checkouts: &Checkouts, phase: usize) -> Latency {
         .map(|(_, l)| *l)
         .collect();
     v.sort_by(f64::total_cmp);
+    v
+}
+
+/// The latencies and failures of `phase`.
+fn latency_stats(checkouts: &Checkouts, phase: usize) -> Latency {
+    let v = samples(&checkouts.latencies, phase);
     let failures = checkouts.failures.lock().unwrap();
     let mut failed = failures.iter().filter(|(p, _)| *p == phase);
     let first_failure = failed.clone().next().map(|(_, e)| e.clone());
@@ -203,15 +208,7 @@ fn latency_stats(checkouts: &Checkouts, phase: usize) -> Latency {
         };
     }
     let at = |v: &[f64], q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-    let mut holds: Vec<f64> = checkouts
-        .holds
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(p, _)| *p == phase)
-        .map(|(_, l)| *l)
-        .collect();
-    holds.sort_by(f64::total_cmp);
+    let holds = samples(&checkouts.holds, phase);
     Latency {
         n: v.len(),
         p50: at(&v, 0.5),

@@ -27,6 +27,7 @@ mod layers;
 mod least_privilege;
 mod on_request;
 mod page;
+mod plans;
 mod pooler;
 mod prometheus;
 mod purge;
