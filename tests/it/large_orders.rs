@@ -129,12 +129,15 @@ async fn a_giant_order_too_large_even_alone_is_left_and_never_stops_the_others()
 /// the release takes the order in parts, each a batch that holds the order row less than its
 /// budget (half the default `deadlock_timeout`: 500 ms), so no payment times out; the parts
 /// after the first are sized from the last one's rate to the batch target (150 ms), not to a
-/// page; within three runs every line is released, each with the instant that cancelled the
+/// page; within six runs (three on a quiet machine) every line is released, each with the instant that cancelled the
 /// order (`released_at = cancelled_at`, the rule revive and the replay read). Released in one
 /// batch, the order row was held for the whole 2 s and the buyer's payment failed; in parts of
 /// a page, each part was cut by its budget while the buyer waited (and a page grown past the
 /// order's remaining lines took it whole once its buyer had made a part skip it), so under
 /// CI's load the buyer now and then waited past 900 ms.
+/// Runs of the release at most, until the giant order's last line is released.
+const RUNS_FOR_THE_GIANT: usize = 6;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_giant_order_is_released_in_parts_and_its_buyer_never_waits_past_the_bound() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -181,9 +184,13 @@ async fn a_giant_order_is_released_in_parts_and_its_buyer_never_waits_past_the_b
     let s = settings();
     let mut db = t.open_with(&s).await;
     let mut reports = Vec::new();
-    for _ in 0..3 {
+    // A run leaves the order when the buyer holds it at each of its tries (`large_orders_left`)
+    // and the next run goes on; three runs sufficed on a quiet machine, not always beside
+    // stress-ng in CI's PostgreSQL 18 pass (831, 114 and 671 of the 2,000 lines once).
+    let mut left = 0;
+    for _ in 0..RUNS_FOR_THE_GIANT {
         reports.push(run(&mut db, &s, false).await);
-        let left = t
+        left = t
             .i64(&format!(
                 "SELECT count(*) FROM orders_inventoryreservation WHERE order_id = {giant} AND status = 'active'"
             ))
@@ -199,6 +206,7 @@ async fn a_giant_order_is_released_in_parts_and_its_buyer_never_waits_past_the_b
     };
     eprintln!("the buyer's longest wait: {longest:?}");
     assert!(payments.load(Ordering::Relaxed) > 0, "the buyer never paid");
+    assert_eq!(left, 0, "lines still active after the runs: {reports:#?}");
     assert_eq!(t.order_status(giant).await, "cancelled", "{reports:#?}");
     let apart = t.lines_apart_from_cancellation(giant).await;
     assert_eq!(
