@@ -210,14 +210,13 @@ impl RunReport {
     /// The quantiles of the release delays, batch durations and hot holds, from the samples
     /// kept.
     pub fn set_quantiles(&mut self) {
-        self.batch_durations_ms.sort_by(f64::total_cmp);
-        self.batch_ms_p50 = quantile(&self.batch_durations_ms, 0.5);
-        self.batch_ms_p99 = quantile(&self.batch_durations_ms, 0.99);
-        self.batch_ms_max = self.batch_durations_ms.last().copied().unwrap_or(0.0);
-        self.hot_holds_ms.sort_by(f64::total_cmp);
-        self.hot_hold_ms_p50 = quantile(&self.hot_holds_ms, 0.5);
-        self.hot_hold_ms_p99 = quantile(&self.hot_holds_ms, 0.99);
-        self.hot_hold_ms_max = self.hot_holds_ms.last().copied().unwrap_or(0.0);
+        (self.batch_ms_p50, self.batch_ms_p99, self.batch_ms_max) =
+            median_p99_max(&mut self.batch_durations_ms);
+        (
+            self.hot_hold_ms_p50,
+            self.hot_hold_ms_p99,
+            self.hot_hold_ms_max,
+        ) = median_p99_max(&mut self.hot_holds_ms);
         self.delays.sort_by(f64::total_cmp);
         if !self.delays.is_empty() {
             self.release_delay_p95_seconds = Some(quantile(&self.delays, 0.95));
@@ -280,6 +279,13 @@ impl RunReport {
 }
 
 /// The `q`-quantile (0..=1) of `sorted` by nearest rank; 0 when empty.
+/// Sorts `samples` and returns their median, 99th percentile and largest (0 for none).
+fn median_p99_max(samples: &mut [f64]) -> (f64, f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let max = samples.last().copied().unwrap_or(0.0);
+    (quantile(samples, 0.5), quantile(samples, 0.99), max)
+}
+
 pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;

@@ -366,7 +366,7 @@ async fn a_holder_upgrading_its_lock_while_the_release_waits_is_not_held_up() {
 }
 
 /// A batch holds the shop's hot rows only from its last step to its commit: while its release
-/// statement takes 1 s (a trigger sleeping once on the reservation's update), a shopper updates
+/// statement takes 1 s (a trigger sleeping on the update of the order's one line), a shopper updates
 /// the order's variant and drop rows with a 100 ms `lock_timeout` and is granted; the run
 /// reports the batch's time (≥ 1 s) and its hot hold (well under it) apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,15 +380,8 @@ async fn a_batch_holds_the_hot_rows_only_from_its_last_step_to_its_commit() {
         ..Res::new(Some(order), v, 1, "-1 minute")
     })
     .await;
-    t.exec(
-        "CREATE SEQUENCE slow_tries; \
-         CREATE FUNCTION slow_once() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
-           BEGIN IF nextval('slow_tries') = 1 THEN PERFORM pg_sleep(1); END IF; \
-           RETURN NEW; END $$; \
-         CREATE TRIGGER slow_once BEFORE UPDATE ON orders_inventoryreservation \
-           FOR EACH ROW EXECUTE FUNCTION slow_once()",
-    )
-    .await;
+    // The order's one line: the release statement's update of it takes 1 s.
+    t.slow_updates("orders_inventoryreservation", 1.0).await;
     let mut s = settings();
     // A budget of 2 s: the slow statement is not cut.
     s.shop_deadlock_timeout_ms = Some(4000);

@@ -143,15 +143,12 @@ async fn the_release_step_updates_its_locked_rows_by_key_when_the_statistics_lag
           WHERE id IN (SELECT id FROM orders_inventoryreservation ORDER BY id LIMIT 10000)",
     )
     .await;
-    let orders: String = c
-        .query_one(
+    let orders = t
+        .text(
             "SELECT array_agg(order_id)::text FROM (SELECT order_id \
                FROM orders_inventoryreservation WHERE status = 'active' ORDER BY id LIMIT 2000) s",
-            &[],
         )
-        .await
-        .unwrap()
-        .get(0);
+        .await;
     let plan = release_plan(&c, &orders, "{}").await;
     let released = find_subplan(&plan[0]["Plan"], "CTE released").expect("no CTE released");
     let read = reservation_rows_read(released);
@@ -183,17 +180,14 @@ async fn the_release_step_reads_no_order_when_none_claimed_is_cancelled() {
           WHERE id IN (SELECT id FROM orders_order ORDER BY id LIMIT 10000)",
     )
     .await;
-    let row = c
-        .query_one(
-            "SELECT (SELECT array_agg(id)::text FROM (SELECT id FROM orders_order \
-               WHERE status = 'pending' ORDER BY id LIMIT 100) s), \
-             (SELECT array_agg(id)::text FROM (SELECT id FROM orders_order \
-               WHERE status = 'cancelled' ORDER BY id LIMIT 1) s)",
-            &[],
+    let first = |status: &str, n: u32| {
+        format!(
+            "SELECT array_agg(id)::text FROM (SELECT id FROM orders_order \
+               WHERE status = '{status}' ORDER BY id LIMIT {n}) s"
         )
-        .await
-        .unwrap();
-    let (orders, one_cancelled): (String, String) = (row.get(0), row.get(1));
+    };
+    let orders = t.text(&first("pending", 100)).await;
+    let one_cancelled = t.text(&first("cancelled", 1)).await;
     let plan = release_plan(&c, &orders, "{}").await;
     let finishing = find_subplan(&plan[0]["Plan"], "CTE finishing").expect("no CTE finishing");
     assert!(

@@ -130,13 +130,10 @@ impl Turn {
     }
 
     /// How long the batch has held hot rows without a break, up to now (call it when the
-    /// transaction has ended): None when it holds none.
+    /// transaction has ended): None when it holds none. A queue batch's grant comes before
+    /// anything it takes.
     pub(super) fn hold(&self) -> Option<Duration> {
-        let since = match (self.granted_at, self.taken_at) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b)?,
-        };
-        Some(since.elapsed())
+        Some(self.granted_at.or(self.taken_at)?.elapsed())
     }
 }
 
