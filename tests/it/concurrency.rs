@@ -1,9 +1,10 @@
 //! Locks and overlapping runs: what a shopper holds is skipped or briefly waited on, never
 //! made to fail, and two runs at once never release anything twice.
 
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use unreserver::StopReason;
+use unreserver::{OnCommit, RunOptions, StopReason};
 
 use crate::common::{backend_pid, run, settings, until_seen, Res, TestDb};
 
@@ -66,7 +67,9 @@ async fn locked_rows_are_skipped_and_left_as_backlog() {
 }
 
 /// Two runs at once over one backlog share it: every reservation is released exactly once
-/// and every counter ends equal to its active reservations.
+/// and every counter ends equal to its active reservations. The runs are made to overlap, not
+/// left to timing: after each committed batch, a run waits (between batches, holding nothing)
+/// until the other has committed one, so neither can drain the backlog alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runs_at_once_release_each_reservation_exactly_once() {
     let t = TestDb::new().await;
@@ -97,10 +100,28 @@ async fn two_runs_at_once_release_each_reservation_exactly_once() {
         .await as u64;
     let mut s = settings();
     s.batch_size = Some(25);
-    let mut a = t.open_with(&s).await;
-    let mut b = t.open_with(&s).await;
-    let (ra, rb) = tokio::join!(run(&mut a, &s, false), run(&mut b, &s, false));
-    // The runs overlapped: each took a share of the 24 or more batches.
+    let rendezvous = Rendezvous::default();
+    let mut runs = Vec::new();
+    for me in 0..2 {
+        let mut db = t.open_with(&s).await;
+        let (s, rendezvous) = (s.clone(), rendezvous.clone());
+        let options = RunOptions {
+            deadline: None,
+            on_commit: Some(OnCommit::new(move |_| rendezvous.committed(me))),
+            ..RunOptions::default()
+        };
+        runs.push(tokio::spawn(async move {
+            unreserver::run(&mut db, &s, &options)
+                .await
+                .unwrap_or_else(|f| panic!("run failed: {}", f.error.chain()))
+        }));
+    }
+    let mut reports = Vec::new();
+    for r in runs {
+        reports.push(r.await.unwrap());
+    }
+    let (ra, rb) = (&reports[0], &reports[1]);
+    // Each took a share of the 24 or more batches.
     assert!(
         ra.counts.reservations_released > 0 && rb.counts.reservations_released > 0,
         "one run did all the work: {ra:?} {rb:?}"
@@ -125,6 +146,31 @@ async fn two_runs_at_once_release_each_reservation_exactly_once() {
     assert_eq!(t.drifted_counters().await, 0);
     for v in variants {
         assert_eq!(t.reserved(v).await, 0);
+    }
+}
+
+/// Where two runs meet: each committed batch marks its run and waits, for up to a minute,
+/// until the other run has committed one too (with the thread given up to the runtime, so the
+/// other run goes on meanwhile).
+#[derive(Clone, Default)]
+struct Rendezvous(Arc<(Mutex<[bool; 2]>, Condvar)>);
+
+impl Rendezvous {
+    fn committed(&self, me: usize) {
+        tokio::task::block_in_place(|| {
+            let (marks, changed) = &*self.0;
+            let mut marks = marks.lock().unwrap();
+            marks[me] = true;
+            changed.notify_all();
+            let (marks, waited) = changed
+                .wait_timeout_while(marks, Duration::from_secs(60), |marks| !marks[1 - me])
+                .unwrap();
+            assert!(
+                !waited.timed_out(),
+                "run {} never committed a batch: {marks:?}",
+                1 - me
+            );
+        });
     }
 }
 
