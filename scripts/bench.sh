@@ -53,8 +53,12 @@ export BENCH_STARTED=$started
 # The sections other runs measure are carried over as they are: the end-to-end one
 # (scripts/bench-e2e.sh), the profile's, the cold start's (scripts/coldstart.sh),
 # reconcile's (scripts/bench-reconcile.sh) and --hot-rows'.
-kept=$(for part in "End to end: a new process per run" "The fixed cost of a run" "Adaptive batches and workers" "Where the database time goes" "Hot rows and carts" "Follow mode" "Purge during checkouts" "Cold start" "Reconcile" "Tenants"; do
-  python3 scripts/lib/md-section.py get BENCHMARKS.md "$part"; echo; done)
+# The end-to-end sections lead the file (the headline); the others follow this run's.
+sections() {
+  for part in "$@"; do python3 scripts/lib/md-section.py get BENCHMARKS.md "$part"; echo; done
+}
+lead=$(sections "End to end: a new process per run" "The fixed cost of a run")
+kept=$(sections "Adaptive batches and workers" "Where the database time goes" "Hot rows and carts" "Follow mode" "Purge during checkouts" "Cold start" "Reconcile" "Tenants")
 case " $* " in
   *" --profile "*)
     "$target/examples/bench" --binary "$target/unreserver" "$@" \
@@ -113,13 +117,19 @@ results=$("$target/examples/bench" --binary "$target/unreserver" "$@")
 {
   echo "# Benchmarks"
   echo
-  echo "Measured by \`scripts/bench.sh $*\` on $started, all figures from that one run (these"
-  echo "machines are shared and noisy: compare the ratios, not the absolute times)."
+  echo "The headline is \"End to end\" just below: the release as an operator's schedule runs it, a"
+  echo "new process per run (\`scripts/bench-e2e.sh\`, its own date and load). The sections from"
+  echo "\"Drain time\" to \"Idle run\" time the release inside the bench's process on an open"
+  echo "connection (\"in process\": connection, preflight and process start left out), measured by"
+  echo "\`scripts/bench.sh${*:+ $*}\` on $started, all from that one run; the sections after them name"
+  echo "their own command and date. These machines are shared and noisy: compare the ratios, not the"
+  echo "absolute times."
   echo
   echo "- machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(free -g | awk '/Mem:/ {print $2}') GiB"
   echo "- PostgreSQL: $("$PG_BIN/postgres" --version | awk '{print $3}'), fsync and synchronous_commit on, shared_buffers 1GB, on this machine's disk, client over loopback TCP"
   echo "- unreserver: release build, defaults (adaptive batches of BATCH_SIZE_MIN to BATCH_SIZE_MAX rows, WORKERS 2, LOCK_TIMEOUT_MS 100)"
   echo
+  if [ -n "${lead//[$'\n ']/}" ]; then echo "$lead"; echo; fi
   echo "$results"
   if [ -n "${kept//[$'\n ']/}" ]; then echo; echo "$kept"; fi
 } > BENCHMARKS.md

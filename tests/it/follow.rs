@@ -107,7 +107,9 @@ async fn reservations_falling_due_one_after_another_are_released_within_seconds(
 }
 
 /// SIGTERM while a batch is in flight (each order update made to take 100 ms, 3 a batch): that batch
-/// commits, no other starts, and the summed report says `stopped`.
+/// commits, no other starts, and the summed report says `stopped`. The batches get 2 s each
+/// (the shop's `deadlock_timeout` taken as 4 s), so that a loaded machine cuts none of them to
+/// a smaller size.
 #[tokio::test]
 async fn sigterm_ends_follow_after_the_batch_in_flight() {
     let t = TestApp::spawn().await;
@@ -118,7 +120,11 @@ async fn sigterm_ends_follow_after_the_batch_in_flight() {
             .await;
     }
     t.slow_updates("orders_order", 0.1).await;
-    let child = follow(&t, &[], &[("BATCH_SIZE", "3")]);
+    let child = follow(
+        &t,
+        &[],
+        &[("BATCH_SIZE", "3"), ("SHOP_DEADLOCK_TIMEOUT_MS", "4000")],
+    );
     let watcher = t.connect().await;
     let mut seen = false;
     for _ in 0..2500 {

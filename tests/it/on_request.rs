@@ -215,11 +215,11 @@ async fn a_release_polling_for_a_held_row_keeps_no_other_row_from_a_shopper() {
 
 /// A shopper holds a variant of the order (a checkout of their own) while the order is released
 /// on request; meanwhile a second shopper adds an item to that order, locking the order row
-/// with a 100 ms `lock_timeout` of their own, as the shop does. Between its tries the release
+/// with a 1 s `lock_timeout` of their own, as the shop does. Between its tries the release
 /// keeps no row (each try rolls back, or commits nothing, before it pauses), so the second
 /// shopper is granted the order at once. Once the variant is free the release, judging the
 /// order on the rows it locked in its last try, releases the added item too. A release that
-/// polled inside its transaction kept the order row (`LOCK_TIMEOUT_MS`, 400 ms here) and the
+/// polled inside its transaction kept the order row (`LOCK_TIMEOUT_MS`, 2 s here) and the
 /// shopper failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_polling_for_a_held_variant_keeps_no_order_row_from_a_shopper() {
@@ -227,7 +227,8 @@ async fn a_release_polling_for_a_held_variant_keeps_no_order_row_from_a_shopper(
     let (order, v, d, v2) = order_not_yet_due(&t, "pending").await;
     let mut holder = t.connect().await;
     let held = crate::common::hold_row(&mut holder, "products_productvariant", v).await;
-    let front = t.with("LOCK_TIMEOUT_MS", "400");
+    t.allow_long_polls().await;
+    let front = t.with("LOCK_TIMEOUT_MS", "2000");
     let (watcher, mut shopper) = (t.connect().await, t.connect().await);
     let since = SystemTime::now();
     let releasing = tokio::spawn(async move { release(&front, order).await });
@@ -241,8 +242,7 @@ async fn a_release_polling_for_a_held_variant_keeps_no_order_row_from_a_shopper(
             .is_some(),
         "the release never polled for the held variant"
     );
-    let (adding, locked) =
-        crate::common::lock_order_as_the_shop(&mut shopper, order, "100ms").await;
+    let (adding, locked) = crate::common::lock_order_as_the_shop(&mut shopper, order, "1s").await;
     assert!(
         locked.is_ok(),
         "the shopper waited on the release for the order row: {locked:?}"

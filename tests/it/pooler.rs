@@ -57,19 +57,42 @@ async fn every_command_works_through_pgbouncer_in_session_mode() {
 
 /// Three clients at once make the pool open three server connections; idle again, the pool
 /// hands them out in turn (`server_round_robin`, as a busy pool does): each transaction of the
-/// command then reaches another server connection than the one before.
-async fn warm(url: &str) {
-    let clients = (0..3).map(|_| {
-        let url = url.to_string();
-        tokio::spawn(async move {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(connection);
-            client.simple_query("SELECT pg_sleep(0.3)").await.unwrap();
+/// command then reaches another server connection than the one before. The three are seen
+/// sleeping at once in the database, then cancelled: the overlap is not left to timing.
+async fn warm(t: &TestDb, url: &str) {
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.to_string();
+            tokio::spawn(async move {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(connection);
+                // Cancelled below once all three sleep.
+                let _ = client.simple_query("SELECT pg_sleep(60)").await;
+            })
         })
-    });
-    for c in clients.collect::<Vec<_>>() {
+        .collect();
+    let sleeping = "SELECT count(*) FROM pg_stat_activity \
+                    WHERE datname = current_database() AND wait_event = 'PgSleep'";
+    let mut all_three = false;
+    for _ in 0..6000 {
+        if t.i64(sleeping).await >= 3 {
+            all_three = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    t.exec(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+          WHERE datname = current_database() AND wait_event = 'PgSleep'",
+    )
+    .await;
+    assert!(
+        all_three,
+        "the pool never held three server connections at once"
+    );
+    for c in clients {
         c.await.unwrap();
     }
 }
@@ -82,7 +105,7 @@ async fn transaction_pooling_is_refused_before_anything_changes() {
     let pooled = through_pooler("UNRESERVER_TEST_PGBOUNCER_TRANSACTION_PORT", &t, "");
     let url = pooled.var("DATABASE_URL").unwrap_or_default().to_string();
     for args in [&["run"][..], &["reconcile", "--apply"], &["status"]] {
-        warm(&url).await;
+        warm(&t, &url).await;
         let out = pooled.cli(args).await;
         let stderr = &out.stderr;
         assert_eq!(out.code, Some(1), "{args:?}: {stderr}");

@@ -181,8 +181,11 @@ async fn a_row_held_for_a_moment_is_polled_for_and_repaired() {
     let v = t.variant(4).await;
     let mut holder = t.connect().await;
     let held = crate::common::hold_row(&mut holder, "products_productvariant", v).await;
+    // It polls for 2 s, so that the watcher sees it polling and the holder commits within
+    // the one window on a loaded machine.
+    t.allow_long_polls().await;
     let mut s = settings();
-    s.lock_timeout_ms = 400;
+    s.lock_timeout_ms = 2000;
     let mut db = t.open_with(&s).await;
     let reconciler = crate::common::backend_pid(&db.client).await;
     db.client.batch_execute("SELECT 'ready'").await.unwrap();

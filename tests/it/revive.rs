@@ -491,7 +491,7 @@ async fn a_retried_revive_answers_already_active_and_changes_nothing() {
 }
 
 /// A shopper holds a variant of the order while revive tries it; meanwhile the shop updates the
-/// order row (locking it with a 100 ms `lock_timeout` of its own). Between its tries revive
+/// order row (locking it with a 1 s `lock_timeout` of its own; revive polls 2 s). Between its tries revive
 /// keeps no row (each try rolls back before it pauses), so the shop is granted the order at
 /// once; once the variant is free, revive revives the order, judged on the rows it locked in
 /// its last try.
@@ -501,8 +501,9 @@ async fn a_revive_polling_for_a_held_variant_keeps_no_order_row_from_the_shop() 
     let (order, v, d, v2) = released_order(&t).await;
     let mut holder = t.connect().await;
     let held = crate::common::hold_row(&mut holder, "products_productvariant", v).await;
+    t.allow_long_polls().await;
     let mut s = settings();
-    s.lock_timeout_ms = 400;
+    s.lock_timeout_ms = 2000;
     let mut db = t.open_with(&s).await;
     let reviver = crate::common::backend_pid(&db.client).await;
     db.client.batch_execute("SELECT 'ready'").await.unwrap();
@@ -513,7 +514,7 @@ async fn a_revive_polling_for_a_held_variant_keeps_no_order_row_from_the_shop() 
         crate::common::until_seen(&watcher, reviver, "state = 'idle' AND query = 'ROLLBACK'").await,
         "revive never polled for the held variant"
     );
-    let (updating, locked) = crate::common::lock_order_as_the_shop(&mut shop, order, "100ms").await;
+    let (updating, locked) = crate::common::lock_order_as_the_shop(&mut shop, order, "1s").await;
     assert!(
         locked.is_ok(),
         "the shop waited on revive for the order row: {locked:?}"
