@@ -280,6 +280,10 @@ impl<'de> serde::Deserialize<'de> for Source {
 }
 
 impl Source {
+    /// The source of the schedule's runs: its payload's `{"source": "schedule"}`, or an
+    /// EventBridge "Scheduled Event".
+    pub const SCHEDULE: &'static str = "schedule";
+
     /// The source of an input: the payload's, else `manual` (a payload without one) or `cli`.
     pub fn or_default(source: Option<Source>, front: Front) -> Source {
         source.unwrap_or_else(|| Source(front.name("cli", "manual").into()))

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::action::run::Run;
 use crate::action::tenancy::{TenantChoice, TENANT_FIELD};
-use crate::action::{strict, Request, DOOR_ACTIONS, MAX_SOURCE_LEN};
+use crate::action::{strict, Request, Source, DOOR_ACTIONS, MAX_SOURCE_LEN};
 use crate::error::{Error, Result};
 
 /// The EventBridge "Scheduled Event" envelope (EventBridge rules and the default Scheduler
@@ -80,7 +80,7 @@ pub fn parse(payload: &Value) -> Result<Request> {
                     truncate(&event.detail_type)
                 )));
             }
-            return Ok(Request::Run(Run::scheduled("schedule")));
+            return Ok(Request::Run(Run::scheduled(Source::SCHEDULE)));
         }
         Value::Object(_) => {}
         other => {

@@ -172,7 +172,8 @@ settings! {
         EXPIRY_WARNING_SECONDS: number(0..=86_400, 0, Seconds), Both
             => warning_lead: Option<Duration>;
         /// Time between two scheduled runs (the template sets it): how far beyond their lead time
-        /// the expiry warnings look, so that none falls between two runs.
+        /// the expiry warnings look, so that none falls between two runs; and a scheduled run
+        /// (source `schedule`) starts no batch past it, leaving the rest to the next run.
         RUN_INTERVAL_SECONDS: number(60..=86_400, 300, Seconds), Both
             => run_interval: Duration;
     }
