@@ -291,6 +291,19 @@ async fn hot_row_with_a_queue() -> bool {
     true
 }
 
+/// Whether the session `pid` is waiting for a lock now (a request of its own in `pg_locks`
+/// not granted).
+async fn waits_for_a_lock(watcher: &Client, pid: i32) -> bool {
+    watcher
+        .query_one(
+            "SELECT count(*) > 0 FROM pg_locks WHERE NOT granted AND pid = $1",
+            &[&pid],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// The holder of the hot row upgrades its own lock on it (`FOR NO KEY UPDATE`, then `FOR
 /// UPDATE`, as Django's `select_for_update()` after an update does) while a queue batch waits
 /// behind it: the upgrade is granted at once (the batch, waiting, holds nothing the holder
@@ -318,15 +331,7 @@ async fn a_holder_upgrading_its_lock_while_the_release_waits_is_not_held_up() {
     let shop = async {
         let mut waiting = false;
         for _ in 0..2000 {
-            let n: i64 = watcher
-                .query_one(
-                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid = $1",
-                    &[&release_pid],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if n > 0 {
+            if waits_for_a_lock(&watcher, release_pid).await {
                 waiting = true;
                 break;
             }
@@ -342,16 +347,9 @@ async fn a_holder_upgrading_its_lock_while_the_release_waits_is_not_held_up() {
         let upgrade = started.elapsed();
         // Granted while the batch still waited in the queue: it did not wait for the batch
         // to give up (a quarter of the 4 s deadlock_timeout).
-        let still_queued: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid = $1",
-                &[&release_pid],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let still_queued = waits_for_a_lock(&watcher, release_pid).await;
         tx.commit().await.unwrap();
-        (waiting, upgrade, still_queued > 0)
+        (waiting, upgrade, still_queued)
     };
     let (report, (waiting, upgrade, still_queued)) = tokio::join!(release, shop);
     assert!(
