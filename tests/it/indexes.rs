@@ -230,11 +230,11 @@ async fn a_pass_drops_the_rows_of_orders_already_released() {
 }
 
 /// Two workers reading in passes share the backlog: the rest of the first pass, which the run
-/// reads alone before it spreads, is given back and each worker scans its own share, so each
-/// releases about half (a trigger notes the backend that released each row), every due row
-/// once, legacy rows (no `expires_at`) included. Kept by the first worker while the second
-/// scanned on after it, the rest of that pass (here every due row) left the second nothing to
-/// do (and with passes of 500 rows, 50 of 600).
+/// reads alone before it spreads, is given back and each worker scans its own share, so
+/// neither releases more than two thirds (about half; a trigger notes the backend that
+/// released each row), every due row once, legacy rows (no `expires_at`) included. Kept by the
+/// first worker while the second scanned on after it, the rest of that pass (here every due
+/// row) left the second nothing to do (and with passes of 500 rows, 50 of 600).
 #[tokio::test]
 async fn two_workers_reading_in_passes_share_the_backlog() {
     let t = TestDb::new().await;
@@ -266,6 +266,9 @@ async fn two_workers_reading_in_passes_share_the_backlog() {
     // The first pass takes every due row, legacy ones last: both cursors go back.
     s.pass_size = 700;
     s.workers = 2;
+    // Batches of 2 s at most (the shop's deadlock_timeout taken as 4 s), so that a loaded
+    // machine cuts none: a cut batch goes on in a new session, another backend.
+    s.shop_deadlock_timeout_ms = Some(4000);
     let mut db = t.open_with(&s).await;
     let report = run(&mut db, &s, false).await;
     assert_eq!(report.counts.reservations_released, 660, "{report:?}");
@@ -284,8 +287,10 @@ async fn two_workers_reading_in_passes_share_the_backlog() {
         .map(|row| row.get(0))
         .collect();
     assert_eq!(shares.iter().sum::<i64>(), 660, "{shares:?}");
+    // No backend released more than two thirds (a session that replaced a cut one counts
+    // apart, and only makes the shares smaller).
     assert!(
-        shares.len() == 2 && shares[0] >= 220,
+        shares.len() >= 2 && shares.iter().all(|&n| n <= 440),
         "the rows released by each worker: {shares:?}"
     );
 }
