@@ -16,7 +16,8 @@ pub enum StopReason {
     Drained,
     /// `MAX_BATCHES` batches ran.
     MaxBatches,
-    /// The time budget (the Lambda deadline minus a margin) was near.
+    /// The time budget was near: the Lambda deadline minus a margin, the CLI's
+    /// `TIME_BUDGET_SECONDS`, or for a scheduled run the next schedule (`RUN_INTERVAL_SECONDS`).
     TimeBudget,
     /// A batch kept failing with a lock timeout, deadlock or serialization failure through every
     /// retry; the run backed off and leaves the rest to the next run. (A row held for long costs
