@@ -279,7 +279,6 @@ impl RunReport {
     }
 }
 
-/// The `q`-quantile (0..=1) of `sorted` by nearest rank; 0 when empty.
 /// Sorts `samples` and returns their median, 99th percentile and largest (0 for none).
 fn median_p99_max(samples: &mut [f64]) -> (f64, f64, f64) {
     samples.sort_by(f64::total_cmp);
@@ -287,6 +286,7 @@ fn median_p99_max(samples: &mut [f64]) -> (f64, f64, f64) {
     (quantile(samples, 0.5), quantile(samples, 0.99), max)
 }
 
+/// The `q`-quantile (0..=1) of `sorted` by nearest rank; 0 when empty.
 pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;

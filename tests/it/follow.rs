@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{json, Value};
 
 use crate::app::{RunningCli, TestApp};
-use crate::common::{Res, TestDb};
+use crate::common::{until_true, Res, TestDb};
 
 /// `unreserver follow ARGS` on `t`'s database, with the variables `extra` besides.
 fn follow(t: &TestApp, args: &[&str], extra: &[(&str, &str)]) -> RunningCli {
@@ -158,23 +158,6 @@ async fn sigterm_ends_follow_after_the_batch_in_flight() {
         "the report is what committed"
     );
     assert_eq!(json!(report["batches"]), json!(released / 3));
-}
-
-/// Until `sql` (a boolean) is true on `t`'s database, looking every 2 ms for up to 30 s: whether
-/// it became true. The bound is generous; what is awaited is a commit, not a time.
-async fn until_true(t: &TestDb, sql: &str) -> bool {
-    for _ in 0..15_000 {
-        if t.client
-            .query_one(sql, &[])
-            .await
-            .unwrap()
-            .get::<_, bool>(0)
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    false
 }
 
 /// The follower's session idle after a look at what is due (`NEXT_DUE`, known by the start of

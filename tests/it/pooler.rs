@@ -8,7 +8,7 @@
 //! pooler refuses is named as that, not as an unreachable database.
 
 use crate::app::{Front, TestApp};
-use crate::common::{test_env, Res, TestDb, RELEASE_PASSWORD, RELEASE_ROLE};
+use crate::common::{test_env, until_true, Res, TestDb, RELEASE_PASSWORD, RELEASE_ROLE};
 
 fn through(port_var: &str, t: &TestDb, query: &str) -> String {
     format!(
@@ -73,16 +73,12 @@ async fn warm(t: &TestDb, url: &str) {
             })
         })
         .collect();
-    let sleeping = "SELECT count(*) FROM pg_stat_activity \
-                    WHERE datname = current_database() AND wait_event = 'PgSleep'";
-    let mut all_three = false;
-    for _ in 0..6000 {
-        if t.i64(sleeping).await >= 3 {
-            all_three = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let all_three = until_true(
+        t,
+        "(SELECT count(*) FROM pg_stat_activity \
+           WHERE datname = current_database() AND wait_event = 'PgSleep') >= 3",
+    )
+    .await;
     t.exec(
         "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
           WHERE datname = current_database() AND wait_event = 'PgSleep'",
