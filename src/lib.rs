@@ -65,7 +65,7 @@ pub use db::connect::{apply_defaults, config_from_url, connect, APPLICATION_NAME
 pub use db::credentials::{CredentialSource, IamSource};
 pub use db::iam::{auth_token as rds_iam_token, TokenTarget};
 pub use db::secrets::SecretSource;
-pub use db::session::Database;
+pub use db::session::{CancelledBy, Database};
 pub use db::tls::{
     certificates as tls_certificates, connector as tls_connector, RdsCaRegions, Tls,
 };

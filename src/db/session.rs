@@ -5,6 +5,7 @@
 use super::tls::Tls;
 use tokio_postgres::{Client, Config};
 
+use super::cancel;
 use super::connect;
 use super::preflight::{self, Preflight};
 use super::sql::{self, Statements};
@@ -160,10 +161,11 @@ impl Database {
 }
 
 /// Cancels the statement a connection is running, through a separate connection, as
-/// PostgreSQL's cancel protocol works — or, when that connection is refused (a proxy or pooler
-/// that does not forward cancel requests), through a session of its own with
-/// `pg_cancel_backend` ([`sql::CANCEL_BACKEND`]), so that a cut batch still stops at once
-/// instead of at the statement timeout.
+/// PostgreSQL's cancel protocol works and as libpq sends it ([`cancel`]: the answer awaited, so
+/// no pooler sees the request dropped half-way) — or, when that connection is refused or not
+/// answered (a proxy or pooler that does not forward cancel requests), through a session of its
+/// own with `pg_cancel_backend` ([`sql::CANCEL_BACKEND`]), so that a cut batch still stops at
+/// once instead of at the statement timeout.
 pub struct Canceller {
     token: tokio_postgres::CancelToken,
     tls: Tls,
@@ -174,33 +176,80 @@ pub struct Canceller {
 }
 
 impl Canceller {
-    /// Sends the cancel request; when it cannot be sent, cancels through SQL. A failure of both
-    /// is logged, not raised (the statement timeout still bounds the statement).
-    pub async fn cancel(&mut self) {
-        let Err(error) = self.token.cancel_query(self.tls.clone()).await else {
-            return;
-        };
-        tracing::warn!(error = %error, "could not send the cancel request; cancelling through SQL");
-        self.cancel_through_sql().await;
+    /// Sends the cancel request and waits for its answer; when it cannot be sent or is not
+    /// answered in time, cancels through SQL (as well). A failure of both is logged, not raised (the statement
+    /// timeout still bounds the statement). Says which way went.
+    pub async fn cancel(&mut self) -> CancelledBy {
+        match cancel::cancel_and_wait(&self.token, &self.config, &self.tls).await {
+            Ok(cancel::Sent::Answered) => return CancelledBy::Request,
+            Ok(cancel::Sent::Unanswered) => {
+                tracing::warn!("the cancel request was not answered; cancelling through SQL too");
+                return match self.cancel_through_sql().await {
+                    CancelledBy::Sql => CancelledBy::RequestAndSql,
+                    _ => CancelledBy::RequestUnanswered,
+                };
+            }
+            Err(cancel::CancelError::NotOneHost(hosts)) => {
+                tracing::debug!(
+                    hosts,
+                    "the session's host is not known: cancelling through SQL"
+                );
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "could not send the cancel request; cancelling through SQL");
+            }
+        }
+        self.cancel_through_sql().await
     }
 
     /// Cancels through a session of its own with `pg_cancel_backend`: for a cancel request
     /// that was sent but never reached the server (a proxy that drops it looks, to the sender,
     /// like a server that took it). A failure is logged, not raised.
-    pub async fn cancel_through_sql(&mut self) {
+    pub async fn cancel_through_sql(&mut self) -> CancelledBy {
         if self.side.is_none() {
             match connect::connect(&self.config, &self.tls).await {
                 Ok(client) => self.side = Some(client),
                 Err(error) => {
                     tracing::warn!(error = %error.chain(), "could not connect to cancel through SQL");
-                    return;
+                    return CancelledBy::Nothing;
                 }
             }
         }
-        if let Some(client) = &self.side {
-            if let Err(error) = sql::cancel_backend(client, self.pid).await {
+        let Some(client) = &self.side else {
+            return CancelledBy::Nothing;
+        };
+        match sql::cancel_backend(client, self.pid).await {
+            Ok(true) => CancelledBy::Sql,
+            Ok(false) => CancelledBy::Nothing,
+            Err(error) => {
                 tracing::warn!(error = %error.chain(), "could not cancel through SQL");
+                CancelledBy::Nothing
             }
         }
+    }
+}
+
+/// Which way a [`Canceller`] reached the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelledBy {
+    /// The cancel request, answered.
+    Request,
+    /// The cancel request, not answered in time, and then `pg_cancel_backend` as well.
+    RequestAndSql,
+    /// The cancel request, not answered in time; the fallback failed (logged).
+    RequestUnanswered,
+    /// `pg_cancel_backend` from a session of its own: the request could not be sent.
+    Sql,
+    /// Neither reached the backend (logged, or the backend had ended).
+    Nothing,
+}
+
+impl CancelledBy {
+    /// Whether the cancel request was sent on its connection (answered or not).
+    pub fn sent_the_request(self) -> bool {
+        matches!(
+            self,
+            CancelledBy::Request | CancelledBy::RequestAndSql | CancelledBy::RequestUnanswered
+        )
     }
 }

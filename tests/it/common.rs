@@ -522,3 +522,25 @@ pub async fn until_true(t: &TestDb, sql: &str) -> bool {
     }
     false
 }
+
+/// Runs a 30 s sleep on `db` and cancels it with its [`Database::canceller`] once `t` sees it
+/// running: asserts that the sleep was cancelled, and answers which way the cancel went.
+pub async fn cancel_a_sleep(t: &TestDb, db: &Database) -> unreserver::CancelledBy {
+    let sleep = "SELECT pg_sleep(30) -- to be cancelled";
+    let mut canceller = db.canceller();
+    let cancel = async {
+        let sleeping = format!(
+            "EXISTS (SELECT FROM pg_stat_activity WHERE query = '{sleep}' AND state = 'active')"
+        );
+        assert!(until_true(t, &sleeping).await, "the statement never ran");
+        canceller.cancel().await
+    };
+    let (slept, by) = tokio::join!(db.client.simple_query(sleep), cancel);
+    let err = slept.expect_err("the statement ran to its end");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{err}"
+    );
+    by
+}

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use unreserver::{Database, RunOptions};
 
 use crate::common::{
-    admin_url, backend_pid, connect_url, longest_wait_on_the_release, run, settings, until_seen,
-    Res, TestDb, RELEASE_ROLE,
+    admin_url, backend_pid, cancel_a_sleep, connect_url, longest_wait_on_the_release, run,
+    settings, until_seen, Res, TestDb, RELEASE_ROLE,
 };
 
 /// Waits (up to 5 s) until the release role's session of database `name` polls for a row
@@ -242,39 +242,35 @@ async fn a_late_cancel_cannot_reach_the_session_that_replaced_its_own() {
     late.await.unwrap();
 }
 
-/// A TCP proxy in front of the test server that forwards every connection but a cancel request
-/// (a proxy or pooler that does not pass them on): its port, and how many it dropped.
-async fn proxy_refusing_cancels() -> (u16, Arc<std::sync::atomic::AtomicU32>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    /// The protocol's CancelRequest: length 16, code 80877102.
-    const CANCEL: [u8; 8] = [0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let dropped = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let counter = dropped.clone();
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let mut head = [0_u8; 8];
-                if client.read_exact(&mut head).await.is_err() {
-                    return;
-                }
-                if head == CANCEL {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                let addr = format!("127.0.0.1:{}", crate::common::pg_port());
-                let Ok(mut server) = tokio::net::TcpStream::connect(addr).await else {
-                    return;
-                };
-                if server.write_all(&head).await.is_ok() {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                }
-            });
-        }
-    });
-    (port, dropped)
+/// The cancel request of a cut batch reaches its statement and is answered over TCP and over
+/// the server's Unix socket alike (sent on a connection of its own, to where the session went).
+#[tokio::test]
+async fn a_cancel_request_is_answered_over_tcp_and_over_the_unix_socket() {
+    let t = TestDb::new().await;
+    let tcp = t.open().await;
+    let by = cancel_a_sleep(&t, &tcp).await;
+    assert!(by.sent_the_request(), "TCP: {by:?}");
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(crate::common::test_env("UNRESERVER_TEST_SOCKET_DIR"))
+        .port(crate::common::pg_port())
+        .user(RELEASE_ROLE)
+        .dbname(&t.name)
+        .ssl_mode(tokio_postgres::config::SslMode::Disable);
+    unreserver::apply_defaults(&mut config);
+    let tls = unreserver::tls_connector(None, &unreserver::RdsCaRegions::All).unwrap();
+    let socket = Database::open(&config, &tls, settings().lock_timeout_ms)
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.chain()));
+    let over_the_socket: bool = socket
+        .client
+        .query_one("SELECT inet_server_addr() IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(over_the_socket, "the session did not come over the socket");
+    let by = cancel_a_sleep(&t, &socket).await;
+    assert!(by.sent_the_request(), "Unix socket: {by:?}");
 }
 
 /// Behind a proxy that drops cancel requests, a batch cut by its budget still stops at once:
@@ -289,11 +285,11 @@ async fn a_cut_batch_stops_even_when_the_cancel_request_is_dropped() {
     let t = TestDb::new().await;
     let (v, order, _) = t.one_due_order(1).await;
     slow_first_reservation_update(&t).await;
-    let (port, dropped) = proxy_refusing_cancels().await;
+    let proxy = crate::proxy::Proxy::start(true).await;
     let mut config = tokio_postgres::Config::new();
     config
         .host("127.0.0.1")
-        .port(port)
+        .port(proxy.port)
         .user(RELEASE_ROLE)
         .password(crate::common::RELEASE_PASSWORD)
         .dbname(&t.name)
@@ -313,7 +309,7 @@ async fn a_cut_batch_stops_even_when_the_cancel_request_is_dropped() {
     let (report, (sleeping, waited)) = tokio::join!(release, checkout);
     assert!(sleeping, "the batch was never seen in its slow statement");
     assert!(
-        dropped.load(Ordering::Relaxed) > 0,
+        proxy.cancels_in_the_clear() > 0,
         "no cancel request went through the proxy"
     );
     let waited = waited.expect("the shopper's transaction failed");

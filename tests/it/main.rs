@@ -30,6 +30,7 @@ mod page;
 mod plans;
 mod pooler;
 mod prometheus;
+mod proxy;
 mod purge;
 mod reconcile;
 mod release_rules;

@@ -8,7 +8,11 @@
 //! pooler refuses is named as that, not as an unreachable database.
 
 use crate::app::{Front, TestApp};
-use crate::common::{test_env, until_true, Res, TestDb, RELEASE_PASSWORD, RELEASE_ROLE};
+use unreserver::Database;
+
+use crate::common::{
+    cancel_a_sleep, test_env, until_true, Res, TestDb, RELEASE_PASSWORD, RELEASE_ROLE,
+};
 
 fn through(port_var: &str, t: &TestDb, query: &str) -> String {
     format!(
@@ -154,5 +158,31 @@ async fn behind_a_pooler_a_run_opens_one_connection_unless_allowed_more() {
             "POOLED_WORKERS {pooled_workers:?}: {report}"
         );
         assert_eq!(report["reservations_released"], total, "{report}");
+    }
+}
+
+/// A batch cut behind Debian's PgBouncer 1.18 sends PostgreSQL's cancel request through it.
+/// That PgBouncer exits ("disconnect_client(): bad client state: 0", dropping every client)
+/// when the cancelling client closes before the request is passed on, as tokio-postgres's own
+/// cancel does: the release's waits for PgBouncer's close, as libpq does. Twenty statements are
+/// each cancelled, the request sent every time, and a shopper's session through the same
+/// pooler still answers after each. With tokio-postgres's cancel (mutation tried) the first
+/// request was dropped and its statement ran its 30 s; sent as that cancel sends it (closed at
+/// once after the request), twenty raw requests made this PgBouncer exit within five.
+#[tokio::test]
+async fn cancels_sent_through_pgbouncer_leave_it_up_for_every_other_client() {
+    let t = TestDb::new().await;
+    let url = through("UNRESERVER_TEST_PGBOUNCER_SESSION_PORT", &t, "");
+    let config = unreserver::config_from_url("DATABASE_URL", &url).unwrap();
+    let tls = unreserver::tls_connector(None, &unreserver::RdsCaRegions::All).unwrap();
+    let db = Database::open(&config, &tls, 100).await.unwrap();
+    let shopper = unreserver::connect(&config, &tls).await.unwrap();
+    for i in 0..20 {
+        let by = cancel_a_sleep(&t, &db).await;
+        assert!(by.sent_the_request(), "cancel {i}: {by:?}");
+        shopper
+            .simple_query("SELECT 1")
+            .await
+            .unwrap_or_else(|e| panic!("after cancel {i} the pooler dropped a client: {e}"));
     }
 }

@@ -261,3 +261,35 @@ async fn the_release_runs_as_its_role_over_verified_tls() {
     assert_eq!(t.reserved(v).await, 0);
     assert_eq!(t.drifted_counters().await, 0);
 }
+
+/// A cut batch's cancel request goes over the connection's own verified TLS and is answered:
+/// the statement is stopped by the request itself (a failed handshake would have fallen back
+/// to cancelling through SQL, which the answer names), and a proxy in front of the server saw
+/// every connection, the cancel's too, ask for TLS first — never a cancel key in the clear.
+#[tokio::test]
+async fn a_cancel_request_goes_over_verified_tls_and_stops_its_statement() {
+    let t = TestDb::new().await;
+    let proxy = crate::proxy::Proxy::start(false).await;
+    let mut config = Config::new();
+    config
+        .host("localhost")
+        .port(proxy.port)
+        .user(RELEASE_ROLE)
+        .password(crate::common::RELEASE_PASSWORD)
+        .dbname(&t.name)
+        .ssl_mode(SslMode::Require);
+    apply_defaults(&mut config);
+    let tls = tls_connector(Some(&ca()), &RdsCaRegions::All).unwrap();
+    let db = Database::open(&config, &tls, settings().lock_timeout_ms)
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.chain()));
+    let by = crate::common::cancel_a_sleep(&t, &db).await;
+    assert!(by.sent_the_request(), "{by:?}");
+    assert_eq!(
+        proxy.cancels_in_the_clear(),
+        0,
+        "a cancel key went in the clear"
+    );
+    assert_eq!(proxy.connections(), 2, "the session and its cancel request");
+    assert_eq!(proxy.tls_requests(), 2, "a connection did not ask for TLS");
+}
