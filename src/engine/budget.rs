@@ -84,10 +84,25 @@ pub(super) async fn timed_batch(
         loop {
             // A cancel request that has not stopped the batch after a few repeats may never
             // have reached the server (a proxy that drops it): cancel through SQL instead.
-            if sent < CANCEL_REQUESTS {
-                canceller.cancel().await;
-            } else {
-                canceller.cancel_through_sql().await;
+            let through_sql = sent >= CANCEL_REQUESTS;
+            let canceller = &mut canceller;
+            let cancel = async move {
+                if through_sql {
+                    canceller.cancel_through_sql().await
+                } else {
+                    canceller.cancel().await
+                }
+            };
+            tokio::pin!(cancel);
+            // The batch goes on while the request's answer is awaited, so that its rollback
+            // frees the rows at once; the request is still awaited to its end (a pooler must
+            // not see it dropped half-way: `db::cancel`).
+            tokio::select! {
+                result = &mut batch => {
+                    cancel.await;
+                    break result;
+                }
+                _ = &mut cancel => {}
             }
             sent += 1;
             tokio::select! {

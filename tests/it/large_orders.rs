@@ -171,7 +171,13 @@ async fn a_giant_order_is_released_in_parts_and_its_buyer_never_waits_past_the_b
                     )
                     .await
                 {
-                    return Err(format!("the buyer's payment waited past the bound: {e}"));
+                    let why = e
+                        .as_db_error()
+                        .map_or(e.to_string(), |d| d.message().to_string());
+                    return Err(format!(
+                        "the buyer's payment failed after {:?}: {why}",
+                        asked.elapsed()
+                    ));
                 }
                 longest = longest.max(asked.elapsed());
                 tx.commit().await.unwrap();
