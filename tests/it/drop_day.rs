@@ -286,15 +286,7 @@ async fn a_cut_batch_stops_even_when_the_cancel_request_is_dropped() {
     let (v, order, _) = t.one_due_order(1).await;
     slow_first_reservation_update(&t).await;
     let proxy = crate::proxy::Proxy::start(true).await;
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(proxy.port)
-        .user(RELEASE_ROLE)
-        .password(crate::common::RELEASE_PASSWORD)
-        .dbname(&t.name)
-        .ssl_mode(tokio_postgres::config::SslMode::Disable);
-    unreserver::apply_defaults(&mut config);
+    let config = proxy.release_config(&t, "127.0.0.1", tokio_postgres::config::SslMode::Disable);
     let mut s = settings();
     s.shop_deadlock_timeout_ms = Some(2000);
     let tls = unreserver::tls_connector(None, &unreserver::RdsCaRegions::All).unwrap();

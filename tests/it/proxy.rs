@@ -5,6 +5,10 @@
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::Config;
+
+use crate::common::{TestDb, RELEASE_PASSWORD, RELEASE_ROLE};
 
 /// The protocol's CancelRequest, as it begins: length 16, code 80877102.
 const CANCEL_REQUEST: [u8; 8] = [0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
@@ -46,6 +50,21 @@ impl Proxy {
             }
         });
         Proxy { port, heads }
+    }
+
+    /// The release role's connection to `t`'s database through this proxy, at `host` (the
+    /// name TLS verifies), with the front-ends' defaults.
+    pub fn release_config(&self, t: &TestDb, host: &str, ssl_mode: SslMode) -> Config {
+        let mut config = Config::new();
+        config
+            .host(host)
+            .port(self.port)
+            .user(RELEASE_ROLE)
+            .password(RELEASE_PASSWORD)
+            .dbname(&t.name)
+            .ssl_mode(ssl_mode);
+        unreserver::apply_defaults(&mut config);
+        config
     }
 
     /// Connections so far.

@@ -270,15 +270,7 @@ async fn the_release_runs_as_its_role_over_verified_tls() {
 async fn a_cancel_request_goes_over_verified_tls_and_stops_its_statement() {
     let t = TestDb::new().await;
     let proxy = crate::proxy::Proxy::start(false).await;
-    let mut config = Config::new();
-    config
-        .host("localhost")
-        .port(proxy.port)
-        .user(RELEASE_ROLE)
-        .password(crate::common::RELEASE_PASSWORD)
-        .dbname(&t.name)
-        .ssl_mode(SslMode::Require);
-    apply_defaults(&mut config);
+    let config = proxy.release_config(&t, "localhost", SslMode::Require);
     let tls = tls_connector(Some(&ca()), &RdsCaRegions::All).unwrap();
     let db = Database::open(&config, &tls, settings().lock_timeout_ms)
         .await
