@@ -9,9 +9,9 @@
 //! ([pgbouncer#846](https://github.com/pgbouncer/pgbouncer/pull/846), fixed in 1.19.1: "It's
 //! possible for the client to disconnect itself, which would cause the client object to be
 //! freed, before the linked server is"), and 1.18.0 up to 1.20.1 exits on any byte a
-//! cancelling client sends after the request (pgbouncer#928, fixed in 1.21.0). libpq's cancel waits for the close "which
-//! indicates that it's processed the request": so the release's does too, which also means a
-//! cancel that returned can no longer land on a later statement.
+//! cancelling client sends after the request (pgbouncer#928, fixed in 1.21.0). libpq's cancel
+//! waits for the close "which indicates that it's processed the request": so the release's
+//! does too, which also means a cancel that returned can no longer land on a later statement.
 //!
 //! The request's key is the one tokio-postgres holds for the connection (its `CancelToken`
 //! keeps it private): the token writes its request into memory here, and those 16 bytes go out

@@ -177,8 +177,8 @@ pub struct Canceller {
 
 impl Canceller {
     /// Sends the cancel request and waits for its answer; when it cannot be sent or is not
-    /// answered in time, cancels through SQL (as well). A failure of both is logged, not raised (the statement
-    /// timeout still bounds the statement). Says which way went.
+    /// answered in time, cancels through SQL (as well). A failure of both is logged, not
+    /// raised (the statement timeout still bounds the statement). Says which way went.
     pub async fn cancel(&mut self) -> CancelledBy {
         match cancel::cancel_and_wait(&self.token, &self.config, &self.tls).await {
             Ok(cancel::Sent::Answered) => return CancelledBy::Request,

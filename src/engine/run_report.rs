@@ -58,7 +58,8 @@ pub struct RunReport {
     pub counts: Counts,
     /// Batches that ran (committed, or rolled back in a dry run), empty final page included.
     pub batches: u32,
-    /// Batch tries rolled back on a lock timeout, deadlock or serialization failure and retried.
+    /// Batch tries rolled back on a lock timeout, deadlock or serialization failure, or cut by
+    /// their time budget, and retried (a large order's parts too).
     pub batch_retries: u32,
     /// Orders and cart holds left out because another transaction held a variant, drop or
     /// reservation row they need (for longer than `LOCK_TIMEOUT_MS`), and not released later in

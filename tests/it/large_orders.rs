@@ -274,3 +274,34 @@ async fn an_order_cancelled_by_the_release_with_lines_left_is_finished_with_its_
     );
     assert_eq!(t.drifted_counters().await, 0);
 }
+
+/// A part of a large order that outlives its budget (one line's update taking 600 ms, past the
+/// 500 ms budget, after the first part) is cut, rolled back and tried again with half its
+/// lines, and the report counts it in `batch_retries` as it counts any cut batch; every line is
+/// still released with the order's instant and the counters come back exact. Uncounted, the
+/// cut showed nowhere in the report (mutation tried).
+#[tokio::test]
+async fn a_cut_part_is_tried_again_smaller_and_counted() {
+    let t = TestDb::new().await;
+    let giant = giant_order(&t, 2_000).await;
+    t.exec(&format!(
+        "CREATE SEQUENCE giant_updates; \
+         CREATE FUNCTION slow_fortieth() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
+           BEGIN IF nextval('giant_updates') = 40 THEN PERFORM pg_sleep(0.6); END IF; \
+           RETURN NEW; END $$; \
+         CREATE TRIGGER slow_fortieth BEFORE UPDATE ON orders_inventoryreservation FOR EACH ROW \
+           WHEN (OLD.order_id = {giant}) EXECUTE FUNCTION slow_fortieth()"
+    ))
+    .await;
+    let s = settings();
+    let mut db = t.open_with(&s).await;
+    let report = run(&mut db, &s, false).await;
+    assert_eq!(report.counts.reservations_released, 2_000, "{report:?}");
+    assert!(
+        report.batch_retries >= 1,
+        "the cut part was not counted: {report:?}"
+    );
+    assert_eq!(t.order_status(giant).await, "cancelled");
+    assert_eq!(t.lines_apart_from_cancellation(giant).await, 0);
+    assert_eq!(t.drifted_counters().await, 0);
+}

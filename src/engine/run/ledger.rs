@@ -63,7 +63,6 @@ impl<'a> Run<'a> {
     ) -> Result<Option<StopReason>> {
         let (mut lines, budget) = self.large_order_parts();
         let most_lines = self.params.page_size.max(MIN_PAGE_SIZE);
-        let dry_run = self.options.dry_run;
         let mut parts = 0_u64;
         let mut conflicts = 0_u32;
         let mut held: Option<Poller> = None;
@@ -109,10 +108,10 @@ impl<'a> Run<'a> {
                 Err(TryError::Other(error)) if is_conflict(&error) || is_cancelled(&error) => error,
                 Err(TryError::Other(error)) => return Err(error),
             };
-            if lines > MIN_PAGE_SIZE && !dry_run {
+            if let Some(half) = self.smaller_part(lines) {
                 tracing::debug!(parent: &span, order, lines, error = %error.chain(),
                     "a part of a large order was cut; trying again with half the lines");
-                lines = (lines / 2).max(MIN_PAGE_SIZE);
+                lines = half;
                 continue;
             }
             tracing::warn!(parent: &span, order, error = %error.chain(),
@@ -120,6 +119,16 @@ impl<'a> Run<'a> {
             self.leave_large_order(order);
             return Ok(None);
         }
+    }
+
+    /// The lines of a part tried again after it was cut (counted as a batch retry, as any cut
+    /// batch): half as many, unless it was the smallest part already or a dry run's whole order.
+    fn smaller_part(&mut self, lines: i64) -> Option<i64> {
+        if lines <= MIN_PAGE_SIZE || self.options.dry_run {
+            return None;
+        }
+        self.books.report.batch_retries += 1;
+        Some((lines / 2).max(MIN_PAGE_SIZE))
     }
 
     /// Whether to try a part again whose order row another transaction held (its buyer,
