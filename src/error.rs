@@ -27,6 +27,15 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
 
+    /// The server (or a pooler or proxy in front of it) accepted the connection but did not
+    /// finish the handshake within the connection's `connect_timeout` (5 s unless the
+    /// connection string sets it; per host, as libpq counts it): suspended, overloaded, or not
+    /// PostgreSQL. tokio-postgres bounds only the socket's connect.
+    #[error(
+        "database unreachable ({target}): no answer within the connect timeout of {timeout_ms} ms"
+    )]
+    ConnectTimedOut { target: String, timeout_ms: u128 },
+
     /// The server refused the connection for want of room (SQLSTATE 53300): the role's
     /// `CONNECTION LIMIT` (`infra/role.sql`) or the server's `max_connections` is reached —
     /// the bound that keeps the shop's own connections free. A connection closes as soon as
@@ -194,6 +203,7 @@ impl Error {
             | Error::Privilege { .. }
             | Error::Pooler { .. } => false,
             Error::Connect { .. }
+            | Error::ConnectTimedOut { .. }
             | Error::TooManyConnections { .. }
             | Error::Busy { .. }
             | Error::Publish(_)
@@ -215,7 +225,7 @@ impl Error {
             Error::Setting { .. } => "InvalidSetting",
             Error::Payload(_) => "InvalidPayload",
             Error::Schema(_) => "SchemaMismatch",
-            Error::Connect { .. } => "DatabaseUnreachable",
+            Error::Connect { .. } | Error::ConnectTimedOut { .. } => "DatabaseUnreachable",
             Error::TooManyConnections { .. } => "TooManyConnections",
             Error::Authentication { .. } => "DatabaseAuthentication",
             Error::Tls(_) => "TlsSetup",

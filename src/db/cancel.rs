@@ -84,10 +84,7 @@ pub async fn cancel_and_wait(
         return Err(CancelError::NotOneHost(hosts.len()));
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
-    let connect_timeout = config
-        .get_connect_timeout()
-        .copied()
-        .unwrap_or(Duration::from_secs(5));
+    let connect_timeout = super::connect::connect_timeout(config);
     match host {
         Host::Tcp(name) => {
             let address = match config.get_hostaddrs().first() {
@@ -100,7 +97,7 @@ pub async fn cancel_and_wait(
             )
             .await
             .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-            send(stream, config, tls, name, &request).await
+            send(stream, config, tls, name, &request, connect_timeout).await
         }
         #[cfg(unix)]
         Host::Unix(dir) => {
@@ -109,19 +106,21 @@ pub async fn cancel_and_wait(
                 tokio::time::timeout(connect_timeout, tokio::net::UnixStream::connect(path))
                     .await
                     .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-            send(stream, config, tls, "", &request).await
+            send(stream, config, tls, "", &request, connect_timeout).await
         }
     }
 }
 
 /// Writes `request` on `stream` (over TLS unless the configuration disables it, negotiated as
-/// the connection was) and waits for the close.
+/// the connection was, within `connect_timeout`: a peer that accepts and never answers must not
+/// hold the cancel) and waits for the close.
 async fn send<S>(
     mut stream: S,
     config: &Config,
     tls: &Tls,
     host: &str,
     request: &[u8; 16],
+    connect_timeout: Duration,
 ) -> Result<Sent, CancelError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -129,20 +128,26 @@ where
     if config.get_ssl_mode() == SslMode::Disable {
         return write_and_wait(stream, request).await;
     }
-    if config.get_ssl_negotiation() == SslNegotiation::Postgres {
-        stream.write_all(&SSL_REQUEST).await?;
-        let mut answer = [0_u8];
-        stream.read_exact(&mut answer).await?;
-        if answer[0] != b'S' {
-            return Err(CancelError::TlsRefused);
+    let negotiate = async {
+        if config.get_ssl_negotiation() == SslNegotiation::Postgres {
+            stream.write_all(&SSL_REQUEST).await?;
+            let mut answer = [0_u8];
+            stream.read_exact(&mut answer).await?;
+            if answer[0] != b'S' {
+                return Err(CancelError::TlsRefused);
+            }
         }
-    }
-    let handshake = MakeTlsConnect::<S>::make_tls_connect(&mut tls.clone(), host)
-        .map_err(|e| CancelError::Handshake(e.into()))?;
-    let stream = handshake
-        .connect(stream)
+        let handshake = MakeTlsConnect::<S>::make_tls_connect(&mut tls.clone(), host)
+            .map_err(|e| CancelError::Handshake(e.into()))?;
+        handshake
+            .connect(stream)
+            .await
+            .map_err(CancelError::Handshake)
+    };
+    // Nothing of the request has been sent yet: dropping the connection here is harmless.
+    let stream = tokio::time::timeout(connect_timeout, negotiate)
         .await
-        .map_err(CancelError::Handshake)?;
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
     write_and_wait(stream, request).await
 }
 

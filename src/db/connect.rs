@@ -36,6 +36,19 @@ pub fn config_from_url(setting: &str, url: &str) -> Result<Config> {
     Ok(config)
 }
 
+/// How long a connection may take to open, per host, unless the connection string's
+/// `connect_timeout` says: the socket's connect, TLS, authentication and the server's first
+/// answers.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The connection's `connect_timeout`, per host: its own, else [`DEFAULT_CONNECT_TIMEOUT`].
+pub fn connect_timeout(config: &Config) -> Duration {
+    config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+}
+
 /// Session settings every connection gets unless the connection string's `options` set them:
 /// a statement timeout for the queries outside batches (preflight, backlog, status), and a
 /// guard that ends the session if it ever sits idle inside a transaction (a stalled process
@@ -64,7 +77,7 @@ pub fn session_defaults(config: &Config) -> Vec<(&'static str, &'static str)> {
 /// Timeouts, keepalives and the application name, unless the connection string set them.
 pub fn apply_defaults(config: &mut Config) {
     if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(5));
+        config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
     }
     if config.get_application_name().is_none() {
         config.application_name(APPLICATION_NAME);
@@ -100,9 +113,17 @@ pub fn tls_disabled(config: &Config) -> bool {
 
 /// Connects and spawns the connection's driver task. The client closes when dropped.
 pub async fn connect(config: &Config, tls: &Tls) -> Result<Client> {
-    let (client, connection) = config
-        .connect(tls.clone())
+    // The whole handshake is bounded, as libpq bounds it, not the socket's connect alone (all
+    // tokio-postgres bounds): a pooler that accepts and never answers must not hold a run.
+    let per_host = connect_timeout(config);
+    let hosts = u32::try_from(config.get_hosts().len().max(1)).unwrap_or(u32::MAX);
+    let bound = per_host.saturating_mul(hosts);
+    let (client, connection) = tokio::time::timeout(bound, config.connect(tls.clone()))
         .await
+        .map_err(|_| Error::ConnectTimedOut {
+            target: describe(config),
+            timeout_ms: bound.as_millis(),
+        })?
         .map_err(|source| classify_connect_error(config, source))?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {

@@ -211,8 +211,7 @@ pub fn config_from_credentials(
         .dbname(&dbname)
         .user(&credentials.username)
         .password(credentials.password.expose_secret())
-        .ssl_mode(defaults.ssl_mode)
-        .connect_timeout(Duration::from_secs(5));
+        .ssl_mode(defaults.ssl_mode);
     connect::apply_defaults(&mut config);
     Ok(config)
 }

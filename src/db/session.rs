@@ -180,26 +180,43 @@ impl Canceller {
     /// answered in time, cancels through SQL (as well). A failure of both is logged, not
     /// raised (the statement timeout still bounds the statement). Says which way went.
     pub async fn cancel(&mut self) -> CancelledBy {
+        let sent = self.request().await;
+        if sent == Some(cancel::Sent::Answered) {
+            return CancelledBy::Request;
+        }
+        match (sent, self.cancel_through_sql().await) {
+            (Some(_), CancelledBy::Sql) => CancelledBy::RequestAndSql,
+            (Some(_), _) => CancelledBy::RequestUnanswered,
+            (None, by_sql) => by_sql,
+        }
+    }
+
+    /// Sends the cancel request and waits for its answer ([`cancel::cancel_and_wait`]): what
+    /// became of it, None when it could not be sent (logged). Unless answered, what is left is
+    /// [`Canceller::cancel_through_sql`]. Await it to its end: dropped during the wait, the
+    /// request's connection closes first, which a pooler may not survive.
+    pub async fn request(&mut self) -> Option<cancel::Sent> {
         match cancel::cancel_and_wait(&self.token, &self.config, &self.tls).await {
-            Ok(cancel::Sent::Answered) => return CancelledBy::Request,
-            Ok(cancel::Sent::Unanswered) => {
-                tracing::warn!("the cancel request was not answered; cancelling through SQL too");
-                return match self.cancel_through_sql().await {
-                    CancelledBy::Sql => CancelledBy::RequestAndSql,
-                    _ => CancelledBy::RequestUnanswered,
-                };
+            Ok(sent) => {
+                if sent == cancel::Sent::Unanswered {
+                    tracing::warn!(
+                        "the cancel request was not answered; cancelling through SQL too"
+                    );
+                }
+                Some(sent)
             }
             Err(cancel::CancelError::NotOneHost(hosts)) => {
                 tracing::debug!(
                     hosts,
                     "the session's host is not known: cancelling through SQL"
                 );
+                None
             }
             Err(error) => {
                 tracing::warn!(error = %error, "could not send the cancel request; cancelling through SQL");
+                None
             }
         }
-        self.cancel_through_sql().await
     }
 
     /// Cancels through a session of its own with `pg_cancel_backend`: for a cancel request

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use crate::config::ReleaseSettings;
+use crate::db::cancel::Sent;
 use crate::db::session::Database;
 use crate::engine::batch::{self, BatchOutcome, BatchParams, Source};
 use crate::error::{is_cancelled, Error, Result};
@@ -84,25 +85,25 @@ pub(super) async fn timed_batch(
         loop {
             // A cancel request that has not stopped the batch after a few repeats may never
             // have reached the server (a proxy that drops it): cancel through SQL instead.
-            let through_sql = sent >= CANCEL_REQUESTS;
-            let canceller = &mut canceller;
-            let cancel = async move {
-                if through_sql {
-                    canceller.cancel_through_sql().await
-                } else {
-                    canceller.cancel().await
+            let answered = sent < CANCEL_REQUESTS && {
+                let request = canceller.request();
+                tokio::pin!(request);
+                // The batch goes on while the request's answer is awaited, so that its
+                // rollback frees the rows at once; the request is still awaited to its end
+                // (a pooler must not see it dropped half-way: `db::cancel`).
+                tokio::select! {
+                    result = &mut batch => {
+                        request.await;
+                        break result;
+                    }
+                    outcome = &mut request => outcome == Some(Sent::Answered),
                 }
             };
-            tokio::pin!(cancel);
-            // The batch goes on while the request's answer is awaited, so that its rollback
-            // frees the rows at once; the request is still awaited to its end (a pooler must
-            // not see it dropped half-way: `db::cancel`).
-            tokio::select! {
-                result = &mut batch => {
-                    cancel.await;
-                    break result;
+            if !answered {
+                tokio::select! {
+                    result = &mut batch => break result,
+                    _ = canceller.cancel_through_sql() => {}
                 }
-                _ = &mut cancel => {}
             }
             sent += 1;
             tokio::select! {

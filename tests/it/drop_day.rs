@@ -285,7 +285,7 @@ async fn a_cut_batch_stops_even_when_the_cancel_request_is_dropped() {
     let t = TestDb::new().await;
     let (v, order, _) = t.one_due_order(1).await;
     slow_first_reservation_update(&t).await;
-    let proxy = crate::proxy::Proxy::start(true).await;
+    let proxy = crate::proxy::Proxy::start(crate::proxy::Behaviour::DropCancels).await;
     let config = proxy.release_config(&t, "127.0.0.1", tokio_postgres::config::SslMode::Disable);
     let mut s = settings();
     s.shop_deadlock_timeout_ms = Some(2000);

@@ -283,3 +283,29 @@ async fn the_server_restarted_between_runs() {
     );
     assert_eq!((t.reserved(v).await, t.drop_reserved(d).await), (0, 0));
 }
+
+/// A pooler or proxy that accepts the connection and never answers (suspended, overloaded):
+/// opening the release's session gives up within the connection's `connect_timeout` (1 s
+/// here) with `DatabaseUnreachable`, a retryable error, as libpq bounds the whole handshake —
+/// tokio-postgres bounds only the socket's connect, and the run waited for ever.
+#[tokio::test]
+async fn a_server_that_accepts_and_never_answers_is_unreachable_within_the_connect_timeout() {
+    let t = TestDb::new().await;
+    let proxy = crate::proxy::Proxy::start(crate::proxy::Behaviour::SilentAfter(0)).await;
+    let mut config =
+        proxy.release_config(&t, "127.0.0.1", tokio_postgres::config::SslMode::Disable);
+    config.connect_timeout(Duration::from_secs(1));
+    let tls = unreserver::tls_connector(None, &unreserver::RdsCaRegions::All).unwrap();
+    let opened = tokio::time::timeout(
+        Duration::from_secs(20),
+        unreserver::Database::open(&config, &tls, settings().lock_timeout_ms),
+    )
+    .await
+    .expect("still connecting after 20 s");
+    let Err(error) = opened else {
+        panic!("connected through a proxy that answers nothing");
+    };
+    assert_eq!(error.kind(), "DatabaseUnreachable", "{}", error.chain());
+    assert!(error.is_retryable());
+    assert_eq!(proxy.connections(), 1);
+}

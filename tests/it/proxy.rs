@@ -1,6 +1,7 @@
-//! A TCP proxy in front of the test server: it forwards every connection and records how each
-//! began (its first 8 bytes: a startup packet, an SSLRequest or a CancelRequest in the clear),
-//! and, when asked, drops cancel requests (a proxy or pooler that does not pass them on).
+//! A TCP proxy in front of the test server: it forwards connections and records how each began
+//! (its first 8 bytes: a startup packet, an SSLRequest or a CancelRequest in the clear), and,
+//! as asked, drops cancel requests (a proxy or pooler that does not pass them on) or goes
+//! silent (a pooler that accepts and never answers).
 
 use std::sync::{Arc, Mutex};
 
@@ -15,20 +16,33 @@ const CANCEL_REQUEST: [u8; 8] = [0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
 /// The protocol's SSLRequest: length 8, code 80877103.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
+/// What the proxy does with a connection.
+#[derive(Clone, Copy)]
+pub enum Behaviour {
+    /// Forwards every connection.
+    Forward,
+    /// Closes a cancel request's connection without passing it on; forwards the others.
+    DropCancels,
+    /// Forwards the first `n` connections; holds every later one open and never answers.
+    SilentAfter(usize),
+}
+
 pub struct Proxy {
     pub port: u16,
     heads: Arc<Mutex<Vec<[u8; 8]>>>,
 }
 
 impl Proxy {
-    /// Listens on a free port of 127.0.0.1, forwarding to the test server.
-    pub async fn start(drop_cancels: bool) -> Proxy {
+    /// Listens on a free port of 127.0.0.1, in front of the test server.
+    pub async fn start(behaviour: Behaviour) -> Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let heads = Arc::new(Mutex::new(Vec::new()));
         let seen = heads.clone();
         tokio::spawn(async move {
+            let mut accepted = 0;
             while let Ok((mut client, _)) = listener.accept().await {
+                accepted += 1;
                 let seen = seen.clone();
                 tokio::spawn(async move {
                     let mut head = [0_u8; 8];
@@ -36,8 +50,14 @@ impl Proxy {
                         return;
                     }
                     seen.lock().unwrap().push(head);
-                    if drop_cancels && head == CANCEL_REQUEST {
-                        return;
+                    match behaviour {
+                        Behaviour::DropCancels if head == CANCEL_REQUEST => return,
+                        Behaviour::SilentAfter(n) if accepted > n => {
+                            // Reads whatever comes until the client goes; answers nothing.
+                            let _ = tokio::io::copy(&mut client, &mut tokio::io::sink()).await;
+                            return;
+                        }
+                        _ => {}
                     }
                     let addr = format!("127.0.0.1:{}", crate::common::pg_port());
                     let Ok(mut server) = tokio::net::TcpStream::connect(addr).await else {

@@ -269,7 +269,7 @@ async fn the_release_runs_as_its_role_over_verified_tls() {
 #[tokio::test]
 async fn a_cancel_request_goes_over_verified_tls_and_stops_its_statement() {
     let t = TestDb::new().await;
-    let proxy = crate::proxy::Proxy::start(false).await;
+    let proxy = crate::proxy::Proxy::start(crate::proxy::Behaviour::Forward).await;
     let config = proxy.release_config(&t, "localhost", SslMode::Require);
     let tls = tls_connector(Some(&ca()), &RdsCaRegions::All).unwrap();
     let db = Database::open(&config, &tls, settings().lock_timeout_ms)
@@ -284,4 +284,30 @@ async fn a_cancel_request_goes_over_verified_tls_and_stops_its_statement() {
     );
     assert_eq!(proxy.connections(), 2, "the session and its cancel request");
     assert_eq!(proxy.tls_requests(), 2, "a connection did not ask for TLS");
+}
+
+/// A pooler that accepts the cancel request's connection and never answers its TLS request
+/// (suspended, overloaded) does not hold the cut batch: the cancel gives up on it within the
+/// connection's `connect_timeout` (1 s here), and so does the fallback through SQL, whose
+/// connection goes the same way. Before the bound, the cancel waited for the answer forever.
+#[tokio::test]
+async fn a_pooler_that_never_answers_the_cancel_does_not_hold_it() {
+    let t = TestDb::new().await;
+    let proxy = crate::proxy::Proxy::start(crate::proxy::Behaviour::SilentAfter(1)).await;
+    let mut config = proxy.release_config(&t, "localhost", SslMode::Require);
+    config.connect_timeout(std::time::Duration::from_secs(1));
+    let tls = tls_connector(Some(&ca()), &RdsCaRegions::All).unwrap();
+    let db = Database::open(&config, &tls, settings().lock_timeout_ms)
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.chain()));
+    let mut canceller = db.canceller();
+    let by = tokio::time::timeout(std::time::Duration::from_secs(20), canceller.cancel())
+        .await
+        .expect("the cancel waited 20 s on a pooler that never answers");
+    assert_eq!(by, unreserver::CancelledBy::Nothing);
+    assert_eq!(
+        proxy.connections(),
+        3,
+        "the session, the request and the SQL fallback"
+    );
 }
