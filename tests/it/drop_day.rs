@@ -10,7 +10,7 @@ use unreserver::{Database, RunOptions};
 
 use crate::common::{
     admin_url, backend_pid, cancel_a_sleep, connect_url, longest_wait_on_the_release, run,
-    settings, until_seen, Res, TestDb, RELEASE_ROLE,
+    settings, until_seen, until_true, Res, TestDb, RELEASE_ROLE,
 };
 
 /// Waits (up to 5 s) until the release role's session of database `name` polls for a row
@@ -209,37 +209,53 @@ async fn the_session_settings_of_the_role_change_nothing() {
 }
 
 /// The mechanism: a cancel request meant for a session that was replaced reaches nothing — a
-/// long statement on the new session runs to its end. (Without the new session, the same cancel
-/// would stop it: checked first, on the old one.)
+/// statement on the new session goes on. (Without the new session, the same cancel would stop
+/// it: checked first, on the old one.) Nothing is timed: the new session's statement waits on
+/// an advisory lock the test holds, the late request is sent once it waits and returns once the
+/// server has processed it, the statement is seen still waiting after that, and only then is
+/// the lock let go.
 #[tokio::test]
 async fn a_late_cancel_cannot_reach_the_session_that_replaced_its_own() {
     let t = TestDb::new().await;
     let mut db = t.open().await;
-    let sleep = "SELECT pg_sleep(0.3)";
     // The cancel reaches the session it was made for.
-    let mut canceller = db.canceller();
-    let late = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        canceller.cancel().await;
-    });
-    let err = db.client.simple_query(sleep).await.unwrap_err();
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
-    );
-    late.await.unwrap();
+    let by = cancel_a_sleep(&t, &db).await;
+    assert!(by.sent_the_request(), "{by:?}");
     // Made before the session is replaced, it reaches nothing after.
     let mut canceller = db.canceller();
     db.reconnect().await.unwrap();
-    let late = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        canceller.cancel().await;
-    });
-    db.client
-        .simple_query(sleep)
+    let holder = t.connect().await;
+    holder
+        .execute("SELECT pg_advisory_lock(4242)", &[])
         .await
-        .expect("the cancel of the replaced session stopped the new one");
-    late.await.unwrap();
+        .unwrap();
+    let waiting = format!(
+        "EXISTS (SELECT FROM pg_stat_activity WHERE usename = '{RELEASE_ROLE}' \
+           AND datname = current_database() AND wait_event_type = 'Lock')"
+    );
+    let late = async {
+        assert!(
+            until_true(&t, &waiting).await,
+            "the new session never waited"
+        );
+        let by = canceller.cancel().await;
+        holder.execute("SELECT 1", &[]).await.unwrap();
+        assert_eq!(
+            t.i64(&format!("SELECT count(*) WHERE {waiting}")).await,
+            1,
+            "the new session stopped waiting after the late cancel ({by:?})"
+        );
+        holder
+            .execute("SELECT pg_advisory_unlock(4242)", &[])
+            .await
+            .unwrap();
+    };
+    let (statement, ()) = tokio::join!(
+        db.client
+            .simple_query("SET lock_timeout = 0; SELECT pg_advisory_lock(4242)"),
+        late
+    );
+    statement.expect("the cancel of the replaced session stopped the new one");
 }
 
 /// The cancel request of a cut batch reaches its statement and is answered over TCP and over
